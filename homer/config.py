@@ -1,0 +1,75 @@
+"""HOMER settings. Every default is derived from the model (method, Notation table):
+M = window / 2, T = M, W ≈ 3/8 · L; all are overridable."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+
+import torch
+
+SIGNIFICANCE_CHOICES = ("calibrated", "uncalibrated", "random")
+CACHE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def model_window(model_config) -> int:
+    """The usable context window, multiplied by the RoPE scaling factor when one is set (§8)."""
+    window = int(model_config.max_position_embeddings)
+    rope = getattr(model_config, "rope_parameters", None) or getattr(model_config, "rope_scaling", None) or {}
+    if isinstance(rope, dict) and rope.get("rope_type", "default") not in ("default", None) and rope.get("factor"):
+        original = int(rope.get("original_max_position_embeddings") or window)
+        window = int(original * float(rope["factor"]))
+    return window
+
+
+@dataclass(frozen=True)
+class HomerConfig:
+    """What the user may set. ``None`` means "derive from the model" (see :meth:`resolve`).
+
+    significance: "calibrated" (the paper's, §4), "uncalibrated" (raw logits) or "random"
+    (ablation). ``bias`` overrides the calibration table looked up by model fingerprint.
+    """
+
+    max_chunk_len: int | None = None
+    target_len: int | None = None
+    warmup_layers: int | None = None
+    significance: str = "calibrated"
+    cache_dtype: str = "float16"
+    seed: int = 0
+    bias: torch.Tensor | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.significance not in SIGNIFICANCE_CHOICES:
+            raise ValueError(f"significance must be one of {SIGNIFICANCE_CHOICES}, got {self.significance!r}")
+        if self.cache_dtype not in CACHE_DTYPES:
+            raise ValueError(f"cache_dtype must be one of {tuple(CACHE_DTYPES)}, got {self.cache_dtype!r}")
+        for name in ("max_chunk_len", "target_len"):
+            value = getattr(self, name)
+            if value is not None and value < 4:
+                raise ValueError(f"{name} must be at least 4, got {value}")
+        if self.warmup_layers is not None and self.warmup_layers < 0:
+            raise ValueError("warmup_layers must be >= 0")
+
+    def resolve(self, model_config) -> "HomerConfig":
+        """A copy with every ``None`` replaced by the model-derived default."""
+        layers = int(model_config.num_hidden_layers)
+        m = self.max_chunk_len or model_window(model_config) // 2
+        t = self.target_len or m
+        w = self.warmup_layers if self.warmup_layers is not None else round(3 * layers / 8)
+        if w >= layers:
+            raise ValueError(f"warmup_layers={w} leaves no layer for merging (the model has {layers})")
+        return replace(self, max_chunk_len=m, target_len=t, warmup_layers=w)
+
+    def settings(self) -> dict:
+        """The settings that define a cache (JSON-serialisable; no bias tensor)."""
+        data = asdict(self)
+        data.pop("bias")
+        data["custom_bias"] = self.bias is not None
+        return data
+
+    def settings_json(self) -> str:
+        return json.dumps(self.settings(), sort_keys=True)
+
+    @property
+    def torch_cache_dtype(self) -> torch.dtype:
+        return CACHE_DTYPES[self.cache_dtype]

@@ -1,0 +1,54 @@
+"""Document-level API: lay a document out around the chat template and build its cache."""
+
+from __future__ import annotations
+
+import torch
+
+from .cache import HomerCache
+from .config import HomerConfig
+from .prompting import DocumentPrompt, default_prompt
+from .tree import Progress, build_cache
+
+
+def tokenize_document(tokenizer, text: str) -> tuple[list[int], list[int]]:
+    """Token ids of ``text`` and each token's character offset in it."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return list(enc.input_ids), [start for start, _ in enc.offset_mapping]
+
+
+def document_prompt_ids(tokenizer, prompt: DocumentPrompt, question: str | None = None) -> tuple[list[int], list[int]]:
+    """Prefix ids (with BOS where the template or tokenizer adds one) and suffix ids."""
+    prefix, suffix, _ = prompt.split(tokenizer, question)
+    prefix_ids = tokenizer(prefix, add_special_tokens=prompt.style == "completion").input_ids
+    suffix_ids = tokenizer(suffix, add_special_tokens=False).input_ids
+    return prefix_ids, suffix_ids
+
+
+def default_config(model) -> HomerConfig:
+    """Settings derived from the model (M = window / 2, T = M, W ≈ 3/8 · L)."""
+    return HomerConfig().resolve(model.config)
+
+
+def build_document_cache(model, tokenizer, text: str, config: HomerConfig | None = None,
+                         prompt: DocumentPrompt | None = None, question: str | None = None,
+                         progress: Progress | None = None, metadata: dict | None = None,
+                         context_ids: list[int] | None = None, char_offsets: list[int] | None = None) -> HomerCache:
+    """Build the cache of a whole document.
+
+    Without ``question`` (the product's document-first protocol) the suffix is
+    question-agnostic and any later question is appended after the cache. With a question
+    (the paper's protocol) the question sits in the suffix and steers pruning.
+    ``context_ids``/``char_offsets`` may be passed when the document is already tokenised."""
+    prompt = prompt or default_prompt(tokenizer)
+    if context_ids is None:
+        context_ids, char_offsets = tokenize_document(tokenizer, text)
+    if not context_ids:
+        raise ValueError("the document has no text")
+    prefix_ids, suffix_ids = document_prompt_ids(tokenizer, prompt, question)
+    meta = {"prompt": prompt.to_json(), "prompt_version": prompt.version, "question": question or ""}
+    meta.update(metadata or {})
+    cache = build_cache(model, prefix_ids, context_ids, suffix_ids, config=config, progress=progress, metadata=meta)
+    if char_offsets is not None:
+        offsets = torch.tensor(char_offsets, dtype=torch.long)
+        cache.char_offsets = torch.where(cache.sources >= 0, offsets[cache.sources.clamp(min=0)], -1)
+    return cache

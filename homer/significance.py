@@ -1,0 +1,71 @@
+"""Token significance for pruning (method §4): the last token's attention logit, max over
+query heads, minus a calibration bias indexed by relative position. Each strategy is one
+small class with a ``score`` method, chosen by name in :class:`homer.HomerConfig`."""
+
+from __future__ import annotations
+
+import torch
+
+
+def last_query_logits(q_last: torch.Tensor, keys: torch.Tensor, scaling: float) -> torch.Tensor:
+    """max_h <q_last^h, k_j^h> · scaling for every token j — one query row, no full matrix.
+
+    q_last: [H, d]; keys: [KV, n, d] → [n]. GQA: query heads are grouped onto their kv head
+    (equivalent to repeating the kv heads, without the copy)."""
+    kv_heads, _, d = keys.shape
+    grouped = q_last.reshape(kv_heads, -1, d).float()  # [KV, H/KV, d]
+    logits = torch.einsum("kgd,knd->kgn", grouped, keys.float()) * scaling
+    return logits.amax(dim=(0, 1))
+
+
+class Significance:
+    """Interface: a score per token (higher = keep)."""
+
+    name = "base"
+
+    def score(self, layer_idx: int, q_last: torch.Tensor, keys: torch.Tensor, positions: torch.Tensor,
+              scaling: float, generator: torch.Generator | None) -> torch.Tensor:
+        raise NotImplementedError
+
+
+class Uncalibrated(Significance):
+    """Raw last-token logits (the ablation "uncalibrated")."""
+
+    name = "uncalibrated"
+
+    def score(self, layer_idx, q_last, keys, positions, scaling, generator):
+        return last_query_logits(q_last, keys, scaling)
+
+
+class Calibrated(Significance):
+    """The paper's score: raw logit minus bias[layer][pos_last − pos_j] (§4)."""
+
+    name = "calibrated"
+
+    def __init__(self, bias: torch.Tensor):
+        self.bias = bias.float()  # [L, M]
+
+    def score(self, layer_idx, q_last, keys, positions, scaling, generator):
+        raw = last_query_logits(q_last, keys, scaling)
+        distance = (positions[-1] - positions).clamp(0, self.bias.shape[1] - 1).to(self.bias.device)
+        return raw - self.bias[layer_idx].index_select(0, distance).to(raw.device)
+
+
+class RandomScore(Significance):
+    """Uniform random scores (the ablation "random"), seeded per build."""
+
+    name = "random"
+
+    def score(self, layer_idx, q_last, keys, positions, scaling, generator):
+        return torch.rand(keys.shape[1], generator=generator)
+
+
+def keep_indices(scores: torch.Tensor, prefix_len: int, suffix_len: int, target: int) -> torch.Tensor:
+    """Indices (sorted, order kept) of the ``target`` tokens to keep: every affix token plus
+    the highest-scoring context tokens."""
+    n = scores.shape[0]
+    n_context_keep = target - prefix_len - suffix_len
+    context_scores = scores[prefix_len : n - suffix_len].float().cpu()
+    top = torch.topk(context_scores, n_context_keep, sorted=False).indices + prefix_len
+    keep = torch.cat([torch.arange(prefix_len), top, torch.arange(n - suffix_len, n)])
+    return keep.sort().values

@@ -1,0 +1,211 @@
+"""The HOMER build (method §2–§7): leaves → pruning with propagative refinement → merges,
+depth-first, to a root whose cache is returned. ``build_cache`` is a pure function of
+(model, ids, config): no global state, safe to run in several threads."""
+
+from __future__ import annotations
+
+import logging
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from .cache import HomerCache
+from .config import HomerConfig
+from .fingerprint import model_fingerprint
+from .layers import DecoderStack
+from .plan import ChunkPlan
+from .significance import Calibrated, RandomScore, Significance, Uncalibrated, keep_indices
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]  # (steps done, steps total, message)
+
+
+@dataclass
+class Node:
+    """A node of the merge tree: its tokens' current hidden states and every stored layer's
+    K/V. Invariant: every list entry holds the same tokens in the same order (§5)."""
+
+    hidden: torch.Tensor  # [1, n, hidden]
+    positions: torch.Tensor  # [n] reused position ids
+    token_ids: torch.Tensor  # [n]
+    sources: torch.Tensor  # [n] context index, −1 for affixes
+    keys: list  # per layer run so far: [KV, n, d]
+    values: list
+
+    def __len__(self) -> int:
+        return int(self.positions.shape[0])
+
+    def keep(self, index: torch.Tensor) -> None:
+        """Propagative refinement (§5): drop the same tokens from every stored layer."""
+        device_index = index.to(self.hidden.device)
+        self.hidden = self.hidden.index_select(1, device_index)
+        self.positions = self.positions.index_select(0, index)
+        self.token_ids = self.token_ids.index_select(0, index)
+        self.sources = self.sources.index_select(0, index)
+        self.keys = [k.index_select(1, device_index) for k in self.keys]
+        self.values = [v.index_select(1, device_index) for v in self.values]
+
+
+def _merge_tensor(left: torch.Tensor, right: torch.Tensor, p: int, s: int, dim: int) -> torch.Tensor:
+    """[mean(prefixes), left context, right context, mean(suffixes)] along ``dim`` (§6)."""
+    nl, nr = left.shape[dim], right.shape[dim]
+    lp, lc, ls = left.split([p, nl - p - s, s], dim)
+    rp, rc, rs = right.split([p, nr - p - s, s], dim)
+    return torch.cat([(lp + rp) / 2, lc, rc, (ls + rs) / 2], dim)
+
+
+def merge_nodes(left: Node, right: Node, prefix_len: int, suffix_len: int) -> Node:
+    """Merge two siblings; position ids are concatenated, not renumbered (§6)."""
+    p, s = prefix_len, suffix_len
+
+    def ids(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return torch.cat([a[:p], a[p : len(a) - s], b[p:]])
+
+    return Node(
+        hidden=_merge_tensor(left.hidden, right.hidden, p, s, dim=1),
+        positions=ids(left.positions, right.positions),
+        token_ids=ids(left.token_ids, right.token_ids),
+        sources=ids(left.sources, right.sources),
+        keys=[_merge_tensor(a, b, p, s, dim=1) for a, b in zip(left.keys, right.keys)],
+        values=[_merge_tensor(a, b, p, s, dim=1) for a, b in zip(left.values, right.values)],
+    )
+
+
+def significance_for(config: HomerConfig, model, fingerprint: str) -> Significance:
+    """The scoring strategy named by ``config.significance``; a calibrated build without a
+    bias table falls back to uncalibrated scores and says so once."""
+    if config.significance == "random":
+        return RandomScore()
+    if config.significance == "uncalibrated":
+        return Uncalibrated()
+    bias = config.bias
+    if bias is None:
+        from .calibration import find_bias
+
+        bias = find_bias(fingerprint, config.max_chunk_len)
+    if bias is None:
+        warnings.warn(
+            "No calibration bias for this model and max_chunk_len: using uncalibrated scores. "
+            "Run `homer calibrate` to create one.",
+            stacklevel=3,
+        )
+        return Uncalibrated()
+    return Calibrated(bias)
+
+
+class _Builder:
+    """One build's state: the model view, the plan, the scorer and the progress counter."""
+
+    def __init__(self, stack: DecoderStack, plan: ChunkPlan, scorer: Significance, prefix, context, suffix,
+                 seed: int, progress: Progress | None):
+        self.stack, self.plan, self.scorer = stack, plan, scorer
+        self.prefix, self.context, self.suffix = prefix, context, suffix
+        self.generator = torch.Generator().manual_seed(seed)
+        self.progress = progress
+        self.steps_total = 2 * plan.num_leaves - 1
+        self.steps_done = 0
+
+    def _tick(self, message: str) -> None:
+        self.steps_done += 1
+        if self.progress is not None:
+            self.progress(self.steps_done, self.steps_total, message)
+
+    def leaf(self, index: int) -> Node:
+        """Leaf i = prefix ++ slice_i ++ suffix with reused position ids (§2)."""
+        start, end = self.plan.slice_bounds(index)
+        ids = torch.cat([self.prefix, self.context[start:end], self.suffix])
+        sources = torch.cat([
+            torch.full((len(self.prefix),), -1, dtype=torch.long),
+            torch.arange(start, end, dtype=torch.long),
+            torch.full((len(self.suffix),), -1, dtype=torch.long),
+        ])
+        positions = torch.tensor(self.plan.leaf_positions(index), dtype=torch.long)
+        return Node(self.stack.embed(ids), positions, ids, sources, [], [])
+
+    def run_block(self, node: Node, layers: range, target: int) -> None:
+        """Run ``layers`` on the node; prune once at the last layer, between attention and
+        MLP, if the node is longer than its target (§4)."""
+        rope = self.stack.rope(node.hidden, node.positions)
+        for layer in layers:
+            hidden, q, k, v = self.stack.attention_half(layer, node.hidden, rope)
+            node.keys.append(k[0])
+            node.values.append(v[0])
+            node.hidden = hidden
+            if layer == layers[-1] and len(node) > target:
+                scores = self.scorer.score(layer, q[0, :, -1, :], k[0], node.positions.to(k.device),
+                                           self.stack.scaling, self.generator)
+                node.keep(keep_indices(scores, self.plan.prefix_len, self.plan.suffix_len, target))
+            node.hidden = self.stack.mlp_half(layer, node.hidden)
+
+    def subtree(self, first_leaf: int, height: int, target: int) -> Node:
+        """Depth-first: left subtree, right subtree, merge, then this node's block (§6)."""
+        if height == 0:
+            node = self.leaf(first_leaf)
+            self.run_block(node, self.plan.layers_at(0), target)
+            self._tick(f"read chunk {first_leaf + 1}/{self.plan.num_leaves}")
+            return node
+        left_target, right_target = self.plan.child_targets(first_leaf, height)
+        left = self.subtree(first_leaf, height - 1, left_target)
+        right = self.subtree(first_leaf + 2 ** (height - 1), height - 1, right_target)
+        node = merge_nodes(left, right, self.plan.prefix_len, self.plan.suffix_len)
+        del left, right
+        self.run_block(node, self.plan.layers_at(height), target)
+        self._tick(f"merged level {height}")
+        return node
+
+
+def _as_ids(ids) -> torch.Tensor:
+    tensor = torch.as_tensor(ids, dtype=torch.long).reshape(-1).cpu()
+    return tensor
+
+
+@torch.no_grad()
+def build_cache(model, prefix_ids, context_ids, suffix_ids, config: HomerConfig | None = None,
+                progress: Progress | None = None, metadata: dict | None = None) -> HomerCache:
+    """Build a HOMER cache from token ids (the method itself).
+
+    prefix_ids: e.g. system prompt + chat header (with BOS if the model uses one);
+    context_ids: the long document; suffix_ids: non-empty, its last token is the scoring
+    query. ``progress(done, total, message)`` is called after every leaf and merge."""
+    started = time.perf_counter()
+    stack = DecoderStack(model)
+    config = (config or HomerConfig()).resolve(model.config)
+    prefix, context, suffix = _as_ids(prefix_ids), _as_ids(context_ids), _as_ids(suffix_ids)
+    plan = ChunkPlan(
+        prefix_len=len(prefix), context_len=len(context), suffix_len=len(suffix),
+        max_chunk_len=config.max_chunk_len, target_len=config.target_len,
+        num_layers=stack.num_layers, warmup_layers=config.warmup_layers,
+    )
+    fingerprint = model_fingerprint(model)
+    scorer = significance_for(config, model, fingerprint)
+    builder = _Builder(stack, plan, scorer, prefix, context, suffix, config.seed, progress)
+    root = builder.subtree(0, plan.height, plan.root_target)
+    last_logits = stack.logits(root.hidden[:, -1:, :])[0, -1].float().cpu()  # one row only (§7)
+
+    dtype = config.torch_cache_dtype
+    meta = {
+        "model_fingerprint": fingerprint,
+        "model_name": getattr(model, "homer_name", None) or getattr(model.config, "_name_or_path", "") or "",
+        "settings": config.settings_json(),
+        "significance_used": scorer.name,
+        "context_len": str(len(context)),
+        "num_leaves": str(plan.num_leaves),
+        "build_seconds": f"{time.perf_counter() - started:.3f}",
+    }
+    meta.update({k: str(v) for k, v in (metadata or {}).items()})
+    return HomerCache(
+        keys=torch.stack([k.to("cpu", dtype) for k in root.keys]),
+        values=torch.stack([v.to("cpu", dtype) for v in root.values]),
+        positions=root.positions.clone(),
+        token_ids=root.token_ids.clone(),
+        sources=root.sources.clone(),
+        prefix_len=plan.prefix_len,
+        suffix_len=plan.suffix_len,
+        last_logits=last_logits,
+        inv_freq=stack.inv_freq,
+        metadata=meta,
+    )

