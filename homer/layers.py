@@ -46,8 +46,8 @@ class DecoderStack:
 
     def __init__(self, model):
         self.model = model
-        self.config = model.config
-        model_type = getattr(self.config, "model_type", "?")
+        self.config = getattr(model, "config", None)
+        model_type = getattr(self.config, "model_type", type(model).__name__)
         base = getattr(model, "model", None)
         needed = ("embed_tokens", "layers", "norm", "rotary_emb")
         if base is None or not all(hasattr(base, name) for name in needed) or not hasattr(model, "lm_head"):

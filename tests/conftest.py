@@ -39,3 +39,27 @@ def llama():
 def random_ids(n: int, seed: int, low: int = 3, high: int = 128) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(low, high, (n,), generator=g)
+
+
+def tiny_tokenizer():
+    """A character-level tokenizer (vocab < 128) with a ChatML chat template."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<|im_start|>", "<|im_end|>"]
+    chars = [chr(i) for i in range(32, 127)] + ["\n"]
+    vocab = {t: i for i, t in enumerate(specials + chars)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
+    tok.decoder = decoders.Fuse()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
+                                   pad_token="<pad>")
+    fast.chat_template = (
+        "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+    )
+    return fast
+
+
+@pytest.fixture
+def tokenizer():
+    return tiny_tokenizer()
