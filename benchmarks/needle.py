@@ -97,7 +97,8 @@ def main(argv=None) -> None:
     parser.add_argument("--samples", type=int, default=50)
     parser.add_argument("--start", type=int, default=0, help="first sample index (to resume)")
     parser.add_argument("--plain-samples", type=int, default=0, help="also run the plain model on this many")
-    parser.add_argument("--significance", default="calibrated")
+    parser.add_argument("--variants", nargs="+", default=["paper:calibrated:0"],
+                        help="NAME:SIGNIFICANCE:POOL_WIDTH, e.g. paper:calibrated:0 pooled7:calibrated:7")
     parser.add_argument("--name", default="needle")
     parser.add_argument("--summarize", action="store_true")
     args = parser.parse_args(argv)
@@ -107,16 +108,20 @@ def main(argv=None) -> None:
         print(json.dumps(summarize(lines, RESULTS / f"{args.name}.json"), indent=2))
         return
     model, tokenizer = load_model(args.model)
-    config = HomerConfig(significance=args.significance)
+    variants = []
+    for spec in args.variants:
+        name, significance, pool = spec.split(":")
+        variants.append((name, HomerConfig(significance=significance, pool_width=int(pool))))
     with lines.open("a") as fh:
         for i in range(args.start, args.start + args.samples):
             depth = (i % 10) / 10 + 0.05  # depths spread evenly
             for tokens in args.lengths:
                 needle = needle_document(tokenizer, tokens, depth, seed=1000 + i)
-                runs = [("homer-question-aware", True), ("homer-document-first", False)]
+                runs = [(f"homer[{name}]-{protocol}", config, qa) for name, config in variants
+                        for protocol, qa in (("question-aware", True), ("document-first", False))]
                 if i - args.start < args.plain_samples:
-                    runs.append(("plain", None))
-                for method, question_aware in runs:
+                    runs.append(("plain", None, None))
+                for method, config, question_aware in runs:
                     if question_aware is None:
                         started = time.perf_counter()
                         answer, build, used = plain_answer(model, tokenizer, needle), time.perf_counter() - started, None
@@ -125,7 +130,7 @@ def main(argv=None) -> None:
                     row = {"model": getattr(model, "homer_name", ""), "method": method, "tokens": tokens,
                            "sample": i, "depth": depth, "answer": answer.strip()[:80], "expected": needle.answer,
                            "correct": first_number(answer) == needle.answer, "build_seconds": round(build, 2),
-                           "significance": used}
+                           "significance": used, "settings": config.settings() if config else None}
                     fh.write(json.dumps(row) + "\n")
                     fh.flush()
                     print(json.dumps(row), flush=True)

@@ -27,13 +27,15 @@ class HomerConfig:
     """What the user may set. ``None`` means "derive from the model" (see :meth:`resolve`).
 
     significance: "calibrated" (the paper's, §4), "uncalibrated" (raw logits) or "random"
-    (ablation). ``bias`` overrides the calibration table looked up by model fingerprint.
+    (ablation). pool_width: max-pool scores over that many neighbouring tokens before
+    choosing what to drop (0 = the paper's token-level pruning). ``bias`` overrides the calibration table looked up by model fingerprint.
     """
 
     max_chunk_len: int | None = None
     target_len: int | None = None
     warmup_layers: int | None = None
     significance: str = "calibrated"
+    pool_width: int = 0
     cache_dtype: str = "float16"
     seed: int = 0
     bias: torch.Tensor | None = field(default=None, repr=False, compare=False)
@@ -47,6 +49,8 @@ class HomerConfig:
             value = getattr(self, name)
             if value is not None and value < 4:
                 raise ValueError(f"{name} must be at least 4, got {value}")
+        if self.pool_width < 0:
+            raise ValueError("pool_width must be >= 0")
         if self.warmup_layers is not None and self.warmup_layers < 0:
             raise ValueError("warmup_layers must be >= 0")
 

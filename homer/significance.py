@@ -60,12 +60,24 @@ class RandomScore(Significance):
         return torch.rand(keys.shape[1], generator=generator)
 
 
-def keep_indices(scores: torch.Tensor, prefix_len: int, suffix_len: int, target: int) -> torch.Tensor:
+def pool_scores(scores: torch.Tensor, width: int) -> torch.Tensor:
+    """Max-pool scores over ``width`` neighbouring tokens (odd; ≤ 1 = off), so a token is
+    kept when any close neighbour matters: numbers and words survive whole instead of as
+    loose digits (an extension of §4, off by default)."""
+    if width <= 1:
+        return scores
+    pad = width // 2
+    pooled = torch.nn.functional.max_pool1d(scores.float().view(1, 1, -1), 2 * pad + 1, stride=1, padding=pad)
+    return pooled.view(-1)
+
+
+def keep_indices(scores: torch.Tensor, prefix_len: int, suffix_len: int, target: int,
+                 pool_width: int = 0) -> torch.Tensor:
     """Indices (sorted, order kept) of the ``target`` tokens to keep: every affix token plus
-    the highest-scoring context tokens."""
+    the highest-scoring context tokens (scores optionally max-pooled within the context)."""
     n = scores.shape[0]
     n_context_keep = target - prefix_len - suffix_len
-    context_scores = scores[prefix_len : n - suffix_len].float().cpu()
+    context_scores = pool_scores(scores[prefix_len : n - suffix_len].float().cpu(), pool_width)
     top = torch.topk(context_scores, n_context_keep, sorted=False).indices + prefix_len
     keep = torch.cat([torch.arange(prefix_len), top, torch.arange(n - suffix_len, n)])
     return keep.sort().values

@@ -55,7 +55,10 @@ def _merge_tensor(left: torch.Tensor, right: torch.Tensor, p: int, s: int, dim: 
     nl, nr = left.shape[dim], right.shape[dim]
     lp, lc, ls = left.split([p, nl - p - s, s], dim)
     rp, rc, rs = right.split([p, nr - p - s, s], dim)
-    return torch.cat([(lp + rp) / 2, lc, rc, (ls + rs) / 2], dim)
+    def mean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return ((a.float() + b.float()) / 2).to(a.dtype)
+
+    return torch.cat([mean(lp, rp), lc, rc, mean(ls, rs)], dim)
 
 
 def merge_nodes(left: Node, right: Node, prefix_len: int, suffix_len: int) -> Node:
@@ -101,8 +104,11 @@ class _Builder:
     """One build's state: the model view, the plan, the scorer and the progress counter."""
 
     def __init__(self, stack: DecoderStack, plan: ChunkPlan, scorer: Significance, prefix, context, suffix,
-                 seed: int, progress: Progress | None):
+                 seed: int, progress: Progress | None, pool_width: int = 0,
+                 kv_dtype: torch.dtype = torch.float32):
         self.stack, self.plan, self.scorer = stack, plan, scorer
+        self.kv_dtype = kv_dtype
+        self.pool_width = pool_width
         self.prefix, self.context, self.suffix = prefix, context, suffix
         self.generator = torch.Generator().manual_seed(seed)
         self.progress = progress
@@ -132,13 +138,14 @@ class _Builder:
         rope = self.stack.rope(node.hidden, node.positions)
         for layer in layers:
             hidden, q, k, v = self.stack.attention_half(layer, node.hidden, rope)
-            node.keys.append(k[0])
-            node.values.append(v[0])
+            # finished layers are only stored, never recomputed: keep them in the cache dtype
+            node.keys.append(k[0].to(self.kv_dtype))
+            node.values.append(v[0].to(self.kv_dtype))
             node.hidden = hidden
             if layer == layers[-1] and len(node) > target:
                 scores = self.scorer.score(layer, q[0, :, -1, :], k[0], node.positions.to(k.device),
                                            self.stack.scaling, self.generator)
-                node.keep(keep_indices(scores, self.plan.prefix_len, self.plan.suffix_len, target))
+                node.keep(keep_indices(scores, self.plan.prefix_len, self.plan.suffix_len, target, self.pool_width))
             node.hidden = self.stack.mlp_half(layer, node.hidden)
 
     def subtree(self, first_leaf: int, height: int, target: int) -> Node:
@@ -182,7 +189,8 @@ def build_cache(model, prefix_ids, context_ids, suffix_ids, config: HomerConfig 
     )
     fingerprint = model_fingerprint(model)
     scorer = significance_for(config, model, fingerprint)
-    builder = _Builder(stack, plan, scorer, prefix, context, suffix, config.seed, progress)
+    builder = _Builder(stack, plan, scorer, prefix, context, suffix, config.seed, progress, config.pool_width,
+                       config.torch_cache_dtype)
     root = builder.subtree(0, plan.height, plan.root_target)
     last_logits = stack.logits(root.hidden[:, -1:, :])[0, -1].float().cpu()  # one row only (§7)
 
@@ -198,8 +206,8 @@ def build_cache(model, prefix_ids, context_ids, suffix_ids, config: HomerConfig 
     }
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
     return HomerCache(
-        keys=torch.stack([k.to("cpu", dtype) for k in root.keys]),
-        values=torch.stack([v.to("cpu", dtype) for v in root.values]),
+        keys=torch.stack(root.keys).to("cpu", dtype),
+        values=torch.stack(root.values).to("cpu", dtype),
         positions=root.positions.clone(),
         token_ids=root.token_ids.clone(),
         sources=root.sources.clone(),
