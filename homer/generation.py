@@ -126,6 +126,7 @@ class Conversation:
         kv = self.cache.to_dynamic_cache(dtype=dtype, device=self.model.device, rerotate=False)
         self.state = DecodeState(kv=kv, position=self.cache.next_position)
         self.turns: list[tuple[str, str]] = []
+        self.rebuilds = 0  # times the conversation had to be re-appended from the stored cache
         prefix, suffix, _ = self.prompt.split(self.tokenizer)
         self.text = prefix + DOC + suffix  # what the cache holds, as text
         self.cached_question = self.cache.metadata.get("question") or None
@@ -144,8 +145,9 @@ class Conversation:
             return ""
         rendered = self.prompt.render(self.tokenizer, self.turns, question)
         if not rendered.startswith(self.text):  # template rewrote history: re-append all turns
-            turns = self.turns
+            turns, rebuilds = self.turns, self.rebuilds + 1
             self.reset()
+            self.rebuilds = rebuilds
             self.turns = turns
             rendered = self.prompt.render(self.tokenizer, self.turns, question)
             if not rendered.startswith(self.text):
@@ -174,5 +176,7 @@ class Conversation:
         if len(answer) > len(shown):
             yield answer[len(shown):]
         # the cache now holds the answer (its last token pending); keep the text in step
+        if ended and self.prompt.style == "completion":
+            self.state.pending = []  # plain-text transcripts carry no end-of-turn token
         self.text += answer + (self.tokenizer.decode(self.state.pending) if ended else "")
         self.turns.append((question, answer))

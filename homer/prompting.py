@@ -47,7 +47,7 @@ class DocumentPrompt:
         if self.style == "completion":
             text = first
             for (_, answer), nxt in zip(turns, questions[1:]):
-                text += f"\nAnswer: {answer}\n\nQuestion: {nxt}"
+                text += f"\nAnswer:{answer}\n\nQuestion: {nxt}"
             return text + "\nAnswer:"
         messages = [{"role": "system", "content": self.system}] if self.system else []
         messages.append({"role": "user", "content": first})

@@ -102,7 +102,7 @@ def test_conversation_never_mutates_the_stored_cache(chat_model, tokenizer):
     conv = Conversation(cache, llama, tokenizer)
     first = "".join(conv.ask("Who met Bob?", max_new_tokens=5))
     second = "".join(conv.ask("Where?", max_new_tokens=5))
-    assert len(conv.turns) == 2 and conv.turns[0][1] == first and conv.turns[1][1] == second
+    assert len(conv.turns) == 2 and conv.rebuilds == 0 and conv.turns[0][1] == first and conv.turns[1][1] == second
     for name, tensor in cache.tensors().items():
         assert torch.equal(tensor, before[name]), name
     # the working cache grew by both turns; the stored one did not
