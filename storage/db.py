@@ -1,0 +1,138 @@
+"""The SQLite index (sqlite-utils, WAL mode) and its schema migrations.
+
+Every migration is a function in :data:`MIGRATIONS`; ``schema_version`` records how many have
+been applied, and :func:`migrate` applies the missing ones inside one write transaction, so
+several processes opening the same store at once migrate it exactly once."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from pathlib import Path
+
+import sqlite_utils
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+def now() -> float:
+    """Timestamps in the index are Unix seconds (float)."""
+    return time.time()
+
+
+def _v1_documents_caches_conversations(db: sqlite_utils.Database) -> None:
+    db["documents"].create({
+        "id": str,            # sha256 of the uploaded bytes: the same content is stored once
+        "title": str,
+        "file_name": str,
+        "kind": str,          # pdf | text | markdown
+        "pages": int,
+        "token_count": int,
+        "chars": int,
+        "bytes": int,
+        "page_starts": str,   # JSON list: character offset where each page starts
+        "created": float,
+    }, pk="id")
+    db["caches"].create({
+        "id": str,            # cache key: document + model fingerprint + settings + prompt version
+        "document_id": str,
+        "model_fingerprint": str,
+        "model_name": str,
+        "settings": str,      # HOMER settings JSON (resolved)
+        "prompt_version": str,
+        "file": str,          # relative to the store root
+        "bytes": int,
+        "checksum": str,      # sha256 of the file
+        "tokens": int,
+        "build_seconds": float,
+        "status": str,        # building | ready | corrupt
+        "error": str,
+        "created": float,
+        "updated": float,
+    }, pk="id", foreign_keys=[("document_id", "documents", "id")])
+    db["caches"].create_index(["document_id"])
+    db["conversations"].create({
+        "id": str,
+        "document_id": str,
+        "cache_id": str,
+        "messages": str,      # JSON list of {"role", "content"}
+        "created": float,
+        "updated": float,
+    }, pk="id", foreign_keys=[("document_id", "documents", "id")])
+    db["conversations"].create_index(["document_id"])
+
+
+def _v2_jobs_locks_passages(db: sqlite_utils.Database) -> None:
+    db["documents"].add_column("passages", str)  # JSON list of [start, end, first page, last page]
+    db["jobs"].create({
+        "id": str,
+        "kind": str,          # build
+        "document_id": str,   # content hash (the document row exists once ingested)
+        "build_key": str,     # document + model name + requested settings: one active job per key
+        "upload": str,        # relative path of an upload waiting for ingest, else null
+        "file_name": str,
+        "model": str,         # model name or folder the worker loads
+        "settings": str,      # requested HOMER settings JSON (unresolved)
+        "cache_id": str,
+        "state": str,         # queued | running | done | failed
+        "progress": float,    # 0..1
+        "message": str,
+        "error": str,
+        "attempts": int,
+        "max_attempts": int,
+        "owner": str,         # host:pid of the worker holding the job
+        "lease_until": float,
+        "task_id": str,
+        "created": float,
+        "enqueued": float,
+        "started": float,
+        "finished": float,
+        "updated": float,
+    }, pk="id", defaults={"progress": 0.0, "attempts": 0, "max_attempts": 3})
+    db.execute("CREATE UNIQUE INDEX jobs_one_active_per_key ON jobs(build_key) "
+               "WHERE state IN ('queued', 'running')")
+    db["jobs"].create_index(["state"])
+    db["locks"].create({"name": str, "owner": str, "expires": float}, pk="name")
+
+
+MIGRATIONS = [_v1_documents_caches_conversations, _v2_jobs_locks_passages]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def connect(path: str | Path) -> sqlite_utils.Database:
+    """Open the index (WAL, busy timeout, foreign keys) without migrating it."""
+    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                           check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    db = sqlite_utils.Database(conn)
+    db.enable_wal()
+    db.execute("PRAGMA synchronous = NORMAL")
+    db.execute("PRAGMA foreign_keys = ON")
+    return db
+
+
+def schema_version(db: sqlite_utils.Database) -> int:
+    if not db["schema_version"].exists():
+        return 0
+    row = db.execute("SELECT MAX(version) FROM schema_version").fetchone()
+    return int(row[0] or 0)
+
+
+def migrate(db: sqlite_utils.Database, target: int = SCHEMA_VERSION) -> int:
+    """Apply the missing migrations up to ``target``; returns the version reached."""
+    if schema_version(db) >= target:
+        return schema_version(db)
+    db.execute("BEGIN IMMEDIATE")  # one migrating process at a time
+    try:
+        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied REAL)")
+        current = schema_version(db)
+        if current > SCHEMA_VERSION:
+            raise RuntimeError(f"the store index has schema version {current}; this version knows {SCHEMA_VERSION}")
+        for version in range(current + 1, target + 1):
+            MIGRATIONS[version - 1](db)
+            db.execute("INSERT INTO schema_version (version, applied) VALUES (?, ?)", [version, now()])
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return schema_version(db)

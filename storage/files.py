@@ -1,0 +1,84 @@
+"""Small file helpers: checksums, fsync'ed atomic installs, owner tokens for temp names."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def host_name() -> str:
+    """This machine's name without dots (it is embedded in temp file names)."""
+    return socket.gethostname().replace(".", "_").replace(":", "_") or "host"
+
+
+def owner_token() -> str:
+    """``host:pid`` — who holds a job, a lock or a temp file."""
+    return f"{host_name()}:{os.getpid()}"
+
+
+def owner_alive(owner: str | None) -> bool | None:
+    """Whether the ``host:pid`` owner is a live process; None when it runs on another host."""
+    import psutil
+
+    if not owner or ":" not in owner:
+        return None
+    host, _, pid = owner.rpartition(":")
+    if host != host_name() or not pid.isdigit():
+        return None
+    return psutil.pid_exists(int(pid))
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename inside ``folder`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def install_file(source, target: Path, temp_dir: Path) -> Path:
+    """Copy ``source`` (a path or a readable binary file object) to ``target`` atomically:
+    a temp file in ``temp_dir`` (same file system), fsync, rename, fsync the folder."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f"{target.name}.{owner_token().replace(':', '-')}.", suffix=".tmp", dir=temp_dir)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            if isinstance(source, (str, os.PathLike)):
+                with open(source, "rb") as src:
+                    shutil.copyfileobj(src, out, 1 << 20)
+            else:
+                shutil.copyfileobj(source, out, 1 << 20)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, target)
+        fsync_dir(target.parent)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def write_bytes_atomic(data: bytes, target: Path, temp_dir: Path) -> Path:
+    import io
+
+    return install_file(io.BytesIO(data), target, temp_dir)
