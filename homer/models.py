@@ -78,6 +78,7 @@ def load_model(
     device: str | None = None,
     dtype: torch.dtype | str | None = None,
     attn_implementation: str | None = None,
+    config=None,
 ):
     """Load ``(model, tokenizer)``. ``name``: None/"embedded" for the embedded default, a
     Hugging Face id or a local folder. On CUDA, flash-attn 2 is used when installed."""
@@ -90,7 +91,8 @@ def load_model(
         if device.startswith("cuda") and importlib.util.find_spec("flash_attn") is not None:
             attn_implementation = "flash_attention_2"
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation)
+    extra = {"config": config} if config is not None else {}
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation, **extra)
     model.to(device).eval()
     model.homer_name = EMBEDDED_NAME if name in EMBEDDED_ALIASES else str(name)
     return model, tokenizer

@@ -1,0 +1,34 @@
+"""The evaluation harness runs every method end to end (tiny model, one short sample)."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import tiny_model, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-eval-model")
+    tiny_model("llama", window=1024).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("task", ["passkey", "needle"])
+def test_retrieval_harness_runs_every_method(model_dir, tmp_path, task):
+    cmd = [sys.executable, "-m", "benchmarks.retrieval", "--model", str(model_dir), "--task", task,
+           "--lengths", "1500", "--samples", "1", "--methods", "plain", "clipped", "linear", "yarn", "homer",
+           "homer+yarn", "--variants", "paper:uncalibrated:0", "pooled:uncalibrated:7",
+           "--results-dir", str(tmp_path), "--name", "smoke"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "smoke.jsonl").read_text().splitlines()]
+    methods = {row["method"] for row in rows}
+    assert {"plain", "clipped", "linearx2", "yarnx2", "homer[paper]-question-aware", "homer[pooled]-document-first",
+            "homer+yarn[paper]-document-first"} <= methods
+    summary = json.loads((tmp_path / "smoke.json").read_text())
+    assert {c["method"] for c in summary["cells"]} == methods
+    assert all(0 <= c["ci95"][0] <= c["accuracy"] <= c["ci95"][1] <= 1 for c in summary["cells"])
