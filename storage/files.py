@@ -30,12 +30,12 @@ def owner_token() -> str:
 
 
 def owner_alive(owner: str | None) -> bool | None:
-    """Whether the ``host:pid`` owner is a live process; None when it runs on another host."""
+    """Whether the ``host:pid[:thread]`` owner is a live process; None when it runs on another host."""
     import psutil
 
     if not owner or ":" not in owner:
         return None
-    host, _, pid = owner.rpartition(":")
+    host, pid = owner.split(":")[:2]
     if host != host_name() or not pid.isdigit():
         return None
     return psutil.pid_exists(int(pid))

@@ -96,6 +96,7 @@ class Jobs:
         stamp = dbmod.now()
         error = " ".join(str(error).split())[:500]
         sql = ("UPDATE jobs SET state = 'failed', error = ?, message = 'failed', owner = NULL, lease_until = NULL, "
+               "upload = NULL, "
                "finished = ?, updated = ? WHERE id = ? AND state IN ('queued', 'running')")
         args = [error, stamp, stamp, job_id]
         if owner is not None:
@@ -103,13 +104,14 @@ class Jobs:
             args.append(owner)
         return self._db.execute(sql, args).rowcount == 1
 
-    def release(self, job_id: str, owner: str, message: str, error: str | None = None) -> bool:
-        """running → queued by its owner (a retry later, or waiting for another build)."""
+    def release(self, job_id: str, owner: str, message: str, error: str | None = None, uncount: bool = False) -> bool:
+        """running → queued by its owner (a retry later, or waiting for another build; with
+        ``uncount`` this run does not count as an attempt)."""
         stamp = dbmod.now()
         cursor = self._db.execute(
             "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, message = ?, error = ?, "
-            "enqueued = ?, updated = ? WHERE id = ? AND owner = ? AND state = 'running'",
-            [message, error, stamp, stamp, job_id, owner])
+            "attempts = attempts - ?, enqueued = ?, updated = ? WHERE id = ? AND owner = ? AND state = 'running'",
+            [message, error, 1 if uncount else 0, stamp, stamp, job_id, owner])
         return cursor.rowcount == 1
 
     def stale_running(self) -> list[dict]:

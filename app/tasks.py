@@ -1,0 +1,299 @@
+"""The build task and the functions around it: submitting work, running one build, and
+recovering jobs whose worker died. Queue-agnostic: :mod:`app.worker` binds these to huey.
+
+A build job goes: queued → running (claimed with a renewed lease) → done | failed.
+* idempotent: the cache key (document hash, model fingerprint, resolved HOMER settings,
+  prompt version) already ready → the job is done at once, reusing it;
+* one build per key at a time: a lease lock ``build:<key>`` in the index;
+* crash-safe: a killed worker's lease runs out, :func:`recover` re-queues the job; the
+  cache file is installed (temp, fsync, rename) and indexed only when complete;
+* failures (bad upload, errors after the last attempt) end the job as failed with a
+  one-line reason; the queue goes on."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from pathlib import Path
+
+from homer.sources import DocumentError
+from storage.errors import StoreError
+from storage.files import owner_token, write_bytes_atomic
+from storage.store import cache_key
+
+from .ingest import IngestError, add_to_store, ingest_bytes, max_upload_bytes
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = "embedded"
+
+
+def lease_seconds() -> float:
+    """How long a worker's claim lasts without renewal (``HOMER_JOB_LEASE_SECONDS``, 30)."""
+    return float(os.environ.get("HOMER_JOB_LEASE_SECONDS", "30"))
+
+
+def retry_delay() -> float:
+    return float(os.environ.get("HOMER_JOB_RETRY_DELAY", "5"))
+
+
+class Retry(Exception):
+    """Run this job again after ``delay`` seconds (raised to the queue adapter)."""
+
+    def __init__(self, delay: float, reason: str):
+        super().__init__(reason)
+        self.delay = delay
+
+
+class LeaseLost(Exception):
+    """Another worker took over this job (our lease ran out); stop quietly."""
+
+
+# --- models, loaded once per process ------------------------------------------------------
+_models: dict[str, tuple] = {}
+_models_lock = threading.Lock()
+
+
+def get_model(name: str | None):
+    """``(model, tokenizer, fingerprint)`` for a model name or folder, loaded once per process."""
+    from homer.fingerprint import model_fingerprint
+    from homer.models import load_model
+
+    key = name or EMBEDDED
+    with _models_lock:
+        if key not in _models:
+            model, tokenizer = load_model(None if key == EMBEDDED else key)
+            _models[key] = (model, tokenizer, model_fingerprint(model))
+        return _models[key]
+
+
+# --- submitting -----------------------------------------------------------------------------
+def build_key(document_id: str, model: str | None, settings: dict | None) -> str:
+    """What makes two build requests the same before any model is loaded."""
+    material = json.dumps([document_id, model or EMBEDDED, settings or {}], sort_keys=True)
+    return hashlib.sha256(material.encode()).hexdigest()[:32]
+
+
+def _finished_job_with_ready_cache(store, key: str) -> dict | None:
+    for job in store.db["jobs"].rows_where("build_key = ? AND state = 'done'", [key], order_by="finished DESC"):
+        cache = store.get_cache(job["cache_id"]) if job["cache_id"] else None
+        if cache is not None and cache["status"] == "ready":
+            return job
+    return None
+
+
+def submit_file(store, enqueue, data: bytes, file_name: str, model: str | None = None,
+                settings: dict | None = None) -> dict:
+    """Queue an upload for ingest + build; returns the job row (an existing one for the same
+    content, model and settings). ``enqueue(job_id)`` hands the job to the queue."""
+    limit = max_upload_bytes()
+    if len(data) > limit:  # refuse before writing anything; ingest checks again
+        raise IngestError(f"{file_name}: the file is {len(data) / 2**20:.1f} MB, over the limit of "
+                          f"{limit / 2**20:.1f} MB")
+    document_id = hashlib.sha256(data).hexdigest()
+    if store.get_document(document_id) is not None:
+        return submit_document(store, enqueue, document_id, model, settings)
+    key = build_key(document_id, model, settings)
+    upload = Path("uploads") / f"{document_id}{Path(file_name).suffix.lower()[:16]}"
+    write_bytes_atomic(data, store.root / upload, store.tmp_dir)
+    job, created = store.jobs.create(document_id, key, model or EMBEDDED, settings, upload=str(upload),
+                                     file_name=Path(file_name).name)
+    if created:
+        enqueue(job["id"])
+    return store.jobs.get(job["id"])
+
+
+def submit_document(store, enqueue, document_id: str, model: str | None = None, settings: dict | None = None) -> dict:
+    """Queue a build of a stored document; a finished build of the same request is reused."""
+    document_id = store.document(document_id)["id"]
+    key = build_key(document_id, model, settings)
+    done = _finished_job_with_ready_cache(store, key)
+    if done is not None:
+        return done
+    job, created = store.jobs.create(document_id, key, model or EMBEDDED, settings,
+                                     file_name=store.document(document_id)["file_name"])
+    if created:
+        enqueue(job["id"])
+    return store.jobs.get(job["id"])
+
+
+def wait_for(store, job_id: str, timeout: float = 300.0, poll: float = 0.2) -> dict:
+    """Block until the job is done or failed (or ``timeout``); returns its row."""
+    deadline = time.monotonic() + timeout
+    while True:
+        job = store.jobs.get(job_id)
+        if job["state"] in ("done", "failed") or time.monotonic() > deadline:
+            return job
+        time.sleep(poll)
+
+
+# --- running one build ------------------------------------------------------------------
+class Heartbeat:
+    """Renews the job's lease (and the key lock) in the background while a build runs, and
+    writes progress at most a few times a second."""
+
+    def __init__(self, store, job_id: str, owner: str, lease: float):
+        self.store, self.job_id, self.owner, self.lease = store, job_id, owner, lease
+        self.lock_name: str | None = None
+        self.lost = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{job_id[:8]}", daemon=True)
+        self._last_write = 0.0
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(max(0.2, self.lease / 3)):
+            self.beat()
+
+    def beat(self, progress: float | None = None, message: str | None = None) -> None:
+        if not self.store.jobs.heartbeat(self.job_id, self.owner, self.lease, progress, message):
+            self.lost = True
+        if self.lock_name:
+            self.store.locks.renew(self.lock_name, self.owner, self.lease)
+
+    def progress(self, fraction: float, message: str, force: bool = False) -> None:
+        if self.lost:
+            raise LeaseLost(self.job_id)
+        now = time.monotonic()
+        if force or now - self._last_write >= 0.5:
+            self._last_write = now
+            self.beat(round(min(max(fraction, 0.0), 1.0), 4), message)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+def _progress_callback(heartbeat: Heartbeat, started: float):
+    step_delay = float(os.environ.get("HOMER_TEST_STEP_DELAY", "0") or 0)  # tests slow builds down
+
+    def progress(done: int, total: int, message: str) -> None:
+        elapsed = time.monotonic() - started
+        eta = elapsed / done * (total - done) if done else 0.0
+        heartbeat.progress(done / max(total, 1), f"{message} — step {done}/{total}, about {eta:.0f} s left",
+                           force=done == total)
+        if step_delay:
+            time.sleep(step_delay)
+
+    return progress
+
+
+def _ingest_upload(store, job: dict, tokenizer) -> str:
+    upload = store.root / job["upload"]
+    try:
+        data = upload.read_bytes()
+    except FileNotFoundError:
+        raise IngestError(f"{job['file_name']}: the upload is gone") from None
+    doc = ingest_bytes(data, job["file_name"] or upload.name, tokenizer)
+    row = add_to_store(store, doc)
+    return row["id"]
+
+
+def _drop_upload(store, job: dict) -> None:
+    """Remove a job's upload unless another active job (same content) still needs it."""
+    if not job.get("upload"):
+        return
+    others = store.db.execute("SELECT COUNT(*) FROM jobs WHERE upload = ? AND id != ? AND state IN ('queued', 'running')",
+                              [job["upload"], job["id"]]).fetchone()[0]
+    if not others:
+        (store.root / job["upload"]).unlink(missing_ok=True)
+
+
+def run_build(store, job_id: str) -> str:
+    """Run one build job to its end state; returns "done", "failed", "skipped" or "lost".
+    Raises :class:`Retry` when the job should run again later."""
+    from homer.config import HomerConfig
+    from homer.document import build_document_cache
+    from homer.prompting import default_prompt
+
+    owner = f"{owner_token()}:{threading.get_ident()}"
+    lease = lease_seconds()
+    if not store.jobs.claim(job_id, owner, lease):
+        return "skipped"  # another worker has it, or it already ended
+    job = store.jobs.get(job_id)
+    heartbeat = Heartbeat(store, job_id, owner, lease)
+    try:
+        heartbeat.progress(0.0, "loading the model", force=True)
+        model, tokenizer, fingerprint = get_model(None if job["model"] == EMBEDDED else job["model"])
+        document_id = job["document_id"]
+        if job["upload"] and store.get_document(document_id) is None:
+            heartbeat.progress(0.0, "reading the document", force=True)
+            document_id = _ingest_upload(store, job, tokenizer)
+        config = HomerConfig(**json.loads(job["settings"] or "{}")).resolve(model.config)
+        prompt = default_prompt(tokenizer)
+        key = cache_key(document_id, fingerprint, config.settings_json(), prompt.version)
+        existing = store.get_cache(key)
+        if existing is not None and existing["status"] == "ready":
+            store.jobs.finish(job_id, owner, key, "reused the cache already built")
+            _drop_upload(store, job)
+            return "done"
+        heartbeat.lock_name = f"build:{key}"
+        if not store.locks.acquire(heartbeat.lock_name, owner, lease):
+            heartbeat.lock_name = None
+            store.jobs.release(job_id, owner, "waiting for another build of the same cache", uncount=True)
+            raise Retry(min(retry_delay(), lease), "same cache is being built elsewhere")
+        started = time.monotonic()
+        text = store.document_text(document_id)
+        document = store.document(document_id)
+        cache = build_document_cache(model, tokenizer, text, config, prompt=prompt,
+                                     progress=_progress_callback(heartbeat, started),
+                                     metadata={"document_id": document_id, "source": document["file_name"]})
+        if heartbeat.lost:
+            raise LeaseLost(job_id)
+        heartbeat.progress(1.0, "saving the cache", force=True)
+        row = store.save_cache(document_id, cache, build_seconds=time.monotonic() - started)
+        store.jobs.finish(job_id, owner, row["id"], f"built {row['tokens']} cached tokens from "
+                                                    f"{document['token_count'] or '?'} in {row['build_seconds']:.1f} s")
+        _drop_upload(store, job)
+        return "done"
+    except (IngestError, DocumentError, StoreError) as exc:
+        store.jobs.fail(job_id, str(exc), owner=owner)
+        _drop_upload(store, job)
+        return "failed"
+    except LeaseLost:
+        log.warning("job %s was taken over by another worker; stopping this build", job_id)
+        return "lost"
+    except Retry:
+        raise
+    except Exception as exc:  # anything else may be transient (out of memory, a disk hiccup)
+        reason = f"{type(exc).__name__}: {exc}"
+        job = store.jobs.get(job_id)
+        if job["attempts"] < job["max_attempts"]:
+            store.jobs.release(job_id, owner, f"retrying after: {reason}"[:300], error=reason)
+            raise Retry(retry_delay(), reason) from exc
+        store.jobs.fail(job_id, f"failed after {job['attempts']} attempts: {reason}", owner=owner)
+        _drop_upload(store, job)
+        return "failed"
+    finally:
+        heartbeat.stop()
+        if heartbeat.lock_name:
+            store.locks.release(heartbeat.lock_name, owner)
+
+
+# --- recovery ---------------------------------------------------------------------------
+def recover(store, enqueue, pending_task_ids: set[str] | None, grace: float | None = None) -> list[str]:
+    """Re-queue jobs whose worker died (lease expired / dead process) and queued jobs whose
+    queue message is gone; remove temp files of dead writers. Safe to run from every worker
+    at once: each transition is won by one of them. Returns what it did, one line each."""
+    actions = []
+    grace = lease_seconds() if grace is None else grace
+    if store.remove_stale_temp_files():
+        actions.append("removed temp files of stopped writers")
+    for job in store.jobs.stale_running():
+        state = store.jobs.recover(job)
+        if state == "queued":
+            enqueue(job["id"])
+            actions.append(f"requeued job {job['id'][:8]} (its worker stopped)")
+        elif state == "failed":
+            _drop_upload(store, job)
+            actions.append(f"failed job {job['id'][:8]} (attempts used up)")
+    if pending_task_ids is not None:
+        for job in store.jobs.list("queued"):
+            if job["task_id"] not in pending_task_ids and store.jobs.touch_queued(job["id"], grace):
+                enqueue(job["id"])
+                actions.append(f"re-enqueued job {job['id'][:8]} (its queue message was lost)")
+    return actions
