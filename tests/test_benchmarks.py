@@ -32,3 +32,15 @@ def test_retrieval_harness_runs_every_method(model_dir, tmp_path, task):
     summary = json.loads((tmp_path / "smoke.json").read_text())
     assert {c["method"] for c in summary["cells"]} == methods
     assert all(0 <= c["ci95"][0] <= c["accuracy"] <= c["ci95"][1] <= 1 for c in summary["cells"])
+
+
+def test_speed_benchmark_reports_ratios(model_dir, tmp_path):
+    cmd = [sys.executable, "-m", "benchmarks.speed", "--model", str(model_dir), "--lengths", "1500",
+           "--follow-up", "3000", "--results-dir", str(tmp_path), "--name", "smoke"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads((tmp_path / "smoke.json").read_text())
+    (row,) = result["build_vs_prefill"]
+    assert row["leaves"] > 1 and 0 < row["predicted_flop_ratio"] < 1 and row["measured_ratio"] > 0
+    follow = result["follow_up"]
+    assert follow["cache_tokens"] <= 512 and follow["file_over_bound"] >= 1 and follow["decoded_tokens"] >= 1
