@@ -44,3 +44,27 @@ def test_speed_benchmark_reports_ratios(model_dir, tmp_path):
     assert row["leaves"] > 1 and 0 < row["predicted_flop_ratio"] < 1 and row["measured_ratio"] > 0
     follow = result["follow_up"]
     assert follow["cache_tokens"] <= 512 and follow["file_over_bound"] >= 1 and follow["decoded_tokens"] >= 1
+
+
+def test_perplexity_benchmark_compares_homer_with_the_last_window(model_dir, tmp_path):
+    cmd = [sys.executable, "-m", "benchmarks.perplexity", "--model", str(model_dir), "--lengths", "1500",
+           "--samples", "1", "--span", "64", "--results-dir", str(tmp_path), "--name", "smoke"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads((tmp_path / "smoke.json").read_text())
+    (row,) = result["rows"]
+    assert row["cache_tokens"] <= 512 and row["homer_ppl"] > 1 and row["last_window_ppl"] > 1
+
+
+def test_perplexity_of_an_uncompressed_cache_equals_the_plain_model():
+    """With one chunk and T ≥ length nothing is pruned: both sides score the same context."""
+    from benchmarks.perplexity import homer_nll, last_window_nll
+    from homer import HomerConfig
+
+    from conftest import random_ids
+
+    model = tiny_model("llama", window=1024)
+    before, span = random_ids(300, 1).tolist(), random_ids(40, 2).tolist()
+    h, cache_len = homer_nll(model, before, span, HomerConfig(cache_dtype="float32"))
+    assert cache_len == 300
+    assert abs(h - last_window_nll(model, before, span, 300)) < 1e-4
