@@ -101,23 +101,28 @@ class Store:
     def document_dir(self, document_id: str) -> Path:
         return self.root / "documents" / document_id[:2] / document_id
 
-    def add_document(self, data: bytes, file_name: str, text: str, kind: str, page_starts: list[int] | None = None,
+    def add_document(self, data: bytes | None, file_name: str, text: str, kind: str, page_starts: list[int] | None = None,
                      token_count: int | None = None, title: str | None = None,
-                     passages: list | None = None) -> dict:
+                     passages: list | None = None, document_id: str | None = None, size: int | None = None) -> dict:
         """Store an uploaded document once per content (sha256 of ``data``); returns its row.
-        Uploading the same bytes again returns the existing row."""
-        document_id = hashlib.sha256(data).hexdigest()
+        Uploading the same bytes again returns the existing row. ``data`` may be None for a
+        document imported without its source file: then ``document_id`` is required."""
+        if data is not None:
+            document_id = hashlib.sha256(data).hexdigest()
+        elif not document_id:
+            raise StoreError("a document needs its bytes or its content hash")
         existing = self.get_document(document_id)
         if existing is not None:
             return existing
         folder = self.document_dir(document_id)
-        suffix = Path(file_name).suffix.lower()[:16]
-        write_bytes_atomic(data, folder / f"source{suffix}", self.tmp_dir)
+        if data is not None:
+            suffix = Path(file_name).suffix.lower()[:16]
+            write_bytes_atomic(data, folder / f"source{suffix}", self.tmp_dir)
         write_bytes_atomic(text.encode("utf-8"), folder / "text.txt", self.tmp_dir)
         row = {
             "id": document_id, "title": title or Path(file_name).stem, "file_name": Path(file_name).name,
             "kind": kind, "pages": len(page_starts or [0]), "token_count": token_count, "chars": len(text),
-            "bytes": len(data), "page_starts": json.dumps(page_starts or [0]),
+            "bytes": len(data) if data is not None else size, "page_starts": json.dumps(page_starts or [0]),
             "passages": json.dumps(passages) if passages is not None else None, "created": dbmod.now(),
         }
         self.db["documents"].insert(row, ignore=True)  # a concurrent writer may have won: same content
