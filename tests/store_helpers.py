@@ -1,0 +1,140 @@
+"""Helpers for the store / worker tests: a tiny model folder, PDFs made with pypdf, a
+private redis-server, worker processes."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import tiny_model, tiny_tokenizer
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = {"significance": "uncalibrated"}
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-model")
+    tiny_model("llama", window=1024).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder
+
+
+def story(n: int = 30, seed: str = "") -> str:
+    return f"The lighthouse keeper {seed} was named Ada. She kept the lamp burning.\n\n" * n
+
+
+def text_pdf(pages: list[str], password: str | None = None) -> bytes:
+    """A PDF with a real text layer (Helvetica text operators), one string per page."""
+    from pypdf import PdfWriter
+    from pypdf.generic import DictionaryObject, NameObject, StreamObject
+
+    writer = PdfWriter()
+    for text in pages:
+        page = writer.add_blank_page(612, 792)
+        font = DictionaryObject({NameObject("/Type"): NameObject("/Font"), NameObject("/Subtype"): NameObject("/Type1"),
+                                 NameObject("/BaseFont"): NameObject("/Helvetica")})
+        page[NameObject("/Resources")] = DictionaryObject(
+            {NameObject("/Font"): DictionaryObject({NameObject("/F1"): writer._add_object(font)})})
+        escaped = [line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)") for line in text.split("\n")]
+        content = StreamObject()
+        content.set_data(("BT /F1 12 Tf 72 720 Td 14 TL " + " ".join(f"({line}) '" for line in escaped) + " ET")
+                         .encode("latin-1"))
+        page[NameObject("/Contents")] = writer._add_object(content)
+    if password:
+        writer.encrypt(password)
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def blank_pdf(pages: int = 2) -> bytes:
+    """Pages without any text layer (like a scan)."""
+    from pypdf import PdfWriter
+
+    writer = PdfWriter()
+    for _ in range(pages):
+        writer.add_blank_page(612, 792)
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def subprocess_env(home: Path, **extra) -> dict:
+    env = {"HOMER_HOME": str(home), "PATH": os.environ.get("PATH", "/usr/bin:/bin"), "PYTHONUNBUFFERED": "1"}
+    env.update({k: str(v) for k, v in extra.items()})
+    return env
+
+
+def start_worker(store_root: Path, home: Path, log: Path, workers: int = 1, **env) -> subprocess.Popen:
+    """A real worker process (``python -m app.worker``) on the store."""
+    return subprocess.Popen([sys.executable, "-m", "app.worker", "--store", str(store_root), "-w", str(workers), "-v"],
+                            cwd=ROOT, env=subprocess_env(home, **env), stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+
+
+def stop(process: subprocess.Popen, sig=signal.SIGINT, timeout: float = 20) -> None:
+    if process.poll() is None:
+        process.send_signal(sig)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def wait_until(predicate, timeout: float = 120, poll: float = 0.1, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture
+def redis_url():
+    """A private redis-server on a free loopback port in a temp folder; skipped only where no
+    redis-server binary exists (``bash run.sh`` installs one)."""
+    binary = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+    if binary is None:
+        pytest.skip("no redis-server binary on this machine (bash run.sh installs the Debian package)")
+    import redis
+
+    folder = tempfile.mkdtemp(prefix="homer-redis-")
+    port = free_port()
+    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", folder, "--save", "",
+                                "--appendonly", "no", "--protected-mode", "yes"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        client = redis.Redis.from_url(url)
+        wait_until(lambda: _ping(client), timeout=20, what="redis-server to start")
+        yield url
+    finally:
+        process.terminate()
+        process.wait(10)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _ping(client) -> bool:
+    try:
+        return bool(client.ping())
+    except Exception:
+        return False
