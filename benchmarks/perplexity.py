@@ -17,7 +17,6 @@ import random
 from pathlib import Path
 
 import torch
-from transformers import DynamicCache
 
 from homer import HomerConfig, build_cache
 from homer.evaluation.haystack import essay_text

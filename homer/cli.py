@@ -20,11 +20,32 @@ def _config_from_args(args):
 
 def _add_homer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="HF model id or folder (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--rope", default=None, help="RoPE scaling METHOD:FACTOR, e.g. yarn:4 (linear, dynamic, yarn)")
     p.add_argument("--max-chunk-len", type=int, default=None, help="M (default: window / 2)")
     p.add_argument("--target-len", type=int, default=None, help="T (default: M)")
     p.add_argument("--warmup-layers", type=int, default=None, help="W (default: 3/8 of the layers)")
     p.add_argument("--significance", default="calibrated", choices=["calibrated", "uncalibrated", "random"])
     p.add_argument("--cache-dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+
+
+def _load(model_name: str | None, rope: str | None):
+    """Load the model, with RoPE scaling "METHOD:FACTOR" (linear, dynamic, yarn) if given."""
+    from .models import load_model
+
+    if not rope:
+        return load_model(model_name)
+    from .evaluation.rope import load_scaled_model
+
+    method, _, factor = rope.partition(":")
+    return load_scaled_model(model_name, method, float(factor or 2))
+
+
+def _rope_of_cache(cache) -> str | None:
+    """The "METHOD:FACTOR" a cache was built with, read from its metadata."""
+    params = json.loads(cache.metadata.get("rope_parameters") or "null") or {}
+    if params.get("rope_type", "default") in ("default", None):
+        return None
+    return f"{params['rope_type']}:{params.get('factor', 1)}"
 
 
 def _tqdm_progress(desc: str):
@@ -53,7 +74,6 @@ def _stream(pieces) -> str:
 
 def cmd_build(args) -> int:
     from .document import build_document_cache
-    from .models import load_model
     from .sources import DocumentError, read_document
 
     try:
@@ -61,7 +81,7 @@ def cmd_build(args) -> int:
     except (DocumentError, OSError) as exc:
         print(f"error: {args.file}: {exc}", file=sys.stderr)
         return 2
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = _load(args.model, args.rope)
     started = time.perf_counter()
     cache = build_document_cache(model, tokenizer, source.text, _config_from_args(args),
                                  progress=_tqdm_progress("reading"), metadata={"source": Path(args.file).name})
@@ -75,11 +95,10 @@ def cmd_build(args) -> int:
 def cmd_ask(args) -> int:
     from .cache import CacheMismatchError, HomerCache
     from .generation import Conversation
-    from .models import load_model
 
     try:
         cache = HomerCache.load(args.cache)
-        model, tokenizer = load_model(args.model or cache.metadata.get("model_name") or None)
+        model, tokenizer = _load(args.model or cache.metadata.get("model_name") or None, args.rope or _rope_of_cache(cache))
         cache = HomerCache.load(args.cache, model=model)
     except CacheMismatchError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -126,9 +145,8 @@ def calibration_chunks(tokenizer, count: int, length: int, seed: int = 0):
 def cmd_calibrate(args) -> int:
     from .calibration import calibrate, save_bias
     from .config import HomerConfig
-    from .models import load_model
 
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = _load(args.model, args.rope)
     m = HomerConfig(max_chunk_len=args.max_chunk_len).resolve(model.config).max_chunk_len
     chunks = calibration_chunks(tokenizer, args.chunks, m, args.seed)
     bias = calibrate(model, chunks, m, progress=_tqdm_progress("calibrating"))
@@ -178,12 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("cache")
     p.add_argument("question", nargs="+")
     p.add_argument("--model", default=None, help="default: the model named in the cache")
+    p.add_argument("--rope", default=None, help="default: the RoPE scaling recorded in the cache")
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--temperature", type=float, default=0.0)
     p.set_defaults(func=cmd_ask)
 
-    p = sub.add_parser("calibrate", help="build the significance bias table for a model")
+    p = sub.add_parser("calibrate", help="build the significance bias table for a model (and a RoPE scaling)")
     p.add_argument("--model", default=None)
+    p.add_argument("--rope", default=None, help="RoPE scaling METHOD:FACTOR, e.g. yarn:4")
     p.add_argument("--max-chunk-len", type=int, default=None)
     p.add_argument("--chunks", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)

@@ -4,6 +4,7 @@ depth-first, to a root whose cache is returned. ``build_cache`` is a pure functi
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import warnings
@@ -200,6 +201,7 @@ def build_cache(model, prefix_ids, context_ids, suffix_ids, config: HomerConfig 
         "model_name": getattr(model, "homer_name", None) or getattr(model.config, "_name_or_path", "") or "",
         "settings": config.settings_json(),
         "significance_used": scorer.name,
+        "rope_parameters": json.dumps(getattr(model.config, "rope_parameters", None), default=str),
         "context_len": str(len(context)),
         "num_leaves": str(plan.num_leaves),
         "build_seconds": f"{time.perf_counter() - started:.3f}",

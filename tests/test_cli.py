@@ -63,3 +63,16 @@ def test_a_cache_from_another_model_is_refused(model_dir, tmp_path):
     tiny_tokenizer().save_pretrained(other)
     r = homer("ask", out, "Hi?", "--model", other, home=tmp_path)
     assert r.returncode == 2 and "was built by model" in r.stderr
+
+
+def test_rope_scaled_build_is_recorded_and_reused_by_ask(model_dir, tmp_path):
+    doc = tmp_path / "long.txt"
+    doc.write_text("A rope-scaled reading of a short text. " * 80)
+    out = tmp_path / "long.homer.safetensors"
+    r = homer("build", doc, "-o", out, "--model", model_dir, "--rope", "yarn:2", "--significance", "uncalibrated",
+              home=tmp_path)
+    assert r.returncode == 0, r.stderr
+    info = json.loads(homer("info", out, home=tmp_path).stdout)
+    assert '"yarn"' in info["rope_parameters"] and info["settings"]["max_chunk_len"] == 1024
+    r = homer("ask", out, "What?", "--model", model_dir, "--max-new-tokens", "2", home=tmp_path)
+    assert r.returncode == 0, r.stderr  # the YaRN model is rebuilt from the cache's metadata

@@ -11,7 +11,7 @@ from homer.plan import ChunkPlan
 from homer.tree import _Builder, merge_nodes, significance_for
 from homer.fingerprint import model_fingerprint
 
-from conftest import random_ids, tiny_model
+from conftest import random_ids
 
 P, S = 3, 2
 CFG = HomerConfig(significance="uncalibrated", cache_dtype="float32")  # M = 32, T = 32, W = 2
