@@ -67,9 +67,16 @@ def decode_text(data: bytes) -> str:
     try:
         return data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        best = from_bytes(data).best()
+        matches = from_bytes(data)
+        best = matches.best()
         if best is None:
             raise DocumentError("the file is not text in any known encoding") from None
+        # charset-normalizer often ranks a Baltic / Central European code page first for short
+        # Western text; prefer cp1252 (a superset of Latin-1's printable range) when it fits as well.
+        for match in matches:
+            if match.encoding == "cp1252" and ("cp1252" in best.could_be_from_charset
+                                               or match.chaos <= best.chaos + 0.1):
+                return str(match)
         return str(best)
 
 
