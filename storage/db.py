@@ -95,7 +95,14 @@ def _v2_jobs_locks_passages(db: sqlite_utils.Database) -> None:
     db["locks"].create({"name": str, "owner": str, "expires": float}, pk="name")
 
 
-MIGRATIONS = [_v1_documents_caches_conversations, _v2_jobs_locks_passages]
+def _v3_document_owners(db: sqlite_utils.Database) -> None:
+    # Who may see a document when the app runs with login: documents are stored once per
+    # content, so several users can own the same one. No rows = the app runs without login.
+    db["document_owners"].create({"document_id": str, "owner": str, "added": float}, pk=("document_id", "owner"))
+    db["document_owners"].create_index(["owner"])
+
+
+MIGRATIONS = [_v1_documents_caches_conversations, _v2_jobs_locks_passages, _v3_document_owners]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

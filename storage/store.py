@@ -166,6 +166,7 @@ class Store:
             self.delete_cache(cache["id"])
         with self.db.atomic():
             self.db.execute("DELETE FROM conversations WHERE document_id = ?", [document_id])
+            self.db.execute("DELETE FROM document_owners WHERE document_id = ?", [document_id])
             self.db.execute("UPDATE jobs SET state = 'failed', error = 'the document was deleted', finished = ? "
                             "WHERE document_id = ? AND state IN ('queued', 'running')", [dbmod.now(), document_id])
             self.db.execute("DELETE FROM documents WHERE id = ?", [document_id])
