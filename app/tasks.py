@@ -121,6 +121,27 @@ def submit_document(store, enqueue, document_id: str, model: str | None = None, 
     return store.jobs.get(job["id"])
 
 
+def open_document_cache(store, enqueue, document_id: str, model: str | None = None, settings: dict | None = None):
+    """``(cache, None)`` with the document's ready cache for this model and settings, or
+    ``(None, job)`` after queueing a build — also when the stored cache turned out missing or
+    corrupt (reported in the job's message; never a crash, never a wrong cache)."""
+    from homer.config import HomerConfig
+    from homer.prompting import default_prompt
+    from storage.errors import CacheCorrupt
+
+    loaded, tokenizer, fingerprint = get_model(model)
+    document_id = store.document(document_id)["id"]
+    config = HomerConfig(**(settings or {})).resolve(loaded.config)
+    key = cache_key(document_id, fingerprint, config.settings_json(), default_prompt(tokenizer).version)
+    row = store.get_cache(key)
+    if row is not None and row["status"] == "ready":
+        try:
+            return store.load_cache(key, expected_fingerprint=fingerprint), None
+        except CacheCorrupt as exc:
+            log.warning("%s", exc)
+    return None, submit_document(store, enqueue, document_id, model, settings)
+
+
 def wait_for(store, job_id: str, timeout: float = 300.0, poll: float = 0.2) -> dict:
     """Block until the job is done or failed (or ``timeout``); returns its row."""
     deadline = time.monotonic() + timeout

@@ -66,6 +66,10 @@ class BuildQueue:
     def submit_document(self, document_id: str, model: str | None = None, settings: dict | None = None) -> dict:
         return tasks.submit_document(self.store, self.enqueue, document_id, model, settings)
 
+    def open_document_cache(self, document_id: str, model: str | None = None, settings: dict | None = None):
+        """The ready cache, or ``(None, job)`` with a (re)build queued."""
+        return tasks.open_document_cache(self.store, self.enqueue, document_id, model, settings)
+
     def recover(self) -> list[str]:
         return tasks.recover(self.store, self.enqueue, self.pending_task_ids())
 

@@ -131,3 +131,19 @@ def test_two_workers_and_four_clients_share_one_store(tmp_path, model_dir):
     assert len(built) == 4, [job["message"] for job in finished]  # each cache built exactly once
     assert {job["cache_id"] for job in finished} == {c["id"] for c in caches}
     assert len(store.documents()) == 4 and store.check() == []
+
+
+def test_a_corrupt_cache_is_queued_for_rebuild_when_opened(in_process_consumer, model_dir):
+    queue, store = in_process_consumer, in_process_consumer.store
+    job = wait_for(store, queue.submit_file(story().encode(), "keeper.txt", str(model_dir), FAST)["id"])
+    cache, pending = queue.open_document_cache(job["document_id"], str(model_dir), FAST)
+    assert cache is not None and pending is None
+    path = store.root / store.get_cache(job["cache_id"])["file"]
+    path.write_bytes(path.read_bytes()[:1000])  # truncated on disk
+    cache, rebuild = queue.open_document_cache(job["document_id"], str(model_dir), FAST)
+    assert cache is None and rebuild["id"] != job["id"]
+    assert store.get_cache(job["cache_id"])["status"] in ("corrupt", "ready")
+    rebuilt = wait_for(store, rebuild["id"], timeout=120)
+    assert rebuilt["state"] == "done" and rebuilt["cache_id"] == job["cache_id"]
+    cache, pending = queue.open_document_cache(job["document_id"], str(model_dir), FAST)
+    assert cache is not None and pending is None and store.check() == []
