@@ -1,0 +1,275 @@
+"""Chat sessions over stored caches: plain functions the UI calls, testable without a browser.
+
+* :meth:`ChatService.ready_cache` — the newest ready cache of a document *for the model in
+  use* (its fingerprint; a cache of another model is never picked);
+* :meth:`ChatService.load_cache` — loaded from the store once, then kept in memory (keyed
+  by cache id, a few at a time);
+* :meth:`ChatService.ask` — one :class:`homer.Conversation` per (session, document) that
+  appends each turn after the cache, streams the answer and reports what the turn cost:
+  time to first token, tokens appended, whether the cache came from memory, that the
+  document was not encoded again;
+* :meth:`ChatService.clear` — forget a conversation; messages are persisted in the store.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+
+from homer.cache import HomerCache
+from homer.config import HomerConfig
+from homer.generation import Conversation, GenerationSettings
+from storage.errors import StoreError
+
+from . import tasks
+
+ModelLoader = Callable[[str | None], tuple]  # name -> (model, tokenizer, fingerprint)
+
+
+def max_conversations() -> int:
+    """Conversations whose working KV cache stays in memory (``HOMER_MAX_CONVERSATIONS``, 8);
+    an evicted one keeps its turns and re-appends them on its next question."""
+    return int(os.environ.get("HOMER_MAX_CONVERSATIONS", "8"))
+
+
+def max_loaded_caches() -> int:
+    return int(os.environ.get("HOMER_MAX_LOADED_CACHES", "4"))
+
+
+class ChatError(ValueError):
+    """Something the user can fix (no document picked, not ready for this model, …)."""
+
+
+@dataclass
+class ChatSession:
+    """One conversation about one document. ``conversation`` (with its KV cache) may be
+    dropped to save memory; ``turns`` survive and are re-appended when needed."""
+
+    document_id: str
+    cache_id: str
+    conversation_id: str | None = None
+    conversation: Conversation | None = None
+    turns: list[tuple[str, str]] = field(default_factory=list)
+    messages: list[dict] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def default_settings(model_config) -> dict:
+    """HOMER settings derived from the model: M = window / 2, T = M, W ≈ 3/8 · L."""
+    return HomerConfig().resolve(model_config).settings()
+
+
+def settings_overrides(model_config, requested: dict | None) -> dict:
+    """Only the settings that differ from the model-derived defaults (so a default build
+    from the UI is the same request as one from the command line)."""
+    if not requested:
+        return {}
+    defaults = default_settings(model_config)
+    out = {}
+    for name, value in requested.items():
+        if value is None or value == "" or name not in defaults or name == "custom_bias":
+            continue
+        if isinstance(defaults[name], int) and not isinstance(defaults[name], bool):
+            value = int(value)
+        if value != defaults[name]:
+            out[name] = value
+    if out:
+        HomerConfig(**out).resolve(model_config)  # refuse impossible settings now, not in the worker
+    return out
+
+
+class ChatService:
+    """Chats about the documents of one store. Thread-safe; one instance per app process."""
+
+    def __init__(self, store, loader: ModelLoader | None = None):
+        self.store = store
+        self.loader = loader or tasks.get_model
+        self._caches: OrderedDict[str, HomerCache] = OrderedDict()
+        self._caches_lock = threading.Lock()
+        self._sessions: dict[tuple[str, str], ChatSession] = {}
+        self._live: OrderedDict[tuple[str, str], None] = OrderedDict()  # sessions holding a KV cache, LRU
+        self._sessions_lock = threading.Lock()
+
+    # --- model and caches ----------------------------------------------------------------
+    def model(self, model_name: str | None):
+        """``(model, tokenizer, fingerprint)``, loaded once per process."""
+        return self.loader(None if model_name in (None, "", tasks.EMBEDDED) else model_name)
+
+    def model_info(self, model_name: str | None) -> dict:
+        model, _, fingerprint = self.model(model_name)
+        config = model.config
+        return {
+            "name": getattr(model, "homer_name", None) or model_name or tasks.EMBEDDED,
+            "fingerprint": fingerprint,
+            "layers": int(config.num_hidden_layers),
+            "window": int(config.max_position_embeddings),
+            "device": str(model.device),
+            "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+            "defaults": default_settings(config),
+        }
+
+    def ready_cache(self, document_id: str, model_name: str | None, settings: dict | None = None) -> dict | None:
+        """The ready cache of ``document_id`` built by this model — preferring one with the
+        requested HOMER settings, else the newest. None when this model has none."""
+        model, _, fingerprint = self.model(model_name)
+        rows = self.store.caches(document_id, model_fingerprint=fingerprint)
+        if not rows:
+            return None
+        if settings is not None:
+            wanted = HomerConfig(**settings).resolve(model.config).settings_json()
+            for row in rows:
+                if row["settings"] == wanted:
+                    return row
+        return rows[0]
+
+    def load_cache(self, cache_id: str, fingerprint: str) -> tuple[HomerCache, bool, float]:
+        """``(cache, from_memory, seconds)``: the stored cache, read from disk (checksum and
+        fingerprint checked) the first time, from memory afterwards."""
+        started = time.perf_counter()
+        with self._caches_lock:
+            cache = self._caches.get(cache_id)
+            if cache is not None:
+                self._caches.move_to_end(cache_id)
+                if cache.fingerprint != fingerprint:  # never reuse another model's cache
+                    raise StoreError(f"cache {cache_id[:12]} was built by another model")
+                return cache, True, time.perf_counter() - started
+        cache = self.store.load_cache(cache_id, expected_fingerprint=fingerprint)
+        with self._caches_lock:
+            self._caches[cache_id] = cache
+            while len(self._caches) > max_loaded_caches():
+                self._caches.popitem(last=False)
+        return cache, False, time.perf_counter() - started
+
+    def forget_document(self, document_id: str) -> None:
+        """Drop everything held in memory for a document (it was deleted)."""
+        with self._sessions_lock:
+            for key in [k for k in self._sessions if k[1] == document_id]:
+                self._sessions.pop(key)
+                self._live.pop(key, None)
+        with self._caches_lock:
+            for cache_id in [c for c, cache in self._caches.items() if cache.metadata.get("document_id") == document_id]:
+                self._caches.pop(cache_id)
+
+    # --- conversations -------------------------------------------------------------------
+    def session(self, session_key: str, document_id: str) -> ChatSession | None:
+        with self._sessions_lock:
+            return self._sessions.get((session_key, document_id))
+
+    def history(self, session_key: str, document_id: str | None) -> list[dict]:
+        """The messages of this session's conversation about ``document_id`` (for the chatbot)."""
+        if not document_id:
+            return []
+        chat = self.session(session_key, document_id)
+        return [dict(m) for m in chat.messages] if chat else []
+
+    def clear(self, session_key: str, document_id: str | None) -> None:
+        """Forget the conversation (the stored cache is untouched; the next question starts
+        from it again)."""
+        if not document_id:
+            return
+        with self._sessions_lock:
+            self._sessions.pop((session_key, document_id), None)
+            self._live.pop((session_key, document_id), None)
+
+    def _session_for(self, session_key: str, document_id: str, cache_id: str) -> ChatSession:
+        key = (session_key, document_id)
+        with self._sessions_lock:
+            chat = self._sessions.get(key)
+            if chat is None or chat.cache_id != cache_id:  # model or settings changed: a new conversation
+                chat = self._sessions[key] = ChatSession(document_id, cache_id)
+                self._live.pop(key, None)
+            return chat
+
+    def _keep_live(self, key: tuple[str, str]) -> None:
+        with self._sessions_lock:
+            self._live[key] = None
+            self._live.move_to_end(key)
+            while len(self._live) > max_conversations():
+                old, _ = self._live.popitem(last=False)
+                if old in self._sessions:
+                    self._sessions[old].conversation = None  # its turns are re-appended when needed
+
+    def ask(self, session_key: str, document_id: str, question: str, model_name: str | None = None,
+            generation: GenerationSettings | None = None, settings: dict | None = None) -> Iterator[tuple[str, dict]]:
+        """Stream ``(answer so far, turn stats)``. The last item's stats are complete:
+
+        time_to_first_token (s, from the question to the first text), engine_time_to_first_token
+        (s, the model's own), tokens_per_second, new_tokens, appended_tokens (question and
+        earlier answer tokens fed this turn), document_tokens, cache_tokens, cache_reused
+        (the stored cache answered — the document was not encoded again), cache_source
+        ("memory" or "disk"), cache_load_seconds, turn (1-based), cache_id."""
+        question = (question or "").strip()
+        if not document_id:
+            raise ChatError("pick a ready document first")
+        if not question:
+            raise ChatError("type a question")
+        started = time.perf_counter()
+        model, tokenizer, fingerprint = self.model(model_name)
+        row = self.ready_cache(document_id, model_name, settings)
+        if row is None:
+            raise ChatError("this document has no cache for the model in use yet: read it in the Library tab first")
+        cache, from_memory, load_seconds = self.load_cache(row["id"], fingerprint)
+        chat = self._session_for(session_key, document_id, row["id"])
+        key = (session_key, document_id)
+        with chat.lock:
+            fresh = chat.conversation is None
+            if fresh:
+                chat.conversation = Conversation(cache, model, tokenizer)
+                chat.conversation.turns = list(chat.turns)  # earlier turns are re-appended with this question
+            self._keep_live(key)
+            conversation = chat.conversation
+            if chat.conversation_id is None:
+                chat.conversation_id = self.store.add_conversation(document_id, row["id"])
+            position_before = conversation.state.position
+            stats = {
+                "cache_id": row["id"], "cache_tokens": len(cache), "cache_reused": True,
+                "cache_source": "memory" if from_memory else "disk", "cache_load_seconds": round(load_seconds, 4),
+                "document_tokens": int(cache.metadata.get("context_len") or 0), "turn": len(chat.turns) + 1,
+                "new_conversation": fresh and not chat.turns,
+            }
+            answer, first = "", None
+            try:
+                for piece in conversation.ask(question, settings=generation or GenerationSettings()):
+                    if first is None:
+                        first = time.perf_counter() - started
+                        stats["time_to_first_token"] = round(first, 4)
+                    answer += piece
+                    yield answer, dict(stats)
+            except BaseException:  # an error, or the listener went away mid-answer
+                chat.conversation = None  # its KV state is unknown now; rebuild from the turns next time
+                raise
+            engine = conversation.stats
+            generated = int(engine.get("new_tokens", 0))
+            stats.update(
+                time_to_first_token=round(first if first is not None else time.perf_counter() - started, 4),
+                engine_time_to_first_token=round(float(engine.get("time_to_first_token", 0.0)), 4),
+                tokens_per_second=round(float(engine.get("tokens_per_second", 0.0)), 2),
+                new_tokens=generated,
+                appended_tokens=conversation.state.position - position_before - max(generated - 1, 0),
+                seconds=round(time.perf_counter() - started, 4),
+            )
+            chat.turns.append((question, answer))
+            chat.messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+            self.store.add_message(chat.conversation_id, "user", question)
+            self.store.add_message(chat.conversation_id, "assistant", answer)
+        yield answer, stats
+
+
+def describe_turn(stats: dict) -> str:
+    """One line for the UI: time to first token and what the turn reused."""
+    if not stats:
+        return ""
+    source = "loaded from disk" if stats.get("cache_source") == "disk" else "reused from memory"
+    return (f"time to first token **{stats.get('time_to_first_token', 0):.2f} s** · "
+            f"{stats.get('tokens_per_second', 0):.1f} tokens/s · cache {source} "
+            f"({stats.get('cache_tokens', 0)} tokens for a {stats.get('document_tokens', 0)}-token document, "
+            f"not encoded again) · {stats.get('appended_tokens', 0)} new prompt tokens")
+
+
+def stats_json(stats: dict) -> str:
+    return json.dumps(stats, sort_keys=True)

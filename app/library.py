@@ -1,0 +1,252 @@
+"""The library the UI shows: documents with their build state for the model in use, uploads
+checked before they are queued, delete, export and import — plain functions over the store
+and the build queue (the UI never reaches the engine directly).
+
+With login on, every function takes the user name as ``owner``: a user sees only documents
+they added (uploaded or imported). Documents are stored once per content, so two users who
+upload the same file share the stored document and its cache, and each sees it as theirs."""
+
+from __future__ import annotations
+
+import io
+import re
+import tempfile
+import time
+from pathlib import Path
+
+from storage import db as dbmod
+from storage.bundles import export_bundle, import_bundle
+from storage.errors import StoreError
+
+from .ingest import IngestError, ingest_bytes
+
+SUPPORTED_SUFFIXES = (".pdf", ".txt", ".md", ".markdown", ".text")
+HEADERS = ["document", "state", "size", "pages", "tokens", "model", "id"]
+FAILED_UPLOAD_SECONDS = 600.0  # failed uploads (no document row) stay listed this long
+
+
+# --- ownership ----------------------------------------------------------------------------
+def add_owner(store, document_id: str, owner: str | None) -> None:
+    if owner:
+        store.db["document_owners"].insert({"document_id": document_id, "owner": owner, "added": dbmod.now()},
+                                           ignore=True)
+
+
+def owned_ids(store, owner: str | None) -> set[str] | None:
+    """Document ids ``owner`` may see; None = everything (the app runs without login)."""
+    if not owner:
+        return None
+    return {row[0] for row in store.db.execute("SELECT document_id FROM document_owners WHERE owner = ?", [owner])}
+
+
+def visible_documents(store, owner: str | None) -> list[dict]:
+    allowed = owned_ids(store, owner)
+    return [doc for doc in store.documents() if allowed is None or doc["id"] in allowed]
+
+
+def check_access(store, document_id: str, owner: str | None) -> dict:
+    """The document row, if ``owner`` may use it (else a :class:`StoreError`)."""
+    doc = store.document(document_id)
+    allowed = owned_ids(store, owner)
+    if allowed is not None and doc["id"] not in allowed:
+        raise StoreError(f"no document {document_id!r} in your library")
+    return doc
+
+
+# --- labels -----------------------------------------------------------------------------
+def human_bytes(size: int | None) -> str:
+    if size is None:
+        return ""
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return ""
+
+
+def human_seconds(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def job_label(job: dict, now: float | None = None) -> str:
+    """queued / reading 43 % · ETA 1 min / failed: reason / ready."""
+    now = now or time.time()
+    if job["state"] == "queued":
+        return "queued" + (f" · {job['message']}" if job.get("message") not in (None, "", "queued") else "")
+    if job["state"] == "running":
+        progress = float(job.get("progress") or 0.0)
+        label = f"reading {progress * 100:.0f} %"
+        if progress >= 0.02 and job.get("started"):
+            elapsed = now - float(job["started"])
+            label += f" · ETA {human_seconds(elapsed * (1 - progress) / progress)}"
+        elif job.get("message"):
+            label += f" · {job['message']}"
+        return label
+    if job["state"] == "failed":
+        return f"failed: {job.get('error') or 'unknown reason'}"
+    return "ready"
+
+
+def _short_model(name: str | None) -> str:
+    if not name:
+        return ""
+    return Path(name).name if ("/" in name and Path(name).is_absolute()) else name
+
+
+def library(store, model_name: str, fingerprint: str, owner: str | None = None, now: float | None = None) -> list[dict]:
+    """One entry per document the user sees (and per upload still being read or recently
+    refused): id, name, state for this model, ready (a cache of this model exists), size,
+    pages, tokens, model."""
+    now = now or time.time()
+    allowed = owned_ids(store, owner)
+    jobs: dict[str, list[dict]] = {}
+    for job in store.db["jobs"].rows_where("model = ?", [model_name], order_by="created"):
+        jobs.setdefault(job["document_id"], []).append(job)
+    entries = []
+    documents = {doc["id"]: doc for doc in store.documents()}
+    for doc in documents.values():
+        if allowed is not None and doc["id"] not in allowed:
+            continue
+        caches = store.caches(doc["id"], model_fingerprint=fingerprint)
+        doc_jobs = jobs.get(doc["id"], [])
+        active = [j for j in doc_jobs if j["state"] in ("queued", "running")]
+        if active:
+            state = job_label(active[-1], now)
+            if caches:
+                state = f"ready · re-reading: {state}"
+        elif caches:
+            state = "ready"
+        elif doc_jobs and doc_jobs[-1]["state"] == "failed":
+            state = job_label(doc_jobs[-1], now)
+        else:
+            state = "not read by this model yet"
+        entries.append({
+            "id": doc["id"], "name": doc["file_name"], "title": doc["title"], "state": state, "ready": bool(caches),
+            "size": doc["bytes"], "pages": doc["pages"], "tokens": doc["token_count"],
+            "model": _short_model(caches[0]["model_name"] if caches else (doc_jobs[-1]["model"] if doc_jobs else "")),
+            "cache_tokens": caches[0]["tokens"] if caches else None,
+        })
+    for document_id, doc_jobs in jobs.items():  # uploads not ingested yet, or refused by the worker
+        if document_id in documents or (allowed is not None and document_id not in allowed):
+            continue
+        job = doc_jobs[-1]
+        if job["state"] == "done" or (job["state"] == "failed" and now - (job["finished"] or 0) > FAILED_UPLOAD_SECONDS):
+            continue
+        upload = store.root / job["upload"] if job.get("upload") else None
+        entries.append({
+            "id": document_id, "name": job["file_name"] or document_id[:12], "title": job["file_name"],
+            "state": job_label(job, now), "ready": False,
+            "size": upload.stat().st_size if upload is not None and upload.exists() else None,
+            "pages": None, "tokens": None, "model": _short_model(job["model"]), "cache_tokens": None,
+        })
+    return entries
+
+
+def table_rows(entries: list[dict]) -> list[list]:
+    return [[e["name"], e["state"], human_bytes(e["size"]), e["pages"] if e["pages"] is not None else "",
+             e["tokens"] if e["tokens"] is not None else "", e["model"], e["id"][:12]] for e in entries]
+
+
+def choices(entries: list[dict], ready_only: bool = False) -> list[tuple[str, str]]:
+    """(label, document id) pairs for a dropdown."""
+    out = []
+    for e in entries:
+        if e["pages"] is None or (ready_only and not e["ready"]):
+            continue  # not ingested yet / no cache for this model
+        out.append((f"{e['name']} · {e['id'][:8]}", e["id"]))
+    return out
+
+
+# --- uploads --------------------------------------------------------------------------------
+def check_upload(data: bytes, file_name: str) -> None:
+    """Refuse what would fail in the worker anyway, at once and with a reason:
+    :class:`IngestError`. A PDF's structure is checked here; its text is read by the worker."""
+    name = Path(file_name).name
+    suffix = Path(name).suffix.lower()
+    if suffix not in SUPPORTED_SUFFIXES:
+        raise IngestError(f"{name}: unsupported file type {suffix or '(none)'}: use PDF, TXT or Markdown")
+    if not data.strip():
+        raise IngestError(f"{name}: the file is empty")
+    if suffix == ".pdf" or data.startswith(b"%PDF-"):
+        from pypdf import PdfReader
+
+        try:
+            reader = PdfReader(io.BytesIO(data))
+            if reader.is_encrypted:
+                raise IngestError(f"{name}: the PDF is encrypted (password-protected)")
+            if len(reader.pages) == 0:
+                raise IngestError(f"{name}: the PDF has no pages")
+        except IngestError:
+            raise
+        except Exception as exc:  # pypdf raises several types on broken files
+            raise IngestError(f"{name}: the PDF is corrupt or unreadable ({type(exc).__name__})") from None
+        return
+    ingest_bytes(data, name)  # text / Markdown: encoding, binary content, emptiness
+
+
+def submit_uploads(queue, files: list[tuple[str, bytes]], model_name: str, settings: dict | None = None,
+                   owner: str | None = None) -> list[str]:
+    """Check and queue uploaded files ``(name, bytes)``; one line per file saying what happened."""
+    lines = []
+    for name, data in files:
+        name = Path(name).name
+        try:
+            check_upload(data, name)
+            job = queue.submit_file(data, name, model_name, settings or None)
+        except (IngestError, StoreError, OSError) as exc:
+            lines.append(f"✗ {exc}")
+            continue
+        add_owner(queue.store, job["document_id"], owner)
+        if job["state"] == "done":
+            lines.append(f"✓ {name}: already read — ready")
+        elif job["state"] == "failed":
+            lines.append(f"✗ {name}: {job['error']}")
+        else:
+            lines.append(f"✓ {name}: queued for reading")
+    return lines
+
+
+def submit_existing(queue, document_id: str, model_name: str, settings: dict | None = None,
+                    owner: str | None = None) -> str:
+    """Queue a stored document for a build with this model and settings."""
+    doc = check_access(queue.store, document_id, owner)
+    job = queue.submit_document(doc["id"], model_name, settings or None)
+    return f"{doc['file_name']}: {'ready' if job['state'] == 'done' else job_label(job)}"
+
+
+def delete_document(store, document_id: str, owner: str | None = None) -> str:
+    """Delete a document (with login: take it out of this user's library; the stored copy
+    goes when nobody owns it any more)."""
+    doc = check_access(store, document_id, owner)
+    if owner:
+        store.db.execute("DELETE FROM document_owners WHERE document_id = ? AND owner = ?", [doc["id"], owner])
+        left = store.db.execute("SELECT COUNT(*) FROM document_owners WHERE document_id = ?", [doc["id"]]).fetchone()[0]
+        if left:
+            return f"removed {doc['file_name']} from your library"
+    store.delete_document(doc["id"])
+    return f"deleted {doc['file_name']}"
+
+
+# --- sharing ------------------------------------------------------------------------------
+def export_document(store, document_id: str, fingerprint: str, owner: str | None = None,
+                    folder: str | Path | None = None) -> Path:
+    """Write the document's cache for this model as a bundle (a zip) and return its path."""
+    doc = check_access(store, document_id, owner)
+    caches = store.caches(doc["id"], model_fingerprint=fingerprint)
+    if not caches:
+        raise StoreError(f"{doc['file_name']} has no cache of the model in use to export")
+    folder = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="homer-export-"))
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(doc["file_name"]).stem)[:80] or doc["id"][:12]
+    return export_bundle(store, doc["id"], folder / f"{stem}.homer-bundle.zip", cache_id=caches[0]["id"])
+
+
+def import_bundle_file(store, path: str | Path, fingerprint: str | None, owner: str | None = None) -> dict:
+    """Validate and import a bundle (refusing a cache of another model); returns the cache row."""
+    row = import_bundle(store, path, model_fingerprint=fingerprint)
+    add_owner(store, row["document_id"], owner)
+    return row
