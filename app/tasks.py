@@ -271,7 +271,7 @@ def run_build(store, job_id: str) -> str:
                                                     f"{document['token_count'] or '?'} in {row['build_seconds']:.1f} s")
         _drop_upload(store, job)
         return "done"
-    except (IngestError, DocumentError, StoreError) as exc:
+    except (IngestError, DocumentError, StoreError, ValueError) as exc:  # deterministic: retrying cannot help
         store.jobs.fail(job_id, str(exc), owner=owner)
         _drop_upload(store, job)
         return "failed"

@@ -147,3 +147,12 @@ def test_a_corrupt_cache_is_queued_for_rebuild_when_opened(in_process_consumer, 
     assert rebuilt["state"] == "done" and rebuilt["cache_id"] == job["cache_id"]
     cache, pending = queue.open_document_cache(job["document_id"], str(model_dir), FAST)
     assert cache is not None and pending is None and store.check() == []
+
+
+def test_settings_the_model_cannot_use_fail_at_once_without_retries(in_process_consumer, model_dir):
+    queue, store = in_process_consumer, in_process_consumer.store
+    job = queue.submit_file(story().encode(), "keeper.txt", str(model_dir), {**FAST, "warmup_layers": 99})
+    job = wait_for(store, job["id"], timeout=120)
+    assert job["state"] == "failed" and job["attempts"] == 1 and "warmup_layers" in job["error"]
+    good = wait_for(store, queue.submit_file(story().encode(), "keeper.txt", str(model_dir), FAST)["id"])
+    assert good["state"] == "done"  # the queue goes on
