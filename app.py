@@ -1,0 +1,95 @@
+"""HOMER Chat — the app: local, on a GPU workstation, or as a Hugging Face Space.
+
+    python app.py [--model M] [--host H] [--port P] [--share] [--auth user:pass]
+
+The store lives under the HOMER home (``HOMER_HOME``, else ``/data/homer`` on a Space with
+persistent storage, else the user data folder). Builds run in a background worker inside this
+process (a huey consumer on the store's SQLite queue, or on Redis with ``HOMER_REDIS_URL``);
+more workers on other machines may serve the same queue (``homer worker``)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+
+log = logging.getLogger("homer.app")
+
+
+def parse_auth(values: list[str] | None) -> list[tuple[str, str]] | None:
+    """``user:pass`` pairs from ``--auth`` (repeatable) or ``HOMER_AUTH`` (comma-separated)."""
+    items = list(values or [])
+    if not items and os.environ.get("HOMER_AUTH"):
+        items = [part for part in os.environ["HOMER_AUTH"].split(",") if part.strip()]
+    pairs = []
+    for item in items:
+        user, sep, password = item.strip().partition(":")
+        if not sep or not user or not password:
+            raise SystemExit(f"--auth expects user:password, got {item!r}")
+        pairs.append((user, password))
+    return pairs or None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python app.py", description="HOMER Chat: read a book once, chat with it.")
+    parser.add_argument("--model", default=os.environ.get("HOMER_MODEL") or "embedded",
+                        help="embedded (default: SmolLM2-135M-Instruct), a Hugging Face id or a local folder")
+    parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; 0.0.0.0 on a Space)")
+    parser.add_argument("--port", type=int, default=None, help="port (default 7860 or the next free one)")
+    parser.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
+    parser.add_argument("--auth", action="append", metavar="USER:PASS",
+                        help="require a login (repeat for several users; or HOMER_AUTH=u1:p1,u2:p2); "
+                             "each user then sees only their own documents")
+    parser.add_argument("--workers", type=int, default=1, help="build threads in this process (0: builds run elsewhere)")
+    parser.add_argument("--lock-model", action="store_true",
+                        help="do not let users switch the model in Settings (the default on a Space)")
+    parser.add_argument("-v", "--verbose", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    auth = parse_auth(args.auth)
+
+    from app.chat import ChatService
+    from app.ingest import max_upload_bytes
+    from app.ui import CSS, THEME, build_ui, spaces_gpu
+    from app.worker import queue_for, start_consumer_in_process
+    from storage import Store
+
+    store = Store()
+    chat = ChatService(store)
+    print(f"HOMER Chat: loading {args.model} (store {store.root})", flush=True)
+    chat.model(args.model)  # once per process; the embedded model is converted on its first start
+    handle = start_consumer_in_process(store, workers=args.workers) if args.workers > 0 else None  # main thread
+    queue = handle.queue if handle else queue_for(store)
+    on_space = bool(os.environ.get("SPACE_ID"))
+    demo = build_ui(store, queue, chat, args.model, gpu=spaces_gpu(), auth=auth is not None,
+                    allow_model_change=not (args.lock_model or on_space or os.environ.get("HOMER_LOCK_MODEL")))
+    demo.queue(default_concurrency_limit=8)  # the model runs one chat at a time: concurrency_id "gpu"
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
+                auth_message="HOMER Chat: each user sees their own library." if auth else None,
+                prevent_thread_lock=True, show_error=True, theme=THEME, css=CSS, max_file_size=max_upload_bytes(),
+                footer_links=["api", "gradio"])
+    print(f"HOMER Chat is running on {demo.local_url}", flush=True)
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # replaces the queue consumer's handlers: we own the process
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        print("HOMER Chat: stopping", flush=True)
+        demo.close()
+        if handle is not None:
+            handle.stop(graceful=False)  # an unfinished build's lease runs out and it is re-queued
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,356 @@
+"""The Gradio UI, declared in one function. Handlers are thin: they call :mod:`app.chat`,
+:mod:`app.library` and :mod:`app.inspector`, which work on the store and the build queue.
+
+Tabs: Library (upload, live build state, delete), Chat (streaming answers from a stored
+cache, time to first token), Share (export / import bundles), Inspector (what the cache
+kept, the merge tree), Settings (model, HOMER settings, generation settings)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import gradio as gr
+import pandas as pd
+
+from homer.generation import GenerationSettings
+from storage.errors import StoreError
+
+from . import inspector, library
+from .chat import ChatError, ChatService, describe_turn, settings_overrides
+from .ingest import IngestError
+
+CSS = """
+#homer-title h1 {margin-bottom: 0}
+#turn-stats {min-height: 1.5em}
+.library-table td {white-space: normal}
+"""
+THEME = gr.themes.Soft(primary_hue="blue")
+SIGNIFICANCE = ["calibrated", "uncalibrated", "random"]
+CACHE_DTYPES = ["float16", "bfloat16", "float32"]
+
+
+def _identity(fn):
+    return fn
+
+
+def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | None = None, auth: bool = False,
+             allow_model_change: bool = True, refresh_seconds: float = 2.0) -> gr.Blocks:
+    """The whole app. ``queue`` is the build queue (:class:`app.worker.BuildQueue`), ``gpu``
+    wraps the functions that run the model (``spaces.GPU`` on ZeroGPU), ``auth``: documents
+    are per user (the login name)."""
+    gpu = gpu or _identity
+
+    def owner_of(request: gr.Request | None) -> str | None:
+        return getattr(request, "username", None) if auth and request is not None else None
+
+    def session_of(request: gr.Request | None) -> str:
+        owner = owner_of(request)
+        if owner:
+            return f"user:{owner}"  # a logged-in user's conversations survive a reload
+        return f"session:{getattr(request, 'session_hash', None) or 'local'}"
+
+    def fail(exc: Exception):
+        raise gr.Error(str(exc), print_exception=False)
+
+    # --- handlers: library ------------------------------------------------------------------
+    def refresh(model: str, request: gr.Request):
+        fingerprint = chat.model(model)[2]
+        entries = library.library(store, model, fingerprint, owner_of(request))
+        table = pd.DataFrame(library.table_rows(entries), columns=library.HEADERS)
+        version = json.dumps([library.choices(entries), library.choices(entries, ready_only=True)])
+        return table, version
+
+    def update_pickers(version: str, lib_doc, chat_doc, share_doc, insp_doc):
+        every, ready = json.loads(version or "[[], []]")
+        every, ready = [tuple(c) for c in every], [tuple(c) for c in ready]
+        every_ids, ready_ids = {c[1] for c in every}, {c[1] for c in ready}
+        first = ready[0][1] if ready else None
+
+        def pick(value, options, ids, default=None):
+            return gr.update(choices=options, value=value if value in ids else default)
+
+        return (pick(lib_doc, every, every_ids), pick(chat_doc, ready, ready_ids, first),
+                pick(share_doc, ready, ready_ids, first), pick(insp_doc, ready, ready_ids, first))
+
+    def upload(files, model: str, settings: dict, request: gr.Request):
+        if not files:
+            return "", None
+        items = []
+        for item in files if isinstance(files, list) else [files]:
+            path = Path(item if isinstance(item, str) else getattr(item, "name", str(item)))
+            try:
+                items.append((path.name, path.read_bytes()))
+            except OSError as exc:
+                items.append((path.name, b""))
+                print(f"upload {path.name}: {exc}")
+        lines = library.submit_uploads(queue, items, model, settings, owner_of(request))
+        return "\n\n".join(lines), None
+
+    def read_again(document_id: str | None, model: str, settings: dict, request: gr.Request):
+        if not document_id:
+            return "Pick a document first."
+        try:
+            return library.submit_existing(queue, document_id, model, settings, owner_of(request))
+        except StoreError as exc:
+            return f"✗ {exc}"
+
+    def delete(document_id: str | None, request: gr.Request):
+        if not document_id:
+            return "Pick a document first."
+        try:
+            message = library.delete_document(store, document_id, owner_of(request))
+        except StoreError as exc:
+            return f"✗ {exc}"
+        chat.forget_document(document_id)
+        return message
+
+    # --- handlers: chat ---------------------------------------------------------------------
+    def pick_chat(document_id: str | None, request: gr.Request):
+        return chat.history(session_of(request), document_id), ""
+
+    @gpu
+    def ask(document_id: str | None, question: str, temperature: float, max_new_tokens: int, model: str,
+            settings: dict, request: gr.Request):
+        key = session_of(request)
+        try:
+            if document_id:  # a full id, a unique prefix or a file name (API callers)
+                document_id = library.check_access(store, document_id, owner_of(request))["id"]
+            history = chat.history(key, document_id)
+            generation = GenerationSettings(max_new_tokens=int(max_new_tokens), temperature=float(temperature))
+            turns = chat.ask(key, document_id, question, model, generation, settings or None)
+            shown = history + [{"role": "user", "content": (question or "").strip()}, {"role": "assistant", "content": ""}]
+            stats: dict = {}
+            for answer, stats in turns:
+                shown[-1] = {"role": "assistant", "content": answer}
+                yield shown, "", "answering…", stats
+        except (ChatError, StoreError, ValueError) as exc:
+            fail(exc)
+        yield shown, "", describe_turn(stats), stats
+
+    def clear(document_id: str | None, request: gr.Request):
+        if document_id:
+            try:
+                document_id = library.check_access(store, document_id, owner_of(request))["id"]
+            except StoreError:
+                return [], "", {}
+        chat.clear(session_of(request), document_id)
+        return [], "", {}
+
+    # --- handlers: share --------------------------------------------------------------------
+    def export(document_id: str | None, model: str, request: gr.Request):
+        if not document_id:
+            fail(ChatError("pick a ready document to export"))
+        try:
+            path = library.export_document(store, document_id, chat.model(model)[2], owner_of(request))
+        except StoreError as exc:
+            fail(exc)
+        size = path.stat().st_size / 2**20
+        return str(path), f"✓ exported {path.name} ({size:.1f} MiB): download it below and share it."
+
+    def import_(bundle, model: str, request: gr.Request):
+        if not bundle:
+            return "Choose a bundle (.zip) first."
+        path = bundle if isinstance(bundle, str) else getattr(bundle, "name", str(bundle))
+        try:
+            row = library.import_bundle_file(store, path, chat.model(model)[2], owner_of(request))
+        except StoreError as exc:
+            return f"✗ {exc}"
+        doc = store.document(row["document_id"])
+        return (f"✓ imported {doc['file_name']}: {row['tokens']} cache tokens built by "
+                f"{row['model_name'] or row['model_fingerprint'][:12]} — ready to chat, no reading needed.")
+
+    # --- handlers: inspector -----------------------------------------------------------------
+    def inspect(document_id: str | None, model: str, settings: dict, request: gr.Request):
+        if not document_id:
+            return None, None, "Pick a ready document."
+        try:
+            document_id = library.check_access(store, document_id, owner_of(request))["id"]
+            _, tokenizer, fingerprint = chat.model(model)
+            row = chat.ready_cache(document_id, model, settings or None)
+            if row is None:
+                return None, None, "This document has no cache of the model in use yet."
+            cache, _, _ = chat.load_cache(row["id"], fingerprint)
+            shape, data = inspector.inspect(store, row, cache, tokenizer)
+        except (StoreError, ValueError) as exc:
+            return None, None, f"✗ {exc}"
+        title = f"Kept tokens per {'page' if data['unit'] == 'page' else 'stretch of the text'}"
+        return (inspector.density_figure(data, title), inspector.tree_figure(shape),
+                inspector.summary_markdown(shape, data))
+
+    # --- handlers: settings ------------------------------------------------------------------
+    def model_markdown(model: str) -> str:
+        info = chat.model_info(model)
+        return (f"**Model in use:** `{info['name']}` · fingerprint `{info['fingerprint'][:12]}` · "
+                f"{info['layers']} layers · window {info['window']} tokens · {info['device']} / {info['dtype']}")
+
+    def settings_fields(model: str, settings: dict):
+        defaults = chat.model_info(model)["defaults"]
+        merged = {**defaults, **(settings or {})}
+        return (merged["max_chunk_len"], merged["target_len"], merged["warmup_layers"], merged["significance"],
+                merged["pool_width"], merged["cache_dtype"])
+
+    def on_load(model: str, settings: dict):
+        return (model_markdown(model), *settings_fields(model, settings))
+
+    def use_model(name: str, current: str):
+        name = (name or "").strip() or "embedded"
+        if not allow_model_change and name != current:
+            return current, current, {}, "✗ this app serves one model; start it with `--model` to use another", \
+                *settings_fields(current, {})
+        try:
+            chat.model(name)
+        except Exception as exc:  # unknown id, no network, not a causal LM …
+            return current, current, {}, f"✗ cannot load {name}: {type(exc).__name__}: {exc}"[:500], \
+                *settings_fields(current, {})
+        return name, name, {}, model_markdown(name), *settings_fields(name, {})
+
+    def apply_settings(model: str, m, t, w, significance, pool, dtype):
+        requested = {"max_chunk_len": m, "target_len": t, "warmup_layers": w, "significance": significance,
+                     "pool_width": pool, "cache_dtype": dtype}
+        try:
+            overrides = settings_overrides(chat.model(model)[0].config, requested)
+        except (ValueError, TypeError) as exc:
+            return gr.update(), f"✗ {exc}"
+        if not overrides:
+            return {}, "Using the defaults derived from the model."
+        return overrides, ("New documents will be read with " + ", ".join(f"{k} = {v}" for k, v in overrides.items())
+                           + "; a document already read with other settings can be read again from the Library.")
+
+    # --- layout -------------------------------------------------------------------------------
+    with gr.Blocks(title="HOMER Chat", analytics_enabled=False) as demo:
+        model_state = gr.State(model_name)
+        settings_state = gr.State({})
+        version = gr.State("")
+        gr.Markdown("# HOMER Chat\nLet a small model read a whole book once, keep what it read as a compact "
+                    "cache, and answer question after question from that cache.", elem_id="homer-title")
+        model_line = gr.Markdown()
+
+        with gr.Tabs():
+            with gr.Tab("Library", id="library"):
+                with gr.Row():
+                    files = gr.File(label="Add documents (PDF, TXT, Markdown — several at once is fine)",
+                                    file_count="multiple", file_types=[".pdf", ".txt", ".md", ".markdown"],
+                                    elem_id="upload", scale=3)
+                    upload_status = gr.Markdown(elem_id="upload-status")
+                table = gr.Dataframe(headers=library.HEADERS, interactive=False, wrap=True, elem_id="library-table",
+                                     elem_classes=["library-table"], label="Documents")
+                with gr.Row():
+                    lib_doc = gr.Dropdown(label="Document", choices=[], scale=3, elem_id="library-doc",
+                                          allow_custom_value=True)
+                    read_btn = gr.Button("Read with the current settings", scale=1)
+                    delete_btn = gr.Button("Delete", variant="stop", scale=1, elem_id="delete")
+                library_status = gr.Markdown()
+
+            with gr.Tab("Chat", id="chat"):
+                chat_doc = gr.Dropdown(label="Ready document", choices=[], elem_id="chat-doc", allow_custom_value=True)
+                chatbot = gr.Chatbot(label="Conversation", height=420, elem_id="chatbot", buttons=["copy"],
+                                     placeholder="Pick a ready document and ask a question about it.")
+                with gr.Row():
+                    question = gr.Textbox(placeholder="Ask about the document…", show_label=False, scale=5,
+                                          elem_id="question", submit_btn=False)
+                    send_btn = gr.Button("Ask", variant="primary", scale=1, elem_id="ask")
+                    clear_btn = gr.Button("Clear", scale=1, elem_id="clear")
+                turn_stats = gr.Markdown(elem_id="turn-stats")
+                with gr.Accordion("Turn details", open=False):
+                    turn_json = gr.JSON(label="last turn", elem_id="turn-json")
+
+            with gr.Tab("Share", id="share"):
+                gr.Markdown("Export a document's cache as a bundle (cache, text, source, checksums) so a teammate "
+                            "can chat with it without reading it again; import a teammate's bundle. Bundles are "
+                            "checked completely before anything is stored.")
+                with gr.Row():
+                    share_doc = gr.Dropdown(label="Ready document", choices=[], scale=3, elem_id="share-doc",
+                                            allow_custom_value=True)
+                    export_btn = gr.Button("Export bundle", scale=1, elem_id="export")
+                export_file = gr.File(label="Bundle to download", interactive=False, elem_id="export-file")
+                with gr.Row():
+                    bundle = gr.File(label="Import a bundle (.zip)", file_types=[".zip"], elem_id="bundle", scale=3)
+                    import_btn = gr.Button("Import", scale=1, elem_id="import")
+                share_status = gr.Markdown(elem_id="share-status")
+
+            with gr.Tab("Inspector", id="inspector"):
+                with gr.Row():
+                    insp_doc = gr.Dropdown(label="Ready document", choices=[], scale=3, elem_id="inspector-doc",
+                                           allow_custom_value=True)
+                    inspect_btn = gr.Button("Inspect", scale=1, elem_id="inspect")
+                summary = gr.Markdown(elem_id="inspector-summary")
+                density_plot = gr.Plot(label="Kept-token density", elem_id="density-plot", format="png")
+                tree_plot = gr.Plot(label="Merge tree", elem_id="tree-plot", format="png")
+
+            with gr.Tab("Settings", id="settings"):
+                with gr.Row():
+                    model_box = gr.Textbox(value=model_name, label="Model: embedded, a Hugging Face id or a local folder",
+                                           interactive=allow_model_change, scale=4)
+                    model_btn = gr.Button("Use this model", scale=1, interactive=allow_model_change)
+                model_info = gr.Markdown()
+                gr.Markdown("**HOMER settings** for new builds (defaults derived from the model: M = window / 2, "
+                            "T = M, W ≈ 3/8 of the layers). A cache is only ever used with the model and settings "
+                            "it was built with.")
+                with gr.Row():
+                    m_box = gr.Number(label="M: max chunk tokens", precision=0, minimum=4)
+                    t_box = gr.Number(label="T: cache tokens", precision=0, minimum=4)
+                    w_box = gr.Number(label="W: warm-up layers", precision=0, minimum=0)
+                with gr.Row():
+                    significance = gr.Dropdown(SIGNIFICANCE, label="significance", value="calibrated")
+                    pool = gr.Number(label="pool width (0 = token level)", precision=0, minimum=0, value=0)
+                    dtype = gr.Dropdown(CACHE_DTYPES, label="cache dtype", value="float16")
+                apply_btn = gr.Button("Apply HOMER settings")
+                settings_status = gr.Markdown()
+                gr.Markdown("**Generation**")
+                with gr.Row():
+                    temperature = gr.Slider(0.0, 1.5, value=0.0, step=0.05, label="temperature (0 = greedy)")
+                    max_new_tokens = gr.Slider(8, 1024, value=256, step=8, label="max new tokens")
+
+        timer = gr.Timer(refresh_seconds)
+
+        # --- events ---------------------------------------------------------------------------
+        pickers = [lib_doc, chat_doc, share_doc, insp_doc]
+        settings_boxes = [m_box, t_box, w_box, significance, pool, dtype]
+        demo.load(on_load, [model_state, settings_state], [model_line, *settings_boxes], api_visibility="private") \
+            .then(lambda text: text, model_line, model_info, api_visibility="private") \
+            .then(refresh, model_state, [table, version], show_progress="hidden", api_visibility="private")
+        timer.tick(refresh, model_state, [table, version], show_progress="hidden", api_name="library")
+        version.change(update_pickers, [version, *pickers], pickers, show_progress="hidden", api_visibility="private")
+
+        files.upload(upload, [files, model_state, settings_state], [upload_status, files], api_name="upload") \
+            .then(refresh, model_state, [table, version], show_progress="hidden", api_visibility="private")
+        read_btn.click(read_again, [lib_doc, model_state, settings_state], library_status) \
+            .then(refresh, model_state, [table, version], show_progress="hidden", api_visibility="private")
+        delete_btn.click(delete, lib_doc, library_status, api_name="delete") \
+            .then(refresh, model_state, [table, version], show_progress="hidden", api_visibility="private")
+
+        chat_doc.change(pick_chat, chat_doc, [chatbot, turn_stats], show_progress="hidden", api_visibility="private")
+        ask_inputs = [chat_doc, question, temperature, max_new_tokens, model_state, settings_state]
+        ask_outputs = [chatbot, question, turn_stats, turn_json]
+        send_btn.click(ask, ask_inputs, ask_outputs, api_name="ask", concurrency_limit=1, concurrency_id="gpu")
+        question.submit(ask, ask_inputs, ask_outputs, api_visibility="private", concurrency_limit=1, concurrency_id="gpu")
+        clear_btn.click(clear, chat_doc, [chatbot, turn_stats, turn_json], api_name="clear")
+
+        export_btn.click(export, [share_doc, model_state], [export_file, share_status], api_name="export")
+        import_btn.click(import_, [bundle, model_state], share_status, api_name="import_bundle") \
+            .then(refresh, model_state, [table, version], show_progress="hidden", api_visibility="private")
+
+        inspect_outputs = [density_plot, tree_plot, summary]
+        inspect_btn.click(inspect, [insp_doc, model_state, settings_state], inspect_outputs, api_name="inspect")
+        insp_doc.change(inspect, [insp_doc, model_state, settings_state], inspect_outputs, api_visibility="private")
+
+        model_btn.click(use_model, [model_box, model_state], [model_state, model_box, settings_state, model_info,
+                                                              *settings_boxes], api_visibility="private") \
+            .then(lambda model: model_markdown(model), model_state, model_line, api_visibility="private") \
+            .then(refresh, model_state, [table, version], show_progress="hidden", api_visibility="private")
+        apply_btn.click(apply_settings, [model_state, *settings_boxes], [settings_state, settings_status], api_visibility="private")
+    return demo
+
+
+def spaces_gpu(duration: int | None = None) -> Callable:
+    """``spaces.GPU(duration=…)`` when the ``spaces`` package is importable (a ZeroGPU Space),
+    else a no-op decorator."""
+    try:
+        import spaces  # type: ignore[import-not-found]
+    except ImportError:
+        return _identity
+    seconds = duration or int(os.environ.get("HOMER_GPU_SECONDS", "120"))
+    return spaces.GPU(duration=seconds)

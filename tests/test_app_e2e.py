@@ -1,0 +1,124 @@
+"""The running app through its API (gradio_client), on a tiny random model saved as a local
+folder: upload → ready → two questions (the second reuses the loaded cache) → export →
+import into a second app instance; bad files; login keeps libraries apart."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import pytest
+
+from app_helpers import app_log, running_app
+from store_helpers import model_dir, story  # noqa: F401  (model_dir is a fixture)
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+
+
+def library_rows(client) -> list[list]:
+    return client.predict(api_name="/library")["data"]
+
+
+def wait_ready(client, name: str, timeout: float = 240.0) -> list:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for row in library_rows(client):
+            if row[0] == name and row[1].startswith(("ready", "failed")):
+                return row
+        time.sleep(0.5)
+    raise AssertionError(f"{name} was not read in {timeout} s: {library_rows(client)}")
+
+
+def ask(client, document_id: str, question: str) -> tuple[list, dict]:
+    history, _, _, stats = client.predict(document_id, question, 0.0, 8, api_name="/ask")
+    return history, stats
+
+
+def test_upload_chat_export_and_import_into_another_app(tmp_path, model_dir):  # noqa: F811
+    book = tmp_path / "lighthouse.txt"
+    book.write_text(story(40))
+    document_id = hashlib.sha256(book.read_bytes()).hexdigest()
+    with running_app(tmp_path / "home-a", model_dir) as url:
+        client = Client(url, verbose=False)
+        status, _ = client.predict([handle_file(str(book))], api_name="/upload")
+        assert "lighthouse.txt: queued" in status
+        row = wait_ready(client, "lighthouse.txt")
+        assert row[1] == "ready", (row, app_log(tmp_path / "home-a"))
+        assert row[3] == 1 and int(row[4]) > 2000  # pages, tokens
+
+        history, first = ask(client, document_id, "Who kept the lamp?")
+        assert [m["role"] for m in history] == ["user", "assistant"]
+        assert first["cache_source"] == "disk" and first["turn"] == 1
+        history, second = ask(client, document_id, "And what was her name?")
+        assert len(history) == 4 and second["turn"] == 2
+        # the second question reused the loaded cache: no disk read, no document tokens encoded again
+        assert second["cache_reused"] and second["cache_source"] == "memory"
+        assert second["appended_tokens"] < second["document_tokens"] / 20
+        assert second["time_to_first_token"] < 2.0
+
+        bundle, message = client.predict(document_id, api_name="/export")
+        assert message.startswith("✓ exported") and bundle.endswith(".homer-bundle.zip")
+
+        # the same upload again: ready at once, nothing queued
+        status, _ = client.predict([handle_file(str(book))], api_name="/upload")
+        assert "already read" in status
+
+    with running_app(tmp_path / "home-b", model_dir) as url:
+        client = Client(url, verbose=False)
+        assert library_rows(client) == []
+        message = client.predict(handle_file(bundle), api_name="/import_bundle")
+        assert message.startswith("✓ imported lighthouse.txt"), message
+        [row] = library_rows(client)
+        assert row[0] == "lighthouse.txt" and row[1] == "ready"
+        _, stats = ask(client, document_id[:12], "Who kept the lamp?")  # a short id works too
+        assert stats["cache_source"] == "disk" and stats["new_tokens"] >= 1
+        # a damaged bundle is refused with a reason and changes nothing
+        broken = tmp_path / "broken.homer-bundle.zip"
+        broken.write_bytes(b"PK\x03\x04 not really a zip")
+        message = client.predict(handle_file(str(broken)), api_name="/import_bundle")
+        assert message.startswith("✗ refused") and "zip" in message
+        assert len(library_rows(client)) == 1
+
+
+def test_bad_files_show_a_reason_and_leave_the_library_intact(tmp_path, model_dir):  # noqa: F811
+    good = tmp_path / "good.txt"
+    good.write_text(story(20))
+    empty = tmp_path / "empty.txt"
+    empty.write_bytes(b"")
+    binary = tmp_path / "photo.txt"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00" * 50)
+    broken = tmp_path / "broken.pdf"
+    broken.write_bytes(b"%PDF-1.4\n garbage")
+    with running_app(tmp_path / "home", model_dir) as url:
+        client = Client(url, verbose=False)
+        client.predict([handle_file(str(good))], api_name="/upload")
+        assert wait_ready(client, "good.txt")[1] == "ready"
+        before = library_rows(client)
+        for path, reason in ((empty, "empty"), (binary, "binary"), (broken, "PDF")):
+            status, _ = client.predict([handle_file(str(path))], api_name="/upload")
+            assert status.startswith("✗") and path.name in status and reason in status, status
+        # several at once: the good one goes through, the bad one is reported
+        other = tmp_path / "other.md"
+        other.write_text("# Other\n\n" + story(20, "other"))
+        status, _ = client.predict([handle_file(str(other)), handle_file(str(empty))], api_name="/upload")
+        assert "✓ other.md: queued" in status and "✗ empty.txt: the file is empty" in status
+        assert wait_ready(client, "other.md")[1] == "ready"
+        after = library_rows(client)
+        assert [r for r in after if r[0] != "other.md"] == before
+
+
+def test_with_login_each_user_sees_only_their_documents(tmp_path, model_dir):  # noqa: F811
+    book = tmp_path / "ann.txt"
+    book.write_text(story(20, "ann"))
+    with running_app(tmp_path / "home", model_dir, "--auth", "ann:pw-a", "--auth", "bob:pw-b") as url:
+        ann = Client(url, auth=("ann", "pw-a"), verbose=False)
+        bob = Client(url, auth=("bob", "pw-b"), verbose=False)
+        ann.predict([handle_file(str(book))], api_name="/upload")
+        assert wait_ready(ann, "ann.txt")[1] == "ready"
+        assert library_rows(bob) == []
+        document_id = hashlib.sha256(book.read_bytes()).hexdigest()
+        with pytest.raises(Exception, match="no document"):
+            bob.predict(document_id, "Who?", 0.0, 8, api_name="/ask")
+        with pytest.raises(Exception):
+            Client(url, auth=("bob", "wrong"), verbose=False)
