@@ -2,17 +2,29 @@
 models: read a text far longer than the context window into a compact KV cache.
 
     from homer import HomerConfig, HomerCache, build_cache, build_document_cache
+
+Names are imported on first use, so ``import homer`` (and the CLI's help) is instant; torch
+and transformers load when the engine is first touched.
 """
 
-from .cache import CacheMismatchError, HomerCache
-from .config import HomerConfig
-from .document import build_document_cache
-from .generation import Conversation, GenerationSettings
-from .prompting import DocumentPrompt
-from .tree import build_cache
+from importlib import import_module
 
-__all__ = [
-    "CacheMismatchError", "Conversation", "DocumentPrompt", "GenerationSettings", "HomerCache",
-    "HomerConfig", "build_cache", "build_document_cache",
-]
+_EXPORTS = {
+    "CacheMismatchError": "cache", "HomerCache": "cache", "HomerConfig": "config",
+    "build_document_cache": "document", "Conversation": "generation", "GenerationSettings": "generation",
+    "DocumentPrompt": "prompting", "build_cache": "tree",
+}
+__all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(import_module(f".{_EXPORTS[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'homer' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)
