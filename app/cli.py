@@ -5,13 +5,11 @@ store and the queue: export, import, store check / list, submit, jobs, worker.
 from __future__ import annotations
 
 import argparse
-import json
-import logging
 import sys
-import time
 from pathlib import Path
 
 from homer.cli import build_parser as engine_parser
+from homer.cli import run
 
 
 def _store(args):
@@ -160,9 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    return args.func(args)
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -63,3 +63,12 @@ def tiny_tokenizer():
 @pytest.fixture
 def tokenizer():
     return tiny_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A tiny model + tokenizer saved as a local folder (the ``--model FOLDER`` path)."""
+    folder = tmp_path_factory.mktemp("tiny-model")
+    tiny_model("llama", window=1024).save_pretrained(folder)
+    tiny_tokenizer().save_pretrained(folder)
+    return folder

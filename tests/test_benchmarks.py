@@ -6,15 +6,7 @@ import sys
 
 import pytest
 
-from conftest import tiny_model, tiny_tokenizer
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-eval-model")
-    tiny_model("llama", window=1024).save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
+from conftest import tiny_model
 
 
 @pytest.mark.parametrize("task", ["passkey", "needle"])

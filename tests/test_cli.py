@@ -4,17 +4,8 @@ import json
 import subprocess
 import sys
 
-import pytest
 
 from conftest import tiny_model, tiny_tokenizer
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-model")
-    tiny_model("llama", window=1024).save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
 
 
 def homer(*args, home):
