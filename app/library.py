@@ -92,10 +92,11 @@ def job_label(job: dict, now: float | None = None) -> str:
     return "ready"
 
 
-def _short_model(name: str | None) -> str:
+def short_model(name: str | None) -> str:
+    """A model's name for display: a local folder by its last part, a hub id as it is."""
     if not name:
         return ""
-    return Path(name).name if ("/" in name and Path(name).is_absolute()) else name
+    return Path(name).name if Path(name).is_absolute() else name
 
 
 def library(store, model_name: str, fingerprint: str, owner: str | None = None, now: float | None = None) -> list[dict]:
@@ -128,7 +129,7 @@ def library(store, model_name: str, fingerprint: str, owner: str | None = None, 
         entries.append({
             "id": doc["id"], "name": doc["file_name"], "title": doc["title"], "state": state, "ready": bool(caches),
             "size": doc["bytes"], "pages": doc["pages"], "tokens": doc["token_count"],
-            "model": _short_model(caches[0]["model_name"] if caches else (doc_jobs[-1]["model"] if doc_jobs else "")),
+            "model": short_model(caches[0]["model_name"] if caches else (doc_jobs[-1]["model"] if doc_jobs else "")),
             "cache_tokens": caches[0]["tokens"] if caches else None,
         })
     for document_id, doc_jobs in jobs.items():  # uploads not ingested yet, or refused by the worker
@@ -142,7 +143,7 @@ def library(store, model_name: str, fingerprint: str, owner: str | None = None, 
             "id": document_id, "name": job["file_name"] or document_id[:12], "title": job["file_name"],
             "state": job_label(job, now), "ready": False,
             "size": upload.stat().st_size if upload is not None and upload.exists() else None,
-            "pages": None, "tokens": None, "model": _short_model(job["model"]), "cache_tokens": None,
+            "pages": None, "tokens": None, "model": short_model(job["model"]), "cache_tokens": None,
         })
     return entries
 

@@ -183,7 +183,7 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
     # --- handlers: settings ------------------------------------------------------------------
     def model_markdown(model: str) -> str:
         info = chat.model_info(model)
-        return (f"**Model in use:** `{info['name']}` · fingerprint `{info['fingerprint'][:12]}` · "
+        return (f"**Model in use:** `{library.short_model(info['name'])}` · fingerprint `{info['fingerprint'][:12]}` · "
                 f"{info['layers']} layers · window {info['window']} tokens · {info['device']} / {info['dtype']}")
 
     def settings_fields(model: str, settings: dict):
@@ -328,6 +328,7 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
         send_btn.click(ask, ask_inputs, ask_outputs, api_name="ask", concurrency_limit=1, concurrency_id="gpu")
         question.submit(ask, ask_inputs, ask_outputs, api_visibility="private", concurrency_limit=1, concurrency_id="gpu")
         clear_btn.click(clear, chat_doc, [chatbot, turn_stats, turn_json], api_name="clear")
+        chatbot.clear(clear, chat_doc, [chatbot, turn_stats, turn_json], api_visibility="private")
 
         export_btn.click(export, [share_doc, model_state], [export_file, share_status], api_name="export")
         import_btn.click(import_, [bundle, model_state], share_status, api_name="import_bundle") \

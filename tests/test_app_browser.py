@@ -1,0 +1,178 @@
+"""The app in a real browser: the system's Chromium driven by Playwright (no browser
+download). Upload → progress visible → ready; the chat streams; the inspector renders; bad
+files show a reason and leave the library intact. Screenshots of the library, a chat and the
+inspector are written to ``HOMER_SCREENSHOTS`` (default: the test's temp folder).
+
+``HOMER_BROWSER_MODEL=embedded`` runs the same test on the embedded model (slow; that is how
+the README's screenshots were taken); by default a tiny random model is used."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from app_helpers import app_log, running_app
+from store_helpers import model_dir, story, text_pdf  # noqa: F401  (model_dir is a fixture)
+
+sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+
+
+def system_chromium() -> str | None:
+    for name in ("HOMER_CHROMIUM",):
+        if os.environ.get(name) and Path(os.environ[name]).exists():
+            return os.environ[name]
+    for candidate in ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"):
+        if Path(candidate).exists():
+            return candidate
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.fixture(scope="module")
+def browser():
+    executable = system_chromium()
+    if executable is None:
+        pytest.skip("no system Chromium found (bash run.sh installs Debian's chromium where apt-get exists)")
+    with sync_api.sync_playwright() as playwright:
+        try:
+            browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        except Exception as exc:  # a browser that cannot start here (no display libraries, …)
+            pytest.skip(f"Chromium at {executable} cannot be started: {str(exc).splitlines()[0]}")
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def shots(tmp_path) -> Path:
+    folder = Path(os.environ.get("HOMER_SCREENSHOTS") or tmp_path / "screenshots")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def table_text(page) -> str:
+    return page.locator("#library-table").inner_text()
+
+
+def table_rows(page) -> list[str]:
+    """The library's cells, row by row (the status overlay of a refresh left out)."""
+    text = table_text(page)
+    lines = [line.strip() for line in text[text.find("Documents"):].splitlines()]
+    return [line for line in lines if line]
+
+
+def wait_for_table(page, text: str, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while text not in table_text(page):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{text!r} never appeared in the library:\n{table_text(page)}")
+        page.wait_for_timeout(250)
+
+
+def upload(page, *paths: Path) -> None:
+    page.locator("#upload input[type=file]").set_input_files([str(p) for p in paths])
+
+
+def open_tab(page, name: str) -> None:
+    page.get_by_role("tab", name=name).click()
+
+
+def test_library_chat_inspector_and_bad_files(browser, tmp_path, model_dir, shots):  # noqa: F811
+    embedded = os.environ.get("HOMER_BROWSER_MODEL") == "embedded"
+    model = "embedded" if embedded else model_dir
+    first = tmp_path / "lighthouse.txt"
+    first.write_text(story(40))
+    second = tmp_path / "harbour.pdf"
+    second.write_bytes(text_pdf([story(6, f"harbour page {i}").replace("\n\n", "\n") for i in range(6)]))
+    env = {} if embedded else {"HOMER_TEST_STEP_DELAY": "0.4"}  # slow the tiny build down: progress is visible
+    home = tmp_path / "home"
+    with running_app(home, model, env=env, timeout=600) as url:
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(url)
+        page.get_by_text("HOMER Chat").first.wait_for()
+
+        # --- library: upload, live progress, ready -----------------------------------------
+        upload(page, first)
+        page.locator("#upload-status").get_by_text("lighthouse.txt: queued").wait_for(timeout=60_000)
+        wait_for_table(page, "reading")  # the timer shows the build's progress
+        progress = table_text(page)
+        assert "%" in progress, progress
+        wait_for_table(page, "ready", timeout=900)
+        upload(page, second)
+        wait_for_table(page, "harbour.pdf")
+        wait_for_table(page, "reading")
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(shots / "library.png"), full_page=True)
+        deadline = time.monotonic() + 900
+        while table_text(page).count("ready") < 2:
+            assert time.monotonic() < deadline, table_text(page)
+            page.wait_for_timeout(300)
+
+        # --- bad files through the UI: a reason each, the library unchanged --------------------
+        before = table_rows(page)
+        assert "lighthouse.txt" in " ".join(before) and "harbour.pdf" in " ".join(before), (before, table_text(page))
+        empty = tmp_path / "empty.txt"
+        empty.write_bytes(b"")
+        binary = tmp_path / "photo.txt"
+        binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00" * 50)
+        broken = tmp_path / "broken.pdf"
+        broken.write_bytes(b"%PDF-1.4\n garbage")
+        for path, reason in ((empty, "the file is empty"), (binary, "binary"), (broken, "corrupt or unreadable")):
+            upload(page, path)
+            page.locator("#upload-status").get_by_text(f"{path.name}: ").wait_for(timeout=60_000)
+            status = page.locator("#upload-status").inner_text()
+            assert reason in status, status
+            page.wait_for_timeout(2500)  # a timer tick
+            assert table_rows(page) == before
+
+        # --- chat: streaming answer, then a follow-up from the cached document -------------------
+        open_tab(page, "Chat")
+        page.locator("#chat-doc input").click()
+        page.get_by_role("option", name="lighthouse.txt").first.click()
+        question = page.locator("#question textarea")
+        question.fill("What was the name of the lighthouse keeper?")
+        page.locator("#ask").click()
+        bot = page.locator("#chatbot .message.bot, #chatbot [data-testid='bot']").last
+        seen: list[str] = []
+        deadline = time.monotonic() + 600
+        while "time to first token" not in page.locator("#turn-stats").inner_text():
+            assert time.monotonic() < deadline, "no answer"
+            if bot.count():
+                text = bot.inner_text()
+                if text and (not seen or seen[-1] != text):
+                    seen.append(text)
+            page.wait_for_timeout(50)
+        final = bot.inner_text()
+        assert final.strip(), "empty answer"
+        partial = [text for text in seen if text != final]
+        assert partial and all(final.startswith(text.rstrip()[:20]) for text in partial[:3]), (seen, final)
+        question.fill("And what did she keep burning?")
+        page.locator("#ask").click()
+        deadline = time.monotonic() + 600
+        while not {"time to first token", "reused from memory"} <= set(
+                part for part in ("time to first token", "reused from memory")
+                if part in page.locator("#turn-stats").inner_text()):
+            assert time.monotonic() < deadline, page.locator("#turn-stats").inner_text()
+            page.wait_for_timeout(100)
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(shots / "chat.png"), full_page=True)
+
+        # --- inspector: the density plot and the tree render -----------------------------------
+        open_tab(page, "Inspector")
+        page.locator("#inspector-doc input").click()
+        page.get_by_role("option", name="harbour.pdf").first.click()
+        page.locator("#density-plot img").wait_for(timeout=120_000)
+        page.locator("#tree-plot img").wait_for(timeout=120_000)
+        assert "document tokens" in page.locator("#inspector-summary").inner_text()
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(shots / "inspector.png"), full_page=True)
+        assert not errors, errors
+        page.close()
+    assert "Traceback" not in app_log(home), app_log(home)[-3000:]
