@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # HOMER Chat — set up everything on a fresh machine (offline except the package index) and
-#   bash run.sh          run the main job on the embedded default model
+#   bash run.sh          start the app (python app.py) on the embedded default model
 #   bash run.sh test     run the test suite
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -10,6 +10,15 @@ cd "$(dirname "$0")"
 if ! command -v redis-server >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
     (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server) \
         >/dev/null 2>&1 || echo "note: could not install redis-server; the Redis tests will be skipped" >&2
+fi
+
+# Chromium for the browser tests (Debian package, driven by Playwright with the system binary;
+# no browser download). Only for `test`, and skipped where apt-get is missing or fails: the
+# browser test then skips with a message.
+if [ "${1:-run}" = test ] && ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
+        && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
+        >/dev/null 2>&1 || echo "note: could not install chromium; the browser test will be skipped" >&2
 fi
 
 PY=${PYTHON:-python3}
@@ -35,7 +44,7 @@ case "${1:-run}" in
         ;;
     run)
         shift || true
-        exec "$VENV/bin/homer" demo "$@"
+        exec "$VENV/bin/python" app.py "$@"    # the app on the embedded model; `homer demo` is the CLI demo
         ;;
     *)
         echo "usage: bash run.sh [run|test] [args...]" >&2
