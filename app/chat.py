@@ -265,7 +265,7 @@ def describe_turn(stats: dict) -> str:
     if not stats:
         return ""
     source = "loaded from disk" if stats.get("cache_source") == "disk" else "reused from memory"
-    return (f"time to first token **{stats.get('time_to_first_token', 0):.2f} s** · "
+    return (f"turn {stats.get('turn', 1)} · time to first token **{stats.get('time_to_first_token', 0):.2f} s** · "
             f"{stats.get('tokens_per_second', 0):.1f} tokens/s · cache {source} "
             f"({stats.get('cache_tokens', 0)} tokens for a {stats.get('document_tokens', 0)}-token document, "
             f"not encoded again) · {stats.get('appended_tokens', 0)} new prompt tokens")

@@ -73,7 +73,7 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
             return gr.update(choices=options, value=value if value in ids else default)
 
         return (pick(lib_doc, every, every_ids), pick(chat_doc, ready, ready_ids, first),
-                pick(share_doc, ready, ready_ids, first), pick(insp_doc, ready, ready_ids, first))
+                pick(share_doc, ready, ready_ids, first), pick(insp_doc, ready, ready_ids))  # inspecting costs: on request
 
     def upload(files, model: str, settings: dict, request: gr.Request):
         if not files:
