@@ -14,10 +14,10 @@ RESULTS = Path(__file__).parent / "results"
 def needle_table(path: Path) -> str:
     data = json.loads(path.read_text())
     lines = [f"Needle in essays, {data['model']}, {data['prompt_format']}; {data['decoding']}.", "",
-             "| method | tokens | correct / n | accuracy | 95 % CI | mean build (s) |", "|---|---|---|---|---|---|"]
+             "| method | tokens | correct / n | accuracy | 95 % CI | mean seconds per answer |", "|---|---|---|---|---|---|"]
     for c in data["cells"]:
         lines.append(f"| {c['method']} | {c['tokens']} | {c['correct']} / {c['n']} | {c['accuracy']:.0%} | "
-                     f"{c['ci95'][0]:.0%}–{c['ci95'][1]:.0%} | {c['mean_build_seconds']} |")
+                     f"{c['ci95'][0]:.0%}–{c['ci95'][1]:.0%} | {c['mean_seconds']} |")
     return "\n".join(lines)
 
 
