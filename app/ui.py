@@ -20,7 +20,6 @@ from storage.errors import StoreError
 
 from . import inspector, library
 from .chat import ChatError, ChatService, describe_turn, settings_overrides
-from .ingest import IngestError
 
 CSS = """
 #homer-title h1 {margin-bottom: 0}

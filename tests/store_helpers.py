@@ -16,18 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_model, tiny_tokenizer
-
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"significance": "uncalibrated"}
-
-
-@pytest.fixture(scope="session")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-model")
-    tiny_model("llama", window=1024).save_pretrained(folder)
-    tiny_tokenizer().save_pretrained(folder)
-    return folder
 
 
 def story(n: int = 30, seed: str = "") -> str:

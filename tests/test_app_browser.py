@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from app_helpers import app_log, running_app
-from store_helpers import model_dir, story, text_pdf  # noqa: F401  (model_dir is a fixture)
+from store_helpers import story, text_pdf
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from app_helpers import app_log, running_app
-from store_helpers import model_dir, story  # noqa: F401  (model_dir is a fixture)
+from store_helpers import story
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402

@@ -12,7 +12,7 @@ import pytest
 from app.tasks import wait_for
 from app.worker import queue_for, start_consumer_in_process
 from storage import Store
-from store_helpers import FAST, blank_pdf, model_dir, start_worker, stop, story, text_pdf, wait_until  # noqa: F401
+from store_helpers import FAST, blank_pdf, start_worker, stop, story, text_pdf, wait_until  # noqa: F401
 
 
 @pytest.fixture

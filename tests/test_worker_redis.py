@@ -3,12 +3,11 @@ port). Two worker processes build 8 documents concurrently: no duplicate build, 
 
 from __future__ import annotations
 
-import pytest
 
 from app.tasks import wait_for
 from app.worker import queue_for
 from storage import Store
-from store_helpers import FAST, model_dir, redis_url, start_worker, stop, story, wait_until  # noqa: F401
+from store_helpers import FAST, redis_url, start_worker, stop, story, wait_until  # noqa: F401
 
 
 def test_two_redis_workers_build_eight_documents_once_each(tmp_path, model_dir, redis_url):
