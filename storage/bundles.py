@@ -11,12 +11,11 @@ import json
 import os
 import stat
 import struct
-import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
 from .errors import BundleError, StoreError
-from .files import fsync_dir
+from .files import atomic_output
 from .store import Store, cache_key
 
 FORMAT = "homer-bundle"
@@ -77,20 +76,11 @@ def export_bundle(store: Store, document: str, out_path: str | os.PathLike, incl
     }
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    os.close(fd)
-    try:
-        with zipfile.ZipFile(tmp, "w") as zf:
+    with atomic_output(out_path, out_path.parent, prefix=f".{out_path.name}.") as out:
+        with zipfile.ZipFile(out, "w") as zf:
             zf.writestr(MANIFEST, json.dumps(manifest, indent=2), compress_type=zipfile.ZIP_DEFLATED)
             for name, path in files.items():
                 zf.write(path, name, compress_type=zipfile.ZIP_STORED if name == CACHE_MEMBER else zipfile.ZIP_DEFLATED)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, out_path)
-        fsync_dir(out_path.parent)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out_path
 
 

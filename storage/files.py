@@ -7,6 +7,7 @@ import os
 import shutil
 import socket
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -55,19 +56,18 @@ def fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def install_file(source, target: Path, temp_dir: Path) -> Path:
-    """Copy ``source`` (a path or a readable binary file object) to ``target`` atomically:
-    a temp file in ``temp_dir`` (same file system), fsync, rename, fsync the folder."""
+@contextmanager
+def atomic_output(target: Path, temp_dir: Path, prefix: str | None = None):
+    """Write ``target`` atomically: yields a binary file opened on a temp name in ``temp_dir``
+    (same file system); on success fsync, rename over ``target``, fsync the folder; on any
+    error the temp file is removed and ``target`` is untouched."""
     target.parent.mkdir(parents=True, exist_ok=True)
     temp_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{target.name}.{owner_token().replace(':', '-')}.", suffix=".tmp", dir=temp_dir)
+    prefix = prefix or f"{target.name}.{owner_token().replace(':', '-')}."
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=".tmp", dir=temp_dir)
     try:
         with os.fdopen(fd, "wb") as out:
-            if isinstance(source, (str, os.PathLike)):
-                with open(source, "rb") as src:
-                    shutil.copyfileobj(src, out, 1 << 20)
-            else:
-                shutil.copyfileobj(source, out, 1 << 20)
+            yield out
             out.flush()
             os.fsync(out.fileno())
         os.replace(tmp, target)
@@ -75,6 +75,16 @@ def install_file(source, target: Path, temp_dir: Path) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def install_file(source, target: Path, temp_dir: Path) -> Path:
+    """Copy ``source`` (a path or a readable binary file object) to ``target`` atomically."""
+    with atomic_output(target, temp_dir) as out:
+        if isinstance(source, (str, os.PathLike)):
+            with open(source, "rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+        else:
+            shutil.copyfileobj(source, out, 1 << 20)
     return target
 
 

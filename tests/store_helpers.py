@@ -128,3 +128,14 @@ def _ping(client) -> bool:
         return bool(client.ping())
     except Exception:
         return False
+
+
+def bad_uploads(folder: Path) -> list[tuple[Path, str]]:
+    """Files every upload path must refuse, with a word of the expected reason."""
+    empty = folder / "empty.txt"
+    empty.write_bytes(b"")
+    binary = folder / "photo.txt"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00" * 50)
+    broken = folder / "broken.pdf"
+    broken.write_bytes(b"%PDF-1.4\n garbage")
+    return [(empty, "the file is empty"), (binary, "binary"), (broken, "corrupt or unreadable")]

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from app_helpers import app_log, running_app
-from store_helpers import story, text_pdf
+from store_helpers import bad_uploads, story, text_pdf
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 
@@ -122,13 +122,7 @@ def test_library_chat_inspector_and_bad_files(browser, tmp_path, model_dir, shot
         # --- bad files through the UI: a reason each, the library unchanged --------------------
         before = table_rows(page)
         assert "lighthouse.txt" in " ".join(before) and "harbour.pdf" in " ".join(before), (before, table_text(page))
-        empty = tmp_path / "empty.txt"
-        empty.write_bytes(b"")
-        binary = tmp_path / "photo.txt"
-        binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00" * 50)
-        broken = tmp_path / "broken.pdf"
-        broken.write_bytes(b"%PDF-1.4\n garbage")
-        for path, reason in ((empty, "the file is empty"), (binary, "binary"), (broken, "corrupt or unreadable")):
+        for path, reason in bad_uploads(tmp_path):
             upload(page, path)
             page.locator("#upload-status").get_by_text(f"{path.name}: ").wait_for(timeout=60_000)
             status = page.locator("#upload-status").inner_text()

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from app_helpers import app_log, running_app
-from store_helpers import story
+from store_helpers import bad_uploads, story
 
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
@@ -84,18 +84,14 @@ def test_upload_chat_export_and_import_into_another_app(tmp_path, model_dir):  #
 def test_bad_files_show_a_reason_and_leave_the_library_intact(tmp_path, model_dir):  # noqa: F811
     good = tmp_path / "good.txt"
     good.write_text(story(20))
-    empty = tmp_path / "empty.txt"
-    empty.write_bytes(b"")
-    binary = tmp_path / "photo.txt"
-    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00" * 50)
-    broken = tmp_path / "broken.pdf"
-    broken.write_bytes(b"%PDF-1.4\n garbage")
+    bad = bad_uploads(tmp_path)
+    empty = bad[0][0]
     with running_app(tmp_path / "home", model_dir) as url:
         client = Client(url, verbose=False)
         client.predict([handle_file(str(good))], api_name="/upload")
         assert wait_ready(client, "good.txt")[1] == "ready"
         before = library_rows(client)
-        for path, reason in ((empty, "empty"), (binary, "binary"), (broken, "PDF")):
+        for path, reason in bad:
             status, _ = client.predict([handle_file(str(path))], api_name="/upload")
             assert status.startswith("✗") and path.name in status and reason in status, status
         # several at once: the good one goes through, the bad one is reported
