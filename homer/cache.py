@@ -101,10 +101,6 @@ class HomerCache:
             cache.update(k.to(device=device, dtype=dtype).contiguous(), v.to(device=device, dtype=dtype).contiguous(), layer)
         return cache
 
-    def position_offset(self, rerotate: bool) -> int:
-        """Position id of the first token appended after the cache."""
-        return len(self) if rerotate else self.next_position
-
     # --- persistence -------------------------------------------------------------------
     def tensors(self) -> dict[str, torch.Tensor]:
         out = {

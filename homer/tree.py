@@ -167,8 +167,7 @@ class _Builder:
 
 
 def _as_ids(ids) -> torch.Tensor:
-    tensor = torch.as_tensor(ids, dtype=torch.long).reshape(-1).cpu()
-    return tensor
+    return torch.as_tensor(ids, dtype=torch.long).reshape(-1).cpu()
 
 
 @torch.no_grad()
