@@ -8,6 +8,8 @@ from dataclasses import asdict, dataclass, field, replace
 
 import torch
 
+from .spans import SPAN_CHOICES
+
 SIGNIFICANCE_CHOICES = ("calibrated", "uncalibrated", "random")
 CACHE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
@@ -28,7 +30,8 @@ class HomerConfig:
 
     significance: "calibrated" (the paper's, §4), "uncalibrated" (raw logits) or "random"
     (ablation). pool_width: max-pool scores over that many neighbouring tokens before
-    choosing what to drop (0 = the paper's token-level pruning). ``bias`` overrides the calibration table looked up by model fingerprint.
+    choosing what to drop (0 = the paper's token-level pruning). span: the pruning unit,
+    "token" (the paper's), "word" or "sentence" (whole units kept, see :mod:`homer.spans`). ``bias`` overrides the calibration table looked up by model fingerprint.
     """
 
     max_chunk_len: int | None = None
@@ -36,6 +39,7 @@ class HomerConfig:
     warmup_layers: int | None = None
     significance: str = "calibrated"
     pool_width: int = 0
+    span: str = "token"
     cache_dtype: str = "float16"
     seed: int = 0
     bias: torch.Tensor | None = field(default=None, repr=False, compare=False)
@@ -49,6 +53,8 @@ class HomerConfig:
             value = getattr(self, name)
             if value is not None and value < 4:
                 raise ValueError(f"{name} must be at least 4, got {value}")
+        if self.span not in SPAN_CHOICES:
+            raise ValueError(f"span must be one of {SPAN_CHOICES}, got {self.span!r}")
         if self.pool_width < 0:
             raise ValueError("pool_width must be >= 0")
         if self.warmup_layers is not None and self.warmup_layers < 0:

@@ -7,6 +7,7 @@ import torch
 from .cache import HomerCache
 from .config import HomerConfig
 from .prompting import DocumentPrompt, default_prompt
+from .spans import span_ids
 from .tree import Progress, build_cache
 
 
@@ -47,7 +48,13 @@ def build_document_cache(model, tokenizer, text: str, config: HomerConfig | None
     prefix_ids, suffix_ids = document_prompt_ids(tokenizer, prompt, question)
     meta = {"prompt": prompt.to_json(), "prompt_version": prompt.version, "question": question or ""}
     meta.update(metadata or {})
-    cache = build_cache(model, prefix_ids, context_ids, suffix_ids, config=config, progress=progress, metadata=meta)
+    units = None
+    if config is not None and config.span != "token":
+        if char_offsets is None:
+            raise ValueError(f"span={config.span!r} needs the tokens' character offsets")
+        units = span_ids(text, char_offsets, config.span)
+    cache = build_cache(model, prefix_ids, context_ids, suffix_ids, config=config, progress=progress, metadata=meta,
+                        context_units=units)
     if char_offsets is not None:
         offsets = torch.tensor(char_offsets, dtype=torch.long)
         cache.char_offsets = torch.where(cache.sources >= 0, offsets[cache.sources.clamp(min=0)], -1)

@@ -71,13 +71,33 @@ def pool_scores(scores: torch.Tensor, width: int) -> torch.Tensor:
     return pooled.view(-1)
 
 
+def unit_scores(scores: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+    """Every token gets the best score of its unit (``units``: an id per token)."""
+    _, inverse = torch.unique(units, return_inverse=True)
+    best = torch.full((int(inverse.max()) + 1,), float("-inf")).scatter_reduce(
+        0, inverse, scores.float(), reduce="amax")
+    return best[inverse]
+
+
 def keep_indices(scores: torch.Tensor, prefix_len: int, suffix_len: int, target: int,
-                 pool_width: int = 0) -> torch.Tensor:
+                 pool_width: int = 0, units: torch.Tensor | None = None) -> torch.Tensor:
     """Indices (sorted, order kept) of the ``target`` tokens to keep: every affix token plus
-    the highest-scoring context tokens (scores optionally max-pooled within the context)."""
+    the highest-scoring context tokens (scores optionally max-pooled within the context).
+
+    ``units`` (one id per context token, see :mod:`homer.spans`): choose whole units, each
+    scored by its best token, best units first; only the last unit taken may be cut."""
     n = scores.shape[0]
     n_context_keep = target - prefix_len - suffix_len
     context_scores = pool_scores(scores[prefix_len : n - suffix_len].float().cpu(), pool_width)
-    top = torch.topk(context_scores, n_context_keep, sorted=False).indices + prefix_len
-    keep = torch.cat([torch.arange(prefix_len), top, torch.arange(n - suffix_len, n)])
+    if units is None:
+        top = torch.topk(context_scores, n_context_keep, sorted=False).indices
+    else:
+        units = units.cpu()
+        by_unit = unit_scores(context_scores, units)
+        # rank by (unit score desc, unit id, token score desc): units are taken whole, in order
+        order = torch.argsort(context_scores, descending=True, stable=True)
+        order = order[torch.argsort(units[order], stable=True)]
+        order = order[torch.argsort(by_unit[order], descending=True, stable=True)]
+        top = order[:n_context_keep]
+    keep = torch.cat([torch.arange(prefix_len), top + prefix_len, torch.arange(n - suffix_len, n)])
     return keep.sort().values

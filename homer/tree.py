@@ -106,10 +106,11 @@ class _Builder:
 
     def __init__(self, stack: DecoderStack, plan: ChunkPlan, scorer: Significance, prefix, context, suffix,
                  seed: int, progress: Progress | None, pool_width: int = 0,
-                 kv_dtype: torch.dtype = torch.float32):
+                 kv_dtype: torch.dtype = torch.float32, units: torch.Tensor | None = None):
         self.stack, self.plan, self.scorer = stack, plan, scorer
         self.kv_dtype = kv_dtype
         self.pool_width = pool_width
+        self.units = units  # pruning unit of every context token, or None: single tokens
         self.prefix, self.context, self.suffix = prefix, context, suffix
         self.generator = torch.Generator().manual_seed(seed)
         self.progress = progress
@@ -146,7 +147,9 @@ class _Builder:
             if layer == layers[-1] and len(node) > target:
                 scores = self.scorer.score(layer, q[0, :, -1, :], k[0], node.positions.to(k.device),
                                            self.stack.scaling, self.generator)
-                node.keep(keep_indices(scores, self.plan.prefix_len, self.plan.suffix_len, target, self.pool_width))
+                p, s = self.plan.prefix_len, self.plan.suffix_len
+                units = None if self.units is None else self.units[node.sources[p : len(node) - s]]
+                node.keep(keep_indices(scores, p, s, target, self.pool_width, units))
             node.hidden = self.stack.mlp_half(layer, node.hidden)
 
     def subtree(self, first_leaf: int, height: int, target: int) -> Node:
@@ -172,12 +175,15 @@ def _as_ids(ids) -> torch.Tensor:
 
 @torch.no_grad()
 def build_cache(model, prefix_ids, context_ids, suffix_ids, config: HomerConfig | None = None,
-                progress: Progress | None = None, metadata: dict | None = None) -> HomerCache:
+                progress: Progress | None = None, metadata: dict | None = None,
+                context_units=None) -> HomerCache:
     """Build a HOMER cache from token ids (the method itself).
 
     prefix_ids: e.g. system prompt + chat header (with BOS if the model uses one);
     context_ids: the long document; suffix_ids: non-empty, its last token is the scoring
-    query. ``progress(done, total, message)`` is called after every leaf and merge."""
+    query. ``progress(done, total, message)`` is called after every leaf and merge.
+    ``context_units``: a unit id per context token, needed when ``config.span`` is not
+    "token" (:func:`homer.spans.span_ids` makes them; ``build_document_cache`` does it)."""
     started = time.perf_counter()
     stack = DecoderStack(model)
     config = (config or HomerConfig()).resolve(model.config)
@@ -187,10 +193,17 @@ def build_cache(model, prefix_ids, context_ids, suffix_ids, config: HomerConfig 
         max_chunk_len=config.max_chunk_len, target_len=config.target_len,
         num_layers=stack.num_layers, warmup_layers=config.warmup_layers,
     )
+    units = None
+    if config.span != "token":
+        if context_units is None:
+            raise ValueError(f"span={config.span!r} needs context_units (see homer.spans.span_ids)")
+        units = _as_ids(context_units)
+        if len(units) != len(context):
+            raise ValueError("context_units must give one unit id per context token")
     fingerprint = model_fingerprint(model)
     scorer = significance_for(config, model, fingerprint)
     builder = _Builder(stack, plan, scorer, prefix, context, suffix, config.seed, progress, config.pool_width,
-                       config.torch_cache_dtype)
+                       config.torch_cache_dtype, units)
     root = builder.subtree(0, plan.height, plan.root_target)
     last_logits = stack.logits(root.hidden[:, -1:, :])[0, -1].float().cpu()  # one row only (§7)
 
