@@ -4,7 +4,7 @@ Methods (each row of the JSON-lines file is one answer):
   plain            the model fed the whole prompt
   clipped          the model fed only the end of the document that fits its window
   linear / dynamic / yarn   RoPE scaling (factor = length / window, rounded up to a power of 2)
-  homer[NAME]      HOMER with a variant NAME:SIGNIFICANCE:POOL_WIDTH[:SPAN], under both protocols:
+  homer[NAME]      HOMER with a variant NAME:SIGNIFICANCE:POOL_WIDTH[:SPAN[:QUERY_ROWS]], under both protocols:
                    question-aware (question in the suffix, the paper's) and document-first
                    (question-agnostic cache saved, loaded, then asked — the app's)
   homer+yarn[NAME] the same on the YaRN-scaled model (M = factor · window / 2)
@@ -121,7 +121,7 @@ def main(argv=None) -> None:
                         help="plain clipped linear dynamic yarn homer homer+yarn")
     parser.add_argument("--protocols", nargs="+", default=["question-aware", "document-first"])
     parser.add_argument("--variants", nargs="+", default=["paper:calibrated:0"],
-                        help="HOMER variants NAME:SIGNIFICANCE:POOL_WIDTH[:SPAN]")
+                        help="HOMER variants NAME:SIGNIFICANCE:POOL_WIDTH[:SPAN[:QUERY_ROWS]]")
     parser.add_argument("--prompt-style", choices=["chat", "completion"], default="chat")
     parser.add_argument("--name", default=None, help="results file stem (default: the task)")
     parser.add_argument("--summarize", action="store_true")
@@ -140,9 +140,10 @@ def main(argv=None) -> None:
     prompt = DocumentPrompt(style=args.prompt_style)
     variants = []
     for spec in args.variants:
-        vname, significance, pool, *span = spec.split(":")
-        variants.append((vname, HomerConfig(significance=significance, pool_width=int(pool),
-                                            span=span[0] if span else "token")))
+        vname, significance, pool, *rest = spec.split(":")
+        span, rows = (rest + ["token", "1"][len(rest):])[:2]
+        variants.append((vname, HomerConfig(significance=significance, pool_width=int(pool), span=span,
+                                            query_rows=int(rows))))
     scaled: dict = {}
 
     def scaled_model(method: str, factor: float):

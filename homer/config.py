@@ -31,7 +31,9 @@ class HomerConfig:
     significance: "calibrated" (the paper's, §4), "uncalibrated" (raw logits) or "random"
     (ablation). pool_width: max-pool scores over that many neighbouring tokens before
     choosing what to drop (0 = the paper's token-level pruning). span: the pruning unit,
-    "token" (the paper's), "word" or "sentence" (whole units kept, see :mod:`homer.spans`). ``bias`` overrides the calibration table looked up by model fingerprint.
+    "token" (the paper's), "word" or "sentence" (whole units kept, see :mod:`homer.spans`).
+    query_rows: score with the queries of the last r suffix tokens, each token's best over
+    them (1 = the paper's last token only). ``bias`` overrides the calibration table looked up by model fingerprint.
     """
 
     max_chunk_len: int | None = None
@@ -40,6 +42,7 @@ class HomerConfig:
     significance: str = "calibrated"
     pool_width: int = 0
     span: str = "token"
+    query_rows: int = 1
     cache_dtype: str = "float16"
     seed: int = 0
     bias: torch.Tensor | None = field(default=None, repr=False, compare=False)
@@ -55,6 +58,8 @@ class HomerConfig:
                 raise ValueError(f"{name} must be at least 4, got {value}")
         if self.span not in SPAN_CHOICES:
             raise ValueError(f"span must be one of {SPAN_CHOICES}, got {self.span!r}")
+        if self.query_rows < 1:
+            raise ValueError("query_rows must be >= 1")
         if self.pool_width < 0:
             raise ValueError("pool_width must be >= 0")
         if self.warmup_layers is not None and self.warmup_layers < 0:

@@ -18,8 +18,18 @@ def last_query_logits(q_last: torch.Tensor, keys: torch.Tensor, scaling: float) 
     return logits.amax(dim=(0, 1))
 
 
+def query_logits(q_rows: torch.Tensor, keys: torch.Tensor, scaling: float) -> torch.Tensor:
+    """Like :func:`last_query_logits` for several query rows: q_rows [H, r, d] → [r, n]."""
+    kv_heads, _, d = keys.shape
+    grouped = q_rows.reshape(kv_heads, -1, q_rows.shape[-2], d).float()  # [KV, H/KV, r, d]
+    logits = torch.einsum("kgrd,knd->kgrn", grouped, keys.float()) * scaling
+    return logits.amax(dim=(0, 1))
+
+
 class Significance:
-    """Interface: a score per token (higher = keep)."""
+    """Interface: a score per token (higher = keep). ``q_last`` is the last token's query
+    [H, d] (the paper's), or the last r tokens' queries [H, r, d]: then a token's score is
+    its best over those rows (a question-agnostic variant, see ``HomerConfig.query_rows``)."""
 
     name = "base"
 
@@ -34,6 +44,8 @@ class Uncalibrated(Significance):
     name = "uncalibrated"
 
     def score(self, layer_idx, q_last, keys, positions, scaling, generator):
+        if q_last.dim() == 3:
+            return query_logits(q_last, keys, scaling).amax(0)
         return last_query_logits(q_last, keys, scaling)
 
 
@@ -46,9 +58,14 @@ class Calibrated(Significance):
         self.bias = bias.float()  # [L, M]
 
     def score(self, layer_idx, q_last, keys, positions, scaling, generator):
-        raw = last_query_logits(q_last, keys, scaling)
-        distance = (positions[-1] - positions).clamp(0, self.bias.shape[1] - 1).to(self.bias.device)
-        return raw - self.bias[layer_idx].index_select(0, distance).to(raw.device)
+        if q_last.dim() == 2:
+            raw = last_query_logits(q_last, keys, scaling)
+            distance = (positions[-1] - positions).clamp(0, self.bias.shape[1] - 1).to(self.bias.device)
+            return raw - self.bias[layer_idx].index_select(0, distance).to(raw.device)
+        raw = query_logits(q_last, keys, scaling)  # [r, n]
+        rows = positions[-raw.shape[0]:]
+        distance = (rows[:, None] - positions[None, :]).clamp(0, self.bias.shape[1] - 1).to(self.bias.device)
+        return (raw - self.bias[layer_idx][distance].to(raw.device)).amax(0)
 
 
 class RandomScore(Significance):

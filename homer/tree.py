@@ -106,11 +106,13 @@ class _Builder:
 
     def __init__(self, stack: DecoderStack, plan: ChunkPlan, scorer: Significance, prefix, context, suffix,
                  seed: int, progress: Progress | None, pool_width: int = 0,
-                 kv_dtype: torch.dtype = torch.float32, units: torch.Tensor | None = None):
+                 kv_dtype: torch.dtype = torch.float32, units: torch.Tensor | None = None,
+                 query_rows: int = 1):
         self.stack, self.plan, self.scorer = stack, plan, scorer
         self.kv_dtype = kv_dtype
         self.pool_width = pool_width
         self.units = units  # pruning unit of every context token, or None: single tokens
+        self.query_rows = query_rows
         self.prefix, self.context, self.suffix = prefix, context, suffix
         self.generator = torch.Generator().manual_seed(seed)
         self.progress = progress
@@ -145,7 +147,9 @@ class _Builder:
             node.values.append(v[0].to(self.kv_dtype))
             node.hidden = hidden
             if layer == layers[-1] and len(node) > target:
-                scores = self.scorer.score(layer, q[0, :, -1, :], k[0], node.positions.to(k.device),
+                rows = min(self.query_rows, self.plan.suffix_len)
+                q_rows = q[0, :, -1, :] if rows == 1 else q[0, :, -rows:, :]
+                scores = self.scorer.score(layer, q_rows, k[0], node.positions.to(k.device),
                                            self.stack.scaling, self.generator)
                 p, s = self.plan.prefix_len, self.plan.suffix_len
                 units = None if self.units is None else self.units[node.sources[p : len(node) - s]]
@@ -203,7 +207,7 @@ def build_cache(model, prefix_ids, context_ids, suffix_ids, config: HomerConfig 
     fingerprint = model_fingerprint(model)
     scorer = significance_for(config, model, fingerprint)
     builder = _Builder(stack, plan, scorer, prefix, context, suffix, config.seed, progress, config.pool_width,
-                       config.torch_cache_dtype, units)
+                       config.torch_cache_dtype, units, config.query_rows)
     root = builder.subtree(0, plan.height, plan.root_target)
     last_logits = stack.logits(root.hidden[:, -1:, :])[0, -1].float().cpu()  # one row only (§7)
 

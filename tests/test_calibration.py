@@ -67,3 +67,23 @@ def test_keep_indices_keeps_affixes_and_the_best_context():
     scores = torch.tensor([0.0, 0.0, 5.0, 1.0, 9.0, 2.0, 0.0])
     keep = keep_indices(scores, prefix_len=2, suffix_len=1, target=5)
     assert keep.tolist() == [0, 1, 2, 4, 6]
+
+
+def test_several_query_rows_score_each_token_by_its_best_row():
+    torch.manual_seed(0)
+    q, keys = torch.randn(4, 3, 8), torch.randn(2, 6, 8)  # 4 query heads on 2 kv heads, 3 rows
+    positions = torch.tensor([0, 1, 2, 7, 8, 9])  # the rows are the last three tokens
+    bias = torch.rand(3, 12)
+    for scorer in (Uncalibrated(), Calibrated(bias)):
+        one_row = scorer.score(1, q[:, 2], keys, positions, 0.5, None)
+        torch.testing.assert_close(scorer.score(1, q[:, 2:], keys, positions, 0.5, None), one_row)
+        per_row = torch.stack([scorer.score(1, q[:, r], keys[:, : 4 + r], positions[: 4 + r], 0.5, None)[:4] for r in range(3)])
+        torch.testing.assert_close(scorer.score(1, q, keys, positions, 0.5, None)[:4], per_row.amax(0))
+
+
+def test_query_rows_build_runs_and_is_validated(llama):
+    cache = build_cache(llama, random_ids(3, 1), random_ids(200, 2), random_ids(4, 3),
+                        HomerConfig(significance="uncalibrated", query_rows=4))
+    assert cache.keys.shape[2] <= 32
+    with pytest.raises(ValueError, match="query_rows"):
+        HomerConfig(query_rows=0)
