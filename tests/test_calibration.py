@@ -87,3 +87,22 @@ def test_query_rows_build_runs_and_is_validated(llama):
     assert cache.keys.shape[2] <= 32
     with pytest.raises(ValueError, match="query_rows"):
         HomerConfig(query_rows=0)
+
+
+def test_build_layout_and_median_statistic(llama):
+    prefix, suffix = random_ids(3, 7), random_ids(4, 8)
+    chunks = [random_ids(40, s) for s in range(5)]  # longer than the 25 context tokens a chunk holds
+    bias = calibrate(llama, chunks, 32, prefix_ids=prefix, suffix_ids=suffix, statistic="median")
+    stack = DecoderStack(llama)
+    direct = []
+    with torch.no_grad():
+        for c in chunks:
+            ids = torch.cat([prefix, c[:25], suffix])
+            hidden = stack.embed(ids)
+            _, q, k, _ = stack.attention_half(0, hidden, stack.rope(hidden, torch.arange(32)))
+            direct.append(last_query_logits(q[0, :, -1], k[0], stack.scaling).flip(0))
+    torch.testing.assert_close(bias[0], torch.stack(direct).median(0).values)
+    with pytest.raises(ValueError, match="statistic"):
+        calibrate(llama, chunks, 32, statistic="mode")
+    with pytest.raises(ValueError, match="room"):
+        calibrate(llama, chunks, 8, prefix_ids=random_ids(4, 1), suffix_ids=random_ids(4, 2))
