@@ -1,8 +1,13 @@
 """Continuing generation from a HOMER cache (method §7) and multi-turn chat.
 
 New tokens continue at ``last_position + 1`` (not the released code's off-by-one). The
-stored cache is never mutated: each conversation works on its own DynamicCache clone and
-appends its turns after the document. Sampling uses transformers' logits processors."""
+stored cache is never mutated: each conversation works on its own copy and appends its turns
+after the document. Sampling uses transformers' logits processors.
+
+The working copy is a :class:`PreallocatedCache`: per-layer buffers with room to spare, so a
+decoded token costs one row write per layer instead of a concatenation that copies the whole
+cache (``DynamicCache``, kept as the baseline: ``Conversation(..., kv_cache="dynamic")``).
+Buffers grow by chunks when a conversation outgrows them."""
 
 from __future__ import annotations
 
@@ -11,7 +16,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
-from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
+import torch.nn.functional as F
+from transformers import (DynamicCache, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
+                          TopPLogitsWarper)
+from transformers.cache_utils import Cache, DynamicLayer
+from transformers.models.llama.modeling_llama import rotate_half
 
 from .cache import HomerCache
 from .prompting import DOC, DocumentPrompt, default_prompt
@@ -45,6 +54,147 @@ def eos_token_ids(model, tokenizer) -> set[int]:
     if tokenizer is not None and tokenizer.eos_token_id is not None:
         ids.add(tokenizer.eos_token_id)
     return ids
+
+
+GROWTH_CHUNK = 512  # tokens of headroom a working cache gets, and the step it grows by
+KV_CACHES = ("preallocated", "dynamic")
+
+
+def _round_up(n: int, chunk: int) -> int:
+    return -(-n // chunk) * chunk
+
+
+class PreallocatedLayer(DynamicLayer):
+    """One layer of a :class:`PreallocatedCache`. ``keys``/``values`` are views of the first
+    ``length`` rows of larger buffers, so the attention sees exactly what a DynamicLayer shows
+    (same shapes, same mask sizes), but appending writes only the new rows. When the buffers
+    are full they are replaced by ones ``chunk`` rows larger than needed (one copy per chunk)."""
+
+    def __init__(self, chunk: int = GROWTH_CHUNK, **kwargs):
+        super().__init__(**kwargs)
+        self.chunk = max(int(chunk), 1)
+        self.length = 0
+        self.capacity = 0
+        self.grows = 0
+        self._k = self._v = None
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.is_initialized = True
+
+    def reserve(self, tokens: int, key_like: torch.Tensor, value_like: torch.Tensor) -> None:
+        """Make room for ``tokens`` rows in all (rounded up to whole chunks, plus one spare chunk
+        when the buffers have to move)."""
+        if tokens <= self.capacity:
+            return
+        capacity = _round_up(tokens + (self.chunk if self.capacity else 0), self.chunk)
+        b, h, _, dk = key_like.shape
+        k = key_like.new_empty((b, h, capacity, dk))
+        v = value_like.new_empty((b, value_like.shape[1], capacity, value_like.shape[-1]))
+        if self.length:
+            k[:, :, : self.length].copy_(self._k[:, :, : self.length])
+            v[:, :, : self.length].copy_(self._v[:, :, : self.length])
+            self.grows += 1
+        self._k, self._v, self.capacity = k, v, capacity
+        self._refresh()
+
+    def _refresh(self) -> None:
+        self.keys = self._k[:, :, : self.length]
+        self.values = self._v[:, :, : self.length]
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n = key_states.shape[-2]
+        self.reserve(self.length + n, key_states, value_states)
+        self._k[:, :, self.length : self.length + n].copy_(key_states)
+        self._v[:, :, self.length : self.length + n].copy_(value_states)
+        self.length += n
+        self._refresh()
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return -1
+
+    def reset(self) -> None:
+        self._k = self._v = self.keys = self.values = None
+        self.length = self.capacity = 0
+        self.is_initialized = False
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove > 0:
+            raise ValueError("crop takes a negative number of tokens to remove")
+        if self.is_initialized and tokens_to_remove:
+            self.length = max(self.length + tokens_to_remove, 0)
+            self._refresh()
+
+    def _replace(self, fn) -> None:  # batch reshuffles (beam search): rebuild the buffers
+        if self.length:
+            self._k, self._v = fn(self._k), fn(self._v)
+            self._refresh()
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        self._replace(lambda t: t.index_select(0, beam_idx.to(t.device)))
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        self._replace(lambda t: t.repeat_interleave(repeats, dim=0))
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        self._replace(lambda t: t[indices, ...])
+
+
+class PreallocatedCache(DynamicCache):
+    """A DynamicCache whose layers append into preallocated buffers (see :class:`PreallocatedLayer`).
+    Behaves like a DynamicCache of the same contents for the model: same tensors, same masks."""
+
+    def __init__(self, num_layers: int | None = None, chunk: int = GROWTH_CHUNK):
+        self.chunk = chunk
+        if num_layers is None:
+            Cache.__init__(self, layer_class_to_replicate=lambda: PreallocatedLayer(chunk))
+        else:
+            Cache.__init__(self, layers=[PreallocatedLayer(chunk) for _ in range(num_layers)])
+
+    @classmethod
+    def from_homer(cls, cache: HomerCache, dtype: torch.dtype | None = None, device=None,
+                   headroom: int = GROWTH_CHUNK, chunk: int = GROWTH_CHUNK) -> "PreallocatedCache":
+        """A working copy of ``cache`` (positions as built: continue at ``next_position``) with
+        room for ``headroom`` more tokens. The stored tensors are only read."""
+        dtype = dtype or torch.float32
+        out = cls(cache.num_layers, chunk=chunk)
+        n = len(cache)
+        for layer, target in enumerate(out.layers):
+            k = cache.keys[layer].unsqueeze(0)
+            v = cache.values[layer].unsqueeze(0)
+            like_k = torch.empty((1, k.shape[1], 0, k.shape[-1]), dtype=dtype, device=device)
+            like_v = torch.empty((1, v.shape[1], 0, v.shape[-1]), dtype=dtype, device=device)
+            target.lazy_initialization(like_k, like_v)
+            target.reserve(n + headroom, like_k, like_v)
+            target._k[:, :, :n].copy_(k)
+            target._v[:, :, :n].copy_(v)
+            target.length = n
+            target._refresh()
+        return out
+
+    @property
+    def capacity(self) -> int:
+        return min((layer.capacity for layer in self.layers), default=0)
+
+    @property
+    def grows(self) -> int:
+        return max((layer.grows for layer in self.layers), default=0)
+
+
+def working_cache(cache: HomerCache, model, kv_cache: str = "preallocated"):
+    """The per-conversation copy of ``cache`` in the model's dtype and device."""
+    dtype = next(model.parameters()).dtype
+    if kv_cache == "preallocated":
+        return PreallocatedCache.from_homer(cache, dtype=dtype, device=model.device)
+    if kv_cache == "dynamic":
+        return cache.to_dynamic_cache(dtype=dtype, device=model.device, rerotate=False)
+    raise ValueError(f"kv_cache must be one of {', '.join(KV_CACHES)}, not {kv_cache!r}")
 
 
 @dataclass
@@ -102,6 +252,12 @@ def generate_tokens(model, state: DecodeState, new_ids: list[int], settings: Gen
 
 
 def _forward(model, state: DecodeState, ids: list[int], device) -> torch.Tensor:
+    if len(ids) == 1 and isinstance(state.kv, PreallocatedCache):
+        step = _decoder(model)
+        if step is not None and step.fits(state.kv.get_seq_length() + 1):
+            logits = step(state.kv, ids[0], state.position)
+            state.position += 1
+            return logits
     n = len(ids)
     positions = torch.arange(state.position, state.position + n, device=device).view(1, -1)
     out = model(input_ids=torch.tensor([ids], device=device), past_key_values=state.kv,
@@ -110,20 +266,76 @@ def _forward(model, state: DecodeState, ids: list[int], device) -> torch.Tensor:
     return out.logits[:, -1, :]
 
 
+class DecodeStep:
+    """One token through the model by hand (the layer pieces of :class:`~homer.layers.DecoderStack`),
+    appending to a :class:`PreallocatedCache`. Same arithmetic as the model's forward, minus
+    the mask building and the per-call plumbing; grouped-query attention runs each kv head
+    against its group of query heads as a block of queries, so no kv head is repeated."""
+
+    def __init__(self, model):
+        from .layers import DecoderStack
+
+        self.stack = DecoderStack(model)  # TypeError for layouts it does not know
+        self.groups = self.stack.num_heads // self.stack.num_kv_heads
+        self.window = getattr(model.config, "sliding_window", None)
+
+    def fits(self, length: int) -> bool:
+        """Sliding-window models attend to everything only while the cache fits the window."""
+        return self.window is None or length <= self.window
+
+    def __call__(self, kv: PreallocatedCache, token: int, position: int) -> torch.Tensor:
+        stack, d = self.stack, self.stack.head_dim
+        device = stack.device
+        hidden = stack.embed_tokens(torch.tensor([[token]], device=device))
+        cos, sin = stack.rotary_emb(hidden, torch.tensor([[position]], device=device))
+        cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)
+        for i, layer in enumerate(stack.layers):
+            attn = layer.self_attn
+            x = layer.input_layernorm(hidden)
+            q = attn.q_proj(x).view(1, 1, -1, d)
+            k = attn.k_proj(x).view(1, 1, -1, d)
+            v = attn.v_proj(x).view(1, 1, -1, d).transpose(1, 2)
+            if hasattr(attn, "q_norm"):
+                q, k = attn.q_norm(q), attn.k_norm(k)
+            q, k = q.transpose(1, 2), k.transpose(1, 2)
+            q = q * cos + rotate_half(q) * sin
+            k = k * cos + rotate_half(k) * sin
+            keys, values = kv.update(k, v, i)
+            q = q.view(1, keys.shape[1], self.groups, d)  # [1, KV, groups, d]: the heads of a group as queries
+            out = F.scaled_dot_product_attention(q, keys, values, scale=stack.scaling)
+            hidden = hidden + attn.o_proj(out.reshape(1, 1, -1))
+            hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
+        return stack.logits(hidden)[:, -1, :]
+
+
+def _decoder(model) -> DecodeStep | None:
+    """The model's :class:`DecodeStep` (made once, kept on the model), or None where the layout
+    is not one it knows."""
+    if "_homer_decode_step" not in model.__dict__:
+        try:
+            step = DecodeStep(model)
+        except (TypeError, AttributeError):
+            step = None
+        model.__dict__["_homer_decode_step"] = step
+    return model.__dict__["_homer_decode_step"]
+
+
 class Conversation:
     """A multi-turn chat about one cached document. Appends each turn after the cache."""
 
-    def __init__(self, cache: HomerCache, model, tokenizer, prompt: DocumentPrompt | None = None):
-        self.cache, self.model, self.tokenizer = cache, model, tokenizer
+    def __init__(self, cache: HomerCache, model, tokenizer, prompt: DocumentPrompt | None = None,
+                 kv_cache: str = "preallocated"):
+        if kv_cache not in KV_CACHES:
+            raise ValueError(f"kv_cache must be one of {', '.join(KV_CACHES)}, not {kv_cache!r}")
+        self.cache, self.model, self.tokenizer, self.kv_cache = cache, model, tokenizer, kv_cache
         stored = cache.metadata.get("prompt")
         self.prompt = prompt or (DocumentPrompt.from_json(stored) if stored else default_prompt(tokenizer))
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.reset()
 
     def reset(self) -> None:
-        """Forget the conversation: a fresh clone of the stored cache."""
-        dtype = next(self.model.parameters()).dtype
-        kv = self.cache.to_dynamic_cache(dtype=dtype, device=self.model.device, rerotate=False)
+        """Forget the conversation: a fresh copy of the stored cache."""
+        kv = working_cache(self.cache, self.model, self.kv_cache)
         self.state = DecodeState(kv=kv, position=self.cache.next_position)
         self.turns: list[tuple[str, str]] = []
         self.rebuilds = 0  # times the conversation had to be re-appended from the stored cache
