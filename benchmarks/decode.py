@@ -1,0 +1,135 @@
+"""Decoding speed from a HOMER cache: the DynamicCache baseline next to the preallocated
+path, and both next to this machine's memory-bandwidth limit, measured in the same run.
+
+A decoded token has to read every weight once and the whole KV cache once, so
+``bound = bandwidth / (weight bytes + KV bytes)`` tokens/s; the bandwidth is a large
+tensor's read (sum) on the same threads.
+
+    python -m benchmarks.decode                  # ~8k-token essay document → ~4k-token cache
+    python -m benchmarks.decode --threads 1 --new-tokens 64
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from homer import Conversation, HomerConfig, build_document_cache
+from homer.evaluation.haystack import needle_document
+from homer.models import load_model
+
+RESULTS = Path(__file__).parent / "results"
+BAR_TOKENS_PER_S = 20.0
+
+
+def read_bandwidth(megabytes: int = 512, repeats: int = 5) -> float:
+    """Bytes/s of summing one large float32 tensor (best of ``repeats``)."""
+    x = torch.ones(megabytes * 2**20 // 4)
+    x.sum()
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        x.sum()
+        best = min(best, time.perf_counter() - started)
+    return x.numel() * 4 / best
+
+
+def weight_bytes_per_token(model) -> int:
+    """Every parameter is read once per token, except an input embedding that is not also the
+    output head (one row of it is read)."""
+    total = sum(p.numel() * p.element_size() for p in model.parameters())  # tied weights count once
+    embed, head = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    if embed.data_ptr() != head.data_ptr():
+        total -= embed.numel() * embed.element_size() - embed.shape[1] * embed.element_size()
+    return total
+
+
+def kv_bytes_per_token(model, cache_tokens: float) -> float:
+    cfg = model.config
+    kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    element = next(model.parameters()).element_size()
+    return cfg.num_hidden_layers * 2 * kv_heads * head_dim * cache_tokens * element
+
+
+def decode_run(cache, model, tokenizer, question: str, new_tokens: int, kv_cache: str) -> dict:
+    """One question, exactly ``new_tokens`` greedy tokens (end-of-turn ignored)."""
+    conversation = Conversation(cache, model, tokenizer, kv_cache=kv_cache)
+    conversation.eos_ids = set()
+    answer = "".join(conversation.ask(question, max_new_tokens=new_tokens))
+    stats = conversation.stats
+    return {"tokens_per_s": stats["tokens_per_second"], "new_tokens": stats["new_tokens"],
+            "time_to_first_token_s": stats["time_to_first_token"], "answer": answer,
+            "cache_tokens_at_end": conversation.state.kv.get_seq_length()}
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default=None)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--document-tokens", type=int, default=8_000,
+                        help="essay document length; its HOMER cache keeps about half the model window")
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2, help="alternating runs per path; the best counts")
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
+    parser.add_argument("--name", default="decode")
+    parser.add_argument("--results-dir", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    model, tokenizer = load_model(args.model, device=args.device)
+    load_before = os.getloadavg()
+
+    item = needle_document(tokenizer, args.document_tokens, 0.5, seed=11)
+    started = time.perf_counter()
+    cache = build_document_cache(model, tokenizer, item.document, HomerConfig())
+    build_seconds = time.perf_counter() - started
+    print(f"cache: {len(cache)} tokens from {args.document_tokens} ({build_seconds:.1f} s)", flush=True)
+
+    runs = {"dynamic": [], "preallocated": []}
+    with torch.no_grad():
+        for _ in range(args.repeats):
+            for kind in runs:  # alternate, so a busy moment on a shared machine hits both
+                row = decode_run(cache, model, tokenizer, item.question, args.new_tokens, kind)
+                runs[kind].append(row)
+                print(f"{kind}: {row['tokens_per_s']:.2f} tokens/s", flush=True)
+    bandwidth = read_bandwidth() if model.device.type == "cpu" else None
+    load_after = os.getloadavg()
+
+    best = {kind: max(rows, key=lambda r: r["tokens_per_s"]) for kind, rows in runs.items()}
+    mean_cache = len(cache) + (best["preallocated"]["cache_tokens_at_end"] - len(cache)) / 2
+    weights = weight_bytes_per_token(model)
+    kv = kv_bytes_per_token(model, mean_cache)
+    result = {
+        "model": getattr(model, "homer_name", args.model), "device": str(model.device), "dtype": str(model.dtype),
+        "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+        "load_average_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
+        "document_tokens": args.document_tokens, "cache_tokens": len(cache), "cache_build_s": round(build_seconds, 2),
+        "new_tokens": args.new_tokens, "repeats": args.repeats,
+        "dynamic_tokens_per_s": round(best["dynamic"]["tokens_per_s"], 2),
+        "preallocated_tokens_per_s": round(best["preallocated"]["tokens_per_s"], 2),
+        "speedup": round(best["preallocated"]["tokens_per_s"] / best["dynamic"]["tokens_per_s"], 3),
+        "same_tokens": all(r["answer"] == runs["dynamic"][0]["answer"] for rows in runs.values() for r in rows),
+        "all_runs_tokens_per_s": {kind: [round(r["tokens_per_s"], 2) for r in rows] for kind, rows in runs.items()},
+        "weight_bytes_per_token": weights, "kv_bytes_per_token": round(kv),
+        "bar_tokens_per_s": BAR_TOKENS_PER_S,
+        "bar_met": best["preallocated"]["tokens_per_s"] >= BAR_TOKENS_PER_S,
+    }
+    if bandwidth:
+        bound = bandwidth / (weights + kv)
+        result.update({
+            "read_bandwidth_gb_s": round(bandwidth / 1e9, 2), "bandwidth_bound_tokens_per_s": round(bound, 2),
+            "preallocated_over_bound": round(best["preallocated"]["tokens_per_s"] / bound, 3),
+            "dynamic_over_bound": round(best["dynamic"]["tokens_per_s"] / bound, 3),
+        })
+    print(json.dumps(result, indent=2), flush=True)
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    (args.results_dir / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
