@@ -146,21 +146,43 @@ class _Builder:
             node.keys.append(k[0].to(self.kv_dtype))
             node.values.append(v[0].to(self.kv_dtype))
             node.hidden = hidden
-            if layer == layers[-1] and len(node) > target:
-                rows = min(self.query_rows, self.plan.suffix_len)
-                q_rows = q[0, :, -1, :] if rows == 1 else q[0, :, -rows:, :]
-                scores = self.scorer.score(layer, q_rows, k[0], node.positions.to(k.device),
-                                           self.stack.scaling, self.generator)
-                p, s = self.plan.prefix_len, self.plan.suffix_len
-                units = None if self.units is None else self.units[node.sources[p : len(node) - s]]
-                node.keep(keep_indices(scores, p, s, target, self.pool_width, units))
+            if layer == layers[-1]:
+                self.before_prune(node, layers)
+                if len(node) > target:
+                    self.prune(node, layer, q, k, target)
             node.hidden = self.stack.mlp_half(layer, node.hidden)
+
+    def prune(self, node: Node, layer: int, q: torch.Tensor, k: torch.Tensor, target: int) -> None:
+        """Keep ``target`` tokens, scored with the last suffix query (§4). q: [1, H, rows, d]
+        whose last rows are the suffix's; k: [1, KV, len(node), d]."""
+        rows = min(self.query_rows, self.plan.suffix_len)
+        q_rows = q[0, :, -1, :] if rows == 1 else q[0, :, -rows:, :]
+        scores = self.scorer.score(layer, q_rows, k[0], node.positions.to(k.device),
+                                   self.stack.scaling, self.generator)
+        p, s = self.plan.prefix_len, self.plan.suffix_len
+        units = None if self.units is None else self.units[node.sources[p : len(node) - s]]
+        node.keep(keep_indices(scores, p, s, target, self.pool_width, units))
+
+    # hooks for homer.deep_read (no-ops here) ------------------------------------------
+    def before_prune(self, node: Node, layers: range) -> None:
+        """Called at the last layer of every block, after attention, before pruning."""
+
+    def finish(self) -> None:
+        """Called once the root is built."""
+
+    def abort(self) -> None:
+        """Called when the build fails."""
+
+    def read_leaf(self, index: int, target: int) -> Node:
+        """The leaf stage of leaf ``index``: its block of layers, pruned to ``target``."""
+        node = self.leaf(index)
+        self.run_block(node, self.plan.layers_at(0), target)
+        return node
 
     def subtree(self, first_leaf: int, height: int, target: int) -> Node:
         """Depth-first: left subtree, right subtree, merge, then this node's block (§6)."""
         if height == 0:
-            node = self.leaf(first_leaf)
-            self.run_block(node, self.plan.layers_at(0), target)
+            node = self.read_leaf(first_leaf, target)
             self._tick(f"read chunk {first_leaf + 1}/{self.plan.num_leaves}")
             return node
         left_target, right_target = self.plan.child_targets(first_leaf, height)
@@ -180,14 +202,24 @@ def _as_ids(ids) -> torch.Tensor:
 @torch.no_grad()
 def build_cache(model, prefix_ids, context_ids, suffix_ids, config: HomerConfig | None = None,
                 progress: Progress | None = None, metadata: dict | None = None,
-                context_units=None) -> HomerCache:
+                context_units=None, leaf_states=None, leaf_state_tensors: dict | None = None,
+                _make_builder=None) -> HomerCache:
     """Build a HOMER cache from token ids (the method itself).
 
     prefix_ids: e.g. system prompt + chat header (with BOS if the model uses one);
     context_ids: the long document; suffix_ids: non-empty, its last token is the scoring
     query. ``progress(done, total, message)`` is called after every leaf and merge.
     ``context_units``: a unit id per context token, needed when ``config.span`` is not
-    "token" (:func:`homer.spans.span_ids` makes them; ``build_document_cache`` does it)."""
+    "token" (:func:`homer.spans.span_ids` makes them; ``build_document_cache`` does it).
+    ``leaf_states``: a file path; when given, the leaf-stage states are also written there
+    (atomically, leaf by leaf) so a later question can rebuild fast — see
+    :mod:`homer.deep_read`; ``leaf_state_tensors``: extra tensors stored in that file.
+    ``_make_builder`` (internal, for :mod:`homer.deep_read`): makes the builder from
+    :class:`_Builder`'s arguments plus ``fingerprint`` and ``config`` keywords."""
+    if leaf_states is not None:
+        from .deep_read import recording_builder
+
+        _make_builder = recording_builder(leaf_states, leaf_state_tensors, metadata)
     started = time.perf_counter()
     stack = DecoderStack(model)
     config = (config or HomerConfig()).resolve(model.config)
@@ -206,9 +238,18 @@ def build_cache(model, prefix_ids, context_ids, suffix_ids, config: HomerConfig 
             raise ValueError("context_units must give one unit id per context token")
     fingerprint = model_fingerprint(model)
     scorer = significance_for(config, model, fingerprint)
-    builder = _Builder(stack, plan, scorer, prefix, context, suffix, config.seed, progress, config.pool_width,
-                       config.torch_cache_dtype, units, config.query_rows)
-    root = builder.subtree(0, plan.height, plan.root_target)
+    builder_args = (stack, plan, scorer, prefix, context, suffix, config.seed, progress, config.pool_width,
+                    config.torch_cache_dtype, units, config.query_rows)
+    if _make_builder is None:
+        builder = _Builder(*builder_args)
+    else:
+        builder = _make_builder(*builder_args, fingerprint=fingerprint, config=config)
+    try:
+        root = builder.subtree(0, plan.height, plan.root_target)
+        builder.finish()
+    except BaseException:
+        builder.abort()
+        raise
     last_logits = stack.logits(root.hidden[:, -1:, :])[0, -1].float().cpu()  # one row only (§7)
 
     dtype = config.torch_cache_dtype
