@@ -273,8 +273,11 @@ class DecodeStep:
     against its group of query heads as a block of queries, so no kv head is repeated."""
 
     def __init__(self, model):
-        from .layers import DecoderStack
+        from .layers import SUPPORTED_MODEL_TYPES, DecoderStack
 
+        model_type = getattr(model.config, "model_type", None)
+        if model_type not in SUPPORTED_MODEL_TYPES:  # e.g. embeddings scaled inside the model's forward
+            raise TypeError(f"no by-hand decode step for {model_type!r}")
         self.stack = DecoderStack(model)  # TypeError for layouts it does not know
         self.groups = self.stack.num_heads // self.stack.num_kv_heads
         self.window = getattr(model.config, "sliding_window", None)
