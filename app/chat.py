@@ -9,6 +9,10 @@
   time to first token, tokens appended, whether the cache came from memory, that the
   document was not encoded again;
 * :meth:`ChatService.clear` — forget a conversation; messages are persisted in the store.
+
+Under an answer about a document of several pages, a line "Sources: p. 12, p. 47" names the
+pages the answer was read from (:mod:`homer.citations`: the answer's attention over the stored
+cache's kept tokens, mapped to pages; ``HOMER_CITATIONS=0`` turns it off).
 """
 
 from __future__ import annotations
@@ -35,6 +39,15 @@ def max_conversations() -> int:
     """Conversations whose working KV cache stays in memory (``HOMER_MAX_CONVERSATIONS``, 8);
     an evicted one keeps its turns and re-appends them on its next question."""
     return int(os.environ.get("HOMER_MAX_CONVERSATIONS", "8"))
+
+
+def citations_enabled() -> bool:
+    return os.environ.get("HOMER_CITATIONS", "1").strip().lower() not in ("0", "false", "no", "off")
+
+
+def with_sources(answer: str, label: str) -> str:
+    """The answer as shown: the sources line under it when there is one."""
+    return f"{answer}\n\nSources: {label}" if label else answer
 
 
 def max_loaded_caches() -> int:
@@ -202,7 +215,9 @@ class ChatService:
         (s, the model's own), tokens_per_second, new_tokens, appended_tokens (question and
         earlier answer tokens fed this turn), document_tokens, cache_tokens, cache_reused
         (the stored cache answered — the document was not encoded again), cache_source
-        ("memory" or "disk"), cache_load_seconds, turn (1-based), cache_id."""
+        ("memory" or "disk"), cache_load_seconds, turn (1-based), cache_id; for a document of
+        several pages also sources ("p. 12, p. 47"), citations (pages with scores) and
+        citation_seconds — the last item's answer then ends with a "Sources: …" line."""
         question = (question or "").strip()
         if not document_id:
             raise ChatError("pick a ready document first")
@@ -253,11 +268,34 @@ class ChatService:
                 appended_tokens=conversation.state.position - position_before - max(generated - 1, 0),
                 seconds=round(time.perf_counter() - started, 4),
             )
-            chat.turns.append((question, answer))
-            chat.messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+            label = self._cite(stats, document_id, cache, model, tokenizer, conversation.prompt, chat.turns,
+                               question, answer)
+            shown = with_sources(answer, label)
+            chat.turns.append((question, answer))  # the conversation itself holds the plain answer
+            chat.messages += [{"role": "user", "content": question}, {"role": "assistant", "content": shown}]
             self.store.add_message(chat.conversation_id, "user", question)
-            self.store.add_message(chat.conversation_id, "assistant", answer)
-        yield answer, stats
+            self.store.add_message(chat.conversation_id, "assistant", shown)
+        yield shown, stats
+
+    def _cite(self, stats: dict, document_id: str, cache: HomerCache, model, tokenizer, prompt,
+              turns: list[tuple[str, str]], question: str, answer: str) -> str:
+        """The pages the answer was read from ("p. 3, p. 7"), computed from the stored cache;
+        empty for a one-page document, an empty answer, or a cache without source offsets."""
+        if not citations_enabled() or not answer.strip() or cache.char_offsets is None:
+            return ""
+        try:
+            page_starts = self.store.page_starts(document_id)
+        except StoreError:
+            return ""
+        if len(page_starts) < 2:
+            return ""
+        from homer.citations import cite_answer
+
+        citations = cite_answer(model, tokenizer, cache, page_starts, question, answer, turns=turns, prompt=prompt)
+        label = citations.label()
+        stats.update(sources=label, citations=citations.to_dict()["pages"],
+                     citation_seconds=round(citations.seconds, 4))
+        return label
 
 
 def describe_turn(stats: dict) -> str:
@@ -268,7 +306,8 @@ def describe_turn(stats: dict) -> str:
     return (f"turn {stats.get('turn', 1)} · time to first token **{stats.get('time_to_first_token', 0):.2f} s** · "
             f"{stats.get('tokens_per_second', 0):.1f} tokens/s · cache {source} "
             f"({stats.get('cache_tokens', 0)} tokens for a {stats.get('document_tokens', 0)}-token document, "
-            f"not encoded again) · {stats.get('appended_tokens', 0)} new prompt tokens")
+            f"not encoded again) · {stats.get('appended_tokens', 0)} new prompt tokens"
+            + (f" · sources found in {stats['citation_seconds']:.2f} s" if stats.get("sources") else ""))
 
 
 def stats_json(stats: dict) -> str:
