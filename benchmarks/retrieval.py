@@ -18,6 +18,7 @@ the summary JSON (accuracy with Wilson 95 % intervals, by method × length and b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import tempfile
@@ -105,6 +106,24 @@ def summarize(lines: Path, out: Path, task: str, prompt_style: str) -> dict:
     return summary
 
 
+def parse_variant(spec: str) -> tuple[str, HomerConfig]:
+    """NAME:SIGNIFICANCE:POOL_WIDTH[:SPAN[:QUERY_ROWS]] or NAME:key=value,key=value (any
+    HomerConfig field, e.g. ``w8:warmup_layers=8,max_chunk_len=2048``)."""
+    name, _, rest = spec.partition(":")
+    if "=" in rest:
+        fields = {f.name: f.type for f in dataclasses.fields(HomerConfig)}
+        kwargs = {}
+        for pair in rest.split(","):
+            key, _, value = pair.partition("=")
+            if key not in fields or key == "bias":
+                raise SystemExit(f"unknown HOMER setting {key!r} in variant {spec!r}")
+            kwargs[key] = int(value) if "int" in str(fields[key]) else value
+        return name, HomerConfig(**kwargs)
+    significance, pool, *more = rest.split(":")
+    span, rows = (more + ["token", "1"][len(more):])[:2]
+    return name, HomerConfig(significance=significance, pool_width=int(pool), span=span, query_rows=int(rows))
+
+
 def rope_factor(tokens: int, window: int) -> float:
     return float(2 ** max(0, math.ceil(math.log2(tokens / window)))) if tokens > window else 1.0
 
@@ -121,7 +140,7 @@ def main(argv=None) -> None:
                         help="plain clipped linear dynamic yarn homer homer+yarn")
     parser.add_argument("--protocols", nargs="+", default=["question-aware", "document-first"])
     parser.add_argument("--variants", nargs="+", default=["paper:calibrated:0"],
-                        help="HOMER variants NAME:SIGNIFICANCE:POOL_WIDTH[:SPAN[:QUERY_ROWS]]")
+                        help="HOMER variants NAME:SIGNIFICANCE:POOL_WIDTH[:SPAN[:QUERY_ROWS]] or NAME:key=value,...")
     parser.add_argument("--prompt-style", choices=["chat", "completion"], default="chat")
     parser.add_argument("--name", default=None, help="results file stem (default: the task)")
     parser.add_argument("--summarize", action="store_true")
@@ -138,12 +157,7 @@ def main(argv=None) -> None:
     model, tokenizer = load_model(args.model, device=args.device)
     window = int(model.config.max_position_embeddings)
     prompt = DocumentPrompt(style=args.prompt_style)
-    variants = []
-    for spec in args.variants:
-        vname, significance, pool, *rest = spec.split(":")
-        span, rows = (rest + ["token", "1"][len(rest):])[:2]
-        variants.append((vname, HomerConfig(significance=significance, pool_width=int(pool), span=span,
-                                            query_rows=int(rows))))
+    variants = [parse_variant(spec) for spec in args.variants]
     scaled: dict = {}
 
     def scaled_model(method: str, factor: float):

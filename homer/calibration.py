@@ -29,12 +29,22 @@ def _packaged_dir() -> Path:
 
 def find_bias(fingerprint: str, max_chunk_len: int, folders: Iterable[Path] | None = None) -> torch.Tensor | None:
     """The bias table for this model and M: the user's calibration folder first, then the
-    tables that ship with the package. None when there is none."""
-    name = bias_filename(fingerprint, max_chunk_len)
-    for folder in folders or (calibration_dir(), _packaged_dir()):
-        path = Path(folder) / name
+    tables that ship with the package. Without a table for M, the first M distances of the
+    nearest table for a larger M serve (the statistic per distance is the same). None when
+    there is none."""
+    folders = [Path(f) for f in (folders or (calibration_dir(), _packaged_dir()))]
+    for folder in folders:
+        path = folder / bias_filename(fingerprint, max_chunk_len)
         if path.exists():
             return load_bias(path, fingerprint)
+    larger = []
+    for folder in folders:
+        for path in folder.glob(f"bias-{fingerprint}-M*.safetensors"):
+            m = path.stem.rsplit("-M", 1)[-1]
+            if m.isdigit() and int(m) > max_chunk_len:
+                larger.append((int(m), path))
+    if larger:
+        return load_bias(min(larger)[1], fingerprint)[:, :max_chunk_len].contiguous()
     return None
 
 

@@ -106,3 +106,11 @@ def test_build_layout_and_median_statistic(llama):
         calibrate(llama, chunks, 32, statistic="mode")
     with pytest.raises(ValueError, match="room"):
         calibrate(llama, chunks, 8, prefix_ids=random_ids(4, 1), suffix_ids=random_ids(4, 2))
+
+
+def test_a_table_for_a_larger_chunk_serves_a_smaller_one(llama, tmp_path):
+    bias = calibrate(llama, [random_ids(32, 1)], 32)
+    save_bias(bias, llama, 32, folder=tmp_path)
+    found = find_bias(model_fingerprint(llama), 16, folders=[tmp_path])
+    assert torch.equal(found, bias[:, :16])
+    assert find_bias(model_fingerprint(llama), 64, folders=[tmp_path]) is None
