@@ -1,4 +1,4 @@
-"""The ``homer`` command: build, ask, calibrate, info, demo."""
+"""The ``homer`` command: build, ask, deep-read, calibrate, info, demo."""
 
 from __future__ import annotations
 
@@ -83,12 +83,50 @@ def cmd_build(args) -> int:
         return 2
     model, tokenizer = _load(args.model, args.rope)
     started = time.perf_counter()
-    cache = build_document_cache(model, tokenizer, source.text, _config_from_args(args),
-                                 progress=_tqdm_progress("reading"), metadata={"source": Path(args.file).name})
-    out = cache.save(args.output or Path(args.file).with_suffix(".homer.safetensors"))
+    out = Path(args.output or Path(args.file).with_suffix(".homer.safetensors"))
+    options = dict(progress=_tqdm_progress("reading"), metadata={"source": Path(args.file).name})
+    if args.leaf_states is None:
+        cache = build_document_cache(model, tokenizer, source.text, _config_from_args(args), **options)
+    else:
+        from .deep_read import build_document_with_leaf_states
+
+        leaves = Path(args.leaf_states or _leaf_states_path(out))
+        cache = build_document_with_leaf_states(model, tokenizer, source.text, leaves, _config_from_args(args),
+                                                **options)
+        print(f"leaf states ({leaves.stat().st_size / 2**20:.1f} MiB) → {leaves}")
+    out = cache.save(out)
     info = cache.info()
     print(f"{info['context_tokens']} tokens → {len(cache)} cached ({info['bytes'] / 2**20:.1f} MiB) "
           f"in {time.perf_counter() - started:.1f} s → {out}")
+    return 0
+
+
+def _leaf_states_path(cache_path: Path) -> Path:
+    name = cache_path.name.removesuffix(".safetensors").removesuffix(".homer")
+    return cache_path.with_name(f"{name}.leaves.safetensors")
+
+
+def cmd_deep_read(args) -> int:
+    """A question-aware cache from stored leaf states (only the question runs the leaf layers)."""
+    from .deep_read import LeafStateMismatchError, LeafStates, deep_read_document
+    from .generation import Conversation
+
+    try:
+        states = LeafStates(args.leaf_states)
+        model, tokenizer = _load(args.model or states.metadata.get("model_name") or None,
+                                 args.rope or _rope_of_cache(states))
+        cache = deep_read_document(model, tokenizer, states, args.question, progress=_tqdm_progress("deep read"))
+    except LeafStateMismatchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    how = "from leaf states" if cache.metadata.get("deep_read") == "leaf-states" else "by a full rebuild"
+    print(f"question-aware cache of {len(cache)} tokens {how} in {float(cache.metadata['build_seconds']):.1f} s",
+          file=sys.stderr)
+    if args.output:
+        print(f"→ {cache.save(args.output)}", file=sys.stderr)
+    print(f"> {args.question}")
+    _stream(Conversation(cache, model, tokenizer).ask(args.question, max_new_tokens=args.max_new_tokens,
+                                                      temperature=args.temperature))
     return 0
 
 
@@ -196,8 +234,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="build a cache for a PDF / TXT / MD file")
     p.add_argument("file")
     p.add_argument("-o", "--output", default=None)
+    p.add_argument("--leaf-states", nargs="?", const="", default=None, metavar="PATH",
+                   help="also store the leaf states for fast question-aware rebuilds (`homer deep-read`); "
+                        "default path: the cache's with .leaves.safetensors")
     _add_homer_options(p)
     p.set_defaults(func=cmd_build)
+
+    p = sub.add_parser("deep-read", help="rebuild question-aware from stored leaf states, then answer")
+    p.add_argument("leaf_states")
+    p.add_argument("question")
+    p.add_argument("-o", "--output", default=None, help="also save the question-aware cache there")
+    p.add_argument("--model", default=None, help="default: the model named in the leaf states")
+    p.add_argument("--rope", default=None, help="default: the RoPE scaling recorded in the leaf states")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0)
+    p.set_defaults(func=cmd_deep_read)
 
     p = sub.add_parser("ask", help="ask questions of a cache (streams the answers)")
     p.add_argument("cache")

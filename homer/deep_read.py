@@ -134,6 +134,7 @@ class _Recorder(_Builder):
         meta = {
             "format": FORMAT, "format_version": FORMAT_VERSION, "model_fingerprint": fingerprint,
             "model_name": model_name, "settings": config.settings_json(),
+            "rope_parameters": json.dumps(getattr(stack.config, "rope_parameters", None), default=str),
             "prefix_len": p, "context_len": plan.context_len, "suffix_len": plan.suffix_len,
             "num_leaves": plan.num_leaves, "slice_len": plan.slice_len, "leaf_layers": layers,
             "build_metadata": json.dumps({k: str(v) for k, v in (build_metadata or {}).items()}),

@@ -166,3 +166,33 @@ def test_document_deep_read_answers_like_a_question_aware_build(tmp_path):
         assert fast.metadata[key] == full.metadata[key]
     answers = ["".join(Conversation(c, model, tokenizer).ask(question, max_new_tokens=5)) for c in (fast, full)]
     assert answers[0] == answers[1]
+
+
+def test_cli_build_with_leaf_states_then_deep_read(model_dir, tmp_path):
+    import subprocess
+    import sys
+
+    def homer(*args):
+        return subprocess.run([sys.executable, "-m", "homer", *map(str, args)], capture_output=True, text=True,
+                              env={"HOMER_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}, timeout=300)
+
+    doc = tmp_path / "book.txt"
+    doc.write_text("The lighthouse keeper was named Ada. " * 60)
+    out = tmp_path / "book.homer.safetensors"
+    r = homer("build", doc, "-o", out, "--model", model_dir, "--significance", "uncalibrated", "--leaf-states")
+    assert r.returncode == 0, r.stderr
+    leaves = tmp_path / "book.leaves.safetensors"
+    assert leaves.exists() and "leaf states" in r.stdout
+    answer = tmp_path / "q.homer.safetensors"
+    r = homer("deep-read", leaves, "Who kept the lighthouse?", "-o", answer, "--model", model_dir,
+              "--max-new-tokens", "4")
+    assert r.returncode == 0, r.stderr
+    assert "from leaf states" in r.stderr and r.stdout.startswith("> Who kept the lighthouse?")
+    from homer import HomerCache
+
+    assert HomerCache.load(answer).metadata["question"] == "Who kept the lighthouse?"
+    other = tmp_path / "other-model"
+    tiny_model("llama", window=1024, seed=5).save_pretrained(other)
+    tiny_tokenizer().save_pretrained(other)
+    r = homer("deep-read", leaves, "Who?", "--model", other)
+    assert r.returncode == 2 and "fingerprint" in r.stderr
