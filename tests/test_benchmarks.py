@@ -14,13 +14,14 @@ def test_retrieval_harness_runs_every_method(model_dir, tmp_path, task):
     cmd = [sys.executable, "-m", "benchmarks.retrieval", "--model", str(model_dir), "--task", task,
            "--lengths", "1500", "--samples", "1", "--methods", "plain", "clipped", "linear", "yarn", "homer",
            "homer+yarn", "--variants", "paper:uncalibrated:0", "pooled:uncalibrated:7",
+           "words:significance=uncalibrated,span=word,query_rows=3",
            "--results-dir", str(tmp_path), "--name", "smoke"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "smoke.jsonl").read_text().splitlines()]
     methods = {row["method"] for row in rows}
     assert {"plain", "clipped", "linearx2", "yarnx2", "homer[paper]-question-aware", "homer[pooled]-document-first",
-            "homer+yarn[paper]-document-first"} <= methods
+            "homer+yarn[paper]-document-first", "homer[words]-document-first"} <= methods
     summary = json.loads((tmp_path / "smoke.json").read_text())
     assert {c["method"] for c in summary["cells"]} == methods
     assert all(0 <= c["ci95"][0] <= c["accuracy"] <= c["ci95"][1] <= 1 for c in summary["cells"])
@@ -60,3 +61,14 @@ def test_perplexity_of_an_uncompressed_cache_equals_the_plain_model():
     h, cache_len = homer_nll(model, before, span, HomerConfig(cache_dtype="float32"))
     assert cache_len == 300
     assert abs(h - last_window_nll(model, before, span, 300)) < 1e-4
+
+
+def test_one_command_plans_every_step_and_refuses_unknown_ones():
+    run = subprocess.run([sys.executable, "-m", "benchmarks", "--dry-run", "--samples", "2"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    for step in ("passkey", "needle", "ablation", "sweep", "perplexity", "speed", "memory", "roofline", "decode",
+                 "citations", "deep-read", "app-book", "plots", "report"):
+        assert f"== {step}:" in run.stdout
+    bad = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "nonsense"], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown steps" in bad.stderr
