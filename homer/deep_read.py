@@ -422,33 +422,12 @@ def deep_read(model, leaf_states, suffix_ids, config: HomerConfig | None = None,
 
 
 def build_document_with_leaf_states(model, tokenizer, text: str, leaf_states, config: HomerConfig | None = None,
-                                    prompt=None, question: str | None = None, progress: Progress | None = None,
-                                    metadata: dict | None = None, context_ids: list[int] | None = None,
-                                    char_offsets: list[int] | None = None) -> HomerCache:
+                                    **kwargs) -> HomerCache:
     """:func:`homer.document.build_document_cache` that also writes the leaf states to
     ``leaf_states`` (a path) for later :func:`deep_read_document` calls."""
-    from .document import document_prompt_ids, tokenize_document
-    from .prompting import default_prompt
-    from .spans import span_ids
+    from .document import build_document_cache
 
-    prompt = prompt or default_prompt(tokenizer)
-    if context_ids is None:
-        context_ids, char_offsets = tokenize_document(tokenizer, text)
-    if not context_ids:
-        raise ValueError("the document has no text")
-    prefix_ids, suffix_ids = document_prompt_ids(tokenizer, prompt, question)
-    meta = {"prompt": prompt.to_json(), "prompt_version": prompt.version, "question": question or ""}
-    meta.update(metadata or {})
-    units = None
-    if config is not None and config.span != "token":
-        if char_offsets is None:
-            raise ValueError(f"span={config.span!r} needs the tokens' character offsets")
-        units = span_ids(text, char_offsets, config.span)
-    extra = {} if char_offsets is None else {"char_offsets": torch.tensor(char_offsets, dtype=torch.long)}
-    cache = build_cache(model, prefix_ids, context_ids, suffix_ids, config=config, progress=progress, metadata=meta,
-                        context_units=units, leaf_states=leaf_states, leaf_state_tensors=extra)
-    _set_char_offsets(cache, extra.get("char_offsets"))
-    return cache
+    return build_document_cache(model, tokenizer, text, config, leaf_states=leaf_states, **kwargs)
 
 
 def _set_char_offsets(cache: HomerCache, offsets: torch.Tensor | None) -> None:

@@ -33,13 +33,16 @@ def default_config(model) -> HomerConfig:
 def build_document_cache(model, tokenizer, text: str, config: HomerConfig | None = None,
                          prompt: DocumentPrompt | None = None, question: str | None = None,
                          progress: Progress | None = None, metadata: dict | None = None,
-                         context_ids: list[int] | None = None, char_offsets: list[int] | None = None) -> HomerCache:
+                         context_ids: list[int] | None = None, char_offsets: list[int] | None = None,
+                         leaf_states=None) -> HomerCache:
     """Build the cache of a whole document.
 
     Without ``question`` (the product's document-first protocol) the suffix is
     question-agnostic and any later question is appended after the cache. With a question
     (the paper's protocol) the question sits in the suffix and steers pruning.
-    ``context_ids``/``char_offsets`` may be passed when the document is already tokenised."""
+    ``context_ids``/``char_offsets`` may be passed when the document is already tokenised.
+    ``leaf_states``: a path where the leaf-stage states are also written, for later
+    query-aware deep reads (:func:`homer.deep_read.deep_read_document`)."""
     prompt = prompt or default_prompt(tokenizer)
     if context_ids is None:
         context_ids, char_offsets = tokenize_document(tokenizer, text)
@@ -53,9 +56,11 @@ def build_document_cache(model, tokenizer, text: str, config: HomerConfig | None
         if char_offsets is None:
             raise ValueError(f"span={config.span!r} needs the tokens' character offsets")
         units = span_ids(text, char_offsets, config.span)
+    offsets = None if char_offsets is None else torch.tensor(char_offsets, dtype=torch.long)
+    states = {} if leaf_states is None else {"leaf_states": leaf_states,
+                                             "leaf_state_tensors": {} if offsets is None else {"char_offsets": offsets}}
     cache = build_cache(model, prefix_ids, context_ids, suffix_ids, config=config, progress=progress, metadata=meta,
-                        context_units=units)
-    if char_offsets is not None:
-        offsets = torch.tensor(char_offsets, dtype=torch.long)
+                        context_units=units, **states)
+    if offsets is not None:
         cache.char_offsets = torch.where(cache.sources >= 0, offsets[cache.sources.clamp(min=0)], -1)
     return cache
