@@ -64,7 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--auth", action="append", metavar="USER:PASS",
                         help="require a login (repeat for several users; or HOMER_AUTH=u1:p1,u2:p2); "
                              "each user then sees only their own documents")
-    parser.add_argument("--workers", type=int, default=1, help="build threads in this process (0: builds run elsewhere)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="build threads in this process (default 1; 0: builds run elsewhere)")
+    parser.add_argument("--builds-in-requests", action="store_true",
+                        help="run builds inside the upload request instead of a background thread "
+                             "(automatic on a ZeroGPU Space, where only requests get the GPU)")
     parser.add_argument("--lock-model", action="store_true",
                         help="do not let users switch the model in Settings (the default on a Space)")
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -78,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from app.chat import ChatService
     from app.ingest import max_upload_bytes
-    from app.ui import CSS, THEME, build_ui, spaces_gpu
+    from app.ui import CSS, THEME, build_ui, on_zero_gpu, spaces_gpu
     from app.worker import queue_for, start_consumer_in_process
     from storage import Store
 
@@ -87,10 +91,13 @@ def main(argv: list[str] | None = None) -> int:
     chat = ChatService(store)
     print(f"HOMER Chat: loading {args.model} (store {store.root})", flush=True)
     chat.model(args.model)  # once per process; the embedded model is converted on its first start
-    handle = start_consumer_in_process(store, workers=args.workers) if args.workers > 0 else None  # main thread
+    in_requests = args.builds_in_requests or on_zero_gpu()
+    workers = args.workers if args.workers is not None else (0 if in_requests else 1)
+    handle = start_consumer_in_process(store, workers=workers) if workers > 0 else None  # main thread
     queue = handle.queue if handle else queue_for(store)
     on_space = bool(os.environ.get("SPACE_ID"))
-    demo = build_ui(store, queue, chat, args.model, gpu=spaces_gpu(), auth=auth is not None,
+    build_gpu = spaces_gpu(int(os.environ.get("HOMER_GPU_BUILD_SECONDS", "600"))) if in_requests else None
+    demo = build_ui(store, queue, chat, args.model, gpu=spaces_gpu(), auth=auth is not None, build_gpu=build_gpu,
                     allow_model_change=not (args.lock_model or on_space or os.environ.get("HOMER_LOCK_MODEL")))
     demo.queue(default_concurrency_limit=8)  # the model runs one chat at a time: concurrency_id "gpu"
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,

@@ -296,6 +296,21 @@ def run_build(store, job_id: str) -> str:
 
 
 # --- recovery ---------------------------------------------------------------------------
+def run_queued(store) -> list[tuple[str, str]]:
+    """Run every queued build here and now, oldest first: (job id, outcome) per job. For
+    hosts where a background thread cannot use the accelerator (a ZeroGPU Space lends the
+    GPU only inside a request), the app calls this from the upload request instead."""
+    outcomes = []
+    for job in store.jobs.list("queued"):
+        try:
+            outcomes.append((job["id"], run_build(store, job["id"])))
+        except Retry as exc:
+            outcomes.append((job["id"], f"retry later: {exc}"))
+        except LeaseLost:
+            outcomes.append((job["id"], "lost"))
+    return outcomes
+
+
 def recover(store, enqueue, pending_task_ids: set[str] | None, grace: float | None = None) -> list[str]:
     """Re-queue jobs whose worker died (lease expired / dead process) and queued jobs whose
     queue message is gone; remove temp files of dead writers. Safe to run from every worker

@@ -36,10 +36,12 @@ def _identity(fn):
 
 
 def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | None = None, auth: bool = False,
-             allow_model_change: bool = True, refresh_seconds: float = 2.0) -> gr.Blocks:
+             allow_model_change: bool = True, refresh_seconds: float = 2.0,
+             build_gpu: Callable | None = None) -> gr.Blocks:
     """The whole app. ``queue`` is the build queue (:class:`app.worker.BuildQueue`), ``gpu``
     wraps the functions that run the model (``spaces.GPU`` on ZeroGPU), ``auth``: documents
-    are per user (the login name)."""
+    are per user (the login name). ``build_gpu``: when set, queued builds run inside the
+    upload request, wrapped by it (ZeroGPU: a background worker would get no GPU)."""
     gpu = gpu or _identity
 
     def owner_of(request: gr.Request | None) -> str | None:
@@ -74,9 +76,19 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
         return (pick(lib_doc, every, every_ids), pick(chat_doc, ready, ready_ids, first),
                 pick(share_doc, ready, ready_ids, first), pick(insp_doc, ready, ready_ids))  # inspecting costs: on request
 
+    def build_here():
+        """Queued builds, run in this request (only when ``build_gpu`` is set)."""
+        from app.tasks import run_queued
+
+        run_queued(store)
+
+    if build_gpu is not None:
+        build_here = build_gpu(build_here)
+
     def upload(files, model: str, settings: dict, request: gr.Request):
         if not files:
-            return "", None
+            yield "", None
+            return
         items = []
         for item in files if isinstance(files, list) else [files]:
             path = Path(item if isinstance(item, str) else getattr(item, "name", str(item)))
@@ -86,15 +98,21 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
                 items.append((path.name, b""))
                 print(f"upload {path.name}: {exc}")
         lines = library.submit_uploads(queue, items, model, settings, owner_of(request))
-        return "\n\n".join(lines), None
+        yield "\n\n".join(lines), None
+        if build_gpu is not None and any(line.endswith("queued for reading") for line in lines):
+            build_here()  # in this request (ZeroGPU); the library's timer shows the progress
+            yield "\n\n".join(lines + ["✓ reading finished — see the library"]), None
 
     def read_again(document_id: str | None, model: str, settings: dict, request: gr.Request):
         if not document_id:
             return "Pick a document first."
         try:
-            return library.submit_existing(queue, document_id, model, settings, owner_of(request))
+            message = library.submit_existing(queue, document_id, model, settings, owner_of(request))
         except StoreError as exc:
             return f"✗ {exc}"
+        if build_gpu is not None:
+            build_here()  # in this request (ZeroGPU)
+        return message
 
     def delete(document_id: str | None, request: gr.Request):
         if not document_id:
@@ -343,6 +361,11 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
             .then(refresh, model_state, [table, version], show_progress="hidden", api_visibility="private")
         apply_btn.click(apply_settings, [model_state, *settings_boxes], [settings_state, settings_status], api_visibility="private")
     return demo
+
+
+def on_zero_gpu() -> bool:
+    """A ZeroGPU Space: the GPU is lent only inside requests to functions wrapped by spaces.GPU."""
+    return os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "true", "yes")
 
 
 def spaces_gpu(duration: int | None = None) -> Callable:

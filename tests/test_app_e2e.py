@@ -118,3 +118,15 @@ def test_with_login_each_user_sees_only_their_documents(tmp_path, model_dir):  #
             bob.predict(document_id, "Who?", 0.0, 8, api_name="/ask")
         with pytest.raises(Exception):
             Client(url, auth=("bob", "wrong"), verbose=False)
+
+
+def test_builds_inside_the_upload_request_without_a_background_worker(tmp_path, model_dir):
+    """The ZeroGPU mode: no build thread at all; the upload request itself reads the document."""
+    book = tmp_path / "harbour.txt"
+    book.write_text(story(12))
+    with running_app(tmp_path / "home", model_dir, "--builds-in-requests") as url:
+        client = Client(url, verbose=False)
+        status, _ = client.predict([handle_file(str(book))], api_name="/upload")
+        assert "harbour.txt: queued" in status and "reading finished" in status  # the request did the build
+        row = library_rows(client)[0]
+        assert row[0] == "harbour.txt" and row[1] == "ready", (row, app_log(tmp_path / "home"))
