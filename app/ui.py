@@ -29,6 +29,7 @@ CSS = """
 THEME = gr.themes.Soft(primary_hue="blue")
 SIGNIFICANCE = ["calibrated", "uncalibrated", "random"]
 CACHE_DTYPES = ["float16", "bfloat16", "float32"]
+SPANS = ["word", "sentence", "token"]
 
 
 def _identity(fn):
@@ -207,7 +208,7 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
         defaults = chat.model_info(model)["defaults"]
         merged = {**defaults, **(settings or {})}
         return (merged["max_chunk_len"], merged["target_len"], merged["warmup_layers"], merged["significance"],
-                merged["pool_width"], merged["cache_dtype"])
+                merged["pool_width"], merged["span"], merged["query_rows"], merged["cache_dtype"])
 
     def on_load(model: str, settings: dict):
         return (model_markdown(model), *settings_fields(model, settings))
@@ -224,9 +225,9 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
                 *settings_fields(current, {})
         return name, name, {}, model_markdown(name), *settings_fields(name, {})
 
-    def apply_settings(model: str, m, t, w, significance, pool, dtype):
+    def apply_settings(model: str, m, t, w, significance, pool, span, rows, dtype):
         requested = {"max_chunk_len": m, "target_len": t, "warmup_layers": w, "significance": significance,
-                     "pool_width": pool, "cache_dtype": dtype}
+                     "pool_width": pool, "span": span, "query_rows": rows, "cache_dtype": dtype}
         try:
             overrides = settings_overrides(chat.model(model)[0].config, requested)
         except (ValueError, TypeError) as exc:
@@ -312,7 +313,10 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
                     w_box = gr.Number(label="W: warm-up layers", precision=0, minimum=0)
                 with gr.Row():
                     significance = gr.Dropdown(SIGNIFICANCE, label="significance", value="calibrated")
-                    pool = gr.Number(label="pool width (0 = token level)", precision=0, minimum=0, value=0)
+                    pool = gr.Number(label="pool width (0 = off)", precision=0, minimum=0, value=0)
+                    span = gr.Dropdown(SPANS, label="pruning unit (token = the paper's)", value="word")
+                    rows = gr.Number(label="scoring queries (1 = the paper's last token)", precision=0, minimum=1,
+                                     value=24)
                     dtype = gr.Dropdown(CACHE_DTYPES, label="cache dtype", value="float16")
                 apply_btn = gr.Button("Apply HOMER settings")
                 settings_status = gr.Markdown()
@@ -325,7 +329,7 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
 
         # --- events ---------------------------------------------------------------------------
         pickers = [lib_doc, chat_doc, share_doc, insp_doc]
-        settings_boxes = [m_box, t_box, w_box, significance, pool, dtype]
+        settings_boxes = [m_box, t_box, w_box, significance, pool, span, rows, dtype]
         demo.load(on_load, [model_state, settings_state], [model_line, *settings_boxes], api_visibility="private") \
             .then(lambda text: text, model_line, model_info, api_visibility="private") \
             .then(refresh, model_state, [table, version], show_progress="hidden", api_visibility="private")

@@ -15,7 +15,7 @@ def _config_from_args(args):
 
     return HomerConfig(max_chunk_len=args.max_chunk_len, target_len=args.target_len,
                        warmup_layers=args.warmup_layers, significance=args.significance,
-                       cache_dtype=args.cache_dtype)
+                       cache_dtype=args.cache_dtype, span=args.span, query_rows=args.query_rows)
 
 
 def _add_homer_options(p: argparse.ArgumentParser) -> None:
@@ -26,6 +26,10 @@ def _add_homer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup-layers", type=int, default=None, help="W (default: 3/8 of the layers)")
     p.add_argument("--significance", default="calibrated", choices=["calibrated", "uncalibrated", "random"])
     p.add_argument("--cache-dtype", default="float16", choices=["float16", "bfloat16", "float32"])
+    p.add_argument("--span", default="word", choices=["token", "word", "sentence"],
+                   help="pruning unit (default word; token = the paper's)")
+    p.add_argument("--query-rows", type=int, default=24,
+                   help="score with the last N suffix queries (default 24; 1 = the paper's last token)")
 
 
 def _load(model_name: str | None, rope: str | None):

@@ -41,8 +41,8 @@ class HomerConfig:
     warmup_layers: int | None = None
     significance: str = "calibrated"
     pool_width: int = 0
-    span: str = "token"
-    query_rows: int = 1
+    span: str = "word"
+    query_rows: int = 24
     cache_dtype: str = "float16"
     seed: int = 0
     bias: torch.Tensor | None = field(default=None, repr=False, compare=False)
@@ -64,6 +64,13 @@ class HomerConfig:
             raise ValueError("pool_width must be >= 0")
         if self.warmup_layers is not None and self.warmup_layers < 0:
             raise ValueError("warmup_layers must be >= 0")
+
+    @classmethod
+    def paper(cls, **overrides) -> "HomerConfig":
+        """The paper's method exactly: single tokens scored by the last token's query (§4).
+        The defaults differ in two measured ways (README, "Results"): whole words are kept
+        or dropped together, and a token scores its best over the last 24 suffix queries."""
+        return cls(**{"span": "token", "query_rows": 1, **overrides})
 
     def resolve(self, model_config) -> "HomerConfig":
         """A copy with every ``None`` replaced by the model-derived default."""

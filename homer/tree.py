@@ -230,9 +230,10 @@ def build_cache(model, prefix_ids, context_ids, suffix_ids, config: HomerConfig 
         num_layers=stack.num_layers, warmup_layers=config.warmup_layers,
     )
     units = None
-    if config.span != "token":
-        if context_units is None:
-            raise ValueError(f"span={config.span!r} needs context_units (see homer.spans.span_ids)")
+    if config.span != "token" and context_units is None:
+        warnings.warn(f"span={config.span!r} needs context_units (homer.spans.span_ids; build_document_cache "
+                      "makes them): pruning single tokens", stacklevel=2)
+    elif config.span != "token":
         units = _as_ids(context_units)
         if len(units) != len(context):
             raise ValueError("context_units must give one unit id per context token")
@@ -258,6 +259,7 @@ def build_cache(model, prefix_ids, context_ids, suffix_ids, config: HomerConfig 
         "model_name": getattr(model, "homer_name", None) or getattr(model.config, "_name_or_path", "") or "",
         "settings": config.settings_json(),
         "significance_used": scorer.name,
+        "span_used": config.span if units is not None else "token",
         "rope_parameters": json.dumps(getattr(model.config, "rope_parameters", None), default=str),
         "context_len": str(len(context)),
         "num_leaves": str(plan.num_leaves),

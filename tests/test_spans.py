@@ -57,10 +57,13 @@ def test_span_pruning_keeps_words_whole():
     assert kept["word"] <= 2 * 4 - 1 < kept["token"]
 
 
-def test_span_needs_offsets_and_a_known_unit():
+def test_span_needs_a_known_unit_and_says_when_it_falls_back_to_tokens():
     with pytest.raises(ValueError, match="span"):
         HomerConfig(span="paragraph")
     from homer import build_cache
 
-    with pytest.raises(ValueError, match="context_units"):
-        build_cache(tiny_model("llama"), [1, 2], list(range(3, 200)), [5], HomerConfig(span="word", max_chunk_len=64))
+    with pytest.warns(UserWarning, match="context_units"):
+        cache = build_cache(tiny_model("llama"), [1, 2], list(range(3, 120)) * 2, [5],
+                            HomerConfig(span="word", max_chunk_len=64))
+    assert cache.metadata["span_used"] == "token"
+    assert HomerConfig.paper().span == "token" and HomerConfig.paper().query_rows == 1
