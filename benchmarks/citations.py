@@ -15,6 +15,8 @@ seeds are held out (``held_out``).
 
     python -m benchmarks.citations                     # 3 documents × 16 facts, ~16k tokens each
     python -m benchmarks.citations --pages 8 --facts 6 --seeds 0   # a quick check
+    python -m benchmarks.citations --pages 16 --page-lines 11 --output benchmarks/results/citations-in-window.json
+                                                       # ~3.6k tokens: nothing pruned, the mechanism alone
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ def text_pdf(pages: list[str]) -> bytes:
     return out.getvalue()
 
 
-def fact_document(pages: int, facts: int, seed: int) -> tuple[bytes, list[dict]]:
+def fact_document(pages: int, facts: int, seed: int, page_lines: int = PAGE_LINES) -> tuple[bytes, list[dict]]:
     """A PDF of ``pages`` pages of essay prose with ``facts`` facts, each on its own page at a
     random sentence boundary. Returns (pdf bytes, [{fact, question, answer, page}])."""
     from homer.evaluation.haystack import essay_text
@@ -115,7 +117,7 @@ def fact_document(pages: int, facts: int, seed: int) -> tuple[bytes, list[dict]]
     planted = {page: fact for page, fact in zip(fact_pages, chosen)}
     start = rng.randrange(0, len(prose) // 2)
     start = prose.find(". ", start) + 2
-    per_page = LINE_CHARS * PAGE_LINES
+    per_page = LINE_CHARS * page_lines
     texts, items = [], []
     for page in range(1, pages + 1):
         body = prose[start: start + per_page]
@@ -180,13 +182,14 @@ def _sum_pages(scores, cache, page_starts):
     return [PageCitation(best, float(per_page[best]))], None
 
 
-def run_document(model, tokenizer, pages: int, facts: int, seed: int, max_new_tokens: int, variants: bool) -> dict:
+def run_document(model, tokenizer, pages: int, facts: int, seed: int, max_new_tokens: int, variants: bool,
+                 page_lines: int = PAGE_LINES) -> dict:
     from homer import Conversation, HomerCache, build_document_cache
     from homer.citations import cite, turn_ids
     from homer.prompting import DocumentPrompt
     from homer.sources import read_pdf
 
-    data, items = fact_document(pages, facts, seed)
+    data, items = fact_document(pages, facts, seed, page_lines)
     source = read_pdf(data)
     for item in items:  # the planted fact is where we put it, in the text the app stores
         found = re.search(fact_pattern(item["fact"]), source.text)
@@ -251,6 +254,8 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pages", type=int, default=20)
     parser.add_argument("--facts", type=int, default=16)
+    parser.add_argument("--page-lines", type=int, default=PAGE_LINES,
+                        help=f"lines of {LINE_CHARS} characters per page (11 keeps 16 pages inside one cache)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--no-variants", action="store_true", help="skip the layer-range / query-set comparison")
@@ -265,9 +270,11 @@ def main(argv=None) -> dict:
     for seed in args.seeds:
         print(f"document seed {seed}: {args.pages} pages, {args.facts} facts", flush=True)
         documents.append(run_document(model, tokenizer, args.pages, args.facts, seed, args.max_new_tokens,
-                                      not args.no_variants))
+                                      not args.no_variants, args.page_lines))
         print(f"  top page right: {documents[-1]['top_page_right']}/{documents[-1]['facts']}", flush=True)
         result = summarize(model, documents)  # written after every document: a stopped run still counts
+        result["run"] = {"pages": args.pages, "page_lines": args.page_lines, "facts": args.facts, "seeds": args.seeds,
+                         "max_new_tokens": args.max_new_tokens}
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "documents"}, indent=2))
