@@ -18,7 +18,7 @@ from homer.citations import (attention_to_cache, cite, cite_answer, default_laye
 from homer.layers import DecoderStack
 from homer.prompting import DocumentPrompt, default_prompt
 
-CFG = HomerConfig(significance="uncalibrated", cache_dtype="float32")
+CFG = HomerConfig(significance="uncalibrated", cache_dtype="float32", span="token")
 
 
 def small_cache(model, context: int = 200):
