@@ -22,7 +22,6 @@ seeds are held out (``held_out``).
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import platform
 import random
@@ -82,32 +81,11 @@ def wrapped(text: str) -> str:
     return "\n".join(textwrap.wrap(text, LINE_CHARS))
 
 
-def text_pdf(pages: list[str]) -> bytes:
-    """A PDF with a real text layer (Helvetica text operators), one string per page."""
-    from pypdf import PdfWriter
-    from pypdf.generic import DictionaryObject, NameObject, StreamObject
-
-    writer = PdfWriter()
-    for text in pages:
-        page = writer.add_blank_page(612, 792)
-        font = DictionaryObject({NameObject("/Type"): NameObject("/Font"), NameObject("/Subtype"): NameObject("/Type1"),
-                                 NameObject("/BaseFont"): NameObject("/Helvetica")})
-        page[NameObject("/Resources")] = DictionaryObject(
-            {NameObject("/Font"): DictionaryObject({NameObject("/F1"): writer._add_object(font)})})
-        escaped = [line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)") for line in text.split("\n")]
-        content = StreamObject()
-        content.set_data(("BT /F1 10 Tf 50 750 Td 12 TL " + " ".join(f"({line}) '" for line in escaped) + " ET")
-                         .encode("latin-1"))
-        page[NameObject("/Contents")] = writer._add_object(content)
-    out = io.BytesIO()
-    writer.write(out)
-    return out.getvalue()
-
-
 def fact_document(pages: int, facts: int, seed: int, page_lines: int = PAGE_LINES) -> tuple[bytes, list[dict]]:
     """A PDF of ``pages`` pages of essay prose with ``facts`` facts, each on its own page at a
     random sentence boundary. Returns (pdf bytes, [{fact, question, answer, page}])."""
     from homer.evaluation.haystack import essay_text
+    from homer.evaluation.pdf import text_pdf
 
     rng = random.Random(seed)
     prose = ascii_prose(essay_text()[: 2_000_000])
@@ -130,7 +108,7 @@ def fact_document(pages: int, facts: int, seed: int, page_lines: int = PAGE_LINE
             body = body[:at] + sentence + " " + body[at:]
             items.append({"fact": sentence, "question": question, "answer": answer, "page": page})
         texts.append(wrapped(body))
-    return text_pdf(texts), items
+    return text_pdf(texts, font_size=10), items
 
 
 def fact_pattern(sentence: str) -> str:

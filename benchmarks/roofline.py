@@ -24,12 +24,10 @@ import torch
 import torch.nn.functional as F
 
 from homer import HomerConfig, build_document_cache
-from homer.document import document_prompt_ids, tokenize_document
 from homer.evaluation import flops as flop_counts
-from homer.evaluation.haystack import needle_document
 from homer.models import load_model
-from homer.plan import ChunkPlan
-from homer.prompting import default_prompt
+
+from .speed import timed_document
 
 RESULTS = Path(__file__).parent / "results"
 MATMUL_OPS = {"aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::matmul", "aten::linear"}
@@ -92,12 +90,7 @@ def _attention_only(config, tokens: int) -> float:
 
 
 def build_roofline(model, tokenizer, tokens: int, peak: dict, attention: dict) -> tuple[dict, str]:
-    item = needle_document(tokenizer, tokens, 0.5, seed=tokens)
-    prefix, suffix = document_prompt_ids(tokenizer, default_prompt(tokenizer))
-    context = tokenize_document(tokenizer, item.document)[0]
-    config = HomerConfig().resolve(model.config)
-    plan = ChunkPlan(len(prefix), len(context), len(suffix), config.max_chunk_len, config.target_len,
-                     model.config.num_hidden_layers, config.warmup_layers)
+    item, _, _, _, config, plan = timed_document(model, tokenizer, tokens)
     total = flop_counts.homer_flops(model.config, plan)
     with mock.patch.object(flop_counts, "layer_flops", _attention_only):
         attention_flops = flop_counts.homer_flops(model.config, plan)

@@ -38,13 +38,20 @@ def plain_prefill_seconds(model, ids: list[int]) -> float:
     return time.perf_counter() - started
 
 
-def build_vs_prefill(model, tokenizer, tokens: int) -> dict:
+def timed_document(model, tokenizer, tokens: int):
+    """The needle document of ``tokens`` tokens that the timing benchmarks build, laid out
+    like the app does: (item, prefix ids, context ids, suffix ids, resolved config, plan)."""
     item = needle_document(tokenizer, tokens, 0.5, seed=tokens)
     prefix, suffix = document_prompt_ids(tokenizer, default_prompt(tokenizer))
     context = tokenize_document(tokenizer, item.document)[0]
     config = HomerConfig().resolve(model.config)
     plan = ChunkPlan(len(prefix), len(context), len(suffix), config.max_chunk_len, config.target_len,
                      model.config.num_hidden_layers, config.warmup_layers)
+    return item, prefix, context, suffix, config, plan
+
+
+def build_vs_prefill(model, tokenizer, tokens: int) -> dict:
+    item, prefix, context, suffix, config, plan = timed_document(model, tokenizer, tokens)
     started = time.perf_counter()
     build_document_cache(model, tokenizer, item.document, config)
     homer_seconds = time.perf_counter() - started

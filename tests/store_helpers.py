@@ -16,36 +16,14 @@ from pathlib import Path
 
 import pytest
 
+from homer.evaluation.pdf import text_pdf  # noqa: F401  (shared with the benchmarks; the tests import it from here)
+
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"significance": "uncalibrated"}
 
 
 def story(n: int = 30, seed: str = "") -> str:
     return f"The lighthouse keeper {seed} was named Ada. She kept the lamp burning.\n\n" * n
-
-
-def text_pdf(pages: list[str], password: str | None = None) -> bytes:
-    """A PDF with a real text layer (Helvetica text operators), one string per page."""
-    from pypdf import PdfWriter
-    from pypdf.generic import DictionaryObject, NameObject, StreamObject
-
-    writer = PdfWriter()
-    for text in pages:
-        page = writer.add_blank_page(612, 792)
-        font = DictionaryObject({NameObject("/Type"): NameObject("/Font"), NameObject("/Subtype"): NameObject("/Type1"),
-                                 NameObject("/BaseFont"): NameObject("/Helvetica")})
-        page[NameObject("/Resources")] = DictionaryObject(
-            {NameObject("/Font"): DictionaryObject({NameObject("/F1"): writer._add_object(font)})})
-        escaped = [line.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)") for line in text.split("\n")]
-        content = StreamObject()
-        content.set_data(("BT /F1 12 Tf 72 720 Td 14 TL " + " ".join(f"({line}) '" for line in escaped) + " ET")
-                         .encode("latin-1"))
-        page[NameObject("/Contents")] = writer._add_object(content)
-    if password:
-        writer.encrypt(password)
-    out = io.BytesIO()
-    writer.write(out)
-    return out.getvalue()
 
 
 def blank_pdf(pages: int = 2) -> bytes:
