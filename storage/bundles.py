@@ -1,6 +1,10 @@
 """Sharing bundles: one zip holding a document's cache, its text and (optionally) its
 source file, with a manifest that carries the cache key and a checksum of every member.
 
+A cache's leaf states (the optional companion file for deep reads, about 15 KB per document
+token with the embedded model) are never put in a bundle: bundles stay small, and the
+importer can read the document again with leaf states if it wants deep reads.
+
 ``import_bundle`` validates everything before it writes anything; each refusal is a
 :class:`BundleError` with a one-line reason."""
 
@@ -39,7 +43,8 @@ def _source_member(file_name: str) -> str:
 
 def export_bundle(store: Store, document: str, out_path: str | os.PathLike, include_source: bool = True,
                   cache_id: str | None = None) -> Path:
-    """Write ``document``'s newest ready cache (or ``cache_id``) as a bundle at ``out_path``."""
+    """Write ``document``'s newest ready cache (or ``cache_id``) as a bundle at ``out_path``
+    (without the cache's leaf states, if it has any)."""
     doc = store.document(document)
     if cache_id is None:
         caches = store.caches(doc["id"])

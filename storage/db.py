@@ -102,7 +102,16 @@ def _v3_document_owners(db: sqlite_utils.Database) -> None:
     db["document_owners"].create_index(["owner"])
 
 
-MIGRATIONS = [_v1_documents_caches_conversations, _v2_jobs_locks_passages, _v3_document_owners]
+def _v4_cache_leaf_states(db: sqlite_utils.Database) -> None:
+    # An optional companion file per cache: the leaf-stage states a deep read (a fast
+    # question-aware re-read, homer.deep_read) starts from. Null when the cache has none.
+    db["caches"].add_column("leaf_states_file", str)      # relative to the store root
+    db["caches"].add_column("leaf_states_bytes", int)
+    db["caches"].add_column("leaf_states_checksum", str)  # sha256 of the file
+
+
+MIGRATIONS = [_v1_documents_caches_conversations, _v2_jobs_locks_passages, _v3_document_owners,
+              _v4_cache_leaf_states]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

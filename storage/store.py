@@ -6,6 +6,7 @@ Layout under the root::
     index.db                         the SQLite index (WAL)
     documents/ab/<sha256>/source.pdf the uploaded bytes, text.txt the extracted text
     caches/cd/<key>.safetensors      HOMER caches (the engine's safetensors format)
+    caches/cd/<key>.leaves.safetensors  optional leaf states of a cache, for deep reads
     tmp/                             temp files named after their writer (host-pid)
     uploads/                         uploads waiting for ingest by a worker
 """
@@ -26,6 +27,8 @@ from homer.cache import CacheMismatchError, HomerCache
 
 from . import db as dbmod
 from .errors import CacheCorrupt, StoreError
+
+LEAF_STATES_FORMAT = "homer-leaf-states"  # homer.deep_read.FORMAT
 from .files import fsync_dir, host_name, install_file, owner_alive, owner_token, sha256_file, write_bytes_atomic
 from .jobs import Jobs
 from .locks import Locks
@@ -179,28 +182,40 @@ class Store:
     def cache_path(self, key: str) -> Path:
         return self.root / "caches" / key[:2] / f"{key}.safetensors"
 
-    def save_cache(self, document_id: str, cache: HomerCache, build_seconds: float | None = None) -> dict:
+    def staging_path(self, suffix: str = ".safetensors") -> Path:
+        """A fresh temp path in the store (same file system, named after its writer so a
+        crashed writer's leftovers are found by :meth:`check`)."""
+        return self.tmp_dir / f"{uuid.uuid4().hex}.{owner_token().replace(':', '-')}{suffix}"
+
+    def save_cache(self, document_id: str, cache: HomerCache, build_seconds: float | None = None,
+                   leaf_states: str | os.PathLike | None = None) -> dict:
         """Write ``cache`` for a stored document: temp name, fsync, rename into place, then the
-        row (with checksum and bytes) is marked ready. Returns the row."""
+        row (with checksum and bytes) is marked ready. Returns the row.
+
+        ``leaf_states``: a leaf-state file written by the same build (``build_document_cache(...,
+        leaf_states=path)``, best at :meth:`staging_path`), moved next to the cache and indexed
+        with its own checksum. Without it, leaf states already stored for this cache key stay
+        (they do not change the cache, so they are still valid)."""
         self.document(document_id)
-        staged = self.tmp_dir / f"{uuid.uuid4().hex}.{owner_token().replace(':', '-')}.safetensors"
+        staged = self.staging_path()
         try:
             cache.save(staged)  # the engine's own temp → fsync → rename
-            return self._install_cache(document_id, staged, build_seconds)
+            return self._install_cache(document_id, staged, build_seconds, leaf_states)
         finally:
             staged.unlink(missing_ok=True)
 
     def install_cache_file(self, document_id: str, source, build_seconds: float | None = None) -> dict:
         """Install a cache file given as a path or a binary file object (bundle import)."""
         self.document(document_id)
-        staged = self.tmp_dir / f"{uuid.uuid4().hex}.{owner_token().replace(':', '-')}.safetensors"
+        staged = self.staging_path()
         try:
             install_file(source, staged, self.tmp_dir)
             return self._install_cache(document_id, staged, build_seconds)
         finally:
             staged.unlink(missing_ok=True)
 
-    def _install_cache(self, document_id: str, staged: Path, build_seconds: float | None) -> dict:
+    def _install_cache(self, document_id: str, staged: Path, build_seconds: float | None,
+                       leaf_states: str | os.PathLike | None = None) -> dict:
         try:
             meta = cache_file_metadata(staged)
         except Exception as exc:
@@ -209,22 +224,79 @@ class Store:
             raise StoreError("not a HOMER cache file")
         key = cache_key(document_id, meta.get("model_fingerprint", ""), meta.get("settings", "{}"),
                         meta.get("prompt_version", ""))
+        leaves = None
+        if leaf_states is not None:  # checked before anything is moved into place
+            leaves = Path(leaf_states)
+            _check_leaf_states_file(leaves, meta)
+            leaves_checksum, leaves_size = sha256_file(leaves), leaves.stat().st_size
         checksum, size = sha256_file(staged), staged.stat().st_size
         target = self.cache_path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged, target)
+        if leaves is not None:
+            leaves_target = self.leaf_states_path(key)
+            os.replace(leaves, leaves_target)
         fsync_dir(target.parent)
         if build_seconds is None:
             build_seconds = float(meta.get("build_seconds") or 0.0)
         stamp = dbmod.now()
-        self.db["caches"].upsert({
+        row = {
             "id": key, "document_id": document_id, "model_fingerprint": meta.get("model_fingerprint", ""),
             "model_name": meta.get("model_name", ""), "settings": meta.get("settings", "{}"),
             "prompt_version": meta.get("prompt_version", ""), "file": str(target.relative_to(self.root)),
             "bytes": size, "checksum": checksum, "tokens": _cache_tokens(target), "build_seconds": build_seconds,
             "status": "ready", "error": None, "created": stamp, "updated": stamp,
-        }, pk="id")
+        }
+        if leaves is not None:
+            row.update(leaf_states_file=str(leaves_target.relative_to(self.root)), leaf_states_bytes=leaves_size,
+                       leaf_states_checksum=leaves_checksum)
+        self.db["caches"].upsert(row, pk="id")  # columns not given (earlier leaf states) are kept
         return self.get_cache(key)
+
+    def leaf_states_path(self, key: str) -> Path:
+        return self.root / "caches" / key[:2] / f"{key}.leaves.safetensors"
+
+    def open_leaf_states(self, key: str, expected_fingerprint: str | None = None, verify: bool = True) -> Path | None:
+        """The path of the cache's leaf-state file after checking it (size, ``verify``: sha256,
+        format and model fingerprint), or None when the cache has no leaf states. A missing or
+        damaged file raises :class:`CacheCorrupt` (one line) and is dropped from the index —
+        the cache itself stays ready; reading the document again with leaf states restores it."""
+        row = self.get_cache(key)
+        if row is None:
+            raise StoreError(f"no cache {key} in the store")
+        if not row.get("leaf_states_file"):
+            return None
+        if expected_fingerprint is not None and row["model_fingerprint"] != expected_fingerprint:
+            raise StoreError(f"cache {key[:12]} was built by model {row['model_name'] or '?'} "
+                             f"(fingerprint {row['model_fingerprint'][:12]}), not by the loaded model")
+        path = self.root / row["leaf_states_file"]
+        reason = None
+        if not path.exists():
+            reason = "the leaf-state file is missing"
+        elif path.stat().st_size != row["leaf_states_bytes"]:
+            reason = (f"the leaf-state file has {path.stat().st_size} bytes, {row['leaf_states_bytes']} were written "
+                      "(truncated?)")
+        elif verify and sha256_file(path) != row["leaf_states_checksum"]:
+            reason = "the leaf-state file's checksum does not match (altered or corrupt)"
+        else:
+            try:
+                _check_leaf_states_file(path, {k: row[k] for k in ("model_fingerprint", "settings", "prompt_version")})
+            except StoreError as exc:
+                reason = str(exc)
+        if reason is not None:
+            self.drop_leaf_states(key)
+            raise CacheCorrupt(f"leaf states of cache {key[:12]}: {reason}; dropped (read the document again "
+                               "with leaf states to restore them)")
+        return path
+
+    def drop_leaf_states(self, key: str) -> None:
+        """Delete a cache's leaf-state file and its columns (the cache stays)."""
+        row = self.get_cache(key)
+        if row is None or not row.get("leaf_states_file"):
+            return
+        self.db.execute("UPDATE caches SET leaf_states_file = NULL, leaf_states_bytes = NULL, "
+                        "leaf_states_checksum = NULL WHERE id = ?", [key])
+        (self.root / row["leaf_states_file"]).unlink(missing_ok=True)
 
     def get_cache(self, key: str) -> dict | None:
         rows = list(self.db["caches"].rows_where("id = ?", [key]))
@@ -287,6 +359,8 @@ class Store:
         if row is None:
             return
         (self.root / row["file"]).unlink(missing_ok=True)
+        if row.get("leaf_states_file"):
+            (self.root / row["leaf_states_file"]).unlink(missing_ok=True)
         self.db.execute("DELETE FROM conversations WHERE cache_id = ?", [key])
         self.db.execute("DELETE FROM caches WHERE id = ?", [key])
 
@@ -325,6 +399,20 @@ class Store:
         for row in self.caches(status=None):
             path = self.root / row["file"]
             known_caches.add(path)
+            if row.get("leaf_states_file"):
+                leaves = self.root / row["leaf_states_file"]
+                known_caches.add(leaves)
+                if not leaves.exists():
+                    problems.append(Problem("missing-file", row["leaf_states_file"],
+                                            f"leaf states of cache {row['id'][:12]} point at no file"))
+                elif leaves.stat().st_size != row["leaf_states_bytes"] or sha256_file(leaves) != row["leaf_states_checksum"]:
+                    problems.append(Problem("corrupt-file", row["leaf_states_file"],
+                                            f"checksum of the leaf states of cache {row['id'][:12]} does not match"))
+                else:
+                    leaves = None
+                if leaves is not None and repair:  # the cache itself may be fine: drop only its leaf states
+                    self.drop_leaf_states(row["id"])
+                    problems[-1].repaired = True
             if row["status"] != "ready":
                 continue
             if not path.exists():
@@ -380,6 +468,28 @@ class Store:
                 path.unlink(missing_ok=True)
                 removed += 1
         return removed
+
+
+def _check_leaf_states_file(path: Path, cache_meta: dict) -> None:
+    """A leaf-state file must be one (its header says so) and come from the cache's model."""
+    try:
+        meta = cache_file_metadata(path)
+    except Exception as exc:
+        raise StoreError(f"not a readable leaf-state file: {exc}") from exc
+    if meta.get("format") != LEAF_STATES_FORMAT:
+        raise StoreError("not a HOMER leaf-state file")
+    if meta.get("model_fingerprint") != cache_meta.get("model_fingerprint"):
+        raise StoreError(f"the leaf states were made by another model (fingerprint "
+                         f"{meta.get('model_fingerprint', '')[:12]}) than the cache")
+    if "settings" in cache_meta and meta.get("settings") != cache_meta["settings"]:
+        raise StoreError("the leaf states were made with other HOMER settings than the cache")
+    if "prompt_version" in cache_meta:
+        try:
+            version = json.loads(meta.get("build_metadata") or "{}").get("prompt_version")
+        except ValueError:
+            version = None
+        if version != cache_meta["prompt_version"]:
+            raise StoreError("the leaf states were made with another prompt than the cache")
 
 
 def _cache_tokens(path: Path) -> int:
