@@ -1,6 +1,6 @@
 """HOMER Chat — the app: local, on a GPU workstation, or as a Hugging Face Space.
 
-    python app.py [--model M] [--host H] [--port P] [--share] [--auth user:pass]
+    python app.py [--model M] [--host H] [--port P] [--share] [--auth user:pass] [--deep-read]
 
 The store lives under the HOMER home (``HOMER_HOME``, else ``/data/homer`` on a Space with
 persistent storage, else the user data folder). Builds run in a background worker inside this
@@ -71,6 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "(automatic on a ZeroGPU Space, where only requests get the GPU)")
     parser.add_argument("--lock-model", action="store_true",
                         help="do not let users switch the model in Settings (the default on a Space)")
+    parser.add_argument("--deep-read", action="store_true",
+                        help="also keep each document's leaf states when it is read (about 15 KB per token with "
+                             "the embedded model), so the Chat tab's 'Deep read' can re-read the document for one "
+                             "question; or HOMER_DEEP_READ=1 (separate workers need it too)")
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -79,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     auth = parse_auth(args.auth)
+    if args.deep_read:
+        os.environ["HOMER_DEEP_READ"] = "1"  # read by the build threads of this process (app.tasks)
 
     from app.chat import ChatService
     from app.ingest import max_upload_bytes

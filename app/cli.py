@@ -5,6 +5,7 @@ store and the queue: export, import, store check / list, submit, jobs, worker.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -71,7 +72,9 @@ def cmd_store_list(args) -> int:
               f"{doc['token_count'] or '?'} tokens")
         for cache in store.caches(doc["id"], status=None):
             print(f"    cache {cache['id'][:12]}  {cache['status']}  {cache['tokens']} tokens  "
-                  f"{cache['bytes'] / 2**20:.1f} MiB  model {cache['model_name'] or cache['model_fingerprint'][:12]}")
+                  f"{cache['bytes'] / 2**20:.1f} MiB  model {cache['model_name'] or cache['model_fingerprint'][:12]}"
+                  + (f"  + {cache['leaf_states_bytes'] / 2**20:.1f} MiB leaf states" if cache.get("leaf_states_file")
+                     else ""))
     return 0
 
 
@@ -108,6 +111,8 @@ def cmd_submit(args) -> int:
 def cmd_worker(args) -> int:
     from app.worker import run_worker
 
+    if args.deep_read:
+        os.environ["HOMER_DEEP_READ"] = "1"
     return run_worker(_store(args), args.workers)
 
 
@@ -153,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", parents=[store_opt], help="run build workers (SQLite queue, or Redis with HOMER_REDIS_URL)")
     p.add_argument("-w", "--workers", type=int, default=1)
+    p.add_argument("--deep-read", action="store_true",
+                   help="also keep the leaf states of each build, for deep reads (or HOMER_DEEP_READ=1)")
     p.set_defaults(func=cmd_worker)
     return parser
 

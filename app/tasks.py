@@ -37,6 +37,18 @@ def lease_seconds() -> float:
     return float(os.environ.get("HOMER_JOB_LEASE_SECONDS", "30"))
 
 
+def deep_read_enabled() -> bool:
+    """Whether builds also keep the leaf states for deep reads (``HOMER_DEEP_READ=1``; the
+    app's ``--deep-read`` sets it). Off by default: about 15 KB per document token with the
+    embedded model."""
+    return os.environ.get("HOMER_DEEP_READ", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _lacks_wanted_leaf_states(cache: dict | None) -> bool:
+    """A ready cache still needs a build when leaf states are wanted and it has none."""
+    return deep_read_enabled() and cache is not None and not cache.get("leaf_states_file")
+
+
 def retry_delay() -> float:
     return float(os.environ.get("HOMER_JOB_RETRY_DELAY", "5"))
 
@@ -81,7 +93,7 @@ def build_key(document_id: str, model: str | None, settings: dict | None) -> str
 def _finished_job_with_ready_cache(store, key: str) -> dict | None:
     for job in store.db["jobs"].rows_where("build_key = ? AND state = 'done'", [key], order_by="finished DESC"):
         cache = store.get_cache(job["cache_id"]) if job["cache_id"] else None
-        if cache is not None and cache["status"] == "ready":
+        if cache is not None and cache["status"] == "ready" and not _lacks_wanted_leaf_states(cache):
             return job
     return None
 
@@ -248,7 +260,7 @@ def run_build(store, job_id: str) -> str:
         prompt = default_prompt(tokenizer)
         key = cache_key(document_id, fingerprint, config.settings_json(), prompt.version)
         existing = store.get_cache(key)
-        if existing is not None and existing["status"] == "ready":
+        if existing is not None and existing["status"] == "ready" and not _lacks_wanted_leaf_states(existing):
             store.jobs.finish(job_id, owner, key, "reused the cache already built")
             _drop_upload(store, job)
             return "done"
@@ -260,15 +272,25 @@ def run_build(store, job_id: str) -> str:
         started = time.monotonic()
         text = store.document_text(document_id)
         document = store.document(document_id)
-        cache = build_document_cache(model, tokenizer, text, config, prompt=prompt,
-                                     progress=_progress_callback(heartbeat, started),
-                                     metadata={"document_id": document_id, "source": document["file_name"]})
-        if heartbeat.lost:
-            raise LeaseLost(job_id)
-        heartbeat.progress(1.0, "saving the cache", force=True)
-        row = store.save_cache(document_id, cache, build_seconds=time.monotonic() - started)
+        # leaf states (not part of the cache key): written to a temp path in the store, then
+        # installed with the cache row
+        leaves = store.staging_path(".leaves.safetensors") if deep_read_enabled() else None
+        try:
+            cache = build_document_cache(model, tokenizer, text, config, prompt=prompt,
+                                         progress=_progress_callback(heartbeat, started),
+                                         metadata={"document_id": document_id, "source": document["file_name"]},
+                                         leaf_states=leaves)
+            if heartbeat.lost:
+                raise LeaseLost(job_id)
+            heartbeat.progress(1.0, "saving the cache", force=True)
+            row = store.save_cache(document_id, cache, build_seconds=time.monotonic() - started, leaf_states=leaves)
+        finally:
+            if leaves is not None:
+                leaves.unlink(missing_ok=True)
+        kept = f" and {row['leaf_states_bytes'] / 2**20:.1f} MiB of leaf states" if row.get("leaf_states_file") else ""
         store.jobs.finish(job_id, owner, row["id"], f"built {row['tokens']} cached tokens from "
-                                                    f"{document['token_count'] or '?'} in {row['build_seconds']:.1f} s")
+                                                    f"{document['token_count'] or '?'} in {row['build_seconds']:.1f} s"
+                                                    + kept)
         _drop_upload(store, job)
         return "done"
     except (IngestError, DocumentError, StoreError, ValueError) as exc:  # deterministic: retrying cannot help

@@ -156,8 +156,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="homer worker", description="run HOMER build workers")
     parser.add_argument("--store", default=None, help="store folder (default: the HOMER home store)")
     parser.add_argument("-w", "--workers", type=int, default=1)
+    parser.add_argument("--deep-read", action="store_true",
+                        help="also keep the leaf states of each build, for deep reads (or HOMER_DEEP_READ=1)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
+    if args.deep_read:
+        os.environ["HOMER_DEEP_READ"] = "1"
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s")
     return run_worker(Store(args.store) if args.store else None, args.workers)
 
