@@ -50,6 +50,10 @@ def with_sources(answer: str, label: str) -> str:
     return f"{answer}\n\nSources: {label}" if label else answer
 
 
+DEEP_READ_UNAVAILABLE = ("deep read unavailable: this document was read without leaf states "
+                         "(start the app with --deep-read and read it again)")
+
+
 def max_loaded_caches() -> int:
     return int(os.environ.get("HOMER_MAX_LOADED_CACHES", "4"))
 
@@ -107,6 +111,7 @@ class ChatService:
         self._sessions: dict[tuple[str, str], ChatSession] = {}
         self._live: OrderedDict[tuple[str, str], None] = OrderedDict()  # sessions holding a KV cache, LRU
         self._sessions_lock = threading.Lock()
+        self._verified_leaves: set[tuple[str, str | None]] = set()  # leaf-state files checked this process
 
     # --- model and caches ----------------------------------------------------------------
     def model(self, model_name: str | None):
@@ -208,16 +213,25 @@ class ChatService:
                     self._sessions[old].conversation = None  # its turns are re-appended when needed
 
     def ask(self, session_key: str, document_id: str, question: str, model_name: str | None = None,
-            generation: GenerationSettings | None = None, settings: dict | None = None) -> Iterator[tuple[str, dict]]:
+            generation: GenerationSettings | None = None, settings: dict | None = None,
+            deep_read: bool = False) -> Iterator[tuple[str, dict]]:
         """Stream ``(answer so far, turn stats)``. The last item's stats are complete:
 
         time_to_first_token (s, from the question to the first text), engine_time_to_first_token
         (s, the model's own), tokens_per_second, new_tokens, appended_tokens (question and
         earlier answer tokens fed this turn), document_tokens, cache_tokens, cache_reused
         (the stored cache answered — the document was not encoded again), cache_source
-        ("memory" or "disk"), cache_load_seconds, turn (1-based), cache_id; for a document of
-        several pages also sources ("p. 12, p. 47"), citations (pages with scores) and
-        citation_seconds — the last item's answer then ends with a "Sources: …" line."""
+        ("memory" or "disk"), cache_load_seconds, turn (1-based), cache_id, deep_read; for a
+        document of several pages also sources ("p. 12, p. 47"), citations (pages with scores)
+        and citation_seconds — the last item's answer then ends with a "Sources: …" line.
+
+        ``deep_read``: answer from a question-aware cache built for this question from the
+        stored leaf states (:func:`homer.deep_read.deep_read_document`) instead of the stored
+        cache: one item with stats ``phase: "deep reading"`` and an empty answer comes first,
+        the final stats hold deep_read true, deep_read_seconds and deep_read_mode
+        ("leaf-states" or "full-rebuild"). The turn joins the conversation's history as any
+        other. Without leaf states (or with unusable ones) the question is answered from the
+        stored cache and ``deep_read_unavailable`` says why."""
         question = (question or "").strip()
         if not document_id:
             raise ChatError("pick a ready document first")
@@ -232,21 +246,32 @@ class ChatService:
         chat = self._session_for(session_key, document_id, row["id"])
         key = (session_key, document_id)
         with chat.lock:
-            fresh = chat.conversation is None
-            if fresh:
-                chat.conversation = Conversation(cache, model, tokenizer)
-                chat.conversation.turns = list(chat.turns)  # earlier turns are re-appended with this question
-            self._keep_live(key)
-            conversation = chat.conversation
             if chat.conversation_id is None:
                 chat.conversation_id = self.store.add_conversation(document_id, row["id"])
-            position_before = conversation.state.position
             stats = {
                 "cache_id": row["id"], "cache_tokens": len(cache), "cache_reused": True,
                 "cache_source": "memory" if from_memory else "disk", "cache_load_seconds": round(load_seconds, 4),
                 "document_tokens": int(cache.metadata.get("context_len") or 0), "turn": len(chat.turns) + 1,
-                "new_conversation": fresh and not chat.turns,
+                "new_conversation": chat.conversation is None and not chat.turns, "deep_read": False,
             }
+            deep = None  # the deep-read conversation, when this turn is answered by one
+            if deep_read:
+                leaves, unavailable = self._leaf_states(row, fingerprint)
+                if unavailable:
+                    stats["deep_read_unavailable"] = unavailable
+                if leaves is not None:
+                    yield "", {**stats, "phase": "deep reading"}
+                    deep, answer_cache = self._deep_read(stats, row, leaves, question, model, tokenizer)
+            if deep is None:
+                fresh = chat.conversation is None
+                if fresh:
+                    chat.conversation = Conversation(cache, model, tokenizer)
+                    chat.conversation.turns = list(chat.turns)  # earlier turns are re-appended with this question
+                self._keep_live(key)
+                conversation, answer_cache = chat.conversation, cache
+            else:
+                conversation = deep
+            position_before = conversation.state.position
             answer, first = "", None
             try:
                 for piece in conversation.ask(question, settings=generation or GenerationSettings()):
@@ -256,7 +281,8 @@ class ChatService:
                     answer += piece
                     yield answer, dict(stats)
             except BaseException:  # an error, or the listener went away mid-answer
-                chat.conversation = None  # its KV state is unknown now; rebuild from the turns next time
+                if deep is None:
+                    chat.conversation = None  # its KV state is unknown now; rebuild from the turns next time
                 raise
             engine = conversation.stats
             generated = int(engine.get("new_tokens", 0))
@@ -268,14 +294,53 @@ class ChatService:
                 appended_tokens=conversation.state.position - position_before - max(generated - 1, 0),
                 seconds=round(time.perf_counter() - started, 4),
             )
-            label = self._cite(stats, document_id, cache, model, tokenizer, conversation.prompt, chat.turns,
+            earlier = [] if deep is not None else chat.turns  # a deep-read cache holds only this question
+            label = self._cite(stats, document_id, answer_cache, model, tokenizer, conversation.prompt, earlier,
                                question, answer)
             shown = with_sources(answer, label)
             chat.turns.append((question, answer))  # the conversation itself holds the plain answer
+            if deep is not None and chat.conversation is not None:
+                chat.conversation.turns.append((question, answer))  # appended before its next question
             chat.messages += [{"role": "user", "content": question}, {"role": "assistant", "content": shown}]
             self.store.add_message(chat.conversation_id, "user", question)
             self.store.add_message(chat.conversation_id, "assistant", shown)
         yield shown, stats
+
+    def _leaf_states(self, row: dict, fingerprint: str):
+        """``(path, None)`` of the cache's checked leaf states, or ``(None, why not)``. The
+        checksum is verified once per process and file."""
+        from storage.errors import CacheCorrupt
+
+        verified = (row["id"], row.get("leaf_states_checksum"))
+        try:
+            path = self.store.open_leaf_states(row["id"], expected_fingerprint=fingerprint,
+                                               verify=verified not in self._verified_leaves)
+        except (CacheCorrupt, StoreError) as exc:
+            return None, f"deep read unavailable: {exc}"
+        if path is None:
+            return None, DEEP_READ_UNAVAILABLE
+        self._verified_leaves.add(verified)
+        return path, None
+
+    def _deep_read(self, stats: dict, row: dict, leaves, question: str, model, tokenizer):
+        """``(conversation, cache)`` on a question-aware cache built for ``question`` from the
+        leaf states with the stored cache's settings, or ``(None, None)`` with
+        ``deep_read_unavailable`` in ``stats`` when the states do not fit the model or settings."""
+        from homer.deep_read import LeafStateMismatchError, deep_read_document
+
+        began = time.perf_counter()
+        try:
+            stored = json.loads(row["settings"] or "{}")
+            config = HomerConfig(**{k: v for k, v in stored.items() if k != "custom_bias"})
+            answer_cache = deep_read_document(model, tokenizer, leaves, question, config=config,
+                                              metadata={"document_id": row["document_id"]})
+        except (LeafStateMismatchError, ValueError) as exc:
+            stats["deep_read_unavailable"] = f"deep read unavailable: {exc}"
+            return None, None
+        stats.update(deep_read=True, deep_read_seconds=round(time.perf_counter() - began, 4),
+                     deep_read_mode=answer_cache.metadata.get("deep_read", ""), cache_tokens=len(answer_cache),
+                     cache_reused=False, cache_source="deep read")
+        return Conversation(answer_cache, model, tokenizer), answer_cache
 
     def _cite(self, stats: dict, document_id: str, cache: HomerCache, model, tokenizer, prompt,
               turns: list[tuple[str, str]], question: str, answer: str) -> str:
@@ -302,12 +367,21 @@ def describe_turn(stats: dict) -> str:
     """One line for the UI: time to first token and what the turn reused."""
     if not stats:
         return ""
-    source = "loaded from disk" if stats.get("cache_source") == "disk" else "reused from memory"
-    return (f"turn {stats.get('turn', 1)} · time to first token **{stats.get('time_to_first_token', 0):.2f} s** · "
-            f"{stats.get('tokens_per_second', 0):.1f} tokens/s · cache {source} "
-            f"({stats.get('cache_tokens', 0)} tokens for a {stats.get('document_tokens', 0)}-token document, "
-            f"not encoded again) · {stats.get('appended_tokens', 0)} new prompt tokens"
-            + (f" · sources found in {stats['citation_seconds']:.2f} s" if stats.get("sources") else ""))
+    line = (f"turn {stats.get('turn', 1)} · time to first token **{stats.get('time_to_first_token', 0):.2f} s** · "
+            f"{stats.get('tokens_per_second', 0):.1f} tokens/s · ")
+    if stats.get("deep_read"):
+        how = "from the stored leaf states" if stats.get("deep_read_mode") == "leaf-states" else "by reading it again"
+        line += (f"deep read for this question in {stats.get('deep_read_seconds', 0):.2f} s ({how}; "
+                 f"{stats.get('cache_tokens', 0)} tokens kept for a {stats.get('document_tokens', 0)}-token document)")
+    else:
+        source = "loaded from disk" if stats.get("cache_source") == "disk" else "reused from memory"
+        line += (f"cache {source} ({stats.get('cache_tokens', 0)} tokens for a {stats.get('document_tokens', 0)}-token "
+                 f"document, not encoded again) · {stats.get('appended_tokens', 0)} new prompt tokens")
+    if stats.get("sources"):
+        line += f" · sources found in {stats['citation_seconds']:.2f} s"
+    if stats.get("deep_read_unavailable"):
+        line += f" · {stats['deep_read_unavailable']}"
+    return line
 
 
 def stats_json(stats: dict) -> str:

@@ -131,19 +131,20 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
 
     @gpu
     def ask(document_id: str | None, question: str, temperature: float, max_new_tokens: int, model: str,
-            settings: dict, request: gr.Request):
+            settings: dict, deep_read: bool = False, request: gr.Request = None):
         key = session_of(request)
         try:
             if document_id:  # a full id, a unique prefix or a file name (API callers)
                 document_id = library.check_access(store, document_id, owner_of(request))["id"]
             history = chat.history(key, document_id)
             generation = GenerationSettings(max_new_tokens=int(max_new_tokens), temperature=float(temperature))
-            turns = chat.ask(key, document_id, question, model, generation, settings or None)
+            turns = chat.ask(key, document_id, question, model, generation, settings or None, bool(deep_read))
             shown = history + [{"role": "user", "content": (question or "").strip()}, {"role": "assistant", "content": ""}]
             stats: dict = {}
             for answer, stats in turns:
                 shown[-1] = {"role": "assistant", "content": answer}
-                yield shown, "", "answering…", stats
+                status = "deep reading…" if stats.get("phase") == "deep reading" else "answering…"
+                yield shown, "", status, stats
         except (ChatError, StoreError, ValueError) as exc:
             fail(exc)
         yield shown, "", describe_turn(stats), stats
@@ -269,6 +270,8 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
                 with gr.Row():
                     question = gr.Textbox(placeholder="Ask about the document…", show_label=False, scale=5,
                                           elem_id="question", submit_btn=False)
+                    deep_read = gr.Checkbox(label="Deep read", value=False, scale=1, min_width=120, elem_id="deep-read",
+                                            info="re-read for this question (slower; needs leaf states)")
                     send_btn = gr.Button("Ask", variant="primary", scale=1, elem_id="ask")
                     clear_btn = gr.Button("Clear", scale=1, elem_id="clear")
                 turn_stats = gr.Markdown(elem_id="turn-stats")
@@ -344,7 +347,8 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
             .then(refresh, model_state, [table, version], show_progress="hidden", api_visibility="private")
 
         chat_doc.change(pick_chat, chat_doc, [chatbot, turn_stats], show_progress="hidden", api_visibility="private")
-        ask_inputs = [chat_doc, question, temperature, max_new_tokens, model_state, settings_state]
+        # API: document, question, temperature, max new tokens[, deep read] (states are not API inputs)
+        ask_inputs = [chat_doc, question, temperature, max_new_tokens, model_state, settings_state, deep_read]
         ask_outputs = [chatbot, question, turn_stats, turn_json]
         send_btn.click(ask, ask_inputs, ask_outputs, api_name="ask", concurrency_limit=1, concurrency_id="gpu")
         question.submit(ask, ask_inputs, ask_outputs, api_visibility="private", concurrency_limit=1, concurrency_id="gpu")
