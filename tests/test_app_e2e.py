@@ -130,3 +130,21 @@ def test_builds_inside_the_upload_request_without_a_background_worker(tmp_path, 
         assert "harbour.txt: queued" in status and "reading finished" in status  # the request did the build
         row = library_rows(client)[0]
         assert row[0] == "harbour.txt" and row[1] == "ready", (row, app_log(tmp_path / "home"))
+
+
+def test_deep_read_through_the_api_and_the_old_ask_arguments(tmp_path, model_dir):
+    """``--deep-read``: builds keep leaf states; ``/ask`` takes a fifth argument (deep read),
+    and callers passing the first four only get a normal answer as before."""
+    book = tmp_path / "keeper.txt"
+    book.write_text(story(12))
+    document_id = hashlib.sha256(book.read_bytes()).hexdigest()
+    with running_app(tmp_path / "home", model_dir, "--deep-read") as url:
+        client = Client(url, verbose=False)
+        client.predict([handle_file(str(book))], api_name="/upload")
+        row = wait_ready(client, "keeper.txt")
+        assert row[1] == "ready", (row, app_log(tmp_path / "home"))
+        _, plain = ask(client, document_id, "Who kept the lamp?")  # four positional arguments, as before
+        assert plain["deep_read"] is False and "deep_read_unavailable" not in plain
+        history, _, status, deep = client.predict(document_id, "Who kept the lamp?", 0.0, 8, True, api_name="/ask")
+        assert deep["deep_read"] is True and deep["deep_read_seconds"] > 0 and deep["turn"] == 2, status
+        assert "deep read for this question" in status and len(history) == 4
