@@ -10,6 +10,13 @@
   document was not encoded again;
 * :meth:`ChatService.clear` — forget a conversation; messages are persisted in the store.
 
+**Deep read** (``ask(..., deep_read=True)``): when the document's cache has leaf states (the
+app or worker was run with ``--deep-read`` / ``HOMER_DEEP_READ=1`` when it was read), the
+question is answered from a question-aware cache built for it from those states
+(:func:`homer.deep_read.deep_read_document`: only the question runs the leaf layers) in a
+fresh conversation, and the turn then joins the regular history. Without leaf states the
+question is answered from the stored cache and the turn stats say why deep read was not used.
+
 Under an answer about a document of several pages, a line "Sources: p. 12, p. 47" names the
 pages the answer was read from (:mod:`homer.citations`: the answer's attention over the stored
 cache's kept tokens, mapped to pages; ``HOMER_CITATIONS=0`` turns it off).
