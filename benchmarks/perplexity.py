@@ -61,7 +61,7 @@ def main(argv=None) -> None:
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     model, tokenizer = load_model(args.model, device=args.device)
-    config = HomerConfig().resolve(model.config)
+    config = HomerConfig.paper().resolve(model.config)  # token ids only: the paper's token-level pruning
     text = essay_text()
     rows = []
     for tokens in args.lengths:
