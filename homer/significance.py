@@ -7,23 +7,25 @@ from __future__ import annotations
 import torch
 
 
-def last_query_logits(q_last: torch.Tensor, keys: torch.Tensor, scaling: float) -> torch.Tensor:
-    """max_h <q_last^h, k_j^h> · scaling for every token j — one query row, no full matrix.
-
-    q_last: [H, d]; keys: [KV, n, d] → [n]. GQA: query heads are grouped onto their kv head
-    (equivalent to repeating the kv heads, without the copy)."""
-    kv_heads, _, d = keys.shape
-    grouped = q_last.reshape(kv_heads, -1, d).float()  # [KV, H/KV, d]
-    logits = torch.einsum("kgd,knd->kgn", grouped, keys.float()) * scaling
-    return logits.amax(dim=(0, 1))
-
-
 def query_logits(q_rows: torch.Tensor, keys: torch.Tensor, scaling: float) -> torch.Tensor:
-    """Like :func:`last_query_logits` for several query rows: q_rows [H, r, d] → [r, n]."""
+    """max_h <q_r^h, k_j^h> · scaling for every query row r and token j — no full matrix.
+
+    q_rows: [H, r, d]; keys: [KV, n, d] → [r, n]. GQA: query heads are grouped onto their kv
+    head (equivalent to repeating the kv heads, without the copy)."""
     kv_heads, _, d = keys.shape
     grouped = q_rows.reshape(kv_heads, -1, q_rows.shape[-2], d).float()  # [KV, H/KV, r, d]
     logits = torch.einsum("kgrd,knd->kgrn", grouped, keys.float()) * scaling
     return logits.amax(dim=(0, 1))
+
+
+def last_query_logits(q_last: torch.Tensor, keys: torch.Tensor, scaling: float) -> torch.Tensor:
+    """The paper's statistic, one query row: q_last [H, d]; keys [KV, n, d] → [n]."""
+    return query_logits(q_last.unsqueeze(-2), keys, scaling)[0]
+
+
+def _rows(q: torch.Tensor) -> torch.Tensor:
+    """[H, d] (the last token's query) or [H, r, d] → [H, r, d]."""
+    return q.unsqueeze(-2) if q.dim() == 2 else q
 
 
 class Significance:
@@ -44,9 +46,7 @@ class Uncalibrated(Significance):
     name = "uncalibrated"
 
     def score(self, layer_idx, q_last, keys, positions, scaling, generator):
-        if q_last.dim() == 3:
-            return query_logits(q_last, keys, scaling).amax(0)
-        return last_query_logits(q_last, keys, scaling)
+        return query_logits(_rows(q_last), keys, scaling).amax(0)
 
 
 class Calibrated(Significance):
@@ -58,11 +58,7 @@ class Calibrated(Significance):
         self.bias = bias.float()  # [L, M]
 
     def score(self, layer_idx, q_last, keys, positions, scaling, generator):
-        if q_last.dim() == 2:
-            raw = last_query_logits(q_last, keys, scaling)
-            distance = (positions[-1] - positions).clamp(0, self.bias.shape[1] - 1).to(self.bias.device)
-            return raw - self.bias[layer_idx].index_select(0, distance).to(raw.device)
-        raw = query_logits(q_last, keys, scaling)  # [r, n]
+        raw = query_logits(_rows(q_last), keys, scaling)  # [r, n]: row r is the query at positions[-r:]
         rows = positions[-raw.shape[0]:]
         distance = (rows[:, None] - positions[None, :]).clamp(0, self.bias.shape[1] - 1).to(self.bias.device)
         return (raw - self.bias[layer_idx][distance].to(raw.device)).amax(0)

@@ -156,7 +156,7 @@ class _Builder:
         """Keep ``target`` tokens, scored with the last suffix query (§4). q: [1, H, rows, d]
         whose last rows are the suffix's; k: [1, KV, len(node), d]."""
         rows = min(self.query_rows, self.plan.suffix_len)
-        q_rows = q[0, :, -1, :] if rows == 1 else q[0, :, -rows:, :]
+        q_rows = q[0, :, -rows:, :]
         scores = self.scorer.score(layer, q_rows, k[0], node.positions.to(k.device),
                                    self.stack.scaling, self.generator)
         p, s = self.plan.prefix_len, self.plan.suffix_len
