@@ -51,8 +51,9 @@ def build_document_cache(model, tokenizer, text: str, config: HomerConfig | None
     prefix_ids, suffix_ids = document_prompt_ids(tokenizer, prompt, question)
     meta = {"prompt": prompt.to_json(), "prompt_version": prompt.version, "question": question or ""}
     meta.update(metadata or {})
+    config = config or HomerConfig()
     units = None
-    if config is not None and config.span != "token":
+    if config.span != "token":
         if char_offsets is None:
             raise ValueError(f"span={config.span!r} needs the tokens' character offsets")
         units = span_ids(text, char_offsets, config.span)

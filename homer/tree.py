@@ -153,7 +153,7 @@ class _Builder:
             node.hidden = self.stack.mlp_half(layer, node.hidden)
 
     def prune(self, node: Node, layer: int, q: torch.Tensor, k: torch.Tensor, target: int) -> None:
-        """Keep ``target`` tokens, scored with the last suffix query (§4). q: [1, H, rows, d]
+        """Keep ``target`` tokens, scored with the last ``query_rows`` suffix queries (§4). q: [1, H, rows, d]
         whose last rows are the suffix's; k: [1, KV, len(node), d]."""
         rows = min(self.query_rows, self.plan.suffix_len)
         q_rows = q[0, :, -rows:, :]

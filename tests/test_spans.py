@@ -67,3 +67,10 @@ def test_span_needs_a_known_unit_and_says_when_it_falls_back_to_tokens():
                             HomerConfig(span="word", max_chunk_len=64))
     assert cache.metadata["span_used"] == "token"
     assert HomerConfig.paper().span == "token" and HomerConfig.paper().query_rows == 1
+
+
+def test_a_document_build_without_a_config_uses_the_default_word_units():
+    tokenizer = tiny_tokenizer()
+    text = " ".join(f"Item{i} costs {1000 + 37 * i} coins." for i in range(60))
+    cache = build_document_cache(tiny_model("llama", window=1024), tokenizer, text)
+    assert cache.metadata["span_used"] == "word"
