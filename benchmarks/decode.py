@@ -52,11 +52,12 @@ def weight_bytes_per_token(model) -> int:
     return total
 
 
-def kv_bytes_per_token(model, cache_tokens: float) -> float:
+def kv_bytes_per_token(model, cache_tokens: float, element: int | None = None) -> float:
+    """KV bytes read per decoded token; ``element``: bytes per KV number (default: the model's)."""
     cfg = model.config
     kv_heads = getattr(cfg, "num_key_value_heads", None) or cfg.num_attention_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    element = next(model.parameters()).element_size()
+    element = element or next(model.parameters()).element_size()
     return cfg.num_hidden_layers * 2 * kv_heads * head_dim * cache_tokens * element
 
 
@@ -73,8 +74,10 @@ def decode_run(cache, model, tokenizer, question: str, new_tokens: int, kv_cache
     wall, cpu = time.perf_counter(), time.process_time()
     rest = list(tokens)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    keys = conversation.state.kv.layers[0].keys
     return {"tokens_per_s": len(rest) / wall, "tokens_per_cpu_s": len(rest) / max(cpu, 1e-9),
-            "tokens": first + rest, "cache_tokens_at_end": conversation.state.kv.get_seq_length()}
+            "tokens": first + rest, "cache_tokens_at_end": conversation.state.kv.get_seq_length(),
+            "kv_dtype": str(keys.dtype), "kv_element": keys.element_size()}
 
 
 def main(argv=None) -> None:
@@ -112,7 +115,7 @@ def main(argv=None) -> None:
     best = {kind: max(rows, key=lambda r: r["tokens_per_s"]) for kind, rows in runs.items()}
     mean_cache = len(cache) + (best["preallocated"]["cache_tokens_at_end"] - len(cache)) / 2
     weights = weight_bytes_per_token(model)
-    kv = kv_bytes_per_token(model, mean_cache)
+    kv = {kind: kv_bytes_per_token(model, mean_cache, row["kv_element"]) for kind, row in best.items()}
     result = {
         "model": getattr(model, "homer_name", args.model), "device": str(model.device), "dtype": str(model.dtype),
         "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
@@ -126,20 +129,22 @@ def main(argv=None) -> None:
         "all_runs_tokens_per_s": {kind: [round(r["tokens_per_s"], 2) for r in rows] for kind, rows in runs.items()},
         "dynamic_tokens_per_cpu_s": round(max(r["tokens_per_cpu_s"] for r in runs["dynamic"]), 2),
         "preallocated_tokens_per_cpu_s": round(max(r["tokens_per_cpu_s"] for r in runs["preallocated"]), 2),
-        "weight_bytes_per_token": weights, "kv_bytes_per_token": round(kv),
+        "kv_dtype": {kind: row["kv_dtype"] for kind, row in best.items()},
+        "weight_bytes_per_token": weights, "kv_bytes_per_token": {kind: round(b) for kind, b in kv.items()},
         "bar_tokens_per_s": BAR_TOKENS_PER_S,
         "bar_met": best["preallocated"]["tokens_per_s"] >= BAR_TOKENS_PER_S,
     }
-    if bandwidth:
-        bound = bandwidth / (weights + kv)
+    if bandwidth:  # each path against the bytes it has to read (its own KV dtype)
+        bound = {kind: bandwidth / (weights + kv[kind]) for kind in kv}
         result.update({
-            "read_bandwidth_gb_s": round(bandwidth / 1e9, 2), "bandwidth_bound_tokens_per_s": round(bound, 2),
-            "preallocated_over_bound": round(best["preallocated"]["tokens_per_s"] / bound, 3),
-            "dynamic_over_bound": round(best["dynamic"]["tokens_per_s"] / bound, 3),
+            "read_bandwidth_gb_s": round(bandwidth / 1e9, 2),
+            "bandwidth_bound_tokens_per_s": {kind: round(b, 2) for kind, b in bound.items()},
+            "preallocated_over_bound": round(best["preallocated"]["tokens_per_s"] / bound["preallocated"], 3),
+            "dynamic_over_bound": round(best["dynamic"]["tokens_per_s"] / bound["dynamic"], 3),
             # the same per CPU-second: on a shared machine with one thread, what an idle core gives
             "read_bandwidth_gb_per_cpu_s": round(cpu_bandwidth / 1e9, 2),
             "preallocated_per_cpu_s_over_bound": round(result["preallocated_tokens_per_cpu_s"]
-                                                      / (cpu_bandwidth / (weights + kv)), 3),
+                                                      / (cpu_bandwidth / (weights + kv["preallocated"])), 3),
         })
     print(json.dumps(result, indent=2), flush=True)
     args.results_dir.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,9 @@ after the document. Sampling uses transformers' logits processors.
 The working copy is a :class:`PreallocatedCache`: per-layer buffers with room to spare, so a
 decoded token costs one row write per layer instead of a concatenation that copies the whole
 cache (``DynamicCache``, kept as the baseline: ``Conversation(..., kv_cache="dynamic")``).
-Buffers grow by chunks when a conversation outgrows them."""
+Buffers grow by chunks when a conversation outgrows them. The buffers keep the stored cache's
+dtype (float16 by default) when it is narrower than the model's: the document part is then
+exactly what was stored, with no upcast copy, and a decoded token reads half the KV bytes."""
 
 from __future__ import annotations
 
@@ -68,11 +70,16 @@ class PreallocatedLayer(DynamicLayer):
     """One layer of a :class:`PreallocatedCache`. ``keys``/``values`` are views of the first
     ``length`` rows of larger buffers, so the attention sees exactly what a DynamicLayer shows
     (same shapes, same mask sizes), but appending writes only the new rows. When the buffers
-    are full they are replaced by ones ``chunk`` rows larger than needed (one copy per chunk)."""
+    are full they are replaced by ones ``chunk`` rows larger than needed (one copy per chunk).
 
-    def __init__(self, chunk: int = GROWTH_CHUNK, **kwargs):
+    ``storage_dtype``: the buffers' dtype (default: the first update's). When it differs from
+    the model's, :meth:`update` hands the model an upcast copy and :class:`DecodeStep` reads
+    the buffers as they are (:meth:`append`)."""
+
+    def __init__(self, chunk: int = GROWTH_CHUNK, storage_dtype: torch.dtype | None = None, **kwargs):
         super().__init__(**kwargs)
         self.chunk = max(int(chunk), 1)
+        self.storage_dtype = storage_dtype
         self.length = 0
         self.capacity = 0
         self.grows = 0
@@ -80,6 +87,7 @@ class PreallocatedLayer(DynamicLayer):
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
         self.dtype, self.device = key_states.dtype, key_states.device
+        self.storage_dtype = self.storage_dtype or key_states.dtype
         self.is_initialized = True
 
     def reserve(self, tokens: int, key_like: torch.Tensor, value_like: torch.Tensor) -> None:
@@ -89,8 +97,8 @@ class PreallocatedLayer(DynamicLayer):
             return
         capacity = _round_up(tokens + (self.chunk if self.capacity else 0), self.chunk)
         b, h, _, dk = key_like.shape
-        k = key_like.new_empty((b, h, capacity, dk))
-        v = value_like.new_empty((b, value_like.shape[1], capacity, value_like.shape[-1]))
+        k = key_like.new_empty((b, h, capacity, dk), dtype=self.storage_dtype)
+        v = value_like.new_empty((b, value_like.shape[1], capacity, value_like.shape[-1]), dtype=self.storage_dtype)
         if self.length:
             k[:, :, : self.length].copy_(self._k[:, :, : self.length])
             v[:, :, : self.length].copy_(self._v[:, :, : self.length])
@@ -102,7 +110,8 @@ class PreallocatedLayer(DynamicLayer):
         self.keys = self._k[:, :, : self.length]
         self.values = self._v[:, :, : self.length]
 
-    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+    def append(self, key_states: torch.Tensor, value_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write the new rows (rounded to the storage dtype); return all rows as stored."""
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
         n = key_states.shape[-2]
@@ -112,6 +121,12 @@ class PreallocatedLayer(DynamicLayer):
         self.length += n
         self._refresh()
         return self.keys, self.values
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        keys, values = self.append(key_states, value_states)
+        if keys.dtype != key_states.dtype:  # the model's attention wants its own dtype
+            return keys.to(key_states.dtype), values.to(value_states.dtype)
+        return keys, values
 
     def get_seq_length(self) -> int:
         return self.length
@@ -150,20 +165,23 @@ class PreallocatedCache(DynamicCache):
     """A DynamicCache whose layers append into preallocated buffers (see :class:`PreallocatedLayer`).
     Behaves like a DynamicCache of the same contents for the model: same tensors, same masks."""
 
-    def __init__(self, num_layers: int | None = None, chunk: int = GROWTH_CHUNK):
+    def __init__(self, num_layers: int | None = None, chunk: int = GROWTH_CHUNK,
+                 storage_dtype: torch.dtype | None = None):
         self.chunk = chunk
+        make = lambda: PreallocatedLayer(chunk, storage_dtype=storage_dtype)  # noqa: E731
         if num_layers is None:
-            Cache.__init__(self, layer_class_to_replicate=lambda: PreallocatedLayer(chunk))
+            Cache.__init__(self, layer_class_to_replicate=make)
         else:
-            Cache.__init__(self, layers=[PreallocatedLayer(chunk) for _ in range(num_layers)])
+            Cache.__init__(self, layers=[make() for _ in range(num_layers)])
 
     @classmethod
     def from_homer(cls, cache: HomerCache, dtype: torch.dtype | None = None, device=None,
                    headroom: int = GROWTH_CHUNK, chunk: int = GROWTH_CHUNK) -> "PreallocatedCache":
         """A working copy of ``cache`` (positions as built: continue at ``next_position``) with
-        room for ``headroom`` more tokens. The stored tensors are only read."""
+        room for ``headroom`` more tokens, held in ``dtype`` (default float32). The stored
+        tensors are only read."""
         dtype = dtype or torch.float32
-        out = cls(cache.num_layers, chunk=chunk)
+        out = cls(cache.num_layers, chunk=chunk, storage_dtype=dtype)
         n = len(cache)
         for layer, target in enumerate(out.layers):
             k = cache.keys[layer].unsqueeze(0)
@@ -187,11 +205,19 @@ class PreallocatedCache(DynamicCache):
         return max((layer.grows for layer in self.layers), default=0)
 
 
+def storage_dtype(cache: HomerCache, model_dtype: torch.dtype) -> torch.dtype:
+    """The stored cache's dtype when it is narrower than the model's (float16 next to a
+    float32 model on CPU), else the model's."""
+    stored = cache.keys[0].dtype if cache.num_layers else model_dtype
+    return stored if stored.is_floating_point and stored.itemsize < model_dtype.itemsize else model_dtype
+
+
 def working_cache(cache: HomerCache, model, kv_cache: str = "preallocated"):
-    """The per-conversation copy of ``cache`` in the model's dtype and device."""
+    """The per-conversation copy of ``cache`` on the model's device: preallocated buffers in
+    :func:`storage_dtype`, or the DynamicCache baseline in the model's dtype."""
     dtype = next(model.parameters()).dtype
     if kv_cache == "preallocated":
-        return PreallocatedCache.from_homer(cache, dtype=dtype, device=model.device)
+        return PreallocatedCache.from_homer(cache, dtype=storage_dtype(cache, dtype), device=model.device)
     if kv_cache == "dynamic":
         return cache.to_dynamic_cache(dtype=dtype, device=model.device, rerotate=False)
     raise ValueError(f"kv_cache must be one of {', '.join(KV_CACHES)}, not {kv_cache!r}")
@@ -303,9 +329,9 @@ class DecodeStep:
             q, k = q.transpose(1, 2), k.transpose(1, 2)
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
-            keys, values = kv.update(k, v, i)
-            q = q.view(1, keys.shape[1], self.groups, d)  # [1, KV, groups, d]: the heads of a group as queries
-            out = F.scaled_dot_product_attention(q, keys, values, scale=stack.scaling)
+            keys, values = kv.layers[i].append(k, v)
+            q = q.view(1, keys.shape[1], self.groups, d).to(keys.dtype)  # [1, KV, groups, d]: a group's heads as queries
+            out = F.scaled_dot_product_attention(q, keys, values, scale=stack.scaling).to(hidden.dtype)
             hidden = hidden + attn.o_proj(out.reshape(1, 1, -1))
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
         return stack.logits(hidden)[:, -1, :]

@@ -13,7 +13,7 @@ def test_decode_benchmark_compares_both_paths(model_dir, tmp_path):
     result = json.loads((tmp_path / "smoke.json").read_text())
     assert result["cache_tokens"] <= 512 and result["same_tokens"]
     assert result["dynamic_tokens_per_s"] > 0 and result["preallocated_tokens_per_s"] > 0
-    assert result["bandwidth_bound_tokens_per_s"] > 0 and result["preallocated_over_bound"] > 0
+    assert min(result["bandwidth_bound_tokens_per_s"].values()) > 0 and result["preallocated_over_bound"] > 0
 
 
 def test_roofline_benchmark_reports_the_ratio_and_a_profile(model_dir, tmp_path):

@@ -122,3 +122,32 @@ def test_preallocated_cache_crops_and_refills():
     keys, values = kv.update(new, new.clone(), 0)
     assert torch.equal(keys, torch.cat([k[:, :, :4], new], 2)) and torch.equal(values, keys)
     assert kv.layers[0].grows == 1
+
+
+def test_half_precision_cache_is_held_as_stored_and_decodes_like_the_forward(tokenizer):
+    """A float16 cache next to a float32 model: the working copy keeps float16 buffers holding
+    exactly the stored rows; the model's forward gets an upcast copy; the hand step's logits
+    match that forward up to the rounding of its query to float16, and answers stay the same."""
+    from homer.generation import DecodeStep, working_cache
+
+    model = tiny_model("llama", window=1024)
+    half = HomerConfig(significance="uncalibrated", cache_dtype="float16")
+    cache = build_document_cache(model, tokenizer, "Alice met Bob in Paris. " * 40, half)
+    kv = working_cache(cache, model)
+    assert all(layer.keys.dtype == torch.float16 for layer in kv.layers)
+    for layer, k, v in zip(kv.layers, cache.keys, cache.values):
+        assert torch.equal(layer.keys[0], k) and torch.equal(layer.values[0], v)
+
+    ref_kv = working_cache(cache, model)
+    with torch.no_grad():
+        ours = DecodeStep(model)(kv, 7, cache.next_position)
+        ref = model(input_ids=torch.tensor([[7]]), past_key_values=ref_kv,
+                    position_ids=torch.tensor([[cache.next_position]]), use_cache=True).logits[:, -1]
+    assert ref.dtype == torch.float32 and ref_kv.layers[0].keys.dtype == torch.float16
+    torch.testing.assert_close(ours, ref, rtol=1e-3, atol=1e-3)
+
+    answers = {}
+    for kind in ("dynamic", "preallocated"):
+        conv = Conversation(cache, model, tokenizer, kv_cache=kind)
+        answers[kind] = ["".join(conv.ask(q, max_new_tokens=6)) for q in ("Who met Bob?", "Where?")]
+    assert answers["dynamic"] == answers["preallocated"]
