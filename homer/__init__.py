@@ -11,7 +11,8 @@ from importlib import import_module
 
 _EXPORTS = {
     "CacheMismatchError": "cache", "HomerCache": "cache", "HomerConfig": "config",
-    "build_document_cache": "document", "Conversation": "generation", "GenerationSettings": "generation",
+    "build_document_cache": "document", "Conversation": "generation", "ConversationFullError": "generation",
+    "GenerationSettings": "generation",
     "DocumentPrompt": "prompting", "build_cache": "tree",
 }
 __all__ = sorted(_EXPORTS)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 from transformers.models.llama.modeling_llama import rotate_half
 
 from .cache import HomerCache
+from .config import model_window
 from .prompting import DOC, DocumentPrompt, default_prompt
 
 
@@ -349,8 +350,18 @@ def _decoder(model) -> DecodeStep | None:
     return model.__dict__["_homer_decode_step"]
 
 
+class ConversationFullError(ValueError):
+    """The question alone does not fit between the cached document and the model's window."""
+
+
 class Conversation:
-    """A multi-turn chat about one cached document. Appends each turn after the cache."""
+    """A multi-turn chat about one cached document. Appends each turn after the cache.
+
+    The cache ends near position M (method §2: M = window / 2 by default), so the window
+    minus M is the room the conversation has. When the next question and its answer would
+    pass the window, the oldest turns are forgotten (the working copy restarts from the
+    stored cache with the turns that still fit: ``dropped_turns`` counts them) and an answer
+    stops at the window."""
 
     def __init__(self, cache: HomerCache, model, tokenizer, prompt: DocumentPrompt | None = None,
                  kv_cache: str = "preallocated"):
@@ -368,6 +379,7 @@ class Conversation:
         self.state = DecodeState(kv=kv, position=self.cache.next_position)
         self.turns: list[tuple[str, str]] = []
         self.rebuilds = 0  # times the conversation had to be re-appended from the stored cache
+        self.dropped_turns = 0  # oldest turns forgotten to stay inside the window
         prefix, suffix, _ = self.prompt.split(self.tokenizer)
         self.text = prefix + DOC + suffix  # what the cache holds, as text
         self.cached_question = self.cache.metadata.get("question") or None
@@ -378,6 +390,32 @@ class Conversation:
     @property
     def stats(self) -> dict:
         return self.state.stats
+
+    @property
+    def window(self) -> int:
+        return model_window(self.model.config)
+
+    def _tokens_after(self, new_text: str) -> int:
+        """Where the cache would end once ``new_text`` (and any pending token) is fed."""
+        ids = self.tokenizer(new_text, add_special_tokens=False).input_ids if new_text else []
+        return self.state.position + len(self.state.pending) + len(ids)
+
+    def _fit_window(self, question: str, max_new_tokens: int) -> tuple[str, int]:
+        """The text to feed for ``question`` and how many tokens the answer may take, after
+        forgetting the oldest turns that would push the answer past the window."""
+        new_text = self._new_text(question)
+        while self.turns and not self.cached_question and self._tokens_after(new_text) + max_new_tokens > self.window:
+            turns, rebuilds, dropped = self.turns[1:], self.rebuilds, self.dropped_turns + 1
+            self.reset()
+            self.turns, self.rebuilds, self.dropped_turns = turns, rebuilds, dropped
+            new_text = self._new_text(question)
+        room = self.window - self._tokens_after(new_text)
+        if room < 1:
+            raise ConversationFullError(
+                f"the question needs {-room + 1} more tokens than the window leaves after the document "
+                f"({self.window} in all, the cache ends at {self.state.position}); ask a shorter question "
+                "or build the document with a smaller max_chunk_len")
+        return new_text, min(max_new_tokens, room)
 
     def _new_text(self, question: str) -> str:
         if self.cached_question and not self.turns:
@@ -398,7 +436,9 @@ class Conversation:
     def ask(self, question: str, **generation) -> Iterator[str]:
         """Stream the answer to ``question`` as text pieces."""
         settings = generation.pop("settings", None) or GenerationSettings(**generation)
-        new_text = self._new_text(question)
+        new_text, room = self._fit_window(question, settings.max_new_tokens)
+        if room < settings.max_new_tokens:
+            settings = replace(settings, max_new_tokens=room)
         new_ids = self.tokenizer(new_text, add_special_tokens=False).input_ids if new_text else []
         self.text += new_text
         answer_ids: list[int] = []

@@ -151,3 +151,36 @@ def test_half_precision_cache_is_held_as_stored_and_decodes_like_the_forward(tok
         conv = Conversation(cache, model, tokenizer, kv_cache=kind)
         answers[kind] = ["".join(conv.ask(q, max_new_tokens=6)) for q in ("Who met Bob?", "Where?")]
     assert answers["dynamic"] == answers["preallocated"]
+
+
+def test_conversation_forgets_its_oldest_turns_to_stay_inside_the_window(tokenizer):
+    """Window 512, cache ~256 tokens: the room is 256 tokens, a few short turns. Later
+    turns restart from the stored cache with only the turns that still fit, and the working
+    copy holds exactly the prompt rendered with those turns."""
+    from homer import ConversationFullError
+    from homer.prompting import DOC
+
+    model = tiny_model("llama", window=512)
+    cache = build_document_cache(model, tokenizer, "Alice met Bob in Paris. " * 12, CFG)
+    conv = Conversation(cache, model, tokenizer)
+    assert conv.window == 512 and len(cache) <= 256
+    questions = [f"Question {i}: where did Alice meet Bob?" for i in range(8)]
+    for question in questions:
+        answer = "".join(conv.ask(question, max_new_tokens=24))
+        assert conv.turns[-1] == (question, answer)
+        assert conv.state.position + len(conv.state.pending) <= conv.window
+    assert conv.dropped_turns >= 3 and len(conv.turns) == 8 - conv.dropped_turns
+    assert [q for q, _ in conv.turns] == questions[conv.dropped_turns:]
+    rendered = conv.prompt.render(tokenizer, conv.turns[:-1], conv.turns[-1][0]) + conv.turns[-1][1]
+    assert DOC in rendered and conv.text.startswith(rendered)
+
+    with pytest.raises(ConversationFullError, match="window"):
+        "".join(conv.ask("x" * 600, max_new_tokens=4))
+
+
+def test_an_answer_stops_at_the_window(tokenizer):
+    model = tiny_model("llama", window=512)
+    cache = build_document_cache(model, tokenizer, "Alice met Bob in Paris. " * 12, CFG)
+    conv = Conversation(cache, model, tokenizer)
+    "".join(conv.ask("Who?", max_new_tokens=1000))
+    assert conv.state.position + len(conv.state.pending) <= conv.window
