@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 from homer.cache import HomerCache
 from homer.config import HomerConfig
-from homer.generation import Conversation, GenerationSettings
+from homer.generation import Conversation, ConversationFullError, GenerationSettings
 from storage.errors import StoreError
 
 from . import tasks
@@ -287,6 +287,8 @@ class ChatService:
                         stats["time_to_first_token"] = round(first, 4)
                     answer += piece
                     yield answer, dict(stats)
+            except ConversationFullError as error:  # nothing was fed: the conversation is intact
+                raise ChatError(str(error)) from None
             except BaseException:  # an error, or the listener went away mid-answer
                 if deep is None:
                     chat.conversation = None  # its KV state is unknown now; rebuild from the turns next time
@@ -297,11 +299,11 @@ class ChatService:
                 time_to_first_token=round(first if first is not None else time.perf_counter() - started, 4),
                 engine_time_to_first_token=round(float(engine.get("time_to_first_token", 0.0)), 4),
                 tokens_per_second=round(float(engine.get("tokens_per_second", 0.0)), 2),
-                new_tokens=generated,
+                new_tokens=generated, forgotten_turns=conversation.dropped_turns,
                 appended_tokens=conversation.state.position - position_before - max(generated - 1, 0),
                 seconds=round(time.perf_counter() - started, 4),
             )
-            earlier = [] if deep is not None else chat.turns  # a deep-read cache holds only this question
+            earlier = [] if deep is not None else conversation.turns[:-1]  # what the model saw; a deep-read cache holds only this question
             label = self._cite(stats, document_id, answer_cache, model, tokenizer, conversation.prompt, earlier,
                                question, answer)
             shown = with_sources(answer, label)
@@ -386,6 +388,9 @@ def describe_turn(stats: dict) -> str:
                  f"document, not encoded again) · {stats.get('appended_tokens', 0)} new prompt tokens")
     if stats.get("sources"):
         line += f" · sources found in {stats['citation_seconds']:.2f} s"
+    if stats.get("forgotten_turns"):
+        n = stats["forgotten_turns"]
+        line += f" · the {n} oldest turn{'s' if n > 1 else ''} left out to stay inside the model's window"
     if stats.get("deep_read_unavailable"):
         line += f" · {stats['deep_read_unavailable']}"
     return line

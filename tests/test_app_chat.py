@@ -187,3 +187,18 @@ def test_inspector_density_and_tree(tmp_path, tiny):
     assert tree_shape(cache) == shape
     density_figure(data)
     tree_figure(shape)
+
+
+def test_a_long_chat_leaves_out_its_oldest_turns_and_an_overlong_question_is_refused(service, tiny):
+    doc, _ = add_ready(service.store, tiny, story(40).encode(), "ada.txt")
+    settings = GenerationSettings(max_new_tokens=40)
+    last = {}
+    for i in range(10):
+        *_, (_, last) = service.ask("s", doc["id"], f"Question {i}: who kept the lamp, and where?", "tiny", settings)
+    assert last["turn"] == 10 and last["forgotten_turns"] > 0
+    assert "oldest turn" in describe_turn(last)
+    assert len(service.history("s", doc["id"])) == 20  # the page keeps every turn; the model sees the recent ones
+    with pytest.raises(ChatError, match="window"):
+        next(service.ask("s", doc["id"], "why " * 300, "tiny", settings))
+    *_, (_, after) = service.ask("s", doc["id"], "And then?", "tiny", settings)
+    assert after["turn"] == 11 and after["new_tokens"] >= 1
