@@ -29,7 +29,7 @@ import torch
 
 from homer import Conversation, DocumentPrompt, HomerCache, HomerConfig, build_document_cache
 from homer.document import document_prompt_ids, tokenize_document
-from homer.evaluation.haystack import first_number, needle_document
+from homer.evaluation.haystack import answer_kept, first_number, needle_document
 from homer.evaluation.passkey import passkey_document
 from homer.generation import DecodeState, GenerationSettings, eos_token_ids, generate_tokens
 from homer.models import load_model
@@ -62,7 +62,8 @@ def homer_answer(model, tokenizer, item, prompt: DocumentPrompt, config: HomerCo
         with tempfile.TemporaryDirectory() as tmp:
             cache = HomerCache.load(cache.save(Path(tmp) / "doc.homer.safetensors"), model=model)
     answer = "".join(Conversation(cache, model, tokenizer).ask(item.question, max_new_tokens=max_new_tokens))
-    return answer, build, cache.metadata.get("significance_used")
+    kept = answer_kept(cache, tokenizer, item.document, item.answer)
+    return answer, build, {"significance": cache.metadata.get("significance_used"), "answer_kept": kept}
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -80,8 +81,10 @@ def summarize(lines: Path, out: Path, task: str, prompt_style: str) -> dict:
     depths: dict = {}
     for row in rows:
         cell = cells.setdefault((row["method"], row["tokens"]), {"method": row["method"], "tokens": row["tokens"],
-                                                                 "n": 0, "correct": 0, "seconds": []})
+                                                                 "n": 0, "correct": 0, "seconds": [], "kept": []})
         cell["n"] += 1
+        if row.get("answer_kept") is not None:
+            cell["kept"].append(row["answer_kept"])
         cell["correct"] += int(row["correct"])
         cell["seconds"].append(row.get("build_seconds") or 0)
         d = depths.setdefault(row["method"], {}).setdefault(str(row["tokens"]), {}).setdefault(f"{row['depth']:.2f}", [0, 0])
@@ -92,6 +95,12 @@ def summarize(lines: Path, out: Path, task: str, prompt_style: str) -> dict:
         cell["ci95"] = wilson(cell["correct"], cell["n"])
         seconds = cell.pop("seconds")
         cell["mean_seconds"] = round(sum(seconds) / len(seconds), 2)
+        kept = cell.pop("kept")
+        if kept:  # how often pruning spared every token of the answer, and what the model made of it
+            whole = [row for row in rows if (row["method"], row["tokens"]) == (cell["method"], cell["tokens"])
+                     and row.get("answer_kept") == 1.0]
+            cell["answer_kept_whole"] = f"{len(whole)}/{len(kept)}"
+            cell["correct_when_kept_whole"] = f"{sum(r['correct'] for r in whole)}/{len(whole)}"
     summary = {
         "task": "needle in essays" if task == "needle" else "passkey retrieval",
         "model": rows[0]["model"] if rows else None,
@@ -197,12 +206,14 @@ def main(argv=None) -> None:
                         raise SystemExit(f"unknown method {method}")
                     for label, run in runs:
                         started = time.perf_counter()
-                        answer, build, used = run()
+                        answer, build, about = run()
+                        about = about or {}
                         row = {"model": getattr(model, "homer_name", ""), "task": args.task, "method": label,
                                "tokens": tokens, "sample": i, "depth": depth, "answer": answer.strip()[:80],
                                "expected": item.answer, "correct": first_number(answer) == item.answer,
                                "build_seconds": round(build, 2) if build is not None else None,
-                               "seconds": round(time.perf_counter() - started, 2), "significance": used}
+                               "seconds": round(time.perf_counter() - started, 2),
+                               "significance": about.get("significance"), "answer_kept": about.get("answer_kept")}
                         fh.write(json.dumps(row) + "\n")
                         fh.flush()
                         print(json.dumps(row), flush=True)

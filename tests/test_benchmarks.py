@@ -25,6 +25,24 @@ def test_retrieval_harness_runs_every_method(model_dir, tmp_path, task):
     summary = json.loads((tmp_path / "smoke.json").read_text())
     assert {c["method"] for c in summary["cells"]} == methods
     assert all(0 <= c["ci95"][0] <= c["accuracy"] <= c["ci95"][1] <= 1 for c in summary["cells"])
+    assert all(0 <= row["answer_kept"] <= 1 for row in rows if row["method"].startswith("homer"))
+    assert all(row["answer_kept"] is None for row in rows if not row["method"].startswith("homer"))
+
+
+def test_answer_kept_counts_the_answer_tokens_the_cache_spared():
+    from types import SimpleNamespace
+
+    import torch
+
+    from conftest import tiny_tokenizer
+    from homer.evaluation.haystack import answer_kept
+
+    tokenizer = tiny_tokenizer()  # one token per character
+    document = "abc 1234 def"
+    assert answer_kept(SimpleNamespace(sources=torch.arange(12)), tokenizer, document, "1234") == 1.0
+    assert answer_kept(SimpleNamespace(sources=torch.tensor([-1, 0, 1, 4, 5, 9])), tokenizer, document, "1234") == 0.5
+    assert answer_kept(SimpleNamespace(sources=torch.tensor([0, 1, 2])), tokenizer, document, "1234") == 0.0
+    assert answer_kept(SimpleNamespace(sources=torch.arange(12)), tokenizer, document, "9999") is None
 
 
 def test_speed_benchmark_reports_ratios(model_dir, tmp_path):
