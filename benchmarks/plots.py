@@ -1,5 +1,7 @@
-"""Plots of the committed results: accuracy by depth × length per method (heat maps) and
-peak memory vs input length (log x-axis). Writes PNG files next to the JSON.
+"""Plots of the committed results: accuracy by depth × length per method (heat maps),
+peak memory vs input length (log x-axis) and the shipped calibration bias curves (the
+raw-logit recency trend each layer's significance score has removed, method §4). Writes PNG
+files next to the JSON.
 
     python -m benchmarks.plots
 """
@@ -63,8 +65,39 @@ def memory_plot() -> Path | None:
     return out
 
 
+def bias_curves(layers_shown: int = 6) -> Path | None:
+    """bias[ℓ][d] against the distance d from the scoring query, for every table that ships
+    in ``homer/data`` (one panel each): evenly spaced layers, log distance axis."""
+    from homer.calibration import _packaged_dir, load_bias
+    from homer.significance import smooth_bias
+
+    tables = sorted(_packaged_dir().glob("bias-*-M*.safetensors"))
+    if not tables:
+        return None
+    fig, axes = plt.subplots(1, len(tables), figsize=(5.5 * len(tables), 3.4), squeeze=False)
+    for ax, path in zip(axes[0], tables):
+        bias = load_bias(path).float()
+        smoothed = smooth_bias(bias, 0.1)
+        layers, m = bias.shape
+        distance = range(1, m)
+        for layer in sorted({round(i * (layers - 1) / (layers_shown - 1)) for i in range(layers_shown)}):
+            line, = ax.plot(distance, bias[layer, 1:].tolist(), lw=0.6, alpha=0.5, label=f"layer {layer}")
+            ax.plot(distance, smoothed[layer, 1:].tolist(), lw=1.4, color=line.get_color())
+        ax.set_xscale("log")
+        ax.set_xlabel("distance from the scoring query d (tokens, log scale)")
+        ax.set_ylabel("bias: mean max-head logit")
+        ax.set_title(f"calibration bias, M = {m} ({path.stem.split('-')[1][:8]}…); bold: bias_smoothing 0.1",
+                     fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2)
+    out = RESULTS / "bias-curves.png"
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return out
+
+
 def main() -> None:
-    for out in (retrieval_heatmaps(), memory_plot()):
+    for out in (retrieval_heatmaps(), memory_plot(), bias_curves()):
         if out:
             print(out)
 

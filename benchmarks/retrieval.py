@@ -126,7 +126,8 @@ def parse_variant(spec: str) -> tuple[str, HomerConfig]:
             key, _, value = pair.partition("=")
             if key not in fields or key == "bias":
                 raise SystemExit(f"unknown HOMER setting {key!r} in variant {spec!r}")
-            kwargs[key] = int(value) if "int" in str(fields[key]) else value
+            kind = str(fields[key])
+            kwargs[key] = int(value) if "int" in kind else float(value) if "float" in kind else value
         return name, HomerConfig(**kwargs)
     significance, pool, *more = rest.split(":")
     span, rows = (more + ["token", "1"][len(more):])[:2]

@@ -33,7 +33,9 @@ class HomerConfig:
     choosing what to drop (0 = the paper's token-level pruning). span: the pruning unit,
     "token" (the paper's), "word" or "sentence" (whole units kept, see :mod:`homer.spans`).
     query_rows: score with the queries of the last r suffix tokens, each token's best over
-    them (1 = the paper's last token only). ``bias`` overrides the calibration table looked up by model fingerprint.
+    them (1 = the paper's last token only). bias_smoothing: average the calibration bias over
+    distances within a factor 1 + this of each distance (0 = the table as calibrated, see
+    :func:`homer.significance.smooth_bias`). ``bias`` overrides the calibration table looked up by model fingerprint.
     """
 
     max_chunk_len: int | None = None
@@ -43,6 +45,7 @@ class HomerConfig:
     pool_width: int = 0
     span: str = "word"
     query_rows: int = 24
+    bias_smoothing: float = 0.0
     cache_dtype: str = "float16"
     seed: int = 0
     bias: torch.Tensor | None = field(default=None, repr=False, compare=False)
@@ -60,6 +63,8 @@ class HomerConfig:
             raise ValueError(f"span must be one of {SPAN_CHOICES}, got {self.span!r}")
         if self.query_rows < 1:
             raise ValueError("query_rows must be >= 1")
+        if self.bias_smoothing < 0:
+            raise ValueError("bias_smoothing must be >= 0")
         if self.pool_width < 0:
             raise ValueError("pool_width must be >= 0")
         if self.warmup_layers is not None and self.warmup_layers < 0:
@@ -86,6 +91,8 @@ class HomerConfig:
         """The settings that define a cache (JSON-serialisable; no bias tensor)."""
         data = asdict(self)
         data.pop("bias")
+        if not data["bias_smoothing"]:  # absent = off: caches built before the setting keep their key
+            data.pop("bias_smoothing")
         data["custom_bias"] = self.bias is not None
         return data
 

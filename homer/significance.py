@@ -64,6 +64,23 @@ class Calibrated(Significance):
         return (raw - self.bias[layer_idx][distance].to(raw.device)).amax(0)
 
 
+def smooth_bias(bias: torch.Tensor, width: float) -> torch.Tensor:
+    """Average each layer's bias over distances within a factor ``1 + width`` of d (a window
+    that grows with d, so the first distances stay as measured). The recency trend the bias
+    removes is smooth in log-distance; what a table of a few dozen calibration chunks adds on
+    top at large d is estimation noise of about a logit per distance (README, "bias curves"),
+    which would otherwise be subtracted from the scores as if it were signal. ``width`` 0:
+    the table as calibrated (the paper's)."""
+    if width <= 0:
+        return bias
+    m = bias.shape[-1]
+    d = torch.arange(m, dtype=torch.float64)
+    lo = torch.ceil(d / (1 + width) - 1e-9).long().clamp(0, m - 1)
+    hi = torch.floor(d * (1 + width) + 1e-9).long().clamp(0, m - 1)
+    total = torch.cat([torch.zeros(*bias.shape[:-1], 1, dtype=torch.float64), bias.double().cumsum(-1)], -1)
+    return ((total[..., hi + 1] - total[..., lo]) / (hi - lo + 1).double()).to(bias.dtype)
+
+
 class RandomScore(Significance):
     """Uniform random scores (the ablation "random"), seeded per build."""
 
