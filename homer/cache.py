@@ -37,8 +37,21 @@ def rotate_keys(keys: torch.Tensor, inv_freq: torch.Tensor, offset: int) -> torc
     return (k * cos + rotate_half(k) * sin).to(keys.dtype)
 
 
+class StoredMetadata:
+    """The model fingerprint and build settings read from a file's ``metadata`` dict (of
+    str → str), shared by :class:`HomerCache` and the deep-read leaf states."""
+
+    @property
+    def fingerprint(self) -> str:
+        return self.metadata.get("model_fingerprint", "")
+
+    @property
+    def settings(self) -> dict:
+        return json.loads(self.metadata.get("settings", "{}"))
+
+
 @dataclass
-class HomerCache:
+class HomerCache(StoredMetadata):
     """The output of a HOMER build.
 
     keys/values: [L, KV, T, d]; positions: reused position ids [T]; token_ids: the kept
@@ -75,14 +88,6 @@ class HomerCache:
     @property
     def next_position(self) -> int:
         return self.last_position + 1
-
-    @property
-    def fingerprint(self) -> str:
-        return self.metadata.get("model_fingerprint", "")
-
-    @property
-    def settings(self) -> dict:
-        return json.loads(self.metadata.get("settings", "{}"))
 
     # --- transformers interop ----------------------------------------------------------
     def to_dynamic_cache(self, dtype: torch.dtype | None = None, device=None, rerotate: bool = True,

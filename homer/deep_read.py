@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from safetensors import safe_open
 
-from .cache import CacheMismatchError, HomerCache
+from .cache import CacheMismatchError, HomerCache, StoredMetadata
 from .config import HomerConfig
 from .layers import DecoderStack, apply_rope
 from .tree import Node, Progress, _Builder, build_cache
@@ -192,7 +192,7 @@ def recording_builder(path, extra_tensors: dict | None, build_metadata: dict | N
 
 
 # --- reading ---------------------------------------------------------------------------
-class LeafStates:
+class LeafStates(StoredMetadata):
     """A leaf-state file, read lazily (one leaf at a time, memory-mapped)."""
 
     def __init__(self, path: str | os.PathLike):
@@ -230,14 +230,6 @@ class LeafStates:
     # metadata ---------------------------------------------------------------------------
     def _int(self, key: str) -> int:
         return int(self.metadata[key])
-
-    @property
-    def fingerprint(self) -> str:
-        return self.metadata.get("model_fingerprint", "")
-
-    @property
-    def settings(self) -> dict:
-        return json.loads(self.metadata.get("settings", "{}"))
 
     @property
     def build_metadata(self) -> dict:
