@@ -21,7 +21,8 @@ from storage.errors import StoreError
 from .ingest import IngestError, ingest_bytes
 
 SUPPORTED_SUFFIXES = (".pdf", ".txt", ".md", ".markdown", ".text")
-HEADERS = ["document", "state", "size", "pages", "tokens", "model", "id"]
+HEADERS = ["document", "state", "size", "pages", "tokens", "model", "deep read", "id"]
+DEEP_READ_LABELS = {True: "available", False: "—"}  # the "deep read" column: leaf states kept or not
 FAILED_UPLOAD_SECONDS = 600.0  # failed uploads (no document row) stay listed this long
 
 
@@ -101,8 +102,9 @@ def short_model(name: str | None) -> str:
 
 def library(store, model_name: str, fingerprint: str, owner: str | None = None, now: float | None = None) -> list[dict]:
     """One entry per document the user sees (and per upload still being read or recently
-    refused): id, name, state for this model, ready (a cache of this model exists), size,
-    pages, tokens, model."""
+    refused): id, name, state for this model, ready (a cache of this model exists), deep_read
+    (its newest ready cache keeps leaf states, so questions can be deep-read), size, pages,
+    tokens, model."""
     now = now or time.time()
     allowed = owned_ids(store, owner)
     jobs: dict[str, list[dict]] = {}
@@ -128,6 +130,7 @@ def library(store, model_name: str, fingerprint: str, owner: str | None = None, 
             state = "not read by this model yet"
         entries.append({
             "id": doc["id"], "name": doc["file_name"], "title": doc["title"], "state": state, "ready": bool(caches),
+            "deep_read": bool(caches and caches[0].get("leaf_states_file")),
             "size": doc["bytes"], "pages": doc["pages"], "tokens": doc["token_count"],
             "model": short_model(caches[0]["model_name"] if caches else (doc_jobs[-1]["model"] if doc_jobs else "")),
             "cache_tokens": caches[0]["tokens"] if caches else None,
@@ -141,7 +144,7 @@ def library(store, model_name: str, fingerprint: str, owner: str | None = None, 
         upload = store.root / job["upload"] if job.get("upload") else None
         entries.append({
             "id": document_id, "name": job["file_name"] or document_id[:12], "title": job["file_name"],
-            "state": job_label(job, now), "ready": False,
+            "state": job_label(job, now), "ready": False, "deep_read": False,
             "size": upload.stat().st_size if upload is not None and upload.exists() else None,
             "pages": None, "tokens": None, "model": short_model(job["model"]), "cache_tokens": None,
         })
@@ -150,7 +153,8 @@ def library(store, model_name: str, fingerprint: str, owner: str | None = None, 
 
 def table_rows(entries: list[dict]) -> list[list]:
     return [[e["name"], e["state"], human_bytes(e["size"]), e["pages"] if e["pages"] is not None else "",
-             e["tokens"] if e["tokens"] is not None else "", e["model"], e["id"][:12]] for e in entries]
+             e["tokens"] if e["tokens"] is not None else "", e["model"], DEEP_READ_LABELS[e["deep_read"]],
+             e["id"][:12]] for e in entries]
 
 
 def choices(entries: list[dict], ready_only: bool = False) -> list[tuple[str, str]]:

@@ -110,6 +110,12 @@ def test_library_states_labels_and_ownership(tmp_path, tiny):
     entries = {e["name"]: e for e in library.library(store, "tiny", fingerprint)}
     assert entries["ready.txt"]["state"] == "ready" and entries["ready.txt"]["ready"]
     assert entries["other.txt"]["state"] == "not read by this model yet"
+    # built without leaf states: no deep read, and the table says so in its own column
+    assert not entries["ready.txt"]["deep_read"] and not entries["other.txt"]["deep_read"]
+    rows = {row[0]: dict(zip(library.HEADERS, row)) for row in library.table_rows(list(entries.values()))}
+    assert all(len(row) == len(library.HEADERS) for row in library.table_rows(list(entries.values())))
+    assert rows["ready.txt"]["state"] == "ready" and rows["ready.txt"]["deep read"] == "—"
+    assert rows["other.txt"]["deep read"] == "—"
     assert library.choices(list(entries.values()), ready_only=True) == [(f"ready.txt · {doc['id'][:8]}", doc["id"])]
     job = {"state": "running", "progress": 0.43, "started": 100.0, "message": "x"}
     assert library.job_label(job, now=110.0) == "reading 43 % · ETA 13 s"

@@ -13,7 +13,7 @@ from conftest import tiny_model, tiny_tokenizer
 from store_helpers import FAST as FAST_SETTINGS
 from store_helpers import story, text_pdf
 
-from app import tasks
+from app import library, tasks
 from app.chat import DEEP_READ_UNAVAILABLE, ChatService, describe_turn, with_sources
 from app.ingest import add_to_store, ingest_bytes
 from homer import Conversation, HomerConfig, build_document_cache
@@ -67,6 +67,13 @@ def test_leaf_states_are_stored_indexed_checked_and_deleted_with_the_document(tm
     other, plain = add_built(store, tiny, story(20, "b").encode(), "b.txt", leaf_states=False)
     assert plain["leaf_states_file"] is None and store.open_leaf_states(plain["id"]) is None
 
+    # the library says which document can be deep-read
+    entries = library.library(store, "tiny", tiny[2])
+    assert {e["name"]: e["deep_read"] for e in entries} == {"ada.txt": True, "b.txt": False}
+    rows = {row[0]: dict(zip(library.HEADERS, row)) for row in library.table_rows(entries)}
+    assert rows["ada.txt"]["deep read"] == "available" and rows["b.txt"]["deep read"] == "—"
+    assert rows["ada.txt"]["state"] == rows["b.txt"]["state"] == "ready"
+
     store.delete_document(doc["id"])
     assert not path.exists() and not (store.root / row["file"]).exists()
     assert store.check() == []
@@ -86,6 +93,8 @@ def test_damaged_or_orphan_leaf_states_are_reported_and_repaired(tmp_path, tiny)
     # dropped from the index and the disk; the cache itself stays ready
     assert store.open_leaf_states(row["id"]) is None and not path.exists()
     assert store.get_cache(row["id"])["status"] == "ready" and store.check() == []
+    [entry] = library.library(store, "tiny", tiny[2])
+    assert entry["state"] == "ready" and not entry["deep_read"]  # the library no longer offers a deep read
 
     # a leaf-state file no row knows is an orphan
     stray = path.with_name("f" * 32 + ".leaves.safetensors")
