@@ -311,7 +311,7 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
                             "T = M, W ≈ 3/8 of the layers). A cache is only ever used with the model and settings "
                             "it was built with.")
                 with gr.Row():
-                    m_box = gr.Number(label="M: max chunk tokens", precision=0, minimum=4)
+                    m_box = gr.Number(label="M: cached document tokens (the window minus M is left for the conversation)", precision=0, minimum=4)
                     t_box = gr.Number(label="T: cache tokens", precision=0, minimum=4)
                     w_box = gr.Number(label="W: warm-up layers", precision=0, minimum=0)
                 with gr.Row():

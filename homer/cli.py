@@ -21,7 +21,8 @@ def _config_from_args(args):
 def _add_homer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="HF model id or folder (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--rope", default=None, help="RoPE scaling METHOD:FACTOR, e.g. yarn:4 (linear, dynamic, yarn)")
-    p.add_argument("--max-chunk-len", type=int, default=None, help="M (default: window / 2)")
+    p.add_argument("--max-chunk-len", type=int, default=None, help="M, the cached document's length (default: window / 2; the window minus M is the room "
+                        "left for the conversation)")
     p.add_argument("--target-len", type=int, default=None, help="T (default: M)")
     p.add_argument("--warmup-layers", type=int, default=None, help="W (default: 3/8 of the layers)")
     p.add_argument("--significance", default="calibrated", choices=["calibrated", "uncalibrated", "random"])
