@@ -35,7 +35,9 @@ class HomerConfig:
     query_rows: score with the queries of the last r suffix tokens, each token's best over
     them (1 = the paper's last token only). bias_smoothing: average the calibration bias over
     distances within a factor 1 + this of each distance (0 = the table as calibrated, see
-    :func:`homer.significance.smooth_bias`). ``bias`` overrides the calibration table looked up by model fingerprint.
+    :func:`homer.significance.smooth_bias`). score_layers: score at the last this many layers
+    of each block and average their standardised scores (1 = the paper's last layer only).
+    ``bias`` overrides the calibration table looked up by model fingerprint.
     """
 
     max_chunk_len: int | None = None
@@ -46,6 +48,7 @@ class HomerConfig:
     span: str = "word"
     query_rows: int = 24
     bias_smoothing: float = 0.0
+    score_layers: int = 1
     cache_dtype: str = "float16"
     seed: int = 0
     bias: torch.Tensor | None = field(default=None, repr=False, compare=False)
@@ -63,6 +66,8 @@ class HomerConfig:
             raise ValueError(f"span must be one of {SPAN_CHOICES}, got {self.span!r}")
         if self.query_rows < 1:
             raise ValueError("query_rows must be >= 1")
+        if self.score_layers < 1:
+            raise ValueError("score_layers must be >= 1")
         if self.bias_smoothing < 0:
             raise ValueError("bias_smoothing must be >= 0")
         if self.pool_width < 0:
@@ -91,8 +96,9 @@ class HomerConfig:
         """The settings that define a cache (JSON-serialisable; no bias tensor)."""
         data = asdict(self)
         data.pop("bias")
-        if not data["bias_smoothing"]:  # absent = off: caches built before the setting keep their key
-            data.pop("bias_smoothing")
+        for name, off in (("bias_smoothing", 0.0), ("score_layers", 1)):
+            if data[name] == off:  # absent = off: caches built before the setting keep their key
+                data.pop(name)
         data["custom_bias"] = self.bias is not None
         return data
 

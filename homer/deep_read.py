@@ -361,18 +361,20 @@ class _DeepReader(_Builder):
         x = node.hidden[:, -s:]
         rope = stack.rope(x, node.positions[-s:])
         layers = plan.layers_at(0)
+        self._scores = []
         for j, layer in enumerate(layers):
             x, q, k, v = attention_with_past(stack, layer, x, rope, past_k[j], past_v[j])
             node.keys.append(torch.cat([past_k[j], k[0].to(self.kv_dtype)], 1))
             node.values.append(torch.cat([past_v[j], v[0].to(self.kv_dtype)], 1))
+            if len(node) > target and layer in layers[-self.score_layers:]:
+                self.note_scores(node, layer, layers, q, torch.cat([past_k[j].unsqueeze(0).to(k.dtype), k], 2), target)
             if layer != layers[-1]:
                 x = stack.mlp_half(layer, x)
                 continue
             stored = torch.cat([ph, ch], 0).to(device, x.dtype).unsqueeze(0)
             node.hidden = torch.cat([stored, x], 1)
             if len(node) > target:
-                full_k = torch.cat([past_k[j].unsqueeze(0).to(k.dtype), k], 2)
-                self.prune(node, layer, q, full_k, target)
+                self.prune(node, layer, q, k, target)
             node.hidden = stack.mlp_half(layer, node.hidden)
         return node
 

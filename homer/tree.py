@@ -107,12 +107,14 @@ class _Builder:
     def __init__(self, stack: DecoderStack, plan: ChunkPlan, scorer: Significance, prefix, context, suffix,
                  seed: int, progress: Progress | None, pool_width: int = 0,
                  kv_dtype: torch.dtype = torch.float32, units: torch.Tensor | None = None,
-                 query_rows: int = 1):
+                 query_rows: int = 1, score_layers: int = 1):
         self.stack, self.plan, self.scorer = stack, plan, scorer
         self.kv_dtype = kv_dtype
         self.pool_width = pool_width
         self.units = units  # pruning unit of every context token, or None: single tokens
         self.query_rows = query_rows
+        self.score_layers = max(int(score_layers), 1)
+        self._scores: list[torch.Tensor] = []  # this block's per-layer scores (see note_scores)
         self.prefix, self.context, self.suffix = prefix, context, suffix
         self.generator = torch.Generator().manual_seed(seed)
         self.progress = progress
@@ -140,25 +142,43 @@ class _Builder:
         """Run ``layers`` on the node; prune once at the last layer, between attention and
         MLP, if the node is longer than its target (§4)."""
         rope = self.stack.rope(node.hidden, node.positions)
+        self._scores = []
         for layer in layers:
             hidden, q, k, v = self.stack.attention_half(layer, node.hidden, rope)
             # finished layers are only stored, never recomputed: keep them in the cache dtype
             node.keys.append(k[0].to(self.kv_dtype))
             node.values.append(v[0].to(self.kv_dtype))
             node.hidden = hidden
+            self.note_scores(node, layer, layers, q, k, target)
             if layer == layers[-1]:
                 self.before_prune(node, layers)
                 if len(node) > target:
                     self.prune(node, layer, q, k, target)
             node.hidden = self.stack.mlp_half(layer, node.hidden)
 
-    def prune(self, node: Node, layer: int, q: torch.Tensor, k: torch.Tensor, target: int) -> None:
-        """Keep ``target`` tokens, scored with the last ``query_rows`` suffix queries (§4). q: [1, H, rows, d]
-        whose last rows are the suffix's; k: [1, KV, len(node), d]."""
+    def note_scores(self, node: Node, layer: int, layers: range, q: torch.Tensor, k: torch.Tensor,
+                    target: int) -> None:
+        """At each of the last ``score_layers`` layers of a block that will prune, score the
+        node's tokens with the last ``query_rows`` suffix queries (§4; q: [1, H, rows, d] whose
+        last rows are the suffix's, k: [1, KV, len(node), d]). With one layer (the paper's) the
+        scores are used as they are; with several, each layer's context scores are
+        standardised (z-scores) and :meth:`prune` averages them: a single layer's ranking is
+        noisy (a needle at the 98th percentile in one layer can sit at the 30th in the next)."""
+        if len(node) <= target or layer not in layers[-self.score_layers:]:
+            return
         rows = min(self.query_rows, self.plan.suffix_len)
-        q_rows = q[0, :, -rows:, :]
-        scores = self.scorer.score(layer, q_rows, k[0], node.positions.to(k.device),
-                                   self.stack.scaling, self.generator)
+        scores = self.scorer.score(layer, q[0, :, -rows:, :], k[0], node.positions.to(k.device),
+                                   self.stack.scaling, self.generator).float().cpu()
+        if self.score_layers > 1:
+            p, s = self.plan.prefix_len, self.plan.suffix_len
+            context = scores[p : len(node) - s]
+            scores = (scores - context.mean()) / context.std().clamp_min(1e-6)
+        self._scores.append(scores)
+
+    def prune(self, node: Node, layer: int, q: torch.Tensor, k: torch.Tensor, target: int) -> None:
+        """Keep ``target`` tokens: the best by the scores :meth:`note_scores` gathered in this block."""
+        scores = torch.stack(self._scores).mean(0) if len(self._scores) > 1 else self._scores[0]
+        self._scores = []
         p, s = self.plan.prefix_len, self.plan.suffix_len
         units = None if self.units is None else self.units[node.sources[p : len(node) - s]]
         node.keep(keep_indices(scores, p, s, target, self.pool_width, units))
@@ -240,7 +260,7 @@ def build_cache(model, prefix_ids, context_ids, suffix_ids, config: HomerConfig 
     fingerprint = model_fingerprint(model)
     scorer = significance_for(config, model, fingerprint)
     builder_args = (stack, plan, scorer, prefix, context, suffix, config.seed, progress, config.pool_width,
-                    config.torch_cache_dtype, units, config.query_rows)
+                    config.torch_cache_dtype, units, config.query_rows, config.score_layers)
     if _make_builder is None:
         builder = _Builder(*builder_args)
     else:

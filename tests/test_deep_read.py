@@ -40,7 +40,9 @@ def llama():
                 bias=torch.rand(6, 32, generator=torch.Generator().manual_seed(5))),
     HomerConfig(significance="random", cache_dtype="float32", seed=3),
     HomerConfig(significance="uncalibrated", cache_dtype="float32", query_rows=3, target_len=24),
-], ids=["uncalibrated", "calibrated", "random", "rows3-T24"])
+    HomerConfig(significance="calibrated", cache_dtype="float32", query_rows=2, score_layers=3,
+                bias=torch.rand(6, 32, generator=torch.Generator().manual_seed(6))),
+], ids=["uncalibrated", "calibrated", "random", "rows3-T24", "3-layer-scores"])
 def test_deep_read_equals_a_full_question_aware_build(llama, tmp_path, context_len, config):
     prefix, context = random_ids(P, 1), random_ids(context_len, 2)
     stored_suffix = random_ids(3, 3)  # the document-first suffix the states are built with

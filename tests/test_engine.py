@@ -185,3 +185,50 @@ def test_bad_inputs_are_refused_clearly(llama):
         build_cache(llama, prefix, random_ids(50, 1), [], CFG)
     with pytest.raises(ValueError, match="significance"):
         HomerConfig(significance="magic")
+
+
+def test_several_score_layers_average_standardised_scores_of_the_block_end(llama):
+    """score_layers=k: each pruning block scores at its last k layers; the kept tokens are
+    the best by the mean of those layers' z-scores over the context (k=1: the raw last-layer
+    scores, the paper's)."""
+    from homer.significance import keep_indices
+
+    prefix, suffix = affixes()
+    context = random_ids(200, 9)
+    calls, checked = [], []
+
+    class Recording(_Builder):
+        def note_scores(self, node, layer, layers, q, k, target):
+            before = len(self._scores)
+            super().note_scores(node, layer, layers, q, k, target)
+            if len(self._scores) > before:
+                calls.append((layers, layer))
+
+        def prune(self, node, layer, q, k, target):
+            p, s = P, S
+            z = torch.stack(self._scores)
+            expected_scores = z.mean(0)
+            context_z = z[:, p: len(node) - s]
+            assert torch.allclose(context_z.mean(1), torch.zeros(len(z)), atol=1e-5)
+            expected = node.sources[keep_indices(expected_scores, p, s, target)]
+            super().prune(node, layer, q, k, target)
+            checked.append(torch.equal(node.sources, expected))
+
+    stack = DecoderStack(llama)
+    cfg = HomerConfig(significance="uncalibrated", cache_dtype="float32", score_layers=3).resolve(llama.config)
+    plan = ChunkPlan(P, len(context), S, cfg.max_chunk_len, cfg.target_len, stack.num_layers, cfg.warmup_layers)
+    builder = Recording(stack, plan, significance_for(cfg, llama, model_fingerprint(llama)), prefix, context,
+                        suffix, 0, None, 0, torch.float32, None, 1, 3)
+    with torch.no_grad():
+        builder.subtree(0, plan.height, plan.root_target)
+    assert checked and all(checked)
+    blocks = {}
+    for layers, layer in calls:
+        blocks.setdefault((layers.start, layers.stop), []).append(layer)
+    for (start, stop), scored in blocks.items():  # every pruning block scored its last (up to) 3 layers
+        expected = list(range(max(start, stop - 3), stop))
+        assert scored == expected * (len(scored) // len(expected))
+    one = build_cache(llama, prefix, context, suffix, CFG)
+    three = build_cache(llama, prefix, context, suffix, HomerConfig(significance="uncalibrated", cache_dtype="float32",
+                                                                     score_layers=3))
+    assert not torch.equal(one.sources, three.sources)
