@@ -15,7 +15,8 @@ def _config_from_args(args):
 
     return HomerConfig(max_chunk_len=args.max_chunk_len, target_len=args.target_len,
                        warmup_layers=args.warmup_layers, significance=args.significance,
-                       cache_dtype=args.cache_dtype, span=args.span, query_rows=args.query_rows)
+                       cache_dtype=args.cache_dtype, span=args.span, query_rows=args.query_rows,
+                       score_layers=args.score_layers)
 
 
 def _add_homer_options(p: argparse.ArgumentParser) -> None:
@@ -31,6 +32,8 @@ def _add_homer_options(p: argparse.ArgumentParser) -> None:
                    help="pruning unit (default word; token = the paper's)")
     p.add_argument("--query-rows", type=int, default=24,
                    help="score with the last N suffix queries (default 24; 1 = the paper's last token)")
+    p.add_argument("--score-layers", type=int, default=4,
+                   help="average the scores of the last N layers of each block (default 4; 1 = the paper's)")
 
 
 def _load(model_name: str | None, rope: str | None):

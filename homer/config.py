@@ -36,7 +36,8 @@ class HomerConfig:
     them (1 = the paper's last token only). bias_smoothing: average the calibration bias over
     distances within a factor 1 + this of each distance (0 = the table as calibrated, see
     :func:`homer.significance.smooth_bias`). score_layers: score at the last this many layers
-    of each block and average their standardised scores (1 = the paper's last layer only).
+    of each block and average their standardised scores (default 4; 1 = the paper's last
+    layer only).
     ``bias`` overrides the calibration table looked up by model fingerprint.
     """
 
@@ -48,7 +49,7 @@ class HomerConfig:
     span: str = "word"
     query_rows: int = 24
     bias_smoothing: float = 0.0
-    score_layers: int = 1
+    score_layers: int = 4
     cache_dtype: str = "float16"
     seed: int = 0
     bias: torch.Tensor | None = field(default=None, repr=False, compare=False)
@@ -78,9 +79,10 @@ class HomerConfig:
     @classmethod
     def paper(cls, **overrides) -> "HomerConfig":
         """The paper's method exactly: single tokens scored by the last token's query (§4).
-        The defaults differ in two measured ways (README, "Results"): whole words are kept
-        or dropped together, and a token scores its best over the last 24 suffix queries."""
-        return cls(**{"span": "token", "query_rows": 1, **overrides})
+        The defaults differ in three measured ways (README, "Results"): whole words are kept
+        or dropped together, a token scores its best over the last 24 suffix queries, and
+        the scores of a block's last 4 layers are averaged."""
+        return cls(**{"span": "token", "query_rows": 1, "score_layers": 1, **overrides})
 
     def resolve(self, model_config) -> "HomerConfig":
         """A copy with every ``None`` replaced by the model-derived default."""

@@ -228,7 +228,8 @@ def test_several_score_layers_average_standardised_scores_of_the_block_end(llama
     for (start, stop), scored in blocks.items():  # every pruning block scored its last (up to) 3 layers
         expected = list(range(max(start, stop - 3), stop))
         assert scored == expected * (len(scored) // len(expected))
-    one = build_cache(llama, prefix, context, suffix, CFG)
+    one = build_cache(llama, prefix, context, suffix, HomerConfig(significance="uncalibrated", cache_dtype="float32",
+                                                                   score_layers=1))
     three = build_cache(llama, prefix, context, suffix, HomerConfig(significance="uncalibrated", cache_dtype="float32",
                                                                      score_layers=3))
     assert not torch.equal(one.sources, three.sources)
