@@ -90,3 +90,14 @@ def test_one_command_plans_every_step_and_refuses_unknown_ones():
         assert f"== {step}:" in run.stdout
     bad = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "nonsense"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown steps" in bad.stderr
+
+
+def test_needle_trace_follows_the_number_through_every_block(model_dir):
+    cmd = [sys.executable, "-m", "benchmarks.trace_needle", "--model", str(model_dir), "--tokens", "1500"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    lines = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
+    *blocks, summary = lines
+    assert summary["blocks_holding_it"] == len(blocks) >= 1
+    assert blocks[0]["layers"][0] == 0 and all(0 <= r <= 1 for b in blocks for r in b["rank_by_layer"].values())
+    assert summary["kept_in_cache"] == blocks[-1]["kept"]
