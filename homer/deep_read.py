@@ -374,7 +374,7 @@ class _DeepReader(_Builder):
             stored = torch.cat([ph, ch], 0).to(device, x.dtype).unsqueeze(0)
             node.hidden = torch.cat([stored, x], 1)
             if len(node) > target:
-                self.prune(node, layer, q, k, target)
+                self.prune(node, target)
             node.hidden = stack.mlp_half(layer, node.hidden)
         return node
 

@@ -153,7 +153,7 @@ class _Builder:
             if layer == layers[-1]:
                 self.before_prune(node, layers)
                 if len(node) > target:
-                    self.prune(node, layer, q, k, target)
+                    self.prune(node, target)
             node.hidden = self.stack.mlp_half(layer, node.hidden)
 
     def note_scores(self, node: Node, layer: int, layers: range, q: torch.Tensor, k: torch.Tensor,
@@ -175,7 +175,7 @@ class _Builder:
             scores = (scores - context.mean()) / context.std().clamp_min(1e-6)
         self._scores.append(scores)
 
-    def prune(self, node: Node, layer: int, q: torch.Tensor, k: torch.Tensor, target: int) -> None:
+    def prune(self, node: Node, target: int) -> None:
         """Keep ``target`` tokens: the best by the scores :meth:`note_scores` gathered in this block."""
         scores = torch.stack(self._scores).mean(0) if len(self._scores) > 1 else self._scores[0]
         self._scores = []

@@ -204,14 +204,14 @@ def test_several_score_layers_average_standardised_scores_of_the_block_end(llama
             if len(self._scores) > before:
                 calls.append((layers, layer))
 
-        def prune(self, node, layer, q, k, target):
+        def prune(self, node, target):
             p, s = P, S
             z = torch.stack(self._scores)
             expected_scores = z.mean(0)
             context_z = z[:, p: len(node) - s]
             assert torch.allclose(context_z.mean(1), torch.zeros(len(z)), atol=1e-5)
             expected = node.sources[keep_indices(expected_scores, p, s, target)]
-            super().prune(node, layer, q, k, target)
+            super().prune(node, target)
             checked.append(torch.equal(node.sources, expected))
 
     stack = DecoderStack(llama)
