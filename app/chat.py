@@ -287,7 +287,9 @@ class ChatService:
                         stats["time_to_first_token"] = round(first, 4)
                     answer += piece
                     yield answer, dict(stats)
-            except ConversationFullError as error:  # nothing was fed: the conversation is intact
+            except ConversationFullError as error:  # nothing was fed, but old turns may have been let go
+                if deep is None:
+                    chat.conversation = None  # rebuilt from all the turns for the next question
                 raise ChatError(str(error)) from None
             except BaseException:  # an error, or the listener went away mid-answer
                 if deep is None:

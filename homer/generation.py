@@ -395,27 +395,30 @@ class Conversation:
     def window(self) -> int:
         return model_window(self.model.config)
 
-    def _tokens_after(self, new_text: str) -> int:
-        """Where the cache would end once ``new_text`` (and any pending token) is fed."""
-        ids = self.tokenizer(new_text, add_special_tokens=False).input_ids if new_text else []
-        return self.state.position + len(self.state.pending) + len(ids)
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids if text else []
 
-    def _fit_window(self, question: str, max_new_tokens: int) -> tuple[str, int]:
-        """The text to feed for ``question`` and how many tokens the answer may take, after
-        forgetting the oldest turns that would push the answer past the window."""
+    def _fit_window(self, question: str, max_new_tokens: int) -> tuple[str, list[int], int]:
+        """The text (and its ids) to feed for ``question`` and how many tokens the answer may
+        take, after forgetting the oldest turns that would push the answer past the window."""
+        def fed(ids: list[int]) -> int:  # where the cache ends once ``ids`` (and any pending token) are in
+            return self.state.position + len(self.state.pending) + len(ids)
+
         new_text = self._new_text(question)
-        while self.turns and not self.cached_question and self._tokens_after(new_text) + max_new_tokens > self.window:
+        new_ids = self._ids(new_text)
+        while self.turns and not self.cached_question and fed(new_ids) + max_new_tokens > self.window:
             turns, rebuilds, dropped = self.turns[1:], self.rebuilds, self.dropped_turns + 1
             self.reset()
             self.turns, self.rebuilds, self.dropped_turns = turns, rebuilds, dropped
             new_text = self._new_text(question)
-        room = self.window - self._tokens_after(new_text)
+            new_ids = self._ids(new_text)
+        room = self.window - fed(new_ids)
         if room < 1:
             raise ConversationFullError(
                 f"the question needs {-room + 1} more tokens than the window leaves after the document "
                 f"({self.window} in all, the cache ends at {self.state.position}); ask a shorter question "
                 "or build the document with a smaller max_chunk_len")
-        return new_text, min(max_new_tokens, room)
+        return new_text, new_ids, min(max_new_tokens, room)
 
     def _new_text(self, question: str) -> str:
         if self.cached_question and not self.turns:
@@ -436,10 +439,9 @@ class Conversation:
     def ask(self, question: str, **generation) -> Iterator[str]:
         """Stream the answer to ``question`` as text pieces."""
         settings = generation.pop("settings", None) or GenerationSettings(**generation)
-        new_text, room = self._fit_window(question, settings.max_new_tokens)
+        new_text, new_ids, room = self._fit_window(question, settings.max_new_tokens)
         if room < settings.max_new_tokens:
             settings = replace(settings, max_new_tokens=room)
-        new_ids = self.tokenizer(new_text, add_special_tokens=False).input_ids if new_text else []
         self.text += new_text
         answer_ids: list[int] = []
         ended = False
