@@ -17,18 +17,11 @@ import torch
 
 from homer import DocumentPrompt, HomerConfig, build_cache
 from homer.document import document_prompt_ids, tokenize_document
-from homer.evaluation.haystack import needle_document
+from homer.evaluation.haystack import answer_token_indices, needle_document
 from homer.models import load_model
 from homer.significance import unit_scores
 from homer.spans import span_ids
 from homer.tree import _Builder
-
-
-def answer_token_indices(tokenizer, document: str, answer: str) -> torch.Tensor:
-    start = document.find(answer)
-    end = start + len(answer)
-    enc = tokenizer(document, add_special_tokens=False, return_offsets_mapping=True)
-    return torch.tensor([i for i, (a, b) in enumerate(enc.offset_mapping) if a < end and b > start])
 
 
 def tracing_builder(needle: torch.Tensor, rows: list[dict]):
@@ -48,10 +41,7 @@ def tracing_builder(needle: torch.Tensor, rows: list[dict]):
             sources = node.sources[p : len(node) - s]
             mask = torch.isin(sources, needle)
             if mask.any():
-                r = min(self.query_rows, s)
-                scores = self.scorer.score(layer, q[0, :, -r:, :], k[0], node.positions.to(k.device),
-                                           self.stack.scaling, torch.Generator().manual_seed(0))[p : len(node) - s]
-                scores = scores.float().cpu()
+                scores = self.layer_scores(node, layer, q, k, torch.Generator().manual_seed(0))[p : len(node) - s]
                 if self.units is not None:
                     scores = unit_scores(scores, self.units[sources])
                 rank = float((scores < scores[mask].max()).float().mean())
@@ -74,7 +64,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
     model, tokenizer = load_model(args.model)
     item = needle_document(tokenizer, args.tokens, (args.sample % 10) / 10 + 0.05, seed=1000 + args.sample)
-    needle = answer_token_indices(tokenizer, item.document, item.answer)
+    needle = torch.tensor(answer_token_indices(tokenizer, item.document, item.answer))
     config = HomerConfig() if args.score_layers is None else HomerConfig(score_layers=args.score_layers)
     rows: list[dict] = []
     # the layout build_document_cache uses, with a tracing builder

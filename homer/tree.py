@@ -156,6 +156,14 @@ class _Builder:
                     self.prune(node, target)
             node.hidden = self.stack.mlp_half(layer, node.hidden)
 
+    def layer_scores(self, node: Node, layer: int, q: torch.Tensor, k: torch.Tensor,
+                     generator: torch.Generator | None = None) -> torch.Tensor:
+        """Every token's significance at ``layer`` by the last ``query_rows`` suffix queries (§4),
+        as float32 on the CPU."""
+        rows = min(self.query_rows, self.plan.suffix_len)
+        return self.scorer.score(layer, q[0, :, -rows:, :], k[0], node.positions.to(k.device), self.stack.scaling,
+                                 generator or self.generator).float().cpu()
+
     def note_scores(self, node: Node, layer: int, layers: range, q: torch.Tensor, k: torch.Tensor,
                     target: int) -> None:
         """At each of the last ``score_layers`` layers of a block that will prune, score the
@@ -166,9 +174,7 @@ class _Builder:
         noisy (a needle at the 98th percentile in one layer can sit at the 30th in the next)."""
         if len(node) <= target or layer not in layers[-self.score_layers:]:
             return
-        rows = min(self.query_rows, self.plan.suffix_len)
-        scores = self.scorer.score(layer, q[0, :, -rows:, :], k[0], node.positions.to(k.device),
-                                   self.stack.scaling, self.generator).float().cpu()
+        scores = self.layer_scores(node, layer, q, k)
         if self.score_layers > 1:
             p, s = self.plan.prefix_len, self.plan.suffix_len
             context = scores[p : len(node) - s]

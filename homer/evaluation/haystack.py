@@ -59,15 +59,25 @@ def first_number(text: str) -> str | None:
     return match.group(0) if match else None
 
 
+def answer_token_indices(tokenizer, document: str, answer: str) -> list[int] | None:
+    """Indices of the document tokens spelling ``answer`` at its first place in ``document``
+    (None when it is not there)."""
+    start = document.find(answer)
+    if start < 0:
+        return None
+    end = start + len(answer)
+    enc = tokenizer(document, add_special_tokens=False, return_offsets_mapping=True)
+    return [i for i, (a, b) in enumerate(enc.offset_mapping) if a < end and b > start]
+
+
 def answer_kept(cache, tokenizer, document: str, answer: str) -> float | None:
     """The fraction of the tokens spelling ``answer`` (its first place in ``document``) that
     the cache kept: 1.0 when pruning spared the whole answer, 0.0 when it dropped it. None
     when the answer is not in the document or the cache has no source indices."""
-    start = document.find(answer)
-    if start < 0 or cache.sources is None:
+    if cache.sources is None:
         return None
-    end = start + len(answer)
-    enc = tokenizer(document, add_special_tokens=False, return_offsets_mapping=True)
-    spelling = [i for i, (a, b) in enumerate(enc.offset_mapping) if a < end and b > start]
+    spelling = answer_token_indices(tokenizer, document, answer)
+    if not spelling:
+        return None
     kept = set(cache.sources.tolist())
-    return sum(i in kept for i in spelling) / len(spelling) if spelling else None
+    return sum(i in kept for i in spelling) / len(spelling)
