@@ -287,13 +287,11 @@ class ChatService:
                         stats["time_to_first_token"] = round(first, 4)
                     answer += piece
                     yield answer, dict(stats)
-            except ConversationFullError as error:  # nothing was fed, but old turns may have been let go
-                if deep is None:
-                    chat.conversation = None  # rebuilt from all the turns for the next question
-                raise ChatError(str(error)) from None
-            except BaseException:  # an error, or the listener went away mid-answer
+            except BaseException as error:  # an error, a question too long, or the listener went away
                 if deep is None:
                     chat.conversation = None  # its KV state is unknown now; rebuild from the turns next time
+                if isinstance(error, ConversationFullError):
+                    raise ChatError(str(error)) from None
                 raise
             engine = conversation.stats
             generated = int(engine.get("new_tokens", 0))

@@ -81,10 +81,11 @@ def summarize(lines: Path, out: Path, task: str, prompt_style: str) -> dict:
     depths: dict = {}
     for row in rows:
         cell = cells.setdefault((row["method"], row["tokens"]), {"method": row["method"], "tokens": row["tokens"],
-                                                                 "n": 0, "correct": 0, "seconds": [], "kept": []})
+                                                                 "n": 0, "correct": 0, "seconds": [], "kept": [0, 0, 0]})
         cell["n"] += 1
-        if row.get("answer_kept") is not None:
-            cell["kept"].append(row["answer_kept"])
+        if row.get("answer_kept") is not None:  # measured, spared whole, correct when spared whole
+            whole = row["answer_kept"] == 1.0
+            cell["kept"] = [cell["kept"][0] + 1, cell["kept"][1] + whole, cell["kept"][2] + (whole and row["correct"])]
         cell["correct"] += int(row["correct"])
         cell["seconds"].append(row.get("build_seconds") or 0)
         d = depths.setdefault(row["method"], {}).setdefault(str(row["tokens"]), {}).setdefault(f"{row['depth']:.2f}", [0, 0])
@@ -95,12 +96,10 @@ def summarize(lines: Path, out: Path, task: str, prompt_style: str) -> dict:
         cell["ci95"] = wilson(cell["correct"], cell["n"])
         seconds = cell.pop("seconds")
         cell["mean_seconds"] = round(sum(seconds) / len(seconds), 2)
-        kept = cell.pop("kept")
-        if kept:  # how often pruning spared every token of the answer, and what the model made of it
-            whole = [row for row in rows if (row["method"], row["tokens"]) == (cell["method"], cell["tokens"])
-                     and row.get("answer_kept") == 1.0]
-            cell["answer_kept_whole"] = f"{len(whole)}/{len(kept)}"
-            cell["correct_when_kept_whole"] = f"{sum(r['correct'] for r in whole)}/{len(whole)}"
+        measured, whole, correct = cell.pop("kept")
+        if measured:  # how often pruning spared every token of the answer, and what the model made of it
+            cell["answer_kept_whole"] = f"{whole}/{measured}"
+            cell["correct_when_kept_whole"] = f"{correct}/{whole}"
     summary = {
         "task": "needle in essays" if task == "needle" else "passkey retrieval",
         "model": rows[0]["model"] if rows else None,
