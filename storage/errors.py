@@ -12,3 +12,7 @@ class CacheCorrupt(StoreError):
 
 class BundleError(StoreError):
     """A sharing bundle was refused; nothing was written to the store."""
+
+
+class CacheExists(StoreError):
+    """A cache of that key is already stored; it was left exactly as it was."""
