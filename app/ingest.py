@@ -1,12 +1,21 @@
 """Turning an uploaded file into a document: text with a page map, checked for the usual
 bad inputs, and split into passages on natural boundaries (token-length aware).
 
-Every refusal is an :class:`IngestError` whose message is one line for the user."""
+Every refusal is an :class:`IngestError` whose message is one line for the user.
+
+Ingestion is bounded (:class:`IngestLimits`, each settable by an environment variable) so
+that one hostile or huge file cannot hold a worker for long or take the memory of the
+machine: the file's size, a PDF's pages (checked before any text is extracted), each PDF
+page's content stream and text, the extracted characters, the tokens and the seconds spent.
+Tokens are counted in pieces of bounded size, and passages are split in blocks of bounded
+size, so time and memory grow linearly with the text."""
 
 from __future__ import annotations
 
 import bisect
 import os
+import re
+import time
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,17 +23,82 @@ from pathlib import Path
 from homer.sources import DocumentError, read_document
 
 DEFAULT_MAX_BYTES = 50 * 2**20
+DEFAULT_MAX_PAGES = 2000
+DEFAULT_MAX_CHARS = 4_000_000
+DEFAULT_MAX_PAGE_CHARS = 100_000
+DEFAULT_MAX_PAGE_CONTENT_MB = 16
+DEFAULT_MAX_TOKENS = 1_000_000
+DEFAULT_INGEST_SECONDS = 120.0
 PASSAGE_TOKENS = 512
+TOKEN_PIECE_CHARS = 65_536  # text tokenised at once when counting tokens (bounds the tokenizer's memory)
 
 
 class IngestError(ValueError):
     """An upload that cannot become a document; the message says why, in one line."""
 
 
+def _env_number(name: str, default: float) -> float:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a number, not {value!r}") from None
+    if number <= 0:
+        raise ValueError(f"{name} must be positive, not {value!r}")
+    return number
+
+
 def max_upload_bytes() -> int:
     """The size limit: ``HOMER_MAX_UPLOAD_MB`` (default 50 MB)."""
-    value = os.environ.get("HOMER_MAX_UPLOAD_MB")
-    return int(float(value) * 2**20) if value else DEFAULT_MAX_BYTES
+    return int(_env_number("HOMER_MAX_UPLOAD_MB", DEFAULT_MAX_BYTES / 2**20) * 2**20)
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    """What one upload may cost. Defaults fit a long book comfortably (a 300k-token book is
+    about 1.3 M characters) and refuse what would hold a worker for tens of minutes:
+
+    * ``max_bytes`` — the file (``HOMER_MAX_UPLOAD_MB``, 50);
+    * ``max_pages`` — a PDF's pages, checked before extraction (``HOMER_MAX_PAGES``, 2000);
+    * ``max_chars`` — the extracted text (``HOMER_MAX_CHARS``, 4 000 000);
+    * ``max_page_chars`` — one PDF page's text (``HOMER_MAX_PAGE_CHARS``, 100 000; a dense
+      printed page holds about 5 000);
+    * ``max_page_content`` — one PDF page's decoded content stream, checked before its text
+      is extracted (``HOMER_MAX_PAGE_CONTENT_MB``, 16);
+    * ``max_tokens`` — the document in the model's tokens (``HOMER_MAX_TOKENS``, 1 000 000);
+    * ``seconds`` — reading, counting and splitting together (``HOMER_INGEST_SECONDS``, 120)."""
+
+    max_bytes: int = DEFAULT_MAX_BYTES
+    max_pages: int = DEFAULT_MAX_PAGES
+    max_chars: int = DEFAULT_MAX_CHARS
+    max_page_chars: int = DEFAULT_MAX_PAGE_CHARS
+    max_page_content: int = DEFAULT_MAX_PAGE_CONTENT_MB * 2**20
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    seconds: float = DEFAULT_INGEST_SECONDS
+
+    @classmethod
+    def from_env(cls, max_bytes: int | None = None) -> "IngestLimits":
+        return cls(
+            max_bytes=max_upload_bytes() if max_bytes is None else max_bytes,
+            max_pages=int(_env_number("HOMER_MAX_PAGES", DEFAULT_MAX_PAGES)),
+            max_chars=int(_env_number("HOMER_MAX_CHARS", DEFAULT_MAX_CHARS)),
+            max_page_chars=int(_env_number("HOMER_MAX_PAGE_CHARS", DEFAULT_MAX_PAGE_CHARS)),
+            max_page_content=int(_env_number("HOMER_MAX_PAGE_CONTENT_MB", DEFAULT_MAX_PAGE_CONTENT_MB) * 2**20),
+            max_tokens=int(_env_number("HOMER_MAX_TOKENS", DEFAULT_MAX_TOKENS)),
+            seconds=_env_number("HOMER_INGEST_SECONDS", DEFAULT_INGEST_SECONDS),
+        )
+
+    def pdf(self, deadline: float | None) -> dict:
+        """The keyword bounds of :func:`homer.sources.read_pdf`."""
+        return {"max_pages": self.max_pages, "max_chars": self.max_chars, "max_page_chars": self.max_page_chars,
+                "max_page_content": self.max_page_content, "deadline": deadline}
+
+
+def ingest_limits(max_bytes: int | None = None) -> IngestLimits:
+    """The limits in force (environment read on each call, so a test or an operator can change them)."""
+    return IngestLimits.from_env(max_bytes)
 
 
 @dataclass
@@ -62,19 +136,93 @@ def _looks_binary(text: str) -> bool:
 
 def _title(text: str, kind: str, file_name: str) -> str:
     if kind == "markdown":
-        for line in text.splitlines()[:50]:
+        for line in text[:100_000].splitlines()[:50]:
             if line.startswith("# "):
                 return line[2:].strip()[:200]
     return Path(file_name).stem
 
 
-def split_passages(text: str, tokenizer=None, passage_tokens: int = PASSAGE_TOKENS) -> list[tuple[int, int]]:
+class _Clock:
+    """The ingest's deadline; :meth:`check` refuses once it has passed."""
+
+    def __init__(self, seconds: float | None):
+        self.seconds = seconds
+        self.deadline = None if seconds is None else time.monotonic() + seconds
+
+    def check(self, doing: str) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise DocumentError(f"{doing} took longer than the limit of {self.seconds:.0f} s")
+
+
+_BREAKS = ("\n\n", "\n", ". ", "? ", "! ", "; ", ", ", " ")
+
+
+def cut_points(text: str, size: int, breaks: tuple[str, ...] = _BREAKS) -> list[tuple[int, int]]:
+    """Contiguous (start, end) pieces of ``text`` of at most ``size`` characters, each cut
+    after the strongest break (in ``breaks`` order) found in the second half of its window,
+    else at exactly ``size`` (a run without any break). Linear in ``len(text)``."""
+    pieces, start, n = [], 0, len(text)
+    while n - start > size:
+        low, high = start + size // 2, start + size
+        cut = high
+        for sep in breaks:
+            at = text.rfind(sep, low, high)
+            if at >= 0:
+                cut = at + len(sep)
+                break
+        pieces.append((start, cut))
+        start = cut
+    if start < n or not pieces:
+        pieces.append((start, n))
+    return pieces
+
+
+def count_tokens(text: str, tokenizer, max_tokens: int | None = None, clock: _Clock | None = None) -> int:
+    """The document's length in the model's tokens, tokenised in pieces of at most
+    ``TOKEN_PIECE_CHARS`` characters cut at line starts or spaces (a whole 40 MB text at once
+    took several GiB in the tokenizer); a piece boundary may count a token more or less than
+    a whole-text count. Stops as soon as ``max_tokens`` is exceeded."""
+    total = 0
+    for start, end in cut_points(text, TOKEN_PIECE_CHARS, ("\n", " ")):
+        total += len(tokenizer(text[start:end], add_special_tokens=False).input_ids)
+        if max_tokens is not None and total > max_tokens:
+            raise DocumentError(f"the document is over {max_tokens:,} tokens (the limit; "
+                                f"counted {total:,} in its first {end:,} characters)")
+        if clock is not None:
+            clock.check("counting the tokens")
+    return total
+
+
+def _fixed_passages(block: str, tokenizer, passage_tokens: int) -> list[tuple[int, int]]:
+    """A block cut every ``passage_tokens`` tokens (every ×4 characters without a tokenizer):
+    one tokenizer call with offsets, linear — for text without usable separators."""
+    if tokenizer is None:
+        width = passage_tokens * 4
+        return [(s, min(s + width, len(block))) for s in range(0, len(block), width)]
+    offsets = tokenizer(block, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+    starts = [0] + [offsets[i][0] for i in range(passage_tokens, len(offsets), passage_tokens)]
+    starts = sorted({s for s in starts if 0 <= s < len(block)} | {0})
+    return [(s, e) for s, e in zip(starts, starts[1:] + [len(block)]) if e > s]
+
+
+def split_passages(text: str, tokenizer=None, passage_tokens: int = PASSAGE_TOKENS,
+                   clock: _Clock | None = None) -> list[tuple[int, int]]:
     """(start, end) character spans of passages cut on natural boundaries (paragraphs, lines,
     sentences, words) by langchain's RecursiveCharacterTextSplitter; lengths are counted in
-    the model's tokens when a tokenizer is given, else in characters (×4)."""
+    the model's tokens when a tokenizer is given, else in characters (×4).
+
+    Why in blocks: the splitter falls back to single characters on a stretch without
+    separators and then measures and merges each character (a 10 MB line took about a minute
+    without a tokenizer, minutes with one, and its cost grows faster than the text). So the
+    text is first cut into blocks of at most 64 passages' worth of characters at the
+    strongest break near each block's end (:func:`cut_points`), and a block holding a run of
+    over ``2 × passage_tokens`` characters without whitespace is cut every ``passage_tokens``
+    tokens in one linear pass instead (:func:`_fixed_passages`). Work is then bounded per
+    block and linear overall; ordinary prose is cut where it was before, except that a
+    passage never crosses a block's edge."""
     from langchain_text_splitters import RecursiveCharacterTextSplitter
 
-    separators = ["\n\n", "\n", ". ", "? ", "! ", "; ", ", ", " ", ""]
+    separators = [*_BREAKS, ""]
     if tokenizer is not None:
         splitter = RecursiveCharacterTextSplitter.from_huggingface_tokenizer(
             tokenizer, chunk_size=passage_tokens, chunk_overlap=0, separators=separators,
@@ -82,31 +230,103 @@ def split_passages(text: str, tokenizer=None, passage_tokens: int = PASSAGE_TOKE
     else:
         splitter = RecursiveCharacterTextSplitter(chunk_size=passage_tokens * 4, chunk_overlap=0, separators=separators,
                                                   keep_separator="end", add_start_index=True, strip_whitespace=False)
+    long_run = re.compile(r"\S{%d,}" % (2 * passage_tokens + 1))
     spans = []
-    for piece in splitter.create_documents([text]):
-        start = int(piece.metadata["start_index"])
-        spans.append((start, start + len(piece.page_content)))
+    for block_start, block_end in cut_points(text, 64 * 4 * passage_tokens):
+        block = text[block_start:block_end]
+        if long_run.search(block):
+            pieces = _fixed_passages(block, tokenizer, passage_tokens)
+        else:
+            pieces = []
+            for piece in splitter.create_documents([block]):
+                start = int(piece.metadata["start_index"])
+                pieces.append((start, start + len(piece.page_content)))
+        spans += [(block_start + s, block_start + e) for s, e in pieces]
+        if clock is not None:
+            clock.check("splitting the text into passages")
     return spans
 
 
-def ingest_bytes(data: bytes, file_name: str, tokenizer=None, max_bytes: int | None = None,
-                 passage_tokens: int = PASSAGE_TOKENS) -> IngestedDocument:
-    """Check and read an upload (PDF, TXT, Markdown) into an :class:`IngestedDocument`."""
-    limit = max_upload_bytes() if max_bytes is None else max_bytes
-    if len(data) > limit:
-        raise IngestError(f"{file_name}: the file is {len(data) / 2**20:.1f} MB, over the limit of "
-                          f"{limit / 2**20:.1f} MB")
+SNIFF_BYTES = 65_536  # what the upload request decodes of a text file
+_CONTINUATION = bytes(range(0x80, 0xC0))
+
+
+def is_pdf(data: bytes, file_name: str) -> bool:
+    return Path(file_name).suffix.lower() == ".pdf" or data.startswith(b"%PDF-")
+
+
+def _utf8_prefix(data: bytes, size: int) -> bytes:
+    """The first ``size`` bytes, shortened so as not to end inside a UTF-8 character."""
+    if len(data) <= size:
+        return data
+    cut = size
+    while cut > size - 4 and 0x80 <= data[cut] < 0xC0:
+        cut -= 1
+    return data[:cut]
+
+
+def least_chars(data: bytes) -> int:
+    """A lower bound of the characters a text file decodes to, without decoding it: exact for
+    UTF-8 (bytes that do not continue a character), a quarter of the bytes otherwise (no
+    encoding spends more than four bytes on a character)."""
     try:
-        source = read_document(file_name, data=data)
+        _utf8_prefix(data, SNIFF_BYTES).decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return len(data) // 4
+    return len(data.translate(None, _CONTINUATION))
+
+
+def check_text_upload(data: bytes, file_name: str, limits: IngestLimits | None = None) -> None:
+    """The checks of a text / Markdown upload that are cheap enough for the upload request
+    (the worker reads, counts and splits the whole text): size, emptiness, a binary sniff and
+    the encoding on the first ``SNIFF_BYTES``, and the character limit from the bytes."""
+    from homer.sources import decode_text
+
+    limits = limits or ingest_limits()
+    if len(data) > limits.max_bytes:
+        raise IngestError(f"{file_name}: the file is {len(data) / 2**20:.1f} MB, over the limit of "
+                          f"{limits.max_bytes / 2**20:.1f} MB")
+    if not data.strip():
+        raise IngestError(f"{file_name}: the file is empty")
+    try:
+        prefix = decode_text(_utf8_prefix(data, SNIFF_BYTES))
     except DocumentError as exc:
         raise IngestError(f"{file_name}: {exc}") from None
-    if source.kind != "pdf" and _looks_binary(source.text):
+    if _looks_binary(prefix):
         raise IngestError(f"{file_name}: the file is binary, not text")
-    spans = split_passages(source.text, tokenizer, passage_tokens)
+    chars = least_chars(data)
+    if chars > limits.max_chars:
+        raise IngestError(f"{file_name}: the file holds at least {chars:,} characters of text, over the limit of "
+                          f"{limits.max_chars:,}")
+
+
+def ingest_bytes(data: bytes, file_name: str, tokenizer=None, max_bytes: int | None = None,
+                 passage_tokens: int = PASSAGE_TOKENS, limits: IngestLimits | None = None) -> IngestedDocument:
+    """Check and read an upload (PDF, TXT, Markdown) into an :class:`IngestedDocument`,
+    within ``limits`` (default: :func:`ingest_limits`; ``max_bytes`` overrides its size)."""
+    limits = limits or ingest_limits(max_bytes)
+    if len(data) > limits.max_bytes:
+        raise IngestError(f"{file_name}: the file is {len(data) / 2**20:.1f} MB, over the limit of "
+                          f"{limits.max_bytes / 2**20:.1f} MB")
+    clock = _Clock(limits.seconds)
+    try:
+        if not is_pdf(data, file_name) and least_chars(data) > limits.max_chars:  # before decoding it all
+            raise DocumentError(f"the file holds at least {least_chars(data):,} characters of text, over the limit "
+                                f"of {limits.max_chars:,}")
+        source = read_document(file_name, data=data, **limits.pdf(clock.deadline))
+        if source.kind != "pdf" and _looks_binary(source.text):
+            raise DocumentError("the file is binary, not text")
+        if len(source.text) > limits.max_chars:
+            raise DocumentError(f"the file holds {len(source.text):,} characters of text, over the limit of "
+                                f"{limits.max_chars:,}")
+        clock.check("reading the file")
+        token_count = None
+        if tokenizer is not None:  # before splitting: an overlong document is refused at the lower cost
+            token_count = count_tokens(source.text, tokenizer, limits.max_tokens, clock)
+        spans = split_passages(source.text, tokenizer, passage_tokens, clock)
+    except DocumentError as exc:
+        raise IngestError(f"{file_name}: {exc}") from None
     passages = [[s, e, page_of(source.page_starts, s), page_of(source.page_starts, max(s, e - 1))] for s, e in spans]
-    token_count = None
-    if tokenizer is not None:
-        token_count = len(tokenizer(source.text, add_special_tokens=False).input_ids)
     return IngestedDocument(data=data, file_name=Path(file_name).name, text=source.text, kind=source.kind,
                             page_starts=list(source.page_starts), passages=passages, token_count=token_count,
                             title=_title(source.text, source.kind, file_name))

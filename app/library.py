@@ -8,17 +8,17 @@ upload the same file share the stored document and its cache, and each sees it a
 
 from __future__ import annotations
 
-import io
 import re
 import tempfile
 import time
 from pathlib import Path
 
+from homer.sources import DocumentError, open_pdf
 from storage import db as dbmod
 from storage.bundles import export_bundle, import_bundle
 from storage.errors import StoreError
 
-from .ingest import IngestError, ingest_bytes
+from .ingest import IngestError, check_text_upload, ingest_limits, is_pdf
 
 SUPPORTED_SUFFIXES = (".pdf", ".txt", ".md", ".markdown", ".text")
 HEADERS = ["document", "state", "size", "pages", "tokens", "model", "deep read", "id"]
@@ -45,13 +45,34 @@ def visible_documents(store, owner: str | None) -> list[dict]:
     return [doc for doc in store.documents() if allowed is None or doc["id"] in allowed]
 
 
+def not_found(ref: str) -> StoreError:
+    """The one refusal for a reference the user cannot use, whether no such document exists
+    or it belongs to someone else: the same words either way, so the answer tells nothing
+    about other users' libraries."""
+    return StoreError(f"no document {str(ref)!r} in your library")
+
+
 def check_access(store, document_id: str, owner: str | None) -> dict:
-    """The document row, if ``owner`` may use it (else a :class:`StoreError`)."""
-    doc = store.document(document_id)
-    allowed = owned_ids(store, owner)
-    if allowed is not None and doc["id"] not in allowed:
-        raise StoreError(f"no document {document_id!r} in your library")
-    return doc
+    """The document row that ``document_id`` names in ``owner``'s library (else
+    :func:`not_found`): a full id, a unique id prefix, a file name or a title, looked up among
+    that owner's documents only (all documents when the app runs without login). Another
+    user's document is never matched, counted or named — a prefix, file name or title of it
+    gets the same answer as a reference nobody uses."""
+    ref = str(document_id or "").strip()
+    if not ref:
+        raise not_found(ref)
+    scope, params = "", []
+    if owner:
+        scope, params = " AND d.id IN (SELECT document_id FROM document_owners WHERE owner = ?)", [owner]
+    rows = list(store.db.query(f"SELECT d.* FROM documents d WHERE d.id = ?{scope}", [ref, *params]))
+    if not rows:  # a prefix compared as a string (not LIKE: '%' or '_' in a reference match nothing)
+        rows = list(store.db.query(f"SELECT d.* FROM documents d WHERE (substr(d.id, 1, ?) = ? OR d.file_name = ? "
+                                   f"OR d.title = ?){scope} ORDER BY d.created", [len(ref), ref, ref, ref, *params]))
+    if len(rows) == 1:
+        return rows[0]
+    if not rows:
+        raise not_found(ref)
+    raise StoreError(f"{ref!r} matches {len(rows)} documents in your library; use more of the id")
 
 
 # --- labels -----------------------------------------------------------------------------
@@ -170,28 +191,34 @@ def choices(entries: list[dict], ready_only: bool = False) -> list[tuple[str, st
 # --- uploads --------------------------------------------------------------------------------
 def check_upload(data: bytes, file_name: str) -> None:
     """Refuse what would fail in the worker anyway, at once and with a reason:
-    :class:`IngestError`. A PDF's structure is checked here; its text is read by the worker."""
+    :class:`IngestError`. Only cheap checks run here, in the upload request — type, size,
+    emptiness; a PDF's structure, password and page count; a text file's encoding and binary
+    sniff on its first bytes and its character count from the bytes. The worker reads the
+    whole text, counts its tokens and splits it, within the ingest limits."""
     name = Path(file_name).name
     suffix = Path(name).suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
         raise IngestError(f"{name}: unsupported file type {suffix or '(none)'}: use PDF, TXT or Markdown")
     if not data.strip():
         raise IngestError(f"{name}: the file is empty")
-    if suffix == ".pdf" or data.startswith(b"%PDF-"):
-        from pypdf import PdfReader
-
+    limits = ingest_limits()
+    if len(data) > limits.max_bytes:
+        raise IngestError(f"{name}: the file is {len(data) / 2**20:.1f} MB, over the limit of "
+                          f"{limits.max_bytes / 2**20:.1f} MB")
+    if is_pdf(data, name):
         try:
-            reader = PdfReader(io.BytesIO(data))
-            if reader.is_encrypted:
-                raise IngestError(f"{name}: the PDF is encrypted (password-protected)")
-            if len(reader.pages) == 0:
-                raise IngestError(f"{name}: the PDF has no pages")
-        except IngestError:
-            raise
+            reader = open_pdf(data)  # an empty user password is opened, a real one refused
+            pages = len(reader.pages)
+        except DocumentError as exc:
+            raise IngestError(f"{name}: {exc}") from None
         except Exception as exc:  # pypdf raises several types on broken files
             raise IngestError(f"{name}: the PDF is corrupt or unreadable ({type(exc).__name__})") from None
+        if pages == 0:
+            raise IngestError(f"{name}: the PDF has no pages")
+        if pages > limits.max_pages:
+            raise IngestError(f"{name}: the PDF has {pages} pages, over the limit of {limits.max_pages}")
         return
-    ingest_bytes(data, name)  # text / Markdown: encoding, binary content, emptiness
+    check_text_upload(data, name, limits)
 
 
 def submit_uploads(queue, files: list[tuple[str, bytes]], model_name: str, settings: dict | None = None,

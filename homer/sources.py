@@ -31,23 +31,89 @@ class SourceDocument:
         return max(1, bisect.bisect_right(self.page_starts, offset))
 
 
-def read_pdf(data: bytes) -> SourceDocument:
+def open_pdf(data: bytes):
+    """A pypdf reader over ``data``. An encrypted PDF whose *user* password is empty (only an
+    owner password set, to forbid printing or copying — every viewer opens it without asking)
+    is decrypted and read; one that needs a real password is refused. Raises
+    :class:`DocumentError` with a one-line reason."""
     import io
 
     from pypdf import PdfReader
-    from pypdf.errors import PdfReadError
+    from pypdf.errors import DependencyError
 
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted:
-            raise DocumentError("the PDF is encrypted (password-protected)")
-        texts = [(page.extract_text() or "") for page in reader.pages]
+            try:
+                opened = reader.decrypt("")
+            except DependencyError:
+                raise DocumentError("the PDF is encrypted with AES, which this installation cannot decrypt") from None
+            if not opened:
+                raise DocumentError("the PDF is encrypted (password-protected)")
+        return reader
     except DocumentError:
         raise
-    except (PdfReadError, Exception) as exc:  # pypdf raises several types on broken files
+    except Exception as exc:  # pypdf raises several types on broken files
         raise DocumentError(f"the PDF is corrupt or unreadable ({type(exc).__name__})") from exc
-    if not texts:
+
+
+def _content_bytes(page) -> int:
+    """Decoded size of a page's content stream(s): what extracting its text has to parse."""
+    from pypdf.generic import ArrayObject
+
+    contents = page.get("/Contents")
+    if contents is None:
+        return 0
+    contents = contents.get_object()
+    streams = contents if isinstance(contents, ArrayObject) else [contents]
+    return sum(len(stream.get_object().get_data()) for stream in streams)
+
+
+def read_pdf(data: bytes, max_pages: int | None = None, max_chars: int | None = None,
+             max_page_chars: int | None = None, max_page_content: int | None = None,
+             deadline: float | None = None) -> SourceDocument:
+    """The text of a PDF, page by page. The bounds (None: unbounded) keep a hostile file from
+    holding a worker: ``max_pages`` is checked before any text is extracted; each page's
+    decoded content stream is checked against ``max_page_content`` bytes *before* it is
+    parsed (a single page can carry a content stream of tens of MB); after each page the
+    page's and the running total of characters are checked against ``max_page_chars`` and
+    ``max_chars``, and the clock against ``deadline`` (``time.monotonic()``). Many pages may
+    share one content stream, so the totals are counted per page, repeats included."""
+    import time
+
+    reader = open_pdf(data)
+    try:
+        pages = len(reader.pages)
+    except Exception as exc:
+        raise DocumentError(f"the PDF is corrupt or unreadable ({type(exc).__name__})") from exc
+    if not pages:
         raise DocumentError("the PDF has no pages")
+    if max_pages is not None and pages > max_pages:
+        raise DocumentError(f"the PDF has {pages} pages, over the limit of {max_pages}")
+    texts, total = [], 0
+    for number in range(1, pages + 1):
+        if deadline is not None and time.monotonic() > deadline:
+            raise DocumentError(f"reading the PDF took too long (stopped at page {number} of {pages})")
+        try:
+            page = reader.pages[number - 1]
+            if max_page_content is not None:
+                size = _content_bytes(page)
+                if size > max_page_content:
+                    raise DocumentError(f"page {number} has {size / 2**20:.1f} MB of content, over the limit of "
+                                        f"{max_page_content / 2**20:.0f} MB per page")
+            text = page.extract_text() or ""
+        except DocumentError:
+            raise
+        except Exception as exc:  # pypdf raises several types on broken files
+            raise DocumentError(f"the PDF is corrupt or unreadable ({type(exc).__name__})") from exc
+        if max_page_chars is not None and len(text) > max_page_chars:
+            raise DocumentError(f"page {number} holds {len(text):,} characters of text, over the limit of "
+                                f"{max_page_chars:,} per page")
+        total += len(text) + 2
+        if max_chars is not None and total > max_chars:
+            raise DocumentError(f"the PDF holds over {max_chars:,} characters of text (the limit; "
+                                f"stopped at page {number} of {pages})")
+        texts.append(text)
     starts, parts, offset = [], [], 0
     for text in texts:
         starts.append(offset)
@@ -80,8 +146,9 @@ def decode_text(data: bytes) -> str:
         return str(best)
 
 
-def read_document(path: str | Path, data: bytes | None = None) -> SourceDocument:
-    """Read a PDF, TXT or Markdown file. Raises :class:`DocumentError` with a reason."""
+def read_document(path: str | Path, data: bytes | None = None, **pdf_limits) -> SourceDocument:
+    """Read a PDF, TXT or Markdown file. Raises :class:`DocumentError` with a reason.
+    ``pdf_limits``: the bounds of :func:`read_pdf` (text files are bounded by their caller)."""
     path = Path(path)
     if data is None:
         data = path.read_bytes()
@@ -89,7 +156,7 @@ def read_document(path: str | Path, data: bytes | None = None) -> SourceDocument
     if not data.strip():
         raise DocumentError("the file is empty")
     if suffix == ".pdf" or data.startswith(b"%PDF-"):
-        return read_pdf(data)
+        return read_pdf(data, **pdf_limits)
     if suffix in TEXT_SUFFIXES or suffix == "":
         text = decode_text(data)
         if not text.strip():
