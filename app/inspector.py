@@ -10,6 +10,7 @@ import json
 import torch
 
 from homer.cache import HomerCache
+from homer.document import tokenize_document
 from homer.plan import ChunkPlan
 
 
@@ -39,9 +40,9 @@ def tree_shape(cache: HomerCache) -> dict:
 
 def page_token_counts(text: str, page_starts: list[int], tokenizer) -> list[int]:
     """Tokens of the document on each page (the tokenizer that built the cache)."""
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    _, starts = tokenize_document(tokenizer, text)  # as the build encodes it (control-token strings as text)
     counts = [0] * len(page_starts)
-    for start, _ in enc.offset_mapping:
+    for start in starts:
         counts[max(0, bisect.bisect_right(page_starts, start) - 1)] += 1
     return counts
 

@@ -217,17 +217,17 @@ def turn_ids(tokenizer, prompt, turns: list[tuple[str, str]], question: str, ans
     conversation renders (:class:`homer.prompting.DocumentPrompt`), so no decode state is
     needed. Returns (ids, index of the first answer token)."""
     from .prompting import DOC
+    from .text_encoding import encode_text, render_marked, turn_tail, unmark
 
     prefix, suffix, _ = prompt.split(tokenizer)
     cached = prefix + DOC + suffix
     if cached_question:  # question-aware build: the first question is inside the cache
-        cached = prompt.render(tokenizer, [], cached_question)
-    rendered = prompt.render(tokenizer, turns, question)
-    if not rendered.startswith(cached):
+        cached = unmark(render_marked(prompt, tokenizer, [], cached_question))
+    tail = turn_tail(prompt, tokenizer, cached, turns, question)  # as the conversation encodes it
+    if tail is None:
         raise ValueError("the chat template does not render the conversation after the cached prompt")
-    new_text = rendered[len(cached):]
-    ids = tokenizer(new_text, add_special_tokens=False).input_ids if new_text else []
-    answer_ids = tokenizer(answer, add_special_tokens=False).input_ids
+    ids = tail[1]
+    answer_ids = encode_text(tokenizer, answer)  # the model's text: control-token strings stay text
     return list(ids) + list(answer_ids), len(ids)
 
 

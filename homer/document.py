@@ -8,20 +8,27 @@ from .cache import HomerCache
 from .config import HomerConfig
 from .prompting import DocumentPrompt, default_prompt
 from .spans import span_ids
+from .text_encoding import encode_marked, encode_text, mark
 from .tree import Progress, build_cache
 
 
 def tokenize_document(tokenizer, text: str) -> tuple[list[int], list[int]]:
-    """Token ids of ``text`` and each token's character offset in it."""
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    return list(enc.input_ids), [start for start, _ in enc.offset_mapping]
+    """Token ids of ``text`` and each token's character offset in it. Control-token strings in
+    the text (``<|im_end|>`` …) are encoded as text, so a document cannot end the user's turn
+    or open one (:mod:`homer.text_encoding`); other text encodes as the plain tokenizer call."""
+    return encode_text(tokenizer, text, offsets=True)
 
 
 def document_prompt_ids(tokenizer, prompt: DocumentPrompt, question: str | None = None) -> tuple[list[int], list[int]]:
-    """Prefix ids (with BOS where the template or tokenizer adds one) and suffix ids."""
-    prefix, suffix, _ = prompt.split(tokenizer, question)
+    """Prefix ids (with BOS where the template or tokenizer adds one) and suffix ids. The
+    template's markup keeps its control tokens; a question placed in the suffix is the user's
+    text, its control-token strings encoded as text."""
+    prefix, suffix, tail = prompt.split(tokenizer)
     prefix_ids = tokenizer(prefix, add_special_tokens=prompt.style == "completion").input_ids
-    suffix_ids = tokenizer(suffix, add_special_tokens=False).input_ids
+    if question is None:
+        suffix_ids = tokenizer(suffix, add_special_tokens=False).input_ids
+    else:
+        suffix_ids = encode_marked(tokenizer, suffix + mark(tokenizer, question) + tail)
     return prefix_ids, suffix_ids
 
 

@@ -27,6 +27,7 @@ from transformers.models.llama.modeling_llama import rotate_half
 from .cache import HomerCache
 from .config import model_window
 from .prompting import DOC, DocumentPrompt, default_prompt
+from .text_encoding import render_marked, turn_tail, unmark
 
 
 @dataclass(frozen=True)
@@ -384,7 +385,7 @@ class Conversation:
         self.text = prefix + DOC + suffix  # what the cache holds, as text
         self.cached_question = self.cache.metadata.get("question") or None
         if self.cached_question:  # question-aware build: the question is already in the suffix
-            self.text = self.prompt.render(self.tokenizer, [], self.cached_question)
+            self.text = unmark(render_marked(self.prompt, self.tokenizer, [], self.cached_question))
             self.state.first_logits = self.cache.last_logits
 
     @property
@@ -395,23 +396,18 @@ class Conversation:
     def window(self) -> int:
         return model_window(self.model.config)
 
-    def _ids(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False).input_ids if text else []
-
     def _fit_window(self, question: str, max_new_tokens: int) -> tuple[str, list[int], int]:
         """The text (and its ids) to feed for ``question`` and how many tokens the answer may
         take, after forgetting the oldest turns that would push the answer past the window."""
         def fed(ids: list[int]) -> int:  # where the cache ends once ``ids`` (and any pending token) are in
             return self.state.position + len(self.state.pending) + len(ids)
 
-        new_text = self._new_text(question)
-        new_ids = self._ids(new_text)
+        new_text, new_ids = self._new_text(question)
         while self.turns and not self.cached_question and fed(new_ids) + max_new_tokens > self.window:
             turns, rebuilds, dropped = self.turns[1:], self.rebuilds, self.dropped_turns + 1
             self.reset()
             self.turns, self.rebuilds, self.dropped_turns = turns, rebuilds, dropped
-            new_text = self._new_text(question)
-            new_ids = self._ids(new_text)
+            new_text, new_ids = self._new_text(question)
         room = self.window - fed(new_ids)
         if room < 1:
             raise ConversationFullError(
@@ -420,21 +416,25 @@ class Conversation:
                 "or build the document with a smaller max_chunk_len")
         return new_text, new_ids, min(max_new_tokens, room)
 
-    def _new_text(self, question: str) -> str:
+    def _new_text(self, question: str) -> tuple[str, list[int]]:
+        """The text the cache does not hold yet and its ids. The questions and earlier answers
+        in it are the user's and the model's text: a control-token string in them is encoded as
+        text, so a question cannot close its turn and write the assistant's
+        (:mod:`homer.text_encoding`)."""
         if self.cached_question and not self.turns:
             if question != self.cached_question:
                 raise ValueError("this cache was built for another question; build a question-agnostic cache")
-            return ""
-        rendered = self.prompt.render(self.tokenizer, self.turns, question)
-        if not rendered.startswith(self.text):  # template rewrote history: re-append all turns
+            return "", []
+        tail = turn_tail(self.prompt, self.tokenizer, self.text, self.turns, question)
+        if tail is None:  # template rewrote history: re-append all turns
             turns, rebuilds = self.turns, self.rebuilds + 1
             self.reset()
             self.rebuilds = rebuilds
             self.turns = turns
-            rendered = self.prompt.render(self.tokenizer, self.turns, question)
-            if not rendered.startswith(self.text):
+            tail = turn_tail(self.prompt, self.tokenizer, self.text, self.turns, question)
+            if tail is None:
                 raise ValueError("the chat template does not render conversations incrementally")
-        return rendered[len(self.text):]
+        return tail
 
     def ask(self, question: str, **generation) -> Iterator[str]:
         """Stream the answer to ``question`` as text pieces."""
@@ -461,5 +461,5 @@ class Conversation:
         # the cache now holds the answer (its last token pending); keep the text in step
         if ended and self.prompt.style == "completion":
             self.state.pending = []  # plain-text transcripts carry no end-of-turn token
-        self.text += answer + (self.tokenizer.decode(self.state.pending) if ended else "")
+        self.text += unmark(answer) + (self.tokenizer.decode(self.state.pending) if ended else "")
         self.turns.append((question, answer))
