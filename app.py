@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["HOMER_DEEP_READ"] = "1"  # read by the build threads of this process (app.tasks)
 
     from app.chat import ChatService
-    from app.ingest import max_upload_bytes
+    from app.library import max_request_bytes  # the larger of the upload and bundle limits
     from app.ui import CSS, THEME, build_ui, on_zero_gpu, spaces_gpu
     from app.worker import queue_for, start_consumer_in_process
     from storage import Store
@@ -108,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.queue(default_concurrency_limit=8)  # the model runs one chat at a time: concurrency_id "gpu"
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
                 auth_message="HOMER Chat: each user sees their own library." if auth else None,
-                prevent_thread_lock=True, show_error=True, theme=THEME, css=CSS, max_file_size=max_upload_bytes(),
+                prevent_thread_lock=True, show_error=True, theme=THEME, css=CSS, max_file_size=max_request_bytes(),
                 footer_links=["api", "gradio"])
     print(f"HOMER Chat is running on {demo.local_url}", flush=True)
 

@@ -41,17 +41,21 @@ def cmd_import(args) -> int:
     from storage import StoreError
     from storage.bundles import import_bundle
 
-    fingerprint = args.expect_fingerprint
+    from app.library import text_from_source
+
+    fingerprint, tokenizer = args.expect_fingerprint, None
     if args.model:
         from app.tasks import get_model
 
-        fingerprint = get_model(args.model)[2]
+        _, tokenizer, fingerprint = get_model(args.model)
     max_bytes = int(args.max_mb * 2**20) if args.max_mb else None
     try:
-        row = import_bundle(_store(args), args.bundle, model_fingerprint=fingerprint, max_bytes=max_bytes)
+        row = import_bundle(_store(args), args.bundle, model_fingerprint=fingerprint, max_bytes=max_bytes,
+                            tokenizer=tokenizer, text_from_source=text_from_source(tokenizer))
     except StoreError as exc:
         return _fail(str(exc))
-    print(f"imported cache {row['id']} of document {row['document_id'][:12]} ({row['tokens']} tokens, "
+    verb = "already in the store (kept as it was): cache" if row.get("already_in_store") else "imported cache"
+    print(f"{verb} {row['id']} of document {row['document_id'][:12]} ({row['tokens']} tokens, "
           f"model {row['model_name'] or row['model_fingerprint'][:12]})")
     return 0
 
@@ -133,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle")
     p.add_argument("--model", default=None, help="refuse a bundle not built by this model")
     p.add_argument("--expect-fingerprint", default=None, help="refuse a bundle of another model fingerprint")
-    p.add_argument("--max-mb", type=float, default=None, help="largest member accepted (default 8 GiB)")
+    p.add_argument("--max-mb", type=float, default=None, help="largest bundle accepted (default HOMER_BUNDLE_MAX_MB, 512 MB)")
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("store", help="inspect or repair the store")

@@ -8,7 +8,10 @@ upload the same file share the stored document and its cache, and each sees it a
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -265,20 +268,98 @@ def delete_document(store, document_id: str, owner: str | None = None) -> str:
 
 
 # --- sharing ------------------------------------------------------------------------------
+EXPORT_KEEP_SECONDS = 3600.0  # an exported bundle stays this long for its download, then goes
+
+
+def exports_dir() -> Path:
+    """The one folder exports are written to: ``homer-exports-<uid>`` in the system temp
+    folder (the web framework serves files from there), private to this user. Old exports
+    in it are pruned by :func:`export_document`, so no bundle stays forever."""
+    folder = Path(tempfile.gettempdir()) / f"homer-exports-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        info = os.lstat(folder)
+        if not stat.S_ISDIR(info.st_mode) or (hasattr(os, "getuid") and info.st_uid != os.getuid()):
+            raise OSError("not our own folder")
+    except OSError:  # a link or another user's folder of that name: use a fresh private one
+        folder = Path(tempfile.mkdtemp(prefix="homer-exports-"))
+    return folder
+
+
+def prune_exports(folder: Path, keep_seconds: float = EXPORT_KEEP_SECONDS, now: float | None = None) -> int:
+    """Remove exports older than ``keep_seconds`` from ``folder``; returns how many went."""
+    now = now or time.time()
+    removed = 0
+    for entry in folder.iterdir():
+        try:
+            if now - os.lstat(entry).st_mtime <= keep_seconds:
+                continue
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+            removed += 1
+        except OSError:
+            continue
+    return removed
+
+
 def export_document(store, document_id: str, fingerprint: str, owner: str | None = None,
                     folder: str | Path | None = None) -> Path:
-    """Write the document's cache for this model as a bundle (a zip) and return its path."""
+    """Write the document's cache for this model as a bundle (a zip) and return its path:
+    in ``folder``, or in a fresh subfolder of :func:`exports_dir` (older exports there are
+    pruned first)."""
     doc = check_access(store, document_id, owner)
     caches = store.caches(doc["id"], model_fingerprint=fingerprint)
     if not caches:
         raise StoreError(f"{doc['file_name']} has no cache of the model in use to export")
-    folder = Path(folder) if folder else Path(tempfile.mkdtemp(prefix="homer-export-"))
+    if folder:
+        folder = Path(folder)
+    else:
+        exports = exports_dir()
+        prune_exports(exports)
+        folder = Path(tempfile.mkdtemp(prefix="export-", dir=exports))
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(doc["file_name"]).stem)[:80] or doc["id"][:12]
     return export_bundle(store, doc["id"], folder / f"{stem}.homer-bundle.zip", cache_id=caches[0]["id"])
 
 
-def import_bundle_file(store, path: str | Path, fingerprint: str | None, owner: str | None = None) -> dict:
-    """Validate and import a bundle (refusing a cache of another model); returns the cache row."""
-    row = import_bundle(store, path, model_fingerprint=fingerprint)
+def text_from_source(tokenizer=None):
+    """The check a bundle's source file gets on import: the app's own ingestion (the upload
+    limits apply), returning the text and the row fields it derives from the source."""
+    from .ingest import ingest_bytes, max_upload_bytes
+
+    def read(path: Path, file_name: str) -> dict:
+        limit = max_upload_bytes()
+        size = path.stat().st_size
+        if size > limit:
+            raise IngestError(f"{file_name}: the source file is {size / 2**20:.1f} MB, over the upload limit of "
+                              f"{limit / 2**20:.1f} MB")
+        doc = ingest_bytes(path.read_bytes(), file_name, tokenizer)
+        return {"text": doc.text, "kind": doc.kind, "page_starts": doc.page_starts, "passages": doc.passages,
+                "token_count": doc.token_count, "title": doc.title}
+
+    return read
+
+
+def max_request_bytes() -> int:
+    """What the web server accepts in one file: the larger of the upload and bundle limits
+    (each path then enforces its own: uploads in :func:`check_upload` and the queue, bundles
+    in the importer)."""
+    from storage.bundles import max_bundle_bytes
+
+    from .ingest import max_upload_bytes
+
+    return max(max_upload_bytes(), max_bundle_bytes())
+
+
+def import_bundle_file(store, path: str | Path, fingerprint: str | None, owner: str | None = None,
+                       tokenizer=None) -> dict:
+    """Check and import a bundle (refusing a cache of another model, checking its text
+    against its source file with the app's ingestion and its cache's tokens with
+    ``tokenizer``); returns the cache row (``already_in_store`` when that cache was there).
+    The importer becomes an owner of the document: the bundle proved its content (the
+    same as uploading it)."""
+    row = import_bundle(store, path, model_fingerprint=fingerprint, tokenizer=tokenizer,
+                        text_from_source=text_from_source(tokenizer))
     add_owner(store, row["document_id"], owner)
     return row

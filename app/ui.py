@@ -16,6 +16,7 @@ import gradio as gr
 import pandas as pd
 
 from homer.generation import GenerationSettings
+from storage.bundle_schema import max_bundle_bytes
 from storage.errors import StoreError
 
 from . import inspector, library
@@ -173,11 +174,14 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
         if not bundle:
             return "Choose a bundle (.zip) first."
         path = bundle if isinstance(bundle, str) else getattr(bundle, "name", str(bundle))
-        try:
-            row = library.import_bundle_file(store, path, chat.model(model)[2], owner_of(request))
+        try:  # the upload was streamed to a file by the server; the importer streams from it
+            _, tokenizer, fingerprint = chat.model(model)
+            row = library.import_bundle_file(store, path, fingerprint, owner_of(request), tokenizer=tokenizer)
         except StoreError as exc:
             return f"✗ {exc}"
-        doc = store.document(row["document_id"])
+        doc = store.get_document(row["document_id"]) or {"file_name": row["document_id"][:12]}
+        if row.get("already_in_store"):
+            return (f"✓ {doc['file_name']}: this cache is already in the store (kept as it was) — ready to chat.")
         return (f"✓ imported {doc['file_name']}: {row['tokens']} cache tokens built by "
                 f"{row['model_name'] or row['model_fingerprint'][:12]} — ready to chat, no reading needed.")
 
@@ -239,7 +243,8 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
                            + "; a document already read with other settings can be read again from the Library.")
 
     # --- layout -------------------------------------------------------------------------------
-    with gr.Blocks(title="HOMER Chat", analytics_enabled=False) as demo:
+    # delete_cache: the server's copies of uploads and exported bundles go after a day
+    with gr.Blocks(title="HOMER Chat", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         model_state = gr.State(model_name)
         settings_state = gr.State({})
         version = gr.State("")
@@ -288,7 +293,8 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
                     export_btn = gr.Button("Export bundle", scale=1, elem_id="export")
                 export_file = gr.File(label="Bundle to download", interactive=False, elem_id="export-file")
                 with gr.Row():
-                    bundle = gr.File(label="Import a bundle (.zip)", file_types=[".zip"], elem_id="bundle", scale=3)
+                    bundle = gr.File(label=f"Import a bundle (.zip, up to {max_bundle_bytes() / 2**20:.0f} MB)",
+                                     file_types=[".zip"], elem_id="bundle", scale=3)
                     import_btn = gr.Button("Import", scale=1, elem_id="import")
                 share_status = gr.Markdown(elem_id="share-status")
 

@@ -5,42 +5,84 @@ A cache's leaf states (the optional companion file for deep reads, about 15 KB p
 token with the embedded model) are never put in a bundle: bundles stay small, and the
 importer can read the document again with leaf states if it wants deep reads.
 
-``import_bundle`` validates everything before it writes anything; each refusal is a
-:class:`BundleError` with a one-line reason."""
+A bundle comes from someone else, so :func:`import_bundle` trusts none of it:
+
+* sizes first: the zip file, its directory (member count), every member and all members
+  together are bounded (``HOMER_BUNDLE_MAX_MB``, default 512 MB; text.txt by
+  ``HOMER_BUNDLE_MAX_TEXT_MB``, default 64 MB) by counting what is actually inflated, so a
+  member lying about its size stops at the limit; members are streamed to temp files in the
+  store (hashed on the way), never read whole;
+* every manifest field and the cache's safetensors header are checked against a schema
+  (:mod:`storage.bundle_schema`); a malformed bundle gets a one-line :class:`BundleError`;
+* the document's id is recomputed from the content: with a source file its sha256 must be
+  the id and text.txt must be exactly what the app's own ingestion extracts from it (the
+  ``text_from_source`` callable); without a source file the id cannot be proven, so the
+  document is stored under an id derived from its text (:func:`text_document_id`, another
+  hash function than the sha256 of uploads), which no upload can ever have. The cache key
+  is computed from that verified id (a sourceless bundle's cache is re-keyed);
+* the cache is tied to the text: with a tokenizer every kept document token must be the
+  token the text has at that index and character offset; without one, offsets are bounded;
+* nothing existing is replaced: an existing document keeps its row and files (its text must
+  equal the bundle's), an existing cache key is kept as it is ("already in the store"), and
+  the importer never deletes anything but its own temp files."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import lzma
 import os
 import stat
 import struct
+import tempfile
+import time
+import uuid
 import zipfile
+import zlib
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import Callable
 
-from .errors import BundleError, StoreError
+from . import bundle_schema as schema
+from .bundle_schema import (CACHE_MEMBER, FORMAT, FORMAT_VERSION, MANIFEST, MAX_DIRECTORY_BYTES, MAX_MANIFEST_BYTES,
+                            MAX_MEMBERS, TEXT_MEMBER, Limits, max_bundle_bytes)
+from .errors import BundleError, CacheExists, StoreError
 from .files import atomic_output
 from .store import Store, cache_key
 
-FORMAT = "homer-bundle"
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-CACHE_MEMBER = "cache.safetensors"
-TEXT_MEMBER = "text.txt"
-MAX_MANIFEST_BYTES = 16 * 2**20
+__all__ = ["BundleError", "FORMAT", "FORMAT_VERSION", "export_bundle", "import_bundle", "inspect_bundle",
+           "max_bundle_bytes", "text_document_id"]
+
+TEXT_ID_PERSON = b"homer-text-doc"
+BLOCK = 1 << 20
+# what a damaged or hostile zip makes the zipfile module raise while it is read
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, ValueError,
+               NotImplementedError, RuntimeError, struct.error, OverflowError, KeyError, IndexError)
+
+TextFromSource = Callable[[Path, str], dict]
+"""``(source file, file name) -> {"text", and optionally "kind", "page_starts", "passages",
+"token_count", "title"}``: what the app's ingestion reads from a source file."""
+
+
+def text_document_id(text: str) -> str:
+    """The id of a document known only by its text (a bundle without its source file):
+    personalised BLAKE2b-256 of the UTF-8 text. It has the form of an upload's id (64
+    lowercase hex) but comes from another hash function, so no uploaded file's sha256 can
+    ever equal it: a bundle cannot pre-seed the id of a genuine upload."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=32, person=TEXT_ID_PERSON).hexdigest()
 
 
 def max_member_bytes() -> int:
-    """Largest member accepted on import: ``HOMER_BUNDLE_MAX_MB`` (default 8 GiB)."""
-    value = os.environ.get("HOMER_BUNDLE_MAX_MB")
-    return int(float(value) * 2**20) if value else 8 * 2**30
+    """Kept for callers of the first bundle format: the bundle limit (``HOMER_BUNDLE_MAX_MB``)."""
+    return max_bundle_bytes()
 
 
 def _source_member(file_name: str) -> str:
-    suffix = "".join(ch for ch in Path(file_name).suffix.lower() if ch.isalnum() or ch == ".")[:16]
-    return f"source{suffix}"
+    suffix = "".join(ch for ch in Path(file_name).suffix.lower() if ch.isascii() and (ch.isalnum() or ch == "."))[:16]
+    return "source" if suffix in ("", ".") else f"source{suffix}"
 
 
+# --- export ---------------------------------------------------------------------------------
 def export_bundle(store: Store, document: str, out_path: str | os.PathLike, include_source: bool = True,
                   cache_id: str | None = None) -> Path:
     """Write ``document``'s newest ready cache (or ``cache_id``) as a bundle at ``out_path``
@@ -63,7 +105,7 @@ def export_bundle(store: Store, document: str, out_path: str | os.PathLike, incl
     for name, path in files.items():
         digest = hashlib.sha256()
         with open(path, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
+            for block in iter(lambda: fh.read(BLOCK), b""):
                 digest.update(block)
         members[name] = {"sha256": digest.hexdigest(), "bytes": path.stat().st_size}
     if members[CACHE_MEMBER]["sha256"] != cache["checksum"]:
@@ -89,147 +131,406 @@ def export_bundle(store: Store, document: str, out_path: str | os.PathLike, incl
     return out_path
 
 
+# --- reading a bundle, bounded ---------------------------------------------------------------
+@dataclass
+class CheckedBundle:
+    """A bundle that passed every check, with its members staged as temp files."""
+
+    manifest: dict
+    document_id: str          # verified: sha256 of the source, or text_document_id(text)
+    cache_key: str            # of the verified id
+    text: str
+    fields: dict              # the document row's fields (from the ingestion where there is a source)
+    cache_file: Path
+    source_file: Path | None
+
+    @property
+    def rekeyed(self) -> bool:
+        return self.document_id != self.manifest["document"]["id"]
+
+
+class _Staging:
+    """Temp files of one import; :meth:`cleanup` removes exactly these and nothing else."""
+
+    def __init__(self, new_path: Callable[[str], Path]):
+        self._new_path, self.paths = new_path, []
+
+    def new(self, suffix: str) -> Path:
+        path = self._new_path(suffix)
+        self.paths.append(path)
+        return path
+
+    def cleanup(self) -> None:
+        for path in self.paths:
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:
+                pass
+
+
+def _check_directory(fh, size: int, name: str) -> None:
+    """Bound the zip directory (member count and bytes) from its end record, before the
+    zipfile module parses it: a bundle of 400 000 tiny members is refused at once."""
+    tail_len = min(size, 22 + 65535)
+    fh.seek(size - tail_len)
+    tail = fh.read(tail_len)
+    pos = tail.rfind(b"PK\x05\x06")
+    if pos < 0 or len(tail) - pos < 22:
+        raise BundleError(f"refused: {name} is not a HOMER bundle (not a zip file)")
+    _, _, _, _, count, cd_size, cd_offset, _ = struct.unpack("<4s4H2LH", tail[pos:pos + 22])
+    if count == 0xFFFF or cd_size == 0xFFFFFFFF or cd_offset == 0xFFFFFFFF:  # zip64: read its end record
+        locator = tail[pos - 20:pos] if pos >= 20 else b""
+        if len(locator) != 20 or locator[:4] != b"PK\x06\x07":
+            raise BundleError(f"refused: {name} is a damaged zip file (no zip64 end record)")
+        (record_offset,) = struct.unpack("<Q", locator[8:16])
+        if record_offset > size - 56:
+            raise BundleError(f"refused: {name} is a damaged zip file (zip64 end record outside the file)")
+        fh.seek(record_offset)
+        record = fh.read(56)
+        if record[:4] != b"PK\x06\x06":
+            raise BundleError(f"refused: {name} is a damaged zip file (bad zip64 end record)")
+        count, cd_size = struct.unpack("<QQ", record[32:48])
+    if count > MAX_MEMBERS:
+        raise BundleError(f"refused: {name} holds {count} members; a bundle has at most {MAX_MEMBERS}")
+    if cd_size > MAX_DIRECTORY_BYTES:
+        raise BundleError(f"refused: {name} has a zip directory of {cd_size} bytes, over the limit of "
+                          f"{MAX_DIRECTORY_BYTES}")
+
+
 def _check_member_name(info: zipfile.ZipInfo) -> None:
     name = info.filename
     path = PurePosixPath(name)
+    shown = repr(name[:60])
     if name.startswith(("/", "\\")) or "\\" in name or (len(name) > 1 and name[1] == ":") or path.is_absolute():
-        raise BundleError(f"refused: member {name!r} has an absolute path")
+        raise BundleError(f"refused: member {shown} has an absolute path")
     if ".." in path.parts:
-        raise BundleError(f"refused: member {name!r} points outside the bundle (path traversal)")
+        raise BundleError(f"refused: member {shown} points outside the bundle (path traversal)")
     mode = info.external_attr >> 16
     if stat.S_ISLNK(mode):
-        raise BundleError(f"refused: member {name!r} is a symbolic link")
+        raise BundleError(f"refused: member {shown} is a symbolic link")
     if info.is_dir() or stat.S_IFMT(mode) not in (0, stat.S_IFREG):
-        raise BundleError(f"refused: member {name!r} is not a regular file")
+        raise BundleError(f"refused: member {shown} is not a regular file")
+    if info.flag_bits & 0x1:
+        raise BundleError(f"refused: member {shown} is encrypted")
+    if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        raise BundleError(f"refused: member {shown} uses an unsupported compression method")
 
 
-def _read_member(zf: zipfile.ZipFile, name: str, limit: int) -> tuple[str, int]:
-    """sha256 and size of a member, reading at most ``limit`` bytes (a zip bomb stops here)."""
-    digest, size = hashlib.sha256(), 0
-    with zf.open(name) as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
+class _Budget:
+    """Inflated bytes left for the whole bundle."""
+
+    def __init__(self, total: int):
+        self.left = total
+
+    def take(self, n: int, limit: int) -> None:
+        self.left -= n
+        if self.left < 0:
+            raise BundleError(f"refused: the bundle inflates to more than the limit of {limit} bytes")
+
+
+def _read_capped(zf: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int, budget: _Budget, total: int) -> bytes:
+    """A small member into memory, reading at most ``cap`` + 1 bytes whatever it claims."""
+    chunks, size = [], 0
+    with zf.open(info) as fh:
+        while True:
+            block = fh.read(min(BLOCK, cap + 1 - size))
+            if not block:
+                break
             size += len(block)
+            budget.take(len(block), total)
+            if size > cap:
+                raise BundleError(f"refused: member {info.filename!r} is larger than the limit of {cap} bytes")
+            chunks.append(block)
+    return b"".join(chunks)
+
+
+def _stream(zf: zipfile.ZipFile, info: zipfile.ZipInfo, out_path: Path, limit: int, budget: _Budget,
+            total: int, text_hash: bool = False) -> tuple[str, int, str | None]:
+    """Inflate a member to ``out_path`` in blocks, hashing on the way; stops as soon as more
+    than ``limit`` bytes come out (a member lying about its size is never inflated whole).
+    Returns (sha256, size, text id digest or None)."""
+    digest, size = hashlib.sha256(), 0
+    text_digest = hashlib.blake2b(digest_size=32, person=TEXT_ID_PERSON) if text_hash else None
+    with zf.open(info) as fh, open(out_path, "xb") as out:
+        while True:
+            block = fh.read(BLOCK)
+            if not block:
+                break
+            size += len(block)
+            budget.take(len(block), total)
             if size > limit:
-                raise BundleError(f"refused: member {name!r} is larger than the limit of {limit} bytes")
+                raise BundleError(f"refused: member {info.filename!r} is larger than the limit of {limit} bytes")
             digest.update(block)
-    return digest.hexdigest(), size
+            if text_digest is not None:
+                text_digest.update(block)
+            try:
+                out.write(block)
+            except OSError as exc:
+                raise StoreError(f"cannot write the bundle's members to the store's temp folder ({exc.strerror})") from None
+    return digest.hexdigest(), size, text_digest.hexdigest() if text_digest is not None else None
 
 
-def _cache_header_metadata(zf: zipfile.ZipFile) -> dict:
-    """The safetensors header metadata of the cache member, read without extracting it."""
-    with zf.open(CACHE_MEMBER) as fh:
-        head = fh.read(8)
-        if len(head) < 8:
-            raise BundleError("refused: the cache member is not a safetensors file")
-        (length,) = struct.unpack("<Q", head)
-        if length > 100 * 2**20:
-            raise BundleError("refused: the cache member has an implausible header")
-        try:
-            header = json.loads(fh.read(length))
-        except ValueError:
-            raise BundleError("refused: the cache member's header is not valid JSON") from None
-    return header.get("__metadata__") or {}
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return (text[0] if text else type(exc).__name__)[:200]
 
 
-def inspect_bundle(path: str | os.PathLike, model_fingerprint: str | None = None,
-                   max_bytes: int | None = None) -> dict:
-    """Validate a bundle completely without writing anything; returns its manifest."""
+def check_bundle(path: str | os.PathLike, staging: _Staging, model_fingerprint: str | None = None,
+                 limits: Limits | None = None, tokenizer=None,
+                 text_from_source: TextFromSource | None = None) -> CheckedBundle:
+    """Check a bundle completely, staging its members through ``staging``; writes nothing else."""
     path = Path(path)
-    limit = max_member_bytes() if max_bytes is None else max_bytes
-    if path.is_symlink() or not path.is_file():
-        raise BundleError(f"refused: {path.name} is not a regular file")
-    if not zipfile.is_zipfile(path):
-        raise BundleError(f"refused: {path.name} is not a HOMER bundle (not a zip file)")
+    limits = limits or Limits.from_env()
+    name = path.name[:80]
     try:
-        with zipfile.ZipFile(path) as zf:
-            return _inspect(zf, model_fingerprint, limit)
-    except zipfile.BadZipFile as exc:
-        raise BundleError(f"refused: {path.name} is a damaged zip file ({exc})") from None
+        info = os.lstat(path)
+    except OSError:
+        raise BundleError(f"refused: {name} is not a regular file") from None
+    if not stat.S_ISREG(info.st_mode):
+        raise BundleError(f"refused: {name} is not a regular file")
+    if info.st_size > limits.bundle_bytes:
+        raise BundleError(f"refused: {name} is {info.st_size / 2**20:.1f} MB, over the limit of "
+                          f"{limits.bundle_bytes / 2**20:.1f} MB for bundles (HOMER_BUNDLE_MAX_MB)")
+    try:
+        with open(path, "rb") as fh:
+            _check_directory(fh, info.st_size, name)
+            fh.seek(0)
+            with zipfile.ZipFile(fh) as zf:
+                return _check_open(zf, staging, model_fingerprint, limits, tokenizer, text_from_source)
+    except StoreError:
+        raise
+    except _ZIP_ERRORS as exc:
+        raise BundleError(f"refused: {name} is a damaged zip file ({_first_line(exc)})") from None
 
 
-def _inspect(zf: zipfile.ZipFile, model_fingerprint: str | None, limit: int) -> dict:
+def _check_open(zf: zipfile.ZipFile, staging: _Staging, model_fingerprint: str | None, limits: Limits, tokenizer,
+                text_from_source: TextFromSource | None) -> CheckedBundle:
     infos = zf.infolist()
-    names = [info.filename for info in infos]
-    if len(set(names)) != len(names):
-        raise BundleError("refused: the bundle holds the same member name twice")
+    if len(infos) > MAX_MEMBERS:
+        raise BundleError(f"refused: the bundle holds {len(infos)} members; a bundle has at most {MAX_MEMBERS}")
+    by_name: dict[str, zipfile.ZipInfo] = {}
     for info in infos:
         _check_member_name(info)
-        if info.file_size > limit:
-            raise BundleError(f"refused: member {info.filename!r} has {info.file_size} bytes, over the limit of {limit}")
-    if MANIFEST not in names:
+        if info.filename in by_name:
+            raise BundleError("refused: the bundle holds the same member name twice")
+        by_name[info.filename] = info
+        if info.file_size > limits.bundle_bytes:
+            raise BundleError(f"refused: member {info.filename[:60]!r} has {info.file_size} bytes, over the limit of "
+                              f"{limits.bundle_bytes}")
+    if MANIFEST not in by_name:
         raise BundleError("refused: the bundle has no manifest.json")
-    try:
-        manifest = json.loads(zf.read(MANIFEST)[:MAX_MANIFEST_BYTES])
-    except ValueError:
-        raise BundleError("refused: manifest.json is not valid JSON") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise BundleError("refused: manifest.json does not describe a HOMER bundle")
-    if manifest.get("format_version") != FORMAT_VERSION:
-        raise BundleError(f"refused: unknown bundle format version {manifest.get('format_version')!r} "
-                          f"(this version reads {FORMAT_VERSION})")
-    try:
-        document, cache, members = manifest["document"], manifest["cache"], manifest["members"]
-        fingerprint = cache["model_fingerprint"]
-        document_id = document["id"]
-    except (KeyError, TypeError):
-        raise BundleError("refused: manifest.json lacks the document, cache or members section") from None
+    budget = _Budget(limits.bundle_bytes)
+    raw = _read_capped(zf, by_name[MANIFEST], MAX_MANIFEST_BYTES, budget, limits.bundle_bytes)
+    manifest = schema.check_manifest(schema.load_json(raw, "manifest.json", MAX_MANIFEST_BYTES))
+    document, cache, members = manifest["document"], manifest["cache"], manifest["members"]
+    fingerprint = cache["model_fingerprint"]
     if model_fingerprint is not None and fingerprint != model_fingerprint:
-        raise BundleError(f"refused: the cache was built by model {cache.get('model_name') or '?'} "
+        raise BundleError(f"refused: the cache was built by model {(cache.get('model_name') or '?')[:80]} "
                           f"(fingerprint {fingerprint[:12]}), not by the model in use ({model_fingerprint[:12]})")
-    for required in (CACHE_MEMBER, TEXT_MEMBER):
-        if required not in members:
-            raise BundleError(f"refused: manifest.json lists no {required}")
-    for name in members:
-        if name not in names:
-            raise BundleError(f"refused: member {name!r} listed in the manifest is missing")
-    for name in names:
-        if name != MANIFEST and name not in members:
-            raise BundleError(f"refused: member {name!r} is not listed in the manifest")
-    for name, expected in members.items():
-        digest, size = _read_member(zf, name, limit)
-        if digest != expected.get("sha256") or size != expected.get("bytes"):
-            raise BundleError(f"refused: checksum mismatch for member {name!r} (altered or damaged)")
-    meta = _cache_header_metadata(zf)
-    if meta.get("format") != "homer-cache":
-        raise BundleError("refused: the cache member is not a HOMER cache")
-    if meta.get("model_fingerprint") != fingerprint:
-        raise BundleError("refused: the cache file's model fingerprint differs from the manifest")
-    key = cache_key(document_id, fingerprint, meta.get("settings", "{}"), meta.get("prompt_version", ""))
-    if key != cache.get("id"):
-        raise BundleError("refused: the cache key does not match the document, model and settings in the manifest")
-    sources = [name for name in members if name.startswith("source")]
-    for name in sources:
-        if hashlib.sha256(zf.read(name)).hexdigest() != document_id:
-            raise BundleError("refused: the source file does not match the document's content hash")
+    for member in members:
+        if member not in by_name:
+            raise BundleError(f"refused: member {member!r} listed in the manifest is missing")
+    for member in by_name:
+        if member != MANIFEST and member not in members:
+            raise BundleError(f"refused: member {member[:60]!r} is not listed in the manifest")
+    source_name = next((m for m in members if m not in (CACHE_MEMBER, TEXT_MEMBER)), None)
+    if source_name is not None and source_name != _source_member(document["file_name"]):
+        raise BundleError(f"refused: the source member {source_name!r} does not match the file name "
+                          f"{document['file_name'][:80]!r}")
+    for member, entry in members.items():  # sizes first: nothing is inflated for a bundle over its limits
+        limit = limits.text_bytes if member == TEXT_MEMBER else limits.bundle_bytes
+        if entry["bytes"] > limit:
+            raise BundleError(f"refused: member {member!r} has {entry['bytes']} bytes, over the limit of {limit}")
+        if by_name[member].file_size != entry["bytes"]:
+            raise BundleError(f"refused: checksum mismatch for member {member!r} (altered or damaged)")
+
+    staged: dict[str, Path] = {}
+    text_id = None
+    for member in (TEXT_MEMBER, *([source_name] if source_name else []), CACHE_MEMBER):
+        limit = limits.text_bytes if member == TEXT_MEMBER else limits.bundle_bytes
+        staged[member] = staging.new(".txt" if member == TEXT_MEMBER else ".safetensors" if member == CACHE_MEMBER
+                                     else ".source")
+        digest, size, text_digest = _stream(zf, by_name[member], staged[member], limit, budget, limits.bundle_bytes,
+                                            text_hash=member == TEXT_MEMBER)
+        if digest != members[member]["sha256"] or size != members[member]["bytes"]:
+            raise BundleError(f"refused: checksum mismatch for member {member!r} (altered or damaged)")
+        if member == TEXT_MEMBER:
+            text_id = text_digest
+
     try:
-        zf.read(TEXT_MEMBER).decode("utf-8")
+        text = staged[TEXT_MEMBER].read_bytes().decode("utf-8")
     except UnicodeDecodeError:
         raise BundleError("refused: text.txt is not UTF-8") from None
-    return manifest
+    if not text.strip():
+        raise BundleError("refused: text.txt is empty")
+    schema.check_text_fields(manifest, text)
+
+    cache_file = staged[CACHE_MEMBER]
+    with open(cache_file, "rb") as fh:
+        header, meta, _ = schema.read_cache_header(fh, cache_file.stat().st_size)
+    for field, value in (("model_fingerprint", fingerprint), ("settings", cache["settings"]),
+                         ("prompt_version", cache["prompt_version"]), ("model_name", cache["model_name"] or "")):
+        if meta.get(field, "") != value:
+            raise BundleError(f"refused: the cache file's {field.replace('_', ' ')} differs from the manifest")
+    tokens = header["keys"]["shape"][2]
+    if tokens != cache["tokens"]:
+        raise BundleError(f"refused: the cache file holds {tokens} tokens, the manifest says {cache['tokens']}")
+    if cache_key(document["id"], fingerprint, meta["settings"], meta["prompt_version"]) != cache["id"]:
+        raise BundleError("refused: the cache key does not match the document, model and settings in the manifest")
+
+    if source_name is not None:
+        document_id, fields = _verify_source(manifest, staged[source_name], members[source_name]["sha256"], text,
+                                             text_from_source)
+    else:
+        document_id = text_id
+        fields = {k: document[k] for k in ("kind", "page_starts", "passages", "token_count", "title")}
+    fields.update(file_name=document["file_name"], bytes=document["bytes"])
+    _check_cache_against_text(cache_file, header, meta, text, tokenizer)
+    return CheckedBundle(manifest=manifest, document_id=document_id,
+                         cache_key=cache_key(document_id, fingerprint, meta["settings"], meta["prompt_version"]),
+                         text=text, fields=fields, cache_file=cache_file,
+                         source_file=staged[source_name] if source_name else None)
 
 
-def import_bundle(store: Store, path: str | os.PathLike, model_fingerprint: str | None = None,
-                  max_bytes: int | None = None) -> dict:
-    """Validate ``path`` completely, then add its document and cache to ``store``. Returns
-    the cache row. With ``model_fingerprint`` a cache of another model is refused."""
-    manifest = inspect_bundle(path, model_fingerprint, max_bytes)
+def _verify_source(manifest: dict, source: Path, digest: str, text: str,
+                   text_from_source: TextFromSource | None) -> tuple[str, dict]:
+    """The document id and row fields of a bundle with its source file: the source must hash
+    to the id and text.txt must be what the app's ingestion reads from the source."""
     document = manifest["document"]
-    with zipfile.ZipFile(path) as zf:
-        sources = [name for name in manifest["members"] if name.startswith("source")]
-        data = zf.read(sources[0]) if sources else None
-        existed = store.get_document(document["id"]) is not None
-        store.add_document(data, document["file_name"], zf.read(TEXT_MEMBER).decode("utf-8"), document["kind"],
-                           document.get("page_starts") or [0], token_count=document.get("token_count"),
-                           title=document.get("title"), passages=document.get("passages"),
-                           document_id=document["id"], size=document.get("bytes"))
+    if digest != document["id"]:
+        raise BundleError("refused: the source file does not match the document's content hash")
+    if text_from_source is None:
+        raise BundleError("refused: the bundle's text cannot be checked against its source file here "
+                          "(import it through the app or the homer command)")
+    try:
+        extracted = text_from_source(source, document["file_name"])
+    except BundleError:
+        raise
+    except Exception as exc:  # the ingestion refuses (or fails on) a hostile source file
+        raise BundleError(f"refused: the source file cannot be read: {_first_line(exc)}") from None
+    if not isinstance(extracted, dict) or extracted.get("text") != text:
+        raise BundleError("refused: text.txt is not the text of the source file (altered)")
+    fields = {k: document[k] for k in ("kind", "page_starts", "passages", "token_count", "title")}
+    fields.update({k: v for k, v in extracted.items() if k in fields and v is not None})
+    return document["id"], fields
+
+
+def _check_cache_against_text(cache_file: Path, header: dict, meta: dict, text: str, tokenizer) -> None:
+    """Every kept document token must be the text's token at that index and offset (with a
+    tokenizer: the text is tokenised as a build does); without one, indexes and offsets
+    must at least lie inside the text."""
+    import torch
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(cache_file), framework="pt") as fh:
+            sources = fh.get_tensor("sources")
+            token_ids = fh.get_tensor("token_ids")
+            offsets = fh.get_tensor("char_offsets") if "char_offsets" in header else None
+    except Exception as exc:  # the header was checked; this is a damaged file all the same
+        raise BundleError(f"refused: the cache member cannot be read ({_first_line(exc)})") from None
+    kept = sources >= 0
+    if bool((sources < -1).any()):
+        raise BundleError("refused: the cache member's token sources are out of range")
+    context_len = int(meta.get("context_len", "0")) or None
+    if offsets is not None:
+        if bool((offsets[~kept] != -1).any()) or bool(((offsets[kept] < 0) | (offsets[kept] >= len(text))).any()):
+            raise BundleError("refused: the cache's character offsets do not lie inside the text")
+    if tokenizer is None:
+        bound = context_len or len(text)
+        if bool((sources >= bound).any()):
+            raise BundleError("refused: the cache's token sources do not lie inside the text")
+        return
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = torch.tensor(list(encoded.input_ids), dtype=torch.int64)
+    if context_len is not None and context_len != len(ids):
+        raise BundleError(f"refused: the cache was built from {context_len} tokens, the text has {len(ids)}")
+    if bool((sources >= len(ids)).any()):
+        raise BundleError("refused: the cache's token sources do not lie inside the text")
+    index = sources[kept]
+    if not torch.equal(ids[index], token_ids[kept]):
+        raise BundleError("refused: the cache's tokens are not the tokens of text.txt (altered)")
+    if offsets is not None:
+        starts = torch.tensor([start for start, _ in encoded.offset_mapping], dtype=torch.int64)
+        if not torch.equal(starts[index], offsets[kept]):
+            raise BundleError("refused: the cache's character offsets are not those of text.txt (altered)")
+
+
+def inspect_bundle(path: str | os.PathLike, model_fingerprint: str | None = None, max_bytes: int | None = None,
+                   tokenizer=None, text_from_source: TextFromSource | None = None) -> dict:
+    """Check a bundle completely without touching any store (members are staged in a private
+    temp folder, removed after); returns its manifest."""
+    with tempfile.TemporaryDirectory(prefix="homer-bundle-check-") as folder:
+        staging = _Staging(lambda suffix: Path(folder) / f"{uuid.uuid4().hex}{suffix}")
         try:
-            with zf.open(CACHE_MEMBER) as fh:
-                row = store.install_cache_file(document["id"], fh, build_seconds=manifest["cache"].get("build_seconds"))
-        except BaseException:
-            if not existed:
-                store.delete_document(document["id"])
-            raise
-    if row["checksum"] != manifest["members"][CACHE_MEMBER]["sha256"]:  # changed on disk while importing
-        store.delete_cache(row["id"])
-        raise BundleError("refused: the cache changed while it was being imported")
-    return row
+            return check_bundle(path, staging, model_fingerprint, Limits.from_env(max_bytes), tokenizer,
+                                text_from_source).manifest
+        finally:
+            staging.cleanup()
+
+
+# --- import ---------------------------------------------------------------------------------
+def import_bundle(store: Store, path: str | os.PathLike, model_fingerprint: str | None = None,
+                  max_bytes: int | None = None, tokenizer=None,
+                  text_from_source: TextFromSource | None = None) -> dict:
+    """Check ``path`` completely, then add its document (unless the store has it) and its
+    cache (unless the store has that key) to ``store``. Returns the cache row with
+    ``already_in_store`` (the key existed: nothing was installed) and ``rekeyed`` (a
+    sourceless bundle: the document id was derived from its text).
+
+    ``model_fingerprint``: refuse a cache of another model. ``max_bytes``: the bundle limit
+    (default ``HOMER_BUNDLE_MAX_MB``). ``tokenizer``: the model's, to tie the cache's tokens
+    to the text. ``text_from_source``: the app's ingestion, without which a bundle carrying
+    its source file is refused (its text could not be checked)."""
+    staging = _Staging(store.staging_path)
+    try:
+        checked = check_bundle(path, staging, model_fingerprint, Limits.from_env(max_bytes), tokenizer,
+                               text_from_source)
+        _add_document(store, checked)
+        already = False
+        try:
+            row = store.install_cache_file(checked.document_id, checked.cache_file,
+                                           build_seconds=checked.manifest["cache"]["build_seconds"], replace=False)
+        except CacheExists:
+            already = True
+            row = _existing_cache(store, checked.cache_key)
+            if row is None:  # the key's file is on disk without a row: a crashed writer, or one still at work
+                raise BundleError("refused: a cache file of this key is being installed by another import or was "
+                                  "left by a crash (run `homer store check --repair`)") from None
+        else:
+            if row["checksum"] != checked.manifest["members"][CACHE_MEMBER]["sha256"]:
+                store.delete_cache(row["id"])  # ours, just created: the staged file changed under us
+                raise BundleError("refused: the cache changed while it was being imported")
+    finally:
+        staging.cleanup()
+    return {**row, "already_in_store": already, "rekeyed": checked.rekeyed}
+
+
+def _existing_cache(store: Store, key: str, wait: float = 5.0) -> dict | None:
+    """The row of a cache key another writer has just linked in (its row follows the file
+    within moments), or None when none appears."""
+    deadline = time.monotonic() + wait
+    while True:
+        row = store.get_cache(key)
+        if row is not None or time.monotonic() > deadline:
+            return row
+        time.sleep(0.05)
+
+
+def _add_document(store: Store, checked: CheckedBundle) -> dict:
+    """The verified document's row: created when the store lacks it, else left exactly as it
+    is (its text must be the bundle's, or the cache would not fit it)."""
+    fields = checked.fields
+    if store.get_document(checked.document_id) is None:
+        data = checked.source_file.read_bytes() if checked.source_file is not None else None
+        store.add_document(data, fields["file_name"], checked.text, fields["kind"], fields["page_starts"],
+                           token_count=fields["token_count"], title=fields["title"], passages=fields["passages"],
+                           document_id=checked.document_id, size=fields["bytes"])
+    try:
+        same = store.document_text(checked.document_id) == checked.text
+    except (OSError, UnicodeDecodeError, StoreError):
+        raise BundleError("refused: the store's copy of this document is damaged (run `homer store check`)") from None
+    if not same:
+        raise BundleError("refused: the store holds this document with another text (read by another version); "
+                          "nothing was imported")
+    return store.get_document(checked.document_id)

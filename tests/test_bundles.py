@@ -14,7 +14,8 @@ import pytest
 from conftest import tiny_model, tiny_tokenizer
 from homer import Conversation, HomerConfig, build_document_cache
 from storage import BundleError, Store
-from storage.bundles import export_bundle, import_bundle
+from app.library import text_from_source
+from storage.bundles import export_bundle, import_bundle, text_document_id
 from store_helpers import ROOT, story, subprocess_env
 
 
@@ -48,14 +49,16 @@ def test_export_import_answers_the_same_without_rebuild(tmp_path, model, source_
     store, doc = source_store
     first = store.caches(doc["id"])[0]
     second = Store(tmp_path / "second")
-    row = import_bundle(second, good_bundle, model_fingerprint=first["model_fingerprint"])
+    row = import_bundle(second, good_bundle, model_fingerprint=first["model_fingerprint"], tokenizer=tiny_tokenizer(),
+                        text_from_source=text_from_source(tiny_tokenizer()))
     assert row["id"] == first["id"] and row["checksum"] == first["checksum"]
     assert second.document(doc["id"])["file_name"] == "keeper.txt"
     assert second.source_path(doc["id"]).read_bytes() == store.source_path(doc["id"]).read_bytes()
     assert second.jobs.list() == []  # nothing was rebuilt
     assert answer(second, row["id"], model) == answer(store, first["id"], model)
     assert second.check() == []
-    assert import_bundle(second, good_bundle)["id"] == row["id"]  # importing twice is harmless
+    again = import_bundle(second, good_bundle, text_from_source=text_from_source())  # importing twice is harmless
+    assert again["id"] == row["id"] and again["already_in_store"] and not row["already_in_store"]
     assert len(second.documents()) == 1 and len(second.caches()) == 1
 
 
@@ -64,8 +67,12 @@ def test_a_bundle_without_its_source(tmp_path, source_store):
     bundle = export_bundle(store, doc["id"], tmp_path / "nosrc.homer", include_source=False)
     assert "source.txt" not in zipfile.ZipFile(bundle).namelist()
     second = Store(tmp_path / "second")
-    import_bundle(second, bundle)
-    assert second.source_path(doc["id"]) is None and second.document_text(doc["id"]) == store.document_text(doc["id"])
+    row = import_bundle(second, bundle, tokenizer=tiny_tokenizer())
+    # without its source the id cannot be proven: the document is known by its text alone
+    text_id = text_document_id(store.document_text(doc["id"]))
+    assert row["rekeyed"] and row["document_id"] == text_id != doc["id"] and second.get_document(doc["id"]) is None
+    assert second.source_path(text_id) is None and second.document_text(text_id) == store.document_text(doc["id"])
+    assert second.check() == []
 
 
 def _rebuild(good, out, drop=(), replace=None, manifest=None, extra=()):
@@ -156,7 +163,7 @@ def test_bundle_refused_and_nothing_written(tmp_path, good_bundle, case):
     bad = make(good_bundle, tmp_path / f"{case}.homer")
     store = Store(tmp_path / "target")
     with pytest.raises(BundleError, match=expected) as info:
-        import_bundle(store, bad, **kwargs)
+        import_bundle(store, bad, text_from_source=text_from_source(), **kwargs)
     assert "\n" not in str(info.value) and str(info.value).startswith("refused:")
     assert store.documents() == [] and store.caches(status=None) == []
     assert not [p for p in store.root.rglob("*") if p.is_file() and not p.name.startswith("index.db")]
