@@ -194,15 +194,34 @@ def count_tokens(text: str, tokenizer, max_tokens: int | None = None, clock: _Cl
 
 
 def _fixed_passages(block: str, tokenizer, passage_tokens: int) -> list[tuple[int, int]]:
-    """A block cut every ``passage_tokens`` tokens (every ×4 characters without a tokenizer):
-    one tokenizer call with offsets, linear — for text without usable separators."""
+    """A block cut into passages of at most ``passage_tokens`` tokens (×4 characters without a
+    tokenizer), each cut moved back to the last whitespace in the second half of its window
+    when there is one: one tokenizer call with offsets, then one pass — for text without the
+    separators the recursive splitter needs."""
     if tokenizer is None:
-        width = passage_tokens * 4
-        return [(s, min(s + width, len(block))) for s in range(0, len(block), width)]
-    offsets = tokenizer(block, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
-    starts = [0] + [offsets[i][0] for i in range(passage_tokens, len(offsets), passage_tokens)]
-    starts = sorted({s for s in starts if 0 <= s < len(block)} | {0})
-    return [(s, e) for s, e in zip(starts, starts[1:] + [len(block)]) if e > s]
+        starts, step = None, passage_tokens * 4
+    else:
+        offsets = tokenizer(block, add_special_tokens=False, return_offsets_mapping=True)["offset_mapping"]
+        starts, step = [o[0] for o in offsets], passage_tokens
+    spans, start = [], 0
+    while start < len(block):
+        if starts is None:
+            limit = start + step
+        else:
+            first = bisect.bisect_left(starts, start)
+            limit = starts[first + step] if first + step < len(starts) else len(block)
+        if limit >= len(block):
+            spans.append((start, len(block)))
+            break
+        cut = limit
+        space = max(block.rfind(" ", start + (limit - start) // 2, limit),
+                    block.rfind("\n", start + (limit - start) // 2, limit))
+        if space >= 0:
+            cut = space + 1
+        cut = max(cut, start + 1)
+        spans.append((start, cut))
+        start = cut
+    return spans
 
 
 def split_passages(text: str, tokenizer=None, passage_tokens: int = PASSAGE_TOKENS,
@@ -216,8 +235,9 @@ def split_passages(text: str, tokenizer=None, passage_tokens: int = PASSAGE_TOKE
     without a tokenizer, minutes with one, and its cost grows faster than the text). So the
     text is first cut into blocks of at most 64 passages' worth of characters at the
     strongest break near each block's end (:func:`cut_points`), and a block holding a run of
-    over ``2 × passage_tokens`` characters without whitespace is cut every ``passage_tokens``
-    tokens in one linear pass instead (:func:`_fixed_passages`). Work is then bounded per
+    over ``2 × passage_tokens`` characters without whitespace, or of ``8 × passage_tokens``
+    without a line break or punctuation, is cut at whitespace every ``passage_tokens`` tokens
+    in one linear pass instead (:func:`_fixed_passages`). Work is then bounded per
     block and linear overall; ordinary prose is cut where it was before, except that a
     passage never crosses a block's edge."""
     from langchain_text_splitters import RecursiveCharacterTextSplitter
@@ -230,11 +250,12 @@ def split_passages(text: str, tokenizer=None, passage_tokens: int = PASSAGE_TOKE
     else:
         splitter = RecursiveCharacterTextSplitter(chunk_size=passage_tokens * 4, chunk_overlap=0, separators=separators,
                                                   keep_separator="end", add_start_index=True, strip_whitespace=False)
-    long_run = re.compile(r"\S{%d,}" % (2 * passage_tokens + 1))
+    # stretches the recursive splitter would take apart word by word or character by character
+    unsplittable = re.compile(r"\S{%d,}|[^\n.?!;,]{%d,}" % (2 * passage_tokens + 1, 8 * passage_tokens))
     spans = []
     for block_start, block_end in cut_points(text, 64 * 4 * passage_tokens):
         block = text[block_start:block_end]
-        if long_run.search(block):
+        if unsplittable.search(block):
             pieces = _fixed_passages(block, tokenizer, passage_tokens)
         else:
             pieces = []

@@ -57,6 +57,10 @@ def open_pdf(data: bytes):
         raise DocumentError(f"the PDF is corrupt or unreadable ({type(exc).__name__})") from exc
 
 
+def _size(n: int) -> str:
+    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 1024:.0f} KB"
+
+
 def _content_bytes(page) -> int:
     """Decoded size of a page's content stream(s): what extracting its text has to parse."""
     from pypdf.generic import ArrayObject
@@ -99,8 +103,8 @@ def read_pdf(data: bytes, max_pages: int | None = None, max_chars: int | None = 
             if max_page_content is not None:
                 size = _content_bytes(page)
                 if size > max_page_content:
-                    raise DocumentError(f"page {number} has {size / 2**20:.1f} MB of content, over the limit of "
-                                        f"{max_page_content / 2**20:.0f} MB per page")
+                    raise DocumentError(f"page {number} has {_size(size)} of content, over the limit of "
+                                        f"{_size(max_page_content)} per page")
             text = page.extract_text() or ""
         except DocumentError:
             raise
