@@ -65,7 +65,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="require a login (repeat for several users; or HOMER_AUTH=u1:p1,u2:p2); "
                              "each user then sees only their own documents")
     parser.add_argument("--workers", type=int, default=None,
-                        help="build threads in this process (default 1; 0: builds run elsewhere)")
+                        help="build threads in this process for small documents (default 1; 0: builds run "
+                             "elsewhere); documents over HOMER_LARGE_BUILD_CHARS characters build in a lane of "
+                             "their own (HOMER_LARGE_WORKERS threads, 1), so they never hold up small ones")
     parser.add_argument("--builds-in-requests", action="store_true",
                         help="run builds inside the upload request instead of a background thread "
                              "(automatic on a ZeroGPU Space, where only requests get the GPU)")

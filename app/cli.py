@@ -117,7 +117,8 @@ def cmd_worker(args) -> int:
 
     if args.deep_read:
         os.environ["HOMER_DEEP_READ"] = "1"
-    return run_worker(_store(args), args.workers)
+    lanes = ("small", "large") if args.lane == "all" else (args.lane,)
+    return run_worker(_store(args), args.workers, args.large_workers, lanes)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -161,7 +162,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_jobs)
 
     p = sub.add_parser("worker", parents=[store_opt], help="run build workers (SQLite queue, or Redis with HOMER_REDIS_URL)")
-    p.add_argument("-w", "--workers", type=int, default=1)
+    p.add_argument("-w", "--workers", type=int, default=1, help="build threads of the small lane (default 1)")
+    p.add_argument("--large-workers", type=int, default=None,
+                   help="build threads of the large lane (default 1, or HOMER_LARGE_WORKERS)")
+    p.add_argument("--lane", choices=["all", "small", "large"], default="all",
+                   help="serve both build lanes (default) or only one (documents over HOMER_LARGE_BUILD_CHARS "
+                        "characters are large)")
     p.add_argument("--deep-read", action="store_true",
                    help="also keep the leaf states of each build, for deep reads (or HOMER_DEEP_READ=1)")
     p.set_defaults(func=cmd_worker)

@@ -83,6 +83,42 @@ def get_model(name: str | None):
         return _models[key]
 
 
+# --- build lanes ------------------------------------------------------------------------------
+SMALL, LARGE = "small", "large"
+PDF_CHARS_PER_PAGE = 3000  # an upload's size guess before its text is read: a dense printed page
+
+
+def large_build_chars() -> int:
+    """Documents of more characters than this build in the *large* lane
+    (``HOMER_LARGE_BUILD_CHARS``, 250 000 — about 60 000 tokens, a 150-page book)."""
+    return int(float(os.environ.get("HOMER_LARGE_BUILD_CHARS", "250000")))
+
+
+def job_size(store, job: dict) -> int:
+    """A job's document size in characters: exact once the document is stored, else guessed
+    from the upload (a text file's bytes; a PDF's pages × ``PDF_CHARS_PER_PAGE``). A file
+    that cannot be sized counts as small: it fails at once in the worker."""
+    doc = store.get_document(job["document_id"])
+    if doc is not None:
+        return int(doc.get("chars") or 0)
+    if not job.get("upload"):
+        return 0
+    path = store.root / job["upload"]
+    try:
+        if path.suffix.lower() != ".pdf":
+            return path.stat().st_size
+        from pypdf import PdfReader
+
+        return len(PdfReader(str(path)).pages) * PDF_CHARS_PER_PAGE
+    except Exception:  # gone, unreadable, not a PDF after all: the build reports it
+        return 0
+
+
+def job_lane(store, job: dict) -> str:
+    """``"large"`` for a document over :func:`large_build_chars`, else ``"small"``."""
+    return LARGE if job_size(store, job) > large_build_chars() else SMALL
+
+
 # --- submitting -----------------------------------------------------------------------------
 def build_key(document_id: str, model: str | None, settings: dict | None) -> str:
     """What makes two build requests the same before any model is loaded."""
@@ -319,11 +355,14 @@ def run_build(store, job_id: str) -> str:
 
 # --- recovery ---------------------------------------------------------------------------
 def run_queued(store) -> list[tuple[str, str]]:
-    """Run every queued build here and now, oldest first: (job id, outcome) per job. For
+    """Run every queued build here and now — small documents first, then large ones, each
+    oldest first, so a small document never waits behind a large one: (job id, outcome) per job. For
     hosts where a background thread cannot use the accelerator (a ZeroGPU Space lends the
     GPU only inside a request), the app calls this from the upload request instead."""
     outcomes = []
-    for job in store.jobs.list("queued"):
+    queued = store.jobs.list("queued")
+    lanes = {job["id"]: job_lane(store, job) for job in queued}
+    for job in sorted(queued, key=lambda job: lanes[job["id"]] == LARGE):  # small ones first, each lane oldest first
         try:
             outcomes.append((job["id"], run_build(store, job["id"])))
         except Retry as exc:
