@@ -19,7 +19,7 @@ tokens.
   before the template renders it; :func:`encode_marked` then encodes the rendered text
   normally (the template's own control tokens are parsed) except the marked stretches, which
   are encoded as text. This is the scheme of transformers'
-  ``apply_chat_template(..., sanitize_control_tokens=True)`` (5.x), rebuilt here because
+  ``apply_chat_template(..., sanitize_control_tokens=True)`` (present in 5.23), rebuilt here because
   HOMER encodes the conversation in pieces after a cache (prefix, suffix, each new turn),
   never the whole rendered chat at once, and must run on any transformers 5.
 - Text with no control-token string is encoded exactly as the plain tokenizer call does
