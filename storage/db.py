@@ -110,8 +110,16 @@ def _v4_cache_leaf_states(db: sqlite_utils.Database) -> None:
     db["caches"].add_column("leaf_states_checksum", str)  # sha256 of the file
 
 
+def _v5_passage_index(db: sqlite_utils.Database) -> None:
+    # Short passages per document with an FTS5 index (BM25) for question-time retrieval.
+    from .passages import create_tables
+
+    create_tables(db)
+
+
 MIGRATIONS = [_v1_documents_caches_conversations, _v2_jobs_locks_passages, _v3_document_owners,
-              _v4_cache_leaf_states]
+              _v4_cache_leaf_states,
+              _v5_passage_index]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
