@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,121 @@ FORMAT_VERSION = "1"
 
 class CacheMismatchError(ValueError):
     """A cache file was made for another model (or is not a HOMER cache)."""
+
+
+class CacheStructureError(CacheMismatchError):
+    """A cache file's tensors do not fit together (or do not fit the model): a missing tensor,
+    a wrong dtype, shapes that disagree, positions out of range. Such a file is never used."""
+
+
+# What a HOMER cache file holds: name -> (rank, allowed safetensors dtypes). keys/values are
+# [L, KV, T, d]; the per-token tensors are [T]; last_logits [V]; inv_freq [d/2].
+_FLOATS = ("F16", "BF16", "F32")
+_LAYOUT = {
+    "keys": (4, _FLOATS), "values": (4, _FLOATS), "positions": (1, ("I64",)), "token_ids": (1, ("I64",)),
+    "sources": (1, ("I64",)), "last_logits": (1, _FLOATS), "inv_freq": (1, _FLOATS),
+}
+_OPTIONAL = {"char_offsets": (1, ("I64",))}
+MAX_POSITION = 2**31 - 1
+_WINDOW_FACTOR = 4  # positions are reused within the window; allow room for scaled RoPE configs
+_model_shapes: dict[str, dict] = {}
+
+
+def model_shape(config) -> dict:
+    """The dimensions a cache of this model must have: layers, kv heads, head dim, vocab, window."""
+    config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    heads = config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return {"layers": int(config.num_hidden_layers),
+            "kv_heads": int(getattr(config, "num_key_value_heads", None) or heads),
+            "head_dim": int(head_dim), "vocab": int(config.vocab_size),
+            "window": int(getattr(config, "max_position_embeddings", 0) or 0)}
+
+
+def remember_model_shape(fingerprint: str, config) -> None:
+    """Record the dimensions of a fingerprinted model, so a load that names only the
+    fingerprint (the store's) still checks the file's shapes against that model."""
+    try:
+        _model_shapes[fingerprint] = model_shape(config)
+    except (AttributeError, TypeError, ZeroDivisionError):
+        pass
+
+
+def check_cache_layout(name: str, specs: dict[str, tuple[str, list[int]]], meta: dict,
+                       shape: dict | None = None) -> tuple[int, int]:
+    """Refuse a cache whose tensor headers do not fit together (or the model's ``shape``,
+    see :func:`model_shape`), from names, dtypes and shapes alone (nothing is read).
+    ``specs``: tensor name -> (safetensors dtype, shape). Returns (prefix_len, suffix_len)."""
+
+    def refuse(reason: str):
+        raise CacheStructureError(f"{name} is not a consistent HOMER cache: {reason}")
+
+    missing = [t for t in _LAYOUT if t not in specs]
+    if missing:
+        refuse(f"missing tensor(s) {', '.join(missing)}")
+    for tensor, (rank, dtypes) in {**_LAYOUT, **{k: v for k, v in _OPTIONAL.items() if k in specs}}.items():
+        dtype, dims = specs[tensor]
+        if dtype not in dtypes:
+            refuse(f"{tensor} is stored as {dtype}, expected {' or '.join(dtypes)}")
+        if len(dims) != rank:
+            refuse(f"{tensor} has {len(dims)} dimension(s), expected {rank}")
+    layers, kv_heads, tokens, head_dim = specs["keys"][1]
+    if specs["values"][1] != specs["keys"][1]:
+        refuse(f"values have shape {list(specs['values'][1])}, keys {list(specs['keys'][1])}")
+    if specs["values"][0] != specs["keys"][0]:
+        refuse(f"values are {specs['values'][0]}, keys {specs['keys'][0]}")
+    if min(layers, kv_heads, tokens, head_dim) < 1:
+        refuse(f"keys have an empty dimension {list(specs['keys'][1])}")
+    for tensor in ("positions", "token_ids", "sources", "char_offsets"):
+        if tensor in specs and specs[tensor][1][0] != tokens:
+            refuse(f"{tensor} has {specs[tensor][1][0]} entries for {tokens} cached tokens")
+    if head_dim % 2 or specs["inv_freq"][1][0] != head_dim // 2:
+        refuse(f"inv_freq has {specs['inv_freq'][1][0]} entries for head dimension {head_dim}")
+    try:
+        prefix_len, suffix_len = int(meta["prefix_len"]), int(meta["suffix_len"])
+    except (KeyError, TypeError, ValueError):
+        refuse("prefix_len / suffix_len missing or not integers")
+    if prefix_len < 0 or suffix_len < 0 or prefix_len + suffix_len > tokens:
+        refuse(f"prefix {prefix_len} and suffix {suffix_len} tokens do not fit in {tokens} cached tokens")
+    if shape is not None:
+        for what, found in (("layers", layers), ("kv_heads", kv_heads), ("head_dim", head_dim)):
+            if found != shape[what]:
+                refuse(f"{found} {what.replace('_', ' ')}, the model has {shape[what]}")
+        if specs["last_logits"][1][0] != shape["vocab"]:
+            refuse(f"last_logits has {specs['last_logits'][1][0]} entries, the model's vocabulary {shape['vocab']}")
+    return prefix_len, suffix_len
+
+
+def check_cache_values(name: str, tensors: dict[str, torch.Tensor], shape: dict | None = None) -> None:
+    """The O(T) checks on the loaded per-token tensors: positions, token ids and source
+    indices within range (a position out of range would rotate keys to garbage)."""
+
+    def refuse(reason: str):
+        raise CacheStructureError(f"{name} is not a consistent HOMER cache: {reason}")
+
+    positions = tensors["positions"]
+    limit = MAX_POSITION
+    if shape is not None and shape.get("window"):
+        limit = min(limit, shape["window"] * _WINDOW_FACTOR)
+    if int(positions.min()) < 0 or int(positions.max()) > limit:
+        refuse(f"positions run from {int(positions.min())} to {int(positions.max())}, outside 0..{limit}")
+    token_ids = tensors["token_ids"]
+    vocab = shape["vocab"] if shape is not None else MAX_POSITION + 1
+    if int(token_ids.min()) < 0 or int(token_ids.max()) >= vocab:
+        refuse(f"token ids run from {int(token_ids.min())} to {int(token_ids.max())}, outside 0..{vocab - 1}")
+    for tensor in ("sources", "char_offsets"):
+        if tensor in tensors and int(tensors[tensor].min()) < -1:
+            refuse(f"{tensor} has entries below -1")
+    for tensor in ("inv_freq", "last_logits"):
+        if not bool(torch.isfinite(tensors[tensor]).all()):
+            refuse(f"{tensor} holds non-finite numbers")
+
+
+def writer_tag() -> str:
+    """``host-pid`` of this process as temp file names carry it: the host name without dots
+    or colons, the same form as the store's ``owner_token`` with ``:`` → ``-``."""
+    host = socket.gethostname().replace(".", "_").replace(":", "_") or "host"
+    return f"{host}-{os.getpid()}"
 
 
 def rotate_keys(keys: torch.Tensor, inv_freq: torch.Tensor, offset: int) -> torch.Tensor:
@@ -122,13 +238,15 @@ class HomerCache(StoredMetadata):
         return out
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write atomically: temp file in the same folder → fsync → rename."""
+        """Write atomically: temp file in the same folder → fsync → rename. The temp name
+        carries the writer's ``host-pid`` (:func:`writer_tag`), so a killed writer's leftover
+        is known as stale as soon as that process is gone."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {k: str(v) for k, v in self.metadata.items()}
         meta.update(format=FORMAT, format_version=FORMAT_VERSION,
                     prefix_len=str(self.prefix_len), suffix_len=str(self.suffix_len))
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{writer_tag()}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         try:
             save_file(self.tensors(), tmp, metadata=meta)
@@ -142,10 +260,22 @@ class HomerCache(StoredMetadata):
 
     @classmethod
     def load(cls, path: str | os.PathLike, model=None, expected_fingerprint: str | None = None,
-             device: str = "cpu") -> "HomerCache":
+             device: str = "cpu", config=None) -> "HomerCache":
         """Load a cache file (memory-mapped). With ``model`` or ``expected_fingerprint`` the
-        file must have been built by that model, else :class:`CacheMismatchError`."""
+        file must have been built by that model, else :class:`CacheMismatchError`.
+
+        The file's structure is checked before its tensors are read (required tensors, dtypes,
+        ranks, equal token counts, prefix/suffix lengths), against the model's dimensions too
+        when the model (``model``, ``config``, or a fingerprint computed in this process) is
+        known; then positions and ids are range-checked. Any failure is a
+        :class:`CacheStructureError` (one line): such a file is never used."""
         path = Path(path)
+        if model is not None:
+            from .fingerprint import model_fingerprint
+
+            expected_fingerprint = model_fingerprint(model)
+            config = config if config is not None else model.config
+        shape = model_shape(config) if config is not None else _model_shapes.get(expected_fingerprint or "")
         try:
             with safe_open(str(path), framework="pt", device=device) as fh:
                 meta = dict(fh.metadata() or {})
@@ -156,23 +286,27 @@ class HomerCache(StoredMetadata):
                         f"{path.name} has cache format version {meta.get('format_version')}, "
                         f"this version reads {FORMAT_VERSION}"
                     )
-                tensors = {name: fh.get_tensor(name) for name in fh.keys()}
+                found = meta.get("model_fingerprint", "")
+                if expected_fingerprint is not None and found != expected_fingerprint:
+                    raise CacheMismatchError(
+                        f"{path.name} was built by model {meta.get('model_name', '?')} "
+                        f"(fingerprint {found[:12]}), not by the loaded model "
+                        f"(fingerprint {expected_fingerprint[:12]})"
+                    )
+                specs = {}
+                for name in fh.keys():
+                    view = fh.get_slice(name)
+                    specs[name] = (view.get_dtype(), list(view.get_shape()))
+                prefix_len, suffix_len = check_cache_layout(path.name, specs, meta, shape)
+                tensors = {name: fh.get_tensor(name) for name in (*_LAYOUT, *_OPTIONAL) if name in specs}
         except CacheMismatchError:
             raise
         except Exception as exc:  # truncated / corrupt file: say so plainly
-            raise CacheMismatchError(f"{path.name} cannot be read as a HOMER cache: {exc}") from exc
-        if model is not None:
-            from .fingerprint import model_fingerprint
-
-            expected_fingerprint = model_fingerprint(model)
-        found = meta.get("model_fingerprint", "")
-        if expected_fingerprint is not None and found != expected_fingerprint:
-            raise CacheMismatchError(
-                f"{path.name} was built by model {meta.get('model_name', '?')} "
-                f"(fingerprint {found[:12]}), not by the loaded model (fingerprint {expected_fingerprint[:12]})"
-            )
-        prefix_len, suffix_len = int(meta.pop("prefix_len")), int(meta.pop("suffix_len"))
-        meta.pop("format"), meta.pop("format_version")
+            reason = " ".join(str(exc).split())[:200]
+            raise CacheMismatchError(f"{path.name} cannot be read as a HOMER cache: {reason}") from exc
+        check_cache_values(path.name, tensors, shape)
+        for key in ("prefix_len", "suffix_len", "format", "format_version"):
+            meta.pop(key, None)
         return cls(
             keys=tensors["keys"], values=tensors["values"], positions=tensors["positions"],
             token_ids=tensors["token_ids"], sources=tensors["sources"], prefix_len=prefix_len,

@@ -28,4 +28,8 @@ def model_fingerprint(model) -> str:
             sample = flat[::step][:_SAMPLES_PER_TENSOR].to("cpu", torch.float32).to(torch.bfloat16)
             digest.update(f"{name}:{tuple(tensor.shape)}".encode())
             digest.update(sample.view(torch.int16).numpy().tobytes())
-    return digest.hexdigest()[:32]
+    fingerprint = digest.hexdigest()[:32]
+    from .cache import remember_model_shape  # a load naming only this fingerprint checks shapes too
+
+    remember_model_shape(fingerprint, model.config)
+    return fingerprint

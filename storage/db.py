@@ -6,8 +6,11 @@ several processes opening the same store at once migrate it exactly once."""
 
 from __future__ import annotations
 
+import os
+import random
 import sqlite3
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import sqlite_utils
@@ -117,21 +120,81 @@ def _v5_passage_index(db: sqlite_utils.Database) -> None:
     create_tables(db)
 
 
+def _v6_cache_install_journal(db: sqlite_utils.Database) -> None:
+    # The row an install is about to write (JSON), recorded before its file is renamed into
+    # place: a writer killed between the rename and the row leaves a file that matches it, and
+    # the store completes the row rather than calling a good cache corrupt. Null otherwise.
+    db["caches"].add_column("pending", str)
+
+
 MIGRATIONS = [_v1_documents_caches_conversations, _v2_jobs_locks_passages, _v3_document_owners,
               _v4_cache_leaf_states,
-              _v5_passage_index]
+              _v5_passage_index, _v6_cache_install_journal]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+def _is_busy(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text)
+
+
+def retry_busy(action, timeout: float = BUSY_TIMEOUT_MS / 1000):
+    """Run ``action()`` again (jittered backoff) while SQLite answers "database is locked" or
+    "busy" — the cases its busy handler does not wait on (a journal-mode switch, a lock
+    upgrade of a reader) — until ``timeout`` seconds have passed."""
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        try:
+            return action()
+        except sqlite3.OperationalError as exc:
+            if not _is_busy(exc) or time.monotonic() > deadline:
+                raise
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 0.25)
+
+
+@contextmanager
+def setup_lock(path: str | Path):
+    """One process at a time sets up the index of a store on this machine (an advisory file
+    lock next to it); elsewhere (no ``fcntl``) :func:`retry_busy` alone keeps openers apart."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    fd = os.open(f"{path}.setup-lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def connect(path: str | Path) -> sqlite_utils.Database:
-    """Open the index (WAL, busy timeout, foreign keys) without migrating it."""
+    """Open the index (WAL, busy timeout, foreign keys) without migrating it. The switch to
+    WAL is made once per file, retried while another process holds the lock it needs."""
     conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                            check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     db = sqlite_utils.Database(conn)
-    db.enable_wal()
-    db.execute("PRAGMA synchronous = NORMAL")
-    db.execute("PRAGMA foreign_keys = ON")
+
+    def to_wal():
+        if conn.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+            conn.execute("PRAGMA journal_mode = wal")
+
+    retry_busy(to_wal)
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")
+    return db
+
+
+def open_index(path: str | Path) -> sqlite_utils.Database:
+    """Connect and migrate, as a store does when it opens: several processes opening a fresh
+    store at once take turns (:func:`setup_lock`) and wait out each other's locks."""
+    with setup_lock(path):
+        db = connect(path)
+        retry_busy(lambda: migrate(db))
     return db
 
 
@@ -146,7 +209,7 @@ def migrate(db: sqlite_utils.Database, target: int = SCHEMA_VERSION) -> int:
     """Apply the missing migrations up to ``target``; returns the version reached."""
     if schema_version(db) >= target:
         return schema_version(db)
-    db.execute("BEGIN IMMEDIATE")  # one migrating process at a time
+    db.execute("BEGIN IMMEDIATE")  # one migrating process at a time (waits on the busy timeout)
     try:
         db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, applied REAL)")
         current = schema_version(db)
@@ -157,6 +220,7 @@ def migrate(db: sqlite_utils.Database, target: int = SCHEMA_VERSION) -> int:
             db.execute("INSERT INTO schema_version (version, applied) VALUES (?, ?)", [version, now()])
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.conn.in_transaction:
+            db.execute("ROLLBACK")
         raise
     return schema_version(db)

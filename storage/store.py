@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import shutil
+import sqlite3
 import threading
 import time
 import uuid
@@ -26,7 +27,8 @@ from pathlib import Path
 from homer.cache import CacheMismatchError, HomerCache
 
 from . import db as dbmod
-from .errors import CacheCorrupt, StoreError
+from .errors import CacheCorrupt, CacheExists, StoreError
+from .ids import check_cache_key, check_document_id, inside, is_cache_key, is_document_id, is_link, remove_file, remove_tree
 
 LEAF_STATES_FORMAT = "homer-leaf-states"  # homer.deep_read.FORMAT
 from .files import fsync_dir, host_name, install_file, owner_alive, owner_token, sha256_file, write_bytes_atomic
@@ -63,6 +65,7 @@ class Problem:
     """One finding of :meth:`Store.check`."""
 
     kind: str      # orphan-file | missing-file | corrupt-file | stale-temp | missing-document-file
+    #                | bad-row | bad-file | unindexed-cache | unfinished-install
     path: str
     detail: str
     repaired: bool = False
@@ -81,7 +84,7 @@ class Store:
             (self.root / name).mkdir(exist_ok=True)
         self.index_path = self.root / "index.db"
         self._local = threading.local()
-        dbmod.migrate(self.db)
+        self._local.db = dbmod.open_index(self.index_path)  # several processes may open a fresh store at once
         self.jobs = Jobs(self)
         self.locks = Locks(self)
 
@@ -102,7 +105,10 @@ class Store:
 
     # --- documents ---------------------------------------------------------------------
     def document_dir(self, document_id: str) -> Path:
-        return self.root / "documents" / document_id[:2] / document_id
+        """The folder of a document: only for a well-formed id (64 lowercase hex digits), and
+        only when no folder on the way is a symbolic link — else :class:`StoreError`."""
+        check_document_id(document_id)
+        return inside(self.root, self.root / "documents" / document_id[:2] / document_id)
 
     def add_document(self, data: bytes | None, file_name: str, text: str, kind: str, page_starts: list[int] | None = None,
                      token_count: int | None = None, title: str | None = None,
@@ -114,10 +120,13 @@ class Store:
             document_id = hashlib.sha256(data).hexdigest()
         elif not document_id:
             raise StoreError("a document needs its bytes or its content hash")
+        check_document_id(document_id)  # before anything is looked up or written
         existing = self.get_document(document_id)
         if existing is not None:
             return existing
         folder = self.document_dir(document_id)
+        if is_link(folder):
+            raise StoreError(f"the folder of document {document_id[:12]} is a symbolic link; refused")
         if data is not None:
             suffix = Path(file_name).suffix.lower()[:16]
             write_bytes_atomic(data, folder / f"source{suffix}", self.tmp_dir)
@@ -152,35 +161,61 @@ class Store:
         return list(self.db["documents"].rows_where(order_by="created"))
 
     def document_text(self, document_id: str) -> str:
-        return (self.document_dir(document_id) / "text.txt").read_text(encoding="utf-8")
+        path = self._document_file(document_id, "text.txt")
+        return path.read_text(encoding="utf-8")
 
     def source_path(self, document_id: str) -> Path | None:
-        files = sorted(self.document_dir(document_id).glob("source*"))
+        folder = self._document_file(document_id, "text.txt").parent
+        files = sorted(p for p in folder.glob("source*") if not is_link(p))
         return files[0] if files else None
+
+    def _document_file(self, document_id: str, name: str) -> Path:
+        """A file in a document's folder, refused when the folder or the file is a link (a
+        planted link would make the store read or serve a file from elsewhere)."""
+        folder = self.document_dir(document_id)
+        if is_link(folder) or is_link(folder / name):
+            raise StoreError(f"the files of document {document_id[:12]} are symbolic links; refused")
+        return folder / name
 
     def page_starts(self, document_id: str) -> list[int]:
         return json.loads(self.document(document_id)["page_starts"] or "[0]")
 
     def delete_document(self, document_id: str) -> None:
-        """Remove a document with its caches, conversations and finished jobs (rows and files)."""
+        """Remove a document with its caches, conversations and finished jobs (rows and files).
+        Only the document's own folder is removed, after proving it lies inside the store (a
+        link is unlinked, never followed); a row whose id is not a document id (an old,
+        poisoned index) loses its rows and touches no file."""
         doc = self.document(document_id)
         document_id = doc["id"]
         for cache in self.caches(document_id, status=None):
             self.delete_cache(cache["id"])
+        self._delete_document_rows(document_id)
+        if not is_document_id(document_id):
+            return
+        folder = self.document_dir(document_id)
+        remove_tree(self.root, folder)
+        parent = folder.parent
+        try:
+            if not is_link(parent) and parent.is_dir() and not any(parent.iterdir()):
+                parent.rmdir()
+        except OSError:
+            pass  # a concurrent upload of a document of the same shard
+
+    def _delete_document_rows(self, document_id) -> None:
         with self.db.atomic():
             self.db.execute("DELETE FROM conversations WHERE document_id = ?", [document_id])
             self.db.execute("DELETE FROM document_owners WHERE document_id = ?", [document_id])
+            from . import passages
+            passages.delete(self.db, document_id)  # its passage index, FTS rows included
             self.db.execute("UPDATE jobs SET state = 'failed', error = 'the document was deleted', finished = ? "
                             "WHERE document_id = ? AND state IN ('queued', 'running')", [dbmod.now(), document_id])
             self.db.execute("DELETE FROM documents WHERE id = ?", [document_id])
-        shutil.rmtree(self.document_dir(document_id), ignore_errors=True)
-        parent = self.document_dir(document_id).parent
-        if parent.exists() and not any(parent.iterdir()):
-            parent.rmdir()
 
     # --- caches ------------------------------------------------------------------------
     def cache_path(self, key: str) -> Path:
-        return self.root / "caches" / key[:2] / f"{key}.safetensors"
+        """Where cache ``key`` lives: only for a well-formed key (32 lowercase hex digits)."""
+        check_cache_key(key)
+        return inside(self.root, self.root / "caches" / key[:2] / f"{key}.safetensors")
 
     def staging_path(self, suffix: str = ".safetensors") -> Path:
         """A fresh temp path in the store (same file system, named after its writer so a
@@ -204,18 +239,22 @@ class Store:
         finally:
             staged.unlink(missing_ok=True)
 
-    def install_cache_file(self, document_id: str, source, build_seconds: float | None = None) -> dict:
-        """Install a cache file given as a path or a binary file object (bundle import)."""
+    def install_cache_file(self, document_id: str, source, build_seconds: float | None = None,
+                           replace: bool = True) -> dict:
+        """Install a cache file given as a path or a binary file object (bundle import).
+        With ``replace=False`` a cache already stored under the same key (row or file) is
+        never touched: :class:`CacheExists` is raised instead, also to the loser of two
+        simultaneous installs of one key."""
         self.document(document_id)
         staged = self.staging_path()
         try:
             install_file(source, staged, self.tmp_dir)
-            return self._install_cache(document_id, staged, build_seconds)
+            return self._install_cache(document_id, staged, build_seconds, replace=replace)
         finally:
             staged.unlink(missing_ok=True)
 
     def _install_cache(self, document_id: str, staged: Path, build_seconds: float | None,
-                       leaf_states: str | os.PathLike | None = None) -> dict:
+                       leaf_states: str | os.PathLike | None = None, replace: bool = True) -> dict:
         try:
             meta = cache_file_metadata(staged)
         except Exception as exc:
@@ -224,6 +263,7 @@ class Store:
             raise StoreError("not a HOMER cache file")
         key = cache_key(document_id, meta.get("model_fingerprint", ""), meta.get("settings", "{}"),
                         meta.get("prompt_version", ""))
+        check_cache_file(staged, meta.get("model_fingerprint", ""))  # inconsistent tensors are never indexed
         leaves = None
         if leaf_states is not None:  # checked before anything is moved into place
             leaves = Path(leaf_states)
@@ -231,12 +271,8 @@ class Store:
             leaves_checksum, leaves_size = sha256_file(leaves), leaves.stat().st_size
         checksum, size = sha256_file(staged), staged.stat().st_size
         target = self.cache_path(key)
+        leaves_target = self.leaf_states_path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staged, target)
-        if leaves is not None:
-            leaves_target = self.leaf_states_path(key)
-            os.replace(leaves, leaves_target)
-        fsync_dir(target.parent)
         if build_seconds is None:
             build_seconds = float(meta.get("build_seconds") or 0.0)
         stamp = dbmod.now()
@@ -244,17 +280,83 @@ class Store:
             "id": key, "document_id": document_id, "model_fingerprint": meta.get("model_fingerprint", ""),
             "model_name": meta.get("model_name", ""), "settings": meta.get("settings", "{}"),
             "prompt_version": meta.get("prompt_version", ""), "file": str(target.relative_to(self.root)),
-            "bytes": size, "checksum": checksum, "tokens": _cache_tokens(target), "build_seconds": build_seconds,
+            "bytes": size, "checksum": checksum, "tokens": _cache_tokens(staged), "build_seconds": build_seconds,
             "status": "ready", "error": None, "created": stamp, "updated": stamp,
         }
         if leaves is not None:
             row.update(leaf_states_file=str(leaves_target.relative_to(self.root)), leaf_states_bytes=leaves_size,
                        leaf_states_checksum=leaves_checksum)
-        self.db["caches"].upsert(row, pk="id")  # columns not given (earlier leaf states) are kept
+        if replace:
+            self._journal_install(row)  # a crash after the rename below leaves the row able to finish
+            os.replace(staged, target)
+        else:
+            _link_new(staged, target, key, self.get_cache(key) is not None)
+        if leaves is not None:
+            os.replace(leaves, leaves_target)
+        fsync_dir(target.parent)
+        if replace:
+            self.db["caches"].upsert({**row, "pending": None}, pk="id")  # columns not given (earlier leaf states) are kept
+        else:  # the file was linked in new; a build of the same key may still have won the row
+            try:
+                self.db["caches"].insert(row, pk="id")
+            except sqlite3.IntegrityError:
+                raise CacheExists(f"cache {key[:12]} is already in the store") from None
         return self.get_cache(key)
 
+    def _journal_install(self, row: dict) -> None:
+        """Record, before a cache file is renamed into place, the row it will get (column
+        ``pending``). A writer killed between the rename and the row leaves a file that
+        matches the journal, and :meth:`_finish_install` completes the row instead of calling a
+        good cache corrupt. A key without a row gets one in state ``installing``."""
+        pending = json.dumps({**row, "owner": owner_token()})
+        fresh = {**row, "status": "installing", "pending": pending}
+        columns = ", ".join(fresh)
+        marks = ", ".join("?" for _ in fresh)
+        self.db.execute(f"INSERT INTO caches ({columns}) VALUES ({marks}) "
+                        "ON CONFLICT(id) DO UPDATE SET pending = excluded.pending", list(fresh.values()))
+
+    def _finish_install(self, row: dict, checksum: str | None = None) -> dict | None:
+        """Complete an install whose writer stopped after renaming its file: when the file in
+        place is the journalled one (size and sha256; ``checksum`` if already computed), the
+        journalled row is written and returned. None when there is nothing to finish."""
+        try:
+            pending = json.loads(row.get("pending") or "null")
+            path = self._row_file(row)
+            if not isinstance(pending, dict) or pending.get("id") != row["id"] or not path.is_file():
+                return None
+            if path.stat().st_size != pending.get("bytes"):
+                return None
+            if (checksum or sha256_file(path)) != pending.get("checksum"):
+                return None
+        except (StoreError, ValueError, OSError):
+            return None
+        pending.pop("owner", None)
+        update = {k: v for k, v in pending.items() if k in row}
+        if pending.get("leaf_states_file"):  # the leaves were renamed after the cache: maybe not
+            leaves = self.leaf_states_path(row["id"])
+            if not leaves.is_file() or is_link(leaves) or sha256_file(leaves) != pending.get("leaf_states_checksum"):
+                for column in ("leaf_states_file", "leaf_states_bytes", "leaf_states_checksum"):
+                    update.pop(column, None)
+        update.update(status="ready", error=None, pending=None, updated=dbmod.now())
+        self.db["caches"].update(row["id"], update)
+        return self.get_cache(row["id"])
+
     def leaf_states_path(self, key: str) -> Path:
-        return self.root / "caches" / key[:2] / f"{key}.leaves.safetensors"
+        check_cache_key(key)
+        return inside(self.root, self.root / "caches" / key[:2] / f"{key}.leaves.safetensors")
+
+    def _row_file(self, row: dict, column: str = "file") -> Path:
+        """The file a cache row names, proven to be the row's own place in the store: a row
+        (from an old index, or written by hand) naming any other path is refused, so no path
+        read from the index is ever opened, replaced or deleted outside the store."""
+        key = check_cache_key(row.get("id"))
+        expected = self.cache_path(key) if column == "file" else self.leaf_states_path(key)
+        recorded = row.get(column)
+        if not isinstance(recorded, str) or Path(recorded).as_posix() != expected.relative_to(self.root).as_posix():
+            raise StoreError(f"cache row {key[:12]} names {str(recorded)[:40]!r}, not its own file")
+        if is_link(expected):
+            raise StoreError(f"the file of cache {key[:12]} is a symbolic link; refused")
+        return expected
 
     def open_leaf_states(self, key: str, expected_fingerprint: str | None = None, verify: bool = True) -> Path | None:
         """The path of the cache's leaf-state file after checking it (size, ``verify``: sha256,
@@ -269,9 +371,14 @@ class Store:
         if expected_fingerprint is not None and row["model_fingerprint"] != expected_fingerprint:
             raise StoreError(f"cache {key[:12]} was built by model {row['model_name'] or '?'} "
                              f"(fingerprint {row['model_fingerprint'][:12]}), not by the loaded model")
-        path = self.root / row["leaf_states_file"]
         reason = None
-        if not path.exists():
+        try:
+            path = self._row_file(row, "leaf_states_file")
+        except StoreError as exc:
+            path, reason = None, str(exc)
+        if reason is not None:
+            pass
+        elif not path.exists():
             reason = "the leaf-state file is missing"
         elif path.stat().st_size != row["leaf_states_bytes"]:
             reason = (f"the leaf-state file has {path.stat().st_size} bytes, {row['leaf_states_bytes']} were written "
@@ -296,11 +403,20 @@ class Store:
             return
         self.db.execute("UPDATE caches SET leaf_states_file = NULL, leaf_states_bytes = NULL, "
                         "leaf_states_checksum = NULL WHERE id = ?", [key])
-        (self.root / row["leaf_states_file"]).unlink(missing_ok=True)
+        if is_cache_key(key):
+            try:  # only the key's own place, proven inside the store; never the path a row names
+                remove_file(self.root, self.leaf_states_path(key))
+            except StoreError:
+                pass
 
     def get_cache(self, key: str) -> dict | None:
+        """The row of cache ``key`` (None if none). An install whose writer stopped after
+        renaming its file into place is completed here (see :meth:`_journal_install`)."""
         rows = list(self.db["caches"].rows_where("id = ?", [key]))
-        return rows[0] if rows else None
+        row = rows[0] if rows else None
+        if row is not None and row.get("pending") and row.get("status") != "ready":
+            row = self._finish_install(row) or row
+        return row
 
     def caches(self, document_id: str | None = None, status: str | None = "ready", model_fingerprint: str | None = None,
                settings: str | None = None, prompt_version: str | None = None) -> list[dict]:
@@ -319,11 +435,13 @@ class Store:
                         [reason, dbmod.now(), key])
 
     def load_cache(self, key: str, model=None, expected_fingerprint: str | None = None, verify: bool = True,
-                   device: str = "cpu") -> HomerCache:
-        """Load a ready cache (memory-mapped). Checks the file's checksum (``verify``) and the
-        model fingerprint. A missing, truncated or altered file raises :class:`CacheCorrupt`
-        (one line) and the row is marked for rebuild; a cache of another model raises
-        :class:`StoreError`."""
+                   device: str = "cpu", model_config=None) -> HomerCache:
+        """Load a ready cache (memory-mapped). Checks the file's checksum (``verify``), the
+        model fingerprint and the file's structure (:meth:`HomerCache.load`: against the
+        model's dimensions when ``model``/``model_config`` is given or the fingerprint was
+        computed in this process). A missing, truncated, altered or inconsistent file raises
+        :class:`CacheCorrupt` (one line) and the row is marked for rebuild — it is never
+        served; a cache of another model raises :class:`StoreError`."""
         row = self.get_cache(key)
         if row is None:
             raise StoreError(f"no cache {key} in the store")
@@ -336,33 +454,52 @@ class Store:
         if expected_fingerprint is not None and row["model_fingerprint"] != expected_fingerprint:
             raise StoreError(f"cache {key[:12]} was built by model {row['model_name'] or '?'} "
                              f"(fingerprint {row['model_fingerprint'][:12]}), not by the loaded model")
-        path = self.root / row["file"]
+        if model is not None and model_config is None:
+            model_config = model.config
         reason = None
-        if not path.exists():
+        try:
+            path = self._row_file(row)
+        except StoreError as exc:
+            path, reason = None, str(exc)
+        if reason is None and not path.exists():
             reason = "the cache file is missing"
-        elif path.stat().st_size != row["bytes"]:
-            reason = f"the cache file has {path.stat().st_size} bytes, {row['bytes']} were written (truncated?)"
-        elif verify and sha256_file(path) != row["checksum"]:
-            reason = "the cache file's checksum does not match (altered or corrupt)"
+        if reason is None:
+            size, checksum = path.stat().st_size, None
+            if size != row["bytes"]:
+                reason = f"the cache file has {size} bytes, {row['bytes']} were written (truncated?)"
+            elif verify:
+                checksum = sha256_file(path)
+                if checksum != row["checksum"]:
+                    reason = "the cache file's checksum does not match (altered or corrupt)"
+            if reason is not None and row.get("pending"):  # its writer stopped after the rename
+                finished = self._finish_install(row, checksum)
+                if finished is not None:
+                    row, reason = finished, None
         if reason is None:
             try:
-                cache = HomerCache.load(path, expected_fingerprint=row["model_fingerprint"], device=device)
+                cache = HomerCache.load(path, expected_fingerprint=row["model_fingerprint"], device=device,
+                                        config=model_config)
             except CacheMismatchError as exc:
-                reason = str(exc)
+                reason = str(exc).replace(path.name, "the cache file")
         if reason is not None:
             self.mark_corrupt(key, reason)
-            raise CacheCorrupt(f"cache {key[:12]} of document {row['document_id'][:12]}: {reason}; marked for rebuild")
+            raise CacheCorrupt(f"cache {key[:12]} of document {str(row['document_id'])[:12]}: {reason}; "
+                               "marked for rebuild")
         return cache
 
     def delete_cache(self, key: str) -> None:
         row = self.get_cache(key)
         if row is None:
             return
-        (self.root / row["file"]).unlink(missing_ok=True)
-        if row.get("leaf_states_file"):
-            (self.root / row["leaf_states_file"]).unlink(missing_ok=True)
-        self.db.execute("DELETE FROM conversations WHERE cache_id = ?", [key])
-        self.db.execute("DELETE FROM caches WHERE id = ?", [key])
+        if is_cache_key(key):  # only the key's own files, proven inside the store; never the path a row names
+            for path in (self.cache_path, self.leaf_states_path):
+                try:
+                    remove_file(self.root, path(key))
+                except StoreError:
+                    pass  # a linked folder: left alone, reported by check
+        with self.db.atomic():
+            self.db.execute("DELETE FROM conversations WHERE cache_id = ?", [key])
+            self.db.execute("DELETE FROM caches WHERE id = ?", [key])
 
     # --- conversations -----------------------------------------------------------------
     def add_conversation(self, document_id: str, cache_id: str | None = None) -> str:
@@ -391,82 +528,257 @@ class Store:
 
     # --- consistency -------------------------------------------------------------------
     def check(self, repair: bool = False) -> list[Problem]:
-        """Find files without rows, rows without files, corrupt cache files and stale temp
-        files. With ``repair`` remove them (a broken cache row is dropped so the document is
-        rebuilt on next use)."""
+        """Find bad rows, files without rows, rows without files, corrupt or structurally
+        inconsistent cache files and stale temp files. With ``repair`` fix them: a bad row
+        (an id that is not an id, a row naming a path that is not its own) loses just the row;
+        a broken cache row is dropped so the document is rebuilt on next use; a sound cache
+        file found without its row (its writer stopped before the row) is indexed again; orphan
+        and stale files are removed — only paths proven inside the store, links unlinked, never
+        followed. It never stops on a row it cannot read: that row is reported instead."""
         problems: list[Problem] = []
-        known_caches = set()
-        for row in self.caches(status=None):
-            path = self.root / row["file"]
-            known_caches.add(path)
-            if row.get("leaf_states_file"):
-                leaves = self.root / row["leaf_states_file"]
-                known_caches.add(leaves)
-                if not leaves.exists():
-                    problems.append(Problem("missing-file", row["leaf_states_file"],
-                                            f"leaf states of cache {row['id'][:12]} point at no file"))
-                elif leaves.stat().st_size != row["leaf_states_bytes"] or sha256_file(leaves) != row["leaf_states_checksum"]:
-                    problems.append(Problem("corrupt-file", row["leaf_states_file"],
-                                            f"checksum of the leaf states of cache {row['id'][:12]} does not match"))
-                else:
-                    leaves = None
-                if leaves is not None and repair:  # the cache itself may be fine: drop only its leaf states
-                    self.drop_leaf_states(row["id"])
-                    problems[-1].repaired = True
-            if row["status"] != "ready":
+        known: set[Path] = set()
+        for row in self._rows("caches", problems):
+            try:
+                self._check_cache_row(row, repair, problems, known)
+            except Exception as exc:  # whatever the row holds, check goes on
+                self._bad_row("caches", row, f"unreadable cache row ({type(exc).__name__}: {_one_line(exc)})",
+                              repair, problems)
+        for path in _walk_files(self.root / "caches"):
+            if path in known:
                 continue
-            if not path.exists():
-                problems.append(Problem("missing-file", row["file"], f"cache row {row['id'][:12]} points at no file"))
-            elif path.stat().st_size != row["bytes"] or sha256_file(path) != row["checksum"]:
-                problems.append(Problem("corrupt-file", row["file"], f"checksum of cache {row['id'][:12]} does not match"))
-            else:
+            try:
+                self._check_loose_cache_file(path, repair, problems)
+            except Exception as exc:
+                problems.append(Problem("orphan-file", _relative(self.root, path), f"unreadable: {_one_line(exc)}"))
+        documents = self._rows("documents", problems)
+        known_docs = set()
+        for row in documents:
+            document_id = row.get("id")
+            if not is_document_id(document_id):
+                self._bad_row("documents", row, "the document id is not a sha256 (64 lowercase hex digits)",
+                              repair, problems)
                 continue
-            if repair:
-                self.delete_cache(row["id"])
-                problems[-1].repaired = True
-        for path in sorted((self.root / "caches").rglob("*")):
-            if path.is_file() and path not in known_caches:
-                problems.append(Problem("orphan-file", str(path.relative_to(self.root)), "no cache row"))
+            known_docs.add(document_id)
+            try:
+                folder = self.document_dir(document_id)
+                text = folder / "text.txt"
+                if is_link(folder) or is_link(text):
+                    problems.append(Problem("bad-file", _relative(self.root, folder),
+                                            f"the files of document {document_id[:12]} are symbolic links"))
+                    if repair:
+                        self.delete_document(document_id)
+                        problems[-1].repaired = True
+                elif not text.is_file():
+                    problems.append(Problem("missing-document-file", _relative(self.root, folder),
+                                            f"document {document_id[:12]} has no text file"))
+                    if repair:
+                        self.delete_document(document_id)
+                        problems[-1].repaired = True
+            except Exception as exc:
+                problems.append(Problem("bad-file", f"documents/{document_id[:2]}/{document_id}",
+                                        f"document {document_id[:12]}: {_one_line(exc)}"))
+        for shard in _entries(self.root / "documents"):
+            for folder in (_entries(shard) if shard.is_dir() and not is_link(shard) else [shard]):
+                if folder.name in known_docs and folder.parent.name == folder.name[:2] and not is_link(shard):
+                    continue
+                problems.append(Problem("orphan-file", _relative(self.root, folder), "no document row"))
                 if repair:
-                    path.unlink(missing_ok=True)
-                    problems[-1].repaired = True
-        known_docs = {row["id"] for row in self.documents()}
-        for folder in sorted((self.root / "documents").glob("*/*")):
-            if folder.is_dir() and folder.name not in known_docs:
-                problems.append(Problem("orphan-file", str(folder.relative_to(self.root)), "no document row"))
+                    self._remove(folder, problems)
+            if repair and shard.is_dir() and not is_link(shard) and not any(shard.iterdir()):
+                shard.rmdir()
+        try:
+            active_uploads = {row["upload"] for row in self.db["jobs"].rows_where(
+                "state IN ('queued', 'running') AND upload IS NOT NULL")}
+        except Exception as exc:
+            problems.append(Problem("bad-row", "jobs", f"unreadable jobs table: {_one_line(exc)}"))
+            active_uploads = None
+        for path in _entries(self.root / "uploads"):
+            if active_uploads is not None and _relative(self.root, path) not in active_uploads and _older_than(path, 60):
+                problems.append(Problem("orphan-file", _relative(self.root, path), "upload of no active job"))
                 if repair:
-                    shutil.rmtree(folder, ignore_errors=True)
-                    problems[-1].repaired = True
-        for document_id in sorted(known_docs):
-            if not (self.document_dir(document_id) / "text.txt").exists():
-                problems.append(Problem("missing-document-file", str(self.document_dir(document_id).relative_to(self.root)),
-                                        f"document {document_id[:12]} has no text file"))
-                if repair:
-                    self.delete_document(document_id)
-                    problems[-1].repaired = True
-        active_uploads = {row["upload"] for row in self.db["jobs"].rows_where(
-            "state IN ('queued', 'running') AND upload IS NOT NULL")}
-        for path in sorted((self.root / "uploads").glob("*")):
-            if str(path.relative_to(self.root)) not in active_uploads and _older_than(path, 60):
-                problems.append(Problem("orphan-file", str(path.relative_to(self.root)), "upload of no active job"))
-                if repair:
-                    path.unlink(missing_ok=True)
-                    problems[-1].repaired = True
-        for path in sorted(self.tmp_dir.glob("*")):
+                    self._remove(path, problems)
+        for path in _entries(self.tmp_dir):
             if stale_temp(path):
-                problems.append(Problem("stale-temp", str(path.relative_to(self.root)), "left by a stopped writer"))
+                problems.append(Problem("stale-temp", _relative(self.root, path), "left by a stopped writer"))
                 if repair:
-                    path.unlink(missing_ok=True)
-                    problems[-1].repaired = True
+                    self._remove(path, problems)
         return problems
+
+    def _rows(self, table: str, problems: list[Problem]) -> list[dict]:
+        try:
+            return list(self.db[table].rows)
+        except Exception as exc:
+            problems.append(Problem("bad-row", table, f"the {table} table cannot be read: {_one_line(exc)}"))
+            return []
+
+    def _remove(self, path: Path, problems: list[Problem]) -> None:
+        """Remove an orphan or stale path (proven inside the store; a link is unlinked)."""
+        try:
+            remove_tree(self.root, path) if path.is_dir() and not is_link(path) else remove_file(self.root, path)
+            problems[-1].repaired = True
+        except (StoreError, OSError) as exc:
+            problems[-1].detail += f"; not removed: {_one_line(exc)}"
+
+    def _bad_row(self, table: str, row: dict, detail: str, repair: bool, problems: list[Problem]) -> None:
+        """Report a row the store cannot use; with ``repair`` delete just that row (and the
+        rows that hang on it) — no file is touched for it."""
+        shown = str(row.get("id"))[:40]
+        problems.append(Problem("bad-row", f"{table}/{shown}", detail))
+        if not repair:
+            return
+        with self.db.atomic():
+            if table == "caches":
+                self.db.execute("DELETE FROM conversations WHERE cache_id IS ?", [row.get("id")])
+                self.db.execute("DELETE FROM caches WHERE id IS ?", [row.get("id")])
+            else:
+                self.db.execute("DELETE FROM conversations WHERE document_id IS ?", [row.get("id")])
+                self.db.execute("DELETE FROM document_owners WHERE document_id IS ?", [row.get("id")])
+                self.db.execute("UPDATE jobs SET state = 'failed', error = 'the document was removed', finished = ? "
+                                "WHERE document_id IS ? AND state IN ('queued', 'running')", [dbmod.now(), row.get("id")])
+                for cache in self.db.execute("SELECT id FROM caches WHERE document_id IS ?", [row.get("id")]).fetchall():
+                    if is_cache_key(cache[0]):
+                        self.delete_cache(cache[0])
+                self.db.execute("DELETE FROM conversations WHERE cache_id IN "
+                                "(SELECT id FROM caches WHERE document_id IS ?)", [row.get("id")])
+                self.db.execute("DELETE FROM caches WHERE document_id IS ?", [row.get("id")])
+                self.db.execute("DELETE FROM documents WHERE id IS ?", [row.get("id")])
+        problems[-1].repaired = True
+
+    def _check_cache_row(self, row: dict, repair: bool, problems: list[Problem], known: set[Path]) -> None:
+        key = row.get("id")
+        if not is_cache_key(key):
+            self._bad_row("caches", row, "the cache id is not 32 lowercase hex digits", repair, problems)
+            return
+        try:
+            path = self._row_file(row)
+        except StoreError as exc:
+            self._bad_row("caches", row, _one_line(exc), repair, problems)
+            return
+        known.add(path)
+        if row.get("pending"):
+            finished = self._finish_install(row)
+            if finished is not None:  # only when the file in place is the journalled one
+                problems.append(Problem("unfinished-install", _relative(self.root, path),
+                                        f"cache {key[:12]} was renamed into place but its row never written"))
+                problems[-1].repaired = True  # completing it is safe, with or without repair
+                row = finished
+        if row.get("leaf_states_file"):
+            try:
+                leaves = self._row_file(row, "leaf_states_file")
+            except StoreError as exc:
+                leaves, reason = None, _one_line(exc)
+            else:
+                known.add(leaves)
+                reason = None
+                if not leaves.is_file():
+                    reason = f"leaf states of cache {key[:12]} point at no file"
+                elif (leaves.stat().st_size != row.get("leaf_states_bytes")
+                      or sha256_file(leaves) != row.get("leaf_states_checksum")):
+                    reason = f"checksum of the leaf states of cache {key[:12]} does not match"
+            if reason is not None:
+                kind = "missing-file" if leaves is not None and not leaves.is_file() else "corrupt-file"
+                problems.append(Problem(kind, str(row.get("leaf_states_file"))[:80], reason))
+                if repair:  # the cache itself may be fine: drop only its leaf states
+                    self.drop_leaf_states(key)
+                    problems[-1].repaired = True
+        if row.get("status") == "installing":
+            if not path.exists() and _install_abandoned(row):
+                problems.append(Problem("unfinished-install", _relative(self.root, path),
+                                        f"an install of cache {key[:12]} stopped before its file was in place"))
+                if repair:
+                    self.delete_cache(key)
+                    problems[-1].repaired = True
+            return
+        if row.get("status") != "ready":
+            return
+        if not path.exists():
+            problems.append(Problem("missing-file", _relative(self.root, path), f"cache row {key[:12]} points at no file"))
+        elif path.stat().st_size != row.get("bytes") or sha256_file(path) != row.get("checksum"):
+            problems.append(Problem("corrupt-file", _relative(self.root, path), f"checksum of cache {key[:12]} does not match"))
+        else:
+            try:
+                check_cache_file(path, row.get("model_fingerprint"))
+                return
+            except StoreError as exc:
+                problems.append(Problem("corrupt-file", _relative(self.root, path), f"cache {key[:12]}: {exc}"))
+        if repair:
+            self.delete_cache(key)
+            problems[-1].repaired = True
+
+    def _check_loose_cache_file(self, path: Path, repair: bool, problems: list[Problem]) -> None:
+        """A file under caches/ without a row. A sound cache at its own key's place whose
+        document is stored (a writer stopped between the rename and the row) is indexed again
+        (with ``repair``); anything else is an orphan."""
+        relative = _relative(self.root, path)
+        name = path.name
+        key = name.removesuffix(".safetensors")
+        if not is_link(path) and is_cache_key(key) and path.parent.name == key[:2] and self.get_cache(key) is None:
+            row = self._indexable(path, key)
+            if row is not None:
+                problems.append(Problem("unindexed-cache", relative,
+                                        f"a sound cache of document {row['document_id'][:12]} without its row"))
+                if repair:
+                    try:
+                        self.db["caches"].insert(row, pk="id")
+                    except sqlite3.IntegrityError:
+                        pass  # its writer wrote the row meanwhile
+                    problems[-1].repaired = True
+                return
+        if name.endswith(".leaves.safetensors") and not is_link(path):
+            owner = self.get_cache(name.removesuffix(".leaves.safetensors"))
+            if owner is not None and owner.get("status") in ("installing", "ready") and owner.get("pending"):
+                return  # an install of that cache is under way (its leaves are renamed after the cache)
+        problems.append(Problem("orphan-file", relative, "no cache row"))
+        if repair:
+            self._remove(path, problems)
+
+    def _indexable(self, path: Path, key: str) -> dict | None:
+        """The row a cache file without one should have, or None when it is not a sound cache
+        of a stored document under its own key."""
+        try:
+            meta = cache_file_metadata(path)
+        except Exception:
+            return None
+        if meta.get("format") != "homer-cache":
+            return None
+        claimed = meta.get("document_id")
+        candidates = [claimed] if is_document_id(claimed) else [row["id"] for row in self.documents()]
+        document_id = next((d for d in candidates if is_document_id(d) and self.get_document(d) is not None
+                            and cache_key(d, meta.get("model_fingerprint", ""), meta.get("settings", "{}"),
+                                          meta.get("prompt_version", "")) == key), None)
+        if document_id is None:
+            return None
+        try:
+            check_cache_file(path, meta.get("model_fingerprint"))
+        except StoreError:
+            return None
+        stamp = dbmod.now()
+        row = {"id": key, "document_id": document_id, "model_fingerprint": meta.get("model_fingerprint", ""),
+               "model_name": meta.get("model_name", ""), "settings": meta.get("settings", "{}"),
+               "prompt_version": meta.get("prompt_version", ""), "file": _relative(self.root, path),
+               "bytes": path.stat().st_size, "checksum": sha256_file(path), "tokens": _cache_tokens(path),
+               "build_seconds": float(meta.get("build_seconds") or 0.0), "status": "ready", "error": None,
+               "created": stamp, "updated": stamp}
+        leaves = self.leaf_states_path(key)
+        if leaves.is_file() and not is_link(leaves):
+            try:
+                _check_leaf_states_file(leaves, meta)
+                row.update(leaf_states_file=_relative(self.root, leaves), leaf_states_bytes=leaves.stat().st_size,
+                           leaf_states_checksum=sha256_file(leaves))
+            except StoreError:
+                pass
+        return row
 
     def remove_stale_temp_files(self) -> int:
         """Delete temp files whose writer is gone (a worker restarting after a crash)."""
         removed = 0
-        for path in self.tmp_dir.glob("*"):
+        for path in _entries(self.tmp_dir):
             if stale_temp(path):
-                path.unlink(missing_ok=True)
-                removed += 1
+                try:
+                    remove_tree(self.root, path) if path.is_dir() and not is_link(path) else remove_file(self.root, path)
+                    removed += 1
+                except (StoreError, OSError):
+                    pass
         return removed
 
 
@@ -492,6 +804,35 @@ def _check_leaf_states_file(path: Path, cache_meta: dict) -> None:
             raise StoreError("the leaf states were made with another prompt than the cache")
 
 
+def _link_new(staged: Path, target: Path, key: str, row_exists: bool) -> None:
+    """Put ``staged`` at ``target`` only if nothing is there (a hard link fails on an existing
+    name, atomically); :class:`CacheExists` otherwise."""
+    if row_exists:
+        raise CacheExists(f"cache {key[:12]} is already in the store")
+    try:
+        os.link(staged, target)
+    except FileExistsError:
+        raise CacheExists(f"cache {key[:12]} is already in the store") from None
+    except OSError:  # a file system without hard links: exclusive create, then copy
+        try:
+            with open(target, "xb") as out, open(staged, "rb") as src:
+                shutil.copyfileobj(src, out, 1 << 20)
+                out.flush()
+                os.fsync(out.fileno())
+        except FileExistsError:
+            raise CacheExists(f"cache {key[:12]} is already in the store") from None
+    staged.unlink(missing_ok=True)
+
+
+def check_cache_file(path: Path, fingerprint: str | None = None) -> None:
+    """Refuse (:class:`StoreError`, one line) a cache file whose tensors do not fit together
+    or do not fit its model (when that model's fingerprint was computed in this process)."""
+    try:
+        HomerCache.load(path, expected_fingerprint=fingerprint or None)
+    except CacheMismatchError as exc:
+        raise StoreError(str(exc).replace(Path(path).name, "the cache file")) from None
+
+
 def _cache_tokens(path: Path) -> int:
     from safetensors import safe_open
 
@@ -507,12 +848,71 @@ def _older_than(path: Path, seconds: float) -> bool:
 
 
 def stale_temp(path: Path) -> bool:
-    """A temp file is stale when its writer (``host-pid`` in its name) is a dead process on
-    this host, or when it is older than an hour."""
+    """A temp file is stale when its writer (``host-pid`` in its name) is gone: no such
+    process on this host, a zombie, or a newer process that reused the pid (it started after
+    the file was last written) — known at once, not after a timeout. A name without a writer
+    of this host (another machine on a shared store) is stale after an hour."""
     host = host_name()
+    try:
+        written = os.lstat(path).st_mtime
+    except FileNotFoundError:
+        return False
     for part in path.name.split("."):
         if part.startswith(f"{host}-"):
             pid = part[len(host) + 1:]
-            if pid.isdigit() and int(pid) != os.getpid() and owner_alive(f"{host}:{pid}") is False:
-                return True
+            if pid.isdigit():
+                return not _writer_alive(int(pid), written)
     return _older_than(path, STALE_TEMP_SECONDS)
+
+
+def _writer_alive(pid: int, written: float) -> bool:
+    import psutil
+
+    try:
+        process = psutil.Process(pid)
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return process.create_time() <= written + 1.0  # a process started later only reused the pid
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:  # not ours to inspect: assume it is alive
+        return True
+
+
+def _install_abandoned(row: dict) -> bool:
+    """Whether the writer of an ``installing`` row is gone (dead on this host, or an hour old)."""
+    try:
+        owner = json.loads(row.get("pending") or "{}").get("owner")
+    except (ValueError, AttributeError):
+        owner = None
+    if owner_alive(owner) is False:
+        return True
+    return dbmod.now() - float(row.get("updated") or 0) > STALE_TEMP_SECONDS
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())[:300]
+
+
+def _relative(root: Path, path: Path) -> str:
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def _entries(folder: Path) -> list[Path]:
+    """The entries of a folder (not following links), sorted; none when it is missing."""
+    try:
+        return sorted(Path(entry.path) for entry in os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _walk_files(folder: Path) -> list[Path]:
+    """Every non-folder entry below ``folder`` (links included, never followed), sorted."""
+    found = []
+    for current, folders, files in os.walk(folder, followlinks=False):
+        found += [Path(current) / name for name in files]
+        found += [Path(current) / name for name in folders if is_link(Path(current) / name)]
+    return sorted(found)
