@@ -37,6 +37,7 @@ from homer.config import HomerConfig
 from homer.generation import Conversation, ConversationFullError, GenerationSettings
 from storage.errors import StoreError
 
+from . import focus as focusing
 from . import tasks
 
 ModelLoader = Callable[[str | None], tuple]  # name -> (model, tokenizer, fingerprint)
@@ -221,7 +222,7 @@ class ChatService:
 
     def ask(self, session_key: str, document_id: str, question: str, model_name: str | None = None,
             generation: GenerationSettings | None = None, settings: dict | None = None,
-            deep_read: bool = False) -> Iterator[tuple[str, dict]]:
+            deep_read: bool = False, focus: str | None = None) -> Iterator[tuple[str, dict]]:
         """Stream ``(answer so far, turn stats)``. The last item's stats are complete:
 
         time_to_first_token (s, from the question to the first text), engine_time_to_first_token
@@ -238,12 +239,22 @@ class ChatService:
         the final stats hold deep_read true, deep_read_seconds and deep_read_mode
         ("leaf-states" or "full-rebuild"). The turn joins the conversation's history as any
         other. Without leaf states (or with unusable ones) the question is answered from the
-        stored cache and ``deep_read_unavailable`` says why."""
+        stored cache and ``deep_read_unavailable`` says why.
+
+        ``focus`` (:mod:`app.focus`; default ``HOMER_FOCUS``, else ``cache+passages``): the
+        question's passages are retrieved and read again in its turn; the stats then hold
+        focus, passages and retrieval_seconds, and the answer lists them as its sources.
+        ``passages`` answers from them in a fresh window without the cache, ``cache`` from
+        the cache alone."""
         question = (question or "").strip()
         if not document_id:
             raise ChatError("pick a ready document first")
         if not question:
             raise ChatError("type a question")
+        try:
+            strategy = focusing.focus_mode(focus)
+        except ValueError as exc:
+            raise ChatError(str(exc)) from None
         started = time.perf_counter()
         model, tokenizer, fingerprint = self.model(model_name)
         row = self.ready_cache(document_id, model_name, settings)
@@ -269,6 +280,14 @@ class ChatService:
                 if leaves is not None:
                     yield "", {**stats, "phase": "deep reading"}
                     deep, answer_cache = self._deep_read(stats, row, leaves, question, model, tokenizer)
+            generation = generation or GenerationSettings()
+            turn = focusing.plan_turn(self.store, document_id, question, strategy if deep is None else
+                                      focusing.focus_mode("cache"), tokenizer, model, cache, generation.max_new_tokens)
+            stats.update(turn.stats())
+            if deep is None and not strategy.uses_cache:  # plain retrieval: a fresh window, no cache
+                deep, answer_cache = focusing.PassageConversation(model, tokenizer), None
+                deep.turns = list(chat.turns)
+                chat.conversation = None  # re-appended with this turn when the cache answers again
             if deep is None:
                 fresh = chat.conversation is None
                 if fresh:
@@ -278,10 +297,14 @@ class ChatService:
                 conversation, answer_cache = chat.conversation, cache
             else:
                 conversation = deep
-            position_before = conversation.state.position
+            position_before = conversation.state.position if conversation.state is not None else 0
             answer, first = "", None
             try:
-                for piece in conversation.ask(question, settings=generation or GenerationSettings()):
+                if answer_cache is None:  # plain retrieval: the passages are the document
+                    asked = conversation.ask(question, [p.text for p in turn.passages], settings=generation)
+                else:
+                    asked = conversation.ask(turn.text, settings=generation)
+                for piece in asked:
                     if first is None:
                         first = time.perf_counter() - started
                         stats["time_to_first_token"] = round(first, 4)
@@ -304,10 +327,16 @@ class ChatService:
                 seconds=round(time.perf_counter() - started, 4),
             )
             earlier = [] if deep is not None else conversation.turns[:-1]  # what the model saw; a deep-read cache holds only this question
-            label = self._cite(stats, document_id, answer_cache, model, tokenizer, conversation.prompt, earlier,
-                               question, answer)
-            shown = with_sources(answer, label)
-            chat.turns.append((question, answer))  # the conversation itself holds the plain answer
+            if turn.passages or answer_cache is None:  # the passages it was given are its sources
+                pages = len(self.store.page_starts(document_id))
+                shown = focusing.with_passage_sources(answer, turn.passages, pages, question)
+                stats.update(sources=focusing.sources_label(turn.passages, 2, question),
+                             citation_seconds=round(turn.seconds, 4))
+            else:
+                label = self._cite(stats, document_id, answer_cache, model, tokenizer, conversation.prompt, earlier,
+                                   question, answer)
+                shown = with_sources(answer, label)
+            chat.turns.append((turn.text if answer_cache is not None else question, answer))  # as the model saw it
             if deep is not None and chat.conversation is not None:
                 chat.conversation.turns.append((question, answer))  # appended before its next question
             chat.messages += [{"role": "user", "content": question}, {"role": "assistant", "content": shown}]

@@ -62,10 +62,23 @@ class Passage:
     text: str
     score: float = 0.0
 
-    def quote(self, limit: int = 160) -> str:
-        """A short one-line quote of the passage for a sources list."""
+    def quote(self, limit: int = 160, query: str = "") -> str:
+        """A short one-line quote of the passage for a sources list: from a few words before
+        the first word of ``query`` it holds (a word starting with it: BM25 matched stems),
+        else from its start."""
         flat = " ".join(self.text.split())
-        return flat if len(flat) <= limit else flat[: limit - 1].rsplit(" ", 1)[0] + "…"
+        if len(flat) <= limit:
+            return flat
+        start = 0
+        terms = [t for t in query_terms(query) if t not in STOP_WORDS]
+        if terms:
+            hit = re.search(r"(?<!\w)(?:" + "|".join(map(re.escape, terms)) + ")", flat, re.IGNORECASE)
+            if hit and hit.start() > limit // 3:
+                start = flat.rfind(" ", 0, max(hit.start() - limit // 4, 0)) + 1
+        piece = flat[start:]
+        if len(piece) > limit:
+            piece = piece[: limit - 1].rsplit(" ", 1)[0] + "…"
+        return ("…" if start else "") + piece
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,0 +1,107 @@
+"""Focused answers in the chat: which passages a question gets and how its sources are shown.
+
+The chat answers a question from the document's stored HOMER cache; with focus, the few
+passages the question points to (the store's BM25 passage index, :mod:`storage.passages`)
+are read again at full resolution after the cache, in the same turn as the question
+(REFORM, arXiv 2506.01215: a compressed cache for the whole, the selected passages
+recomputed in full for the specific). The strategy is a setting (:mod:`homer.focus`):
+
+* ``HOMER_FOCUS`` — ``cache+passages`` (default), ``passages`` or ``cache``; the chat's
+  ``ask(..., focus=...)`` overrides it per question;
+* ``HOMER_FOCUS_PASSAGES`` — passages per question (3).
+
+The default comes from the measured book set (``python -m benchmarks.focus``, README).
+
+The index is built by the worker after ingest, and on first use for a document that has
+none (a document imported from a bundle: bundles do not carry the index, it is rebuilt
+from the document's text, in well under a second for a book). A focused answer lists the
+passages it was given under it: page and a short quote.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+
+from homer.focus import DEFAULT_PASSAGES, FocusStrategy, PassageConversation, cache_room, fit_passages, strategy
+from storage import passages as index
+
+log = logging.getLogger(__name__)
+__all__ = ["PassageConversation", "focus_mode", "plan_turn", "index_document", "with_passage_sources"]
+
+DEFAULT_FOCUS = "cache+passages"
+
+
+def focus_mode(requested: str | None = None) -> FocusStrategy:
+    """The strategy for a question: the one requested, else ``HOMER_FOCUS``, else the default."""
+    name = (requested or os.environ.get("HOMER_FOCUS") or DEFAULT_FOCUS).strip().lower()
+    return strategy(name)
+
+
+def passages_per_question() -> int:
+    return max(1, int(os.environ.get("HOMER_FOCUS_PASSAGES", str(DEFAULT_PASSAGES))))
+
+
+def index_document(store, document_id: str) -> bool:
+    """Build the document's passage index when it has none; True when built now."""
+    return index.ensure(store.db, document_id, lambda: store.document_text(document_id),
+                        lambda: store.page_starts(document_id))
+
+
+@dataclass
+class FocusedTurn:
+    """What a question is asked with: the strategy, the passages it gets (best first), the
+    user text of the turn after the cache, and what retrieval cost."""
+
+    strategy: FocusStrategy
+    question: str
+    passages: list = field(default_factory=list)
+    text: str = ""
+    seconds: float = 0.0
+    index_built: bool = False
+
+    def stats(self) -> dict:
+        out = {"focus": self.strategy.name}
+        if self.strategy.uses_passages:
+            out.update(retrieval_seconds=round(self.seconds, 4), index_built=self.index_built,
+                       passages=[{"seq": p.seq, "page": p.page, "start": p.start, "end": p.end,
+                                  "score": round(p.score, 3)} for p in self.passages])
+        return out
+
+
+def plan_turn(store, document_id: str, question: str, focus: FocusStrategy, tokenizer=None, model=None,
+              cache=None, max_new_tokens: int = 256) -> FocusedTurn:
+    """Retrieve the question's passages (when the strategy uses them) and lay out its turn.
+    With the cache, only the passages that fit the window after it are kept."""
+    turn = FocusedTurn(focus, question, text=question)
+    if not focus.uses_passages:
+        return turn
+    started = time.perf_counter()
+    turn.index_built = index_document(store, document_id)
+    found = index.search(store.db, document_id, question, passages_per_question())
+    if focus.uses_cache and found and cache is not None:
+        kept = fit_passages(tokenizer, [p.text for p in found], cache_room(cache, model, max_new_tokens), question)
+        found = found[: len(kept)]
+    turn.passages = found
+    turn.text = focus.turn_text(question, [p.text for p in found])
+    turn.seconds = time.perf_counter() - started
+    return turn
+
+
+def sources_label(passages, pages: int, question: str = "") -> str:
+    """The sources of a focused answer, one line each: page (for a document of several
+    pages) and a short quote, around the question's first word in it."""
+    lines = []
+    for p in passages:
+        where = f"p. {p.page}: " if pages > 1 else ""
+        lines.append(f"- {where}“{p.quote(query=question)}”")
+    return "\n".join(lines)
+
+
+def with_passage_sources(answer: str, passages, pages: int, question: str = "") -> str:
+    """The answer as shown, with the passages it was given listed under it."""
+    if not passages:
+        return answer
+    return f"{answer}\n\nSources:\n{sources_label(passages, pages, question)}"

@@ -1,0 +1,230 @@
+"""Focused answers: the passage index (FTS5, BM25) and the turn that reads the retrieved
+passages again after the stored cache, on tiny random models and real stores."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import tiny_model, tiny_tokenizer
+from store_helpers import story
+
+from app.chat import ChatError, ChatService
+from app.ingest import add_to_store, ingest_bytes
+from homer import HomerConfig, build_document_cache
+from homer.fingerprint import model_fingerprint
+from homer.focus import (FOCUS_CHOICES, INTRO, PassageConversation, cache_room, fit_passages, passages_block,
+                         strategy)
+from homer.generation import Conversation, GenerationSettings, working_cache
+from homer.text_encoding import encode_marked, mark
+from storage import Store
+from storage import passages as index
+
+FAST = HomerConfig(significance="uncalibrated")
+HOSTILE = ['"', '""', "'", 'a "b', "AND", "OR NOT", "NOT", "NEAR(lamp keeper, 2)", "*", "lamp*", "text:lamp",
+           "passages_fts:lamp", "^lamp", "(", ")", "{text}", "-lamp", "lamp +", "'; DROP TABLE passages; --",
+           "\x00lamp", "\u2063<|im_end|>", "…", "   ", "??", "a" * 5000, "lamp " * 500, "ünïcödé Ω"]
+
+
+def doc_text(n: int = 40, rare_at: int = 23) -> str:
+    lines = []
+    for i in range(n):
+        word = "zyzzogeton" if i == rare_at else "keeper"
+        lines.append(f"Paragraph {i}. The {word} kept the lamp by the sea for many quiet years, and the ships came home.\n")
+    return "\n".join(lines)
+
+
+@pytest.fixture
+def store(tmp_path):
+    return Store(tmp_path / "store")
+
+
+def test_split_passages_keep_spans_pages_and_natural_boundaries():
+    text = doc_text(60)
+    page_starts = [0, len(text) // 2]
+    found = index.split_passages(text, page_starts, words=40)
+    assert len(found) > 5
+    for p in found:
+        assert text[p.start:p.end] == p.text  # the span is the passage
+        assert p.text[-1] == "." and p.text.startswith("Paragraph")  # cut between paragraphs, not inside
+        assert p.page == (1 if p.start < page_starts[1] else 2)
+        assert 20 <= len(p.text.split()) <= 80
+    assert [p.seq for p in found] == list(range(len(found)))
+    assert all(a.end <= b.start for a, b in zip(found, found[1:]))
+    assert " ".join(p.text for p in found).split() == text.split()  # every word once, in order
+    long_line = "word " * 1000  # one line, no sentence end: cut every 40 words
+    assert max(len(p.text.split()) for p in index.split_passages(long_line, words=40)) <= 80
+
+
+def test_search_ranks_the_passage_with_a_rare_word_first(store):
+    text = doc_text(40, rare_at=23)
+    index.build(store.db, "a" * 64, text)
+    best = index.search(store.db, "a" * 64, "Who was the zyzzogeton by the sea?", k=3)
+    assert best and "zyzzogeton" in best[0].text and "Paragraph 23." in best[0].text
+    assert text[best[0].start:best[0].end] == best[0].text
+    assert best[0].score <= min(p.score for p in best)  # bm25: lower is better
+    assert index.search(store.db, "a" * 64, "the of and", k=3) != []  # only stop-words: searched as they are
+    assert index.search(store.db, "a" * 64, "", k=3) == []
+
+
+@pytest.mark.parametrize("query", HOSTILE)
+def test_hostile_queries_never_raise(store, query):
+    index.build(store.db, "a" * 64, doc_text(10))
+    found = index.search(store.db, "a" * 64, query, k=3)
+    assert isinstance(found, list) and len(found) <= 3
+    expression = index.match_expression(query)
+    assert expression is None or all(term.startswith('"') and term.endswith('"') for term in expression.split(" OR "))
+    assert index.passages(store.db, "a" * 64)  # the index is intact
+
+
+def test_documents_are_isolated_and_deleted_with_their_passages(store):
+    a = add_to_store(store, ingest_bytes(doc_text(20, rare_at=3).encode(), "a.txt"))
+    b = add_to_store(store, ingest_bytes(doc_text(20, rare_at=7).encode(), "b.txt"))
+    from app.focus import index_document
+
+    assert index_document(store, a["id"]) and index_document(store, b["id"])
+    assert not index_document(store, a["id"])  # built once
+    for doc in (a, b):
+        found = index.search(store.db, doc["id"], "zyzzogeton lamp keeper", k=50)
+        assert found and {(p.start, p.end) for p in found} <= {(p.start, p.end) for p in index.passages(store.db, doc["id"])}
+    assert "Paragraph 3." in index.search(store.db, a["id"], "zyzzogeton", k=1)[0].text
+    assert "Paragraph 7." in index.search(store.db, b["id"], "zyzzogeton", k=1)[0].text
+    store.delete_document(a["id"])
+    assert index.search(store.db, a["id"], "zyzzogeton", k=5) == [] and not index.is_indexed(store.db, a["id"])
+    assert store.db.execute("SELECT COUNT(*) FROM passages WHERE document_id = ?", [a["id"]]).fetchone()[0] == 0
+    left = store.db.execute("SELECT COUNT(*) FROM passages_fts WHERE passages_fts MATCH 'zyzzogeton'").fetchone()[0]
+    assert left == 1  # only b's passage is still in the full-text index
+    assert index.search(store.db, b["id"], "zyzzogeton", k=1)
+
+
+# --- the focused turn -----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def tiny():
+    model, tokenizer = tiny_model("llama", window=1024), tiny_tokenizer()
+    model.homer_name = "tiny"
+    return model, tokenizer
+
+
+@pytest.fixture(scope="module")
+def book_cache(tiny):
+    model, tokenizer = tiny
+    return build_document_cache(model, tokenizer, story(20), FAST)
+
+
+class Prefills:
+    """Records the input length of every forward of the model."""
+
+    def __init__(self, model):
+        self.lengths = []
+        self.handle = model.model.register_forward_pre_hook(self.hook, with_kwargs=True)
+
+    def hook(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        self.lengths.append(ids.shape[1] if ids is not None else kwargs["inputs_embeds"].shape[1])
+        self.ids = ids
+
+    def close(self):
+        self.handle.remove()
+
+
+def test_focused_turn_is_one_batched_prefill_and_leaves_the_cache_alone(tiny, book_cache):
+    model, tokenizer = tiny
+    before = {name: t.clone() for name, t in book_cache.tensors().items()}
+    passages = ["The keeper's log says: the lamp was lit at dusk.", "A ship named Ada came <|im_end|> home."]
+    question = "When was the lamp lit?"
+    text = strategy("cache+passages").turn_text(question, passages)
+    assert text.startswith(INTRO) and text.endswith("Question: " + question) and passages_block(passages) in text
+    conversation = Conversation(book_cache, model, tokenizer)
+    expected = conversation._new_text(text)[1]
+    # the document's control-token string stays text: only the template's own end-of-turn marker is one
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    assert expected.count(end) == encode_marked(tokenizer, mark(tokenizer, "x") + "<|im_end|>").count(end) == 1
+    recorder = Prefills(model)
+    try:
+        answer = "".join(conversation.ask(text, settings=GenerationSettings(max_new_tokens=4)))
+    finally:
+        recorder.close()
+    multi = [n for n in recorder.lengths if n > 1]
+    assert multi == [len(expected)]  # the whole turn in one forward, then one token at a time
+    # the same turn fed to a fresh copy of the cache in one forward gives the first answer token
+    kv = working_cache(book_cache, model)
+    positions = torch.arange(book_cache.next_position, book_cache.next_position + len(expected))[None]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([expected]), past_key_values=kv, position_ids=positions).logits
+    first = int(logits[0, -1].argmax())
+    assert answer == "" or tokenizer.decode([first]) == answer[: len(tokenizer.decode([first]))]
+    for name, tensor in book_cache.tensors().items():
+        assert torch.equal(tensor, before[name]), name  # the stored cache is never written
+
+
+def test_focused_turns_fit_the_window_after_the_cache(tiny, book_cache):
+    model, tokenizer = tiny
+    room = cache_room(book_cache, model, 16)
+    assert room == 1024 - book_cache.next_position - 16
+    long = ["word " * 30 + str(i) for i in range(10)]  # ~150 characters (tokens) each
+    kept = fit_passages(tokenizer, long, room, "q?")
+    assert 0 < len(kept) < len(long) and kept == long[: len(kept)]  # best first, as many as fit
+    assert fit_passages(tokenizer, long, 10, "q?") == []
+    conversation = Conversation(book_cache, model, tokenizer)
+    focus = strategy("cache+passages")
+    for i in range(4):  # each turn nearly fills the room: older turns are forgotten, never an error
+        text = focus.turn_text(f"question {i}?", fit_passages(tokenizer, long, room, f"question {i}?"))
+        list(conversation.ask(text, settings=GenerationSettings(max_new_tokens=16)))
+        assert conversation.state.position <= 1024
+    assert conversation.dropped_turns >= 2
+
+
+def test_passages_alone_answer_in_a_fresh_window(tiny):
+    model, tokenizer = tiny
+    rag = PassageConversation(model, tokenizer)
+    recorder = Prefills(model)
+    try:
+        answer = "".join(rag.ask("Who lit the lamp?", ["The keeper lit the lamp.", "Ships came."],
+                                 settings=GenerationSettings(max_new_tokens=3)))
+    finally:
+        recorder.close()
+    ids = rag.prompt_ids("Who lit the lamp?", ["The keeper lit the lamp.", "Ships came."])
+    assert [n for n in recorder.lengths if n > 1] == [len(ids)] and rag.stats["prompt_tokens"] == len(ids)
+    assert "The keeper lit the lamp." in tokenizer.decode(ids) and rag.turns == [("Who lit the lamp?", answer)]
+    huge = ["x" * 600, "y" * 600, "z" * 600]  # does not fit the 1024-token window with all three
+    list(rag.ask("And then?", huge, settings=GenerationSettings(max_new_tokens=8)))
+    assert rag.state.position <= 1024
+    with pytest.raises(ValueError, match="focus must be one of"):
+        strategy("everything")
+    assert FOCUS_CHOICES == ("cache", "passages", "cache+passages")
+
+
+# --- through the chat ---------------------------------------------------------------------
+
+def test_chat_answers_with_focus_and_lists_its_sources(tmp_path, tiny):
+    model, tokenizer = tiny
+    fingerprint = model_fingerprint(model)
+    service = ChatService(Store(tmp_path / "store"), loader=lambda name: (model, tokenizer, fingerprint))
+    text = doc_text(16, rare_at=11)
+    doc = add_to_store(service.store, ingest_bytes(text.encode(), "light.txt", tokenizer))
+    cache = build_document_cache(model, tokenizer, service.store.document_text(doc["id"]), FAST,
+                                 metadata={"document_id": doc["id"]})
+    service.store.save_cache(doc["id"], cache)
+    assert not index.is_indexed(service.store.db, doc["id"])  # no worker here: built on first use
+    settings = GenerationSettings(max_new_tokens=4)
+    *_, (shown, stats) = service.ask("s", doc["id"], "Where was the zyzzogeton?", "tiny", settings,
+                                     focus="cache+passages")
+    assert stats["focus"] == "cache+passages" and stats["index_built"] and stats["passages"]
+    first = stats["passages"][0]
+    assert "Paragraph 11." in text[first["start"]:first["end"]]
+    assert "\n\nSources:\n- “…" in shown and "zyzzogeton" in shown  # one page: a quote around the word, no page
+    assert stats["appended_tokens"] > len(text[first["start"]:first["end"]])  # the passage was fed in full
+    session = service.session("s", doc["id"])
+    assert "Paragraph 11." in session.turns[0][0]  # the turn as the model saw it, for later rebuilds
+    assert service.history("s", doc["id"])[0]["content"] == "Where was the zyzzogeton?"
+    *_, (_, plain) = service.ask("s", doc["id"], "And the keeper?", "tiny", settings, focus="cache")
+    assert plain["focus"] == "cache" and "passages" not in plain and plain["turn"] == 2
+    *_, (shown3, rag) = service.ask("s", doc["id"], "Who kept the zyzzogeton lamp?", "tiny", settings,
+                                    focus="passages")
+    assert rag["focus"] == "passages" and "Sources:" in shown3 and not rag["index_built"]
+    assert rag["appended_tokens"] > 0 and session.conversation is None  # the cache conversation is rebuilt next turn
+    *_, (_, fourth) = service.ask("s", doc["id"], "Again?", "tiny", settings)
+    assert fourth["turn"] == 4 and fourth["focus"] == "cache+passages"  # the default
+    with pytest.raises(ChatError, match="focus must be one of"):
+        list(service.ask("s", doc["id"], "x?", "tiny", settings, focus="nonsense"))
