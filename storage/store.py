@@ -649,6 +649,13 @@ class Store:
         if not is_cache_key(key):
             self._bad_row("caches", row, "the cache id is not 32 lowercase hex digits", repair, problems)
             return
+        if not is_document_id(row.get("document_id")) or self.get_document(row["document_id"]) is None:
+            self._bad_row("caches", row, f"cache {key[:12]} belongs to no stored document", repair, problems)
+            return
+        if row.get("status") not in ("ready", "installing", "corrupt", "building"):
+            self._bad_row("caches", row, f"cache {key[:12]} has no valid status ({str(row.get('status'))[:20]!r})",
+                          repair, problems)
+            return
         try:
             path = self._row_file(row)
         except StoreError as exc:
