@@ -50,6 +50,17 @@ def index_document(store, document_id: str) -> bool:
                         lambda: store.page_starts(document_id))
 
 
+def index_after_ingest(store, document_id: str, progress=None) -> None:
+    """The worker's step before a build: index the document's passages, shown as progress.
+    Never fails the build: on an error the index is built at the first question instead."""
+    if progress is not None and not index.is_indexed(store.db, document_id):
+        progress("indexing the passages for focused answers")  # may stop a build whose job was lost
+    try:
+        index_document(store, document_id)
+    except Exception as exc:  # noqa: BLE001 — a missing index costs a second at the first question
+        log.warning("passage index of %s not built now (%s); it is built on first use", document_id[:12], exc)
+
+
 @dataclass
 class FocusedTurn:
     """What a question is asked with: the strategy, the passages it gets (best first), the

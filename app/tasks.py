@@ -308,6 +308,8 @@ def run_build(store, job_id: str) -> str:
         started = time.monotonic()
         text = store.document_text(document_id)
         document = store.document(document_id)
+        from .focus import index_after_ingest  # the passage index that focused answers search
+        index_after_ingest(store, document_id, lambda message: heartbeat.progress(0.0, message, force=True))
         # leaf states (not part of the cache key): written to a temp path in the store, then
         # installed with the cache row
         leaves = store.staging_path(".leaves.safetensors") if deep_read_enabled() else None

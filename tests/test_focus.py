@@ -228,3 +228,15 @@ def test_chat_answers_with_focus_and_lists_its_sources(tmp_path, tiny):
     assert fourth["turn"] == 4 and fourth["focus"] == "cache+passages"  # the default
     with pytest.raises(ChatError, match="focus must be one of"):
         list(service.ask("s", doc["id"], "x?", "tiny", settings, focus="nonsense"))
+
+
+def test_the_worker_indexes_a_document_before_its_build(tmp_path, monkeypatch):
+    from app.focus import index_after_ingest
+
+    store = Store(tmp_path / "store")
+    doc = add_to_store(store, ingest_bytes(doc_text(12, rare_at=5).encode(), "w.txt"))
+    seen = []
+    index_after_ingest(store, doc["id"], seen.append)
+    assert seen == ["indexing the passages for focused answers"] and index.is_indexed(store.db, doc["id"])
+    index_after_ingest(store, doc["id"], seen.append)
+    assert len(seen) == 1  # already indexed: nothing to show
