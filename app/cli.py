@@ -61,7 +61,17 @@ def cmd_import(args) -> int:
 
 
 def cmd_store_check(args) -> int:
-    problems = _store(args).check(repair=args.repair)
+    """Report (``--repair``: fix) bad rows, orphan, missing, corrupt and structurally
+    inconsistent files, unfinished installs and dead writers' temp files; exit 1 while any
+    problem is left unrepaired. Never a traceback: a store that cannot be opened is one line."""
+    import sqlite3
+
+    from storage import StoreError
+
+    try:
+        problems = _store(args).check(repair=args.repair)
+    except (StoreError, sqlite3.Error, OSError) as exc:
+        return _fail(f"the store cannot be checked: {' '.join(str(exc).split())}")
     for problem in problems:
         print(problem)
     unrepaired = [p for p in problems if not p.repaired]

@@ -3,12 +3,18 @@ indexed in one SQLite file under a root folder.
 
 Layout under the root::
 
-    index.db                         the SQLite index (WAL)
+    index.db                         the SQLite index (WAL); index.db.setup-lock: openers take turns
     documents/ab/<sha256>/source.pdf the uploaded bytes, text.txt the extracted text
     caches/cd/<key>.safetensors      HOMER caches (the engine's safetensors format)
     caches/cd/<key>.leaves.safetensors  optional leaf states of a cache, for deep reads
     tmp/                             temp files named after their writer (host-pid)
     uploads/                         uploads waiting for ingest by a worker
+
+No identifier becomes a path unless it has its exact form (:mod:`storage.ids`: a document id
+is 64 lowercase hex digits, a cache key 32), every path is proven to lie inside the root with
+no symbolic link on the way, and a row's ``file`` column is used only when it names the row's
+own place. A cache file is checked for structure (:meth:`HomerCache.load`) before it is
+indexed and whenever it is loaded or checked.
 """
 
 from __future__ import annotations
