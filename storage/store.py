@@ -351,6 +351,11 @@ class Store:
         check_cache_key(key)
         return inside(self.root, self.root / "caches" / key[:2] / f"{key}.leaves.safetensors")
 
+    def cache_file(self, row: dict) -> Path:
+        """The cache file of a cache row, proven to be its own place in the store (for readers
+        such as the bundle export); :class:`StoreError` when the row names anything else."""
+        return self._row_file(row)
+
     def _row_file(self, row: dict, column: str = "file") -> Path:
         """The file a cache row names, proven to be the row's own place in the store: a row
         (from an old index, or written by hand) naming any other path is refused, so no path
