@@ -241,8 +241,8 @@ class ChatService:
         other. Without leaf states (or with unusable ones) the question is answered from the
         stored cache and ``deep_read_unavailable`` says why.
 
-        ``focus`` (:mod:`app.focus`; default ``HOMER_FOCUS``, else ``cache+passages``): the
-        question's passages are retrieved and read again in its turn; the stats then hold
+        ``focus`` (:mod:`app.focus`; default ``HOMER_FOCUS``, else ``auto``): the question's
+        passages are retrieved and read again in its turn; the stats then hold
         focus, passages and retrieval_seconds, and the answer lists them as its sources.
         ``passages`` answers from them in a fresh window without the cache, ``cache`` from
         the cache alone."""
@@ -252,7 +252,7 @@ class ChatService:
         if not question:
             raise ChatError("type a question")
         try:
-            strategy = focusing.focus_mode(focus)
+            strategy = focusing.focus_mode(focus, question)
         except ValueError as exc:
             raise ChatError(str(exc)) from None
         started = time.perf_counter()

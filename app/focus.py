@@ -6,8 +6,9 @@ are read again at full resolution after the cache, in the same turn as the quest
 (REFORM, arXiv 2506.01215: a compressed cache for the whole, the selected passages
 recomputed in full for the specific). The strategy is a setting (:mod:`homer.focus`):
 
-* ``HOMER_FOCUS`` — ``cache+passages`` (default), ``passages`` or ``cache``; the chat's
-  ``ask(..., focus=...)`` overrides it per question;
+* ``HOMER_FOCUS`` — ``auto`` (default: the cache for a question about the whole document,
+  "what is this book about", "how does it end", and :data:`AUTO_SPECIFIC` for any other),
+  ``cache+passages``, ``passages`` or ``cache``; ``ask(..., focus=...)`` overrides it;
 * ``HOMER_FOCUS_PASSAGES`` — passages per question (3).
 
 The default comes from the measured book set (``python -m benchmarks.focus``, README).
@@ -25,18 +26,27 @@ import os
 import time
 from dataclasses import dataclass, field
 
-from homer.focus import DEFAULT_PASSAGES, FocusStrategy, PassageConversation, cache_room, fit_passages, strategy
+from homer.focus import (DEFAULT_PASSAGES, FOCUS_CHOICES, FocusStrategy, PassageConversation, cache_room, fit_passages,
+                         route, strategy)
 from storage import passages as index
 
 log = logging.getLogger(__name__)
 __all__ = ["PassageConversation", "focus_mode", "plan_turn", "index_document", "with_passage_sources"]
 
-DEFAULT_FOCUS = "cache+passages"
+DEFAULT_FOCUS = "auto"
+AUTO_SPECIFIC = "cache+passages"  # what "auto" uses for a specific question
+CHOICES = ("auto", *FOCUS_CHOICES)
 
 
-def focus_mode(requested: str | None = None) -> FocusStrategy:
-    """The strategy for a question: the one requested, else ``HOMER_FOCUS``, else the default."""
+def focus_mode(requested: str | None = None, question: str = "") -> FocusStrategy:
+    """The strategy for ``question``: the one requested, else ``HOMER_FOCUS``, else the
+    default ``auto`` — the cache for a question about the whole document
+    (:func:`homer.focus.route`), :data:`AUTO_SPECIFIC` for any other."""
     name = (requested or os.environ.get("HOMER_FOCUS") or DEFAULT_FOCUS).strip().lower()
+    if name == "auto":
+        name = route(question, AUTO_SPECIFIC)
+    elif name not in FOCUS_CHOICES:
+        raise ValueError(f"focus must be one of {', '.join(CHOICES)}, not {name!r}")
     return strategy(name)
 
 

@@ -12,7 +12,9 @@ document-first protocol: nothing about the question reached the build), under ev
   (plain retrieval-augmented generation, no cache);
 * ``cache+passages`` — the stored cache, then one turn with the top-k passages and the
   question, one batched prefill;
-* ``ceiling`` (factual questions only) — the evidence verse's own passage alone in the window.
+* ``ceiling`` (factual questions only) — the evidence verse's own passage alone in the window;
+* ``auto:…`` — scored from the rows above, not run: the cache for a question about the whole
+  document (:func:`homer.focus.route`), the named arm for the others.
 
 Reported: accuracy per arm (an accepted string in the answer; whole-book questions by their
 keyword rubric), BM25 recall@1/3/5 of the evidence passage, median time to first token per
@@ -152,6 +154,30 @@ def summarise(rows: list[dict], recall: dict, meta: dict) -> dict:
     out["paired_fact_questions"] = len(complete)
     out["paired_accuracy"] = {arm: sum(r["right"] for r in rows if r["arm"] == arm and r["question"] in complete)
                               for arm in ARMS}
+    out["auto"] = auto_routes(rows)
+    return out
+
+
+def auto_routes(rows: list[dict]) -> dict:
+    """The ``auto`` focus, scored from the answers already measured: each question takes the
+    row of the arm :func:`homer.focus.route` picks for it (the cache for a question about the
+    whole document, else the specific arm), over the questions measured under both arms."""
+    from homer.focus import route
+
+    by = {(r["question"], r["arm"]): r for r in rows}
+    out = {}
+    for specific in ("passages", "cache+passages"):
+        for kind in ("fact", "whole"):
+            questions = sorted({r["question"] for r in rows if r["kind"] == kind})
+            picked = [by[(q, route(q, specific))] for q in questions
+                      if (q, "cache") in by and (q, specific) in by]
+            if picked:
+                out.setdefault(f"auto:{specific}", {})[kind] = {
+                    "n": len(picked), "right": sum(r["right"] for r in picked),
+                    "accuracy": round(sum(r["right"] for r in picked) / len(picked), 4),
+                    "routed_to_cache": sum(1 for r in picked if r["arm"] == "cache"),
+                    "median_time_to_first_token": round(statistics.median(r["time_to_first_token"] for r in picked), 3),
+                }
     return out
 
 
@@ -166,7 +192,16 @@ def main(argv=None) -> int:
     parser.add_argument("--limit", type=int, default=0, help="only the first N questions of each set")
     parser.add_argument("--resume", action="store_true", help="keep the answers already in the .jsonl")
     parser.add_argument("--build-only", action="store_true")
+    parser.add_argument("--summary-only", action="store_true", help="recompute the summary from the .jsonl")
     args = parser.parse_args(argv)
+    if args.summary_only:
+        output = Path(args.output)
+        rows = [json.loads(line) for line in output.with_suffix(".jsonl").read_text().splitlines() if line.strip()]
+        old = json.loads(output.read_text())
+        meta = {k: v for k, v in old.items() if k not in ("recall", "arms", "paired_fact_questions",
+                                                          "paired_accuracy", "auto")}
+        output.write_text(json.dumps(summarise(rows, old["recall"], meta), indent=2) + "\n")
+        return 0
 
     import torch
 

@@ -27,6 +27,7 @@ of one turn are cut to what the window leaves after the cache (:func:`fit_passag
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
@@ -63,6 +64,27 @@ STRATEGIES = {s.name: s for s in (
     FocusStrategy("cache+passages", True, True, "the stored cache, then the retrieved passages and the question"),
 )}
 FOCUS_CHOICES = tuple(STRATEGIES)
+
+
+# Questions about the document as a whole ("what is this book about", "how does it end",
+# "summarise …"): no passage holds their answer, so they go to the cache (the document's gist).
+_WHOLE = re.compile(
+    r"\b(this|whole|entire)\s+(book|document|text|volume|story|work|pdf|paper|article|report|file)\b"
+    r"|\bhow\s+does\s+(it|the\s+\w+)\s+(begin|start|open|end|finish|conclude)\b"
+    r"|\bsummar(y|ies|ise|ize|ising|izing)\b|\boverview\b|\bgist\b"
+    r"|\bmain\s+(people|persons|characters|ideas?|themes?|points?|topics?|events?|arguments?|parts?)\b",
+    re.IGNORECASE)
+
+
+def whole_document(question: str) -> bool:
+    """Whether ``question`` asks about the document as a whole (then the cache answers it)."""
+    return bool(_WHOLE.search(question or ""))
+
+
+def route(question: str, specific: str = "cache+passages") -> str:
+    """The strategy ``"auto"`` uses for ``question``: the cache for a question about the
+    whole document, ``specific`` for any other."""
+    return "cache" if whole_document(question) else specific
 
 
 def strategy(name: str) -> FocusStrategy:

@@ -10,11 +10,12 @@ from conftest import tiny_model, tiny_tokenizer
 from store_helpers import story
 
 from app.chat import ChatError, ChatService
+from app.focus import AUTO_SPECIFIC
 from app.ingest import add_to_store, ingest_bytes
 from homer import HomerConfig, build_document_cache
 from homer.fingerprint import model_fingerprint
 from homer.focus import (FOCUS_CHOICES, INTRO, PassageConversation, cache_room, fit_passages, passages_block,
-                         strategy)
+                         route, strategy, whole_document)
 from homer.generation import Conversation, GenerationSettings, working_cache
 from homer.text_encoding import encode_marked, mark
 from storage import Store
@@ -195,9 +196,18 @@ def test_passages_alone_answer_in_a_fresh_window(tiny):
     assert FOCUS_CHOICES == ("cache", "passages", "cache+passages")
 
 
+def test_questions_about_the_whole_document_are_routed_to_the_cache():
+    for question in ("What is this book about?", "How does the story end?", "Summarize the report",
+                     "Who are the main characters?", "Give me an overview of the whole document"):
+        assert whole_document(question) and route(question, "passages") == "cache", question
+    for question in ("How old was Methuselah when he died?", "Which book did Moses write?", "What is a cubit?",
+                     "Where does the text say the ark rested?", ""):
+        assert not whole_document(question) and route(question, "passages") == "passages", question
+
+
 # --- through the chat ---------------------------------------------------------------------
 
-def test_chat_answers_with_focus_and_lists_its_sources(tmp_path, tiny):
+def test_chat_answers_with_focus_and_lists_its_sources(tmp_path, tiny, monkeypatch):
     model, tokenizer = tiny
     fingerprint = model_fingerprint(model)
     service = ChatService(Store(tmp_path / "store"), loader=lambda name: (model, tokenizer, fingerprint))
@@ -224,8 +234,14 @@ def test_chat_answers_with_focus_and_lists_its_sources(tmp_path, tiny):
                                     focus="passages")
     assert rag["focus"] == "passages" and "Sources:" in shown3 and not rag["index_built"]
     assert rag["appended_tokens"] > 0 and session.conversation is None  # the cache conversation is rebuilt next turn
-    *_, (_, fourth) = service.ask("s", doc["id"], "Again?", "tiny", settings)
-    assert fourth["turn"] == 4 and fourth["focus"] == "cache+passages"  # the default
+    monkeypatch.delenv("HOMER_FOCUS", raising=False)
+    *_, (_, fourth) = service.ask("s", doc["id"], "Where was the zyzzogeton kept?", "tiny", settings)
+    assert fourth["turn"] == 4 and fourth["focus"] == AUTO_SPECIFIC  # the default, auto, on a specific question
+    *_, (shown5, fifth) = service.ask("s", doc["id"], "What is this document about?", "tiny", settings)
+    assert fifth["focus"] == "cache" and "passages" not in fifth and "Sources:\n-" not in shown5  # the whole: the cache
+    monkeypatch.setenv("HOMER_FOCUS", "passages")
+    *_, (_, sixth) = service.ask("s", doc["id"], "What is this document about?", "tiny", settings)
+    assert sixth["focus"] == "passages"  # the setting wins over the route
     with pytest.raises(ChatError, match="focus must be one of"):
         list(service.ask("s", doc["id"], "x?", "tiny", settings, focus="nonsense"))
 
