@@ -165,7 +165,10 @@ def library(store, model_name: str, fingerprint: str, owner: str | None = None, 
         job = doc_jobs[-1]
         if job["state"] == "done" or (job["state"] == "failed" and now - (job["finished"] or 0) > FAILED_UPLOAD_SECONDS):
             continue
-        upload = store.root / job["upload"] if job.get("upload") else None
+        try:
+            upload = store.upload_path(job["upload"]) if job.get("upload") else None
+        except StoreError:  # a row naming anything else is not sized
+            upload = None
         entries.append({
             "id": document_id, "name": job["file_name"] or document_id[:12], "title": job["file_name"],
             "state": job_label(job, now), "ready": False, "deep_read": False,

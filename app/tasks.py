@@ -103,8 +103,8 @@ def job_size(store, job: dict) -> int:
         return int(doc.get("chars") or 0)
     if not job.get("upload"):
         return 0
-    path = store.root / job["upload"]
     try:
+        path = store.upload_path(job["upload"])
         if path.suffix.lower() != ".pdf":
             return path.stat().st_size
         from pypdf import PdfReader
@@ -146,9 +146,10 @@ def submit_file(store, enqueue, data: bytes, file_name: str, model: str | None =
     if store.get_document(document_id) is not None:
         return submit_document(store, enqueue, document_id, model, settings)
     key = build_key(document_id, model, settings)
-    upload = Path("uploads") / f"{document_id}{Path(file_name).suffix.lower()[:16]}"
-    write_bytes_atomic(data, store.root / upload, store.tmp_dir)
-    job, created = store.jobs.create(document_id, key, model or EMBEDDED, settings, upload=str(upload),
+    suffix = "".join(ch for ch in Path(file_name).suffix.lower() if ch.isascii() and ch.isalnum())[:15]
+    upload = f"uploads/{document_id}" + (f".{suffix}" if suffix else "")
+    write_bytes_atomic(data, store.upload_path(upload), store.tmp_dir)
+    job, created = store.jobs.create(document_id, key, model or EMBEDDED, settings, upload=upload,
                                      file_name=Path(file_name).name)
     if created:
         enqueue(job["id"])
@@ -252,7 +253,7 @@ def _progress_callback(heartbeat: Heartbeat, started: float):
 
 
 def _ingest_upload(store, job: dict, tokenizer) -> str:
-    upload = store.root / job["upload"]
+    upload = store.upload_path(job["upload"])  # a StoreError fails the job: never read outside the store
     try:
         data = upload.read_bytes()
     except FileNotFoundError:
@@ -269,7 +270,10 @@ def _drop_upload(store, job: dict) -> None:
     others = store.db.execute("SELECT COUNT(*) FROM jobs WHERE upload = ? AND id != ? AND state IN ('queued', 'running')",
                               [job["upload"], job["id"]]).fetchone()[0]
     if not others:
-        (store.root / job["upload"]).unlink(missing_ok=True)
+        try:
+            store.upload_path(job["upload"]).unlink(missing_ok=True)
+        except StoreError:  # a row naming anything else: never delete outside the uploads folder
+            log.warning("job %s names an upload outside the store; not deleted", job["id"][:8])
 
 
 def run_build(store, job_id: str) -> str:

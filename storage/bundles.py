@@ -97,7 +97,7 @@ def export_bundle(store: Store, document: str, out_path: str | os.PathLike, incl
         cache = store.get_cache(cache_id)
         if cache is None or cache["document_id"] != doc["id"] or cache["status"] != "ready":
             raise StoreError(f"no ready cache {cache_id} for document {doc['file_name']}")
-    files = {CACHE_MEMBER: store.root / cache["file"], TEXT_MEMBER: store.document_dir(doc["id"]) / "text.txt"}
+    files = {CACHE_MEMBER: store.cache_file(cache), TEXT_MEMBER: store.document_dir(doc["id"]) / "text.txt"}
     source = store.source_path(doc["id"]) if include_source else None
     if source is not None:
         files[_source_member(doc["file_name"])] = source

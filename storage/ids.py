@@ -19,6 +19,7 @@ from .errors import StoreError
 
 DOCUMENT_ID = re.compile(r"[0-9a-f]{64}")
 CACHE_KEY = re.compile(r"[0-9a-f]{32}")
+UPLOAD = re.compile(r"uploads/[0-9a-f]{64}(\.[a-z0-9]{1,15})?")  # app.tasks.submit_file names them so
 
 
 def _shown(value) -> str:
@@ -45,6 +46,15 @@ def check_cache_key(value) -> str:
     """``value`` if it is a cache key (32 lowercase hex digits), else :class:`StoreError`."""
     if not is_cache_key(value):
         raise StoreError(f"{_shown(value)} is not a cache id (32 lowercase hex digits)")
+    return value
+
+
+def check_upload_name(value) -> str:
+    """``value`` if it names an upload the way the queue writes them (``uploads/<document
+    id><suffix>``), else :class:`StoreError`: a job row's upload is read and deleted, so it
+    must never name anything else."""
+    if not isinstance(value, str) or UPLOAD.fullmatch(value) is None:
+        raise StoreError(f"{_shown(value)} is not an upload of the store")
     return value
 
 

@@ -34,7 +34,7 @@ from homer.cache import CacheMismatchError, HomerCache
 
 from . import db as dbmod
 from .errors import CacheCorrupt, CacheExists, StoreError
-from .ids import check_cache_key, check_document_id, inside, is_cache_key, is_document_id, is_link, remove_file, remove_tree
+from .ids import check_cache_key, check_document_id, check_upload_name, inside, is_cache_key, is_document_id, is_link, remove_file, remove_tree
 
 LEAF_STATES_FORMAT = "homer-leaf-states"  # homer.deep_read.FORMAT
 from .files import fsync_dir, host_name, install_file, owner_alive, owner_token, sha256_file, write_bytes_atomic
@@ -151,12 +151,15 @@ class Store:
         return rows[0] if rows else None
 
     def document(self, ref: str) -> dict:
-        """A document by id, unique id prefix, file name or title; :class:`StoreError` if none."""
+        """A document by id, unique id prefix, file name or title; :class:`StoreError` if none.
+        The prefix is compared as a string (not LIKE: ``%`` or ``_`` in ``ref`` match nothing)."""
         doc = self.get_document(ref)
         if doc is not None:
             return doc
-        rows = list(self.db["documents"].rows_where("id LIKE ? OR file_name = ? OR title = ?",
-                                                    [f"{ref}%", ref, ref]))
+        if not isinstance(ref, str) or not ref:
+            raise StoreError(f"no document {ref!r} in the store")
+        rows = list(self.db["documents"].rows_where(
+            "substr(id, 1, length(:ref)) = :ref OR file_name = :ref OR title = :ref", {"ref": ref}))
         if len(rows) == 1:
             return rows[0]
         if not rows:
@@ -350,6 +353,14 @@ class Store:
     def leaf_states_path(self, key: str) -> Path:
         check_cache_key(key)
         return inside(self.root, self.root / "caches" / key[:2] / f"{key}.leaves.safetensors")
+
+    def upload_path(self, name: str) -> Path:
+        """The file of a job's upload (``uploads/<document id><suffix>``), proven to be inside
+        the store's uploads folder; :class:`StoreError` for any other name."""
+        path = inside(self.root, self.root / check_upload_name(name))
+        if is_link(path):
+            raise StoreError(f"the upload {name[:40]!r} is a symbolic link; refused")
+        return path
 
     def cache_file(self, row: dict) -> Path:
         """The cache file of a cache row, proven to be its own place in the store (for readers

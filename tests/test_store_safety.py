@@ -398,3 +398,30 @@ def _running(pid: int) -> bool:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
     except psutil.NoSuchProcess:
         return False
+
+
+def test_a_job_row_naming_a_path_outside_the_uploads_is_never_read_or_deleted(tmp_path):
+    """A poisoned job row (an old index, a hand edit) whose upload names a file outside the
+    store: the worker fails the job in one line, reads nothing and deletes nothing."""
+    from app import tasks
+
+    store = Store(tmp_path / "store")
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    for name in ("../victim.txt", str(victim), "uploads/../../victim.txt", "index.db"):
+        with pytest.raises(StoreError):
+            store.upload_path(name)
+    job, _ = store.jobs.create("a" * 64, "k" * 32, "embedded", upload="../victim.txt", file_name="victim.txt")
+    tasks._drop_upload(store, job)
+    with pytest.raises(StoreError):
+        tasks._ingest_upload(store, job, None)
+    assert victim.read_text() == "keep me" and (store.root / "index.db").exists()
+
+
+def test_like_wildcards_never_match_in_the_store(tmp_path):
+    store = Store(tmp_path / "store")
+    store.add_document(b"hello there", "a.txt", "hello there", "text")
+    for ref in ("%", "_", "%%", "_%"):
+        with pytest.raises(StoreError):
+            store.document(ref)
+    assert store.document(store.documents()[0]["id"][:6])["file_name"] == "a.txt"
