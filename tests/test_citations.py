@@ -148,6 +148,7 @@ def test_chat_answers_about_a_pdf_end_with_their_pages(service, monkeypatch):
     from homer.generation import GenerationSettings
 
     monkeypatch.setattr("homer.citations.MIN_PEAK", 0.0)  # a random model's attention has no sharp peaks
+    monkeypatch.setenv("HOMER_FOCUS", "cache")  # the cache's own citations (a focused answer lists its passages)
     pages = [f"Page {i}. The harbour master counted {i * 7} boats." for i in range(1, 5)]
     doc = _add_ready(service, text_pdf(pages), "harbour.pdf")
     settings = GenerationSettings(max_new_tokens=6)
