@@ -228,20 +228,26 @@ class _Budget:
             raise BundleError(f"refused: the bundle inflates to more than the limit of {limit} bytes")
 
 
+def _blocks(fh, info: zipfile.ZipInfo, limit: int, budget: _Budget, total: int):
+    """A member's inflated bytes in blocks, counted against ``limit`` and the bundle's
+    ``budget`` as they come out: reading stops one block past the limit whatever the member
+    claims (a member lying about its size is never inflated whole)."""
+    size = 0
+    while True:
+        block = fh.read(min(BLOCK, limit + 1 - size))
+        if not block:
+            return
+        size += len(block)
+        budget.take(len(block), total)
+        if size > limit:
+            raise BundleError(f"refused: member {info.filename!r} is larger than the limit of {limit} bytes")
+        yield block
+
+
 def _read_capped(zf: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int, budget: _Budget, total: int) -> bytes:
     """A small member into memory, reading at most ``cap`` + 1 bytes whatever it claims."""
-    chunks, size = [], 0
     with zf.open(info) as fh:
-        while True:
-            block = fh.read(min(BLOCK, cap + 1 - size))
-            if not block:
-                break
-            size += len(block)
-            budget.take(len(block), total)
-            if size > cap:
-                raise BundleError(f"refused: member {info.filename!r} is larger than the limit of {cap} bytes")
-            chunks.append(block)
-    return b"".join(chunks)
+        return b"".join(_blocks(fh, info, cap, budget, total))
 
 
 def _stream(zf: zipfile.ZipFile, info: zipfile.ZipInfo, out_path: Path, limit: int, budget: _Budget,
@@ -252,14 +258,8 @@ def _stream(zf: zipfile.ZipFile, info: zipfile.ZipInfo, out_path: Path, limit: i
     digest, size = hashlib.sha256(), 0
     text_digest = hashlib.blake2b(digest_size=32, person=TEXT_ID_PERSON) if text_hash else None
     with zf.open(info) as fh, open(out_path, "xb") as out:
-        while True:
-            block = fh.read(BLOCK)
-            if not block:
-                break
+        for block in _blocks(fh, info, limit, budget, total):
             size += len(block)
-            budget.take(len(block), total)
-            if size > limit:
-                raise BundleError(f"refused: member {info.filename!r} is larger than the limit of {limit} bytes")
             digest.update(block)
             if text_digest is not None:
                 text_digest.update(block)

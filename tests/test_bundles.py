@@ -16,6 +16,7 @@ from homer import Conversation, HomerConfig, build_document_cache
 from storage import BundleError, Store
 from app.library import text_from_source
 from storage.bundles import export_bundle, import_bundle, text_document_id
+from bundle_helpers import set_field
 from store_helpers import ROOT, story, subprocess_env
 
 
@@ -110,22 +111,14 @@ def _write(path, data):
     return path
 
 
-def _set(path, value):
-    def edit(manifest):
-        node = manifest
-        for key in path[:-1]:
-            node = node[key]
-        node[path[-1]] = value
-        return manifest
-    return edit
 
 
 REFUSALS = {
     "not-a-zip": (lambda good, out: _write(out, b"just some bytes"), {}, "not a zip"),
     "damaged-zip": (lambda good, out: _write(out, good.read_bytes()[:-200]), {}, "damaged|not a zip"),
-    "unknown-format-version": (lambda good, out: _rebuild(good, out, manifest=_set(["format_version"], 99)), {},
+    "unknown-format-version": (lambda good, out: _rebuild(good, out, manifest=set_field(["format_version"], 99)), {},
                                "unknown bundle format version 99"),
-    "not-a-homer-manifest": (lambda good, out: _rebuild(good, out, manifest=_set(["format"], "other")), {},
+    "not-a-homer-manifest": (lambda good, out: _rebuild(good, out, manifest=set_field(["format"], "other")), {},
                              "does not describe a HOMER bundle"),
     "missing-manifest": (lambda good, out: _rebuild(good, out, drop=["manifest.json"]), {}, "no manifest"),
     "wrong-model": (lambda good, out: _rebuild(good, out), {"model_fingerprint": "0" * 32}, "not by the model in use"),
@@ -141,7 +134,7 @@ REFUSALS = {
     "missing-member": (lambda good, out: _rebuild(good, out, drop=["text.txt"]), {}, "'text.txt' listed in the manifest is missing"),
     "unlisted-member": (lambda good, out: _rebuild(good, out, extra=[(zipfile.ZipInfo("notes.txt"), b"hi")]), {},
                         "not listed"),
-    "cache-key-mismatch": (lambda good, out: _rebuild(good, out, manifest=_set(["cache", "id"], "f" * 32)), {},
+    "cache-key-mismatch": (lambda good, out: _rebuild(good, out, manifest=set_field(["cache", "id"], "f" * 32)), {},
                            "cache key does not match"),
     "source-not-the-document": (lambda good, out: _rebuild(
         good, out, replace={"source.txt": lambda d: d + b"!"},
