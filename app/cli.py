@@ -41,6 +41,7 @@ def cmd_import(args) -> int:
     from storage import StoreError
     from storage.bundles import import_bundle
 
+    from app.ingest import ingest_limits
     from app.library import text_from_source
 
     fingerprint, tokenizer = args.expect_fingerprint, None
@@ -51,7 +52,8 @@ def cmd_import(args) -> int:
     max_bytes = int(args.max_mb * 2**20) if args.max_mb else None
     try:
         row = import_bundle(_store(args), args.bundle, model_fingerprint=fingerprint, max_bytes=max_bytes,
-                            tokenizer=tokenizer, text_from_source=text_from_source(tokenizer))
+                            tokenizer=tokenizer, text_from_source=text_from_source(tokenizer),
+                            max_chars=ingest_limits().max_chars)
     except StoreError as exc:
         return _fail(str(exc))
     verb = "already in the store (kept as it was): cache" if row.get("already_in_store") else "imported cache"

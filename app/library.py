@@ -362,7 +362,9 @@ def import_bundle_file(store, path: str | Path, fingerprint: str | None, owner: 
     ``tokenizer``); returns the cache row (``already_in_store`` when that cache was there).
     The importer becomes an owner of the document: the bundle proved its content (the
     same as uploading it)."""
+    from .ingest import ingest_limits
+
     row = import_bundle(store, path, model_fingerprint=fingerprint, tokenizer=tokenizer,
-                        text_from_source=text_from_source(tokenizer))
+                        text_from_source=text_from_source(tokenizer), max_chars=ingest_limits().max_chars)
     add_owner(store, row["document_id"], owner)
     return row

@@ -29,7 +29,7 @@ TEXT_MEMBER = "text.txt"
 SOURCE_MEMBER = re.compile(r"source(\.[a-z0-9]{1,15})?")
 
 DEFAULT_BUNDLE_MB = 512      # a full 4k-token fp16 cache of the embedded model is ~94 MB
-DEFAULT_TEXT_MB = 64
+DEFAULT_TEXT_MB = 16  # 4 M characters of multi-byte text: the ingestion limit (HOMER_MAX_CHARS) of a document
 MAX_MEMBERS = 16             # a bundle has 3 or 4; the zip directory is refused above this
 MAX_DIRECTORY_BYTES = 64 * 2**10
 MAX_MANIFEST_BYTES = 4 * 2**20
@@ -64,7 +64,7 @@ class Limits:
 
     @classmethod
     def from_env(cls, bundle_bytes: int | None = None) -> "Limits":
-        """``HOMER_BUNDLE_MAX_MB`` (default 512) and ``HOMER_BUNDLE_MAX_TEXT_MB`` (default 64);
+        """``HOMER_BUNDLE_MAX_MB`` (default 512) and ``HOMER_BUNDLE_MAX_TEXT_MB`` (default 16);
         an explicit ``bundle_bytes`` wins over the environment."""
         if bundle_bytes is None:
             bundle_bytes = _env_mb("HOMER_BUNDLE_MAX_MB", DEFAULT_BUNDLE_MB)

@@ -9,7 +9,7 @@ A bundle comes from someone else, so :func:`import_bundle` trusts none of it:
 
 * sizes first: the zip file, its directory (member count), every member and all members
   together are bounded (``HOMER_BUNDLE_MAX_MB``, default 512 MB; text.txt by
-  ``HOMER_BUNDLE_MAX_TEXT_MB``, default 64 MB) by counting what is actually inflated, so a
+  ``HOMER_BUNDLE_MAX_TEXT_MB``, default 16 MB; in characters, the caller's ``max_chars``) by counting what is actually inflated, so a
   member lying about its size stops at the limit; members are streamed to temp files in the
   store (hashed on the way), never read whole;
 * every manifest field and the cache's safetensors header are checked against a schema
@@ -277,8 +277,10 @@ def _first_line(exc: BaseException) -> str:
 
 def check_bundle(path: str | os.PathLike, staging: _Staging, model_fingerprint: str | None = None,
                  limits: Limits | None = None, tokenizer=None,
-                 text_from_source: TextFromSource | None = None) -> CheckedBundle:
-    """Check a bundle completely, staging its members through ``staging``; writes nothing else."""
+                 text_from_source: TextFromSource | None = None, max_chars: int | None = None) -> CheckedBundle:
+    """Check a bundle completely, staging its members through ``staging``; writes nothing else.
+    ``max_chars``: the most characters a document may have (the app passes its ingestion
+    limit, so an imported text costs no more to check, tokenise and build than an upload)."""
     path = Path(path)
     limits = limits or Limits.from_env()
     name = path.name[:80]
@@ -296,7 +298,7 @@ def check_bundle(path: str | os.PathLike, staging: _Staging, model_fingerprint: 
             _check_directory(fh, info.st_size, name)
             fh.seek(0)
             with zipfile.ZipFile(fh) as zf:
-                return _check_open(zf, staging, model_fingerprint, limits, tokenizer, text_from_source)
+                return _check_open(zf, staging, model_fingerprint, limits, tokenizer, text_from_source, max_chars)
     except StoreError:
         raise
     except _ZIP_ERRORS as exc:
@@ -304,7 +306,7 @@ def check_bundle(path: str | os.PathLike, staging: _Staging, model_fingerprint: 
 
 
 def _check_open(zf: zipfile.ZipFile, staging: _Staging, model_fingerprint: str | None, limits: Limits, tokenizer,
-                text_from_source: TextFromSource | None) -> CheckedBundle:
+                text_from_source: TextFromSource | None, max_chars: int | None = None) -> CheckedBundle:
     infos = zf.infolist()
     if len(infos) > MAX_MEMBERS:
         raise BundleError(f"refused: the bundle holds {len(infos)} members; a bundle has at most {MAX_MEMBERS}")
@@ -363,6 +365,9 @@ def _check_open(zf: zipfile.ZipFile, staging: _Staging, model_fingerprint: str |
         raise BundleError("refused: text.txt is not UTF-8") from None
     if not text.strip():
         raise BundleError("refused: text.txt is empty")
+    if max_chars is not None and len(text) > max_chars:
+        raise BundleError(f"refused: text.txt has {len(text)} characters, over the limit of {max_chars} for a "
+                          "document (HOMER_MAX_CHARS)")
     schema.check_text_fields(manifest, text)
 
     cache_file = staged[CACHE_MEMBER]
@@ -457,14 +462,15 @@ def _check_cache_against_text(cache_file: Path, header: dict, meta: dict, text: 
 
 
 def inspect_bundle(path: str | os.PathLike, model_fingerprint: str | None = None, max_bytes: int | None = None,
-                   tokenizer=None, text_from_source: TextFromSource | None = None) -> dict:
+                   tokenizer=None, text_from_source: TextFromSource | None = None,
+                   max_chars: int | None = None) -> dict:
     """Check a bundle completely without touching any store (members are staged in a private
     temp folder, removed after); returns its manifest."""
     with tempfile.TemporaryDirectory(prefix="homer-bundle-check-") as folder:
         staging = _Staging(lambda suffix: Path(folder) / f"{uuid.uuid4().hex}{suffix}")
         try:
             return check_bundle(path, staging, model_fingerprint, Limits.from_env(max_bytes), tokenizer,
-                                text_from_source).manifest
+                                text_from_source, max_chars).manifest
         finally:
             staging.cleanup()
 
@@ -472,7 +478,7 @@ def inspect_bundle(path: str | os.PathLike, model_fingerprint: str | None = None
 # --- import ---------------------------------------------------------------------------------
 def import_bundle(store: Store, path: str | os.PathLike, model_fingerprint: str | None = None,
                   max_bytes: int | None = None, tokenizer=None,
-                  text_from_source: TextFromSource | None = None) -> dict:
+                  text_from_source: TextFromSource | None = None, max_chars: int | None = None) -> dict:
     """Check ``path`` completely, then add its document (unless the store has it) and its
     cache (unless the store has that key) to ``store``. Returns the cache row with
     ``already_in_store`` (the key existed: nothing was installed) and ``rekeyed`` (a
@@ -481,11 +487,12 @@ def import_bundle(store: Store, path: str | os.PathLike, model_fingerprint: str 
     ``model_fingerprint``: refuse a cache of another model. ``max_bytes``: the bundle limit
     (default ``HOMER_BUNDLE_MAX_MB``). ``tokenizer``: the model's, to tie the cache's tokens
     to the text. ``text_from_source``: the app's ingestion, without which a bundle carrying
-    its source file is refused (its text could not be checked)."""
+    its source file is refused (its text could not be checked). ``max_chars``: the longest
+    text a document may have (the app's ingestion limit)."""
     staging = _Staging(store.staging_path)
     try:
         checked = check_bundle(path, staging, model_fingerprint, Limits.from_env(max_bytes), tokenizer,
-                               text_from_source)
+                               text_from_source, max_chars)
         _add_document(store, checked)
         already = False
         try:

@@ -238,6 +238,16 @@ def test_whole_bundle_and_text_limits(tmp_path, origin, shared, monkeypatch):
     assert store.check() == [] and len(store.documents()) == 1
 
 
+def test_an_imported_text_is_bounded_like_an_upload(origin, shared, monkeypatch):
+    """A sourceless bundle's text becomes a document without any ingestion: the app still
+    refuses one longer than an upload may extract (HOMER_MAX_CHARS), before tokenising it."""
+    store, doc, victim = shared
+    before = state(store, doc, victim)
+    monkeypatch.setenv("HOMER_MAX_CHARS", "100")
+    message = refused(store, origin["sourceless"], "characters, over the limit of 100")
+    assert "HOMER_MAX_CHARS" in message and state(store, doc, victim) == before
+
+
 # --- 6: quadratic member check ----------------------------------------------------------------------
 def test_member_check_is_linear(tmp_path, origin, shared):
     store, doc, victim = shared
