@@ -30,10 +30,33 @@ FAILED_UPLOAD_SECONDS = 600.0  # failed uploads (no document row) stay listed th
 
 
 # --- ownership ----------------------------------------------------------------------------
-def add_owner(store, document_id: str, owner: str | None) -> None:
+def add_owner(store, document_id: str, owner: str | None, file_name: str | None = None) -> None:
+    """Put a document in ``owner``'s library under the name they gave it (``file_name``: the
+    file they uploaded or imported; the first name an owner gave is kept)."""
     if owner:
-        store.db["document_owners"].insert({"document_id": document_id, "owner": owner, "added": dbmod.now()},
+        name = Path(file_name).name[:255] if file_name else None
+        store.db["document_owners"].insert({"document_id": document_id, "owner": owner, "added": dbmod.now(),
+                                            "file_name": name, "title": Path(name).stem if name else None},
                                            ignore=True)
+
+
+# What a user sees of a document's name: their own (documents_owners) where they gave one that
+# differs from the stored row's, else the row's. Another owner's file name or title never shows.
+_SEEN_NAMES = ("CASE WHEN o.file_name IS NULL OR o.file_name = d.file_name THEN d.file_name ELSE o.file_name END",
+               "CASE WHEN o.file_name IS NULL OR o.file_name = d.file_name THEN d.title ELSE o.title END")
+
+
+def _seen(store, owner: str | None, where: str = "1", params: list | None = None) -> list[dict]:
+    """Document rows as ``owner`` sees them (their own names), filtered by ``where``; every
+    document without login."""
+    if not owner:
+        return list(store.db.query(f"SELECT d.* FROM documents d WHERE {where} ORDER BY d.created", params or []))
+    seen = {"file_name": _SEEN_NAMES[0], "title": _SEEN_NAMES[1]}
+    columns = ", ".join(f"{seen[c.name]} AS {c.name}" if c.name in seen else f"d.{c.name}"
+                        for c in store.db["documents"].columns)
+    sql = (f"SELECT * FROM (SELECT {columns} FROM documents d JOIN document_owners o "
+           f"ON o.document_id = d.id AND o.owner = ?) d WHERE {where} ORDER BY d.created")
+    return list(store.db.query(sql, [owner, *(params or [])]))
 
 
 def owned_ids(store, owner: str | None) -> set[str] | None:
@@ -44,8 +67,8 @@ def owned_ids(store, owner: str | None) -> set[str] | None:
 
 
 def visible_documents(store, owner: str | None) -> list[dict]:
-    allowed = owned_ids(store, owner)
-    return [doc for doc in store.documents() if allowed is None or doc["id"] in allowed]
+    """The documents ``owner`` may use, under the names they gave them."""
+    return _seen(store, owner)
 
 
 def not_found(ref: str) -> StoreError:
@@ -64,13 +87,10 @@ def check_access(store, document_id: str, owner: str | None) -> dict:
     ref = str(document_id or "").strip()
     if not ref:
         raise not_found(ref)
-    scope, params = "", []
-    if owner:
-        scope, params = " AND d.id IN (SELECT document_id FROM document_owners WHERE owner = ?)", [owner]
-    rows = list(store.db.query(f"SELECT d.* FROM documents d WHERE d.id = ?{scope}", [ref, *params]))
+    rows = _seen(store, owner, "d.id = ?", [ref])
     if not rows:  # a prefix compared as a string (not LIKE: '%' or '_' in a reference match nothing)
-        rows = list(store.db.query(f"SELECT d.* FROM documents d WHERE (substr(d.id, 1, ?) = ? OR d.file_name = ? "
-                                   f"OR d.title = ?){scope} ORDER BY d.created", [len(ref), ref, ref, ref, *params]))
+        rows = _seen(store, owner, "(substr(d.id, 1, ?) = ? OR d.file_name = ? OR d.title = ?)",
+                     [len(ref), ref, ref, ref])
     if len(rows) == 1:
         return rows[0]
     if not rows:
@@ -136,9 +156,7 @@ def library(store, model_name: str, fingerprint: str, owner: str | None = None, 
         jobs.setdefault(job["document_id"], []).append(job)
     entries = []
     documents = {doc["id"]: doc for doc in store.documents()}
-    for doc in documents.values():
-        if allowed is not None and doc["id"] not in allowed:
-            continue
+    for doc in visible_documents(store, owner):
         caches = store.caches(doc["id"], model_fingerprint=fingerprint)
         doc_jobs = jobs.get(doc["id"], [])
         active = [j for j in doc_jobs if j["state"] in ("queued", "running")]
@@ -239,7 +257,7 @@ def submit_uploads(queue, files: list[tuple[str, bytes]], model_name: str, setti
         except (IngestError, StoreError, OSError) as exc:
             lines.append(f"✗ {exc}")
             continue
-        add_owner(queue.store, job["document_id"], owner)
+        add_owner(queue.store, job["document_id"], owner, name)
         if job["state"] == "done":
             lines.append(f"✓ {name}: already read — ready")
         elif job["state"] == "failed":
@@ -259,13 +277,15 @@ def submit_existing(queue, document_id: str, model_name: str, settings: dict | N
 
 def delete_document(store, document_id: str, owner: str | None = None) -> str:
     """Delete a document (with login: take it out of this user's library; the stored copy
-    goes when nobody owns it any more)."""
+    goes when nobody owns it any more). With login the answer is the same whether others
+    still own the content or not: it tells nothing about other users' libraries."""
     doc = check_access(store, document_id, owner)
     if owner:
         store.db.execute("DELETE FROM document_owners WHERE document_id = ? AND owner = ?", [doc["id"], owner])
         left = store.db.execute("SELECT COUNT(*) FROM document_owners WHERE document_id = ?", [doc["id"]]).fetchone()[0]
-        if left:
-            return f"removed {doc['file_name']} from your library"
+        if not left:
+            store.delete_document(doc["id"])
+        return f"removed {doc['file_name']} from your library"
     store.delete_document(doc["id"])
     return f"deleted {doc['file_name']}"
 
@@ -366,5 +386,5 @@ def import_bundle_file(store, path: str | Path, fingerprint: str | None, owner: 
 
     row = import_bundle(store, path, model_fingerprint=fingerprint, tokenizer=tokenizer,
                         text_from_source=text_from_source(tokenizer), max_chars=ingest_limits().max_chars)
-    add_owner(store, row["document_id"], owner)
+    add_owner(store, row["document_id"], owner, row.get("file_name"))
     return row

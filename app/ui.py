@@ -179,10 +179,10 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
             row = library.import_bundle_file(store, path, fingerprint, owner_of(request), tokenizer=tokenizer)
         except StoreError as exc:
             return f"✗ {exc}"
-        doc = store.get_document(row["document_id"]) or {"file_name": row["document_id"][:12]}
+        name = row.get("file_name") or row["document_id"][:12]  # the importer's own name for it
         if row.get("already_in_store"):
-            return (f"✓ {doc['file_name']}: this cache is already in the store (kept as it was) — ready to chat.")
-        return (f"✓ imported {doc['file_name']}: {row['tokens']} cache tokens built by "
+            return (f"✓ {name}: this cache is already in the store (kept as it was) — ready to chat.")
+        return (f"✓ imported {name}: {row['tokens']} cache tokens built by "
                 f"{row['model_name'] or row['model_fingerprint'][:12]} — ready to chat, no reading needed.")
 
     # --- handlers: inspector -----------------------------------------------------------------

@@ -510,7 +510,7 @@ def import_bundle(store: Store, path: str | os.PathLike, model_fingerprint: str 
                 raise BundleError("refused: the cache changed while it was being imported")
     finally:
         staging.cleanup()
-    return {**row, "already_in_store": already, "rekeyed": checked.rekeyed}
+    return {**row, "already_in_store": already, "rekeyed": checked.rekeyed, "file_name": checked.fields["file_name"]}
 
 
 def _existing_cache(store: Store, key: str, wait: float = 5.0) -> dict | None:

@@ -127,9 +127,17 @@ def _v6_cache_install_journal(db: sqlite_utils.Database) -> None:
     db["caches"].add_column("pending", str)
 
 
+def _v7_owner_names(db: sqlite_utils.Database) -> None:
+    # The name each owner gave a document (the file they uploaded or imported): documents are
+    # stored once per content, so a second user who uploads the same bytes as report.pdf must
+    # see report.pdf, never the first user's file name or title. Null for older rows.
+    db["document_owners"].add_column("file_name", str)
+    db["document_owners"].add_column("title", str)
+
+
 MIGRATIONS = [_v1_documents_caches_conversations, _v2_jobs_locks_passages, _v3_document_owners,
               _v4_cache_leaf_states,
-              _v5_passage_index, _v6_cache_install_journal]
+              _v5_passage_index, _v6_cache_install_journal, _v7_owner_names]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

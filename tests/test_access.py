@@ -127,3 +127,31 @@ def test_through_the_running_app_as_two_users(tmp_path, model_dir):
         assert answer(ann, "/ask", "ann-notes.txt")[0] == "ok"
         assert answer(ann, "/export", document_id[:12])[0] == "ok"
         assert [row[0] for row in bob.predict(api_name="/library")["data"]] == []
+
+
+def test_a_second_uploader_of_the_same_bytes_never_sees_the_first_ones_names(tmp_path):
+    """Documents are stored once per content: bob uploading ann's exact bytes as his own file
+    shares the stored document and its cache, but sees his file name and title, never ann's,
+    and cannot reach it by ann's name."""
+    store = Store(tmp_path / "store")
+    text = story(8, "shared")
+    ann = add_to_store(store, ingest_bytes(text.encode(), "ann-secret-plan.txt"))
+    library.add_owner(store, ann["id"], "ann", "ann-secret-plan.txt")
+    again = add_to_store(store, ingest_bytes(text.encode(), "bob-copy.txt"))
+    assert again["id"] == ann["id"]
+    library.add_owner(store, ann["id"], "bob", "bob-copy.txt")
+    seen = library.check_access(store, ann["id"], "bob")
+    assert (seen["file_name"], seen["title"]) == ("bob-copy.txt", "bob-copy")
+    assert [(d["file_name"], d["title"]) for d in library.visible_documents(store, "bob")] == [("bob-copy.txt", "bob-copy")]
+    assert library.check_access(store, "bob-copy", "bob")["id"] == ann["id"]
+    for ref in ("ann-secret-plan.txt", "ann-secret-plan"):
+        assert refusal(lambda: library.check_access(store, ref, "bob")) == f"no document {ref!r} in your library"
+    entries = library.library(store, "embedded", "f" * 32, owner="bob")
+    assert [(e["name"], e["title"]) for e in entries] == [("bob-copy.txt", "bob-copy")]
+    assert "ann-secret" not in json.dumps(library.table_rows(entries))
+    # ann still sees her own names
+    assert library.check_access(store, ann["id"], "ann")["file_name"] == "ann-secret-plan.txt"
+    assert library.delete_document(store, ann["id"], "bob") == "removed bob-copy.txt from your library"
+    # the last owner's delete removes the stored copy, with the same words
+    assert library.delete_document(store, ann["id"], "ann") == "removed ann-secret-plan.txt from your library"
+    assert store.get_document(ann["id"]) is None
