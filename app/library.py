@@ -343,7 +343,8 @@ def export_document(store, document_id: str, fingerprint: str, owner: str | None
         prune_exports(exports)
         folder = Path(tempfile.mkdtemp(prefix="export-", dir=exports))
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(doc["file_name"]).stem)[:80] or doc["id"][:12]
-    return export_bundle(store, doc["id"], folder / f"{stem}.homer-bundle.zip", cache_id=caches[0]["id"])
+    return export_bundle(store, doc["id"], folder / f"{stem}.homer-bundle.zip", cache_id=caches[0]["id"],
+                         file_name=doc["file_name"], title=doc["title"])
 
 
 def text_from_source(tokenizer=None):

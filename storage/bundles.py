@@ -84,10 +84,13 @@ def _source_member(file_name: str) -> str:
 
 # --- export ---------------------------------------------------------------------------------
 def export_bundle(store: Store, document: str, out_path: str | os.PathLike, include_source: bool = True,
-                  cache_id: str | None = None) -> Path:
+                  cache_id: str | None = None, file_name: str | None = None, title: str | None = None) -> Path:
     """Write ``document``'s newest ready cache (or ``cache_id``) as a bundle at ``out_path``
-    (without the cache's leaf states, if it has any)."""
-    doc = store.document(document)
+    (without the cache's leaf states, if it has any). ``file_name`` / ``title``: the names the
+    exporting user gave the document (a document is stored once per content; another owner's
+    names must not travel in this user's bundle)."""
+    doc = dict(store.document(document))
+    doc.update({k: v for k, v in (("file_name", file_name), ("title", title)) if v})
     if cache_id is None:
         caches = store.caches(doc["id"])
         if not caches:

@@ -155,3 +155,29 @@ def test_a_second_uploader_of_the_same_bytes_never_sees_the_first_ones_names(tmp
     # the last owner's delete removes the stored copy, with the same words
     assert library.delete_document(store, ann["id"], "ann") == "removed ann-secret-plan.txt from your library"
     assert store.get_document(ann["id"]) is None
+
+
+def test_an_export_carries_the_exporters_names_only(tmp_path):
+    """bob's bundle of content ann uploaded first names bob's file, not ann's."""
+    import zipfile
+
+    from conftest import tiny_model, tiny_tokenizer
+    from homer import HomerConfig, build_document_cache
+
+    store = Store(tmp_path / "store")
+    text = story(8, "shared")
+    doc = add_to_store(store, ingest_bytes(text.encode(), "ann-secret-plan.txt"))
+    library.add_owner(store, doc["id"], "ann", "ann-secret-plan.txt")
+    library.add_owner(store, doc["id"], "bob", "bob-copy.txt")
+    store.save_cache(doc["id"], build_document_cache(tiny_model("llama", window=1024), tiny_tokenizer(), text,
+                                                     HomerConfig(significance="uncalibrated")))
+    fingerprint = store.caches(doc["id"])[0]["model_fingerprint"]
+    bundle = library.export_document(store, doc["id"], fingerprint, "bob", folder=tmp_path / "out")
+    assert bundle.name == "bob-copy.homer-bundle.zip"
+    with zipfile.ZipFile(bundle) as zf:
+        manifest = json.loads(zf.read("manifest.json"))
+        assert "ann-secret" not in json.dumps(manifest)
+    assert (manifest["document"]["file_name"], manifest["document"]["title"]) == ("bob-copy.txt", "bob-copy")
+    second = Store(tmp_path / "second")  # and it imports as bob's document elsewhere
+    row = library.import_bundle_file(second, bundle, fingerprint, "bob", tokenizer=tiny_tokenizer())
+    assert row["document_id"] == doc["id"] and second.document(doc["id"])["file_name"] == "bob-copy.txt"
