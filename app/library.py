@@ -245,6 +245,23 @@ def check_upload(data: bytes, file_name: str) -> None:
     check_text_upload(data, name, limits)
 
 
+def submit_upload_file(queue, path: Path, model_name: str, settings: dict | None = None,
+                       owner: str | None = None) -> list[str]:
+    """Check and queue one uploaded file the web server wrote to ``path``: its size is
+    checked before it is read (the server accepts files up to the larger bundle limit)."""
+    from .ingest import max_upload_bytes
+
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        return [f"✗ {path.name}: cannot read the upload ({exc.strerror})"]
+    limit = max_upload_bytes()
+    if size > limit:
+        return [f"✗ {path.name}: the file is {size / 2**20:.1f} MB, over the limit of {limit / 2**20:.1f} MB"]
+    return submit_uploads(queue, [(path.name, path.read_bytes())], model_name, settings, owner)
+
+
 def submit_uploads(queue, files: list[tuple[str, bytes]], model_name: str, settings: dict | None = None,
                    owner: str | None = None) -> list[str]:
     """Check and queue uploaded files ``(name, bytes)``; one line per file saying what happened."""

@@ -91,15 +91,10 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
         if not files:
             yield "", None
             return
-        items = []
-        for item in files if isinstance(files, list) else [files]:
+        lines = []
+        for item in files if isinstance(files, list) else [files]:  # one file in memory at a time
             path = Path(item if isinstance(item, str) else getattr(item, "name", str(item)))
-            try:
-                items.append((path.name, path.read_bytes()))
-            except OSError as exc:
-                items.append((path.name, b""))
-                print(f"upload {path.name}: {exc}")
-        lines = library.submit_uploads(queue, items, model, settings, owner_of(request))
+            lines += library.submit_upload_file(queue, path, model, settings, owner_of(request))
         yield "\n\n".join(lines), None
         if build_gpu is not None and any(line.endswith("queued for reading") for line in lines):
             build_here()  # in this request (ZeroGPU); the library's timer shows the progress

@@ -246,3 +246,22 @@ def test_refusals_in_the_worker_fail_the_job_store_nothing_and_the_queue_goes_on
     assert wait_for(store, good["id"], timeout=120)["state"] == "done"
     assert [d["file_name"] for d in store.documents()] == ["keeper.txt"]
     assert list((store.root / "uploads").iterdir()) == []
+
+
+def test_an_oversized_upload_is_refused_before_it_is_read(tmp_path):
+    """The web server accepts files up to the (larger) bundle limit, so the upload handler
+    checks a file's size on disk before reading it into memory."""
+    from app import library
+    from app.worker import queue_for
+    from storage import Store
+
+    queue = queue_for(Store(tmp_path / "store"))
+    big = tmp_path / "big.txt"
+    with open(big, "wb") as fh:  # sparse: 60 MB on paper, nothing to read if it is not read
+        fh.truncate(60 * 2**20)
+    lines = library.submit_upload_file(queue, big, "embedded")
+    assert lines == ["✗ big.txt: the file is 60.0 MB, over the limit of 50.0 MB"]
+    assert queue.store.jobs.list() == [] and not list((queue.store.root / "uploads").iterdir())
+    small = tmp_path / "small.txt"
+    small.write_text("The keeper was named Ada.\n" * 20)
+    assert library.submit_upload_file(queue, small, "embedded") == ["✓ small.txt: queued for reading"]
