@@ -415,6 +415,8 @@ def describe_turn(stats: dict) -> str:
         source = "loaded from disk" if stats.get("cache_source") == "disk" else "reused from memory"
         line += (f"cache {source} ({stats.get('cache_tokens', 0)} tokens for a {stats.get('document_tokens', 0)}-token "
                  f"document, not encoded again) · {stats.get('appended_tokens', 0)} new prompt tokens")
+    if stats.get("passages"):
+        line += f" · {len(stats['passages'])} passages read again for this question ({stats['focus']})"
     if stats.get("sources"):
         line += f" · sources found in {stats['citation_seconds']:.2f} s"
     if stats.get("forgotten_turns"):

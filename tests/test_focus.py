@@ -9,7 +9,7 @@ import torch
 from conftest import tiny_model, tiny_tokenizer
 from store_helpers import story
 
-from app.chat import ChatError, ChatService
+from app.chat import ChatError, ChatService, describe_turn
 from app.focus import AUTO_SPECIFIC
 from app.ingest import add_to_store, ingest_bytes
 from homer import HomerConfig, build_document_cache
@@ -221,6 +221,7 @@ def test_chat_answers_with_focus_and_lists_its_sources(tmp_path, tiny, monkeypat
     *_, (shown, stats) = service.ask("s", doc["id"], "Where was the zyzzogeton?", "tiny", settings,
                                      focus="cache+passages")
     assert stats["focus"] == "cache+passages" and stats["index_built"] and stats["passages"]
+    assert "passages read again for this question (cache+passages)" in describe_turn(stats)
     first = stats["passages"][0]
     assert "Paragraph 11." in text[first["start"]:first["end"]]
     assert "\n\nSources:\n- “…" in shown and "zyzzogeton" in shown  # one page: a quote around the word, no page
