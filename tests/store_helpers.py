@@ -117,3 +117,19 @@ def bad_uploads(folder: Path) -> list[tuple[Path, str]]:
     broken = folder / "broken.pdf"
     broken.write_bytes(b"%PDF-1.4\n garbage")
     return [(empty, "the file is empty"), (binary, "binary"), (broken, "corrupt or unreadable")]
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident memory since it started (VmHWM: per address space, so a
+    child does not inherit the parent's peak the way ru_maxrss does across fork and exec —
+    a test process of 1.7 GB would make every child look that big)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

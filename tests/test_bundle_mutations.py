@@ -193,8 +193,6 @@ def _flip_header(data: bytes, rng: random.Random) -> bytes:
 
 
 def child(work: Path, out: Path) -> None:
-    import resource
-
     sys.path.insert(0, str(HERE))
     from app.library import text_from_source
     from bundle_helpers import make_victim, snapshot, store_rows, stored_document
@@ -202,7 +200,7 @@ def child(work: Path, out: Path) -> None:
     from homer.cache import HomerCache
     from storage import BundleError, Store
     from storage.bundles import export_bundle, import_bundle, text_document_id
-    from store_helpers import story
+    from store_helpers import peak_rss_bytes, story
 
     work.mkdir(parents=True)
     model, tokenizer = tiny_model("llama", window=1024), tiny_tokenizer()
@@ -271,7 +269,7 @@ def child(work: Path, out: Path) -> None:
             store.check(repair=True)
         if list(store.tmp_dir.iterdir()):
             failures.append(f"{i} {what}: temp files left in the store")
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    peak = peak_rss_bytes()  # this child's own peak (ru_maxrss would carry the parent's across exec)
     out.write_text(json.dumps({"count": MUTATIONS, "seconds": time.monotonic() - started, "outcomes": outcomes,
                                "failures": failures, "peak_rss": peak}))
 

@@ -188,14 +188,15 @@ def test_prose_is_still_cut_between_paragraphs_across_blocks():
 
 
 PEAK = """
-import resource, sys, json
+import sys, json
 sys.path.insert(0, "tests")
 from conftest import tiny_tokenizer
+from store_helpers import peak_rss_bytes
 from app.ingest import ingest_bytes
 data = open(sys.argv[1], "rb").read()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+before = peak_rss_bytes() // 1024
 doc = ingest_bytes(data, "book.txt", tiny_tokenizer())
-print(json.dumps({"before_kib": before, "peak_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+print(json.dumps({"before_kib": before, "peak_kib": peak_rss_bytes() // 1024,
                   "chars": len(doc.text), "tokens": doc.token_count, "passages": len(doc.passages)}))
 """
 
