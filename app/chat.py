@@ -328,10 +328,12 @@ class ChatService:
             )
             earlier = [] if deep is not None else conversation.turns[:-1]  # what the model saw; a deep-read cache holds only this question
             if turn.passages or answer_cache is None:  # the passages it was given are its sources
-                pages = len(self.store.page_starts(document_id))
-                shown = focusing.with_passage_sources(answer, turn.passages, pages, question)
-                stats.update(sources=focusing.sources_label(turn.passages, 2, question),
-                             citation_seconds=round(turn.seconds, 4))
+                shown = answer
+                if turn.passages and citations_enabled():  # HOMER_CITATIONS=0 turns every sources line off
+                    pages = len(self.store.page_starts(document_id))
+                    shown = focusing.with_passage_sources(answer, turn.passages, pages, question)
+                    stats.update(sources=focusing.sources_label(turn.passages, 2, question),
+                                 citation_seconds=round(turn.seconds, 4))
             else:
                 label = self._cite(stats, document_id, answer_cache, model, tokenizer, conversation.prompt, earlier,
                                    question, answer)

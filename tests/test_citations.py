@@ -167,9 +167,11 @@ def test_one_page_documents_and_switched_off_citations_get_no_sources_line(servi
 
     settings = GenerationSettings(max_new_tokens=4)
     doc = _add_ready(service, story(10).encode(), "ada.txt")
-    *_, (shown, stats) = service.ask("s", doc["id"], "Who?", "tiny", settings)
+    with monkeypatch.context() as pinned:
+        pinned.setenv("HOMER_FOCUS", "cache")  # the cache's page citations (a focused answer quotes its passages)
+        *_, (shown, stats) = service.ask("s", doc["id"], "Who?", "tiny", settings)
     assert "Sources:" not in shown and "sources" not in stats
-    monkeypatch.setenv("HOMER_CITATIONS", "0")
+    monkeypatch.setenv("HOMER_CITATIONS", "0")  # off: no sources line whatever the focus
     pdf = _add_ready(service, text_pdf(["One.", "Two."]), "two.pdf")
     *_, (shown, stats) = service.ask("s", pdf["id"], "Who?", "tiny", settings)
     assert "Sources:" not in shown and "sources" not in stats
