@@ -41,7 +41,8 @@ def service(tmp_path, tiny):
     return ChatService(store, loader=lambda name: tiny)
 
 
-def test_two_questions_reuse_the_loaded_cache(service, tiny):
+def test_two_questions_reuse_the_loaded_cache(service, tiny, monkeypatch):
+    monkeypatch.setenv("HOMER_FOCUS", "cache")  # the cache path (a focused turn also feeds its passages)
     doc, row = add_ready(service.store, tiny, story(40).encode(), "ada.txt")
     assert service.ready_cache(doc["id"], "tiny")["id"] == row["id"]
     settings = GenerationSettings(max_new_tokens=5)
