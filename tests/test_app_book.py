@@ -60,6 +60,8 @@ def test_the_app_book_benchmark_runs_end_to_end_on_a_slice(tmp_path, embedded_di
     first, follow = (turn["stats"] for turn in result["turns"])
     assert first["cache_source"] == "disk" and follow["cache_source"] == "memory" and follow["turn"] == 2
     focused = sum(p["end"] - p["start"] for p in follow.get("passages", []))  # characters: at least their tokens
-    assert follow["appended_tokens"] < result["document_tokens"] / 20 + focused  # the book was not read again
+    # the book was not read again: the turn fed its passages, the earlier turn and the question (a focused
+    # follow-up answers in a fresh window), a small fraction of the document
+    assert follow["appended_tokens"] < result["document_tokens"] / 10 + focused
     assert result["follow_up_ttft_s"] == follow["time_to_first_token"] > 0
     assert result["build_over_follow_up_ttft"] > 1 and all(turn["answer"] for turn in result["turns"])
