@@ -12,6 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,19 @@ def peak_rss_bytes() -> int:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+@contextmanager
+def consumer_in_process(store, **kwargs):
+    """Thread workers inside the test process, as the app runs them (``start_consumer_in_process``
+    installs signal handlers: they are put back afterwards); yields the build queue."""
+    from app.worker import start_consumer_in_process
+
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    handle = start_consumer_in_process(store, **kwargs)
+    try:
+        yield handle.queue
+    finally:
+        handle.stop()
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import signal
 import subprocess
 import sys
 
@@ -18,10 +17,9 @@ import pytest
 from app import library
 from app.ingest import IngestError, count_tokens, ingest_bytes, split_passages
 from app.tasks import wait_for
-from app.worker import start_consumer_in_process
 from conftest import tiny_tokenizer
 from storage import Store
-from store_helpers import FAST, ROOT, story, text_pdf
+from store_helpers import FAST, ROOT, consumer_in_process, story, text_pdf
 
 LINE = "The keeper trimmed the wick and watched the grey sea roll in."  # 62 characters
 
@@ -218,14 +216,8 @@ def test_ingesting_a_large_prose_file_has_bounded_peak_memory(tmp_path):
 # --- in the worker ------------------------------------------------------------------------
 @pytest.fixture
 def consumer(tmp_path):
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    handle = start_consumer_in_process(Store(tmp_path / "store"), workers=1)
-    try:
-        yield handle.queue
-    finally:
-        handle.stop()
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
+    with consumer_in_process(Store(tmp_path / "store"), workers=1) as queue:
+        yield queue
 
 
 def test_refusals_in_the_worker_fail_the_job_store_nothing_and_the_queue_goes_on(consumer, model_dir, monkeypatch):

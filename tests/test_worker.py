@@ -10,23 +10,16 @@ import threading
 import pytest
 
 from app.tasks import wait_for
-from app.worker import queue_for, start_consumer_in_process
+from app.worker import queue_for
 from storage import Store
-from store_helpers import FAST, blank_pdf, start_worker, stop, story, text_pdf, wait_until  # noqa: F401
+from store_helpers import FAST, blank_pdf, consumer_in_process, start_worker, stop, story, text_pdf, wait_until  # noqa: F401
 
 
 @pytest.fixture
 def in_process_consumer(tmp_path):
     """Thread workers inside the test process (as the app runs them)."""
-    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
-    store = Store(tmp_path / "store")
-    handle = start_consumer_in_process(store, workers=2)
-    try:
-        yield handle.queue
-    finally:
-        handle.stop()
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
+    with consumer_in_process(Store(tmp_path / "store"), workers=2) as queue:
+        yield queue
 
 
 def test_uploads_build_in_the_background_and_bad_ones_fail_with_their_reason(in_process_consumer, model_dir):
