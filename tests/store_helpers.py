@@ -150,3 +150,21 @@ def consumer_in_process(store, **kwargs):
         handle.stop()
         for sig, handler in saved.items():
             signal.signal(sig, handler)
+
+
+@pytest.fixture(scope="module")
+def model():
+    """The tiny Llama the store tests build their caches with (import it as a fixture)."""
+    from conftest import tiny_model
+
+    return tiny_model("llama", window=1024)
+
+
+@pytest.fixture(scope="module")
+def built(model):
+    """(text, a real HOMER cache of it) for the store tests (import it as a fixture)."""
+    from conftest import tiny_tokenizer
+    from homer import HomerConfig, build_document_cache
+
+    text = story()
+    return text, build_document_cache(model, tiny_tokenizer(), text, HomerConfig(significance="uncalibrated"))

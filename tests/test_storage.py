@@ -8,22 +8,10 @@ import threading
 import pytest
 import torch
 
-from conftest import tiny_model, tiny_tokenizer
-from homer import HomerConfig, build_document_cache
+from conftest import tiny_model
 from storage import CacheCorrupt, Store, StoreError
 from storage import db as dbmod
-from store_helpers import story
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model("llama", window=1024)
-
-
-@pytest.fixture(scope="module")
-def built(model):
-    text = story()
-    return text, build_document_cache(model, tiny_tokenizer(), text, HomerConfig(significance="uncalibrated"))
+from store_helpers import built, model, story  # noqa: F401  (fixtures)
 
 
 def add(store, text, name="book.txt"):

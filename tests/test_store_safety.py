@@ -21,22 +21,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_model, tiny_tokenizer
-from homer import HomerConfig, build_document_cache
 from storage import CacheCorrupt, Store, StoreError
 from storage.store import stale_temp
-from store_helpers import ROOT, story, wait_until
-
-
-@pytest.fixture(scope="module")
-def model():
-    return tiny_model("llama", window=1024)
-
-
-@pytest.fixture(scope="module")
-def built(model):
-    text = story()
-    return text, build_document_cache(model, tiny_tokenizer(), text, HomerConfig(significance="uncalibrated"))
+from store_helpers import ROOT, built, model, story, wait_until  # noqa: F401  (fixtures)
 
 
 @pytest.fixture
