@@ -135,9 +135,17 @@ def _v7_owner_names(db: sqlite_utils.Database) -> None:
     db["document_owners"].add_column("title", str)
 
 
+def _v8_passage_vectors(db: sqlite_utils.Database) -> None:
+    # One sentence embedding per indexed passage (and per document the model that made them)
+    # for dense and fused retrieval; filled after indexing, or on first use.
+    from .embeddings import create_tables
+
+    create_tables(db)
+
+
 MIGRATIONS = [_v1_documents_caches_conversations, _v2_jobs_locks_passages, _v3_document_owners,
               _v4_cache_leaf_states,
-              _v5_passage_index, _v6_cache_install_journal, _v7_owner_names]
+              _v5_passage_index, _v6_cache_install_journal, _v7_owner_names, _v8_passage_vectors]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

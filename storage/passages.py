@@ -13,27 +13,38 @@ the index needs no service and no new dependency.
 * :func:`build` (re)indexes a document, :func:`ensure` builds it only when it is missing
   (a document imported from a bundle gets its index from its text on first use);
 * :func:`search` returns the ``k`` best :class:`Passage` of one document for a free-text
-  query: words only, stop-words dropped, each term quoted, so no query can be FTS5 syntax
-  (quotes, ``AND``/``NEAR``, ``*``, ``:``, parentheses are all plain text here);
-* :func:`delete` drops a document's passages (``Store.delete_document`` calls it).
+  query, by one of :data:`METHODS`: ``bm25`` (words only, stop-words dropped, each term
+  quoted, so no query can be FTS5 syntax: quotes, ``AND``/``NEAR``, ``*``, ``:``,
+  parentheses are all plain text here), ``dense`` (cosine similarity of sentence embeddings,
+  :mod:`storage.embeddings`) or ``rrf`` (reciprocal rank fusion of the two, Cormack et al.
+  2009). The default is :data:`DEFAULT_METHOD`, or ``HOMER_RETRIEVER`` when set;
+* :func:`delete` drops a document's passages and their vectors (``Store.delete_document``
+  calls it).
 
 The tables (``passages``, its FTS5 shadow ``passages_fts`` kept in step by triggers, and
 ``passage_index``, one row per indexed document) are created by the store's schema
-migration (:func:`create_tables`). BM25's term statistics are those of the whole index (all documents); results
+migration (:func:`create_tables`); the vectors' tables are :mod:`storage.embeddings`'. BM25's term statistics are those of the whole index (all documents); results
 are always those of the one document asked about.
 """
 
 from __future__ import annotations
 
 import bisect
+import os
 import re
 import time
 from dataclasses import asdict, dataclass
 
 PASSAGE_WORDS = 120
-INDEX_VERSION = 1  # bump when the splitting changes: older indexes are rebuilt on first use
+INDEX_VERSION = 2  # bump when the splitting changes: older indexes are rebuilt on first use
+# (2: a long line after the text's start is cut at its own sentence ends, not past them)
 TOKENIZE = "porter unicode61"
 _MAX_TERMS = 32  # a pasted paragraph as a question still makes a bounded query
+
+METHODS = ("bm25", "dense", "rrf")
+DEFAULT_METHOD = "bm25"  # chosen by benchmarks/retrieval_recall.py (see retriever())
+RRF_K = 60       # reciprocal rank fusion constant (Cormack, Clarke & Buettcher, SIGIR 2009)
+FUSE_DEPTH = 50  # how many of each list's best are fused
 
 STOP_WORDS = frozenset("""
 a about above after again against all am an and any are as at be because been before being below between both
@@ -52,8 +63,9 @@ _SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+")
 @dataclass(frozen=True)
 class Passage:
     """One passage: its order in the document, character span ``[start, end)`` in the
-    document's text, 1-based first page, text, and BM25 score (lower is better, as SQLite
-    reports it; 0.0 outside a search)."""
+    document's text, 1-based first page, text, and the score of the search that found it,
+    lower is better for every method: BM25 as SQLite reports it, minus the cosine for
+    ``dense``, minus the fused reciprocal-rank score for ``rrf``; 0.0 outside a search."""
 
     seq: int
     start: int
@@ -87,7 +99,7 @@ class Passage:
 def _pieces(text: str, start: int, end: int, words: int):
     """Spans inside ``[start, end)`` at sentence ends, then every ``words`` words, for a line
     too long to be a passage on its own."""
-    cuts = [start] + [start + m.end() for m in _SENTENCE_END.finditer(text, start, end)] + [end]
+    cuts = [start] + [m.end() for m in _SENTENCE_END.finditer(text, start, end)] + [end]  # absolute offsets
     for a, b in zip(cuts, cuts[1:]):
         found = [m.start() for m in re.finditer(r"\S+", text[a:b])]
         if len(found) <= 2 * words:
@@ -199,10 +211,26 @@ def is_indexed(db, document_id: str) -> bool:
     return row is not None and int(row[0]) == INDEX_VERSION
 
 
+def retriever(method: str | None = None) -> str:
+    """The search method: ``method`` when given, else ``HOMER_RETRIEVER``, else
+    :data:`DEFAULT_METHOD`; a name not in :data:`METHODS` is a ValueError."""
+    name = (method or os.environ.get("HOMER_RETRIEVER") or DEFAULT_METHOD).strip().lower()
+    if name not in METHODS:
+        raise ValueError(f"retrieval method must be one of {', '.join(METHODS)}, not {name!r}")
+    return name
+
+
+def uses_vectors(method: str | None = None) -> bool:
+    return retriever(method) != "bm25"
+
+
 def build(db, document_id: str, text: str, page_starts: list[int] | None = None,
-          words: int = PASSAGE_WORDS) -> int:
+          words: int = PASSAGE_WORDS, vectors: bool | None = None) -> int:
     """(Re)index ``document_id``'s text; returns the number of passages. One transaction:
-    a reader sees the old index or the new one."""
+    a reader sees the old index or the new one (older vectors are dropped with it). Then the
+    passages are embedded when ``vectors`` (default: when the retriever in force uses them)."""
+    from . import embeddings
+
     passages = split_passages(text, page_starts, words)
     with db.atomic():
         if not _has_tables(db):  # a store whose schema predates the index
@@ -213,24 +241,30 @@ def build(db, document_id: str, text: str, page_starts: list[int] | None = None,
             [(document_id, p.seq, p.start, p.end, p.page, p.text) for p in passages])
         db.execute("INSERT OR REPLACE INTO passage_index (document_id, passages, words, version, built) "
                    "VALUES (?, ?, ?, ?, ?)", [document_id, len(passages), words, INDEX_VERSION, time.time()])
+        embeddings.delete(db, document_id)
+    if vectors if vectors is not None else uses_vectors():
+        embeddings.build(db, document_id)
     return len(passages)
 
 
 def ensure(db, document_id: str, text_of, page_starts_of=None) -> bool:
     """Build the index of ``document_id`` when it has none (or an older one); ``text_of`` and
-    ``page_starts_of`` are called only then. True when it was built now."""
+    ``page_starts_of`` are called only then. Also embeds its passages when the retriever in
+    force uses vectors and they are missing (an index built before them). True when the
+    passage index was built now."""
+    from . import embeddings
+
     if is_indexed(db, document_id):
+        if uses_vectors():
+            embeddings.ensure(db, document_id)
         return False
     build(db, document_id, text_of(), page_starts_of() if page_starts_of else None)
     return True
 
 
-def search(db, document_id: str, query: str, k: int = 3) -> list[Passage]:
-    """The ``k`` passages of ``document_id`` that match ``query`` best (BM25), best first;
-    empty when the query has no searchable word or nothing matches. Never raises on the
-    query's content."""
+def _bm25(db, document_id: str, query: str, k: int) -> list[Passage]:
     expression = match_expression(query)
-    if expression is None or k < 1 or not _has_tables(db):
+    if expression is None:
         return []
     rows = db.execute(
         "SELECT p.seq, p.start, p.end, p.page, p.text, bm25(passages_fts) AS score "
@@ -238,6 +272,52 @@ def search(db, document_id: str, query: str, k: int = 3) -> list[Passage]:
         "WHERE passages_fts MATCH ? AND p.document_id = ? ORDER BY score, p.seq LIMIT ?",
         [expression, document_id, int(k)]).fetchall()
     return [Passage(int(r[0]), int(r[1]), int(r[2]), int(r[3]), r[4], float(r[5])) for r in rows]
+
+
+def _by_seq(db, document_id: str, scored: list[tuple[int, float]]) -> list[Passage]:
+    """The passages of ``(seq, score)`` pairs, in that order, with those scores."""
+    if not scored:
+        return []
+    seqs = [s for s, _ in scored]
+    rows = db.execute(f"SELECT seq, start, end, page, text FROM passages WHERE document_id = ? AND seq IN "
+                      f"({', '.join('?' * len(seqs))})", [document_id, *seqs]).fetchall()
+    found = {int(r[0]): r for r in rows}
+    return [Passage(s, int(found[s][1]), int(found[s][2]), int(found[s][3]), found[s][4], score)
+            for s, score in scored if s in found]
+
+
+def fuse(rankings: list[list[int]], k: int, constant: int = RRF_K) -> list[tuple[int, float]]:
+    """Reciprocal rank fusion: each item scores ``sum(1 / (constant + rank))`` over the
+    rankings it is in (rank 1 = best); the ``k`` best ``(item, score)``, best first (ties: the
+    better single rank, then the smaller item)."""
+    fused: dict[int, float] = {}
+    best: dict[int, int] = {}
+    for ranking in rankings:
+        for rank, item in enumerate(ranking, 1):
+            fused[item] = fused.get(item, 0.0) + 1.0 / (constant + rank)
+            best[item] = min(best.get(item, rank), rank)
+    order = sorted(fused, key=lambda item: (-fused[item], best[item], item))
+    return [(item, fused[item]) for item in order[:k]]
+
+
+def search(db, document_id: str, query: str, k: int = 3, method: str | None = None) -> list[Passage]:
+    """The ``k`` passages of ``document_id`` that match ``query`` best, best first, by
+    ``method`` (see :func:`retriever`); empty when the query has no word or nothing matches.
+    ``dense`` and ``rrf`` embed the document's passages first when they have no vectors yet.
+    Never raises on the query's content (an unknown method is a ValueError)."""
+    method = retriever(method)
+    if k < 1 or not query_terms(query) or not _has_tables(db):
+        return []
+    if method == "bm25":
+        return _bm25(db, document_id, query, k)
+    from . import embeddings
+
+    if method == "dense":
+        return _by_seq(db, document_id, [(s, -cos) for s, cos in embeddings.search(db, document_id, query, k)])
+    depth = max(FUSE_DEPTH, k)
+    lexical = [p.seq for p in _bm25(db, document_id, query, depth)]
+    dense = [s for s, _ in embeddings.search(db, document_id, query, depth)]
+    return _by_seq(db, document_id, [(s, -score) for s, score in fuse([lexical, dense], k)])
 
 
 def passages(db, document_id: str) -> list[Passage]:
@@ -250,9 +330,12 @@ def passages(db, document_id: str) -> list[Passage]:
 
 
 def delete(db, document_id: str) -> None:
-    """Drop the document's passages and its index row (the FTS rows follow by trigger)."""
-    if not _has_tables(db):
-        return
+    """Drop the document's passages, its index row (the FTS rows follow by trigger) and its
+    passage vectors."""
+    from . import embeddings
+
     with db.atomic():
-        db.execute("DELETE FROM passages WHERE document_id = ?", [document_id])
-        db.execute("DELETE FROM passage_index WHERE document_id = ?", [document_id])
+        if _has_tables(db):
+            db.execute("DELETE FROM passages WHERE document_id = ?", [document_id])
+            db.execute("DELETE FROM passage_index WHERE document_id = ?", [document_id])
+        embeddings.delete(db, document_id)

