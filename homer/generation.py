@@ -9,7 +9,11 @@ decoded token costs one row write per layer instead of a concatenation that copi
 cache (``DynamicCache``, kept as the baseline: ``Conversation(..., kv_cache="dynamic")``).
 Buffers grow by chunks when a conversation outgrows them. The buffers keep the stored cache's
 dtype (float16 by default) when it is narrower than the model's: the document part is then
-exactly what was stored, with no upcast copy, and a decoded token reads half the KV bytes."""
+exactly what was stored, with no upcast copy, and a decoded token reads half the KV bytes.
+
+This module owns decoding and the conversation; it reads a :class:`~homer.cache.HomerCache`
+through its attributes only and imports nothing from :mod:`homer.cache`, whose
+``HomerCache.stream_answer`` starts a :class:`Conversation` (the dependency runs one way)."""
 
 from __future__ import annotations
 
@@ -24,7 +28,6 @@ from transformers import (DynamicCache, LogitsProcessorList, TemperatureLogitsWa
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.models.llama.modeling_llama import rotate_half
 
-from .cache import HomerCache
 from .config import model_window
 from .prompting import DOC, DocumentPrompt, default_prompt
 from .text_encoding import render_marked, turn_tail, unmark
@@ -177,11 +180,11 @@ class PreallocatedCache(DynamicCache):
             Cache.__init__(self, layers=[make() for _ in range(num_layers)])
 
     @classmethod
-    def from_homer(cls, cache: HomerCache, dtype: torch.dtype | None = None, device=None,
+    def from_homer(cls, cache, dtype: torch.dtype | None = None, device=None,
                    headroom: int = GROWTH_CHUNK, chunk: int = GROWTH_CHUNK) -> "PreallocatedCache":
-        """A working copy of ``cache`` (positions as built: continue at ``next_position``) with
-        room for ``headroom`` more tokens, held in ``dtype`` (default float32). The stored
-        tensors are only read."""
+        """A working copy of ``cache``, a :class:`~homer.cache.HomerCache` (positions as built:
+        continue at ``next_position``), with room for ``headroom`` more tokens, held in
+        ``dtype`` (default float32). The stored tensors are only read."""
         dtype = dtype or torch.float32
         out = cls(cache.num_layers, chunk=chunk, storage_dtype=dtype)
         n = len(cache)
@@ -207,16 +210,17 @@ class PreallocatedCache(DynamicCache):
         return max((layer.grows for layer in self.layers), default=0)
 
 
-def storage_dtype(cache: HomerCache, model_dtype: torch.dtype) -> torch.dtype:
-    """The stored cache's dtype when it is narrower than the model's (float16 next to a
-    float32 model on CPU), else the model's."""
+def storage_dtype(cache, model_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of the stored ``cache`` (a :class:`~homer.cache.HomerCache`) when it is
+    narrower than the model's (float16 next to a float32 model on CPU), else the model's."""
     stored = cache.keys[0].dtype if cache.num_layers else model_dtype
     return stored if stored.is_floating_point and stored.itemsize < model_dtype.itemsize else model_dtype
 
 
-def working_cache(cache: HomerCache, model, kv_cache: str = "preallocated"):
-    """The per-conversation copy of ``cache`` on the model's device: preallocated buffers in
-    :func:`storage_dtype`, or the DynamicCache baseline in the model's dtype."""
+def working_cache(cache, model, kv_cache: str = "preallocated"):
+    """The per-conversation copy of ``cache`` (a :class:`~homer.cache.HomerCache`) on the
+    model's device: preallocated buffers in :func:`storage_dtype`, or the DynamicCache
+    baseline in the model's dtype."""
     dtype = next(model.parameters()).dtype
     if kv_cache == "preallocated":
         return PreallocatedCache.from_homer(cache, dtype=storage_dtype(cache, dtype), device=model.device)
@@ -356,7 +360,8 @@ class ConversationFullError(ValueError):
 
 
 class Conversation:
-    """A multi-turn chat about one cached document. Appends each turn after the cache.
+    """A multi-turn chat about one cached document (a :class:`~homer.cache.HomerCache`).
+    Appends each turn after the cache.
 
     The cache ends near position M (method §2: M = window / 2 by default), so the window
     minus M is the room the conversation has. When the next question and its answer would
@@ -364,7 +369,7 @@ class Conversation:
     stored cache with the turns that still fit: ``dropped_turns`` counts them) and an answer
     stops at the window."""
 
-    def __init__(self, cache: HomerCache, model, tokenizer, prompt: DocumentPrompt | None = None,
+    def __init__(self, cache, model, tokenizer, prompt: DocumentPrompt | None = None,
                  kv_cache: str = "preallocated"):
         if kv_cache not in KV_CACHES:
             raise ValueError(f"kv_cache must be one of {', '.join(KV_CACHES)}, not {kv_cache!r}")
