@@ -1,5 +1,9 @@
 """The compact cache HOMER produces (method §7): per-layer K/V of ~T tokens with their reused
 position ids, saved as safetensors (no pickle) and turned into a transformers DynamicCache.
+
+Owns :class:`HomerCache`, its file format and the checks a file passes before it is used.
+A model's dimensions come from :mod:`homer.model_shape`; answering from a cache
+(``HomerCache.stream_answer``) hands over to :mod:`homer.generation`.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from safetensors.torch import save_file
 from transformers import DynamicCache
 
 from transformers.models.llama.modeling_llama import rotate_half
+
+from .model_shape import known_model_shape, model_shape
 
 FORMAT = "homer-cache"
 FORMAT_VERSION = "1"
@@ -41,27 +47,6 @@ _LAYOUT = {
 _OPTIONAL = {"char_offsets": (1, ("I64",))}
 MAX_POSITION = 2**31 - 1
 _WINDOW_FACTOR = 4  # positions are reused within the window; allow room for scaled RoPE configs
-_model_shapes: dict[str, dict] = {}
-
-
-def model_shape(config) -> dict:
-    """The dimensions a cache of this model must have: layers, kv heads, head dim, vocab, window."""
-    config = config.get_text_config() if hasattr(config, "get_text_config") else config
-    heads = config.num_attention_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return {"layers": int(config.num_hidden_layers),
-            "kv_heads": int(getattr(config, "num_key_value_heads", None) or heads),
-            "head_dim": int(head_dim), "vocab": int(config.vocab_size),
-            "window": int(getattr(config, "max_position_embeddings", 0) or 0)}
-
-
-def remember_model_shape(fingerprint: str, config) -> None:
-    """Record the dimensions of a fingerprinted model, so a load that names only the
-    fingerprint (the store's) still checks the file's shapes against that model."""
-    try:
-        _model_shapes[fingerprint] = model_shape(config)
-    except (AttributeError, TypeError, ZeroDivisionError):
-        pass
 
 
 def check_cache_layout(name: str, specs: dict[str, tuple[str, list[int]]], meta: dict,
@@ -275,7 +260,7 @@ class HomerCache(StoredMetadata):
 
             expected_fingerprint = model_fingerprint(model)
             config = config if config is not None else model.config
-        shape = model_shape(config) if config is not None else _model_shapes.get(expected_fingerprint or "")
+        shape = model_shape(config) if config is not None else known_model_shape(expected_fingerprint)
         try:
             with safe_open(str(path), framework="pt", device=device) as fh:
                 meta = dict(fh.metadata() or {})

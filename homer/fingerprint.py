@@ -8,6 +8,8 @@ import json
 
 import torch
 
+from .model_shape import remember_model_shape  # a load naming only a fingerprint checks shapes too
+
 _IGNORED_CONFIG_KEYS = {
     "_name_or_path", "transformers_version", "dtype", "torch_dtype", "_attn_implementation",
     "attn_implementation", "_attn_implementation_autoset", "use_cache", "architectures",
@@ -29,7 +31,5 @@ def model_fingerprint(model) -> str:
             digest.update(f"{name}:{tuple(tensor.shape)}".encode())
             digest.update(sample.view(torch.int16).numpy().tobytes())
     fingerprint = digest.hexdigest()[:32]
-    from .cache import remember_model_shape  # a load naming only this fingerprint checks shapes too
-
     remember_model_shape(fingerprint, model.config)
     return fingerprint
