@@ -116,8 +116,9 @@ def _leaf_states_path(cache_path: Path) -> Path:
 
 def cmd_deep_read(args) -> int:
     """A question-aware cache from stored leaf states (only the question runs the leaf layers)."""
-    from .deep_read import LeafStateMismatchError, LeafStates, deep_read_document
+    from .deep_read import deep_read_document
     from .generation import Conversation
+    from .leaf_states import LeafStateMismatchError, LeafStates
 
     try:
         states = LeafStates(args.leaf_states)

@@ -1,6 +1,10 @@
 """The HOMER build (method §2–§7): leaves → pruning with propagative refinement → merges,
 depth-first, to a root whose cache is returned. ``build_cache`` is a pure function of
-(model, ids, config): no global state, safe to run in several threads."""
+(model, ids, config): no global state, safe to run in several threads.
+
+Owns the merge tree (:class:`Node`), the builder and its hooks (:class:`_Builder`, which
+:mod:`homer.deep_read` extends) and the choice of builder a build uses: with
+``leaf_states`` the builder also records the leaf states (:mod:`homer.leaf_states`)."""
 
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from .cache import HomerCache
 from .config import HomerConfig
 from .fingerprint import model_fingerprint
 from .layers import DecoderStack
+from .leaf_states import LeafStateRecording
 from .plan import ChunkPlan
 from .significance import Calibrated, RandomScore, Significance, Uncalibrated, keep_indices
 
@@ -189,7 +194,7 @@ class _Builder:
         units = None if self.units is None else self.units[node.sources[p : len(node) - s]]
         node.keep(keep_indices(scores, p, s, target, self.pool_width, units))
 
-    # hooks for homer.deep_read (no-ops here) ------------------------------------------
+    # hooks for the leaf-state recording and homer.deep_read (no-ops here) -------------
     def before_prune(self, node: Node, layers: range) -> None:
         """Called at the last layer of every block, after attention, before pruning."""
 
@@ -221,6 +226,22 @@ class _Builder:
         return node
 
 
+class _RecordingBuilder(LeafStateRecording, _Builder):
+    """A normal build that also writes its leaf states (``build_cache(leaf_states=path)``)."""
+
+
+def recording_builder(path, extra_tensors: dict | None, build_metadata: dict | None):
+    """The builder factory ``build_cache(leaf_states=path)`` uses."""
+
+    def make(*args, fingerprint: str, config: HomerConfig) -> _RecordingBuilder:
+        model = args[0].model
+        name = getattr(model, "homer_name", None) or getattr(model.config, "_name_or_path", "") or ""
+        return _RecordingBuilder(*args, path=path, extra_tensors=extra_tensors, build_metadata=build_metadata,
+                                 fingerprint=fingerprint, config=config, model_name=name)
+
+    return make
+
+
 def _as_ids(ids) -> torch.Tensor:
     return torch.as_tensor(ids, dtype=torch.long).reshape(-1).cpu()
 
@@ -238,13 +259,11 @@ def build_cache(model, prefix_ids, context_ids, suffix_ids, config: HomerConfig 
     ``context_units``: a unit id per context token, needed when ``config.span`` is not
     "token" (:func:`homer.spans.span_ids` makes them; ``build_document_cache`` does it).
     ``leaf_states``: a file path; when given, the leaf-stage states are also written there
-    (atomically, leaf by leaf) so a later question can rebuild fast — see
-    :mod:`homer.deep_read`; ``leaf_state_tensors``: extra tensors stored in that file.
+    (atomically, leaf by leaf; :mod:`homer.leaf_states`) so a later question can rebuild
+    fast — see :mod:`homer.deep_read`; ``leaf_state_tensors``: extra tensors stored in that file.
     ``_make_builder`` (internal, for :mod:`homer.deep_read`): makes the builder from
     :class:`_Builder`'s arguments plus ``fingerprint`` and ``config`` keywords."""
     if leaf_states is not None:
-        from .deep_read import recording_builder
-
         _make_builder = recording_builder(leaf_states, leaf_state_tensors, metadata)
     started = time.perf_counter()
     stack = DecoderStack(model)

@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from homer import Conversation, HomerConfig, build_cache, build_document_cache
-from homer.deep_read import (DeepReadUnavailable, LeafStateMismatchError, LeafStates, build_document_with_leaf_states,
-                             deep_read, deep_read_document)
+from homer.deep_read import DeepReadUnavailable, build_document_with_leaf_states, deep_read, deep_read_document
+from homer.leaf_states import LeafStateMismatchError, LeafStates
 from homer.plan import ChunkPlan
 
 from conftest import random_ids, tiny_model, tiny_tokenizer
