@@ -2,7 +2,8 @@
 :mod:`app.library` and :mod:`app.inspector`, which work on the store and the build queue.
 
 Tabs: Library (upload, live build state, delete), Chat (streaming answers from a stored
-cache, time to first token), Share (export / import bundles), Inspector (what the cache
+cache, time to first token; several documents or the whole library at once, and the focus
+strategy for the session), Share (export / import bundles), Inspector (what the cache
 kept, the merge tree), Settings (model, HOMER settings, generation settings)."""
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from homer.generation import GenerationSettings
 from storage.bundle_schema import max_bundle_bytes
 from storage.errors import StoreError
 
+from . import focus as focusing
 from . import inspector, library
 from .chat import ChatError, ChatService, describe_turn, settings_overrides
+from .multi_document import WHOLE_LIBRARY, WHOLE_LIBRARY_LABEL
 
 CSS = """
 #homer-title h1 {margin-bottom: 0}
@@ -35,6 +38,12 @@ SPANS = ["word", "sentence", "token"]
 
 def _identity(fn):
     return fn
+
+
+def default_focus() -> str:
+    """The focus control's first value: ``HOMER_FOCUS`` when it names a strategy, else ``auto``."""
+    name = (os.environ.get("HOMER_FOCUS") or focusing.DEFAULT_FOCUS).strip().lower()
+    return name if name in focusing.CHOICES else focusing.DEFAULT_FOCUS
 
 
 def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | None = None, auth: bool = False,
@@ -66,7 +75,7 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
         version = json.dumps([library.choices(entries), library.choices(entries, ready_only=True)])
         return table, version
 
-    def update_pickers(version: str, lib_doc, chat_doc, share_doc, insp_doc):
+    def update_pickers(version: str, lib_doc, chat_doc, share_doc, insp_doc, chat_docs):
         every, ready = json.loads(version or "[[], []]")
         every, ready = [tuple(c) for c in every], [tuple(c) for c in ready]
         every_ids, ready_ids = {c[1] for c in every}, {c[1] for c in ready}
@@ -75,8 +84,11 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
         def pick(value, options, ids, default=None):
             return gr.update(choices=options, value=value if value in ids else default)
 
+        several = gr.update(choices=[(WHOLE_LIBRARY_LABEL, WHOLE_LIBRARY), *ready],
+                            value=[v for v in chat_docs or [] if v in ready_ids or v == WHOLE_LIBRARY])
         return (pick(lib_doc, every, every_ids), pick(chat_doc, ready, ready_ids, first),
-                pick(share_doc, ready, ready_ids, first), pick(insp_doc, ready, ready_ids))  # inspecting costs: on request
+                pick(share_doc, ready, ready_ids, first), pick(insp_doc, ready, ready_ids),  # inspecting costs: on request
+                several)
 
     def build_here():
         """Queued builds, run in this request (only when ``build_gpu`` is set)."""
@@ -122,19 +134,34 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
         return message
 
     # --- handlers: chat ---------------------------------------------------------------------
-    def pick_chat(document_id: str | None, request: gr.Request):
-        return chat.history(session_of(request), document_id), ""
+    def pick_chat(document_id: str | None, documents: list | None, model: str, settings: dict,
+                  request: gr.Request):
+        key = session_of(request)
+        if documents:  # several documents picked: their conversation
+            try:
+                return chat.several.history(key, documents, owner_of(request), model, settings or None), ""
+            except (ChatError, StoreError):
+                return [], ""
+        return chat.history(key, document_id), ""
 
     @gpu
     def ask(document_id: str | None, question: str, temperature: float, max_new_tokens: int, model: str,
-            settings: dict, deep_read: bool = False, request: gr.Request = None):
+            settings: dict, deep_read: bool = False, focus: str | None = None, documents: list | None = None,
+            request: gr.Request = None):
         key = session_of(request)
         try:
-            if document_id:  # a full id, a unique prefix or a file name (API callers)
-                document_id = library.check_access(store, document_id, owner_of(request))["id"]
-            history = chat.history(key, document_id)
             generation = GenerationSettings(max_new_tokens=int(max_new_tokens), temperature=float(temperature))
-            turns = chat.ask(key, document_id, question, model, generation, settings or None, bool(deep_read))
+            if documents:  # several documents (or the whole library): each one's access checked there
+                owner = owner_of(request)
+                history = chat.several.history(key, documents, owner, model, settings or None)
+                turns = chat.several.ask(key, documents, question, owner, model, generation, settings or None,
+                                         focus or None, bool(deep_read))
+            else:
+                if document_id:  # a full id, a unique prefix or a file name (API callers)
+                    document_id = library.check_access(store, document_id, owner_of(request))["id"]
+                history = chat.history(key, document_id)
+                turns = chat.ask(key, document_id, question, model, generation, settings or None, bool(deep_read),
+                                 focus or None)
             shown = history + [{"role": "user", "content": (question or "").strip()}, {"role": "assistant", "content": ""}]
             stats: dict = {}
             for answer, stats in turns:
@@ -145,7 +172,14 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
             fail(exc)
         yield shown, "", describe_turn(stats), stats
 
-    def clear(document_id: str | None, request: gr.Request):
+    def clear(document_id: str | None, documents: list | None = None, model: str | None = None,
+              settings: dict | None = None, request: gr.Request = None):
+        if documents:
+            try:
+                chat.several.clear(session_of(request), documents, owner_of(request), model, settings or None)
+            except (ChatError, StoreError):
+                pass
+            return [], "", {}
         if document_id:
             try:
                 document_id = library.check_access(store, document_id, owner_of(request))["id"]
@@ -264,7 +298,15 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
                 library_status = gr.Markdown()
 
             with gr.Tab("Chat", id="chat"):
-                chat_doc = gr.Dropdown(label="Ready document", choices=[], elem_id="chat-doc", allow_custom_value=True)
+                with gr.Row():
+                    chat_doc = gr.Dropdown(label="Ready document", choices=[], elem_id="chat-doc",
+                                           allow_custom_value=True, scale=3)
+                    chat_docs = gr.Dropdown(label="Or several at once (answered from their passages)",
+                                            choices=[(WHOLE_LIBRARY_LABEL, WHOLE_LIBRARY)], value=[],
+                                            multiselect=True, allow_custom_value=True, elem_id="chat-docs", scale=3)
+                    focus = gr.Radio(list(focusing.CHOICES), value=default_focus(), label="Focus", elem_id="focus",
+                                     scale=3, info="auto: whole-document questions from the cache, others from "
+                                                   "the passages they need")
                 chatbot = gr.Chatbot(label="Conversation", height=420, elem_id="chatbot", buttons=["copy"],
                                      placeholder="Pick a ready document and ask a question about it.")
                 with gr.Row():
@@ -338,7 +380,8 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
             .then(lambda text: text, model_line, model_info, api_visibility="private") \
             .then(refresh, model_state, [table, version], show_progress="hidden", api_visibility="private")
         timer.tick(refresh, model_state, [table, version], show_progress="hidden", api_name="library")
-        version.change(update_pickers, [version, *pickers], pickers, show_progress="hidden", api_visibility="private")
+        version.change(update_pickers, [version, *pickers, chat_docs], [*pickers, chat_docs], show_progress="hidden",
+                       api_visibility="private")
 
         files.upload(upload, [files, model_state, settings_state], [upload_status, files], api_name="upload") \
             .then(refresh, model_state, [table, version], show_progress="hidden", api_visibility="private")
@@ -347,14 +390,19 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
         delete_btn.click(delete, lib_doc, library_status, api_name="delete") \
             .then(refresh, model_state, [table, version], show_progress="hidden", api_visibility="private")
 
-        chat_doc.change(pick_chat, chat_doc, [chatbot, turn_stats], show_progress="hidden", api_visibility="private")
-        # API: document, question, temperature, max new tokens[, deep read] (states are not API inputs)
-        ask_inputs = [chat_doc, question, temperature, max_new_tokens, model_state, settings_state, deep_read]
+        picked = [chat_doc, chat_docs, model_state, settings_state]
+        chat_doc.change(pick_chat, picked, [chatbot, turn_stats], show_progress="hidden", api_visibility="private")
+        chat_docs.change(pick_chat, picked, [chatbot, turn_stats], show_progress="hidden", api_visibility="private")
+        # API: document, question, temperature, max new tokens[, deep read, focus, documents] (states are not API
+        # inputs); documents: ids, prefixes or names, or "*" for the whole library, instead of the one document
+        ask_inputs = [chat_doc, question, temperature, max_new_tokens, model_state, settings_state, deep_read, focus,
+                      chat_docs]
         ask_outputs = [chatbot, question, turn_stats, turn_json]
         send_btn.click(ask, ask_inputs, ask_outputs, api_name="ask", concurrency_limit=1, concurrency_id="gpu")
         question.submit(ask, ask_inputs, ask_outputs, api_visibility="private", concurrency_limit=1, concurrency_id="gpu")
-        clear_btn.click(clear, chat_doc, [chatbot, turn_stats, turn_json], api_name="clear")
-        chatbot.clear(clear, chat_doc, [chatbot, turn_stats, turn_json], api_visibility="private")
+        clear_inputs = [chat_doc, chat_docs, model_state, settings_state]
+        clear_btn.click(clear, clear_inputs, [chatbot, turn_stats, turn_json], api_name="clear")
+        chatbot.clear(clear, clear_inputs, [chatbot, turn_stats, turn_json], api_visibility="private")
 
         export_btn.click(export, [share_doc, model_state], [export_file, share_status], api_name="export")
         import_btn.click(import_, [bundle, model_state], share_status, api_name="import_bundle") \

@@ -63,3 +63,19 @@ def running_app(home: Path, model_dir: Path, *extra: str, env: dict | None = Non
 def app_log(home: Path) -> str:
     path = home.parent / f"{home.name}-app.log"
     return path.read_text() if path.exists() else ""
+
+
+def add_ready_document(store, model, tokenizer, data: bytes, name: str, owner: str | None = None) -> dict:
+    """A document ingested into ``store`` (under ``owner``'s name for it, with login) with a
+    real HOMER cache of ``model``, as a finished build leaves it; returns the document row."""
+    from app import library
+    from app.ingest import add_to_store, ingest_bytes
+    from homer import HomerConfig, build_document_cache
+
+    doc = add_to_store(store, ingest_bytes(data, name, tokenizer))
+    library.add_owner(store, doc["id"], owner, name)
+    if not store.caches(doc["id"]):
+        cache = build_document_cache(model, tokenizer, store.document_text(doc["id"]),
+                                     HomerConfig(significance="uncalibrated"), metadata={"document_id": doc["id"]})
+        store.save_cache(doc["id"], cache)
+    return doc
