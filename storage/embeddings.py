@@ -21,6 +21,9 @@ normalisation, as the model was trained; texts are cut at :data:`MAX_TOKENS` tok
 * :func:`delete` drops a document's vectors (:func:`storage.passages.delete` and a rebuild of
   the passages call it).
 
+This module reads the passages' table but never imports :mod:`storage.passages` (which calls
+it): the dependency runs one way.
+
 Vectors are tied to the passage index they were made from: the index row records when that
 passage index was built, and a rebuilt passage index (new spans) makes them stale.
 """
@@ -160,14 +163,13 @@ def build(db, document_id: str) -> int:
     """Embed the document's indexed passages and store the vectors (replacing any older
     ones); returns how many. The embedding runs outside any transaction; the rows are written
     in one, and only if the passage index is still the one that was embedded."""
-    from .passages import passages as indexed
-
     index = _passage_index_row(db, document_id)
     if index is None:
         return 0
-    found = indexed(db, document_id)
+    found = [(int(r[0]), r[1]) for r in db.execute(  # the passages table of storage.passages
+        "SELECT seq, text FROM passages WHERE document_id = ? ORDER BY seq", [document_id]).fetchall()]
     started = time.perf_counter()
-    vectors = embed([p.text for p in found]).astype(DTYPE)
+    vectors = embed([text for _, text in found]).astype(DTYPE)
     seconds = time.perf_counter() - started
     with db.atomic():
         if not _has_tables(db):  # a store whose schema predates the vectors
@@ -176,7 +178,7 @@ def build(db, document_id: str) -> int:
             return 0
         db.execute("DELETE FROM passage_vectors WHERE document_id = ?", [document_id])
         db.conn.executemany("INSERT INTO passage_vectors (document_id, seq, vector) VALUES (?, ?, ?)",
-                            [(document_id, p.seq, v.tobytes()) for p, v in zip(found, vectors)])
+                            [(document_id, seq, v.tobytes()) for (seq, _), v in zip(found, vectors)])
         db.execute("INSERT OR REPLACE INTO passage_vector_index (document_id, model, dim, dtype, passages, "
                    "passages_built, seconds, built) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                    [document_id, MODEL_KEY, int(vectors.shape[1]) if len(found) else 0, np.dtype(DTYPE).name,
