@@ -166,10 +166,13 @@ def selection_key(document_ids: Iterable[str], whole_library: bool = False) -> s
 
 def describe(stats: dict) -> str:
     """The turn line of an answer over several documents."""
-    names = ", ".join(d["name"] for d in stats.get("documents", []))
+    documents = stats.get("documents", [])
+    names = ", ".join(d["name"] for d in documents[:4])
+    if len(documents) > 4:
+        names += f" and {len(documents) - 4} more"
     line = (f"turn {stats.get('turn', 1)} · time to first token **{stats.get('time_to_first_token', 0):.2f} s** · "
             f"{stats.get('tokens_per_second', 0):.1f} tokens/s · {len(stats.get('passages', []))} passages from "
-            f"{len(stats.get('documents', []))} documents ({names}) read for this question, no cache · "
+            f"{len(documents)} documents ({names}) read for this question, no cache · "
             f"{stats.get('appended_tokens', 0)} prompt tokens")
     if stats.get("forgotten_turns"):
         n = stats["forgotten_turns"]

@@ -5,8 +5,10 @@ Real tiny models and real stores; one test on the embedded model where it is ins
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
+import time
 
 import pytest
 
@@ -152,6 +154,9 @@ def test_a_question_over_both_documents_and_the_whole_library(service, monkeypat
                                        generation=SHORT))
     assert one["focus"] == "cache" and one["cache_reused"] and "documents" not in one
     assert service.several.history("s", [log["id"]], model_name="tiny") == service.history("s", log["id"])
+    monkeypatch.setenv("HOMER_CITATIONS", "0")  # off: no sources line, as for one document
+    shown, quiet = final(service.several.ask("s", [WHOLE_LIBRARY], ASK_BOTH, model_name="tiny", generation=SHORT))
+    assert "Sources:" not in shown and "sources" not in quiet and quiet["passages"]
     # deleting a document drops the conversations over selections holding it
     service.forget_document(ledger["id"])
     assert service.several.history("s", [WHOLE_LIBRARY], model_name="tiny") == []
@@ -211,23 +216,30 @@ def test_another_users_documents_cannot_be_selected_named_or_quoted(service):
 
 # --- through the UI: the focus control and the multi-select ----------------------------------------
 
-@pytest.fixture
-def app_url(service, monkeypatch):
-    """The app's UI in this process, with login for ann and bob (no build worker: the tests
-    add ready documents to the store themselves)."""
-    pytest.importorskip("gradio_client")
+@contextlib.contextmanager
+def serving(service, auth: list[tuple[str, str]] | None = None):
+    """The app's UI in this process (no build worker: the tests add ready documents to the
+    store themselves); yields its URL."""
     from app.ui import build_ui
     from app_helpers import free_port
 
-    monkeypatch.delenv("HOMER_FOCUS", raising=False)  # the focus control starts at the default, auto
-    demo = build_ui(service.store, None, service, "tiny", auth=True)
+    demo = build_ui(service.store, None, service, "tiny", auth=auth is not None, refresh_seconds=0.5)
     demo.queue()
     demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, show_error=True,
-                auth=[("ann", "pw-a"), ("bob", "pw-b")], quiet=True)
+                auth=auth, quiet=True)
     try:
         yield demo.local_url
     finally:
         demo.close()
+
+
+@pytest.fixture
+def app_url(service, monkeypatch):
+    """The UI with login for ann and bob, its focus control at the default."""
+    pytest.importorskip("gradio_client")
+    monkeypatch.delenv("HOMER_FOCUS", raising=False)
+    with serving(service, [("ann", "pw-a"), ("bob", "pw-b")]) as url:
+        yield url
 
 
 def test_the_focus_control_and_the_selection_reach_the_chat(service, app_url):
@@ -257,6 +269,52 @@ def test_the_focus_control_and_the_selection_reach_the_chat(service, app_url):
     with pytest.raises(Exception, match="no document of your library is ready"):
         bob.predict(None, ASK_CAT, 0.0, 8, False, "auto", [WHOLE_LIBRARY], api_name="/ask")
     assert ann.predict(None, [WHOLE_LIBRARY], api_name="/clear")[0] == []
+
+
+def test_the_multi_select_and_the_focus_control_in_a_browser(service, monkeypatch):
+    pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    from playwright.sync_api import sync_playwright
+    from test_app_browser import CHROMIUM_ARGS, system_chromium
+
+    executable = system_chromium()
+    if executable is None:
+        pytest.skip("no system Chromium found")
+    monkeypatch.delenv("HOMER_FOCUS", raising=False)
+    add(service, log_txt(), "lighthouse-log.txt")
+    add(service, ledger_pdf(), "harbour-ledger.pdf")
+    with serving(service) as url, sync_playwright() as playwright:
+        try:
+            browser = playwright.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
+        except Exception as exc:  # a browser that cannot start here
+            pytest.skip(f"Chromium at {executable} cannot be started: {str(exc).splitlines()[0]}")
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.goto(url)
+        page.get_by_role("tab", name="Chat").click()
+
+        def ask(question: str, turn: int) -> str:
+            page.locator("#question textarea").fill(question)
+            page.locator("#ask").click()
+            deadline = time.monotonic() + 120
+            while f"turn {turn} · time to first token" not in page.locator("#turn-stats").inner_text():
+                assert time.monotonic() < deadline, page.locator("#turn-stats").inner_text()
+                page.wait_for_timeout(100)
+            return page.locator("#turn-stats").inner_text()
+
+        for name in ("lighthouse-log.txt", "harbour-ledger.pdf"):  # the library's ready documents, by name
+            page.locator("#chat-docs input").click()
+            page.get_by_role("option", name=name).first.click()
+        line = ask(ASK_BOATS, 1)
+        assert "3 passages from 2 documents (lighthouse-log.txt, harbour-ledger.pdf)" in line, line
+        answer = page.locator("#chatbot").inner_text()
+        assert "harbour-ledger.pdf, p. 3: “" in answer and "42 fishing boats" in answer, answer
+        page.locator("#chat-docs [title='Clear']").click()  # back to the one document picked
+        page.locator("#focus").get_by_text("cache", exact=True).click()
+        line = ask(ASK_CAT, 1)  # the single document's own conversation: its turn 1
+        assert "cache loaded from disk" in line and "passages" not in line, line
+        assert not errors, errors
+        browser.close()
 
 
 # --- the embedded model --------------------------------------------------------------------------
