@@ -56,12 +56,17 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results"
 TASKS = ("qa_1", "qa_2", "niah_single", "niah_multivalue", "qa_1_unanswerable")
 ANSWERABLE = TASKS[:4]
+# Questions about something the haystack does not hold at all (HotpotQA questions whose
+# paragraphs are not in it): asked after the others, not part of the layout.
+ABSENT = "qa_absent"
+UNANSWERABLE = ("qa_1_unanswerable", ABSENT)
 # Evidence tokens per question, roughly, by task (to size a haystack's question groups).
 EVIDENCE = {"qa_1": 190, "qa_2": 300, "niah_single": 25, "niah_multivalue": 100, "qa_1_unanswerable": 190}
 EVIDENCE_SHARE = 0.45  # at most this share of a haystack is evidence; the rest is distractors
 # RULER generates 32 tokens for QA and 128 for NIAH after an answer prefix in the prompt; the app
 # asks the bare question and the model restates it before answering, so a little more room.
-MAX_NEW_TOKENS = {"qa_1": 48, "qa_2": 48, "niah_single": 64, "niah_multivalue": 96, "qa_1_unanswerable": 48}
+MAX_NEW_TOKENS = {"qa_1": 48, "qa_2": 48, "niah_single": 64, "niah_multivalue": 96, "qa_1_unanswerable": 48,
+                  ABSENT: 48}
 DEFAULT_CELLS = ("4000:cache", "32000:passages", "128000:passages", "32000:cache,cache+passages",
                  "16000:passages", "64000:passages", "4000:passages", "128000:cache,cache+passages")
 NEEDLE = "One of the special magic numbers for {key} is: {value}."
@@ -257,13 +262,29 @@ def haystacks(tokenizer, length: int, per_task: int, split: str, seed: int) -> l
     for h, start in enumerate(range(0, per_task, group)):
         qs = [q for t in TASKS for q in drawn[t][start:start + group]]
         text, tokens = layout(tokenizer, length, qs, seed + h, used_articles)
-        out.append(Haystack(length, h, text, tokens, qs))
+        out.append(Haystack(length, h, text, tokens, qs + absent_questions(text, len(qs) // len(TASKS), split,
+                                                                            f"{seed}:{length}:{h}")))
+    return out
+
+
+def absent_questions(text: str, count: int, split: str, seed: str) -> list[Question]:
+    """``count`` HotpotQA questions of the split whose paragraphs (titles) ``text`` does not
+    hold: the answer is nowhere in the haystack."""
+    rng = random.Random(f"absent:{seed}")
+    items = hotpot()
+    pool = items[HOTPOT_EVAL_FROM:] if split == "eval" else items[:HOTPOT_EVAL_FROM]
+    out = []
+    for question, answer, gold, paragraphs in rng.sample(pool, min(len(pool), 20 * count + 20)):
+        if len(out) == count:
+            break
+        if all(t not in text for t in paragraphs):
+            out.append(Question(ABSENT, question, [], f"absent:{question}"))
     return out
 
 
 def score(task: str, answer: str, refs: list[str]) -> float:
     """RULER's metric for one answer, 0–1 (its per-sample functions, divided by 100)."""
-    if task == "qa_1_unanswerable":
+    if task in UNANSWERABLE:
         return 1.0 if declined(answer) else 0.0
     from long_context_eval.eval.synthetic.constants import string_match_all_per_sample, string_match_part_per_sample
 
@@ -275,8 +296,9 @@ def declined(answer: str) -> bool:
     return bool(DECLINED.search(answer or ""))
 
 
-def answer(arm: str, q: Question, model, tokenizer, cache, retrieve, k: int) -> dict:
+def answer(arm: str, q: Question, model, tokenizer, cache, retrieve, k: int, frequencies=None) -> dict:
     """One answer: the question asked under ``arm`` after the haystack was read."""
+    from homer import grounding
     from homer.focus import PassageConversation, cache_room, fit_passages, strategy
     from homer.generation import Conversation, GenerationSettings
 
@@ -295,30 +317,50 @@ def answer(arm: str, q: Question, model, tokenizer, cache, retrieve, k: int) -> 
     for piece in stream:
         first = first if first is not None else time.perf_counter() - started
         text += piece
+    # The app's honesty check (homer.grounding): measured beside the raw answer, so one run
+    # reports both; the app itself answers NOT_FOUND at once without running the model.
+    cover = grounding.coverage(q.question, [p.text for p in found], *frequencies()) if found else None
     return {"answer": text, "time_to_first_token": round(first or time.perf_counter() - started, 3),
+            "coverage": None if cover is None else round(cover, 4),
             "passages": [p.seq for p in found][: len(texts)],
             # the share of the answer strings that are in the passages fed (the retrieval's recall)
             "evidence_retrieved": (sum(any(r.lower() in t.lower() for t in texts) for r in q.answers) / len(q.answers)
                                    if q.answers else None)}
 
 
+def as_app_answers(row: dict) -> str:
+    """The answer the app gives for ``row``: :data:`homer.grounding.NOT_FOUND` where the
+    passages hold too little of the question, else the model's."""
+    from homer import grounding
+
+    cover = row.get("coverage")
+    return grounding.NOT_FOUND if cover is not None and cover < grounding.MIN_COVERAGE else row["answer"]
+
+
 def summarise(rows: list[dict], meta: dict) -> dict:
+    """Per length, arm and task: RULER's score (0–100) of the raw answers and of the app's
+    (with the not-found check), time to first token, declines and the retrieval's recall."""
     cells: dict = {}
     for r in rows:
-        cell = cells.setdefault(str(r["length"]), {}).setdefault(r["arm"], {})
-        cell.setdefault(r["task"], []).append(r)
+        cells.setdefault(str(r["length"]), {}).setdefault(r["arm"], {}).setdefault(r["task"], []).append(r)
     table = {}
-    for length, arms in cells.items():
+    for length, arms in sorted(cells.items(), key=lambda kv: int(kv[0])):
         for arm, tasks in arms.items():
             for task, got in tasks.items():
                 entry = {"n": len(got), "score": round(100 * statistics.fmean(r["score"] for r in got), 1),
                          "median_time_to_first_token": round(statistics.median(r["time_to_first_token"] for r in got), 3)}
-                if task == "qa_1_unanswerable":
+                if any(r.get("coverage") is not None for r in got):
+                    app = [score(task, as_app_answers(r), r["refs"]) for r in got]
+                    entry["score_with_not_found"] = round(100 * statistics.fmean(app), 1)
+                if task in UNANSWERABLE:
                     entry["unsupported_rate"] = round(100 - entry["score"], 1)
+                    if "score_with_not_found" in entry:
+                        entry["unsupported_rate_with_not_found"] = round(100 - entry["score_with_not_found"], 1)
                 else:
                     entry["declined"] = sum(declined(r["answer"]) for r in got)
-                if arm != "cache" and task != "qa_1_unanswerable":
-                    entry["evidence_retrieved"] = round(100 * statistics.fmean(r["evidence_retrieved"] for r in got), 1)
+                    if arm != "cache":
+                        entry["evidence_retrieved"] = round(
+                            100 * statistics.fmean(r["evidence_retrieved"] or 0 for r in got), 1)
                 table.setdefault(length, {}).setdefault(arm, {})[task] = entry
     ceiling = table.get("4000", {}).get("cache", {})
     ratios = {}
@@ -326,9 +368,38 @@ def summarise(rows: list[dict], meta: dict) -> dict:
         for arm, tasks in arms.items():
             for task in ANSWERABLE:
                 if task in tasks and ceiling.get(task, {}).get("score"):
-                    ratios.setdefault(length, {}).setdefault(arm, {})[task] = round(
-                        tasks[task]["score"] / ceiling[task]["score"], 3)
-    return {**meta, "cells": table, "of_ceiling": ratios}
+                    best = tasks[task].get("score_with_not_found", tasks[task]["score"])
+                    ratios.setdefault(length, {}).setdefault(arm, {})[task] = round(best / ceiling[task]["score"], 3)
+    return {**meta, "cells": table, "of_ceiling": ratios,
+            "note": "of_ceiling: the app's score (with the not-found check where it applies) over the 4k "
+                    "in-window read of the same tasks"}
+
+
+def add_coverage(rows: list[dict], args, meta: dict) -> None:
+    """Fill in the not-found check's coverage of rows answered before it was recorded: the
+    haystacks are laid out again (seeded) and the passages each row was fed looked up."""
+    from homer import grounding
+    from homer.models import load_model
+    from storage import passages as passage_index
+    from storage.store import Store
+
+    _, tokenizer = load_model(args.model)
+    store = Store(tempfile.mkdtemp(prefix="ruler-rescore-"))
+    split, seed, per_task = meta.get("split", args.split), meta.get("seed", args.seed), meta.get(
+        "questions_per_task", args.questions)
+    for length in sorted({r["length"] for r in rows if "coverage" not in r and r["arm"] != "cache"}):
+        for stack in haystacks(tokenizer, length, per_task, split, seed):
+            mine = [r for r in rows if r["length"] == length and r["haystack"] == stack.index
+                    and "coverage" not in r and r["arm"] != "cache"]
+            if not mine:
+                continue
+            doc_id = f"{length:08d}{stack.index:04d}".ljust(64, "0")
+            passage_index.build(store.db, doc_id, stack.text)
+            texts = {p.seq: p.text for p in passage_index.passages(store.db, doc_id)}
+            stats = grounding.document_frequencies(texts.values())
+            for r in mine:
+                fed = [texts[i] for i in r["passages"] if i in texts]
+                r["coverage"] = round(grounding.coverage(r["question"], fed, *stats), 4) if fed else None
 
 
 def main(argv=None) -> int:
@@ -348,7 +419,10 @@ def main(argv=None) -> int:
     rows = [json.loads(x) for x in jsonl.read_text().splitlines() if x.strip()] if jsonl.exists() else []
     if args.summary_only:
         old = json.loads(output.read_text()) if output.exists() else {}
-        meta = {k: v for k, v in old.items() if k not in ("cells", "of_ceiling")}
+        meta = {k: v for k, v in old.items() if k not in ("cells", "of_ceiling", "note")}
+        if any("coverage" not in r and r["arm"] != "cache" for r in rows):
+            add_coverage(rows, args, meta)
+            jsonl.write_text("".join(json.dumps(r) + "\n" for r in rows))
         output.write_text(json.dumps(summarise(rows, meta), indent=2) + "\n")
         return 0
     if not args.resume:
@@ -357,6 +431,7 @@ def main(argv=None) -> int:
 
     import torch
 
+    from homer import grounding
     from homer.document import build_document_cache
     from homer.models import load_model
     from storage import passages as passage_index
@@ -394,8 +469,10 @@ def main(argv=None) -> int:
             def retrieve(question, k, _doc=doc_id):
                 return passage_index.search(store.db, _doc, question, k)
 
+            stats = grounding.document_frequencies(p.text for p in passage_index.passages(store.db, doc_id))
+
             for arm, q in todo:
-                result = answer(arm, q, model, tokenizer, cache, retrieve, args.k)
+                result = answer(arm, q, model, tokenizer, cache, retrieve, args.k, lambda _s=stats: _s)
                 row = {"length": length, "haystack": stack.index, "tokens": stack.tokens, "arm": arm,
                        "task": q.task, "qid": q.qid, "question": q.question, "refs": q.answers,
                        "score": score(q.task, result["answer"], q.answers), **result,

@@ -21,7 +21,7 @@ class WordTokenizer:
 
 def test_every_question_has_its_evidence_in_its_haystack_and_lengths_hold():
     stacks = ruler.haystacks(WordTokenizer(), 6000, 6, "dev", seed=1)
-    assert sum(len(s.questions) for s in stacks) == 6 * len(ruler.TASKS)
+    assert sum(1 for s in stacks for q in s.questions if q.task != ruler.ABSENT) == 6 * len(ruler.TASKS)
     for stack in stacks:
         assert stack.tokens <= 6000 * 1.05
         for q in stack.questions:
@@ -50,6 +50,17 @@ def test_scores_are_rulers_string_matches():
     assert ruler.score("niah_multivalue", "1234567 and 7654321", ["1234567", "7654321", "1111111", "2222222"]) == 0.5
     assert ruler.score("qa_1_unanswerable", "I could not find this in the document.", []) == 1.0
     assert ruler.score("qa_1_unanswerable", "The document states it was 1854.", []) == 0.0
+    assert ruler.score(ruler.ABSENT, "I could not find this in the document.", []) == 1.0
+
+
+def test_absent_questions_are_not_in_their_haystack():
+    stacks = ruler.haystacks(WordTokenizer(), 8000, 4, "dev", seed=2)
+    absent = [q for s in stacks for q in s.questions if q.task == ruler.ABSENT]
+    assert absent
+    for stack in stacks:
+        for q in stack.questions:
+            if q.task == ruler.ABSENT:
+                assert q.question not in stack.text
 
 
 def test_a_short_run_writes_its_table(model_dir, tmp_path):
@@ -60,5 +71,6 @@ def test_a_short_run_writes_its_table(model_dir, tmp_path):
 
     table = json.loads(out.read_text())["cells"]["300"]
     assert set(table) == {"cache", "passages"}
-    assert set(table["passages"]) == set(ruler.TASKS)
+    assert set(table["passages"]) <= {*ruler.TASKS, ruler.ABSENT} and set(ruler.TASKS) <= set(table["passages"])
+    assert all("score_with_not_found" in cell for cell in table["passages"].values())
     assert all(cell["n"] == 1 for cell in table["cache"].values())
