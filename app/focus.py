@@ -9,7 +9,10 @@ recomputed in full for the specific). The strategy is a setting (:mod:`homer.foc
 * ``HOMER_FOCUS`` — ``auto`` (default: the cache for a question about the whole document,
   "what is this book about", "how does it end", and :data:`AUTO_SPECIFIC` for any other),
   ``cache+passages``, ``passages`` or ``cache``; ``ask(..., focus=...)`` overrides it;
-* ``HOMER_FOCUS_PASSAGES`` — passages per question (3).
+* ``HOMER_FOCUS_PASSAGES`` — passages per question (3);
+* ``HOMER_NOT_FOUND`` — ``1`` (default): a question the passages hold too little of
+  (:mod:`homer.grounding`) is answered "I could not find this in the document." without
+  running the model; ``0`` lets the model answer from whatever was retrieved.
 
 The default comes from the measured book set (``python -m benchmarks.focus``, README).
 
@@ -26,6 +29,7 @@ import os
 import time
 from dataclasses import dataclass, field
 
+from homer import grounding
 from homer.focus import (DEFAULT_PASSAGES, FOCUS_CHOICES, FocusStrategy, PassageConversation, cache_room, fit_passages,
                          route, strategy)
 from storage import passages as index
@@ -85,13 +89,24 @@ class FocusedTurn:
     text: str = ""
     seconds: float = 0.0
     index_built: bool = False
+    coverage: float | None = None  # how much of the question the best passage holds (homer.grounding)
+
+    @property
+    def not_found(self) -> bool:
+        """Whether the turn is answered :data:`homer.grounding.NOT_FOUND` without the model:
+        its strategy reads passages, and none holds enough of the question (or none matched).
+        Off with ``HOMER_NOT_FOUND=0``."""
+        if not self.strategy.uses_passages or os.environ.get("HOMER_NOT_FOUND", "1").strip() == "0":
+            return False
+        return not self.passages or (self.coverage is not None and self.coverage < grounding.MIN_COVERAGE)
 
     def stats(self) -> dict:
         out = {"focus": self.strategy.name}
         if self.strategy.uses_passages:
             out.update(retrieval_seconds=round(self.seconds, 4), index_built=self.index_built,
                        passages=[{"seq": p.seq, "page": p.page, "start": p.start, "end": p.end,
-                                  "score": round(p.score, 3)} for p in self.passages])
+                                  "score": round(p.score, 3)} for p in self.passages],
+                       coverage=None if self.coverage is None else round(self.coverage, 3), not_found=self.not_found)
         return out
 
 
@@ -110,8 +125,25 @@ def plan_turn(store, document_id: str, question: str, focus: FocusStrategy, toke
         found = found[: len(kept)]
     turn.passages = found
     turn.text = focus.turn_text(question, [p.text for p in found])
+    if found:
+        turn.coverage = grounding.coverage(question, [p.text for p in found], *frequencies(store, document_id))
     turn.seconds = time.perf_counter() - started
     return turn
+
+
+_FREQUENCIES: dict = {}
+
+
+def frequencies(store, document_id: str) -> tuple:
+    """The document's passage frequencies for the not-found check, computed once per index
+    (kept for the last few documents; a re-index has another passage count and is recounted)."""
+    texts = [p.text for p in index.passages(store.db, document_id)]
+    key = (str(store.root), document_id, len(texts), texts[-1][-64:] if texts else "")
+    if key not in _FREQUENCIES:
+        if len(_FREQUENCIES) >= 8:
+            _FREQUENCIES.pop(next(iter(_FREQUENCIES)))
+        _FREQUENCIES[key] = grounding.document_frequencies(texts)
+    return _FREQUENCIES[key]
 
 
 def sources_label(passages, pages: int, question: str = "") -> str:

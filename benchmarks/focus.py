@@ -94,7 +94,7 @@ def book_cache(model, tokenizer, path: Path, text: str):
 
 
 def run_arm(arm: str, question: str, model, tokenizer, cache, retrieve, evidence_text: str | None,
-            max_new_tokens: int, k: int) -> dict:
+            max_new_tokens: int, k: int, excerpt_words: int = 0) -> dict:
     """One answer under one arm: the answer, time to first token and what was fed."""
     from homer.focus import PassageConversation, cache_room, fit_passages, strategy
     from homer.generation import Conversation, GenerationSettings
@@ -106,8 +106,10 @@ def run_arm(arm: str, question: str, model, tokenizer, cache, retrieve, evidence
     if arm == "ceiling":
         texts = [evidence_text]
     elif arm in ("passages", "cache+passages"):
+        from homer.focus import excerpt
+
         used = retrieve(question, k)
-        texts = [p.text for p in used]
+        texts = [excerpt(p.text, question, excerpt_words) for p in used]
     else:
         texts = []
     retrieval = time.perf_counter() - started
@@ -188,6 +190,8 @@ def main(argv=None) -> int:
     parser.add_argument("--arms", default=",".join(ARMS))
     parser.add_argument("--k", type=int, default=3, help="passages retrieved per question")
     parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--excerpt-words", type=int, default=0,
+                        help="feed each passage's best window of N words (homer.focus.excerpt); 0: whole passages")
     parser.add_argument("--whole-max-new-tokens", type=int, default=64)
     parser.add_argument("--limit", type=int, default=0, help="only the first N questions of each set")
     parser.add_argument("--resume", action="store_true", help="keep the answers already in the .jsonl")
@@ -252,7 +256,7 @@ def main(argv=None) -> int:
         "document_tokens": int(cache.metadata.get("context_len") or 0), "cache_tokens": len(cache),
         "cache_build_seconds": round(built, 1) if built else cache.metadata.get("build_seconds"),
         "passages": count, "passage_words": passage_index.PASSAGE_WORDS, "index_seconds": round(index_seconds, 3),
-        "k": args.k, "max_new_tokens": args.max_new_tokens, "whole_max_new_tokens": args.whole_max_new_tokens,
+        "k": args.k, "excerpt_words": args.excerpt_words, "max_new_tokens": args.max_new_tokens, "whole_max_new_tokens": args.whole_max_new_tokens,
         "model": getattr(model, "homer_name", "embedded"), "threads": torch.get_num_threads(),
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "decoding": "greedy",
         "fact_questions": len(facts), "whole_book_questions": len(whole),
@@ -275,12 +279,13 @@ def main(argv=None) -> int:
             load = os.getloadavg()[0]
             if kind == "fact":
                 ev = evidence(extra)
-                result = run_arm(arm, question, model, tokenizer, cache, retrieve, ev.text, args.max_new_tokens, args.k)
+                result = run_arm(arm, question, model, tokenizer, cache, retrieve, ev.text, args.max_new_tokens, args.k,
+                                 args.excerpt_words)
                 row = {"kind": kind, "question": question, "verse": extra, "evidence_seq": ev.seq, "arm": arm,
                        "right": correct(result["answer"], accepted), **result}
             else:
                 result = run_arm(arm, question, model, tokenizer, cache, retrieve, None, args.whole_max_new_tokens,
-                                 args.k)
+                                 args.k, args.excerpt_words)
                 hits = rubric_hits(result["answer"], extra)
                 row = {"kind": kind, "question": question, "arm": arm, "keyword_hits": hits,
                        "right": hits >= accepted, **result}
