@@ -8,9 +8,7 @@
   appends each turn after the cache, streams the answer and reports what the turn cost:
   time to first token, tokens appended, whether the cache came from memory, that the
   document was not encoded again;
-* :meth:`ChatService.clear` — forget a conversation; messages are persisted in the store;
-* ``ChatService.several`` — questions over several documents (or the whole library) at once,
-  answered from their fused passages (:mod:`app.multi_document`).
+* :meth:`ChatService.clear` — forget a conversation; messages are persisted in the store.
 
 **Deep read** (``ask(..., deep_read=True)``): when the document's cache has leaf states (the
 app or worker was run with ``--deep-read`` / ``HOMER_DEEP_READ=1`` when it was read), the
@@ -41,8 +39,6 @@ from storage.errors import StoreError
 
 from . import focus as focusing
 from . import tasks
-from .multi_document import SeveralDocuments
-from .multi_document import describe as describe_several
 
 ModelLoader = Callable[[str | None], tuple]  # name -> (model, tokenizer, fingerprint)
 
@@ -124,7 +120,6 @@ class ChatService:
         self._live: OrderedDict[tuple[str, str], None] = OrderedDict()  # sessions holding a KV cache, LRU
         self._sessions_lock = threading.Lock()
         self._verified_leaves: set[tuple[str, str | None]] = set()  # leaf-state files checked this process
-        self.several = SeveralDocuments(self)  # questions over several documents (app.multi_document)
 
     # --- model and caches ----------------------------------------------------------------
     def model(self, model_name: str | None):
@@ -185,7 +180,6 @@ class ChatService:
         with self._caches_lock:
             for cache_id in [c for c, cache in self._caches.items() if cache.metadata.get("document_id") == document_id]:
                 self._caches.pop(cache_id)
-        self.several.forget(document_id)
 
     # --- conversations -------------------------------------------------------------------
     def session(self, session_key: str, document_id: str) -> ChatSession | None:
@@ -413,8 +407,6 @@ def describe_turn(stats: dict) -> str:
     """One line for the UI: time to first token and what the turn reused."""
     if not stats:
         return ""
-    if stats.get("documents"):  # a question over several documents
-        return describe_several(stats)
     line = (f"turn {stats.get('turn', 1)} · time to first token **{stats.get('time_to_first_token', 0):.2f} s** · "
             f"{stats.get('tokens_per_second', 0):.1f} tokens/s · ")
     if stats.get("deep_read"):

@@ -44,6 +44,7 @@ from storage import passages as index
 
 from . import focus as focusing
 from . import library
+from .chat import ChatError, ChatSession, citations_enabled, describe_turn
 
 WHOLE_LIBRARY = "*"  # a selection item: every ready document of the user's library
 WHOLE_LIBRARY_LABEL = "Whole library"
@@ -165,7 +166,10 @@ def selection_key(document_ids: Iterable[str], whole_library: bool = False) -> s
 
 
 def describe(stats: dict) -> str:
-    """The turn line of an answer over several documents."""
+    """The turn line of an answer: over several documents, which and how many passages; else
+    :func:`app.chat.describe_turn`'s."""
+    if not stats.get("documents"):
+        return describe_turn(stats)
     documents = stats.get("documents", [])
     names = ", ".join(d["name"] for d in documents[:4])
     if len(documents) > 4:
@@ -183,8 +187,9 @@ def describe(stats: dict) -> str:
 
 
 class SeveralDocuments:
-    """Chats over selections of documents for one :class:`app.chat.ChatService` (its store,
-    model loader and one-document sessions)."""
+    """Chats over selections of documents on top of one :class:`app.chat.ChatService` (its
+    store, model loader and one-document conversations); the UI holds one beside its chat
+    service and calls :meth:`forget` when a document is deleted."""
 
     def __init__(self, service):
         self.service = service
@@ -199,8 +204,6 @@ class SeveralDocuments:
         reference is (another user's document: "no document 'x' in your library"); with
         ``ready`` each must have a cache of the model in use. The whole library is the
         user's ready documents."""
-        from .chat import ChatError
-
         if isinstance(refs, str):
             refs = [refs]
         refs = [str(r).strip() for r in refs or [] if str(r or "").strip()]
@@ -265,9 +268,7 @@ class SeveralDocuments:
             for key in [k for k, (_, members) in self._sessions.items() if document_id in members]:
                 self._sessions.pop(key)
 
-    def _session(self, session_key: str, key: str, members: set[str]):
-        from .chat import ChatSession
-
+    def _session(self, session_key: str, key: str, members: set[str]) -> ChatSession:
         with self._lock:
             held = self._sessions.get((session_key, key))
             if held is None:
@@ -286,8 +287,6 @@ class SeveralDocuments:
         focus ("passages"), retrieval_seconds, time_to_first_token, tokens_per_second,
         new_tokens, appended_tokens (the prompt: passages, earlier turns, question), turn,
         forgotten_turns, seconds. One document: :meth:`ChatService.ask`'s items."""
-        from .chat import ChatError, citations_enabled
-
         rows, whole = self.resolve(refs, owner, model_name, settings)
         if len(rows) == 1:
             yield from self.service.ask(session_key, rows[0]["id"], question, model_name, generation, settings,

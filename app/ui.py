@@ -22,8 +22,8 @@ from storage.errors import StoreError
 
 from . import focus as focusing
 from . import inspector, library
-from .chat import ChatError, ChatService, describe_turn, settings_overrides
-from .multi_document import WHOLE_LIBRARY, WHOLE_LIBRARY_LABEL
+from .chat import ChatError, ChatService, settings_overrides
+from .multi_document import WHOLE_LIBRARY, WHOLE_LIBRARY_LABEL, SeveralDocuments, describe
 
 CSS = """
 #homer-title h1 {margin-bottom: 0}
@@ -54,6 +54,7 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
     are per user (the login name). ``build_gpu``: when set, queued builds run inside the
     upload request, wrapped by it (ZeroGPU: a background worker would get no GPU)."""
     gpu = gpu or _identity
+    several = SeveralDocuments(chat)  # questions over several documents, on the same chat service
 
     def owner_of(request: gr.Request | None) -> str | None:
         return getattr(request, "username", None) if auth and request is not None else None
@@ -84,11 +85,11 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
         def pick(value, options, ids, default=None):
             return gr.update(choices=options, value=value if value in ids else default)
 
-        several = gr.update(choices=[(WHOLE_LIBRARY_LABEL, WHOLE_LIBRARY), *ready],
-                            value=[v for v in chat_docs or [] if v in ready_ids or v == WHOLE_LIBRARY])
+        selection = gr.update(choices=[(WHOLE_LIBRARY_LABEL, WHOLE_LIBRARY), *ready],
+                              value=[v for v in chat_docs or [] if v in ready_ids or v == WHOLE_LIBRARY])
         return (pick(lib_doc, every, every_ids), pick(chat_doc, ready, ready_ids, first),
                 pick(share_doc, ready, ready_ids, first), pick(insp_doc, ready, ready_ids),  # inspecting costs: on request
-                several)
+                selection)
 
     def build_here():
         """Queued builds, run in this request (only when ``build_gpu`` is set)."""
@@ -131,6 +132,7 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
         except StoreError as exc:
             return f"✗ {exc}"
         chat.forget_document(document_id)
+        several.forget(document_id)
         return message
 
     # --- handlers: chat ---------------------------------------------------------------------
@@ -139,7 +141,7 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
         key = session_of(request)
         if documents:  # several documents picked: their conversation
             try:
-                return chat.several.history(key, documents, owner_of(request), model, settings or None), ""
+                return several.history(key, documents, owner_of(request), model, settings or None), ""
             except (ChatError, StoreError):
                 return [], ""
         return chat.history(key, document_id), ""
@@ -153,8 +155,8 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
             generation = GenerationSettings(max_new_tokens=int(max_new_tokens), temperature=float(temperature))
             if documents:  # several documents (or the whole library): each one's access checked there
                 owner = owner_of(request)
-                history = chat.several.history(key, documents, owner, model, settings or None)
-                turns = chat.several.ask(key, documents, question, owner, model, generation, settings or None,
+                history = several.history(key, documents, owner, model, settings or None)
+                turns = several.ask(key, documents, question, owner, model, generation, settings or None,
                                          focus or None, bool(deep_read))
             else:
                 if document_id:  # a full id, a unique prefix or a file name (API callers)
@@ -170,13 +172,13 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
                 yield shown, "", status, stats
         except (ChatError, StoreError, ValueError) as exc:
             fail(exc)
-        yield shown, "", describe_turn(stats), stats
+        yield shown, "", describe(stats), stats
 
     def clear(document_id: str | None, documents: list | None = None, model: str | None = None,
               settings: dict | None = None, request: gr.Request = None):
         if documents:
             try:
-                chat.several.clear(session_of(request), documents, owner_of(request), model, settings or None)
+                several.clear(session_of(request), documents, owner_of(request), model, settings or None)
             except (ChatError, StoreError):
                 pass
             return [], "", {}

@@ -17,9 +17,9 @@ from conftest import tiny_model, tiny_tokenizer
 from store_helpers import text_pdf
 
 from app import library
-from app.chat import ChatError, ChatService, describe_turn
+from app.chat import ChatError, ChatService
 from app.ingest import add_to_store, ingest_bytes
-from app.multi_document import EMPTY_SELECTION, WHOLE_DOCUMENT, WHOLE_LIBRARY, fuse
+from app.multi_document import EMPTY_SELECTION, WHOLE_DOCUMENT, WHOLE_LIBRARY, SeveralDocuments, describe, fuse
 from homer.fingerprint import model_fingerprint
 from homer.generation import GenerationSettings
 from storage import Store, StoreError
@@ -68,6 +68,11 @@ def service(tmp_path, tiny):
     return ChatService(Store(tmp_path / "store"), loader=lambda name: tiny)
 
 
+@pytest.fixture
+def several(service):
+    return SeveralDocuments(service)
+
+
 def add(service, data: bytes, name: str, owner: str | None = None) -> dict:
     model, tokenizer, _ = service.model("tiny")
     return add_ready_document(service.store, model, tokenizer, data, name, owner)
@@ -103,11 +108,11 @@ def test_fusion_uses_ranks_never_scores_across_documents():
 
 # --- through the chat ----------------------------------------------------------------------------
 
-def test_each_question_is_answered_from_its_own_document_and_names_it(service):
+def test_each_question_is_answered_from_its_own_document_and_names_it(service, several):
     log, ledger = add(service, log_txt(), "lighthouse-log.txt"), add(service, ledger_pdf(), "harbour-ledger.pdf")
     selection = [log["id"], ledger["id"]]
 
-    shown, stats = final(service.several.ask("s", selection, ASK_CAT, model_name="tiny", generation=SHORT))
+    shown, stats = final(several.ask("s", selection, ASK_CAT, model_name="tiny", generation=SHORT))
     assert stats["passages"][0]["document_id"] == log["id"]
     first = source_lines(shown)[0]
     assert first.startswith("- lighthouse-log.txt: “") and "Biscuit" in first  # a one-page text: no page
@@ -115,75 +120,75 @@ def test_each_question_is_answered_from_its_own_document_and_names_it(service):
     assert stats["focus"] == "passages" and stats["cache_reused"] is False and stats["turn"] == 1
     assert len(stats["passages"]) == 3 == len(source_lines(shown))  # HOMER_FOCUS_PASSAGES overall, not per document
     assert stats["appended_tokens"] > sum(p["end"] - p["start"] for p in stats["passages"])  # read in full
-    assert "3 passages from 2 documents (lighthouse-log.txt, harbour-ledger.pdf)" in describe_turn(stats)
+    assert "3 passages from 2 documents (lighthouse-log.txt, harbour-ledger.pdf)" in describe(stats)
 
-    shown, stats = final(service.several.ask("s", selection, ASK_BOATS, model_name="tiny", generation=SHORT))
+    shown, stats = final(several.ask("s", selection, ASK_BOATS, model_name="tiny", generation=SHORT))
     top = stats["passages"][0]
     assert top["document_id"] == ledger["id"] and top["page"] == 3
     first = source_lines(shown)[0]
     assert first.startswith("- harbour-ledger.pdf, p. 3: “") and "42 fishing boats" in first
     assert stats["turn"] == 2  # one conversation per session and selection
-    assert [m["role"] for m in service.several.history("s", selection[::-1], model_name="tiny")] == \
+    assert [m["role"] for m in several.history("s", selection[::-1], model_name="tiny")] == \
         ["user", "assistant"] * 2  # the same selection in another order
-    assert service.several.history("other", selection, model_name="tiny") == []
+    assert several.history("other", selection, model_name="tiny") == []
 
 
-def test_a_question_over_both_documents_and_the_whole_library(service, monkeypatch):
+def test_a_question_over_both_documents_and_the_whole_library(service, several, monkeypatch):
     monkeypatch.delenv("HOMER_FOCUS", raising=False)
     log, ledger = add(service, log_txt(), "lighthouse-log.txt"), add(service, ledger_pdf(), "harbour-ledger.pdf")
-    shown, stats = final(service.several.ask("s", [log["id"][:10], "harbour-ledger.pdf"], ASK_BOTH,
+    shown, stats = final(several.ask("s", [log["id"][:10], "harbour-ledger.pdf"], ASK_BOTH,
                                              model_name="tiny", generation=SHORT))
     assert {p["document_id"] for p in stats["passages"]} == {log["id"], ledger["id"]}
     lines = source_lines(shown)
     assert any(line.startswith("- lighthouse-log.txt: “") for line in lines)
     assert any(line.startswith("- harbour-ledger.pdf, p. ") for line in lines)
-    _, whole = final(service.several.ask("s", [WHOLE_LIBRARY], ASK_BOTH, model_name="tiny", generation=SHORT))
+    _, whole = final(several.ask("s", [WHOLE_LIBRARY], ASK_BOTH, model_name="tiny", generation=SHORT))
     assert whole["passages"] == stats["passages"] and whole["turn"] == 1  # the library: its own conversation
     # a question about a whole document needs one document; focus passages answers it anyway
     for focus in (None, "auto", "cache"):
         with pytest.raises(ChatError, match="needs that one document"):
-            list(service.several.ask("s", [WHOLE_LIBRARY], "What is this book about?", model_name="tiny", focus=focus))
+            list(several.ask("s", [WHOLE_LIBRARY], "What is this book about?", model_name="tiny", focus=focus))
     assert WHOLE_DOCUMENT.startswith("a question about a whole document")
     with pytest.raises(ChatError, match="reads one document's cache"):
-        list(service.several.ask("s", [WHOLE_LIBRARY], ASK_CAT, model_name="tiny", focus="cache+passages"))
-    _, anyway = final(service.several.ask("s", [WHOLE_LIBRARY], "What is this book about?", model_name="tiny",
+        list(several.ask("s", [WHOLE_LIBRARY], ASK_CAT, model_name="tiny", focus="cache+passages"))
+    _, anyway = final(several.ask("s", [WHOLE_LIBRARY], "What is this book about?", model_name="tiny",
                                           generation=SHORT, focus="passages"))
     assert anyway["focus"] == "passages" and len(anyway["documents"]) == 2
     # a selection of one document is that document's own chat (its cache, its conversation)
-    _, one = final(service.several.ask("s", [log["id"]], "What is this book about?", model_name="tiny",
+    _, one = final(several.ask("s", [log["id"]], "What is this book about?", model_name="tiny",
                                        generation=SHORT))
     assert one["focus"] == "cache" and one["cache_reused"] and "documents" not in one
-    assert service.several.history("s", [log["id"]], model_name="tiny") == service.history("s", log["id"])
+    assert several.history("s", [log["id"]], model_name="tiny") == service.history("s", log["id"])
     monkeypatch.setenv("HOMER_CITATIONS", "0")  # off: no sources line, as for one document
-    shown, quiet = final(service.several.ask("s", [WHOLE_LIBRARY], ASK_BOTH, model_name="tiny", generation=SHORT))
+    shown, quiet = final(several.ask("s", [WHOLE_LIBRARY], ASK_BOTH, model_name="tiny", generation=SHORT))
     assert "Sources:" not in shown and "sources" not in quiet and quiet["passages"]
     # deleting a document drops the conversations over selections holding it
-    service.forget_document(ledger["id"])
-    assert service.several.history("s", [WHOLE_LIBRARY], model_name="tiny") == []
+    several.forget(ledger["id"])
+    assert several.history("s", [WHOLE_LIBRARY], model_name="tiny") == []
 
 
-def test_empty_selections_and_documents_not_ready_get_a_one_line_reason(service):
+def test_empty_selections_and_documents_not_ready_get_a_one_line_reason(service, several):
     with pytest.raises(ChatError, match="^" + EMPTY_SELECTION + "$"):
-        list(service.several.ask("s", [], ASK_CAT, model_name="tiny"))
+        list(several.ask("s", [], ASK_CAT, model_name="tiny"))
     with pytest.raises(ChatError, match="^" + EMPTY_SELECTION + "$"):
-        list(service.several.ask("s", ["", "  "], ASK_CAT, model_name="tiny"))
+        list(several.ask("s", ["", "  "], ASK_CAT, model_name="tiny"))
     with pytest.raises(ChatError, match="no document of your library is ready"):
-        list(service.several.ask("s", [WHOLE_LIBRARY], ASK_CAT, model_name="tiny"))
+        list(several.ask("s", [WHOLE_LIBRARY], ASK_CAT, model_name="tiny"))
     log = add(service, log_txt(), "lighthouse-log.txt")
     unread = add_to_store(service.store, ingest_bytes(ledger_pdf(), "unread.pdf"))  # no cache of this model
     with pytest.raises(ChatError) as info:
-        list(service.several.ask("s", [log["id"], unread["id"]], ASK_CAT, model_name="tiny"))
+        list(several.ask("s", [log["id"], unread["id"]], ASK_CAT, model_name="tiny"))
     assert str(info.value) == ("unread.pdf is not ready: it has no cache for the model in use yet "
                                "(read it in the Library tab first)")
     other = add(service, "\n\n".join(entries("other", 6)).encode(), "other.txt")
     with pytest.raises(ChatError, match="type a question"):
-        list(service.several.ask("s", [log["id"], other["id"]], " ", model_name="tiny"))
+        list(several.ask("s", [log["id"], other["id"]], " ", model_name="tiny"))
     # the whole library is its ready documents: the unread one is left out
-    _, stats = final(service.several.ask("s", [WHOLE_LIBRARY], ASK_CAT, model_name="tiny", generation=SHORT))
+    _, stats = final(several.ask("s", [WHOLE_LIBRARY], ASK_CAT, model_name="tiny", generation=SHORT))
     assert [d["id"] for d in stats["documents"]] == [log["id"], other["id"]]
 
 
-def test_another_users_documents_cannot_be_selected_named_or_quoted(service):
+def test_another_users_documents_cannot_be_selected_named_or_quoted(service, several):
     ann_log = add(service, log_txt(), "ann-lighthouse-secret.txt", "ann")
     ann_ledger = add(service, ledger_pdf(), "ann-ledger.pdf", "ann")
     bob_a = add(service, "\n\n".join(entries("bob garden", 8)).encode(), "bob-garden.txt", "bob")
@@ -191,7 +196,7 @@ def test_another_users_documents_cannot_be_selected_named_or_quoted(service):
 
     def refusal(refs) -> str:
         with pytest.raises(StoreError) as info:
-            list(service.several.ask("s", refs, ASK_CAT, owner="bob", model_name="tiny", generation=SHORT))
+            list(several.ask("s", refs, ASK_CAT, owner="bob", model_name="tiny", generation=SHORT))
         return str(info.value)
 
     for ref in (ann_log["id"], ann_log["id"][:12], "ann-lighthouse-secret.txt", "ann-lighthouse-secret"):
@@ -200,7 +205,7 @@ def test_another_users_documents_cannot_be_selected_named_or_quoted(service):
         assert refusal([bob_a["id"], unused]) == f"no document {unused!r} in your library"  # the same answer
         assert refusal([WHOLE_LIBRARY, ref]) == f"no document {ref!r} in your library"
     # bob's whole library holds only his documents: ann's fact never reaches his sources
-    shown, stats = final(service.several.ask("s", [WHOLE_LIBRARY], ASK_CAT, owner="bob", model_name="tiny",
+    shown, stats = final(several.ask("s", [WHOLE_LIBRARY], ASK_CAT, owner="bob", model_name="tiny",
                                              generation=SHORT))
     assert {d["id"] for d in stats["documents"]} == {bob_a["id"], bob_b["id"]}
     assert {p["document_id"] for p in stats["passages"]} <= {bob_a["id"], bob_b["id"]}
@@ -208,7 +213,7 @@ def test_another_users_documents_cannot_be_selected_named_or_quoted(service):
     # the same bytes in bob's library under his own name: his name in the sources, never ann's
     bob_copy = add(service, log_txt(), "bob-copy.txt", "bob")
     assert bob_copy["id"] == ann_log["id"]
-    shown, stats = final(service.several.ask("s", [bob_copy["id"], bob_a["id"]], ASK_CAT, owner="bob",
+    shown, stats = final(several.ask("s", [bob_copy["id"], bob_a["id"]], ASK_CAT, owner="bob",
                                              model_name="tiny", generation=SHORT))
     assert source_lines(shown)[0].startswith("- bob-copy.txt: “") and "ann-" not in shown + json.dumps(stats)
     assert library.check_access(service.store, ann_ledger["id"], "ann")["file_name"] == "ann-ledger.pdf"
@@ -327,11 +332,12 @@ def test_embedded_model_answers_each_fact_from_its_document(tmp_path):
     model, tokenizer = load_model()
     loaded = (model, tokenizer, model_fingerprint(model))
     service = ChatService(Store(tmp_path / "store"), loader=lambda name: loaded)
+    several = SeveralDocuments(service)
     log, ledger = add(service, log_txt(), "lighthouse-log.txt"), add(service, ledger_pdf(), "harbour-ledger.pdf")
     settings = GenerationSettings(max_new_tokens=16)
     for question, document, fact, name in ((ASK_CAT, log, "Biscuit", "- lighthouse-log.txt: “"),
                                            (ASK_BOATS, ledger, "42", "- harbour-ledger.pdf, p. 3: “")):
-        shown, stats = final(service.several.ask(f"s-{fact}", [log["id"], ledger["id"]], question,
+        shown, stats = final(several.ask(f"s-{fact}", [log["id"], ledger["id"]], question,
                                                  generation=settings))
         answer = shown.split("\n\nSources:", 1)[0]
         assert fact in answer, (question, shown)
