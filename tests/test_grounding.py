@@ -1,0 +1,64 @@
+"""The not-found check (homer.grounding) and passage excerpts (homer.focus.excerpt)."""
+
+from __future__ import annotations
+
+from homer import grounding
+from homer.focus import STRATEGIES, excerpt
+
+PASSAGES = [
+    "Methuselah lived an hundred eighty and seven years, and begat Lamech. And all the days of "
+    "Methuselah were nine hundred sixty and nine years: and he died.",
+    "And Noah was six hundred years old when the flood of waters was upon the earth.",
+    "The ark rested in the seventh month upon the mountains of Ararat.",
+    "And the LORD spake unto Moses in mount Sinai, saying, Speak unto the children of Israel.",
+]
+
+
+def test_a_question_the_passages_hold_is_covered_and_one_they_do_not_is_not():
+    df, total = grounding.document_frequencies(PASSAGES)
+    held = grounding.coverage("How old was Methuselah when he died?", PASSAGES[:1], df, total)
+    absent = grounding.coverage("Which physicist discovered the positron in 1932?", PASSAGES[2:], df, total)
+    assert held > 0.5  # "old" is not in the passage: the answer says "years"
+    assert absent < grounding.MIN_COVERAGE
+    assert grounding.found("How old was Methuselah when he died?", PASSAGES[:1], df, total)
+    assert not grounding.found("Which physicist discovered the positron in 1932?", PASSAGES[2:], df, total)
+    assert not grounding.found("How old was Methuselah?", [], df, total)  # nothing retrieved
+
+
+def test_rare_words_weigh_more_than_common_ones():
+    df, total = grounding.document_frequencies(PASSAGES)
+    # "years" is in two passages, "Lamech" in one: missing the rare word costs more
+    without_rare = grounding.coverage("years Lamech", [PASSAGES[1]], df, total)
+    without_common = grounding.coverage("years Lamech", [PASSAGES[0]], df, total)
+    assert without_common > without_rare
+
+
+def test_function_words_alone_are_not_checked():
+    df, total = grounding.document_frequencies(PASSAGES)
+    assert grounding.coverage("What is it?", PASSAGES[2:3], df, total) == 1.0
+    assert grounding.content_words("How did they die?") == {"die"}
+
+
+def test_the_app_turn_answers_not_found_unless_turned_off(monkeypatch):
+    from app.focus import FocusedTurn
+    from storage.passages import Passage
+
+    passage = Passage(seq=0, start=0, end=1, page=1, text="p")
+    turn = FocusedTurn(STRATEGIES["passages"], "q", passages=[passage], coverage=0.1)
+    assert turn.not_found and turn.stats()["not_found"] is True
+    assert not FocusedTurn(STRATEGIES["passages"], "q", passages=[passage], coverage=0.9).not_found
+    assert not FocusedTurn(STRATEGIES["cache"], "q").not_found  # the cache answers whole-document questions
+    monkeypatch.setenv("HOMER_NOT_FOUND", "0")
+    assert not turn.not_found
+
+
+def test_an_excerpt_is_the_window_holding_the_question_widened_to_its_sentences():
+    text = " ".join(f"Filler sentence number {i} goes here." for i in range(40)) + (
+        " And all the days of Methuselah were nine hundred sixty and nine years: and he died. ") + \
+        " ".join(f"More filler {i} follows." for i in range(40))
+    cut = excerpt(text, "How old was Methuselah when he died?", 30)
+    assert "Methuselah were nine hundred sixty and nine years" in cut
+    assert len(cut.split()) <= 40
+    assert cut[0].isupper() and cut.rstrip().endswith(".")  # whole sentences where they fit
+    assert excerpt("short text", "anything", 30) == "short text"
+    assert excerpt(text, "q", 0) == text
