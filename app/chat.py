@@ -284,6 +284,16 @@ class ChatService:
             turn = focusing.plan_turn(self.store, document_id, question, strategy if deep is None else
                                       focusing.focus_mode("cache"), tokenizer, model, cache, generation.max_new_tokens)
             stats.update(turn.stats())
+            if deep is None and turn.not_found:  # the passages hold too little of the question
+                shown = focusing.NOT_FOUND
+                stats.update(time_to_first_token=round(time.perf_counter() - started, 4), new_tokens=0,
+                             seconds=round(time.perf_counter() - started, 4))
+                chat.turns.append((question, shown))
+                chat.messages += [{"role": "user", "content": question}, {"role": "assistant", "content": shown}]
+                self.store.add_message(chat.conversation_id, "user", question)
+                self.store.add_message(chat.conversation_id, "assistant", shown)
+                yield shown, stats
+                return
             if deep is None and not strategy.uses_cache:  # plain retrieval: a fresh window, no cache
                 deep, answer_cache = focusing.PassageConversation(model, tokenizer), None
                 deep.turns = list(chat.turns)
@@ -301,7 +311,7 @@ class ChatService:
             answer, first = "", None
             try:
                 if answer_cache is None:  # plain retrieval: the passages are the document
-                    asked = conversation.ask(question, [p.text for p in turn.passages], settings=generation)
+                    asked = conversation.ask(question, turn.texts, settings=generation)
                 else:
                     asked = conversation.ask(turn.text, settings=generation)
                 for piece in asked:

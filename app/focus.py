@@ -10,6 +10,8 @@ recomputed in full for the specific). The strategy is a setting (:mod:`homer.foc
   "what is this book about", "how does it end", and :data:`AUTO_SPECIFIC` for any other),
   ``cache+passages``, ``passages`` or ``cache``; ``ask(..., focus=...)`` overrides it;
 * ``HOMER_FOCUS_PASSAGES`` — passages per question (3);
+* ``HOMER_FOCUS_WORDS`` — words of each passage the model reads, its best window for the
+  question (80; 0 reads whole passages);
 * ``HOMER_NOT_FOUND`` — ``1`` (default): a question the passages hold too little of
   (:mod:`homer.grounding`) is answered "I could not find this in the document." without
   running the model; ``0`` lets the model answer from whatever was retrieved.
@@ -30,14 +32,18 @@ import time
 from dataclasses import dataclass, field
 
 from homer import grounding
-from homer.focus import (DEFAULT_PASSAGES, FOCUS_CHOICES, FocusStrategy, PassageConversation, cache_room, fit_passages,
-                         route, strategy)
+from homer.grounding import NOT_FOUND
+from homer.focus import (DEFAULT_PASSAGES, FOCUS_CHOICES, FocusStrategy, PassageConversation, cache_room, excerpt,
+                         fit_passages, route, strategy)
 from storage import passages as index
 
 log = logging.getLogger(__name__)
-__all__ = ["PassageConversation", "focus_mode", "plan_turn", "index_document", "with_passage_sources"]
+__all__ = ["NOT_FOUND", "PassageConversation", "focus_mode", "plan_turn", "index_document", "with_passage_sources"]
 
 DEFAULT_FOCUS = "auto"
+# Each passage is read as its best window of this many words (HOMER_FOCUS_WORDS); measured on
+# the book set (README): as many right answers as whole passages with a quarter fewer tokens.
+DEFAULT_EXCERPT_WORDS = 80
 # What "auto" uses for a specific question: on the book set (README, benchmarks/focus.py) the
 # passages alone answered at least as many factual questions as the cache with the passages
 # and reached the first token in about half the time; the cache alone answered almost none.
@@ -59,6 +65,27 @@ def focus_mode(requested: str | None = None, question: str = "") -> FocusStrateg
 
 def passages_per_question() -> int:
     return max(1, int(os.environ.get("HOMER_FOCUS_PASSAGES", str(DEFAULT_PASSAGES))))
+
+
+def excerpt_words() -> int:
+    """Words of each passage the model reads (``HOMER_FOCUS_WORDS``; 0: the whole passage):
+    the passage's best window for the question (:func:`homer.focus.excerpt`)."""
+    return max(0, int(os.environ.get("HOMER_FOCUS_WORDS", str(DEFAULT_EXCERPT_WORDS))))
+
+
+def fed_text(passage, question: str) -> str:
+    """What the model reads of a retrieved passage for ``question``."""
+    return excerpt(passage.text, question, excerpt_words())
+
+
+def covered(store, document_id: str, question: str, texts) -> float:
+    """How much of ``question`` the best of ``texts`` (passages of ``document_id``) holds,
+    by the document's own word frequencies (:func:`homer.grounding.coverage`)."""
+    return grounding.coverage(question, list(texts), *frequencies(store, document_id))
+
+
+def not_found_enabled() -> bool:
+    return os.environ.get("HOMER_NOT_FOUND", "1").strip() != "0"
 
 
 def index_document(store, document_id: str) -> bool:
@@ -90,15 +117,17 @@ class FocusedTurn:
     seconds: float = 0.0
     index_built: bool = False
     coverage: float | None = None  # how much of the question the best passage holds (homer.grounding)
+    texts: list = field(default_factory=list)  # what the model reads of each passage (fed_text)
 
     @property
     def not_found(self) -> bool:
         """Whether the turn is answered :data:`homer.grounding.NOT_FOUND` without the model:
-        its strategy reads passages, and none holds enough of the question (or none matched).
+        its strategy reads passages, and none holds enough of the question (none matched, for a
+        question with a content word; "And then?" has none and goes on to the model).
         Off with ``HOMER_NOT_FOUND=0``."""
-        if not self.strategy.uses_passages or os.environ.get("HOMER_NOT_FOUND", "1").strip() == "0":
+        if not self.strategy.uses_passages or not not_found_enabled():
             return False
-        return not self.passages or (self.coverage is not None and self.coverage < grounding.MIN_COVERAGE)
+        return self.coverage is not None and self.coverage < grounding.MIN_COVERAGE
 
     def stats(self) -> dict:
         out = {"focus": self.strategy.name}
@@ -120,13 +149,13 @@ def plan_turn(store, document_id: str, question: str, focus: FocusStrategy, toke
     started = time.perf_counter()
     turn.index_built = index_document(store, document_id)
     found = index.search(store.db, document_id, question, passages_per_question())
+    texts = [fed_text(p, question) for p in found]
     if focus.uses_cache and found and cache is not None:
-        kept = fit_passages(tokenizer, [p.text for p in found], cache_room(cache, model, max_new_tokens), question)
-        found = found[: len(kept)]
-    turn.passages = found
-    turn.text = focus.turn_text(question, [p.text for p in found])
-    if found:
-        turn.coverage = grounding.coverage(question, [p.text for p in found], *frequencies(store, document_id))
+        texts = fit_passages(tokenizer, texts, cache_room(cache, model, max_new_tokens), question)
+        found = found[: len(texts)]
+    turn.passages, turn.texts = found, texts
+    turn.text = focus.turn_text(question, texts)
+    turn.coverage = covered(store, document_id, question, [p.text for p in found])
     turn.seconds = time.perf_counter() - started
     return turn
 

@@ -38,6 +38,7 @@ import time
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
+from homer import grounding
 from homer.focus import PassageConversation, whole_document
 from homer.generation import ConversationFullError, GenerationSettings
 from storage import passages as index
@@ -73,10 +74,11 @@ class SourcedPassage:
         where = f", p. {self.passage.page}" if self.pages > 1 else ""
         return f"{self.name}{where}: “{self.passage.quote(query=self.quote_words or question)}”"
 
-    def text(self) -> str:
-        """The passage as the model reads it: which document (and page) it comes from, then its text."""
+    def text(self, question: str = "") -> str:
+        """The passage as the model reads it: which document (and page) it comes from, then its
+        text (its best window for ``question``, :func:`app.focus.fed_text`)."""
         where = f", p. {self.passage.page}" if self.pages > 1 else ""
-        return f"From {self.name}{where}: {self.passage.text}"
+        return f"From {self.name}{where}: {focusing.fed_text(self.passage, question)}"
 
     def to_dict(self) -> dict:
         p = self.passage
@@ -322,9 +324,21 @@ class SeveralDocuments:
             }
             if deep_read:
                 stats["deep_read_unavailable"] = "deep read unavailable: it re-reads one document"
+            if focusing.not_found_enabled():  # homer.grounding: each passage against its own document's words
+                cover = max((focusing.covered(self.service.store, s.document_id, question, [s.passage.text])
+                             for s in found), default=0.0)
+                stats.update(coverage=round(cover, 3), not_found=cover < grounding.MIN_COVERAGE)
+                if stats["not_found"]:
+                    stats.update(time_to_first_token=round(time.perf_counter() - started, 4), new_tokens=0,
+                                 seconds=round(time.perf_counter() - started, 4))
+                    chat.turns.append((question, focusing.NOT_FOUND))
+                    chat.messages += [{"role": "user", "content": question},
+                                      {"role": "assistant", "content": focusing.NOT_FOUND}]
+                    yield focusing.NOT_FOUND, stats
+                    return
             answer, first = "", None
             try:
-                for piece in conversation.ask(question, [s.text() for s in found], settings=generation):
+                for piece in conversation.ask(question, [s.text(question) for s in found], settings=generation):
                     if first is None:
                         first = time.perf_counter() - started
                         stats["time_to_first_token"] = round(first, 4)
@@ -355,7 +369,7 @@ class SeveralDocuments:
         turns are dropped before passages, as the conversation does), so the sources listed
         are the passages the model read."""
         kept = list(found)
-        while len(kept) > 1 and (len(conversation.prompt_ids(question, [s.text() for s in kept]))
+        while len(kept) > 1 and (len(conversation.prompt_ids(question, [s.text(question) for s in kept]))
                                  + max_new_tokens > conversation.window):
             kept.pop()
         return kept

@@ -190,8 +190,9 @@ def main(argv=None) -> int:
     parser.add_argument("--arms", default=",".join(ARMS))
     parser.add_argument("--k", type=int, default=3, help="passages retrieved per question")
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--excerpt-words", type=int, default=0,
-                        help="feed each passage's best window of N words (homer.focus.excerpt); 0: whole passages")
+    parser.add_argument("--excerpt-words", type=int, default=None,
+                        help="feed each passage's best window of N words (homer.focus.excerpt); 0: whole "
+                             "passages; default: the app's")
     parser.add_argument("--whole-max-new-tokens", type=int, default=64)
     parser.add_argument("--limit", type=int, default=0, help="only the first N questions of each set")
     parser.add_argument("--resume", action="store_true", help="keep the answers already in the .jsonl")
@@ -215,6 +216,10 @@ def main(argv=None) -> int:
     from storage import passages as passage_index
     from storage.store import Store
 
+    from app.focus import DEFAULT_EXCERPT_WORDS
+
+    if args.excerpt_words is None:
+        args.excerpt_words = DEFAULT_EXCERPT_WORDS
     arms = [a for a in args.arms.split(",") if a]
     output = Path(args.output)
     jsonl = output.with_suffix(".jsonl")

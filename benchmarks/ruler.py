@@ -296,17 +296,18 @@ def declined(answer: str) -> bool:
     return bool(DECLINED.search(answer or ""))
 
 
-def answer(arm: str, q: Question, model, tokenizer, cache, retrieve, k: int, frequencies=None) -> dict:
+def answer(arm: str, q: Question, model, tokenizer, cache, retrieve, k: int, frequencies=None,
+           excerpt_words: int = 0) -> dict:
     """One answer: the question asked under ``arm`` after the haystack was read."""
     from homer import grounding
-    from homer.focus import PassageConversation, cache_room, fit_passages, strategy
+    from homer.focus import PassageConversation, cache_room, excerpt, fit_passages, strategy
     from homer.generation import Conversation, GenerationSettings
 
     settings = GenerationSettings(max_new_tokens=MAX_NEW_TOKENS[q.task])
     conversation = Conversation(cache, model, tokenizer) if strategy(arm).uses_cache else None
     started = time.perf_counter()
     found = retrieve(q.question, k) if strategy(arm).uses_passages else []
-    texts = [p.text for p in found]
+    texts = [excerpt(p.text, q.question, excerpt_words) for p in found]  # as the app feeds them
     if conversation is not None:
         texts = texts and fit_passages(tokenizer, texts, cache_room(cache, model, settings.max_new_tokens), q.question)
         stream = conversation.ask(strategy(arm).turn_text(q.question, texts), settings=settings)
@@ -409,6 +410,8 @@ def main(argv=None) -> int:
     parser.add_argument("--split", choices=("eval", "dev"), default="eval")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--k", type=int, default=3, help="passages retrieved per question")
+    parser.add_argument("--excerpt-words", type=int, default=None,
+                        help="words of each passage read (homer.focus.excerpt); default: the app's")
     parser.add_argument("--output", default=str(RESULTS / "ruler.json"))
     parser.add_argument("--model", help="a model id or folder (default: the embedded model)")
     parser.add_argument("--resume", action="store_true")
@@ -437,8 +440,12 @@ def main(argv=None) -> int:
     from storage import passages as passage_index
     from storage.store import Store
 
+    from app.focus import DEFAULT_EXCERPT_WORDS
+
+    words = DEFAULT_EXCERPT_WORDS if args.excerpt_words is None else args.excerpt_words
     model, tokenizer = load_model(args.model)
-    meta = {"benchmark": "ruler document-first", "model": getattr(model, "homer_name", "embedded"),
+    meta = {"excerpt_words": words, "benchmark": "ruler document-first",
+            "model": getattr(model, "homer_name", "embedded"),
             "split": args.split, "seed": args.seed, "k": args.k, "questions_per_task": args.questions,
             "threads": torch.get_num_threads(), "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
             "decoding": "greedy", "retriever": getattr(passage_index, "default_method", lambda: "bm25")(),
@@ -472,7 +479,7 @@ def main(argv=None) -> int:
             stats = grounding.document_frequencies(p.text for p in passage_index.passages(store.db, doc_id))
 
             for arm, q in todo:
-                result = answer(arm, q, model, tokenizer, cache, retrieve, args.k, lambda _s=stats: _s)
+                result = answer(arm, q, model, tokenizer, cache, retrieve, args.k, lambda _s=stats: _s, words)
                 row = {"length": length, "haystack": stack.index, "tokens": stack.tokens, "arm": arm,
                        "task": q.task, "qid": q.qid, "question": q.question, "refs": q.answers,
                        "score": score(q.task, result["answer"], q.answers), **result,

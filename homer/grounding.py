@@ -37,6 +37,7 @@ than then there their they them he she his her him i you we our your my me us sh
 would can could may might must has have had any some all each every about after before between
 during over under up down out off so such very also only just more most other same own if
 named called name many much one mentioned provided text document book say said tell according
+paper report article chapter section page pages author authors pdf passage excerpt story file
 """.split())
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -71,6 +72,8 @@ def coverage(question: str, passages: Sequence[str], df: Mapping[str, int], tota
     words = content_words(question)
     if not words:
         return 1.0
+    if not passages:
+        return 0.0
     idf = {w: math.log((total + 1) / (df.get(w, 0) + 0.5)) for w in words}
     weight = sum(idf.values())
     if weight <= 0:
@@ -84,5 +87,6 @@ def coverage(question: str, passages: Sequence[str], df: Mapping[str, int], tota
 
 def found(question: str, passages: Sequence[str], df: Mapping[str, int], total: int,
           minimum: float = MIN_COVERAGE) -> bool:
-    """Whether the passages hold enough of the question to answer from them."""
-    return bool(passages) and coverage(question, passages, df, total) >= minimum
+    """Whether the passages hold enough of the question to answer from them (a question
+    without a content word, "And then?", always: it is about the conversation)."""
+    return coverage(question, passages, df, total) >= minimum

@@ -67,6 +67,7 @@ def test_two_questions_reuse_the_loaded_cache(service, tiny, monkeypatch):
 
 def test_an_evicted_conversation_re_appends_its_turns(service, tiny, monkeypatch):
     monkeypatch.setenv("HOMER_MAX_CONVERSATIONS", "1")
+    monkeypatch.setenv("HOMER_FOCUS", "cache")  # the cache's conversation (random-weight model, made-up questions)
     a, _ = add_ready(service.store, tiny, story(30, "a").encode(), "a.txt")
     b, _ = add_ready(service.store, tiny, story(30, "b").encode(), "b.txt")
     settings = GenerationSettings(max_new_tokens=3)
@@ -197,7 +198,8 @@ def test_inspector_density_and_tree(tmp_path, tiny):
     tree_figure(shape)
 
 
-def test_a_long_chat_leaves_out_its_oldest_turns_and_an_overlong_question_is_refused(service, tiny):
+def test_a_long_chat_leaves_out_its_oldest_turns_and_an_overlong_question_is_refused(service, tiny, monkeypatch):
+    monkeypatch.setenv("HOMER_FOCUS", "cache")  # the cache's conversation filling the window
     doc, _ = add_ready(service.store, tiny, story(40).encode(), "ada.txt")
     settings = GenerationSettings(max_new_tokens=40)
     last = {}

@@ -257,3 +257,24 @@ def test_the_worker_indexes_a_document_before_its_build(tmp_path, monkeypatch):
     assert seen == ["indexing the passages for focused answers"] and index.is_indexed(store.db, doc["id"])
     index_after_ingest(store, doc["id"], seen.append)
     assert len(seen) == 1  # already indexed: nothing to show
+
+
+def test_a_question_the_document_does_not_hold_is_answered_not_found(tmp_path, tiny, monkeypatch):
+    from homer.grounding import NOT_FOUND
+
+    model, tokenizer = tiny
+    fingerprint = model_fingerprint(model)
+    service = ChatService(Store(tmp_path / "store"), loader=lambda name: (model, tokenizer, fingerprint))
+    doc = add_to_store(service.store, ingest_bytes(doc_text(16, rare_at=11).encode(), "light.txt", tokenizer))
+    cache = build_document_cache(model, tokenizer, service.store.document_text(doc["id"]), FAST,
+                                 metadata={"document_id": doc["id"]})
+    service.store.save_cache(doc["id"], cache)
+    settings = GenerationSettings(max_new_tokens=4)
+    *_, (shown, stats) = service.ask("s", doc["id"], "Which physicist discovered the positron?", "tiny", settings)
+    assert shown == NOT_FOUND and stats["not_found"] and stats["new_tokens"] == 0 and stats["coverage"] < 0.3
+    assert service.history("s", doc["id"])[-1]["content"] == NOT_FOUND  # kept like any answer
+    *_, (shown, stats) = service.ask("s", doc["id"], "Where was the zyzzogeton?", "tiny", settings)
+    assert shown != NOT_FOUND and not stats["not_found"] and stats["new_tokens"] > 0
+    monkeypatch.setenv("HOMER_NOT_FOUND", "0")
+    *_, (shown, stats) = service.ask("s", doc["id"], "Which physicist discovered the positron?", "tiny", settings)
+    assert shown != NOT_FOUND and stats["new_tokens"] > 0  # turned off: the model answers from what was found

@@ -23,6 +23,7 @@ def test_a_question_the_passages_hold_is_covered_and_one_they_do_not_is_not():
     assert grounding.found("How old was Methuselah when he died?", PASSAGES[:1], df, total)
     assert not grounding.found("Which physicist discovered the positron in 1932?", PASSAGES[2:], df, total)
     assert not grounding.found("How old was Methuselah?", [], df, total)  # nothing retrieved
+    assert grounding.found("And then?", [], df, total)  # about the conversation: nothing to check
 
 
 def test_rare_words_weigh_more_than_common_ones():
