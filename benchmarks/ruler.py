@@ -64,11 +64,13 @@ UNANSWERABLE = ("qa_1_unanswerable", ABSENT)
 EVIDENCE = {"qa_1": 190, "qa_2": 300, "niah_single": 25, "niah_multivalue": 100, "qa_1_unanswerable": 190}
 EVIDENCE_SHARE = 0.45  # at most this share of a haystack is evidence; the rest is distractors
 # RULER generates 32 tokens for QA and 128 for NIAH after an answer prefix in the prompt; the app
-# asks the bare question and the model restates it before answering, so a little more room.
-MAX_NEW_TOKENS = {"qa_1": 48, "qa_2": 48, "niah_single": 64, "niah_multivalue": 96, "qa_1_unanswerable": 48,
-                  ABSENT: 48}
-DEFAULT_CELLS = ("4000:cache", "32000:passages", "128000:passages", "32000:cache,cache+passages",
-                 "16000:passages", "64000:passages", "4000:passages", "128000:cache,cache+passages")
+# asks the bare question and the model restates it before a number, so NIAH gets 48 (80 for four).
+MAX_NEW_TOKENS = {"qa_1": 32, "qa_2": 32, "niah_single": 48, "niah_multivalue": 80, "qa_1_unanswerable": 32,
+                  ABSENT: 32}
+# LENGTH:ARMS[:TASKS], in run order (the cells of the bar first).
+DEFAULT_CELLS = ("32000:passages", "128000:passages:qa_1,qa_2,niah_single,niah_multivalue,qa_absent",
+                 "4000:cache:qa_1,qa_2,niah_single,niah_multivalue", "32000:cache", "32000:cache+passages",
+                 "16000:passages", "64000:passages", "128000:cache,cache+passages")
 NEEDLE = "One of the special magic numbers for {key} is: {value}."
 SQUAD_EVAL_FROM, HOTPOT_EVAL_FROM = 10, 1000
 # A reply that says the text does not hold the answer (the app's own phrase first).
@@ -405,7 +407,8 @@ def add_coverage(rows: list[dict], args, meta: dict) -> None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cells", nargs="+", default=list(DEFAULT_CELLS), help="LENGTH:ARM[,ARM] in run order")
+    parser.add_argument("--cells", nargs="+", default=list(DEFAULT_CELLS),
+                        help="LENGTH:ARM[,ARM][:TASK[,TASK]] in run order")
     parser.add_argument("--questions", type=int, default=50, help="questions per task and length")
     parser.add_argument("--split", choices=("eval", "dev"), default="eval")
     parser.add_argument("--seed", type=int, default=0)
@@ -454,10 +457,12 @@ def main(argv=None) -> int:
     store = Store(tempfile.mkdtemp(prefix="ruler-bench-"))
     seen_cells: set = set()
     for cell in args.cells:
-        length = int(cell.split(":")[0])
-        arms = [a for a in cell.split(":")[1].split(",")]
+        parts = cell.split(":")
+        length, arms = int(parts[0]), parts[1].split(",")
+        tasks = set(parts[2].split(",")) if len(parts) > 2 else {*TASKS, ABSENT}
         for stack in haystacks(tokenizer, length, args.questions, args.split, args.seed):
-            todo = [(arm, q) for arm in arms for q in stack.questions if (length, arm, q.qid) not in done]
+            todo = [(arm, q) for arm in arms for q in stack.questions
+                    if (length, arm, q.qid) not in done and q.task in tasks]
             meta["haystacks"].setdefault(str(length), {})[str(stack.index)] = {
                 "tokens": stack.tokens, "questions": len(stack.questions)}
             if not todo:
