@@ -36,7 +36,7 @@ from . import db as dbmod
 from .errors import CacheCorrupt, CacheExists, StoreError
 from .ids import check_cache_key, check_document_id, check_upload_name, inside, is_cache_key, is_document_id, is_link, remove_file, remove_tree
 
-LEAF_STATES_FORMAT = "homer-leaf-states"  # homer.deep_read.FORMAT
+LEAF_STATES_FORMAT = "homer-leaf-states"  # homer.leaf_states.FORMAT
 from .files import fsync_dir, host_name, install_file, owner_alive, owner_token, sha256_file, write_bytes_atomic
 from .jobs import Jobs
 from .locks import Locks
