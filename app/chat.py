@@ -19,7 +19,9 @@ question is answered from the stored cache and the turn stats say why deep read 
 
 Under an answer about a document of several pages, a line "Sources: p. 12, p. 47" names the
 pages the answer was read from (:mod:`homer.citations`: the answer's attention over the stored
-cache's kept tokens, mapped to pages; ``HOMER_CITATIONS=0`` turns it off).
+cache's kept tokens, mapped to pages; ``HOMER_CITATIONS=0`` turns it off). A focused answer
+lists the passages it was read from instead, in retrieval order, or with
+``HOMER_SOURCE_ORDER=attention`` by what the answer attended to (:func:`app.focus.ranked_sources`).
 """
 
 from __future__ import annotations
@@ -243,7 +245,9 @@ class ChatService:
 
         ``focus`` (:mod:`app.focus`; default ``HOMER_FOCUS``, else ``auto``): the question's
         passages are retrieved and read again in its turn; the stats then hold
-        focus, passages and retrieval_seconds, and the answer lists them as its sources.
+        focus, passages and retrieval_seconds, and the answer lists them as its sources
+        (source_order; ``HOMER_SOURCE_ORDER=attention`` lists a passages-only answer's sources
+        by its attention, after it has streamed: source_scores and citation_seconds).
         ``passages`` answers from them in a fresh window without the cache, ``cache`` from
         the cache alone."""
         question = (question or "").strip()
@@ -341,9 +345,11 @@ class ChatService:
                 shown = answer
                 if turn.passages and citations_enabled():  # HOMER_CITATIONS=0 turns every sources line off
                     pages = len(self.store.page_starts(document_id))
-                    shown = focusing.with_passage_sources(answer, turn.passages, pages, question)
-                    stats.update(sources=focusing.sources_label(turn.passages, 2, question),
-                                 citation_seconds=round(turn.seconds, 4))
+                    sources, ranking = focusing.ranked_sources(turn, answer, conversation if answer_cache is None
+                                                               else None, model, tokenizer)  # HOMER_SOURCE_ORDER
+                    shown = focusing.with_passage_sources(answer, sources, pages, question)
+                    stats.update(sources=focusing.sources_label(sources, 2, question),
+                                 citation_seconds=round(turn.seconds, 4), **ranking)
             else:
                 label = self._cite(stats, document_id, answer_cache, model, tokenizer, conversation.prompt, earlier,
                                    question, answer)
@@ -431,6 +437,14 @@ def describe_turn(stats: dict) -> str:
         line += f" · {len(stats['passages'])} passages read again for this question ({stats['focus']})"
     if stats.get("sources"):
         line += f" · sources found in {stats['citation_seconds']:.2f} s"
+    return line + turn_line_notes(stats)
+
+
+def turn_line_notes(stats: dict) -> str:
+    """The end of a turn line: the not-found check, turns left out, deep read unavailable."""
+    line = ""
+    if stats.get("not_found"):
+        line += " · the passages found hold too little of the question: not answered from them"
     if stats.get("forgotten_turns"):
         n = stats["forgotten_turns"]
         line += f" · the {n} oldest turn{'s' if n > 1 else ''} left out to stay inside the model's window"

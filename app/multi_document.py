@@ -45,7 +45,7 @@ from storage import passages as index
 
 from . import focus as focusing
 from . import library
-from .chat import ChatError, ChatSession, citations_enabled, describe_turn
+from .chat import ChatError, ChatSession, citations_enabled, describe_turn, turn_line_notes
 
 WHOLE_LIBRARY = "*"  # a selection item: every ready document of the user's library
 WHOLE_LIBRARY_LABEL = "Whole library"
@@ -180,12 +180,7 @@ def describe(stats: dict) -> str:
             f"{stats.get('tokens_per_second', 0):.1f} tokens/s · {len(stats.get('passages', []))} passages from "
             f"{len(documents)} documents ({names}) read for this question, no cache · "
             f"{stats.get('appended_tokens', 0)} prompt tokens")
-    if stats.get("forgotten_turns"):
-        n = stats["forgotten_turns"]
-        line += f" · the {n} oldest turn{'s' if n > 1 else ''} left out to stay inside the model's window"
-    if stats.get("deep_read_unavailable"):
-        line += f" · {stats['deep_read_unavailable']}"
-    return line
+    return line + turn_line_notes(stats)
 
 
 class SeveralDocuments:
