@@ -10,7 +10,7 @@ import torch
 
 from .spans import SPAN_CHOICES
 
-SIGNIFICANCE_CHOICES = ("calibrated", "uncalibrated", "random")
+SIGNIFICANCE_CHOICES = ("calibrated", "uncalibrated", "random", "reconstruction")
 CACHE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
@@ -28,8 +28,12 @@ def model_window(model_config) -> int:
 class HomerConfig:
     """What the user may set. ``None`` means "derive from the model" (see :meth:`resolve`).
 
-    significance: "calibrated" (the paper's, §4), "uncalibrated" (raw logits) or "random"
-    (ablation). pool_width: max-pool scores over that many neighbouring tokens before
+    significance: "calibrated" (the paper's, §4), "uncalibrated" (raw logits), "random"
+    (ablation) or "reconstruction" (KVzip, arXiv 2505.23416: the attention a teacher-forced
+    copy of each leaf chunk pays a token, scored in the leaf stage and carried up the tree,
+    see :mod:`homer.reconstruction`). reconstruction_layers: that score is read at the last
+    this many leaf layers (those ending at the first prune), max over them; only that
+    strategy reads it. pool_width: max-pool scores over that many neighbouring tokens before
     choosing what to drop (0 = the paper's token-level pruning). span: the pruning unit,
     "token" (the paper's), "word" or "sentence" (whole units kept, see :mod:`homer.spans`).
     query_rows: score with the queries of the last r suffix tokens, each token's best over
@@ -50,6 +54,7 @@ class HomerConfig:
     query_rows: int = 24
     bias_smoothing: float = 0.0
     score_layers: int = 4
+    reconstruction_layers: int = 4
     cache_dtype: str = "float16"
     seed: int = 0
     bias: torch.Tensor | None = field(default=None, repr=False, compare=False)
@@ -69,6 +74,8 @@ class HomerConfig:
             raise ValueError("query_rows must be >= 1")
         if self.score_layers < 1:
             raise ValueError("score_layers must be >= 1")
+        if self.reconstruction_layers < 1:
+            raise ValueError("reconstruction_layers must be >= 1")
         if self.bias_smoothing < 0:
             raise ValueError("bias_smoothing must be >= 0")
         if self.pool_width < 0:
@@ -101,6 +108,8 @@ class HomerConfig:
         for name, off in (("bias_smoothing", 0.0), ("score_layers", 1)):
             if data[name] == off:  # absent = off: caches built before the setting keep their key
                 data.pop(name)
+        if self.significance != "reconstruction":  # only that strategy reads it
+            data.pop("reconstruction_layers")
         data["custom_bias"] = self.bias is not None
         return data
 

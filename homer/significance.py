@@ -1,6 +1,8 @@
 """Token significance for pruning (method §4): the last token's attention logit, max over
 query heads, minus a calibration bias indexed by relative position. Each strategy is one
-small class with a ``score`` method, chosen by name in :class:`homer.HomerConfig`."""
+small class with a ``score`` method, chosen by name in :class:`homer.HomerConfig`; the
+question-agnostic "reconstruction" strategy (KVzip, arXiv 2505.23416) scores once in the
+leaf stage and lives in :mod:`homer.reconstruction`."""
 
 from __future__ import annotations
 
@@ -34,6 +36,9 @@ class Significance:
     its best over those rows (a question-agnostic variant, see ``HomerConfig.query_rows``)."""
 
     name = "base"
+    # True: the strategy scores every token once, in the leaf stage, and the tree carries
+    # the score up with the token (``leaf_scores``, see :mod:`homer.reconstruction`)
+    carries_scores = False
 
     def score(self, layer_idx: int, q_last: torch.Tensor, keys: torch.Tensor, positions: torch.Tensor,
               scaling: float, generator: torch.Generator | None) -> torch.Tensor:

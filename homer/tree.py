@@ -23,6 +23,7 @@ from .fingerprint import model_fingerprint
 from .layers import DecoderStack
 from .leaf_states import LeafStateRecording
 from .plan import ChunkPlan
+from .reconstruction import Reconstruction, model_repeat_prompt_ids
 from .significance import Calibrated, RandomScore, Significance, Uncalibrated, keep_indices
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,7 @@ class Node:
     sources: torch.Tensor  # [n] context index, −1 for affixes
     keys: list  # per layer run so far: [KV, n, d]
     values: list
+    carried: torch.Tensor | None = None  # [n] leaf-stage scores, for strategies that carry them
 
     def __len__(self) -> int:
         return int(self.positions.shape[0])
@@ -52,6 +54,8 @@ class Node:
         self.positions = self.positions.index_select(0, index)
         self.token_ids = self.token_ids.index_select(0, index)
         self.sources = self.sources.index_select(0, index)
+        if self.carried is not None:
+            self.carried = self.carried.index_select(0, index)
         self.keys = [k.index_select(1, device_index) for k in self.keys]
         self.values = [v.index_select(1, device_index) for v in self.values]
 
@@ -79,6 +83,7 @@ def merge_nodes(left: Node, right: Node, prefix_len: int, suffix_len: int) -> No
         positions=ids(left.positions, right.positions),
         token_ids=ids(left.token_ids, right.token_ids),
         sources=ids(left.sources, right.sources),
+        carried=None if left.carried is None or right.carried is None else ids(left.carried, right.carried),
         keys=[_merge_tensor(a, b, p, s, dim=1) for a, b in zip(left.keys, right.keys)],
         values=[_merge_tensor(a, b, p, s, dim=1) for a, b in zip(left.values, right.values)],
     )
@@ -91,6 +96,8 @@ def significance_for(config: HomerConfig, model, fingerprint: str) -> Significan
         return RandomScore()
     if config.significance == "uncalibrated":
         return Uncalibrated()
+    if config.significance == "reconstruction":
+        return Reconstruction(model_repeat_prompt_ids(model), config.reconstruction_layers)
     bias = config.bias
     if bias is None:
         from .calibration import find_bias
@@ -154,6 +161,8 @@ class _Builder:
             node.keys.append(k[0].to(self.kv_dtype))
             node.values.append(v[0].to(self.kv_dtype))
             node.hidden = hidden
+            if layer == layers[-1] and (self.plan.num_leaves > 1 or len(node) > target):
+                self.carry_scores(node)
             self.note_scores(node, layer, layers, q, k, target)
             if layer == layers[-1]:
                 self.before_prune(node, layers)
@@ -177,7 +186,7 @@ class _Builder:
         scores are used as they are; with several, each layer's context scores are
         standardised (z-scores) and :meth:`prune` averages them: a single layer's ranking is
         noisy (a needle at the 98th percentile in one layer can sit at the 30th in the next)."""
-        if len(node) <= target or layer not in layers[-self.score_layers:]:
+        if len(node) <= target or layer not in layers[-self.score_layers:] or self._carries(node):
             return
         scores = self.layer_scores(node, layer, q, k)
         if self.score_layers > 1:
@@ -186,9 +195,26 @@ class _Builder:
             scores = (scores - context.mean()) / context.std().clamp_min(1e-6)
         self._scores.append(scores)
 
+    def _carries(self, node: Node) -> bool:
+        """Whether the node is (or will be, being a leaf) scored by carried scores."""
+        return node.carried is not None or (self.scorer.carries_scores and len(node.keys) <= len(self.plan.layers_at(0)))
+
+    def carry_scores(self, node: Node) -> None:
+        """A leaf at its last layer, with a strategy that carries scores (KVzip's
+        reconstruction, :mod:`homer.reconstruction`): score its tokens once from the leaf
+        layers' K/V; the tree then carries them with the tokens, like the positions."""
+        if self.scorer.carries_scores and node.carried is None and len(node.keys) == len(self.plan.layers_at(0)):
+            node.carried = self.scorer.leaf_scores(self.stack, node.keys, node.values, node.positions,
+                                                   node.token_ids, self.plan.prefix_len, self.plan.suffix_len)
+
     def prune(self, node: Node, target: int) -> None:
-        """Keep ``target`` tokens: the best by the scores :meth:`note_scores` gathered in this block."""
-        scores = torch.stack(self._scores).mean(0) if len(self._scores) > 1 else self._scores[0]
+        """Keep ``target`` tokens: the best by the tokens' carried scores, if they have them,
+        else by the scores :meth:`note_scores` gathered in this block."""
+        self.carry_scores(node)  # a leaf of a builder that prunes without run_block (homer.deep_read)
+        if node.carried is not None:
+            scores = node.carried
+        else:
+            scores = torch.stack(self._scores).mean(0) if len(self._scores) > 1 else self._scores[0]
         self._scores = []
         p, s = self.plan.prefix_len, self.plan.suffix_len
         units = None if self.units is None else self.units[node.sources[p : len(node) - s]]
