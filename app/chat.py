@@ -349,7 +349,8 @@ class ChatService:
                                                                else None, model, tokenizer)  # HOMER_SOURCE_ORDER
                     shown = focusing.with_passage_sources(answer, sources, pages, question)
                     stats.update(sources=focusing.sources_label(sources, 2, question),
-                                 citation_seconds=round(turn.seconds, 4), **ranking)
+                                 citation_seconds=round(turn.seconds, 4))
+                    stats.update(ranking)  # source_order; by attention also source_scores, citation_seconds
             else:
                 label = self._cite(stats, document_id, answer_cache, model, tokenizer, conversation.prompt, earlier,
                                    question, answer)

@@ -14,7 +14,15 @@ recomputed in full for the specific). The strategy is a setting (:mod:`homer.foc
   question (80; 0 reads whole passages);
 * ``HOMER_NOT_FOUND`` — ``1`` (default): a question the passages hold too little of
   (:mod:`homer.grounding`) is answered "I could not find this in the document." without
-  running the model; ``0`` lets the model answer from whatever was retrieved.
+  running the model; ``0`` lets the model answer from whatever was retrieved;
+* ``HOMER_SOURCE_ORDER`` — how a passages-only answer lists its sources: ``retrieval``
+  (default: the search's order) or ``attention`` (the passage the answer attended to most
+  first, :mod:`homer.passage_citations`: one more forward of prompt + answer after the answer
+  has streamed, its seconds in ``citation_seconds``, the scores in ``source_scores``). On the
+  book set (``python -m benchmarks.passage_sources``) the first source was the evidence
+  passage for 39 of the 47 questions whose evidence was retrieved in retrieval order, 30 of 47
+  by attention (attention follows the answer, and a wrong answer was read from a wrong
+  passage), so retrieval order stays the default.
 
 The default comes from the measured book set (``python -m benchmarks.focus``, README).
 
@@ -38,7 +46,8 @@ from homer.focus import (DEFAULT_PASSAGES, FOCUS_CHOICES, FocusStrategy, Passage
 from storage import passages as index
 
 log = logging.getLogger(__name__)
-__all__ = ["NOT_FOUND", "PassageConversation", "focus_mode", "plan_turn", "index_document", "with_passage_sources"]
+__all__ = ["NOT_FOUND", "PassageConversation", "focus_mode", "plan_turn", "index_document", "ranked_sources",
+           "with_passage_sources"]
 
 DEFAULT_FOCUS = "auto"
 # Each passage is read as its best window of this many words (HOMER_FOCUS_WORDS); measured on
@@ -183,6 +192,47 @@ def sources_label(passages, pages: int, question: str = "") -> str:
         where = f"p. {p.page}: " if pages > 1 else ""
         lines.append(f"- {where}“{p.quote(query=question)}”")
     return "\n".join(lines)
+
+
+DEFAULT_SOURCE_ORDER = "retrieval"  # measured on the book set: see the module docstring
+SOURCE_ORDERS = ("retrieval", "attention")
+
+
+def source_order() -> str:
+    """How a focused answer's sources are listed (``HOMER_SOURCE_ORDER``): ``retrieval`` or
+    ``attention``; an unknown value is the default."""
+    name = (os.environ.get("HOMER_SOURCE_ORDER") or DEFAULT_SOURCE_ORDER).strip().lower()
+    if name not in SOURCE_ORDERS:
+        log.warning("HOMER_SOURCE_ORDER must be one of %s, not %r: %s order used", ", ".join(SOURCE_ORDERS), name,
+                    DEFAULT_SOURCE_ORDER)
+        return DEFAULT_SOURCE_ORDER
+    return name
+
+
+def ranked_sources(turn: FocusedTurn, answer: str, conversation=None, model=None, tokenizer=None) -> tuple[list, dict]:
+    """``(passages in the order they are listed, stats)`` for a focused answer. In retrieval
+    order unless ``HOMER_SOURCE_ORDER=attention`` and the answer was read from the passages
+    alone by ``conversation`` (a :class:`homer.focus.PassageConversation`, after its answer):
+    then best first by the peak attention of the answer's queries over each passage
+    (:func:`homer.passage_citations.cite_passages`, one forward of prompt + answer), with
+    ``source_scores`` (seq, page, score; None for a passage left out to fit the window) and
+    ``citation_seconds``."""
+    passages = list(turn.passages)
+    if source_order() != "attention" or conversation is None or not passages or not answer.strip():
+        return passages, {"source_order": "retrieval"}
+    from homer.passage_citations import cite_passages, last_turn_prompt
+
+    rebuilt = last_turn_prompt(conversation, turn.question, turn.texts)
+    if rebuilt is None:  # not the turn that was asked: nothing to read the attention of
+        return passages, {"source_order": "retrieval"}
+    prompt_ids, read = rebuilt
+    cited = cite_passages(model, tokenizer, prompt_ids, answer, read)
+    order = cited.order() + list(range(len(read), len(passages)))  # passages not read come last
+    scores = [cited.scores[i] if i < len(read) else None for i in order]
+    return [passages[i] for i in order], {
+        "source_order": "attention", "citation_seconds": round(cited.seconds, 4),
+        "source_scores": [{"seq": passages[i].seq, "page": passages[i].page,
+                           "score": None if score is None else round(score, 4)} for i, score in zip(order, scores)]}
 
 
 def with_passage_sources(answer: str, passages, pages: int, question: str = "") -> str:

@@ -31,6 +31,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 
 from .cache import HomerCache
 from .layers import DecoderStack, apply_rope
@@ -120,25 +121,35 @@ def attention_to_cache(model, cache: HomerCache, new_ids: list[int], query_start
 
 
 @torch.no_grad()
-def attention_rows(stack: DecoderStack, cache: HomerCache, new_ids: list[int], query_start: int, last_layer: int):
+def attention_rows(stack: DecoderStack, cache: HomerCache | None, new_ids: list[int], query_start: int,
+                   last_layer: int, own_keys: bool = False):
     """Run ``new_ids`` after the cache through layers 0..``last_layer`` and yield, per layer,
     ``(layer, probs, hidden)``: the softmax weights of the queries ``new_ids[query_start:]``
     on the cached keys only, [H, queries, len(cache)] in float32, and the layer's output
-    hidden states. The stored tensors are only read."""
-    n, t = len(new_ids), len(cache)
+    hidden states. The stored tensors are only read.
+
+    ``cache=None`` reads a plain prompt: nothing is cached, ``new_ids`` are the whole sequence
+    from position 0. With ``own_keys`` the weights over the new tokens' keys come too:
+    [H, queries, len(cache) + len(new_ids)] (the cached keys first). Only the rows of the
+    queries read are materialised; the rows before ``query_start`` (a long prompt) are
+    computed by the fused kernel, so memory grows with the queries read, not the prompt²."""
+    n, t = len(new_ids), (len(cache) if cache is not None else 0)
     if n == 0 or not 0 <= query_start < n:
         raise ValueError("need at least one query token after query_start")
     device, dtype = stack.device, stack.dtype
     ids = torch.tensor(new_ids, dtype=torch.long)
-    positions = torch.arange(cache.next_position, cache.next_position + n)
+    start = cache.next_position if cache is not None else 0
+    positions = torch.arange(start, start + n)
     hidden = stack.embed(ids)
     cos, sin = stack.rope(hidden, positions)
     heads, kv_heads, d = stack.num_heads, stack.num_kv_heads, stack.head_dim
     groups = heads // kv_heads
+    rows = n - query_start
     # causal over the new tokens, everything cached visible
     visible = torch.ones(n, t + n, dtype=torch.bool, device=device)
     visible[:, t:] = torch.ones(n, n, dtype=torch.bool, device=device).tril()
-    mask = torch.zeros(n, t + n, dtype=torch.float32, device=device).masked_fill(~visible, float("-inf"))
+    mask = torch.zeros(rows, t + n, dtype=torch.float32, device=device).masked_fill(~visible[query_start:],
+                                                                                     float("-inf"))
     for layer_idx in range(last_layer + 1):
         layer = stack.layers[layer_idx]
         attn = layer.self_attn
@@ -150,15 +161,45 @@ def attention_rows(stack: DecoderStack, cache: HomerCache, new_ids: list[int], q
             q, k = attn.q_norm(q), attn.k_norm(k)
         q = apply_rope(q.transpose(1, 2), cos, sin)  # [1, H, n, d]
         k = apply_rope(k.transpose(1, 2), cos, sin)  # [1, KV, n, d]
-        keys = torch.cat([cache.keys[layer_idx].to(device=device, dtype=dtype).unsqueeze(0), k], dim=2)
-        values = torch.cat([cache.values[layer_idx].to(device=device, dtype=dtype).unsqueeze(0), v], dim=2)
-        qg = q.view(kv_heads, groups, n, d).float()  # query head h uses kv head h // groups (GQA)
+        if cache is not None:
+            keys = torch.cat([cache.keys[layer_idx].to(device=device, dtype=dtype).unsqueeze(0), k], dim=2)
+            values = torch.cat([cache.values[layer_idx].to(device=device, dtype=dtype).unsqueeze(0), v], dim=2)
+        else:
+            keys, values = k, v
+        # the rows read: explicit softmax weights (query head h uses kv head h // groups, GQA)
+        qg = q[:, :, query_start:].reshape(kv_heads, groups, rows, d).float()
         scores = torch.einsum("kgnd,ksd->kgns", qg, keys[0].float()) * stack.scaling + mask
-        probs = torch.softmax(scores, dim=-1)  # [KV, G, n, t + n]
-        out = torch.einsum("kgns,ksd->kgnd", probs.to(values.dtype), values[0]).reshape(1, heads, n, d)
+        probs = torch.softmax(scores, dim=-1)  # [KV, G, rows, t + n]
+        out = torch.einsum("kgns,ksd->kgnd", probs.to(values.dtype), values[0]).reshape(1, heads, rows, d)
+        if query_start:  # the rows before: the same attention, without keeping the weights
+            seen = t + query_start  # the keys those rows can see
+            early = F.scaled_dot_product_attention(
+                q[:, :, :query_start], keys[:, :, :seen].repeat_interleave(groups, dim=1),
+                values[:, :, :seen].repeat_interleave(groups, dim=1),
+                attn_mask=None if t == 0 else visible[:query_start, :seen], is_causal=t == 0, scale=stack.scaling)
+            out = torch.cat([early, out], dim=2)
         out = attn.o_proj(out.transpose(1, 2).reshape(1, n, -1))
         hidden = stack.mlp_half(layer_idx, hidden + out)
-        yield layer_idx, probs.reshape(heads, n, t + n)[:, query_start:, :t], hidden
+        weights = probs.reshape(heads, rows, t + n)
+        yield layer_idx, (weights if own_keys else weights[:, :, :t]), hidden
+
+
+@torch.no_grad()
+def attention_to_prompt(model, ids: list[int], query_start: int, layers: list[int] | None = None,
+                        stack: DecoderStack | None = None) -> torch.Tensor:
+    """:func:`attention_to_cache` for a plain prompt (nothing cached, ``ids`` from position
+    0): the peak weight — over heads, the queries ``ids[query_start:]`` and ``layers``
+    (default: the lower half) — that each token of ``ids`` receives, [len(ids)]. A token
+    after a query is masked for it (weight 0)."""
+    stack = stack or DecoderStack(model)
+    layers = sorted(set(default_layers(stack.num_layers) if layers is None else layers))
+    if not layers or layers[0] < 0 or layers[-1] >= stack.num_layers:
+        raise ValueError(f"layers must be within 0..{stack.num_layers - 1}")
+    peak = torch.zeros(len(ids), dtype=torch.float32)
+    for layer_idx, probs, _ in attention_rows(stack, None, ids, query_start, layers[-1], own_keys=True):
+        if layer_idx in layers:
+            peak = torch.maximum(peak, probs.amax(dim=(0, 1)).cpu())
+    return peak
 
 
 def rank_pages(scores: torch.Tensor, cache: HomerCache, page_starts: list[int], top: int = 3,
