@@ -20,6 +20,13 @@ order can be right) and over all; also split by whether the answer was right, an
 the evidence verse is inside the excerpt the model read. The book is a text file: one page,
 so a source's page says nothing here and the passage is what is checked.
 
+Measured (``results/passage-sources.json``, SmolLM2-135M, the 56 questions, evidence among
+the three retrieved for 47): the first source is the evidence passage for 39/47 in retrieval
+order, 30/47 by attention (the mean weight, lower half: 37/47). Attention follows the answer:
+over the 20 right answers 18 vs 17, over the 27 wrong ones 21 vs 13 (a wrong answer was read
+from a wrong passage). So the app keeps retrieval order by default; ``HOMER_SOURCE_ORDER=
+attention`` lists the passage the answer was read from first.
+
     python -m benchmarks.passage_sources                 # 56 questions (~10 minutes on 2 CPU cores)
     python -m benchmarks.passage_sources --limit 5 --output /tmp/sources.json
     python -m benchmarks.passage_sources --answers benchmarks/results/focus-book-excerpt80.jsonl
