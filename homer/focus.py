@@ -102,30 +102,30 @@ def passages_block(passages: Sequence[str]) -> str:
 
 def excerpt(text: str, question: str, words: int) -> str:
     """The ``words`` consecutive words of ``text`` that hold the most of ``question``'s
-    content words (each distinct word once, the earliest such window on a tie), widened to
+    content words (each distinct word once; the middle one of tied windows), widened to
     the sentence ends around it when that stays within a third more words; ``text``
     itself when it is no longer. Fewer tokens to prefill is a shorter time to the first
     token on a CPU, and a small model is distracted less by the rest of the passage."""
-    from .grounding import _stem, content_words
+    from .grounding import content_words
 
     tokens = text.split()
     if words <= 0 or len(tokens) <= words:
         return text
     wanted = content_words(question)
-    keys = [_stem("".join(ch for ch in t.lower() if ch.isalnum())) for t in tokens]
-    best, best_start = -1, 0
-    for start in range(0, len(tokens) - words + 1):
-        hits = len(wanted.intersection(keys[start:start + words]))
-        if hits > best:
-            best, best_start = hits, start
-    lo, hi = best_start, best_start + words
+    keys = [content_words(t) & wanted for t in tokens]  # "vacuous-creek" holds two words, "Abram's" one
+    hits = [len(set().union(*keys[start:start + words])) for start in range(0, len(tokens) - words + 1)]
+    best = max(hits)
+    tied = [start for start, h in enumerate(hits) if h == best]
+    lo = tied[len(tied) // 2]  # the middle of the tied windows: the matched words centred, context both sides
+    hi = lo + words
     slack = words // 3
+    ends = (".", "!", "?")
     for i in range(lo, max(lo - slack, 0) - 1, -1):  # back to a sentence start
-        if i == 0 or tokens[i - 1].endswith((".", "!", "?", ":", ";")):
+        if i == 0 or tokens[i - 1].endswith(ends):
             lo = i
             break
     for i in range(hi, min(hi + slack, len(tokens)) + 1):  # on to a sentence end
-        if i == len(tokens) or tokens[i - 1].endswith((".", "!", "?", ":", ";")):
+        if i == len(tokens) or tokens[i - 1].endswith(ends):
             hi = i
             break
     return " ".join(tokens[lo:hi])

@@ -53,7 +53,8 @@ def _stem(word: str) -> str:
 
 def content_words(text: str) -> set[str]:
     """The stemmed words of ``text`` that carry information (no function or question words)."""
-    return {_stem(w) for w in _WORD.findall((text or "").lower()) if w not in STOPWORDS}
+    return {_stem(w) for w in _WORD.findall((text or "").lower())
+            if w not in STOPWORDS and (len(w) > 1 or w.isdigit())}  # not the "s" of "Abram's"
 
 
 def document_frequencies(passages: Iterable[str]) -> tuple[Counter, int]:
