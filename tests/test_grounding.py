@@ -63,3 +63,13 @@ def test_an_excerpt_is_the_window_holding_the_question_widened_to_its_sentences(
     assert cut[0].isupper() and cut.rstrip().endswith(".")  # whole sentences where they fit
     assert excerpt("short text", "anything", 30) == "short text"
     assert excerpt(text, "q", 0) == text
+
+
+def test_an_excerpt_keeps_the_value_after_a_hyphenated_key():
+    filler = " ".join(f"Essay sentence {i} about startups and hackers." for i in range(12))
+    text = (filler + " One of the special magic numbers for yielding-communist is: 1101083. "
+            "The answer is: any company. One of the special magic numbers for evanescent-dealing is: 9563068. "
+            + filler)
+    cut = excerpt(text, "What is the special magic number for evanescent-dealing mentioned in the provided text?", 40)
+    assert "evanescent-dealing is: 9563068." in cut
+    assert grounding.content_words("Abram's evanescent-dealing") == {"abram", "evanescent", "dealing"}
