@@ -11,6 +11,7 @@ from pathlib import Path
 
 from homer.cli import build_parser as engine_parser
 from homer.cli import run
+from homer.config import SIGNIFICANCE_CHOICES
 
 
 def _store(args):
@@ -164,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("submit", parents=[store_opt], help="queue a document for a background build")
     p.add_argument("file")
     p.add_argument("--model", default=None)
-    p.add_argument("--significance", default=None, choices=["calibrated", "uncalibrated", "random"])
+    p.add_argument("--significance", default=None, choices=list(SIGNIFICANCE_CHOICES))
     p.add_argument("--wait", action="store_true", help="wait until the job ends")
     p.add_argument("--timeout", type=float, default=3600.0)
     p.set_defaults(func=cmd_submit)

@@ -17,6 +17,7 @@ import gradio as gr
 import pandas as pd
 
 from homer.generation import GenerationSettings
+from homer.config import SIGNIFICANCE_CHOICES
 from storage.bundle_schema import max_bundle_bytes
 from storage.errors import StoreError
 
@@ -31,7 +32,7 @@ CSS = """
 .library-table td {white-space: normal}
 """
 THEME = gr.themes.Soft(primary_hue="blue")
-SIGNIFICANCE = ["calibrated", "uncalibrated", "random"]
+SIGNIFICANCE = list(SIGNIFICANCE_CHOICES)
 CACHE_DTYPES = ["float16", "bfloat16", "float32"]
 SPANS = ["word", "sentence", "token"]
 

@@ -9,6 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from .config import SIGNIFICANCE_CHOICES
+
 
 def _config_from_args(args):
     from .config import HomerConfig
@@ -26,7 +28,7 @@ def _add_homer_options(p: argparse.ArgumentParser) -> None:
                         "left for the conversation)")
     p.add_argument("--target-len", type=int, default=None, help="T (default: M)")
     p.add_argument("--warmup-layers", type=int, default=None, help="W (default: 3/8 of the layers)")
-    p.add_argument("--significance", default="calibrated", choices=["calibrated", "uncalibrated", "random"])
+    p.add_argument("--significance", default="calibrated", choices=list(SIGNIFICANCE_CHOICES))
     p.add_argument("--cache-dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     p.add_argument("--span", default="word", choices=["token", "word", "sentence"],
                    help="pruning unit (default word; token = the paper's)")
