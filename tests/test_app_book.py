@@ -50,8 +50,11 @@ def test_the_book_is_regenerated_identically(tmp_path):
 
 def test_the_app_book_benchmark_runs_end_to_end_on_a_slice(tmp_path, embedded_dir):
     output = tmp_path / "app_book.json"
+    # questions the slice answers (the default ones are about chapter 5, past the slice: those the
+    # app answers "not found" without running the model)
     cmd = [sys.executable, "-m", "benchmarks.app_book", "--chars", "6000", "--model", str(embedded_dir),
-           "--max-new-tokens", "8", "--timeout", "300", "--output", str(output)]
+           "--max-new-tokens", "8", "--timeout", "300", "--output", str(output),
+           "--question", "What did God call the light?", "--question", "And what did he call the darkness?"]
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     result = json.loads(output.read_text())
