@@ -38,7 +38,7 @@ from homer.fingerprint import model_fingerprint
 from homer.generation import DecodeState, GenerationSettings, generate_tokens, working_cache
 from homer.layers import DecoderStack
 from homer.plan import ChunkPlan
-from homer.tree import _Builder, merge_nodes, significance_for
+from homer.tree import _Builder, build_level_order, significance_for
 
 from .decode import kv_bytes_per_token, weight_bytes_per_token
 
@@ -154,25 +154,7 @@ def depth_first_vs_level_order(model, dtype: str) -> dict:
     builder, plan = _builder(model, prefix, context, suffix, dtype)
     depth_first = builder.subtree(0, plan.height, plan.root_target)
     builder, plan = _builder(model, prefix, context, suffix, dtype)
-    targets = {(plan.height, 0): plan.root_target}
-    for height in range(plan.height, 0, -1):
-        for first in range(0, plan.num_leaves, 2**height):
-            left, right = plan.child_targets(first, height)
-            targets[(height - 1, first)] = left
-            targets[(height - 1, first + 2 ** (height - 1))] = right
-    nodes = []
-    for leaf in range(plan.num_leaves):
-        node = builder.leaf(leaf)
-        builder.run_block(node, plan.layers_at(0), targets[(0, leaf)])
-        nodes.append(node)
-    for height in range(1, plan.height + 1):
-        merged = []
-        for j in range(0, len(nodes), 2):
-            node = merge_nodes(nodes[j], nodes[j + 1], len(prefix), len(suffix))
-            builder.run_block(node, plan.layers_at(height), targets[(height, j * 2 ** (height - 1))])
-            merged.append(node)
-        nodes = merged
-    (level,) = nodes
+    level = build_level_order(builder, plan, len(prefix), len(suffix))
     same_tokens = torch.equal(depth_first.positions, level.positions) and torch.equal(depth_first.sources, level.sources)
     pairs = list(zip(depth_first.keys + depth_first.values, level.keys + level.values))
     exact = same_tokens and all(torch.equal(a, b) for a, b in pairs)

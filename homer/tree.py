@@ -89,6 +89,33 @@ def merge_nodes(left: Node, right: Node, prefix_len: int, suffix_len: int) -> No
     )
 
 
+def build_level_order(builder, plan, prefix_len: int, suffix_len: int) -> Node:
+    """The root built level by level — every leaf, then every merge of each height — with the
+    targets the depth-first build gives each node: the reference order the method describes
+    (§3), which the depth-first ``builder.subtree`` must reproduce exactly (checked by the
+    engine tests and the GPU benchmark)."""
+    targets = {(plan.height, 0): plan.root_target}
+    for height in range(plan.height, 0, -1):
+        for first in range(0, plan.num_leaves, 2**height):
+            left, right = plan.child_targets(first, height)
+            targets[(height - 1, first)] = left
+            targets[(height - 1, first + 2 ** (height - 1))] = right
+    nodes = []
+    for leaf in range(plan.num_leaves):
+        node = builder.leaf(leaf)
+        builder.run_block(node, plan.layers_at(0), targets[(0, leaf)])
+        nodes.append(node)
+    for height in range(1, plan.height + 1):
+        merged = []
+        for j in range(0, len(nodes), 2):
+            node = merge_nodes(nodes[j], nodes[j + 1], prefix_len, suffix_len)
+            builder.run_block(node, plan.layers_at(height), targets[(height, j * 2 ** (height - 1))])
+            merged.append(node)
+        nodes = merged
+    (root,) = nodes
+    return root
+
+
 def significance_for(config: HomerConfig, model, fingerprint: str) -> Significance:
     """The scoring strategy named by ``config.significance``; a calibrated build without a
     bias table falls back to uncalibrated scores and says so once."""

@@ -10,7 +10,7 @@ from homer.fingerprint import model_fingerprint
 from homer.layers import DecoderStack
 from homer.plan import ChunkPlan
 from homer.reconstruction import Reconstruction, model_repeat_prompt_ids, repeat_prompt_ids
-from homer.tree import _Builder, merge_nodes, significance_for
+from homer.tree import _Builder, build_level_order, significance_for
 
 from conftest import random_ids, tiny_model, tiny_tokenizer
 
@@ -145,25 +145,7 @@ def test_depth_first_equals_level_by_level(llama):
         builder, plan = make_builder(llama, context)
         depth_first = builder.subtree(0, plan.height, plan.root_target)
         builder, plan = make_builder(llama, context)
-        targets = {(plan.height, 0): plan.root_target}
-        for height in range(plan.height, 0, -1):
-            for first in range(0, plan.num_leaves, 2**height):
-                left, right = plan.child_targets(first, height)
-                targets[(height - 1, first)] = left
-                targets[(height - 1, first + 2 ** (height - 1))] = right
-        nodes = []
-        for leaf in range(plan.num_leaves):
-            node = builder.leaf(leaf)
-            builder.run_block(node, plan.layers_at(0), targets[(0, leaf)])
-            nodes.append(node)
-        for height in range(1, plan.height + 1):
-            merged = []
-            for j in range(0, len(nodes), 2):
-                node = merge_nodes(nodes[j], nodes[j + 1], P, S)
-                builder.run_block(node, plan.layers_at(height), targets[(height, j * 2 ** (height - 1))])
-                merged.append(node)
-            nodes = merged
-    (level_by_level,) = nodes
+        level_by_level = build_level_order(builder, plan, P, S)
     assert torch.equal(depth_first.sources, level_by_level.sources)
     assert torch.equal(depth_first.positions, level_by_level.positions)
     assert torch.equal(depth_first.carried, level_by_level.carried)
