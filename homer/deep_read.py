@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from .cache import HomerCache
 from .config import HomerConfig
 from .document import build_document_cache, document_prompt_ids
-from .layers import DecoderStack, apply_rope
+from .layers import DecoderStack
 from .leaf_states import LeafStateMismatchError, LeafStates
 from .prompting import DocumentPrompt
 from .tree import Node, Progress, _Builder, build_cache
@@ -55,18 +55,9 @@ def attention_with_past(stack: DecoderStack, layer_idx: int, hidden: torch.Tenso
     every past token and each other causally. hidden [1, n, H]; past_k/v [KV, m, d].
 
     Returns (hidden after the residual add, post-RoPE q [1, H, n, d], k [1, KV, n, d], v)."""
-    layer = stack.layers[layer_idx]
-    attn = layer.self_attn
-    n, d = hidden.shape[1], stack.head_dim
-    x = layer.input_layernorm(hidden)
-    q = attn.q_proj(x).view(1, n, -1, d)
-    k = attn.k_proj(x).view(1, n, -1, d)
-    v = attn.v_proj(x).view(1, n, -1, d).transpose(1, 2)
-    if hasattr(attn, "q_norm"):  # Qwen3
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    cos, sin = rope
-    q = apply_rope(q.transpose(1, 2), cos, sin)
-    k = apply_rope(k.transpose(1, 2), cos, sin)
+    attn = stack.layers[layer_idx].self_attn
+    n = hidden.shape[1]
+    q, k, v = stack.project(layer_idx, hidden, rope)
     m = past_k.shape[1]
     keys = torch.cat([past_k.unsqueeze(0).to(k.device, k.dtype), k], 2)
     values = torch.cat([past_v.unsqueeze(0).to(v.device, v.dtype), v], 2)

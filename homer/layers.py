@@ -89,22 +89,26 @@ class DecoderStack:
     def rope(self, hidden: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.rotary_emb(hidden, positions.to(self.device).view(1, -1))
 
-    def attention_half(self, layer_idx: int, hidden: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):
-        """input norm → q/k/v → RoPE → causal attention → o_proj → residual.
-
-        Returns (hidden after the residual add, post-RoPE q, post-RoPE k, v)."""
-        layer = self.layers[layer_idx]
-        attn = layer.self_attn
+    def project(self, layer_idx: int, hidden: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):
+        """input norm → q/k/v → RoPE: post-RoPE q [1, H, n, d], post-RoPE k [1, KV, n, d], v."""
+        attn = self.layers[layer_idx].self_attn
         n = hidden.shape[1]
-        x = layer.input_layernorm(hidden)
+        x = self.layers[layer_idx].input_layernorm(hidden)
         q = attn.q_proj(x).view(1, n, -1, self.head_dim)
         k = attn.k_proj(x).view(1, n, -1, self.head_dim)
         v = attn.v_proj(x).view(1, n, -1, self.head_dim).transpose(1, 2)
         if hasattr(attn, "q_norm"):  # Qwen3 normalises q and k per head before RoPE
             q, k = attn.q_norm(q), attn.k_norm(k)
         cos, sin = rope
-        q = apply_rope(q.transpose(1, 2), cos, sin)
-        k = apply_rope(k.transpose(1, 2), cos, sin)
+        return apply_rope(q.transpose(1, 2), cos, sin), apply_rope(k.transpose(1, 2), cos, sin), v
+
+    def attention_half(self, layer_idx: int, hidden: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor]):
+        """input norm → q/k/v → RoPE → causal attention → o_proj → residual.
+
+        Returns (hidden after the residual add, post-RoPE q, post-RoPE k, v)."""
+        attn = self.layers[layer_idx].self_attn
+        n = hidden.shape[1]
+        q, k, v = self.project(layer_idx, hidden, rope)
         out = causal_attention(q, k, v, self.scaling)  # [1, H, n, d]
         out = attn.o_proj(out.transpose(1, 2).reshape(1, n, -1))
         return hidden + out, q, k, v

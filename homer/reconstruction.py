@@ -25,7 +25,7 @@ import math
 
 import torch
 
-from .layers import DecoderStack, apply_rope
+from .layers import DecoderStack
 from .significance import Significance, Uncalibrated
 
 REPEAT_TEXT = "Repeat the previous context exactly."
@@ -66,20 +66,6 @@ def model_repeat_prompt_ids(model) -> list[int]:
     the chunk directly."""
     path = getattr(getattr(model, "config", None), "_name_or_path", "") or ""
     return list(_prompt_for_path(str(path))) if path else []
-
-
-def _project(stack: DecoderStack, layer_idx: int, hidden: torch.Tensor, rope):
-    """input norm → q, k, v → RoPE, as :meth:`DecoderStack.attention_half` does."""
-    attn = stack.layers[layer_idx].self_attn
-    n, d = hidden.shape[1], stack.head_dim
-    x = stack.layers[layer_idx].input_layernorm(hidden)
-    q = attn.q_proj(x).view(1, n, -1, d)
-    k = attn.k_proj(x).view(1, n, -1, d)
-    v = attn.v_proj(x).view(1, n, -1, d).transpose(1, 2)
-    if hasattr(attn, "q_norm"):  # Qwen3
-        q, k = attn.q_norm(q), attn.k_norm(k)
-    cos, sin = rope
-    return apply_rope(q.transpose(1, 2), cos, sin), apply_rope(k.transpose(1, 2), cos, sin), v
 
 
 def copy_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, past: int, scale: float,
@@ -156,7 +142,7 @@ class Reconstruction(Significance):
             rope = stack.rope(x, copy_positions)
             best = torch.zeros(b - a)
             for layer in range(num_layers):
-                q, k, v = _project(stack, layer, x, rope)
+                q, k, v = stack.project(layer, x, rope)
                 past_k = keys[layer].index_select(1, original).unsqueeze(0).to(device, k.dtype)
                 past_v = values[layer].index_select(1, original).unsqueeze(0).to(device, v.dtype)
                 out, weights = copy_attention(q, torch.cat([past_k, k], 2), torch.cat([past_v, v], 2),
