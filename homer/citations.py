@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .cache import HomerCache
-from .layers import DecoderStack, apply_rope
+from .layers import DecoderStack
 
 DEFAULT_LAYER_FRACTION = (0.0, 0.5)  # the lower half of the stack (see the module docstring)
 MIN_PEAK = 0.2  # below this no page is cited (a generic question's best page peaks around 0.18)
@@ -151,16 +151,8 @@ def attention_rows(stack: DecoderStack, cache: HomerCache | None, new_ids: list[
     mask = torch.zeros(rows, t + n, dtype=torch.float32, device=device).masked_fill(~visible[query_start:],
                                                                                      float("-inf"))
     for layer_idx in range(last_layer + 1):
-        layer = stack.layers[layer_idx]
-        attn = layer.self_attn
-        x = layer.input_layernorm(hidden)
-        q = attn.q_proj(x).view(1, n, -1, d)
-        k = attn.k_proj(x).view(1, n, -1, d)
-        v = attn.v_proj(x).view(1, n, -1, d).transpose(1, 2)
-        if hasattr(attn, "q_norm"):  # Qwen3 normalises q and k per head before RoPE
-            q, k = attn.q_norm(q), attn.k_norm(k)
-        q = apply_rope(q.transpose(1, 2), cos, sin)  # [1, H, n, d]
-        k = apply_rope(k.transpose(1, 2), cos, sin)  # [1, KV, n, d]
+        attn = stack.layers[layer_idx].self_attn
+        q, k, v = stack.project(layer_idx, hidden, (cos, sin))  # q [1, H, n, d], k and v [1, KV, n, d]
         if cache is not None:
             keys = torch.cat([cache.keys[layer_idx].to(device=device, dtype=dtype).unsqueeze(0), k], dim=2)
             values = torch.cat([cache.values[layer_idx].to(device=device, dtype=dtype).unsqueeze(0), v], dim=2)
