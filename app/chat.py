@@ -344,11 +344,11 @@ class ChatService:
             if turn.passages or answer_cache is None:  # the passages it was given are its sources
                 shown = answer
                 if turn.passages and citations_enabled():  # HOMER_CITATIONS=0 turns every sources line off
-                    pages = len(self.store.page_starts(document_id))
+                    locations = self.store.location_map(document_id)
                     sources, ranking = focusing.ranked_sources(turn, answer, conversation if answer_cache is None
                                                                else None, model, tokenizer)  # HOMER_SOURCE_ORDER
-                    shown = focusing.with_passage_sources(answer, sources, pages, question)
-                    stats.update(sources=focusing.sources_label(sources, 2, question),
+                    shown = focusing.with_passage_sources(answer, sources, locations, question)
+                    stats.update(sources=focusing.sources_label(sources, locations, question),
                                  citation_seconds=round(turn.seconds, 4))
                     stats.update(ranking)  # source_order; by attention also source_scores, citation_seconds
             else:
@@ -406,15 +406,16 @@ class ChatService:
         if not citations_enabled() or not answer.strip() or cache.char_offsets is None:
             return ""
         try:
-            page_starts = self.store.page_starts(document_id)
+            locations = self.store.location_map(document_id)
         except StoreError:
             return ""
-        if len(page_starts) < 2:
+        if len(locations) < 2:
             return ""
         from homer.citations import cite_answer
 
-        citations = cite_answer(model, tokenizer, cache, page_starts, question, answer, turns=turns, prompt=prompt)
-        label = citations.label()
+        citations = cite_answer(model, tokenizer, cache, list(locations.starts), question, answer, turns=turns,
+                                prompt=prompt)
+        label = citations.label(locations)
         stats.update(sources=label, citations=citations.to_dict()["pages"],
                      citation_seconds=round(citations.seconds, 4))
         return label

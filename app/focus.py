@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 
 from homer import grounding
 from homer.grounding import NOT_FOUND
+from homer.locations import LocationMap
 from homer.focus import (DEFAULT_PASSAGES, FOCUS_CHOICES, FocusStrategy, PassageConversation, cache_room, excerpt,
                          fit_passages, route, strategy)
 from storage import passages as index
@@ -185,13 +186,14 @@ def frequencies(store, document_id: str) -> tuple:
     return _FREQUENCIES[key]
 
 
-def sources_label(passages, pages: int, question: str = "") -> str:
-    """The sources of a focused answer, one line each: page (for a document of several
-    pages) and a short quote, around the question's first word in it."""
+def sources_label(passages, locations: LocationMap, question: str = "") -> str:
+    """The sources of a focused answer, one line each: where (a page of a document of several
+    pages, or a section, :class:`homer.locations.LocationMap`) and a short quote, around the
+    question's first word in it."""
     lines = []
     for p in passages:
-        where = f"p. {p.page}: " if pages > 1 else ""
-        lines.append(f"- {where}“{p.quote(query=question)}”")
+        where = locations.where(p.page)
+        lines.append(f"- {where + ': ' if where else ''}“{p.quote(query=question)}”")
     return "\n".join(lines)
 
 
@@ -236,8 +238,8 @@ def ranked_sources(turn: FocusedTurn, answer: str, conversation=None, model=None
                            "score": None if score is None else round(score, 4)} for i, score in zip(order, scores)]}
 
 
-def with_passage_sources(answer: str, passages, pages: int, question: str = "") -> str:
+def with_passage_sources(answer: str, passages, locations: LocationMap, question: str = "") -> str:
     """The answer as shown, with the passages it was given listed under it."""
     if not passages:
         return answer
-    return f"{answer}\n\nSources:\n{sources_label(passages, pages, question)}"
+    return f"{answer}\n\nSources:\n{sources_label(passages, locations, question)}"

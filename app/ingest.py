@@ -114,6 +114,7 @@ class IngestedDocument:
     passages: list[list[int]] = field(default_factory=list)
     token_count: int | None = None
     title: str = ""
+    locations: list[str] | None = None  # section labels of a sectioned format, one per start (None: pages)
 
     def page_of(self, offset: int) -> int:
         return page_of(self.page_starts, offset)
@@ -350,7 +351,8 @@ def ingest_bytes(data: bytes, file_name: str, tokenizer=None, max_bytes: int | N
     passages = [[s, e, page_of(source.page_starts, s), page_of(source.page_starts, max(s, e - 1))] for s, e in spans]
     return IngestedDocument(data=data, file_name=Path(file_name).name, text=source.text, kind=source.kind,
                             page_starts=list(source.page_starts), passages=passages, token_count=token_count,
-                            title=_title(source.text, source.kind, file_name))
+                            title=_title(source.text, source.kind, file_name),
+                            locations=list(source.labels) if source.labels is not None else None)
 
 
 def ingest_file(path: str | os.PathLike, tokenizer=None, max_bytes: int | None = None) -> IngestedDocument:
@@ -368,4 +370,5 @@ def ingest_file(path: str | os.PathLike, tokenizer=None, max_bytes: int | None =
 def add_to_store(store, doc: IngestedDocument) -> dict:
     """Store an ingested document (once per content); returns its row."""
     return store.add_document(doc.data, doc.file_name, doc.text, doc.kind, doc.page_starts,
-                              token_count=doc.token_count, title=doc.title, passages=doc.passages)
+                              token_count=doc.token_count, title=doc.title, passages=doc.passages,
+                              locations=doc.locations)

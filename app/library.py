@@ -377,7 +377,7 @@ def text_from_source(tokenizer=None):
                               f"{limit / 2**20:.1f} MB")
         doc = ingest_bytes(path.read_bytes(), file_name, tokenizer)
         return {"text": doc.text, "kind": doc.kind, "page_starts": doc.page_starts, "passages": doc.passages,
-                "token_count": doc.token_count, "title": doc.title}
+                "token_count": doc.token_count, "title": doc.title, "locations": doc.locations}
 
     return read
 

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from homer import grounding
 from homer.focus import PassageConversation, whole_document
 from homer.generation import ConversationFullError, GenerationSettings
+from homer.locations import LocationMap
 from storage import passages as index
 
 from . import focus as focusing
@@ -63,22 +64,26 @@ class SourcedPassage:
 
     document_id: str
     name: str
-    pages: int
+    locations: LocationMap
     passage: index.Passage
     rank: int
     fused: float
     quote_words: str = ""  # the question's words the quote is taken around (its rarest among the candidates)
 
     def label(self, question: str = "") -> str:
-        """``<name>, p. 12: “quote”`` (no page for a one-page document)."""
-        where = f", p. {self.passage.page}" if self.pages > 1 else ""
+        """``<name>, p. 12: “quote”`` (or its section; no page for a one-page document)."""
+        where = self.where()
         return f"{self.name}{where}: “{self.passage.quote(query=self.quote_words or question)}”"
 
     def text(self, question: str = "") -> str:
         """The passage as the model reads it: which document (and page) it comes from, then its
         text (its best window for ``question``, :func:`app.focus.fed_text`)."""
-        where = f", p. {self.passage.page}" if self.pages > 1 else ""
+        where = self.where()
         return f"From {self.name}{where}: {focusing.fed_text(self.passage, question)}"
+
+    def where(self) -> str:
+        where = self.locations.where(self.passage.page)
+        return f", {where}" if where else ""
 
     def to_dict(self) -> dict:
         p = self.passage
@@ -147,8 +152,7 @@ def retrieve(store, documents: Sequence[dict], question: str, k: int) -> list[So
     counts = {t: sum(holds(p.text, t) for found in ranked.values() for p in found) for t in terms}
     out = []
     for doc, passage, rank, score in fuse(ranked, question, k):
-        pages = max(len(store.page_starts(doc)), 1)
-        out.append(SourcedPassage(doc, document_name(rows[doc]), pages, passage, rank, score,
+        out.append(SourcedPassage(doc, document_name(rows[doc]), store.location_map(doc), passage, rank, score,
                                   quote_words(passage.text, terms, counts)))
     return out
 

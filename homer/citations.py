@@ -60,9 +60,12 @@ class Citations:
     def top_page(self) -> int | None:
         return self.pages[0].page if self.pages else None
 
-    def label(self) -> str:
-        """"p. 12, p. 47" (empty when nothing was found)."""
-        return ", ".join(f"p. {c.page}" for c in self.pages)
+    def label(self, locations=None) -> str:
+        """"p. 12, p. 47" (empty when nothing was found); with a sectioned
+        :class:`homer.locations.LocationMap`, the sections' labels."""
+        if locations is None:
+            return ", ".join(f"p. {c.page}" for c in self.pages)
+        return ", ".join(locations.label(c.page) for c in self.pages)
 
     def to_dict(self) -> dict:
         return {"pages": [{"page": c.page, "score": round(c.score, 4)} for c in self.pages],

@@ -17,8 +17,16 @@ class DocumentError(ValueError):
 @dataclass
 class SourceDocument:
     text: str
-    kind: str  # "pdf" | "text" | "markdown"
-    page_starts: list[int] = field(default_factory=lambda: [0])  # char offset of each page
+    kind: str  # "pdf" | "text" | "markdown" | "epub" | "docx" | "html"
+    page_starts: list[int] = field(default_factory=lambda: [0])  # char offset of each page (or section)
+    labels: list[str] | None = None  # a sectioned format's section labels, one per start (None: pages)
+
+    @property
+    def locations(self):
+        """The :class:`homer.locations.LocationMap` of the text."""
+        from .locations import LocationMap
+
+        return LocationMap.of(self.page_starts, self.labels)
 
     @property
     def pages(self) -> int:

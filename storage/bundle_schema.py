@@ -42,7 +42,7 @@ MAX_NAME_CHARS = 255
 MAX_LABEL_CHARS = 1000
 MAX_SETTINGS_CHARS = 64 * 2**10
 FINGERPRINT = re.compile(r"[0-9a-f]{32}")
-KINDS = ("pdf", "text", "markdown")
+KINDS = ("pdf", "text", "markdown", "epub", "docx", "html")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 # safetensors dtypes → bytes per element
@@ -179,7 +179,7 @@ def check_manifest(manifest) -> dict:
                           f"(this version reads {FORMAT_VERSION})")
     doc = _dict(manifest["document"], "document",
                 ("id", "title", "file_name", "kind", "pages", "token_count", "chars", "bytes", "page_starts"),
-                ("passages",))
+                ("passages", "locations"))
     if not is_document_id(doc["id"]):
         _fail("document.id", "must be 64 lowercase hex characters")
     _str(doc["title"], "document.title", MAX_LABEL_CHARS, optional=True)
@@ -198,6 +198,11 @@ def check_manifest(manifest) -> dict:
         _fail("document.page_starts", "must be non-decreasing offsets within the text")
     if len(starts) != doc["pages"]:
         _fail("document.pages", "must equal the number of page starts")
+    locations = doc.get("locations")
+    if locations is not None:
+        if not isinstance(locations, list) or len(locations) != len(starts) \
+                or not all(isinstance(label, str) and len(label) <= MAX_LABEL_CHARS for label in locations):
+            _fail("document.locations", "must be one section label (a string) per page start")
     passages = doc.get("passages")
     if passages is not None:
         if not isinstance(passages, list) or len(passages) > MAX_DOCUMENT_TOKENS:

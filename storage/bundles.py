@@ -61,7 +61,7 @@ _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, lzma.LZMAEr
 
 TextFromSource = Callable[[Path, str], dict]
 """``(source file, file name) -> {"text", and optionally "kind", "page_starts", "passages",
-"token_count", "title"}``: what the app's ingestion reads from a source file."""
+"token_count", "title", "locations"}``: what the app's ingestion reads from a source file."""
 
 
 def text_document_id(text: str) -> str:
@@ -117,7 +117,8 @@ def export_bundle(store: Store, document: str, out_path: str | os.PathLike, incl
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "document": {k: doc[k] for k in ("id", "title", "file_name", "kind", "pages", "token_count", "chars", "bytes")}
         | {"page_starts": json.loads(doc["page_starts"] or "[0]"),
-           "passages": json.loads(doc["passages"]) if doc.get("passages") else None},
+           "passages": json.loads(doc["passages"]) if doc.get("passages") else None}
+        | ({"locations": json.loads(doc["locations"])} if doc.get("locations") else {}),
         "model": {"fingerprint": cache["model_fingerprint"], "name": cache["model_name"]},
         "settings": json.loads(cache["settings"]),
         "cache": {k: cache[k] for k in ("id", "model_fingerprint", "model_name", "settings", "prompt_version",
@@ -391,7 +392,7 @@ def _check_open(zf: zipfile.ZipFile, staging: _Staging, model_fingerprint: str |
                                              text_from_source)
     else:
         document_id = text_id
-        fields = {k: document[k] for k in ("kind", "page_starts", "passages", "token_count", "title")}
+        fields = {k: document.get(k) for k in ("kind", "page_starts", "passages", "token_count", "title", "locations")}
     fields.update(file_name=document["file_name"], bytes=document["bytes"])
     _check_cache_against_text(cache_file, header, meta, text, tokenizer)
     return CheckedBundle(manifest=manifest, document_id=document_id,
@@ -418,8 +419,10 @@ def _verify_source(manifest: dict, source: Path, digest: str, text: str,
         raise BundleError(f"refused: the source file cannot be read: {_first_line(exc)}") from None
     if not isinstance(extracted, dict) or extracted.get("text") != text:
         raise BundleError("refused: text.txt is not the text of the source file (altered)")
-    fields = {k: document[k] for k in ("kind", "page_starts", "passages", "token_count", "title")}
+    fields = {k: document.get(k) for k in ("kind", "page_starts", "passages", "token_count", "title", "locations")}
     fields.update({k: v for k, v in extracted.items() if k in fields and v is not None})
+    if "text" in extracted and "kind" in extracted:  # the source was read: its sections are what it holds
+        fields["locations"] = extracted.get("locations")
     return document["id"], fields
 
 
@@ -535,7 +538,7 @@ def _add_document(store: Store, checked: CheckedBundle) -> dict:
         data = checked.source_file.read_bytes() if checked.source_file is not None else None
         store.add_document(data, fields["file_name"], checked.text, fields["kind"], fields["page_starts"],
                            token_count=fields["token_count"], title=fields["title"], passages=fields["passages"],
-                           document_id=checked.document_id, size=fields["bytes"])
+                           document_id=checked.document_id, size=fields["bytes"], locations=fields.get("locations"))
     try:
         same = store.document_text(checked.document_id) == checked.text
     except (OSError, UnicodeDecodeError, StoreError):

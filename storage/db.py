@@ -143,9 +143,16 @@ def _v8_passage_vectors(db: sqlite_utils.Database) -> None:
     create_tables(db)
 
 
+def _v9_document_locations(db: sqlite_utils.Database) -> None:
+    # A sectioned document's (EPUB, DOCX, HTML) section labels, JSON, one per page_starts
+    # entry: sources then say "Chapter 3 · The Storm" instead of a page. Null: numbered pages.
+    db["documents"].add_column("locations", str)
+
+
 MIGRATIONS = [_v1_documents_caches_conversations, _v2_jobs_locks_passages, _v3_document_owners,
               _v4_cache_leaf_states,
-              _v5_passage_index, _v6_cache_install_journal, _v7_owner_names, _v8_passage_vectors]
+              _v5_passage_index, _v6_cache_install_journal, _v7_owner_names, _v8_passage_vectors,
+              _v9_document_locations]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

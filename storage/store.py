@@ -118,7 +118,8 @@ class Store:
 
     def add_document(self, data: bytes | None, file_name: str, text: str, kind: str, page_starts: list[int] | None = None,
                      token_count: int | None = None, title: str | None = None,
-                     passages: list | None = None, document_id: str | None = None, size: int | None = None) -> dict:
+                     passages: list | None = None, document_id: str | None = None, size: int | None = None,
+                     locations: list[str] | None = None) -> dict:
         """Store an uploaded document once per content (sha256 of ``data``); returns its row.
         Uploading the same bytes again returns the existing row. ``data`` may be None for a
         document imported without its source file: then ``document_id`` is required."""
@@ -127,6 +128,8 @@ class Store:
         elif not document_id:
             raise StoreError("a document needs its bytes or its content hash")
         check_document_id(document_id)  # before anything is looked up or written
+        if locations is not None and len(locations) != len(page_starts or [0]):
+            raise StoreError(f"{len(locations)} section labels for {len(page_starts or [0])} sections")
         existing = self.get_document(document_id)
         if existing is not None:
             return existing
@@ -142,6 +145,7 @@ class Store:
             "kind": kind, "pages": len(page_starts or [0]), "token_count": token_count, "chars": len(text),
             "bytes": len(data) if data is not None else size, "page_starts": json.dumps(page_starts or [0]),
             "passages": json.dumps(passages) if passages is not None else None, "created": dbmod.now(),
+            "locations": json.dumps(list(locations)) if locations is not None else None,
         }
         self.db["documents"].insert(row, ignore=True)  # a concurrent writer may have won: same content
         return self.get_document(document_id)
@@ -188,6 +192,14 @@ class Store:
 
     def page_starts(self, document_id: str) -> list[int]:
         return json.loads(self.document(document_id)["page_starts"] or "[0]")
+
+    def location_map(self, document_id: str):
+        """The document's :class:`homer.locations.LocationMap` (pages, or labelled sections)."""
+        from homer.locations import LocationMap
+
+        doc = self.document(document_id)
+        labels = json.loads(doc["locations"]) if doc.get("locations") else None
+        return LocationMap.of(json.loads(doc["page_starts"] or "[0]"), labels)
 
     def delete_document(self, document_id: str) -> None:
         """Remove a document with its caches, conversations and finished jobs (rows and files).
