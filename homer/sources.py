@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".text"}
+# The sectioned formats, read by :mod:`homer.formats` into text with labelled sections.
+SECTIONED_SUFFIXES = {".epub": "epub", ".docx": "docx", ".html": "html", ".htm": "html", ".xhtml": "html"}
+SUPPORTED_NAMES = "PDF, EPUB, DOCX, HTML, TXT or Markdown"
 
 
 class DocumentError(ValueError):
@@ -159,8 +162,9 @@ def decode_text(data: bytes) -> str:
 
 
 def read_document(path: str | Path, data: bytes | None = None, **pdf_limits) -> SourceDocument:
-    """Read a PDF, TXT or Markdown file. Raises :class:`DocumentError` with a reason.
-    ``pdf_limits``: the bounds of :func:`read_pdf` (text files are bounded by their caller)."""
+    """Read a PDF, EPUB, DOCX, HTML, TXT or Markdown file. Raises :class:`DocumentError` with a
+    reason. ``pdf_limits``: the bounds of :func:`read_pdf`; the sectioned formats honour
+    ``max_chars`` and ``deadline`` of them (text files are bounded by their caller)."""
     path = Path(path)
     if data is None:
         data = path.read_bytes()
@@ -169,9 +173,14 @@ def read_document(path: str | Path, data: bytes | None = None, **pdf_limits) -> 
         raise DocumentError("the file is empty")
     if suffix == ".pdf" or data.startswith(b"%PDF-"):
         return read_pdf(data, **pdf_limits)
+    if suffix in SECTIONED_SUFFIXES:
+        from .formats import read_sectioned
+
+        return read_sectioned(SECTIONED_SUFFIXES[suffix], data, max_chars=pdf_limits.get("max_chars"),
+                              deadline=pdf_limits.get("deadline"))
     if suffix in TEXT_SUFFIXES or suffix == "":
         text = decode_text(data)
         if not text.strip():
             raise DocumentError("the file holds no text")
         return SourceDocument(text, "markdown" if suffix in (".md", ".markdown") else "text")
-    raise DocumentError(f"unsupported file type {suffix!r}: use PDF, TXT or Markdown")
+    raise DocumentError(f"unsupported file type {suffix!r}: use {SUPPORTED_NAMES}")
