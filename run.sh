@@ -12,13 +12,21 @@ if ! command -v redis-server >/dev/null 2>&1 && command -v apt-get >/dev/null 2>
         >/dev/null 2>&1 || echo "note: could not install redis-server; the Redis tests will be skipped" >&2
 fi
 
-# Chromium for the browser tests (Debian package, driven by Playwright with the system binary;
-# no browser download). Only for `test`, and skipped where apt-get is missing or fails: the
-# browser test then skips with a message.
-if [ "${1:-run}" = test ] && ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 \
-        && [ "$(id -u)" = 0 ]; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) \
-        >/dev/null 2>&1 || echo "note: could not install chromium; the browser test will be skipped" >&2
+# Tesseract for scanned PDFs (OCR), for the app and its tests; for the tests also Chromium
+# (the browser tests, driven by Playwright with the system binary; no browser download),
+# pandoc and poppler (the tests make their EPUB, DOCX, HTML and scanned-PDF fixtures with
+# them). Debian packages; skipped where apt-get is missing or fails: a scanned PDF is then
+# refused with the reason, and the tests that need a tool skip with a message.
+NEED=()
+command -v tesseract >/dev/null 2>&1 || NEED+=(tesseract-ocr tesseract-ocr-eng)
+if [ "${1:-run}" = test ]; then
+    command -v chromium >/dev/null 2>&1 || NEED+=(chromium)
+    command -v pandoc >/dev/null 2>&1 || NEED+=(pandoc)
+    command -v pdftoppm >/dev/null 2>&1 || NEED+=(poppler-utils)
+fi
+if [ ${#NEED[@]} -gt 0 ] && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${NEED[@]}") \
+        >/dev/null 2>&1 || echo "note: could not install ${NEED[*]}; what needs them is skipped or refused" >&2
 fi
 
 PY=${PYTHON:-python3}
