@@ -2,12 +2,17 @@
 
     python app.py [--model M] [--host H] [--port P] [--share] [--auth user:pass] [--deep-read]
 
-The store lives under the HOMER home (``HOMER_HOME``, else ``/data/homer`` on a Space with
-persistent storage, else the user data folder). Builds run in a background worker inside this
+The store lives under the HOMER home (``HOMER_HOME``, else the user data folder; on a Space,
+set ``HOMER_HOME`` to a folder in a mounted Storage Bucket, or the library vanishes at restart). Builds run in a background worker inside this
 process (a huey consumer on the store's SQLite queue, or on Redis with ``HOMER_REDIS_URL``);
 more workers on other machines may serve the same queue (``homer worker``)."""
 
 from __future__ import annotations
+
+try:  # ZeroGPU: `spaces` must be imported before anything that may initialise CUDA
+    import spaces  # noqa: F401
+except ImportError:
+    pass
 
 import argparse
 import logging
