@@ -149,10 +149,19 @@ def _v9_document_locations(db: sqlite_utils.Database) -> None:
     db["documents"].add_column("locations", str)
 
 
+def _v10_document_shares(db: sqlite_utils.Database) -> None:
+    # A team library: an owner shares a document read-only with a named user or with
+    # everyone on the instance (grantee "*"); one row per owner and grantee. The share goes
+    # when its owner drops the document or the document is deleted.
+    db["document_shares"].create({"document_id": str, "owner": str, "grantee": str, "added": float},
+                                 pk=("document_id", "owner", "grantee"))
+    db["document_shares"].create_index(["grantee"])
+
+
 MIGRATIONS = [_v1_documents_caches_conversations, _v2_jobs_locks_passages, _v3_document_owners,
               _v4_cache_leaf_states,
               _v5_passage_index, _v6_cache_install_journal, _v7_owner_names, _v8_passage_vectors,
-              _v9_document_locations]
+              _v9_document_locations, _v10_document_shares]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 

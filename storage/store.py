@@ -226,6 +226,7 @@ class Store:
         with self.db.atomic():
             self.db.execute("DELETE FROM conversations WHERE document_id = ?", [document_id])
             self.db.execute("DELETE FROM document_owners WHERE document_id = ?", [document_id])
+            self.db.execute("DELETE FROM document_shares WHERE document_id = ?", [document_id])
             from . import passages
             passages.delete(self.db, document_id)  # its passage index, FTS rows included
             self.db.execute("UPDATE jobs SET state = 'failed', error = 'the document was deleted', finished = ? "
@@ -667,6 +668,7 @@ class Store:
             else:
                 self.db.execute("DELETE FROM conversations WHERE document_id IS ?", [row.get("id")])
                 self.db.execute("DELETE FROM document_owners WHERE document_id IS ?", [row.get("id")])
+                self.db.execute("DELETE FROM document_shares WHERE document_id IS ?", [row.get("id")])
                 self.db.execute("UPDATE jobs SET state = 'failed', error = 'the document was removed', finished = ? "
                                 "WHERE document_id IS ? AND state IN ('queued', 'running')", [dbmod.now(), row.get("id")])
                 for cache in self.db.execute("SELECT id FROM caches WHERE document_id IS ?", [row.get("id")]).fetchall():
