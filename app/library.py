@@ -2,9 +2,10 @@
 checked before they are queued, delete, export and import — plain functions over the store
 and the build queue (the UI never reaches the engine directly).
 
-With login on, every function takes the user name as ``owner``: a user sees only documents
-they added (uploaded or imported). Documents are stored once per content, so two users who
-upload the same file share the stored document and its cache, and each sees it as theirs."""
+With login on, every function takes the user name as ``owner``: a user sees the documents
+they added (uploaded or imported), and those another owner shares with them read-only
+(:mod:`app.sharing`). Documents are stored once per content, so two users who upload the
+same file share the stored document and its cache, and each sees it as theirs."""
 
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ from storage import db as dbmod
 from storage.bundles import export_bundle, import_bundle
 from storage.errors import StoreError
 
+from . import sharing
 from .ingest import IngestError, check_text_upload, ingest_limits, is_pdf
 
 SUPPORTED_SUFFIXES = (".pdf", ".txt", ".md", ".markdown", ".text")
@@ -46,28 +48,33 @@ _SEEN_NAMES = ("CASE WHEN o.file_name IS NULL OR o.file_name = d.file_name THEN 
                "CASE WHEN o.file_name IS NULL OR o.file_name = d.file_name THEN d.title ELSE o.title END")
 
 
-def _seen(store, owner: str | None, where: str = "1", params: list | None = None) -> list[dict]:
-    """Document rows as ``owner`` sees them (their own names), filtered by ``where``; every
-    document without login."""
+def _seen(store, owner: str | None, where: str = "1", params: list | None = None, shared: bool = True) -> list[dict]:
+    """Document rows as ``owner`` sees them (their own names; an ``access`` column says
+    ``owner`` or ``shared``), filtered by ``where``: the documents they added and, with
+    ``shared``, those shared with them; every document without login."""
     if not owner:
-        return list(store.db.query(f"SELECT d.* FROM documents d WHERE {where} ORDER BY d.created", params or []))
+        return list(store.db.query(f"SELECT d.*, 'owner' AS access FROM documents d WHERE {where} ORDER BY d.created",
+                                   params or []))
     seen = {"file_name": _SEEN_NAMES[0], "title": _SEEN_NAMES[1]}
     columns = ", ".join(f"{seen[c.name]} AS {c.name}" if c.name in seen else f"d.{c.name}"
                         for c in store.db["documents"].columns)
-    sql = (f"SELECT * FROM (SELECT {columns} FROM documents d JOIN document_owners o "
-           f"ON o.document_id = d.id AND o.owner = ?) d WHERE {where} ORDER BY d.created")
-    return list(store.db.query(sql, [owner, *(params or [])]))
+    rows, binds = sharing.accessible_sql(shared)
+    sql = (f"SELECT * FROM (SELECT {columns}, o.access AS access FROM documents d JOIN ({rows}) o "
+           f"ON o.document_id = d.id) d WHERE {where} ORDER BY d.created")
+    return list(store.db.query(sql, [owner] * binds + list(params or [])))
 
 
 def owned_ids(store, owner: str | None) -> set[str] | None:
-    """Document ids ``owner`` may see; None = everything (the app runs without login)."""
+    """Document ids ``owner`` may see (their own and those shared with them); None =
+    everything (the app runs without login)."""
     if not owner:
         return None
-    return {row[0] for row in store.db.execute("SELECT document_id FROM document_owners WHERE owner = ?", [owner])}
+    rows, binds = sharing.accessible_sql()
+    return {row[0] for row in store.db.execute(f"SELECT document_id FROM ({rows})", [owner] * binds)}
 
 
 def visible_documents(store, owner: str | None) -> list[dict]:
-    """The documents ``owner`` may use, under the names they gave them."""
+    """The documents ``owner`` may use, under the names they gave them (or their owner's)."""
     return _seen(store, owner)
 
 
@@ -78,24 +85,47 @@ def not_found(ref: str) -> StoreError:
     return StoreError(f"no document {str(ref)!r} in your library")
 
 
-def check_access(store, document_id: str, owner: str | None) -> dict:
+def read_only(doc: dict, doing: str) -> StoreError:
+    """The refusal of a change to a document shared with this user (they can see it)."""
+    return StoreError(f"{doc['file_name']} is shared with you read-only: only its owner can {doing} it")
+
+
+def check_access(store, document_id: str, owner: str | None, shared: bool = True) -> dict:
     """The document row that ``document_id`` names in ``owner``'s library (else
     :func:`not_found`): a full id, a unique id prefix, a file name or a title, looked up among
     that owner's documents only (all documents when the app runs without login). Another
     user's document is never matched, counted or named — a prefix, file name or title of it
-    gets the same answer as a reference nobody uses."""
+    gets the same answer as a reference nobody uses. Documents shared with the owner count as
+    theirs unless ``shared`` is False (what only an owner may do: share, unshare)."""
     ref = str(document_id or "").strip()
     if not ref:
         raise not_found(ref)
-    rows = _seen(store, owner, "d.id = ?", [ref])
+    rows = _seen(store, owner, "d.id = ?", [ref], shared)
     if not rows:  # a prefix compared as a string (not LIKE: '%' or '_' in a reference match nothing)
         rows = _seen(store, owner, "(substr(d.id, 1, ?) = ? OR d.file_name = ? OR d.title = ?)",
-                     [len(ref), ref, ref, ref])
+                     [len(ref), ref, ref, ref], shared)
     if len(rows) == 1:
         return rows[0]
     if not rows:
         raise not_found(ref)
     raise StoreError(f"{ref!r} matches {len(rows)} documents in your library; use more of the id")
+
+
+def _own(store, document_id: str, owner: str | None) -> dict:
+    """A document this user added (not one shared with them): what sharing acts on."""
+    if not owner:
+        raise StoreError("sharing needs sign-in: without it every document is already everyone's")
+    return check_access(store, document_id, owner, shared=False)
+
+
+def share_document(store, document_id: str, owner: str | None, grantees: str | list[str] | None = None) -> str:
+    """Share a document of this user's read-only with ``grantees`` (names; default everyone)."""
+    return sharing.share(store, _own(store, document_id, owner), owner, grantees)
+
+
+def unshare_document(store, document_id: str, owner: str | None, grantees: str | list[str] | None = None) -> str:
+    """Stop sharing a document of this user's with ``grantees`` (default: with anyone)."""
+    return sharing.unshare(store, _own(store, document_id, owner), owner, grantees)
 
 
 # --- labels -----------------------------------------------------------------------------
@@ -286,8 +316,11 @@ def submit_uploads(queue, files: list[tuple[str, bytes]], model_name: str, setti
 
 def submit_existing(queue, document_id: str, model_name: str, settings: dict | None = None,
                     owner: str | None = None) -> str:
-    """Queue a stored document for a build with this model and settings."""
+    """Queue a stored document for a build with this model and settings (its owner only: a
+    document shared with this user is read with the caches its owner made)."""
     doc = check_access(queue.store, document_id, owner)
+    if doc.get("access") == "shared":
+        raise read_only(doc, "read")
     job = queue.submit_document(doc["id"], model_name, settings or None)
     return f"{doc['file_name']}: {'ready' if job['state'] == 'done' else job_label(job)}"
 
@@ -297,8 +330,11 @@ def delete_document(store, document_id: str, owner: str | None = None) -> str:
     goes when nobody owns it any more). With login the answer is the same whether others
     still own the content or not: it tells nothing about other users' libraries."""
     doc = check_access(store, document_id, owner)
+    if doc.get("access") == "shared":
+        raise read_only(doc, "delete")
     if owner:
         store.db.execute("DELETE FROM document_owners WHERE document_id = ? AND owner = ?", [doc["id"], owner])
+        sharing.drop_owner(store, doc["id"], owner)
         left = store.db.execute("SELECT COUNT(*) FROM document_owners WHERE document_id = ?", [doc["id"]]).fetchone()[0]
         if not left:
             store.delete_document(doc["id"])
