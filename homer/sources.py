@@ -4,42 +4,15 @@ encoding detection (charset-normalizer)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
+
+# Re-exported: callers import them from here (they live apart so that homer.formats can use them).
+from .source_document import DocumentError, SourceDocument  # noqa: F401
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".text"}
 # The sectioned formats, read by :mod:`homer.formats` into text with labelled sections.
 SECTIONED_SUFFIXES = {".epub": "epub", ".docx": "docx", ".html": "html", ".htm": "html", ".xhtml": "html"}
 SUPPORTED_NAMES = "PDF, EPUB, DOCX, HTML, TXT or Markdown"
-
-
-class DocumentError(ValueError):
-    """A file that cannot be read as a document; the message says why, in one line."""
-
-
-@dataclass
-class SourceDocument:
-    text: str
-    kind: str  # "pdf" | "text" | "markdown" | "epub" | "docx" | "html"
-    page_starts: list[int] = field(default_factory=lambda: [0])  # char offset of each page (or section)
-    labels: list[str] | None = None  # a sectioned format's section labels, one per start (None: pages)
-
-    @property
-    def locations(self):
-        """The :class:`homer.locations.LocationMap` of the text."""
-        from .locations import LocationMap
-
-        return LocationMap.of(self.page_starts, self.labels)
-
-    @property
-    def pages(self) -> int:
-        return len(self.page_starts)
-
-    def page_of(self, offset: int) -> int:
-        """1-based page number holding character ``offset``."""
-        import bisect
-
-        return max(1, bisect.bisect_right(self.page_starts, offset))
 
 
 def open_pdf(data: bytes):

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from ..sources import DocumentError, SourceDocument
+from ..source_document import DocumentError, SourceDocument
 
 
 def read_sectioned(kind: str, data: bytes, max_chars: int | None = None, deadline: float | None = None) -> SourceDocument:
