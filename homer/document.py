@@ -41,7 +41,7 @@ def build_document_cache(model, tokenizer, text: str, config: HomerConfig | None
                          prompt: DocumentPrompt | None = None, question: str | None = None,
                          progress: Progress | None = None, metadata: dict | None = None,
                          context_ids: list[int] | None = None, char_offsets: list[int] | None = None,
-                         leaf_states=None) -> HomerCache:
+                         leaf_states=None, checkpoints=None) -> HomerCache:
     """Build the cache of a whole document.
 
     Without ``question`` (the product's document-first protocol) the suffix is
@@ -49,7 +49,9 @@ def build_document_cache(model, tokenizer, text: str, config: HomerConfig | None
     (the paper's protocol) the question sits in the suffix and steers pruning.
     ``context_ids``/``char_offsets`` may be passed when the document is already tokenised.
     ``leaf_states``: a path where the leaf-stage states are also written, for later
-    query-aware deep reads (:func:`homer.deep_read.deep_read_document`)."""
+    query-aware deep reads (:func:`homer.deep_read.deep_read_document`). ``checkpoints``: a
+    :class:`homer.checkpoints.Checkpointer` the build saves its finished subtrees to and
+    resumes from (see :func:`homer.tree.build_cache`)."""
     prompt = prompt or default_prompt(tokenizer)
     if context_ids is None:
         context_ids, char_offsets = tokenize_document(tokenizer, text)
@@ -68,7 +70,7 @@ def build_document_cache(model, tokenizer, text: str, config: HomerConfig | None
     states = {} if leaf_states is None else {"leaf_states": leaf_states,
                                              "leaf_state_tensors": {} if offsets is None else {"char_offsets": offsets}}
     cache = build_cache(model, prefix_ids, context_ids, suffix_ids, config=config, progress=progress, metadata=meta,
-                        context_units=units, **states)
+                        context_units=units, checkpoints=checkpoints, **states)
     if offsets is not None:
         cache.char_offsets = torch.where(cache.sources >= 0, offsets[cache.sources.clamp(min=0)], -1)
     return cache

@@ -12,6 +12,7 @@ leaf: K/V at the leaf layers, hidden states after the last leaf layer's attentio
 from __future__ import annotations
 
 import json
+import logging
 import os
 import struct
 import tempfile
@@ -22,6 +23,8 @@ from safetensors import safe_open
 
 from .cache import CacheMismatchError, StoredMetadata
 from .config import HomerConfig
+
+log = logging.getLogger(__name__)
 
 FORMAT = "homer-leaf-states"
 FORMAT_VERSION = "1"
@@ -44,7 +47,9 @@ class _StreamingSafetensors:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         header, offset = {"__metadata__": {k: str(v) for k, v in metadata.items()}}, 0
+        self.offsets = []  # where each tensor's data starts, after the header
         for name, dtype, shape in specs:
+            self.offsets.append(offset)
             size = torch.tensor([], dtype=dtype).element_size()
             for dim in shape:
                 size *= int(dim)
@@ -58,6 +63,18 @@ class _StreamingSafetensors:
         fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
         self.fh = os.fdopen(fd, "wb")
         self.fh.write(struct.pack("<Q", len(raw)) + raw)
+        self.data_start = 8 + len(raw)
+
+    def index(self, name: str) -> int:
+        """The position of tensor ``name`` in the declared order."""
+        return next(i for i, (want, _, _) in enumerate(self.specs) if want == name)
+
+    def rewind(self, index: int) -> None:
+        """Forget every tensor from the ``index``-th on (they are written again)."""
+        self.fh.flush()
+        self.fh.seek(self.data_start + self.offsets[index])
+        self.fh.truncate()
+        self.next = index
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         want, dtype, shape = self.specs[self.next]
@@ -87,8 +104,16 @@ class LeafStateRecording:
     """Mixed into the tree builder (:class:`homer.tree._Builder`, before it in the bases): a
     normal build that also writes every leaf's states (context K/V at the leaf layers and
     hidden state after the last leaf layer's attention; the prefix's once, from leaf 0).
-    It uses the builder's ``plan``, ``stack``, ``kv_dtype`` and ``units`` and its hooks
-    (``read_leaf``, ``before_prune``, ``finish``, ``abort``); nodes are :class:`homer.tree.Node`."""
+    It uses the builder's ``plan``, ``stack``, ``kv_dtype``, ``units`` and ``checkpoints`` and
+    its hooks (``read_leaf``, ``before_prune``, ``resume_leaves``, ``finish``, ``abort``); nodes
+    are :class:`homer.tree.Node`.
+
+    Resuming (``build_cache(checkpoints=...)``): every leaf's recorded states are also saved
+    as checkpoint entry ``states-<i>``, and a leaf the build takes from a checkpointed subtree
+    has its states copied from there into the file, in order; when one is missing or
+    unreadable, the file is rewound to that subtree's first leaf and the subtree is built
+    again, so the file is always the one-shot build's. These entries are kept until the
+    checkpoints are cleared (after the cache is stored)."""
 
     def __init__(self, *args, path, extra_tensors: dict | None, build_metadata: dict | None, fingerprint: str,
                  config: HomerConfig, model_name: str):
@@ -142,13 +167,42 @@ class LeafStateRecording:
         def part(tensors: list, a: int, b: int) -> torch.Tensor:
             return torch.stack([t[:, a:b] for t in tensors]).to("cpu", self.kv_dtype)
 
-        if self._leaf == 0:
-            self.writer.write("prefix.keys", part(node.keys, 0, p))
-            self.writer.write("prefix.values", part(node.values, 0, p))
-            self.writer.write("prefix.hidden", node.hidden[0, :p].to("cpu", self.kv_dtype))
-        self.writer.write(f"leaf.{self._leaf}.keys", part(node.keys, p, p + n))
-        self.writer.write(f"leaf.{self._leaf}.values", part(node.values, p, p + n))
-        self.writer.write(f"leaf.{self._leaf}.hidden", node.hidden[0, p : p + n].to("cpu", self.kv_dtype))
+        i = self._leaf
+        states = {}
+        if i == 0:
+            states["prefix.keys"] = part(node.keys, 0, p)
+            states["prefix.values"] = part(node.values, 0, p)
+            states["prefix.hidden"] = node.hidden[0, :p].to("cpu", self.kv_dtype)
+        states[f"leaf.{i}.keys"] = part(node.keys, p, p + n)
+        states[f"leaf.{i}.values"] = part(node.values, p, p + n)
+        states[f"leaf.{i}.hidden"] = node.hidden[0, p : p + n].to("cpu", self.kv_dtype)
+        for name, tensor in states.items():
+            self.writer.write(name, tensor)
+        if self.checkpoints is not None:
+            self.checkpoints.save(f"states-{i}", states, {"leaf": i})
+
+    def resume_leaves(self, first_leaf: int, count: int) -> bool:
+        """Copy the checkpointed states of leaves ``first_leaf`` … into the file (see the class
+        docstring); False, with the file rewound, when one of them cannot be used."""
+        first_name = "prefix.keys" if first_leaf == 0 else f"leaf.{first_leaf}.keys"
+        mark = self.writer.index(first_name)
+        if self.writer.next != mark:  # not where this subtree's states go: build it
+            return False
+        for i in range(first_leaf, first_leaf + count):
+            entry = self.checkpoints.load(f"states-{i}")
+            names = (["prefix.keys", "prefix.values", "prefix.hidden"] if i == 0 else []) + \
+                [f"leaf.{i}.keys", f"leaf.{i}.values", f"leaf.{i}.hidden"]
+            try:
+                if entry is None:
+                    raise KeyError("missing")
+                for name in names:
+                    self.writer.write(name, entry[0][name])
+            except (KeyError, RuntimeError) as exc:
+                self.writer.rewind(mark)
+                log.warning("the recorded leaf states of leaf %d cannot be taken from the checkpoints (%s): "
+                            "leaves %d-%d are built again", i + 1, exc, first_leaf + 1, first_leaf + count)
+                return False
+        return super().resume_leaves(first_leaf, count)
 
     def finish(self) -> None:
         self.writer.close()

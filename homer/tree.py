@@ -4,7 +4,9 @@ depth-first, to a root whose cache is returned. ``build_cache`` is a pure functi
 
 Owns the merge tree (:class:`Node`), the builder and its hooks (:class:`_Builder`, which
 :mod:`homer.deep_read` extends) and the choice of builder a build uses: with
-``leaf_states`` the builder also records the leaf states (:mod:`homer.leaf_states`)."""
+``leaf_states`` the builder also records the leaf states (:mod:`homer.leaf_states`); with
+``checkpoints`` it saves every finished subtree and resumes from them
+(:mod:`homer.checkpoints`)."""
 
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from .cache import HomerCache
+from .checkpoints import BuildCheckpoints, Checkpointer, build_digest
 from .config import HomerConfig
 from .fingerprint import model_fingerprint
 from .layers import DecoderStack
@@ -58,6 +61,25 @@ class Node:
             self.carried = self.carried.index_select(0, index)
         self.keys = [k.index_select(1, device_index) for k in self.keys]
         self.values = [v.index_select(1, device_index) for v in self.values]
+
+    def state_tensors(self) -> dict[str, torch.Tensor]:
+        """Everything the node holds, as named tensors (a checkpoint, :mod:`homer.checkpoints`)."""
+        tensors = {"hidden": self.hidden, "positions": self.positions, "token_ids": self.token_ids,
+                   "sources": self.sources}
+        if self.carried is not None:
+            tensors["carried"] = self.carried
+        for i, (k, v) in enumerate(zip(self.keys, self.values)):
+            tensors[f"keys.{i}"], tensors[f"values.{i}"] = k, v
+        return tensors
+
+    @classmethod
+    def from_state(cls, tensors: dict[str, torch.Tensor], device) -> "Node":
+        """The node :meth:`state_tensors` gave, its hidden states and K/V on ``device``."""
+        layers = sum(1 for name in tensors if name.startswith("keys."))
+        return cls(hidden=tensors["hidden"].to(device), positions=tensors["positions"], token_ids=tensors["token_ids"],
+                   sources=tensors["sources"], carried=tensors.get("carried"),
+                   keys=[tensors[f"keys.{i}"].to(device) for i in range(layers)],
+                   values=[tensors[f"values.{i}"].to(device) for i in range(layers)])
 
 
 def _merge_tensor(left: torch.Tensor, right: torch.Tensor, p: int, s: int, dim: int) -> torch.Tensor:
@@ -159,11 +181,105 @@ class _Builder:
         self.progress = progress
         self.steps_total = 2 * plan.num_leaves - 1
         self.steps_done = 0
+        self.checkpoints: BuildCheckpoints | None = None  # set by build_cache(checkpoints=...)
+        self.leaves_computed = 0
+        self.leaves_reused = 0  # leaves inside subtrees loaded from checkpoints
+        self.resumed_at: int | None = None  # the next leaf when this run first computed (0-based)
+        self._frontier = 0  # leaves finished so far (loaded or computed), in depth-first order
 
     def _tick(self, message: str) -> None:
         self.steps_done += 1
         if self.progress is not None:
             self.progress(self.steps_done, self.steps_total, message)
+
+    @property
+    def resume_message(self) -> str | None:
+        """"resumed at leaf 9/32" (1-based: the next leaf when this run started computing)
+        when the build loaded finished subtrees from its checkpoints, else None."""
+        if not self.leaves_reused:
+            return None
+        n = self.plan.num_leaves
+        if self.resumed_at is None or self.resumed_at >= n:
+            return f"resumed with all {n} leaves done"
+        return f"resumed at leaf {self.resumed_at + 1}/{n}"
+
+    def _computing(self) -> None:
+        """Called before every leaf and merge this run computes."""
+        if self.resumed_at is None:
+            self.resumed_at = self._frontier
+            if self.leaves_reused:
+                log.info("%s (from checkpoints)", self.resume_message)
+                if self.progress is not None:
+                    self.progress(self.steps_done, self.steps_total, self.resume_message)
+
+    # checkpoints (homer.checkpoints) ----------------------------------------------------
+    @staticmethod
+    def checkpoint_key(first_leaf: int, height: int) -> str:
+        return f"leaves-{first_leaf}-{first_leaf + 2**height - 1}"
+
+    def save_checkpoint(self, node: Node, first_leaf: int, height: int) -> None:
+        """Save a finished subtree (with the generator state after it) and drop its children's."""
+        if self.checkpoints is None:
+            return
+        tensors = {**node.state_tensors(), "generator": self.generator.get_state()}
+        self.checkpoints.save(self.checkpoint_key(first_leaf, height), tensors,
+                              {"first_leaf": first_leaf, "height": height, "length": len(node)})
+        if height > 0 and self.checkpoints.saving:
+            half = 2 ** (height - 1)
+            self.checkpoints.discard(self.checkpoint_key(first_leaf, height - 1))
+            self.checkpoints.discard(self.checkpoint_key(first_leaf + half, height - 1))
+
+    def load_checkpoint(self, first_leaf: int, height: int, target: int) -> Node | None:
+        """The finished subtree from the checkpoints, or None (none, or one that does not fit)."""
+        if self.checkpoints is None:
+            return None
+        key = self.checkpoint_key(first_leaf, height)
+        entry = self.checkpoints.load(key)
+        if entry is None:
+            return None
+        tensors, _ = entry
+        try:
+            node = Node.from_state(tensors, self.stack.device)
+            generator = tensors["generator"]
+            self._check_checkpoint(node, first_leaf, height, target)
+        except (KeyError, ValueError, RuntimeError) as exc:
+            log.warning("checkpoint %s does not fit this build (%s): ignored, that part is built again", key, exc)
+            self.checkpoints.discard(key)
+            return None
+        leaves = 2**height
+        if not self.resume_leaves(first_leaf, leaves):
+            return None
+        self.generator.set_state(generator)
+        self.leaves_reused += leaves
+        self._frontier = max(self._frontier, first_leaf + leaves)
+        self.steps_done += 2 * leaves - 1
+        return node
+
+    def _check_checkpoint(self, node: Node, first_leaf: int, height: int, target: int) -> None:
+        n, layers = len(node), self.plan.layers_at(height).stop
+        hidden_size = int(self.stack.embed_tokens.weight.shape[1])
+        start, _ = self.plan.slice_bounds(first_leaf)
+        _, end = self.plan.slice_bounds(first_leaf + 2**height - 1)
+        shape = (self.stack.num_kv_heads, n, self.stack.head_dim)
+        if not (0 < n <= target) or len(node.keys) != layers or len(node.values) != layers:
+            raise ValueError(f"{n} tokens and {len(node.keys)} layers, expected at most {target} and {layers}")
+        if tuple(node.hidden.shape) != (1, n, hidden_size) or node.hidden.dtype != self.stack.dtype:
+            raise ValueError("hidden states of another shape or dtype")
+        if any(tuple(t.shape) != shape or t.dtype != self.kv_dtype for t in node.keys + node.values):
+            raise ValueError("K/V of another shape or dtype")
+        for t in (node.positions, node.token_ids, node.sources):
+            if tuple(t.shape) != (n,) or t.dtype != torch.long:
+                raise ValueError("positions, ids or sources of another shape")
+        context = node.sources[self.plan.prefix_len : n - self.plan.suffix_len]
+        if len(context) and (int(context.min()) < start or int(context.max()) >= end):
+            raise ValueError("tokens from outside its leaves")
+        if node.carried is not None and tuple(node.carried.shape) != (n,):
+            raise ValueError("carried scores of another shape")
+
+    def resume_leaves(self, first_leaf: int, count: int) -> bool:
+        """Hook: called when leaves ``first_leaf`` … ``+ count − 1`` are about to be taken from a
+        checkpoint; False keeps them from being skipped (the leaf-state recording uses it)."""
+        return True
 
     def leaf(self, index: int) -> Node:
         """Leaf i = prefix ++ slice_i ++ suffix with reused position ids (§2)."""
@@ -264,17 +380,28 @@ class _Builder:
         return node
 
     def subtree(self, first_leaf: int, height: int, target: int) -> Node:
-        """Depth-first: left subtree, right subtree, merge, then this node's block (§6)."""
+        """Depth-first: left subtree, right subtree, merge, then this node's block (§6). With
+        checkpoints, a finished subtree is loaded instead of built, and every subtree built
+        is saved before its progress is reported."""
+        node = self.load_checkpoint(first_leaf, height, target)
+        if node is not None:
+            return node
         if height == 0:
+            self._computing()
             node = self.read_leaf(first_leaf, target)
+            self.leaves_computed += 1
+            self._frontier = max(self._frontier, first_leaf + 1)
+            self.save_checkpoint(node, first_leaf, 0)
             self._tick(f"read chunk {first_leaf + 1}/{self.plan.num_leaves}")
             return node
         left_target, right_target = self.plan.child_targets(first_leaf, height)
         left = self.subtree(first_leaf, height - 1, left_target)
         right = self.subtree(first_leaf + 2 ** (height - 1), height - 1, right_target)
+        self._computing()
         node = merge_nodes(left, right, self.plan.prefix_len, self.plan.suffix_len)
         del left, right
         self.run_block(node, self.plan.layers_at(height), target)
+        self.save_checkpoint(node, first_leaf, height)
         self._tick(f"merged level {height}")
         return node
 
@@ -303,7 +430,7 @@ def _as_ids(ids) -> torch.Tensor:
 def build_cache(model, prefix_ids, context_ids, suffix_ids, config: HomerConfig | None = None,
                 progress: Progress | None = None, metadata: dict | None = None,
                 context_units=None, leaf_states=None, leaf_state_tensors: dict | None = None,
-                _make_builder=None) -> HomerCache:
+                checkpoints: Checkpointer | None = None, _make_builder=None) -> HomerCache:
     """Build a HOMER cache from token ids (the method itself).
 
     prefix_ids: e.g. system prompt + chat header (with BOS if the model uses one);
@@ -314,6 +441,15 @@ def build_cache(model, prefix_ids, context_ids, suffix_ids, config: HomerConfig 
     ``leaf_states``: a file path; when given, the leaf-stage states are also written there
     (atomically, leaf by leaf; :mod:`homer.leaf_states`) so a later question can rebuild
     fast — see :mod:`homer.deep_read`; ``leaf_state_tensors``: extra tensors stored in that file.
+    ``checkpoints``: a :class:`homer.checkpoints.Checkpointer` (e.g. a
+    :class:`~homer.checkpoints.DirectoryCheckpointer`): every finished subtree is saved there,
+    and a build given the checkpoints of an earlier, stopped build of the same input, settings
+    and model resumes from them; the cache is bit for bit the one-shot build's. Leaf-state
+    recording resumes too (each leaf's recorded states are checkpointed with it), and so do
+    reconstruction scores (carried by the saved nodes) and random scores (the generator state
+    is saved). The checkpoints are left in place (the root's included, in case the caller
+    stops before storing the cache): clear them once the cache is stored. The cache's
+    metadata then says ``leaves_computed`` and ``resumed`` ("resumed at leaf 9/32" or "").
     ``_make_builder`` (internal, for :mod:`homer.deep_read`): makes the builder from
     :class:`_Builder`'s arguments plus ``fingerprint`` and ``config`` keywords."""
     if leaf_states is not None:
@@ -343,8 +479,18 @@ def build_cache(model, prefix_ids, context_ids, suffix_ids, config: HomerConfig 
         builder = _Builder(*builder_args)
     else:
         builder = _make_builder(*builder_args, fingerprint=fingerprint, config=config)
+    if checkpoints is not None:
+        kind = "build" if type(builder) in (_Builder, _RecordingBuilder) else type(builder).__qualname__
+        digest = build_digest(fingerprint=fingerprint, settings_json=config.settings_json(), scorer=scorer,
+                              prefix=prefix, context=context, suffix=suffix, units=units, model_dtype=stack.dtype,
+                              device_type=f"{stack.device.type}:{kind}")
+        builder.checkpoints = BuildCheckpoints(checkpoints, digest)
     try:
         root = builder.subtree(0, plan.height, plan.root_target)
+        if builder.resumed_at is None and builder.leaves_reused:  # the root came from a checkpoint
+            log.info("%s (from checkpoints)", builder.resume_message)
+            if progress is not None:
+                progress(builder.steps_done, builder.steps_total, builder.resume_message)
         builder.finish()
     except BaseException:
         builder.abort()
@@ -363,6 +509,9 @@ def build_cache(model, prefix_ids, context_ids, suffix_ids, config: HomerConfig 
         "num_leaves": str(plan.num_leaves),
         "build_seconds": f"{time.perf_counter() - started:.3f}",
     }
+    if checkpoints is not None:
+        meta["leaves_computed"] = str(builder.leaves_computed)
+        meta["resumed"] = builder.resume_message or ""
     meta.update({k: str(v) for k, v in (metadata or {}).items()})
     return HomerCache(
         keys=torch.stack(root.keys).to("cpu", dtype),
