@@ -40,7 +40,7 @@ from homer.generation import Conversation, ConversationFullError, GenerationSett
 from storage.errors import StoreError
 
 from . import focus as focusing
-from . import tasks
+from . import reader, tasks
 
 ModelLoader = Callable[[str | None], tuple]  # name -> (model, tokenizer, fingerprint)
 
@@ -232,7 +232,8 @@ class ChatService:
         earlier answer tokens fed this turn), document_tokens, cache_tokens, cache_reused
         (the stored cache answered — the document was not encoded again), cache_source
         ("memory" or "disk"), cache_load_seconds, turn (1-based), cache_id, deep_read; for a
-        document of several pages also sources ("p. 12, p. 47"), citations (pages with scores)
+        document of several pages also sources ("p. 12, p. 47"), citations (pages with scores),
+        source_places (each source as a place the reader opens, :mod:`app.reader`)
         and citation_seconds — the last item's answer then ends with a "Sources: …" line.
 
         ``deep_read``: answer from a question-aware cache built for this question from the
@@ -349,6 +350,7 @@ class ChatService:
                                                                else None, model, tokenizer)  # HOMER_SOURCE_ORDER
                     shown = focusing.with_passage_sources(answer, sources, locations, question)
                     stats.update(sources=focusing.sources_label(sources, locations, question),
+                                 source_places=reader.passage_places(document_id, sources, locations, question),
                                  citation_seconds=round(turn.seconds, 4))
                     stats.update(ranking)  # source_order; by attention also source_scores, citation_seconds
             else:
@@ -417,6 +419,8 @@ class ChatService:
                                 prompt=prompt)
         label = citations.label(locations)
         stats.update(sources=label, citations=citations.to_dict()["pages"],
+                     source_places=reader.location_places(document_id, [c.page for c in citations.pages], locations,
+                                                          reader.text_length(self.store, document_id)),
                      citation_seconds=round(citations.seconds, 4))
         return label
 

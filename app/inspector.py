@@ -1,16 +1,17 @@
-"""What survived into a cache: kept-token density per page (PDFs) or per stretch of the
+"""What survived into a cache: kept-token density per page (PDFs), per section (EPUB, DOCX,
+HTML: labelled by the document's :class:`homer.locations.LocationMap`) or per stretch of the
 text, and the shape of the merge tree that produced it — computed from the stored cache
 (``sources``, ``char_offsets``, its settings) and the document's page map."""
 
 from __future__ import annotations
 
 import bisect
-import json
 
 import torch
 
 from homer.cache import HomerCache
 from homer.document import tokenize_document
+from homer.locations import SECTION_SEPARATOR, LocationMap
 from homer.plan import ChunkPlan
 
 
@@ -48,19 +49,22 @@ def page_token_counts(text: str, page_starts: list[int], tokenizer) -> list[int]
 
 
 def kept_density(cache: HomerCache, page_starts: list[int] | None = None, page_tokens: list[int] | None = None,
-                 bins: int = 40) -> dict:
+                 bins: int = 40, locations: LocationMap | None = None) -> dict:
     """Kept-token density. Per page when the document has pages, the cache records character
-    offsets and ``page_tokens`` is given; else per equal stretch of the context (``bins``).
-    Returns unit, labels, kept, total and density (kept / total) lists."""
+    offsets and ``page_tokens`` is given (per section, labelled by its heading, when
+    ``locations`` is a sectioned :class:`homer.locations.LocationMap`); else per equal stretch
+    of the context (``bins``). Returns unit, labels, kept, total and density (kept / total)
+    lists."""
     sources = cache.sources[cache.sources >= 0]
     if page_starts and len(page_starts) > 1 and page_tokens and cache.char_offsets is not None:
         offsets = cache.char_offsets[cache.char_offsets >= 0].tolist()
         kept = [0] * len(page_starts)
         for offset in offsets:
             kept[max(0, bisect.bisect_right(page_starts, offset) - 1)] += 1
-        labels = [str(i + 1) for i in range(len(page_starts))]
+        sectioned = locations is not None and locations.sectioned and len(locations) == len(page_starts)
+        labels = [locations.label(i + 1) if sectioned else str(i + 1) for i in range(len(page_starts))]
         total = list(page_tokens)
-        unit = "page"
+        unit = "section" if sectioned else "page"
     else:
         context_len = int(cache.metadata.get("context_len") or (int(sources.max()) + 1 if len(sources) else 1))
         bins = max(1, min(bins, context_len))
@@ -88,14 +92,22 @@ def density_figure(data: dict, title: str = ""):
     ax.axhline(average, color="#d8573b", linestyle="--", linewidth=1, label=f"average {average:.1f} %")
     step = max(1, n // 12)
     ax.set_xticks(range(0, n, step))
-    ax.set_xticklabels([data["labels"][i] for i in range(0, n, step)], rotation=0, fontsize=8)
-    ax.set_xlabel("page" if data["unit"] == "page" else "position in the document (token)")
+    sections = data["unit"] == "section"
+    ax.set_xticklabels([_tick(data["labels"][i]) if sections else data["labels"][i] for i in range(0, n, step)],
+                       rotation=30 if sections else 0, ha="right" if sections else "center", fontsize=8)
+    ax.set_xlabel(data["unit"] if data["unit"] in ("page", "section") else "position in the document (token)")
     ax.set_ylabel("tokens kept (%)")
     ax.set_title(title or "Which parts of the text survived into the cache", fontsize=10)
     ax.legend(loc="upper right", fontsize=8)
     ax.margins(x=0.01)
     fig.tight_layout()
     return fig
+
+
+def _tick(label: str, limit: int = 18) -> str:
+    """A section's label short enough for an axis tick (its deepest heading)."""
+    label = label.rsplit(SECTION_SEPARATOR, 1)[-1]
+    return label if len(label) <= limit else label[:limit - 1].rstrip() + "…"
 
 
 def tree_figure(shape: dict):
@@ -147,17 +159,18 @@ def summary_markdown(shape: dict, data: dict) -> str:
         f"M = {shape['max_chunk_len']}, T = {shape['target_len']}, W = {shape['warmup_layers']} warm-up layers "
         f"of {shape['layers']}, {shape['block_layers']} layers per merge level.",
     ]
-    if data["unit"] == "page":
+    if data["unit"] in ("page", "section"):
         densest = max(range(len(data["density"])), key=lambda i: data["density"][i])
-        lines.append(f"Densest page: {data['labels'][densest]} ({100 * data['density'][densest]:.1f} % kept).")
+        lines.append(f"Densest {data['unit']}: {data['labels'][densest]} ({100 * data['density'][densest]:.1f} % kept).")
     return "\n\n".join(lines)
 
 
 def inspect(store, cache_row: dict, cache: HomerCache, tokenizer=None) -> tuple[dict, dict]:
     """``(tree shape, density data)`` for a stored cache."""
     doc = store.document(cache_row["document_id"])
-    page_starts = json.loads(doc["page_starts"] or "[0]")
+    locations = store.location_map(doc["id"])
+    page_starts = list(locations.starts)
     page_tokens = None
     if len(page_starts) > 1 and tokenizer is not None:
         page_tokens = page_token_counts(store.document_text(doc["id"]), page_starts, tokenizer)
-    return tree_shape(cache), kept_density(cache, page_starts, page_tokens)
+    return tree_shape(cache), kept_density(cache, page_starts, page_tokens, locations=locations)

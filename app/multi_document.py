@@ -45,7 +45,7 @@ from homer.locations import LocationMap
 from storage import passages as index
 
 from . import focus as focusing
-from . import library
+from . import library, reader
 from .chat import ChatError, ChatSession, citations_enabled, describe_turn, turn_line_notes
 
 WHOLE_LIBRARY = "*"  # a selection item: every ready document of the user's library
@@ -84,6 +84,13 @@ class SourcedPassage:
     def where(self) -> str:
         where = self.locations.where(self.passage.page)
         return f", {where}" if where else ""
+
+    def place(self, question: str = "") -> dict:
+        """The passage as a place the reader opens (:func:`app.reader.place`), with the quote
+        its sources line shows."""
+        p = self.passage
+        return reader.place(self.document_id, p.page, self.locations, p.start, p.end,
+                            p.quote(query=self.quote_words or question), document=self.name)
 
     def to_dict(self) -> dict:
         p = self.passage
@@ -283,7 +290,8 @@ class SeveralDocuments:
             deep_read: bool = False) -> Iterator[tuple[str, dict]]:
         """Stream ``(answer so far, turn stats)`` for ``question`` over the selection ``refs``.
         The last item's answer ends with the sources ("Sources:" then one line per passage,
-        ``- <name>, p. 12: “quote”``; ``HOMER_CITATIONS=0`` leaves it out) and its stats hold
+        ``- <name>, p. 12: “quote”``; ``HOMER_CITATIONS=0`` leaves it out; the same sources as
+        source_places for the reader, :mod:`app.reader`) and its stats hold
         documents (id and name each), passages (document, page, span, own rank, fused score),
         focus ("passages"), retrieval_seconds, time_to_first_token, tokens_per_second,
         new_tokens, appended_tokens (the prompt: passages, earlier turns, question), turn,
@@ -357,6 +365,7 @@ class SeveralDocuments:
             if found and citations_enabled():
                 shown = with_sources(answer, found, question)
                 stats["sources"] = sources_label(found, question)
+                stats["source_places"] = [s.place(question) for s in found]
             chat.turns.append((question, answer))
             chat.messages += [{"role": "user", "content": question}, {"role": "assistant", "content": shown}]
         yield shown, stats

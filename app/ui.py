@@ -3,7 +3,8 @@
 
 Tabs: Library (upload, live build state, delete), Chat (streaming answers from a stored
 cache, time to first token; several documents or the whole library at once, and the focus
-strategy for the session), Share (export / import bundles), Inspector (what the cache
+strategy for the session; beside it the reader, :mod:`app.reader`, which opens a source of the
+last answer at its page or section), Share (export / import bundles), Inspector (what the cache
 kept, the merge tree), Settings (model, HOMER settings, generation settings)."""
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from storage.bundle_schema import max_bundle_bytes
 from storage.errors import StoreError
 
 from . import focus as focusing
-from . import inspector, library
+from . import inspector, library, reader
 from .chat import ChatError, ChatService, settings_overrides
 from .multi_document import WHOLE_LIBRARY, WHOLE_LIBRARY_LABEL, SeveralDocuments, describe
 
@@ -30,7 +31,7 @@ CSS = """
 #homer-title h1 {margin-bottom: 0}
 #turn-stats {min-height: 1.5em}
 .library-table td {white-space: normal}
-"""
+""" + reader.CSS
 THEME = gr.themes.Soft(primary_hue="blue")
 SIGNIFICANCE = list(SIGNIFICANCE_CHOICES)
 CACHE_DTYPES = ["float16", "bfloat16", "float32"]
@@ -191,6 +192,44 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
         chat.clear(session_of(request), document_id)
         return [], "", {}
 
+    # --- handlers: the reader ------------------------------------------------------------------
+    def show_sources(stats: dict | None):
+        """The last answer's sources, listed beside the chat (none: the list is hidden)."""
+        found = reader.places_of(stats)
+        return gr.Dataset(samples=[[reader.choice_label(p)] for p in found], visible=bool(found)), found
+
+    def read(opened):
+        if isinstance(opened, str):
+            return reader.message_html(opened), {}
+        return opened.html, opened.state()
+
+    def open_source(index, found: list | None, request: gr.Request):
+        """Open the clicked source in the reader: only a document the user may see."""
+        if not isinstance(index, int) or not found or not 0 <= index < len(found):
+            return gr.update(), gr.update()
+        try:
+            return read(reader.open_place(store, found[index], owner_of(request)))
+        except (StoreError, ValueError) as exc:
+            return read(f"✗ {exc}")
+
+    def turn_page(opened: dict | None, step: int, request: gr.Request):
+        """The reader's previous / next page or section of the document it shows."""
+        if not opened or not opened.get("document_id"):
+            return gr.update(), gr.update()
+        number = int(opened.get("location") or 1) + step
+        if not 1 <= number <= int(opened.get("count") or 1):
+            return gr.update(), gr.update()
+        try:
+            return read(reader.open_location(store, opened["document_id"], number, owner_of(request)))
+        except (StoreError, ValueError) as exc:
+            return read(f"✗ {exc}")
+
+    def previous_page(opened: dict | None, request: gr.Request):
+        return turn_page(opened, -1, request)
+
+    def next_page(opened: dict | None, request: gr.Request):
+        return turn_page(opened, 1, request)
+
     # --- handlers: share --------------------------------------------------------------------
     def export(document_id: str | None, model: str, request: gr.Request):
         if not document_id:
@@ -231,7 +270,7 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
             shape, data = inspector.inspect(store, row, cache, tokenizer)
         except (StoreError, ValueError) as exc:
             return None, None, f"✗ {exc}"
-        title = f"Kept tokens per {'page' if data['unit'] == 'page' else 'stretch of the text'}"
+        title = f"Kept tokens per {data['unit'] if data['unit'] in ('page', 'section') else 'stretch of the text'}"
         return (inspector.density_figure(data, title), inspector.tree_figure(shape),
                 inspector.summary_markdown(shape, data))
 
@@ -287,8 +326,8 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
         with gr.Tabs():
             with gr.Tab("Library", id="library"):
                 with gr.Row():
-                    files = gr.File(label="Add documents (PDF, TXT, Markdown — several at once is fine)",
-                                    file_count="multiple", file_types=[".pdf", ".txt", ".md", ".markdown"],
+                    files = gr.File(label="Add documents (PDF, EPUB, DOCX, HTML, TXT, Markdown — several at once is fine)",
+                                    file_count="multiple", file_types=list(library.SUPPORTED_SUFFIXES),
                                     elem_id="upload", scale=3)
                     upload_status = gr.Markdown(elem_id="upload-status")
                 table = gr.Dataframe(headers=library.HEADERS, interactive=False, wrap=True, elem_id="library-table",
@@ -310,18 +349,31 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
                     focus = gr.Radio(list(focusing.CHOICES), value=default_focus(), label="Focus", elem_id="focus",
                                      scale=3, info="auto: whole-document questions from the cache, others from "
                                                    "the passages they need")
-                chatbot = gr.Chatbot(label="Conversation", height=420, elem_id="chatbot", buttons=["copy"],
-                                     placeholder="Pick a ready document and ask a question about it.")
-                with gr.Row():
-                    question = gr.Textbox(placeholder="Ask about the document…", show_label=False, scale=5,
-                                          elem_id="question", submit_btn=False)
-                    deep_read = gr.Checkbox(label="Deep read", value=False, scale=1, min_width=120, elem_id="deep-read",
-                                            info="re-read for this question (slower; needs leaf states)")
-                    send_btn = gr.Button("Ask", variant="primary", scale=1, elem_id="ask")
-                    clear_btn = gr.Button("Clear", scale=1, elem_id="clear")
-                turn_stats = gr.Markdown(elem_id="turn-stats")
-                with gr.Accordion("Turn details", open=False):
-                    turn_json = gr.JSON(label="last turn", elem_id="turn-json")
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=3, min_width=420):
+                        chatbot = gr.Chatbot(label="Conversation", height=420, elem_id="chatbot", buttons=["copy"],
+                                             placeholder="Pick a ready document and ask a question about it.")
+                        with gr.Row():
+                            question = gr.Textbox(placeholder="Ask about the document…", show_label=False, scale=5,
+                                                  elem_id="question", submit_btn=False)
+                            deep_read = gr.Checkbox(label="Deep read", value=False, scale=1, min_width=120,
+                                                    elem_id="deep-read",
+                                                    info="re-read for this question (slower; needs leaf states)")
+                            send_btn = gr.Button("Ask", variant="primary", scale=1, elem_id="ask")
+                            clear_btn = gr.Button("Clear", scale=1, elem_id="clear")
+                        turn_stats = gr.Markdown(elem_id="turn-stats")
+                        with gr.Accordion("Turn details", open=False):
+                            turn_json = gr.JSON(label="last turn", elem_id="turn-json")
+                    with gr.Column(scale=2, min_width=320, elem_id="reader-pane"):
+                        source_list = gr.Dataset(label="Sources of the last answer: click one to open it",
+                                                 components=["textbox"], samples=[], type="index", visible=False,
+                                                 samples_per_page=12, elem_id="sources")
+                        places = gr.State([])  # the last answer's sources (app.reader places)
+                        opened = gr.State({})  # what the reader shows: document, location, count
+                        reader_view = gr.HTML(reader.EMPTY, elem_id="reader", js_on_load=reader.SCROLL_JS)
+                        with gr.Row():
+                            previous_btn = gr.Button("‹ previous", size="sm", elem_id="reader-previous")
+                            next_btn = gr.Button("next ›", size="sm", elem_id="reader-next")
 
             with gr.Tab("Share", id="share"):
                 gr.Markdown("Export a document's cache as a bundle (cache, text, source, checksums) so a teammate "
@@ -394,18 +446,32 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
             .then(refresh, model_state, [table, version], show_progress="hidden", api_visibility="private")
 
         picked = [chat_doc, chat_docs, model_state, settings_state]
-        chat_doc.change(pick_chat, picked, [chatbot, turn_stats], show_progress="hidden", api_visibility="private")
-        chat_docs.change(pick_chat, picked, [chatbot, turn_stats], show_progress="hidden", api_visibility="private")
+        no_sources = dict(fn=lambda: show_sources({}), inputs=None, outputs=[source_list, places],
+                          show_progress="hidden", api_visibility="private")
+        chat_doc.change(pick_chat, picked, [chatbot, turn_stats], show_progress="hidden", api_visibility="private") \
+            .then(**no_sources)
+        chat_docs.change(pick_chat, picked, [chatbot, turn_stats], show_progress="hidden", api_visibility="private") \
+            .then(**no_sources)
         # API: document, question, temperature, max new tokens[, deep read, focus, documents] (states are not API
         # inputs); documents: ids, prefixes or names, or "*" for the whole library, instead of the one document
         ask_inputs = [chat_doc, question, temperature, max_new_tokens, model_state, settings_state, deep_read, focus,
                       chat_docs]
         ask_outputs = [chatbot, question, turn_stats, turn_json]
-        send_btn.click(ask, ask_inputs, ask_outputs, api_name="ask", concurrency_limit=1, concurrency_id="gpu")
-        question.submit(ask, ask_inputs, ask_outputs, api_visibility="private", concurrency_limit=1, concurrency_id="gpu")
+        sources_of_turn = dict(fn=show_sources, inputs=turn_json, outputs=[source_list, places], show_progress="hidden",
+                               api_visibility="private")
+        send_btn.click(ask, ask_inputs, ask_outputs, api_name="ask", concurrency_limit=1, concurrency_id="gpu") \
+            .then(**sources_of_turn)
+        question.submit(ask, ask_inputs, ask_outputs, api_visibility="private", concurrency_limit=1,
+                        concurrency_id="gpu").then(**sources_of_turn)
         clear_inputs = [chat_doc, chat_docs, model_state, settings_state]
-        clear_btn.click(clear, clear_inputs, [chatbot, turn_stats, turn_json], api_name="clear")
-        chatbot.clear(clear, clear_inputs, [chatbot, turn_stats, turn_json], api_visibility="private")
+        clear_btn.click(clear, clear_inputs, [chatbot, turn_stats, turn_json], api_name="clear").then(**no_sources)
+        chatbot.clear(clear, clear_inputs, [chatbot, turn_stats, turn_json], api_visibility="private") \
+            .then(**no_sources)
+        source_list.click(open_source, [source_list, places], [reader_view, opened], show_progress="hidden",
+                          api_visibility="private")
+        previous_btn.click(previous_page, opened, [reader_view, opened], show_progress="hidden",
+                           api_visibility="private")
+        next_btn.click(next_page, opened, [reader_view, opened], show_progress="hidden", api_visibility="private")
 
         export_btn.click(export, [share_doc, model_state], [export_file, share_status], api_name="export")
         import_btn.click(import_, [bundle, model_state], share_status, api_name="import_bundle") \

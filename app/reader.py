@@ -1,0 +1,381 @@
+"""The reader beside the chat: a source of an answer, opened at its place.
+
+An answer lists its sources under it ("Sources:" then "- p. 12: “quote”"). The same sources go
+into the turn's stats as *places* (:func:`place`; ``stats["source_places"]``): the document,
+the 1-based location (a page of a PDF or a section, :class:`homer.locations.LocationMap`), its
+label, the character span ``[start, end)`` of the passage read (of the whole location for a
+page cited from the cache) and the quote shown (empty for a cited page). The UI lists the last
+answer's places beside the chat and :func:`open_place` opens the one clicked:
+
+* **access first**: the document is looked up with :func:`app.library.check_access` among the
+  asking user's documents, by its full id only; another user's document is refused with the
+  words a missing one gets, before anything of it is read;
+* **a PDF** opens at its page, rendered to an image on the server with pdfium
+  (:func:`render_page`, the ``pypdfium2`` wheel): the browser needs no PDF viewer, no script
+  and nothing from outside the app, and the image travels inside the reader's HTML (a data
+  URI: no file of the store is ever served by URL). The quote is highlighted on the page where
+  the page's own text layer holds it exactly (whitespace-normalised), from pdfium's boxes of
+  its characters; else the page opens without a highlight. Without ``pypdfium2`` (or for a
+  page it cannot render) the page opens as text, as other formats do;
+* **any other location** (a Markdown or text file, a section of an EPUB, DOCX or HTML file)
+  opens as its text, HTML-escaped, with the quote in ``<mark>`` when the text holds it exactly
+  (whitespace-normalised, :func:`find_quote`), near the passage first; else the section opens
+  without a highlight, at the passage. A location longer than :data:`MAX_SHOWN_CHARS` is
+  shown as that many characters around the passage.
+
+Everything of the document that reaches the page — its text, its name, the labels — is
+HTML-escaped here. The reader's HTML scrolls itself to the highlight (:data:`SCROLL_JS`,
+run by ``gr.HTML(js_on_load=...)`` whenever its value changes).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import logging
+import re
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from homer.locations import LocationMap
+from . import library
+
+log = logging.getLogger(__name__)
+
+MAX_SHOWN_CHARS = 20_000  # of a long location (a whole text file is one), shown around the passage
+NEAR_PASSAGE_CHARS = 400  # the quote is looked for in the passage and this far around it first
+RENDER_WIDTH = 1000       # pixels of a rendered PDF page's width
+MAX_RENDER_PIXELS = 1000 * 4000  # a page of an odd shape is rendered smaller than this
+MAX_CHOICE_QUOTE = 70     # characters of a quote in the list of sources
+ELLIPSIS = "…"
+PLACE_KEYS = ("document_id", "location", "label", "start", "end", "quote")
+_PDFIUM = threading.Lock()  # pdfium is not thread-safe; the UI's handlers run in threads
+
+EMPTY = ('<div class="homer-reader"><div class="reader-empty">The reader: click a source of an answer '
+         'to open the document there.</div></div>')
+
+# Runs in the browser on the reader's gr.HTML: scrolls the reader's own box (not the page) to the
+# highlight, or to the passage's place, each time a document is opened.
+SCROLL_JS = """
+const scroll = () => {
+  const body = element.querySelector('.reader-body');
+  if (!body) return;
+  const target = body.querySelector('.reader-target');
+  body.scrollTop = target ? Math.max(0, target.offsetTop - body.clientHeight / 3) : 0;
+};
+scroll();
+watch('value', () => requestAnimationFrame(scroll));
+"""
+
+CSS = """
+.homer-reader {border: 1px solid var(--border-color-primary); border-radius: 8px; padding: 8px 10px}
+.homer-reader .reader-head {font-weight: 600; margin-bottom: 4px}
+.homer-reader .reader-note {font-size: 0.85em; color: var(--body-text-color-subdued); margin-bottom: 6px}
+.homer-reader .reader-body {position: relative; max-height: 640px; overflow: auto}
+.homer-reader .reader-text {white-space: pre-wrap; font-family: var(--font); line-height: 1.5}
+.homer-reader .reader-text mark {background: #ffe066; padding: 0 1px}
+.homer-reader .reader-page {position: relative; width: 100%}
+.homer-reader .reader-page img {width: 100%; height: 100%; display: block}
+.homer-reader .reader-mark {position: absolute; background: rgba(255, 214, 0, 0.42);
+                            outline: 1px solid rgba(230, 160, 0, 0.7); pointer-events: none}
+.homer-reader .reader-empty {color: var(--body-text-color-subdued); padding: 24px 8px}
+"""
+
+
+# --- places --------------------------------------------------------------------------------
+def place(document_id: str, number: int, locations: LocationMap, start: int, end: int, quote: str = "",
+          **extra) -> dict:
+    """One source of an answer: where it is, what was read there and the quote shown."""
+    number = int(number)
+    return {"document_id": document_id, "location": number, "label": locations.label(number), "start": int(start),
+            "end": int(end), "quote": quote or "", **extra}
+
+
+def passage_places(document_id: str, passages: Iterable, locations: LocationMap, question: str = "") -> list[dict]:
+    """The places of a focused answer's passages (:class:`storage.passages.Passage`), with the
+    quotes its sources line shows (:func:`app.focus.sources_label`)."""
+    return [place(document_id, p.page, locations, p.start, p.end, p.quote(query=question)) for p in passages]
+
+
+def location_places(document_id: str, numbers: Iterable[int], locations: LocationMap, text_length: int) -> list[dict]:
+    """The places of pages (or sections) cited from the cache: each whole location, no quote."""
+    return [place(document_id, n, locations, *locations.span(n, text_length)) for n in numbers]
+
+
+def text_length(store, document_id: str) -> int:
+    """Characters of the document's text (its row says; else its text is read)."""
+    row = store.get_document(document_id) or {}
+    return int(row.get("chars") or 0) or len(store.document_text(document_id))
+
+
+def places_of(stats: dict | None) -> list[dict]:
+    """The well-formed places of a turn's stats (they come back from the browser: anything
+    else is dropped; access is checked again when one is opened)."""
+    out = []
+    for item in (stats or {}).get("source_places") or []:
+        if not isinstance(item, dict) or not isinstance(item.get("document_id"), str):
+            continue
+        try:
+            out.append({**item, "location": int(item.get("location") or 1), "start": int(item.get("start") or 0),
+                        "end": int(item.get("end") or 0), "quote": str(item.get("quote") or ""),
+                        "label": str(item.get("label") or "")})
+        except (TypeError, ValueError):
+            continue
+    return out
+
+
+def choice_label(item: dict) -> str:
+    """A place as the list of sources shows it: ``harbour.pdf, p. 12: “the harbour master…”``."""
+    where = item.get("label") or f"§ {item.get('location', 1)}"
+    head = f"{item['document']}, {where}" if item.get("document") else where
+    quote = " ".join(str(item.get("quote") or "").split())
+    if not quote:
+        return head
+    if len(quote) > MAX_CHOICE_QUOTE:
+        quote = quote[:MAX_CHOICE_QUOTE - 1].rsplit(" ", 1)[0].rstrip(ELLIPSIS) + ELLIPSIS
+    return f"{head}: “{quote}”"
+
+
+# --- finding the quote -----------------------------------------------------------------------
+def quote_words(quote: str) -> list[str]:
+    """The words of a quote as shown, without the ellipses a shortened quote carries."""
+    return quote.strip().strip(ELLIPSIS).split()
+
+
+def quote_pattern(quote: str) -> re.Pattern | None:
+    """The quote as an exact pattern up to whitespace (any run of whitespace matches any other)."""
+    words = quote_words(quote or "")
+    return re.compile(r"\s+".join(map(re.escape, words))) if words else None
+
+
+def find_quote(text: str, quote: str, start: int = 0, end: int | None = None,
+               near: tuple[int, int] | None = None) -> tuple[int, int] | None:
+    """``(start, end)`` of the quote in ``text[start:end]``, matched exactly up to whitespace
+    (case, punctuation and every character count); around ``near`` (the passage's span) first.
+    None when the text does not hold it so."""
+    pattern = quote_pattern(quote)
+    end = len(text) if end is None else min(end, len(text))
+    if pattern is None or start >= end:
+        return None
+    spans = []
+    if near is not None:  # the passage itself, then a little around it (a quote may run past its ends)
+        spans.append((max(start, near[0]), min(end, near[1])))
+        spans.append((max(start, near[0] - NEAR_PASSAGE_CHARS), min(end, near[1] + NEAR_PASSAGE_CHARS)))
+    spans.append((start, end))
+    for a, b in spans:
+        if a < b:
+            found = pattern.search(text, a, b)
+            if found:
+                return found.start(), found.end()
+    return None
+
+
+# --- the reading -----------------------------------------------------------------------------
+@dataclass
+class Reading:
+    """A place opened for a user: which document and location, how it is shown, whether the
+    quote is highlighted, and the reader's HTML."""
+
+    document_id: str
+    name: str
+    location: int
+    count: int
+    label: str
+    view: str  # "page" (a rendered PDF page) or "text"
+    highlighted: bool
+    html: str
+
+    def state(self) -> dict:
+        return {"document_id": self.document_id, "location": self.location, "count": self.count}
+
+
+def open_place(store, item: dict, owner: str | None) -> Reading:
+    """Open ``item`` (a place) for ``owner``: :class:`storage.errors.StoreError` ("no document
+    … in your library") for a document they may not see or that does not exist."""
+    ref = str(item.get("document_id") or "")
+    row = library.check_access(store, ref, owner)
+    if row["id"] != ref:  # a place names its document by its full id, never by a name or prefix
+        raise library.not_found(ref)
+    document_id = row["id"]
+    locations = store.location_map(document_id)
+    number = min(max(int(item.get("location") or 1), 1), len(locations))
+    quote = str(item.get("quote") or "")
+    name = row.get("file_name") or row.get("title") or document_id[:12]
+    label = locations.label(number)
+    passage = _passage_span(item)
+    if row.get("kind") == "pdf" and not locations.sectioned:
+        source = store.source_path(document_id)
+        if source is not None and source.suffix.lower() == ".pdf":
+            page = render_page(source, number, quote)
+            if page is not None:
+                body, highlighted = page_html(page, f"{label} of {name}")
+                note = _note(quote, highlighted, "page")
+                return Reading(document_id, name, number, len(locations), label, "page", highlighted,
+                               _frame(name, label, number, len(locations), locations.noun, note, body))
+    text = store.document_text(document_id)
+    body, highlighted, shown = section_html(text, locations.span(number, len(text)), quote, passage)
+    note = _note(quote, highlighted, locations.noun)
+    if shown:
+        note = f"{note} {shown}".strip()
+    return Reading(document_id, name, number, len(locations), label, "text", highlighted,
+                   _frame(name, label, number, len(locations), locations.noun, note, body))
+
+
+def open_location(store, document_id: str, number: int, owner: str | None) -> Reading:
+    """Location ``number`` of a document, without a quote (the reader's previous / next)."""
+    return open_place(store, {"document_id": document_id, "location": number}, owner)
+
+
+def message_html(message: str) -> str:
+    return f'<div class="homer-reader"><div class="reader-empty">{html.escape(message)}</div></div>'
+
+
+def _passage_span(item: dict) -> tuple[int, int] | None:
+    try:
+        start, end = int(item.get("start")), int(item.get("end"))
+    except (TypeError, ValueError):
+        return None
+    return (start, end) if 0 <= start < end else None
+
+
+def _note(quote: str, highlighted: bool, noun: str) -> str:
+    if not quote_words(quote):
+        return ""
+    if highlighted:
+        return "The quote is highlighted."
+    return f"The quote was not found exactly on this {noun}: it is shown without a highlight."
+
+
+def _frame(name: str, label: str, number: int, count: int, noun: str, note: str, body: str) -> str:
+    where = html.escape(label)
+    if count > 1:
+        where += f' <span class="reader-count">({noun} {number} of {count})</span>'
+    note_html = f'<div class="reader-note">{html.escape(note)}</div>' if note else ""
+    return (f'<div class="homer-reader" data-location="{number}">'
+            f'<div class="reader-head">{html.escape(name)} · {where}</div>{note_html}'
+            f'<div class="reader-body">{body}</div></div>')
+
+
+def section_html(text: str, span: tuple[int, int], quote: str = "",
+                 passage: tuple[int, int] | None = None) -> tuple[str, bool, str]:
+    """``(html, highlighted, what is shown)`` of the location ``span`` of ``text``: escaped,
+    the quote in ``<mark>`` when found exactly, else an anchor at the passage. A location
+    longer than :data:`MAX_SHOWN_CHARS` is cut around the quote (or the passage)."""
+    start, end = span
+    found = find_quote(text, quote, start, end, passage)
+    shown = ""
+    if end - start > MAX_SHOWN_CHARS:
+        centre = found[0] if found else (passage[0] if passage and start <= passage[0] < end else start)
+        a = max(start, centre - MAX_SHOWN_CHARS // 3)
+        b = min(end, a + MAX_SHOWN_CHARS)
+        a = max(start, min(a, b - MAX_SHOWN_CHARS))
+        if found and not (a <= found[0] and found[1] <= b):
+            b = min(end, max(b, found[1]))
+        shown = f"Showing characters {a - start:,}–{b - start:,} of {end - start:,} here."
+        start, end = a, b
+    if found:
+        m0, m1 = found
+        inner = (html.escape(text[start:m0]) + '<mark class="reader-target">' + html.escape(text[m0:m1]) + "</mark>"
+                 + html.escape(text[m1:end]))
+    else:
+        at = passage[0] if passage and start <= passage[0] < end else None
+        inner = (html.escape(text[start:at]) + '<span class="reader-target"></span>' + html.escape(text[at:end])
+                 if at is not None else html.escape(text[start:end]))
+    return f'<div class="reader-text">{inner}</div>', found is not None, shown
+
+
+# --- PDF pages ---------------------------------------------------------------------------------
+@dataclass
+class PageImage:
+    """A rendered page: PNG bytes, its pixel size, and the quote's boxes as fractions of the
+    page (left, top, width, height); ``boxes`` is None when the quote was not found exactly."""
+
+    png: bytes
+    width: int
+    height: int
+    boxes: list[tuple[float, float, float, float]] | None
+
+
+def render_page(path, number: int, quote: str = "") -> PageImage | None:
+    """Page ``number`` (1-based) of the PDF at ``path`` as an image, with the quote's boxes;
+    None without ``pypdfium2``, for a page it does not have, or a page it cannot render."""
+    try:
+        import pypdfium2 as pdfium
+    except ImportError:
+        return None
+    with _PDFIUM:
+        try:
+            pdf = pdfium.PdfDocument(str(path))
+        except Exception as exc:  # noqa: BLE001 — a file pdfium cannot open is shown as text
+            log.warning("cannot open %s for the reader: %s", path, exc)
+            return None
+        try:
+            if not 1 <= number <= len(pdf):
+                return None
+            page = pdf[number - 1]
+            try:
+                width, height = page.get_size()
+                if width <= 0 or height <= 0:
+                    return None
+                scale = min(RENDER_WIDTH / width, (MAX_RENDER_PIXELS / (width * height)) ** 0.5)
+                image = page.render(scale=scale).to_pil()
+                out = io.BytesIO()
+                image.save(out, format="PNG")
+                boxes = quote_boxes(page, quote) if quote_words(quote) else None
+                return PageImage(out.getvalue(), image.width, image.height, boxes)
+            finally:
+                page.close()
+        except Exception as exc:  # noqa: BLE001
+            log.warning("cannot render page %d of %s: %s", number, path, exc)
+            return None
+        finally:
+            pdf.close()
+
+
+def page_text(textpage) -> str:
+    """The page's text, one character per pdfium character index (so a match's offsets are
+    its characters' indices: ``get_text_range`` may drop or add characters)."""
+    import pypdfium2.raw as raw
+
+    return "".join(chr(raw.FPDFText_GetUnicode(textpage.raw, i) or 0xFFFD) for i in range(textpage.count_chars()))
+
+
+def quote_boxes(page, quote: str) -> list[tuple[float, float, float, float]] | None:
+    """The boxes of the quote on ``page`` as fractions of it (left, top, width, height), when
+    the page's text holds the quote exactly up to whitespace; else None. A rotated page gets
+    no boxes (None)."""
+    if page.get_rotation():
+        return None
+    left, bottom, right, top = page.get_bbox()
+    width, height = right - left, top - bottom
+    textpage = page.get_textpage()
+    try:
+        text = page_text(textpage)
+        found = find_quote(text, quote)
+        if found is None:
+            return None
+        boxes = []
+        for i in range(textpage.count_rects(found[0], found[1] - found[0])):
+            x0, y0, x1, y1 = textpage.get_rect(i)
+            boxes.append(((x0 - left) / width, (top - y1) / height, (x1 - x0) / width, (y1 - y0) / height))
+        return boxes or None
+    finally:
+        textpage.close()
+
+
+def page_html(page: PageImage, alt: str) -> tuple[str, bool]:
+    """``(html, highlighted)``: the page image with the quote's boxes over it."""
+    data = base64.b64encode(page.png).decode("ascii")
+    marks = "".join(
+        f'<div class="reader-mark{" reader-target" if i == 0 else ""}" style="left:{x * 100:.3f}%;'
+        f'top:{y * 100:.3f}%;width:{w * 100:.3f}%;height:{h * 100:.3f}%"></div>'
+        for i, (x, y, w, h) in enumerate(page.boxes or []))
+    body = (f'<div class="reader-page" style="aspect-ratio:{page.width}/{page.height}">'
+            f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">{marks}</div>')
+    return body, bool(page.boxes)
+
+
+__all__ = ["CSS", "EMPTY", "SCROLL_JS", "Reading", "choice_label", "find_quote", "location_places", "open_location",
+           "open_place", "passage_places", "place", "places_of", "render_page", "section_html"]
