@@ -17,7 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from homer.sources import DocumentError, open_pdf
+from homer.formats import check_sectioned_upload
+from homer.sources import SECTIONED_SUFFIXES, SUPPORTED_NAMES, DocumentError, open_pdf
 from storage import db as dbmod
 from storage.bundles import export_bundle, import_bundle
 from storage.errors import StoreError
@@ -25,7 +26,7 @@ from storage.errors import StoreError
 from . import sharing
 from .ingest import IngestError, check_text_upload, ingest_limits, is_pdf
 
-SUPPORTED_SUFFIXES = (".pdf", ".txt", ".md", ".markdown", ".text")
+SUPPORTED_SUFFIXES = (".pdf", ".epub", ".docx", ".html", ".htm", ".xhtml", ".txt", ".md", ".markdown", ".text")
 HEADERS = ["document", "state", "size", "pages", "tokens", "model", "deep read", "id"]
 DEEP_READ_LABELS = {True: "available", False: "—"}  # the "deep read" column: leaf states kept or not
 FAILED_UPLOAD_SECONDS = 600.0  # failed uploads (no document row) stay listed this long
@@ -246,19 +247,27 @@ def choices(entries: list[dict], ready_only: bool = False) -> list[tuple[str, st
 def check_upload(data: bytes, file_name: str) -> None:
     """Refuse what would fail in the worker anyway, at once and with a reason:
     :class:`IngestError`. Only cheap checks run here, in the upload request — type, size,
-    emptiness; a PDF's structure, password and page count; a text file's encoding and binary
+    emptiness; a PDF's structure, password and page count; an EPUB's or DOCX's zip directory
+    (zip-bomb limits, nothing decompressed), container or main part, DRM, password or macros,
+    and what a file named .epub, .docx or .html really is; a text file's encoding and binary
     sniff on its first bytes and its character count from the bytes. The worker reads the
     whole text, counts its tokens and splits it, within the ingest limits."""
     name = Path(file_name).name
     suffix = Path(name).suffix.lower()
     if suffix not in SUPPORTED_SUFFIXES:
-        raise IngestError(f"{name}: unsupported file type {suffix or '(none)'}: use PDF, TXT or Markdown")
+        raise IngestError(f"{name}: unsupported file type {suffix or '(none)'}: use {SUPPORTED_NAMES}")
     if not data.strip():
         raise IngestError(f"{name}: the file is empty")
     limits = ingest_limits()
     if len(data) > limits.max_bytes:
         raise IngestError(f"{name}: the file is {len(data) / 2**20:.1f} MB, over the limit of "
                           f"{limits.max_bytes / 2**20:.1f} MB")
+    if suffix in SECTIONED_SUFFIXES:  # before the PDF check: a PDF named .docx is refused, not read
+        try:
+            check_sectioned_upload(SECTIONED_SUFFIXES[suffix], data)
+        except DocumentError as exc:
+            raise IngestError(f"{name}: {exc}") from None
+        return
     if is_pdf(data, name):
         try:
             reader = open_pdf(data)  # an empty user password is opened, a real one refused
