@@ -9,6 +9,8 @@ Layout under the root::
     caches/cd/<key>.leaves.safetensors  optional leaf states of a cache, for deep reads
     tmp/                             temp files named after their writer (host-pid)
     uploads/                         uploads waiting for ingest by a worker
+    checkpoints/<key>/               a running (or stopped) build's checkpoints, build.json
+                                     names its document; removed when the cache is indexed
 
 No identifier becomes a path unless it has its exact form (:mod:`storage.ids`: a document id
 is 64 lowercase hex digits, a cache key 32), every path is proven to lie inside the root with
@@ -42,6 +44,13 @@ from .jobs import Jobs
 from .locks import Locks
 
 STALE_TEMP_SECONDS = 3600.0
+CHECKPOINT_INFO = "build.json"
+
+
+def stale_checkpoint_seconds() -> float:
+    """A stopped build's checkpoints are kept this long for a retry to resume from
+    (``HOMER_CHECKPOINT_MAX_AGE_HOURS``, 24) before :meth:`Store.check` calls them stale."""
+    return float(os.environ.get("HOMER_CHECKPOINT_MAX_AGE_HOURS", "24")) * 3600.0
 
 
 def default_root() -> Path:
@@ -71,7 +80,7 @@ class Problem:
     """One finding of :meth:`Store.check`."""
 
     kind: str      # orphan-file | missing-file | corrupt-file | stale-temp | missing-document-file
-    #                | bad-row | bad-file | unindexed-cache | unfinished-install
+    #                | bad-row | bad-file | unindexed-cache | unfinished-install | stale-checkpoint
     path: str
     detail: str
     repaired: bool = False
@@ -211,6 +220,9 @@ class Store:
         for cache in self.caches(document_id, status=None):
             self.delete_cache(cache["id"])
         self._delete_document_rows(document_id)
+        for key, info in self.checkpoint_folders():
+            if info.get("document_id") == document_id:
+                self.drop_checkpoints(key)
         if not is_document_id(document_id):
             return
         folder = self.document_dir(document_id)
@@ -323,6 +335,7 @@ class Store:
                 self.db["caches"].insert(row, pk="id")
             except sqlite3.IntegrityError:
                 raise CacheExists(f"cache {key[:12]} is already in the store") from None
+        self.drop_checkpoints(key)  # the cache is indexed: a build of it has nothing left to resume
         return self.get_cache(key)
 
     def _journal_install(self, row: dict) -> None:
@@ -535,6 +548,95 @@ class Store:
         with self.db.atomic():
             self.db.execute("DELETE FROM conversations WHERE cache_id = ?", [key])
             self.db.execute("DELETE FROM caches WHERE id = ?", [key])
+        if is_cache_key(key):
+            self.drop_checkpoints(key)
+
+    # --- build checkpoints (homer.checkpoints) ---------------------------------------------
+    def checkpoint_dir(self, key: str) -> Path:
+        """The checkpoint folder of the build of cache ``key`` (a well-formed key only)."""
+        check_cache_key(key)
+        return inside(self.root, self.root / "checkpoints" / key)
+
+    def build_checkpoints(self, document_id: str, key: str):
+        """The :class:`homer.checkpoints.DirectoryCheckpointer` a build of cache ``key`` of
+        document ``document_id`` saves its finished subtrees to — an earlier, stopped build's
+        checkpoints included, which the build resumes from. Its temp files are written in the
+        store's ``tmp/``, named after their writer; ``build.json`` names the document (for
+        :meth:`check` and :meth:`delete_document`). Removed when the cache is indexed."""
+        from homer.checkpoints import DirectoryCheckpointer
+
+        check_document_id(document_id)
+        folder = self.checkpoint_dir(key)
+        if is_link(folder) or is_link(folder.parent):
+            raise StoreError(f"the checkpoint folder of cache {key[:12]} is a symbolic link; refused")
+        folder.mkdir(parents=True, exist_ok=True)
+        info = folder / CHECKPOINT_INFO
+        if is_link(info) or self._checkpoint_info(folder).get("document_id") != document_id:
+            write_bytes_atomic(json.dumps({"document_id": document_id, "cache_key": key, "created": dbmod.now()}).encode(),
+                               info, self.tmp_dir)
+        return DirectoryCheckpointer(folder, temp_dir=self.tmp_dir, temp_tag=owner_token().replace(":", "-"))
+
+    def drop_checkpoints(self, key: str) -> None:
+        """Remove the checkpoint folder of cache ``key`` (only that folder, proven inside the store)."""
+        try:
+            remove_tree(self.root, self.checkpoint_dir(key))
+        except (StoreError, OSError):
+            pass  # a linked folder: left alone, reported by check
+
+    @staticmethod
+    def _checkpoint_info(folder: Path) -> dict:
+        info = folder / CHECKPOINT_INFO
+        try:
+            if is_link(info):
+                return {}
+            data = json.loads(info.read_text(encoding="utf-8"))
+            return data if isinstance(data, dict) else {}
+        except (OSError, ValueError):
+            return {}
+
+    def checkpoint_folders(self) -> list[tuple[str, dict]]:
+        """(cache key, build.json) of every well-formed checkpoint folder."""
+        return [(path.name, self._checkpoint_info(path)) for path in _entries(self.root / "checkpoints")
+                if is_cache_key(path.name) and path.is_dir() and not is_link(path)]
+
+    def _check_checkpoints(self, repair: bool, problems: list[Problem]) -> None:
+        """Checkpoint folders no build will resume from: not a folder of a cache key, of a
+        document that is gone, of a cache already indexed, or — with no queued or running job
+        for the document and no build holding the key — untouched for longer than
+        :func:`stale_checkpoint_seconds`."""
+        folder = self.root / "checkpoints"
+        if is_link(folder):
+            problems.append(Problem("bad-file", "checkpoints", "the checkpoint folder is a symbolic link"))
+            if repair:
+                self._remove(folder, problems)
+            return
+        active = {row[0] for row in self.db.execute(
+            "SELECT DISTINCT document_id FROM jobs WHERE state IN ('queued', 'running')").fetchall()}
+        max_age = stale_checkpoint_seconds()
+        for path in _entries(folder):
+            relative = _relative(self.root, path)
+            if not is_cache_key(path.name) or is_link(path) or not path.is_dir():
+                problems.append(Problem("orphan-file", relative, "not a build's checkpoint folder"))
+            else:
+                key, info = path.name, self._checkpoint_info(path)
+                document_id = info.get("document_id")
+                cache = self.get_cache(key)
+                age = time.time() - _newest_mtime(path)
+                if not info and age < 60:
+                    continue  # a build that just made its folder writes build.json next
+                if not is_document_id(document_id) or self.get_document(document_id) is None:
+                    detail = "checkpoints of a build whose document is gone"
+                elif cache is not None and cache.get("status") == "ready":
+                    detail = f"checkpoints of cache {key[:12]}, which is already built"
+                elif (document_id not in active and self.locks.holder(f"build:{key}") is None
+                      and age > max_age):
+                    detail = (f"checkpoints of a stopped build of document {document_id[:12]}, "
+                              f"untouched for {age / 3600:.0f} h")
+                else:
+                    continue  # a build under way, or one a retry may still resume
+                problems.append(Problem("stale-checkpoint", relative, detail))
+            if repair:
+                self._remove(path, problems)
 
     # --- conversations -----------------------------------------------------------------
     def add_conversation(self, document_id: str, cache_id: str | None = None) -> str:
@@ -637,6 +739,10 @@ class Store:
                 problems.append(Problem("stale-temp", _relative(self.root, path), "left by a stopped writer"))
                 if repair:
                     self._remove(path, problems)
+        try:
+            self._check_checkpoints(repair, problems)
+        except Exception as exc:
+            problems.append(Problem("bad-file", "checkpoints", f"the checkpoints cannot be checked: {_one_line(exc)}"))
         return problems
 
     def _rows(self, table: str, problems: list[Problem]) -> list[dict]:
@@ -950,6 +1056,17 @@ def _entries(folder: Path) -> list[Path]:
         return sorted(Path(entry.path) for entry in os.scandir(folder))
     except (FileNotFoundError, NotADirectoryError):
         return []
+
+
+def _newest_mtime(folder: Path) -> float:
+    """The latest modification time of a folder or anything in it (links not followed)."""
+    newest = 0.0
+    for path in [folder, *_walk_files(folder)]:
+        try:
+            newest = max(newest, os.lstat(path).st_mtime)
+        except FileNotFoundError:
+            pass
+    return newest
 
 
 def _walk_files(folder: Path) -> list[Path]:
