@@ -6,7 +6,8 @@ Every refusal is an :class:`IngestError` whose message is one line for the user.
 Ingestion is bounded (:class:`IngestLimits`, each settable by an environment variable) so
 that one hostile or huge file cannot hold a worker for long or take the memory of the
 machine: the file's size, a PDF's pages (checked before any text is extracted), each PDF
-page's content stream and text, the extracted characters, the tokens and the seconds spent.
+page's content stream and text, the extracted characters, the tokens and the seconds spent
+(OCR of a scanned PDF's pages adds its own page limit and time allowance).
 Tokens are counted in pieces of bounded size, and passages are split in blocks of bounded
 size, so time and memory grow linearly with the text."""
 
@@ -29,6 +30,8 @@ DEFAULT_MAX_PAGE_CHARS = 100_000
 DEFAULT_MAX_PAGE_CONTENT_MB = 16
 DEFAULT_MAX_TOKENS = 1_000_000
 DEFAULT_INGEST_SECONDS = 120.0
+DEFAULT_OCR_MAX_PAGES = 200
+DEFAULT_OCR_PAGE_SECONDS = 20.0
 PASSAGE_TOKENS = 512
 TOKEN_PIECE_CHARS = 65_536  # text tokenised at once when counting tokens (bounds the tokenizer's memory)
 
@@ -68,7 +71,21 @@ class IngestLimits:
     * ``max_page_content`` — one PDF page's decoded content stream, checked before its text
       is extracted (``HOMER_MAX_PAGE_CONTENT_MB``, 16);
     * ``max_tokens`` — the document in the model's tokens (``HOMER_MAX_TOKENS``, 1 000 000);
-    * ``seconds`` — reading, counting and splitting together (``HOMER_INGEST_SECONDS``, 120)."""
+    * ``seconds`` — reading, counting and splitting together (``HOMER_INGEST_SECONDS``, 120);
+    * ``ocr_max_pages`` — a PDF's pages without a text layer that are read by OCR
+      (``HOMER_OCR_MAX_PAGES``, 200), counted after the text layer is read and before any
+      page is OCR'd: more is refused;
+    * ``ocr_page_seconds`` — the time allowed for OCR per scanned page
+      (``HOMER_OCR_PAGE_SECONDS``, 20).
+
+    OCR and the time limit: OCR costs about 3 s a page at 300 dpi here (2 CPU cores,
+    ``benchmarks/results/ocr.json``), so an 80-page scan needs about 4 minutes, past the
+    120 s of ``seconds``. So once the scanned pages are counted, the deadline grows by
+    ``ocr_page_seconds`` for each of them (an 80-page scan: 120 + 80 × 20 s), and one page's
+    Tesseract run is stopped after ``ocr_page_seconds`` (the file is refused, naming the
+    page). The most a hostile scan can hold a worker is thus ``seconds + ocr_max_pages ×
+    ocr_page_seconds`` (120 + 200 × 20 s ≈ 69 minutes at the defaults; lower either to
+    shorten it). ``HOMER_OCR=0`` turns OCR off: a PDF without a text layer is then refused."""
 
     max_bytes: int = DEFAULT_MAX_BYTES
     max_pages: int = DEFAULT_MAX_PAGES
@@ -77,6 +94,8 @@ class IngestLimits:
     max_page_content: int = DEFAULT_MAX_PAGE_CONTENT_MB * 2**20
     max_tokens: int = DEFAULT_MAX_TOKENS
     seconds: float = DEFAULT_INGEST_SECONDS
+    ocr_max_pages: int = DEFAULT_OCR_MAX_PAGES
+    ocr_page_seconds: float = DEFAULT_OCR_PAGE_SECONDS
 
     @classmethod
     def from_env(cls, max_bytes: int | None = None) -> "IngestLimits":
@@ -88,12 +107,15 @@ class IngestLimits:
             max_page_content=int(_env_number("HOMER_MAX_PAGE_CONTENT_MB", DEFAULT_MAX_PAGE_CONTENT_MB) * 2**20),
             max_tokens=int(_env_number("HOMER_MAX_TOKENS", DEFAULT_MAX_TOKENS)),
             seconds=_env_number("HOMER_INGEST_SECONDS", DEFAULT_INGEST_SECONDS),
+            ocr_max_pages=int(_env_number("HOMER_OCR_MAX_PAGES", DEFAULT_OCR_MAX_PAGES)),
+            ocr_page_seconds=_env_number("HOMER_OCR_PAGE_SECONDS", DEFAULT_OCR_PAGE_SECONDS),
         )
 
     def pdf(self, deadline: float | None) -> dict:
         """The keyword bounds of :func:`homer.sources.read_pdf`."""
         return {"max_pages": self.max_pages, "max_chars": self.max_chars, "max_page_chars": self.max_page_chars,
-                "max_page_content": self.max_page_content, "deadline": deadline}
+                "max_page_content": self.max_page_content, "deadline": deadline,
+                "ocr_max_pages": self.ocr_max_pages, "ocr_page_seconds": self.ocr_page_seconds}
 
 
 def ingest_limits(max_bytes: int | None = None) -> IngestLimits:
@@ -153,6 +175,12 @@ class _Clock:
     def check(self, doing: str) -> None:
         if self.deadline is not None and time.monotonic() > self.deadline:
             raise DocumentError(f"{doing} took longer than the limit of {self.seconds:.0f} s")
+
+    def extend(self, seconds: float) -> None:
+        """Allow ``seconds`` more (the OCR of a scan's pages)."""
+        if self.deadline is not None and seconds > 0:
+            self.seconds += seconds
+            self.deadline += seconds
 
 
 _BREAKS = ("\n\n", "\n", ". ", "? ", "! ", "; ", ", ", " ")
@@ -323,9 +351,11 @@ def check_text_upload(data: bytes, file_name: str, limits: IngestLimits | None =
 
 
 def ingest_bytes(data: bytes, file_name: str, tokenizer=None, max_bytes: int | None = None,
-                 passage_tokens: int = PASSAGE_TOKENS, limits: IngestLimits | None = None) -> IngestedDocument:
+                 passage_tokens: int = PASSAGE_TOKENS, limits: IngestLimits | None = None,
+                 progress=None) -> IngestedDocument:
     """Check and read an upload (PDF, TXT, Markdown) into an :class:`IngestedDocument`,
-    within ``limits`` (default: :func:`ingest_limits`; ``max_bytes`` overrides its size)."""
+    within ``limits`` (default: :func:`ingest_limits`; ``max_bytes`` overrides its size).
+    ``progress(message)``, if given, hears the steps that take long ("OCR page 3/80")."""
     limits = limits or ingest_limits(max_bytes)
     if len(data) > limits.max_bytes:
         raise IngestError(f"{file_name}: the file is {len(data) / 2**20:.1f} MB, over the limit of "
@@ -335,7 +365,8 @@ def ingest_bytes(data: bytes, file_name: str, tokenizer=None, max_bytes: int | N
         if not is_pdf(data, file_name) and least_chars(data) > limits.max_chars:  # before decoding it all
             raise DocumentError(f"the file holds at least {least_chars(data):,} characters of text, over the limit "
                                 f"of {limits.max_chars:,}")
-        source = read_document(file_name, data=data, **limits.pdf(clock.deadline))
+        source = read_document(file_name, data=data, progress=progress, **limits.pdf(clock.deadline))
+        clock.extend(len(getattr(source, "ocr_pages", ())) * limits.ocr_page_seconds)  # as read_pdf allowed it
         if source.kind != "pdf" and _looks_binary(source.text):
             raise DocumentError("the file is binary, not text")
         if len(source.text) > limits.max_chars:

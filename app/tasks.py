@@ -252,13 +252,13 @@ def _progress_callback(heartbeat: Heartbeat, started: float):
     return progress
 
 
-def _ingest_upload(store, job: dict, tokenizer) -> str:
+def _ingest_upload(store, job: dict, tokenizer, progress=None) -> str:
     upload = store.upload_path(job["upload"])  # a StoreError fails the job: never read outside the store
     try:
         data = upload.read_bytes()
     except FileNotFoundError:
         raise IngestError(f"{job['file_name']}: the upload is gone") from None
-    doc = ingest_bytes(data, job["file_name"] or upload.name, tokenizer)
+    doc = ingest_bytes(data, job["file_name"] or upload.name, tokenizer, progress=progress)
     row = add_to_store(store, doc)
     return row["id"]
 
@@ -295,7 +295,8 @@ def run_build(store, job_id: str) -> str:
         document_id = job["document_id"]
         if job["upload"] and store.get_document(document_id) is None:
             heartbeat.progress(0.0, "reading the document", force=True)
-            document_id = _ingest_upload(store, job, tokenizer)
+            document_id = _ingest_upload(store, job, tokenizer,  # a scan's OCR says "OCR page 3/80"
+                                         lambda message: heartbeat.progress(0.0, message, force=True))
         config = HomerConfig(**json.loads(job["settings"] or "{}")).resolve(model.config)
         prompt = default_prompt(tokenizer)
         key = cache_key(document_id, fingerprint, config.settings_json(), prompt.version)

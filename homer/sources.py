@@ -57,16 +57,44 @@ def _content_bytes(page) -> int:
     return sum(len(stream.get_object().get_data()) for stream in streams)
 
 
+from dataclasses import dataclass, field  # noqa: E402  (for PdfSource)
+
+
+@dataclass
+class PdfSource(SourceDocument):
+    """A PDF's :class:`SourceDocument`, with the pages whose text was read by OCR."""
+
+    ocr_pages: list[int] = field(default_factory=list)  # 1-based pages run through OCR (scans)
+
+
+def _ocr_candidate(page, text: str) -> bool:
+    """A page left for OCR: its text layer is (almost) empty and it draws something (a page
+    without any content stream is blank: nothing to read)."""
+    from .formats.ocr import needs_ocr
+
+    return needs_ocr(text) and _content_bytes(page) > 0
+
+
 def read_pdf(data: bytes, max_pages: int | None = None, max_chars: int | None = None,
              max_page_chars: int | None = None, max_page_content: int | None = None,
-             deadline: float | None = None) -> SourceDocument:
+             deadline: float | None = None, ocr: bool | None = None, ocr_max_pages: int | None = None,
+             ocr_page_seconds: float | None = None, progress=None) -> PdfSource:
     """The text of a PDF, page by page. The bounds (None: unbounded) keep a hostile file from
     holding a worker: ``max_pages`` is checked before any text is extracted; each page's
     decoded content stream is checked against ``max_page_content`` bytes *before* it is
     parsed (a single page can carry a content stream of tens of MB); after each page the
     page's and the running total of characters are checked against ``max_page_chars`` and
     ``max_chars``, and the clock against ``deadline`` (``time.monotonic()``). Many pages may
-    share one content stream, so the totals are counted per page, repeats included."""
+    share one content stream, so the totals are counted per page, repeats included.
+
+    Scans: the pages whose text layer is (almost) empty but which draw something are then
+    read by OCR (:mod:`homer.formats.ocr`), unless ``ocr`` is False (None: ``HOMER_OCR``,
+    default on): at most ``ocr_max_pages`` of them (more is refused before any is read); the
+    deadline grows by ``ocr_page_seconds`` for each, and one page's Tesseract run is stopped
+    after ``ocr_page_seconds`` (or at the deadline). ``progress(message)`` hears "OCR page
+    3/80" before each. The text pages of a mixed PDF keep their text layer. Where Tesseract
+    is missing, a PDF without any text is refused saying what to install, and a mixed one is
+    read without its scanned pages' text."""
     import time
 
     reader = open_pdf(data)
@@ -78,7 +106,7 @@ def read_pdf(data: bytes, max_pages: int | None = None, max_chars: int | None = 
         raise DocumentError("the PDF has no pages")
     if max_pages is not None and pages > max_pages:
         raise DocumentError(f"the PDF has {pages} pages, over the limit of {max_pages}")
-    texts, total = [], 0
+    texts, total, scanned = [], 0, []
     for number in range(1, pages + 1):
         if deadline is not None and time.monotonic() > deadline:
             raise DocumentError(f"reading the PDF took too long (stopped at page {number} of {pages})")
@@ -90,18 +118,22 @@ def read_pdf(data: bytes, max_pages: int | None = None, max_chars: int | None = 
                     raise DocumentError(f"page {number} has {_size(size)} of content, over the limit of "
                                         f"{_size(max_page_content)} per page")
             text = page.extract_text() or ""
+            if _ocr_candidate(page, text):
+                scanned.append(number)
         except DocumentError:
             raise
         except Exception as exc:  # pypdf raises several types on broken files
             raise DocumentError(f"the PDF is corrupt or unreadable ({type(exc).__name__})") from exc
-        if max_page_chars is not None and len(text) > max_page_chars:
-            raise DocumentError(f"page {number} holds {len(text):,} characters of text, over the limit of "
-                                f"{max_page_chars:,} per page")
+        _check_page_text(text, number, max_page_chars)
         total += len(text) + 2
         if max_chars is not None and total > max_chars:
             raise DocumentError(f"the PDF holds over {max_chars:,} characters of text (the limit; "
                                 f"stopped at page {number} of {pages})")
         texts.append(text)
+    ocr_pages = []
+    if scanned:
+        ocr_pages = _ocr_pages(data, reader, texts, scanned, ocr, ocr_max_pages, ocr_page_seconds, deadline,
+                               max_page_chars, max_chars, progress)
     starts, parts, offset = [], [], 0
     for text in texts:
         starts.append(offset)
@@ -109,8 +141,97 @@ def read_pdf(data: bytes, max_pages: int | None = None, max_chars: int | None = 
         offset += len(text) + 2
     full = "".join(parts).rstrip()
     if not full.strip():
+        if ocr_pages:
+            raise DocumentError(f"the PDF has no text layer and OCR found no text on its {len(ocr_pages)} "
+                                f"scanned page{'s' if len(ocr_pages) > 1 else ''}")
+        if scanned and not _ocr_on(ocr):
+            raise DocumentError("the PDF has no text layer (scanned images only?) and OCR is turned off")
         raise DocumentError("the PDF has no text layer (scanned images only?)")
-    return SourceDocument(full, "pdf", starts)
+    return PdfSource(full, "pdf", starts, ocr_pages=ocr_pages)
+
+
+def _check_page_text(text: str, number: int, max_page_chars: int | None) -> None:
+    if max_page_chars is not None and len(text) > max_page_chars:
+        raise DocumentError(f"page {number} holds {len(text):,} characters of text, over the limit of "
+                            f"{max_page_chars:,} per page")
+
+
+def _ocr_on(ocr: bool | None) -> bool:
+    from .formats.ocr import ocr_enabled
+
+    return ocr_enabled() if ocr is None else bool(ocr)
+
+
+def _ocr_pages(data: bytes, reader, texts: list[str], scanned: list[int], ocr: bool | None,
+               max_pages: int | None, page_seconds: float | None, deadline: float | None,
+               max_page_chars: int | None, max_chars: int | None, progress) -> list[int]:
+    """OCR the ``scanned`` pages (1-based) of the PDF into ``texts`` (in place) within the
+    bounds of :func:`read_pdf`; returns the pages OCR'd (none when OCR is off or missing)."""
+    from .formats import ocr as engine
+
+    if not _ocr_on(ocr):
+        return []
+    has_text = any(text.strip() for text in texts)
+    try:
+        engine.check_tesseract()
+    except engine.OcrUnavailable as exc:
+        if has_text:  # a mixed PDF is read as before, without its scanned pages
+            return []
+        raise DocumentError(f"this PDF is scanned (no text layer) and OCR is not available: {exc}") from None
+    count = len(scanned)
+    if max_pages is not None and count > max_pages:
+        raise DocumentError(f"the PDF has {count} scanned pages (no text layer), over the OCR limit of {max_pages}")
+    if deadline is not None and page_seconds is not None:
+        deadline += count * page_seconds
+    try:
+        return _ocr_scanned(engine, data, reader, texts, scanned, page_seconds, deadline, max_page_chars, max_chars,
+                            progress)
+    except engine.OcrError as exc:  # the renderer's refusals (they name the page)
+        raise DocumentError(str(exc)) from None
+
+
+def _ocr_scanned(engine, data: bytes, reader, texts: list[str], scanned: list[int], page_seconds: float | None,
+                 deadline: float | None, max_page_chars: int | None, max_chars: int | None, progress) -> list[int]:
+    import subprocess
+    import time
+
+    count = len(scanned)
+    total = sum(len(text) + 2 for text in texts)
+    with engine.PageRenderer(data) as renderer:
+        for done, number in enumerate(scanned, 1):
+            if progress is not None:
+                progress(f"OCR page {done}/{count}")
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise DocumentError(f"reading the PDF took too long (stopped at the OCR of page {number}, "
+                                    f"{done} of {count} scanned pages)")
+            pixels = engine.image_pixels(reader.pages[number - 1])
+            if pixels > engine.MAX_IMAGE_PIXELS:
+                raise DocumentError(f"page {number} holds images of {pixels / 1e6:.0f} million pixels, over the "
+                                    f"limit of {engine.MAX_IMAGE_PIXELS / 1e6:.0f} million per page")
+            image, dpi = renderer.render(number - 1)
+            per_page = page_seconds is not None and (left is None or page_seconds <= left)
+            try:
+                text = engine.recognize(image, dpi, timeout=page_seconds if per_page else left)
+            except subprocess.TimeoutExpired:
+                if per_page:
+                    raise DocumentError(f"the OCR of page {number} took over {page_seconds:g} s (the limit per "
+                                        f"page)") from None
+                raise DocumentError(f"reading the PDF took too long (stopped at the OCR of page {number}, "
+                                    f"{done} of {count} scanned pages)") from None
+            except engine.OcrError as exc:
+                raise DocumentError(f"page {number}: {exc}") from None
+            except OSError as exc:  # Tesseract gone between the check and now
+                raise DocumentError(f"the OCR of page {number} could not run ({exc.strerror}): "
+                                    f"{engine.INSTALL}") from None
+            if engine.real_chars(text) > engine.real_chars(texts[number - 1]):
+                _check_page_text(text, number, max_page_chars)
+                total += len(text) - len(texts[number - 1])
+                if max_chars is not None and total > max_chars:
+                    raise DocumentError(f"the PDF holds over {max_chars:,} characters of text (the limit; "
+                                        f"stopped at the OCR of page {number})")
+                texts[number - 1] = text
+    return scanned
 
 
 def decode_text(data: bytes) -> str:
@@ -134,7 +255,7 @@ def decode_text(data: bytes) -> str:
         return str(best)
 
 
-def read_document(path: str | Path, data: bytes | None = None, **pdf_limits) -> SourceDocument:
+def read_document(path: str | Path, data: bytes | None = None, progress=None, **pdf_limits) -> SourceDocument:
     """Read a PDF, EPUB, DOCX, HTML, TXT or Markdown file. Raises :class:`DocumentError` with a
     reason. ``pdf_limits``: the bounds of :func:`read_pdf`; the sectioned formats honour
     ``max_chars`` and ``deadline`` of them (text files are bounded by their caller)."""
@@ -145,7 +266,7 @@ def read_document(path: str | Path, data: bytes | None = None, **pdf_limits) -> 
     if not data.strip():
         raise DocumentError("the file is empty")
     if suffix == ".pdf" or data.startswith(b"%PDF-"):
-        return read_pdf(data, **pdf_limits)
+        return read_pdf(data, progress=progress, **pdf_limits)  # progress: "OCR page 3/80" of a scan
     if suffix in SECTIONED_SUFFIXES:
         from .formats import read_sectioned
 

@@ -1,0 +1,227 @@
+"""OCR of PDF pages without a text layer (scans), page by page, with Tesseract.
+
+:func:`homer.sources.read_pdf` extracts the text layer of every page first; only the pages
+left (almost) empty go through here: each is rendered to a grayscale bitmap at 300 dpi by
+PDFium (the ``pypdfium2`` wheel) and read by the ``tesseract`` program (a Debian package,
+``tesseract-ocr`` with ``tesseract-ocr-eng``), one process per page, with a time limit.
+
+Why these and not the others that were on the table:
+
+* **ocrmypdf** is a whole-file pipeline: it writes a new PDF with an OCR text layer (through
+  pikepdf and, for some steps, Ghostscript), which would then be read again with pypdf. It
+  can skip pages that have text, but it works on the file as a whole: no progress per page
+  that a job can show without a plugin, one time limit for all of it, and a second copy of
+  the document on disk.
+* **pytesseract** is a thin wrapper over the same ``tesseract`` program, but it keeps the
+  program's path in a module global, always passes the process's whole environment to the
+  child (so Tesseract's OpenMP threads cannot be limited for it alone: ``OMP_THREAD_LIMIT=1``
+  made a page about 3x faster here on 2 shared cores, while setting it in ``os.environ``
+  would also reach every other child process), caches the version check, and exits the
+  interpreter (``SystemExit``) on a version string it cannot parse. Running the program
+  ourselves is a dozen lines: the image goes in on stdin, the text comes out on stdout, and
+  ``subprocess.run(timeout=...)`` kills a page that runs too long.
+* **Renderer: pypdfium2** (PDFium, the PDF engine of Chromium, as a wheel with its binary)
+  rather than Poppler's ``pdftoppm``: nothing to install beyond Tesseract, a page rendered in
+  ~0.05 s without a process start or parsing the file again, and the page size known before
+  rendering (so the bitmap's pixels are capped). PDFium runs in this process and is not
+  thread-safe, so every call into it holds one lock (rendering is short next to OCR), and
+  what it is given is bounded first: the page's content stream by ``read_pdf``'s
+  ``max_page_content`` and its images' pixels here (:func:`image_pixels`), before rendering.
+
+Settings (environment): ``HOMER_OCR=0`` turns OCR off; ``HOMER_TESSERACT`` is the program to
+run (default ``tesseract`` on the ``PATH``); ``HOMER_OCR_LANG`` its language(s) (default
+``eng``; ``eng+deu`` for two). The page and time limits are the ingest's
+(``app.ingest.IngestLimits``), passed to ``read_pdf``.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import math
+import os
+import shutil
+import subprocess
+import threading
+
+log = logging.getLogger(__name__)
+
+DPI = 300
+MIN_TEXT_CHARS = 16  # a page whose text layer has fewer letters and digits than this is OCR'd
+MAX_RENDER_PIXELS = 50_000_000  # a bigger page is rendered at a lower resolution (A4 at 300 dpi: 8.7 M)
+MAX_IMAGE_PIXELS = 150_000_000  # the images one page may draw (an A4 page scanned at 1200 dpi: 140 M)
+INSTALL = "install Tesseract (Debian: tesseract-ocr tesseract-ocr-eng)"
+
+# PDFium must never be called from two threads at once, even on different documents: every
+# user of pypdfium2 in the process should hold this one lock.
+PDFIUM_LOCK = threading.Lock()
+
+
+class OcrError(ValueError):
+    """A page that cannot be OCR'd; the message says why, in one line (``homer.sources``
+    turns it into a ``DocumentError``: this module imports nothing of the package's)."""
+
+
+class OcrUnavailable(OcrError):
+    """Tesseract (or its language data) is not installed; the message says what to install."""
+
+
+def ocr_enabled() -> bool:
+    """``HOMER_OCR`` (default on): ``0``, ``false``, ``off`` or ``no`` turns OCR off."""
+    return os.environ.get("HOMER_OCR", "1").strip().lower() not in ("0", "false", "off", "no")
+
+
+def tesseract_command() -> str:
+    """The Tesseract program: ``HOMER_TESSERACT`` (a path or a name on the ``PATH``), default ``tesseract``."""
+    return os.environ.get("HOMER_TESSERACT", "").strip() or "tesseract"
+
+
+def ocr_language() -> str:
+    """Tesseract's language(s): ``HOMER_OCR_LANG``, default ``eng`` (``eng+deu`` for two)."""
+    return os.environ.get("HOMER_OCR_LANG", "").strip() or "eng"
+
+
+def real_chars(text: str) -> int:
+    """Letters and digits in ``text``: what is left of a page's text once spaces, punctuation
+    and stray marks are set aside."""
+    return sum(1 for ch in text if ch.isalnum())
+
+
+def needs_ocr(text: str) -> bool:
+    """Whether a page whose text layer is ``text`` is read by OCR instead."""
+    return real_chars(text) < MIN_TEXT_CHARS
+
+
+def _child_env() -> dict:
+    env = dict(os.environ)
+    env.setdefault("OMP_THREAD_LIMIT", "1")  # Tesseract's OpenMP threads: one per page is faster on few cores
+    return env
+
+
+def check_tesseract(command: str | None = None, language: str | None = None) -> str:
+    """The path of a working Tesseract that has ``language``'s data; :class:`OcrUnavailable`
+    with what to install otherwise."""
+    command = command or tesseract_command()
+    language = language or ocr_language()
+    found = shutil.which(command)
+    if found is None:
+        log.warning("OCR: Tesseract not found (%s)", command)
+        raise OcrUnavailable(INSTALL)
+    try:
+        listing = subprocess.run([found, "--list-langs"], capture_output=True, timeout=30, env=_child_env(),
+                                 stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("OCR: %s does not run (%s)", command, exc)
+        raise OcrUnavailable(INSTALL) from None
+    installed = {line.strip() for line in listing.stdout.decode("utf-8", "replace").splitlines()[1:]}
+    missing = [name for name in language.split("+") if name not in installed]
+    if listing.returncode != 0 or missing:
+        packages = " ".join("tesseract-ocr-" + name.lower().replace("_", "-") for name in missing) or "tesseract-ocr"
+        raise OcrUnavailable(f"install Tesseract's {'+'.join(missing) or language} language data (Debian: {packages})")
+    return found
+
+
+def image_pixels(page, depth: int = 0, seen: set | None = None) -> int:
+    """Pixels of the images a pypdf ``page`` (or form XObject) draws, from their dictionaries
+    (nothing is decoded): what rendering it will have to decode at least."""
+    seen = set() if seen is None else seen
+    try:
+        resources = page.get("/Resources")
+        resources = resources.get_object() if resources is not None else None
+        objects = resources.get("/XObject") if resources is not None else None
+        objects = objects.get_object() if objects is not None else {}
+    except Exception:  # a malformed resource dictionary: nothing countable (rendering will say)
+        return 0
+    total = 0
+    for ref in objects.values():
+        key = getattr(ref, "idnum", None)
+        if key is not None:
+            if key in seen:
+                continue
+            seen.add(key)
+        try:
+            obj = ref.get_object()
+            subtype = obj.get("/Subtype")
+            if subtype == "/Image":
+                total += max(0, int(obj.get("/Width", 0))) * max(0, int(obj.get("/Height", 0)))
+            elif subtype == "/Form" and depth < 8:
+                total += image_pixels(obj, depth + 1, seen)
+        except Exception:
+            continue
+    return total
+
+
+class PageRenderer:
+    """PDFium over one PDF's bytes; :meth:`render` a page to a grayscale PGM. Every call into
+    PDFium holds the module's lock, and every PDFium object is closed explicitly under it (a
+    garbage-collector finalizer would call PDFium from whatever thread it runs on)."""
+
+    def __init__(self, data: bytes):
+        import pypdfium2
+
+        with PDFIUM_LOCK:
+            try:
+                self._pdf = pypdfium2.PdfDocument(data)
+            except Exception as exc:
+                raise OcrError(f"the PDF cannot be rendered for OCR ({type(exc).__name__})") from exc
+
+    def render(self, index: int, dpi: int = DPI, max_pixels: int = MAX_RENDER_PIXELS) -> tuple[bytes, int]:
+        """Page ``index`` (0-based) as a PGM image at ``dpi`` (lower where the page would
+        exceed ``max_pixels``) and the resolution it was rendered at."""
+        with PDFIUM_LOCK:
+            page = self._pdf[index]
+            try:
+                width, height = page.get_size()
+                if not (width > 0 and height > 0):
+                    raise OcrError(f"page {index + 1} has no size to render")
+                scale = dpi / 72
+                if width * height * scale * scale > max_pixels:
+                    scale = math.sqrt(max_pixels / (width * height))
+                bitmap = page.render(scale=scale, grayscale=True)
+                try:
+                    out = io.BytesIO()
+                    bitmap.to_pil().save(out, format="PPM")  # "L" mode: a binary PGM, read by Tesseract as is
+                finally:
+                    bitmap.close()
+            except OcrError:
+                raise
+            except Exception as exc:
+                raise OcrError(f"page {index + 1} cannot be rendered for OCR ({type(exc).__name__})") from exc
+            finally:
+                page.close()
+        return out.getvalue(), max(1, round(scale * 72))
+
+    def close(self) -> None:
+        with PDFIUM_LOCK:
+            self._pdf.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def recognize(image: bytes, dpi: int = DPI, timeout: float | None = None, command: str | None = None,
+              language: str | None = None) -> str:
+    """Tesseract's text of ``image`` (any format Leptonica reads; PGM here), in at most
+    ``timeout`` seconds (the process is killed then: :class:`subprocess.TimeoutExpired`).
+    :class:`OcrError` when Tesseract fails."""
+    command = command or tesseract_command()
+    result = subprocess.run([command, "stdin", "stdout", "-l", language or ocr_language(), "--dpi", str(dpi)],
+                            input=image, capture_output=True, timeout=timeout, env=_child_env())
+    if result.returncode != 0:
+        reason = result.stderr.decode("utf-8", "replace").strip().splitlines()
+        raise OcrError(f"OCR failed ({reason[-1][:200] if reason else f'exit status {result.returncode}'})")
+    return clean(result.stdout.decode("utf-8", "replace"))
+
+
+def clean(text: str) -> str:
+    """Tesseract's output as page text: no form feed, no trailing spaces, at most one blank
+    line between blocks, no blank lines at either end."""
+    lines = [line.rstrip() for line in text.replace("\f", "\n").splitlines()]
+    out: list[str] = []
+    for line in lines:
+        if line or (out and out[-1]):
+            out.append(line)
+    return "\n".join(out).strip("\n")
