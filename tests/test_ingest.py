@@ -29,7 +29,8 @@ BAD_INPUTS = {
     "binary-renamed-txt": ("photo.txt", lambda: b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" * 100, "binary"),
     "binary-without-nul-bytes": ("noise.txt", _random_high_bytes, "binary|not text"),
     "oversize": ("huge.txt", lambda: b"word " * (LIMIT // 4), "over the limit"),
-    "unsupported-type": ("report.docx", lambda: b"PK\x03\x04 some zip", "unsupported"),
+    "unsupported-type": ("report.xlsx", lambda: b"PK\x03\x04 some zip", "unsupported"),
+    "damaged-docx": ("report.docx", lambda: b"PK\x03\x04 some zip", "damaged zip archive"),
 }
 
 

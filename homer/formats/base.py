@@ -61,8 +61,8 @@ class SectionedText:
 
     def block(self, text: str) -> None:
         """Add one paragraph (or a table's rows, one per line) after a blank line."""
-        text = text.strip("\n ")
-        if not text:
+        text = text.strip("\n").rstrip()
+        if not text.strip():
             return
         piece = text + "\n\n"
         self.parts.append(piece)

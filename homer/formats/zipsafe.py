@@ -171,14 +171,14 @@ def check_directory(infos: list[zipfile.ZipInfo], name: str, limits: ZipLimits) 
     for info in infos:
         if info.flag_bits & 0x1:
             raise DocumentError(f"the {name} is encrypted ({info.filename} needs a password)")
-        if info.file_size > limits.max_member_bytes:
-            raise DocumentError(f"the {name} member {info.filename} is {_mb(info.file_size)} uncompressed, over the "
-                                f"limit of {_mb(limits.max_member_bytes)} (a zip bomb?)")
         if info.file_size > RATIO_FLOOR and info.file_size > limits.max_ratio * max(info.compress_size, 1):
             ratio = info.file_size / max(info.compress_size, 1)
             raise DocumentError(f"the {name} member {info.filename} expands {ratio:,.0f} times "
                                 f"({_mb(info.compress_size)} to {_mb(info.file_size)}), over the limit of "
                                 f"{limits.max_ratio:,.0f} (a zip bomb?)")
+        if info.file_size > limits.max_member_bytes:
+            raise DocumentError(f"the {name} member {info.filename} is {_mb(info.file_size)} uncompressed, over the "
+                                f"limit of {_mb(limits.max_member_bytes)} (a zip bomb?)")
         total += info.file_size
     if total > limits.max_total_bytes:
         raise DocumentError(f"the {name} is {_mb(total)} uncompressed, over the limit of "
