@@ -78,14 +78,15 @@ class IngestLimits:
     * ``ocr_page_seconds`` — the time allowed for OCR per scanned page
       (``HOMER_OCR_PAGE_SECONDS``, 20).
 
-    OCR and the time limit: OCR costs about 3 s a page at 300 dpi here (2 CPU cores,
-    ``benchmarks/results/ocr.json``), so an 80-page scan needs about 4 minutes, past the
-    120 s of ``seconds``. So once the scanned pages are counted, the deadline grows by
-    ``ocr_page_seconds`` for each of them (an 80-page scan: 120 + 80 × 20 s), and one page's
-    Tesseract run is stopped after ``ocr_page_seconds`` (the file is refused, naming the
-    page). The most a hostile scan can hold a worker is thus ``seconds + ocr_max_pages ×
-    ocr_page_seconds`` (120 + 200 × 20 s ≈ 69 minutes at the defaults; lower either to
-    shorten it). ``HOMER_OCR=0`` turns OCR off: a PDF without a text layer is then refused."""
+    OCR and the time limit: OCR costs 3–5 s a page at 300 dpi here (2 CPU cores shared with
+    other jobs; ``benchmarks/results/ocr.json``: 4.4 s), so an 80-page scan needs 4–6
+    minutes, past the 120 s of ``seconds``. So once the scanned pages are counted, the
+    deadline grows by ``ocr_page_seconds`` for each of them (an 80-page scan: 120 + 80 × 20
+    s), and one page's Tesseract run is stopped after ``ocr_page_seconds`` (that page keeps
+    its empty text layer — most likely a photo or noise — and the others are read). The most
+    a hostile scan can hold a worker is thus ``seconds + ocr_max_pages × ocr_page_seconds``
+    (120 + 200 × 20 s ≈ 69 minutes at the defaults; lower either to shorten it).
+    ``HOMER_OCR=0`` turns OCR off: a PDF without any text layer is then refused."""
 
     max_bytes: int = DEFAULT_MAX_BYTES
     max_pages: int = DEFAULT_MAX_PAGES

@@ -64,7 +64,7 @@ from dataclasses import dataclass, field  # noqa: E402  (for PdfSource)
 class PdfSource(SourceDocument):
     """A PDF's :class:`SourceDocument`, with the pages whose text was read by OCR."""
 
-    ocr_pages: list[int] = field(default_factory=list)  # 1-based pages run through OCR (scans)
+    ocr_pages: list[int] = field(default_factory=list)  # 1-based pages that went through OCR (scans)
 
 
 def _ocr_candidate(page, text: str) -> bool:
@@ -91,8 +91,9 @@ def read_pdf(data: bytes, max_pages: int | None = None, max_chars: int | None = 
     read by OCR (:mod:`homer.formats.ocr`), unless ``ocr`` is False (None: ``HOMER_OCR``,
     default on): at most ``ocr_max_pages`` of them (more is refused before any is read); the
     deadline grows by ``ocr_page_seconds`` for each, and one page's Tesseract run is stopped
-    after ``ocr_page_seconds`` (or at the deadline). ``progress(message)`` hears "OCR page
-    3/80" before each. The text pages of a mixed PDF keep their text layer. Where Tesseract
+    after ``ocr_page_seconds`` (that page then keeps its text layer, and the others are
+    read) or at the deadline (refused). ``progress(message)`` hears "OCR page 3/80" before
+    each. The text pages of a mixed PDF keep their text layer. Where Tesseract
     is missing, a PDF without any text is refused saying what to install, and a mixed one is
     read without its scanned pages' text."""
     import time
@@ -130,10 +131,10 @@ def read_pdf(data: bytes, max_pages: int | None = None, max_chars: int | None = 
             raise DocumentError(f"the PDF holds over {max_chars:,} characters of text (the limit; "
                                 f"stopped at page {number} of {pages})")
         texts.append(text)
-    ocr_pages = []
+    ocr_pages, slow = [], []
     if scanned:
-        ocr_pages = _ocr_pages(data, reader, texts, scanned, ocr, ocr_max_pages, ocr_page_seconds, deadline,
-                               max_page_chars, max_chars, progress)
+        ocr_pages, slow = _ocr_pages(data, reader, texts, scanned, ocr, ocr_max_pages, ocr_page_seconds, deadline,
+                                     max_page_chars, max_chars, progress)
     starts, parts, offset = [], [], 0
     for text in texts:
         starts.append(offset)
@@ -141,6 +142,10 @@ def read_pdf(data: bytes, max_pages: int | None = None, max_chars: int | None = 
         offset += len(text) + 2
     full = "".join(parts).rstrip()
     if not full.strip():
+        if slow:
+            named = ", ".join(map(str, slow[:5])) + (", …" if len(slow) > 5 else "")
+            raise DocumentError(f"the PDF has no text layer, and the OCR of page{'s' if len(slow) > 1 else ''} "
+                                f"{named} took over {ocr_page_seconds:g} s (the limit per page)")
         if ocr_pages:
             raise DocumentError(f"the PDF has no text layer and OCR found no text on its {len(ocr_pages)} "
                                 f"scanned page{'s' if len(ocr_pages) > 1 else ''}")
@@ -164,19 +169,20 @@ def _ocr_on(ocr: bool | None) -> bool:
 
 def _ocr_pages(data: bytes, reader, texts: list[str], scanned: list[int], ocr: bool | None,
                max_pages: int | None, page_seconds: float | None, deadline: float | None,
-               max_page_chars: int | None, max_chars: int | None, progress) -> list[int]:
+               max_page_chars: int | None, max_chars: int | None, progress) -> tuple[list[int], list[int]]:
     """OCR the ``scanned`` pages (1-based) of the PDF into ``texts`` (in place) within the
-    bounds of :func:`read_pdf`; returns the pages OCR'd (none when OCR is off or missing)."""
+    bounds of :func:`read_pdf`; returns (the pages that went through OCR — none when OCR is
+    off or missing —, those of them stopped at the per-page limit)."""
     from .formats import ocr as engine
 
     if not _ocr_on(ocr):
-        return []
+        return [], []
     has_text = any(text.strip() for text in texts)
     try:
         engine.check_tesseract()
     except engine.OcrUnavailable as exc:
         if has_text:  # a mixed PDF is read as before, without its scanned pages
-            return []
+            return [], []
         raise DocumentError(f"this PDF is scanned (no text layer) and OCR is not available: {exc}") from None
     count = len(scanned)
     if max_pages is not None and count > max_pages:
@@ -184,18 +190,20 @@ def _ocr_pages(data: bytes, reader, texts: list[str], scanned: list[int], ocr: b
     if deadline is not None and page_seconds is not None:
         deadline += count * page_seconds
     try:
-        return _ocr_scanned(engine, data, reader, texts, scanned, page_seconds, deadline, max_page_chars, max_chars,
-                            progress)
+        return scanned, _ocr_scanned(engine, data, reader, texts, scanned, page_seconds, deadline, max_page_chars,
+                                     max_chars, progress)
     except engine.OcrError as exc:  # the renderer's refusals (they name the page)
         raise DocumentError(str(exc)) from None
 
 
 def _ocr_scanned(engine, data: bytes, reader, texts: list[str], scanned: list[int], page_seconds: float | None,
                  deadline: float | None, max_page_chars: int | None, max_chars: int | None, progress) -> list[int]:
+    """The loop of :func:`_ocr_pages`; returns the pages stopped at the per-page limit."""
+    import logging
     import subprocess
     import time
 
-    count = len(scanned)
+    count, slow = len(scanned), []
     total = sum(len(text) + 2 for text in texts)
     with engine.PageRenderer(data) as renderer:
         for done, number in enumerate(scanned, 1):
@@ -214,9 +222,11 @@ def _ocr_scanned(engine, data: bytes, reader, texts: list[str], scanned: list[in
             try:
                 text = engine.recognize(image, dpi, timeout=page_seconds if per_page else left)
             except subprocess.TimeoutExpired:
-                if per_page:
-                    raise DocumentError(f"the OCR of page {number} took over {page_seconds:g} s (the limit per "
-                                        f"page)") from None
+                if per_page:  # a photo or noise, most likely: the page keeps its text layer
+                    logging.getLogger(__name__).warning("OCR of page %d stopped after %g s (the limit per page)",
+                                                        number, page_seconds)
+                    slow.append(number)
+                    continue
                 raise DocumentError(f"reading the PDF took too long (stopped at the OCR of page {number}, "
                                     f"{done} of {count} scanned pages)") from None
             except engine.OcrError as exc:
@@ -231,7 +241,7 @@ def _ocr_scanned(engine, data: bytes, reader, texts: list[str], scanned: list[in
                     raise DocumentError(f"the PDF holds over {max_chars:,} characters of text (the limit; "
                                         f"stopped at the OCR of page {number})")
                 texts[number - 1] = text
-    return scanned
+    return slow
 
 
 def decode_text(data: bytes) -> str:

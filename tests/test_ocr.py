@@ -193,9 +193,12 @@ def test_the_ocr_page_and_time_limits_refuse_a_long_scan(fixtures, monkeypatch):
     monkeypatch.delenv("HOMER_OCR_MAX_PAGES")
     monkeypatch.setenv("HOMER_OCR_PAGE_SECONDS", "0.05")
     started = time.monotonic()
-    with pytest.raises(IngestError, match=r"the OCR of page 1 took over 0\.05 s \(the limit per page\)$"):
+    with pytest.raises(IngestError, match=r"the PDF has no text layer, and the OCR of pages 1, 2 took over 0\.05 s "
+                                          r"\(the limit per page\)$"):
         ingest_bytes(fixtures[1], "scan.pdf")
     assert time.monotonic() - started < 10  # Tesseract was stopped, not waited for
+    doc = ingest_bytes(fixtures[2], "mixed.pdf")  # a page stopped at the limit keeps its (empty) text layer
+    assert "Ada" in doc.text and "zyzzogeton" not in doc.text and len(doc.page_starts) == 3
 
 
 def test_a_page_claiming_huge_images_is_refused_before_it_is_rendered():

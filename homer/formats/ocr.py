@@ -14,19 +14,21 @@ Why these and not the others that were on the table:
   the document on disk.
 * **pytesseract** is a thin wrapper over the same ``tesseract`` program, but it keeps the
   program's path in a module global, always passes the process's whole environment to the
-  child (so Tesseract's OpenMP threads cannot be limited for it alone: ``OMP_THREAD_LIMIT=1``
-  made a page about 3x faster here on 2 shared cores, while setting it in ``os.environ``
-  would also reach every other child process), caches the version check, and exits the
-  interpreter (``SystemExit``) on a version string it cannot parse. Running the program
-  ourselves is a dozen lines: the image goes in on stdin, the text comes out on stdout, and
+  child, caches the version check, and exits the interpreter (``SystemExit``) on a version
+  string it cannot parse. The environment matters: Tesseract's OpenMP threads must be
+  limited for it alone — on 2 CPU cores shared with other jobs a page took 2–5 s with
+  ``OMP_THREAD_LIMIT=1`` and 10–80 s with two threads — and setting that in ``os.environ``
+  would reach every other child process too. Running the program ourselves is a dozen
+  lines: the image goes in on stdin, the text comes out on stdout, and
   ``subprocess.run(timeout=...)`` kills a page that runs too long.
-* **Renderer: pypdfium2** (PDFium, the PDF engine of Chromium, as a wheel with its binary)
-  rather than Poppler's ``pdftoppm``: nothing to install beyond Tesseract, a page rendered in
-  ~0.05 s without a process start or parsing the file again, and the page size known before
-  rendering (so the bitmap's pixels are capped). PDFium runs in this process and is not
-  thread-safe, so every call into it holds one lock (rendering is short next to OCR), and
-  what it is given is bounded first: the page's content stream by ``read_pdf``'s
-  ``max_page_content`` and its images' pixels here (:func:`image_pixels`), before rendering.
+* **Renderer: pypdfium2** (PDFium, the PDF engine of Chromium, as a wheel with its binary;
+  the reader beside the chat renders pages with it too) rather than Poppler's ``pdftoppm``:
+  nothing to install beyond Tesseract, a page rendered in ~0.05 s without a process start or
+  parsing the file again, and the page size known before rendering (so the bitmap's pixels
+  are capped). PDFium runs in this process and is not thread-safe, so every call into it
+  holds one lock, :data:`PDFIUM_LOCK` (rendering is short next to OCR), and what it is given
+  is bounded first: the page's content stream by ``read_pdf``'s ``max_page_content``, and
+  the pixels of the images it draws here (:func:`image_pixels`).
 
 Settings (environment): ``HOMER_OCR=0`` turns OCR off; ``HOMER_TESSERACT`` is the program to
 run (default ``tesseract`` on the ``PATH``); ``HOMER_OCR_LANG`` its language(s) (default
