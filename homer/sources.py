@@ -72,7 +72,12 @@ def _ocr_candidate(page, text: str) -> bool:
     without any content stream is blank: nothing to read)."""
     from .formats.ocr import needs_ocr
 
-    return needs_ocr(text) and _content_bytes(page) > 0
+    if not needs_ocr(text):
+        return False
+    try:
+        return _content_bytes(page) > 0
+    except Exception:  # a content stream pypdf cannot decode: the renderer may still draw it
+        return True
 
 
 def read_pdf(data: bytes, max_pages: int | None = None, max_chars: int | None = None,

@@ -101,8 +101,12 @@ def _child_env() -> dict:
 
 
 def check_tesseract(command: str | None = None, language: str | None = None) -> str:
-    """The path of a working Tesseract that has ``language``'s data; :class:`OcrUnavailable`
-    with what to install otherwise."""
+    """The path of a working Tesseract that has ``language``'s data, with the renderer
+    importable; :class:`OcrUnavailable` with what to install otherwise."""
+    try:
+        import pypdfium2  # noqa: F401
+    except ImportError:
+        raise OcrUnavailable("install the pypdfium2 package (pip install pypdfium2)") from None
     command = command or tesseract_command()
     language = language or ocr_language()
     found = shutil.which(command)
