@@ -170,7 +170,7 @@ def test_zip_bombs_are_refused_from_the_directory_before_decompressing(book, mon
     docx_bomb = fx.zip_bomb(book["docx"], "word/media/bomb.bin")
     assert "bomb.bin expands" in refused("docx", docx_bomb)
     monkeypatch.setenv("HOMER_ZIP_MAX_RATIO", "100000")  # the ratio allowed: the member's size still is not
-    assert "bomb.xhtml is 200.0 MB uncompressed, over the limit of 128.0 MB" in refused("epub", bomb)
+    assert "bomb.xhtml is 200.0 MB uncompressed, over the limit of 64.0 MB" in refused("epub", bomb)
     monkeypatch.setenv("HOMER_ZIP_MAX_MEMBER_MB", "1000")
     monkeypatch.setenv("HOMER_ZIP_MAX_MB", "100")
     assert "is 200.0 MB uncompressed, over the limit of 100.0 MB (a zip bomb?)" in refused("epub", bomb)

@@ -11,8 +11,8 @@ The file's first bytes also tell what it really is, so a PDF or an old Word file
 to ``.docx`` gets a reason that says so (:func:`sniff`).
 
 Limits (:class:`ZipLimits`, each settable by an environment variable): ``HOMER_ZIP_MAX_MEMBERS``
-(10 000), ``HOMER_ZIP_MAX_MB`` (total uncompressed, 512), ``HOMER_ZIP_MAX_MEMBER_MB`` (one
-member, 128) and ``HOMER_ZIP_MAX_RATIO`` (uncompressed ÷ compressed of a member over 1 MB, 100;
+(10 000), ``HOMER_ZIP_MAX_MB`` (total uncompressed, 256), ``HOMER_ZIP_MAX_MEMBER_MB`` (one
+member, 64) and ``HOMER_ZIP_MAX_RATIO`` (uncompressed ÷ compressed of a member over 1 MB, 100;
 text compresses 3–20×, a bomb about 1000×)."""
 
 from __future__ import annotations
@@ -46,16 +46,21 @@ def _env(name: str, default: float) -> float:
 
 @dataclass(frozen=True)
 class ZipLimits:
+    """What an archive may hold. Only the package, the table of contents and the text
+    parts are read of an EPUB; python-docx reads every part of a DOCX (images too), so the
+    total bounds its memory, and one member's size bounds one XML tree (lxml takes about
+    ten times the XML's size)."""
+
     max_members: int = 10_000
-    max_total_bytes: int = 512 * 2**20
-    max_member_bytes: int = 128 * 2**20
+    max_total_bytes: int = 256 * 2**20
+    max_member_bytes: int = 64 * 2**20
     max_ratio: float = 100.0
 
     @classmethod
     def from_env(cls) -> "ZipLimits":
         return cls(max_members=int(_env("HOMER_ZIP_MAX_MEMBERS", 10_000)),
-                   max_total_bytes=int(_env("HOMER_ZIP_MAX_MB", 512) * 2**20),
-                   max_member_bytes=int(_env("HOMER_ZIP_MAX_MEMBER_MB", 128) * 2**20),
+                   max_total_bytes=int(_env("HOMER_ZIP_MAX_MB", 256) * 2**20),
+                   max_member_bytes=int(_env("HOMER_ZIP_MAX_MEMBER_MB", 64) * 2**20),
                    max_ratio=_env("HOMER_ZIP_MAX_RATIO", 100.0))
 
 
