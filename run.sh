@@ -18,7 +18,8 @@ fi
 # them). Debian packages; skipped where apt-get is missing or fails: a scanned PDF is then
 # refused with the reason, and the tests that need a tool skip with a message.
 NEED=()
-command -v tesseract >/dev/null 2>&1 || NEED+=(tesseract-ocr tesseract-ocr-eng)
+{ command -v tesseract >/dev/null 2>&1 && tesseract --list-langs 2>/dev/null | grep -qx eng; } \
+    || NEED+=(tesseract-ocr tesseract-ocr-eng)
 if [ "${1:-run}" = test ]; then
     command -v chromium >/dev/null 2>&1 || NEED+=(chromium)
     command -v pandoc >/dev/null 2>&1 || NEED+=(pandoc)
