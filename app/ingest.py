@@ -21,7 +21,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from homer.sources import DocumentError, read_document
+from homer.sources import SECTIONED_SUFFIXES, DocumentError, read_document
 
 DEFAULT_MAX_BYTES = 50 * 2**20
 DEFAULT_MAX_PAGES = 2000
@@ -363,7 +363,9 @@ def ingest_bytes(data: bytes, file_name: str, tokenizer=None, max_bytes: int | N
                           f"{limits.max_bytes / 2**20:.1f} MB")
     clock = _Clock(limits.seconds)
     try:
-        if not is_pdf(data, file_name) and least_chars(data) > limits.max_chars:  # before decoding it all
+        if not is_pdf(data, file_name) and Path(file_name).suffix.lower() not in SECTIONED_SUFFIXES \
+                and least_chars(data) > limits.max_chars:  # before decoding it all (the sectioned readers
+            # count their text as they read: a zip's or a page's bytes are not its characters)
             raise DocumentError(f"the file holds at least {least_chars(data):,} characters of text, over the limit "
                                 f"of {limits.max_chars:,}")
         source = read_document(file_name, data=data, progress=progress, **limits.pdf(clock.deadline))

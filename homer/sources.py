@@ -1,6 +1,7 @@
 """Reading a document file into text, with the character offset where each page starts
-(so kept tokens can be traced back to pages). PDF via pypdf; text and Markdown with
-encoding detection (charset-normalizer)."""
+(so kept tokens can be traced back to pages). PDF via pypdf, its scanned pages by OCR
+(:mod:`homer.formats.ocr`); EPUB, DOCX and HTML by :mod:`homer.formats` (labelled sections);
+text and Markdown with encoding detection (charset-normalizer)."""
 
 from __future__ import annotations
 
@@ -280,13 +281,13 @@ def read_document(path: str | Path, data: bytes | None = None, progress=None, **
     suffix = path.suffix.lower()
     if not data.strip():
         raise DocumentError("the file is empty")
-    if suffix == ".pdf" or data.startswith(b"%PDF-"):
-        return read_pdf(data, progress=progress, **pdf_limits)  # progress: "OCR page 3/80" of a scan
-    if suffix in SECTIONED_SUFFIXES:
+    if suffix in SECTIONED_SUFFIXES:  # before the PDF magic: a PDF named .docx is refused as the upload check does
         from .formats import read_sectioned
 
         return read_sectioned(SECTIONED_SUFFIXES[suffix], data, max_chars=pdf_limits.get("max_chars"),
                               deadline=pdf_limits.get("deadline"))
+    if suffix == ".pdf" or data.startswith(b"%PDF-"):
+        return read_pdf(data, progress=progress, **pdf_limits)  # progress: "OCR page 3/80" of a scan
     if suffix in TEXT_SUFFIXES or suffix == "":
         text = decode_text(data)
         if not text.strip():

@@ -289,6 +289,23 @@ def test_read_document_and_ingest_keep_the_sections(book):
         assert doc.passages[-1][3] == len(doc.locations)
 
 
+def test_a_large_epub_with_little_text_is_not_counted_by_its_bytes(book):
+    """A book's images make its zip large: the character limit counts the text read, not a
+    quarter of the archive's bytes."""
+    import os
+
+    data = fx.rewrite_zip(book["epub"], add={"EPUB/media/cover.bin": os.urandom(20 * 2**20)})
+    assert len(data) > 20 * 2**20
+    doc = ingest_bytes(data, "illustrated.epub")
+    assert doc.kind == "epub" and len(doc.text) < 100_000
+
+
+def test_a_pdf_named_as_a_sectioned_format_is_refused_in_the_worker_too(book, tmp_path):
+    pdf = fx.pdf_from_html(b"<h1>Report</h1><p>Quarterly figures.</p>", tmp_path)
+    with pytest.raises(DocumentError, match="is a PDF, not a DOCX"):
+        read_document("report.docx", data=pdf)
+
+
 def bad_uploads(book) -> dict[str, tuple[bytes, str]]:
     """Upload name -> (bytes, a piece of the reason)."""
     return {
