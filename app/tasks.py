@@ -7,6 +7,9 @@ A build job goes: queued → running (claimed with a renewed lease) → done | f
 * one build per key at a time: a lease lock ``build:<key>`` in the index;
 * crash-safe: a killed worker's lease runs out, :func:`recover` re-queues the job; the
   cache file is installed (temp, fsync, rename) and indexed only when complete;
+* resumable: the build checkpoints every finished subtree in the store
+  (``checkpoints/<key>/``, :mod:`homer.checkpoints`), so a retry after a killed worker or
+  an error resumes from there ("resumed at leaf 9/32"); removed when the cache is indexed;
 * failures (bad upload, errors after the last attempt) end the job as failed with a
   one-line reason; the queue goes on."""
 
@@ -240,10 +243,15 @@ class Heartbeat:
 
 def _progress_callback(heartbeat: Heartbeat, started: float):
     step_delay = float(os.environ.get("HOMER_TEST_STEP_DELAY", "0") or 0)  # tests slow builds down
+    resumed = {"message": "", "steps": 0}  # a build resumed from its checkpoints says so in every message
 
     def progress(done: int, total: int, message: str) -> None:
+        if message.startswith("resumed "):
+            resumed.update(message=message, steps=done)
+        elif resumed["message"]:
+            message = f"{message} ({resumed['message']})"
         elapsed = time.monotonic() - started
-        eta = elapsed / done * (total - done) if done else 0.0
+        eta = elapsed / (done - resumed["steps"]) * (total - done) if done > resumed["steps"] else 0.0
         heartbeat.progress(done / max(total, 1), f"{message} — step {done}/{total}, about {eta:.0f} s left",
                            force=done == total)
         if step_delay:
@@ -319,10 +327,15 @@ def run_build(store, job_id: str) -> str:
         # installed with the cache row
         leaves = store.staging_path(".leaves.safetensors") if deep_read_enabled() else None
         try:
+            checkpoints = store.build_checkpoints(document_id, key)  # a stopped build of the key resumes
+        except StoreError as exc:
+            log.warning("job %s builds without checkpoints: %s", job_id[:8], exc)
+            checkpoints = None
+        try:
             cache = build_document_cache(model, tokenizer, text, config, prompt=prompt,
                                          progress=_progress_callback(heartbeat, started),
                                          metadata={"document_id": document_id, "source": document["file_name"]},
-                                         leaf_states=leaves)
+                                         leaf_states=leaves, checkpoints=checkpoints)
             if heartbeat.lost:
                 raise LeaseLost(job_id)
             heartbeat.progress(1.0, "saving the cache", force=True)
@@ -331,6 +344,9 @@ def run_build(store, job_id: str) -> str:
             if leaves is not None:
                 leaves.unlink(missing_ok=True)
         kept = f" and {row['leaf_states_bytes'] / 2**20:.1f} MiB of leaf states" if row.get("leaf_states_file") else ""
+        if cache.metadata.get("resumed"):  # e.g. "(resumed at leaf 9/32: 24 of 32 leaves computed)"
+            kept += (f" ({cache.metadata['resumed']}: {cache.metadata['leaves_computed']} of "
+                     f"{cache.metadata['num_leaves']} leaves computed)")
         store.jobs.finish(job_id, owner, row["id"], f"built {row['tokens']} cached tokens from "
                                                     f"{document['token_count'] or '?'} in {row['build_seconds']:.1f} s"
                                                     + kept)

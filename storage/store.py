@@ -601,8 +601,8 @@ class Store:
 
     def _check_checkpoints(self, repair: bool, problems: list[Problem]) -> None:
         """Checkpoint folders no build will resume from: not a folder of a cache key, of a
-        document that is gone, of a cache already indexed, or — with no queued or running job
-        for the document and no build holding the key — untouched for longer than
+        document that is gone, or — with no queued or running job for the document and no
+        build holding the key — of a cache already indexed, or untouched for longer than
         :func:`stale_checkpoint_seconds`."""
         folder = self.root / "checkpoints"
         if is_link(folder):
@@ -626,14 +626,15 @@ class Store:
                     continue  # a build that just made its folder writes build.json next
                 if not is_document_id(document_id) or self.get_document(document_id) is None:
                     detail = "checkpoints of a build whose document is gone"
+                elif document_id in active or self.locks.holder(f"build:{key}") is not None:
+                    continue  # a build under way (a rebuild of a ready cache too), or queued to resume
                 elif cache is not None and cache.get("status") == "ready":
                     detail = f"checkpoints of cache {key[:12]}, which is already built"
-                elif (document_id not in active and self.locks.holder(f"build:{key}") is None
-                      and age > max_age):
+                elif age > max_age:
                     detail = (f"checkpoints of a stopped build of document {document_id[:12]}, "
                               f"untouched for {age / 3600:.0f} h")
                 else:
-                    continue  # a build under way, or one a retry may still resume
+                    continue  # a stopped build that a retry may still resume
                 problems.append(Problem("stale-checkpoint", relative, detail))
             if repair:
                 self._remove(path, problems)
