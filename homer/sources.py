@@ -292,5 +292,12 @@ def read_document(path: str | Path, data: bytes | None = None, progress=None, **
         text = decode_text(data)
         if not text.strip():
             raise DocumentError("the file holds no text")
-        return SourceDocument(text, "markdown" if suffix in (".md", ".markdown") else "text")
+        if suffix in (".md", ".markdown"):
+            from .formats.markdown import markdown_sections
+
+            sections = markdown_sections(text)
+            if sections is not None:
+                return SourceDocument(text, "markdown", sections[0], sections[1])
+            return SourceDocument(text, "markdown")
+        return SourceDocument(text, "text")
     raise DocumentError(f"unsupported file type {suffix!r}: use {SUPPORTED_NAMES}")

@@ -105,7 +105,7 @@ def tiny():
     ("moby.docx", SECTION),
     ("moby.html", SECTION),
     ("moby.txt", None),  # one location: the source is quoted, no place named
-    ("moby.md", None),
+    ("moby.md", SECTION),  # its "#" headings are sections
 ])
 def test_a_focused_answer_names_the_section_or_page_of_its_source(files, tiny, tmp_path, name, where):
     model, tokenizer, _ = tiny

@@ -39,3 +39,19 @@ def test_the_store_keeps_section_labels(tmp_path):
     assert store.location_map(plain["id"]).label_at(6) == "p. 2"
     with pytest.raises(StoreError):
         store.add_document(b"other", "b.epub", text, "epub", [0, 28], locations=["one label"])
+
+
+def test_markdown_headings_are_sections_and_code_fences_are_not():
+    from homer.sources import read_document
+
+    text = ("Intro line.\n\n# Install\n\nPip it.\n\n## Requirements\n\nPython 3.11.\n\n```\n# not a heading\n```\n\n"
+            "# Use\n\nAsk away.\n")
+    doc = read_document("guide.md", data=text.encode())
+    assert doc.labels == ["", "Install", "Install · Requirements", "Use"]
+    places = doc.locations
+    assert places.label_at(text.index("Python")) == "Install · Requirements"
+    assert places.label_at(text.index("not a heading")) == "Install · Requirements"
+    assert places.label_at(text.index("Ask")) == "Use" and places.label_at(0) == "§ 1"
+    assert read_document("plain.md", data=b"No headings here.").labels is None
+    first = read_document("t.md", data=b"# Title\n\nBody.\n")
+    assert first.page_starts == [0] and first.labels == ["Title"]
