@@ -15,12 +15,14 @@ answer's places beside the chat and :func:`open_place` opens the one clicked:
   and nothing from outside the app, and the image travels inside the reader's HTML (a data
   URI: no file of the store is ever served by URL). The quote is highlighted on the page where
   the page's own text layer holds it exactly (whitespace-normalised), from pdfium's boxes of
-  its characters; else the page opens without a highlight. Without ``pypdfium2`` (or for a
+  its characters (a quote that runs on to the next page: its words that end this page); else
+  the page opens without a highlight. Without ``pypdfium2`` (or for a
   page it cannot render) the page opens as text, as other formats do;
 * **any other location** (a Markdown or text file, a section of an EPUB, DOCX or HTML file)
   opens as its text, HTML-escaped, with the quote in ``<mark>`` when the text holds it exactly
-  (whitespace-normalised, :func:`find_quote`), near the passage first; else the section opens
-  without a highlight, at the passage. A location longer than :data:`MAX_SHOWN_CHARS` is
+  (whitespace-normalised, :func:`find_quote`), near the passage first (a passage is listed
+  under its first location; a quote of it that runs on into the next is shown whole); else the
+  section opens without a highlight, at the passage. A location longer than :data:`MAX_SHOWN_CHARS` is
   shown as that many characters around the passage.
 
 Everything of the document that reaches the page — its text, its name, the labels — is
@@ -172,6 +174,18 @@ def find_quote(text: str, quote: str, start: int = 0, end: int | None = None,
     return None
 
 
+def find_quote_start(text: str, quote: str, min_words: int = 4) -> tuple[int, int] | None:
+    """The quote's beginning at the very end of ``text`` (a quote that runs on to the next
+    page): the longest run of its first words (``min_words`` at least) that ends the text,
+    matched exactly up to whitespace; None when there is none."""
+    words = quote_words(quote or "")
+    for k in range(len(words) - 1, min_words - 1, -1):
+        found = re.search(r"\s+".join(map(re.escape, words[:k])) + r"\s*\Z", text)
+        if found:
+            return found.start(), found.end()
+    return None
+
+
 # --- the reading -----------------------------------------------------------------------------
 @dataclass
 class Reading:
@@ -264,7 +278,12 @@ def section_html(text: str, span: tuple[int, int], quote: str = "",
     the quote in ``<mark>`` when found exactly, else an anchor at the passage. A location
     longer than :data:`MAX_SHOWN_CHARS` is cut around the quote (or the passage)."""
     start, end = span
-    found = find_quote(text, quote, start, end, passage)
+    limit = max(end, passage[1]) if passage else end  # a passage listed under its first location may run on
+    found = find_quote(text, quote, start, min(len(text), limit + 2 * len(quote)), passage)
+    if found and found[0] >= limit:  # a quote that starts here or in the passage: shown whole
+        found = None
+    if found:
+        end = max(end, found[1])
     shown = ""
     if end - start > MAX_SHOWN_CHARS:
         centre = found[0] if found else (passage[0] if passage and start <= passage[0] < end else start)
@@ -353,7 +372,7 @@ def quote_boxes(page, quote: str) -> list[tuple[float, float, float, float]] | N
     textpage = page.get_textpage()
     try:
         text = page_text(textpage)
-        found = find_quote(text, quote)
+        found = find_quote(text, quote) or find_quote_start(text, quote)  # whole, or its part on this page
         if found is None:
             return None
         boxes = []

@@ -355,16 +355,16 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
                                              placeholder="Pick a ready document and ask a question about it.")
                         with gr.Row():
                             question = gr.Textbox(placeholder="Ask about the document…", show_label=False, scale=5,
-                                                  elem_id="question", submit_btn=False)
+                                                  min_width=200, elem_id="question", submit_btn=False)
                             deep_read = gr.Checkbox(label="Deep read", value=False, scale=1, min_width=120,
                                                     elem_id="deep-read",
                                                     info="re-read for this question (slower; needs leaf states)")
-                            send_btn = gr.Button("Ask", variant="primary", scale=1, elem_id="ask")
-                            clear_btn = gr.Button("Clear", scale=1, elem_id="clear")
+                            send_btn = gr.Button("Ask", variant="primary", scale=1, min_width=80, elem_id="ask")
+                            clear_btn = gr.Button("Clear", scale=1, min_width=80, elem_id="clear")
                         turn_stats = gr.Markdown(elem_id="turn-stats")
                         with gr.Accordion("Turn details", open=False):
                             turn_json = gr.JSON(label="last turn", elem_id="turn-json")
-                    with gr.Column(scale=2, min_width=320, elem_id="reader-pane"):
+                    with gr.Column(scale=2, min_width=360, elem_id="reader-pane"):
                         source_list = gr.Dataset(label="Sources of the last answer: click one to open it",
                                                  components=["textbox"], samples=[], type="index", visible=False,
                                                  samples_per_page=12, elem_id="sources")

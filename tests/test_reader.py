@@ -146,6 +146,12 @@ def test_a_section_opens_alone_under_its_label(store):
     shown = reader.open_place(store, cited, None)
     assert "By morning" in shown.html and "<mark" not in shown.html and "reader-note" not in shown.html
     assert reader.open_location(store, doc["id"], 1, None).label == "Chapter 1 · Calm"
+    # a passage listed under its first section whose quote runs on into the next: shown whole, marked
+    start = text.index("for hours")
+    across = reader.place(doc["id"], 1, locations, start, len(text), "for hours. At dusk the wind rose")
+    opened = reader.open_place(store, across, None)
+    assert opened.label == "Chapter 1 · Calm" and MARK.findall(opened.html) == ["for hours.\nAt dusk the wind rose"]
+    assert "The sea lay flat" in opened.html and "Waves broke" not in opened.html
 
 
 def test_a_pdf_opens_at_its_page_with_the_quote_boxed(store):
@@ -169,6 +175,9 @@ def test_a_pdf_opens_at_its_page_with_the_quote_boxed(store):
     missed = reader.open_place(store, {**item, "quote": "counted 99 fishing boats"}, None)
     assert missed.view == "page" and not missed.highlighted and "reader-mark" not in missed.html
     assert "not found exactly on this page" in missed.html
+    # a quote that runs on to the next page: its words on this page are boxed
+    ending = reader.render_page(store.source_path(doc["id"]), 2, "and the tide turned at noon. Page 3 of the ledger.")
+    assert ending.boxes and len(ending.boxes) == 1
     # another page of the same document (the reader's next / previous), no quote
     assert reader.open_location(store, doc["id"], 5, None).location == 5
 
