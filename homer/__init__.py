@@ -13,7 +13,7 @@ _EXPORTS = {
     "CacheMismatchError": "cache", "HomerCache": "cache", "HomerConfig": "config",
     "build_document_cache": "document", "Conversation": "generation", "ConversationFullError": "generation",
     "GenerationSettings": "generation",
-    "DocumentPrompt": "prompting", "build_cache": "tree",
+    "DocumentPrompt": "prompting", "build_cache": "tree", "DirectoryCheckpointer": "checkpoints",
 }
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

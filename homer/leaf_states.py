@@ -194,10 +194,12 @@ class LeafStateRecording:
                 [f"leaf.{i}.keys", f"leaf.{i}.values", f"leaf.{i}.hidden"]
             try:
                 if entry is None:
-                    raise KeyError("missing")
+                    raise LookupError("no checkpoint of them")
                 for name in names:
+                    if name not in entry[0]:
+                        raise LookupError(f"their checkpoint has no {name}")
                     self.writer.write(name, entry[0][name])
-            except (KeyError, RuntimeError) as exc:
+            except (LookupError, RuntimeError) as exc:
                 self.writer.rewind(mark)
                 log.warning("the recorded leaf states of leaf %d cannot be taken from the checkpoints (%s): "
                             "leaves %d-%d are built again", i + 1, exc, first_leaf + 1, first_leaf + count)

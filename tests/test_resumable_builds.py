@@ -300,6 +300,7 @@ def test_a_killed_worker_s_build_resumes_from_its_checkpoints(tmp_path, model_di
     resumed_at = 32 - computed + 1
     assert f"resumed at leaf {resumed_at}/32" in done["message"], done["message"]
     assert f"{computed} of 32 leaves computed" in done["message"]
+    print(f"killed at progress {killed['progress']:.2f}; the second worker: {done['message']}")
     assert not (store.root / "checkpoints" / done["cache_id"]).exists()  # removed once indexed
     assert store.check() == [] and list(store.tmp_dir.iterdir()) == []
 
