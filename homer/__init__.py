@@ -14,6 +14,7 @@ _EXPORTS = {
     "build_document_cache": "document", "Conversation": "generation", "ConversationFullError": "generation",
     "GenerationSettings": "generation",
     "DocumentPrompt": "prompting", "build_cache": "tree", "DirectoryCheckpointer": "checkpoints",
+    "BuildSliceEnded": "checkpoints",
 }
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

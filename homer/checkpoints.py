@@ -22,6 +22,12 @@ sha256 of its tensors) is ignored with a log line too, and that subtree is built
 written atomically (temp file, fsync, rename, fsync of the folder). The engine never
 deletes the folder: its owner does, once the cache is safely stored (the app's store does
 it when it indexes the cache) — or call :meth:`DirectoryCheckpointer.clear`.
+
+**Builds in slices** (``build_cache(checkpoints=..., deadline=...)``): a build given a
+deadline stops right after the first subtree it checkpoints once the deadline has passed
+and raises :class:`BuildSliceEnded`; the next call with the same checkpoints goes on from
+there. A host that lends its accelerator for short calls only (a ZeroGPU Space) builds a
+long document as a sequence of such slices, with the one-shot cache at the end.
 """
 
 from __future__ import annotations
@@ -52,6 +58,28 @@ Entry = tuple[dict[str, torch.Tensor], dict[str, str]]
 
 class CheckpointError(Exception):
     """A checkpoint entry that cannot be used (unreadable, truncated, altered)."""
+
+
+class BuildSliceEnded(Exception):
+    """A build given a ``deadline`` stopped once it was spent, right after a finished subtree
+    was checkpointed: call ``build_cache`` again with the same checkpoints to go on.
+
+    ``leaves_done`` of ``leaves_total`` leaves are finished (computed in this call or an
+    earlier one), ``steps_done`` of ``steps_total`` leaves and merges; ``leaves_computed``
+    leaves were computed in this call, in ``compute_seconds`` (from its first computed step to
+    the stop: no model loading, no checkpoint reading)."""
+
+    def __init__(self, leaves_done: int, leaves_total: int, steps_done: int, steps_total: int,
+                 leaves_computed: int, compute_seconds: float):
+        super().__init__(f"read {leaves_done}/{leaves_total} leaves; the build goes on from its checkpoints")
+        self.leaves_done, self.leaves_total = leaves_done, leaves_total
+        self.steps_done, self.steps_total = steps_done, steps_total
+        self.leaves_computed, self.compute_seconds = leaves_computed, compute_seconds
+
+    def as_dict(self) -> dict:
+        return {"leaves_done": self.leaves_done, "leaves_total": self.leaves_total, "steps_done": self.steps_done,
+                "steps_total": self.steps_total, "leaves_computed": self.leaves_computed,
+                "compute_seconds": self.compute_seconds}
 
 
 @runtime_checkable

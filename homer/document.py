@@ -41,7 +41,7 @@ def build_document_cache(model, tokenizer, text: str, config: HomerConfig | None
                          prompt: DocumentPrompt | None = None, question: str | None = None,
                          progress: Progress | None = None, metadata: dict | None = None,
                          context_ids: list[int] | None = None, char_offsets: list[int] | None = None,
-                         leaf_states=None, checkpoints=None) -> HomerCache:
+                         leaf_states=None, checkpoints=None, deadline=None) -> HomerCache:
     """Build the cache of a whole document.
 
     Without ``question`` (the product's document-first protocol) the suffix is
@@ -51,7 +51,9 @@ def build_document_cache(model, tokenizer, text: str, config: HomerConfig | None
     ``leaf_states``: a path where the leaf-stage states are also written, for later
     query-aware deep reads (:func:`homer.deep_read.deep_read_document`). ``checkpoints``: a
     :class:`homer.checkpoints.Checkpointer` the build saves its finished subtrees to and
-    resumes from (see :func:`homer.tree.build_cache`)."""
+    resumes from (see :func:`homer.tree.build_cache`); ``deadline``: build in slices, one
+    call stopping once it is spent (:class:`homer.checkpoints.BuildSliceEnded`; see
+    :func:`homer.tree.build_cache`)."""
     prompt = prompt or default_prompt(tokenizer)
     if context_ids is None:
         context_ids, char_offsets = tokenize_document(tokenizer, text)
@@ -70,7 +72,7 @@ def build_document_cache(model, tokenizer, text: str, config: HomerConfig | None
     states = {} if leaf_states is None else {"leaf_states": leaf_states,
                                              "leaf_state_tensors": {} if offsets is None else {"char_offsets": offsets}}
     cache = build_cache(model, prefix_ids, context_ids, suffix_ids, config=config, progress=progress, metadata=meta,
-                        context_units=units, checkpoints=checkpoints, **states)
+                        context_units=units, checkpoints=checkpoints, deadline=deadline, **states)
     if offsets is not None:
         cache.char_offsets = torch.where(cache.sources >= 0, offsets[cache.sources.clamp(min=0)], -1)
     return cache

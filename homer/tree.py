@@ -6,7 +6,8 @@ Owns the merge tree (:class:`Node`), the builder and its hooks (:class:`_Builder
 :mod:`homer.deep_read` extends) and the choice of builder a build uses: with
 ``leaf_states`` the builder also records the leaf states (:mod:`homer.leaf_states`); with
 ``checkpoints`` it saves every finished subtree and resumes from them
-(:mod:`homer.checkpoints`)."""
+(:mod:`homer.checkpoints`); with a ``deadline`` as well, it stops once the deadline is
+spent, right after a checkpoint (:class:`~homer.checkpoints.BuildSliceEnded`)."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from .cache import HomerCache
-from .checkpoints import BuildCheckpoints, Checkpointer, build_digest
+from .checkpoints import BuildCheckpoints, BuildSliceEnded, Checkpointer, build_digest
 from .config import HomerConfig
 from .fingerprint import model_fingerprint
 from .layers import DecoderStack
@@ -186,6 +187,8 @@ class _Builder:
         self.leaves_reused = 0  # leaves inside subtrees loaded from checkpoints
         self.resumed_at: int | None = None  # the next leaf when this run first computed (0-based)
         self._frontier = 0  # leaves finished so far (loaded or computed), in depth-first order
+        self.should_stop: Callable[[], bool] | None = None  # set by build_cache(deadline=...)
+        self._compute_started: float | None = None  # when this run computed its first step
 
     def _tick(self, message: str) -> None:
         self.steps_done += 1
@@ -205,6 +208,8 @@ class _Builder:
 
     def _computing(self) -> None:
         """Called before every leaf and merge this run computes."""
+        if self._compute_started is None:
+            self._compute_started = time.perf_counter()
         if self.resumed_at is None:
             self.resumed_at = self._frontier
             if self.leaves_reused:
@@ -275,6 +280,20 @@ class _Builder:
             raise ValueError("tokens from outside its leaves")
         if node.carried is not None and tuple(node.carried.shape) != (n,):
             raise ValueError("carried scores of another shape")
+
+    def end_slice_if_due(self, height: int) -> None:
+        """After a computed subtree was saved and reported: once the deadline is spent, stop
+        here (:class:`BuildSliceEnded`) — unless this was the root, or the checkpoints no
+        longer save (stopping would then lose the work)."""
+        if self.should_stop is None or height >= self.plan.height:
+            return
+        if self.checkpoints is None or not self.checkpoints.saving or not self.should_stop():
+            return
+        seconds = time.perf_counter() - (self._compute_started or time.perf_counter())
+        log.info("build slice ended after leaf %d/%d (%d leaves computed in %.1f s)", self._frontier,
+                 self.plan.num_leaves, self.leaves_computed, seconds)
+        raise BuildSliceEnded(self._frontier, self.plan.num_leaves, self.steps_done, self.steps_total,
+                              self.leaves_computed, seconds)
 
     def resume_leaves(self, first_leaf: int, count: int) -> bool:
         """Hook: called when leaves ``first_leaf`` … ``+ count − 1`` are about to be taken from a
@@ -393,6 +412,7 @@ class _Builder:
             self._frontier = max(self._frontier, first_leaf + 1)
             self.save_checkpoint(node, first_leaf, 0)
             self._tick(f"read chunk {first_leaf + 1}/{self.plan.num_leaves}")
+            self.end_slice_if_due(0)
             return node
         left_target, right_target = self.plan.child_targets(first_leaf, height)
         left = self.subtree(first_leaf, height - 1, left_target)
@@ -403,6 +423,7 @@ class _Builder:
         self.run_block(node, self.plan.layers_at(height), target)
         self.save_checkpoint(node, first_leaf, height)
         self._tick(f"merged level {height}")
+        self.end_slice_if_due(height)
         return node
 
 
@@ -430,7 +451,8 @@ def _as_ids(ids) -> torch.Tensor:
 def build_cache(model, prefix_ids, context_ids, suffix_ids, config: HomerConfig | None = None,
                 progress: Progress | None = None, metadata: dict | None = None,
                 context_units=None, leaf_states=None, leaf_state_tensors: dict | None = None,
-                checkpoints: Checkpointer | None = None, _make_builder=None) -> HomerCache:
+                checkpoints: Checkpointer | None = None, deadline: float | Callable[[], bool] | None = None,
+                _make_builder=None) -> HomerCache:
     """Build a HOMER cache from token ids (the method itself).
 
     prefix_ids: e.g. system prompt + chat header (with BOS if the model uses one);
@@ -450,8 +472,16 @@ def build_cache(model, prefix_ids, context_ids, suffix_ids, config: HomerConfig 
     is saved). The checkpoints are left in place (the root's included, in case the caller
     stops before storing the cache): clear them once the cache is stored. The cache's
     metadata then says ``leaves_computed`` and ``resumed`` ("resumed at leaf 9/32" or "").
+    ``deadline`` (with ``checkpoints``): a ``time.monotonic()`` time, or a function returning
+    True when the build should stop; once it is spent the build stops right after the next
+    finished subtree is checkpointed and raises :class:`homer.checkpoints.BuildSliceEnded`
+    (leaves done and total, the time this call computed); calling again with the same
+    checkpoints goes on — a build in slices, bit for bit the one-shot cache. Every call
+    computes at least one leaf or merge, so slices always advance.
     ``_make_builder`` (internal, for :mod:`homer.deep_read`): makes the builder from
     :class:`_Builder`'s arguments plus ``fingerprint`` and ``config`` keywords."""
+    if deadline is not None and checkpoints is None:
+        raise ValueError("a build with a deadline needs checkpoints to go on from")
     if leaf_states is not None:
         _make_builder = recording_builder(leaf_states, leaf_state_tensors, metadata)
     started = time.perf_counter()
@@ -485,6 +515,8 @@ def build_cache(model, prefix_ids, context_ids, suffix_ids, config: HomerConfig 
                               prefix=prefix, context=context, suffix=suffix, units=units, model_dtype=stack.dtype,
                               device_type=f"{stack.device.type}:{kind}")
         builder.checkpoints = BuildCheckpoints(checkpoints, digest)
+    if deadline is not None:
+        builder.should_stop = deadline if callable(deadline) else (lambda: time.monotonic() >= deadline)
     try:
         root = builder.subtree(0, plan.height, plan.root_target)
         if builder.resumed_at is None and builder.leaves_reused:  # the root came from a checkpoint
