@@ -37,10 +37,10 @@ import html
 import io
 import logging
 import re
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from homer.formats.ocr import PDFIUM_LOCK
 from homer.locations import LocationMap
 from . import library
 
@@ -53,7 +53,9 @@ MAX_RENDER_PIXELS = 1000 * 4000  # a page of an odd shape is rendered smaller th
 MAX_CHOICE_QUOTE = 70     # characters of a quote in the list of sources
 ELLIPSIS = "…"
 PLACE_KEYS = ("document_id", "location", "label", "start", "end", "quote")
-_PDFIUM = threading.Lock()  # pdfium is not thread-safe; the UI's handlers run in threads
+# PDFium is not thread-safe even across documents: the reader (UI threads) and OCR (worker
+# threads) of one process share one lock.
+_PDFIUM = PDFIUM_LOCK
 
 EMPTY = ('<div class="homer-reader"><div class="reader-empty">The reader: click a source of an answer '
          'to open the document there.</div></div>')
