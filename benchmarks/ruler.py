@@ -406,6 +406,28 @@ def add_coverage(rows: list[dict], args, meta: dict) -> None:
                 r["coverage"] = round(grounding.coverage(r["question"], fed, *stats), 4) if fed else None
 
 
+def merge(results: list[str], output: Path) -> int:
+    """One summary of several runs (each run's meta must agree on split, seed, k and the
+    excerpt): the 4k ceiling of one file then serves as the ceiling of the others' cells."""
+    rows, metas = {}, []
+    for name in results:
+        path = Path(name)
+        metas.append(json.loads(path.read_text()))
+        for line in path.with_suffix(".jsonl").read_text().splitlines():
+            if line.strip():
+                r = json.loads(line)
+                rows[(r["length"], r["arm"], r["task"], r["qid"])] = r
+    keys = ("split", "seed", "k", "excerpt_words", "model")
+    for meta in metas[1:]:
+        differ = [k for k in keys if meta.get(k) != metas[0].get(k)]
+        if differ:
+            raise SystemExit(f"cannot merge runs that differ in {', '.join(differ)}")
+    meta = {k: v for k, v in metas[0].items() if k not in ("cells", "of_ceiling", "note", "haystacks")}
+    meta["merged_from"] = [Path(name).name for name in results]
+    output.write_text(json.dumps(summarise(list(rows.values()), meta), indent=2) + "\n")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cells", nargs="+", default=list(DEFAULT_CELLS),
@@ -420,8 +442,13 @@ def main(argv=None) -> int:
     parser.add_argument("--model", help="a model id or folder (default: the embedded model)")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--summary-only", action="store_true")
+    parser.add_argument("--merge", nargs="+", metavar="RESULT_JSON",
+                        help="summarise the rows of these runs together into --output (one row per length, arm "
+                             "and question: a later file's row replaces an earlier one's)")
     args = parser.parse_args(argv)
     output = Path(args.output)
+    if args.merge:
+        return merge(args.merge, output)
     jsonl = output.with_suffix(".jsonl")
     rows = [json.loads(x) for x in jsonl.read_text().splitlines() if x.strip()] if jsonl.exists() else []
     if args.summary_only:
