@@ -74,3 +74,29 @@ def test_a_short_run_writes_its_table(model_dir, tmp_path):
     assert set(table["passages"]) <= {*ruler.TASKS, ruler.ABSENT} and set(ruler.TASKS) <= set(table["passages"])
     assert all("score_with_not_found" in cell for cell in table["passages"].values())
     assert all(cell["n"] == 1 for cell in table["cache"].values())
+
+
+def test_runs_merge_into_one_summary_with_the_ceiling_of_another(tmp_path):
+    import json
+
+    def run(name, rows, **meta):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"split": "eval", "seed": 0, "k": 3, **meta}))
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return str(tmp_path / f"{name}.json")
+
+    def row(length, arm, qid, score):
+        return {"length": length, "arm": arm, "task": "qa_1", "qid": qid, "question": "q", "refs": ["a"],
+                "score": score, "answer": "a", "time_to_first_token": 1.0, "evidence_retrieved": 1.0}
+
+    ceiling = run("ceiling", [row(4000, "cache", "1", 0.0), row(4000, "cache", "2", 1.0)])
+    app = run("app", [row(32000, "passages", "1", 1.0), row(32000, "passages", "2", 1.0),
+                      row(4000, "cache", "1", 1.0)])  # a later file's row replaces the earlier one's
+    out = tmp_path / "summary.json"
+    assert ruler.merge([ceiling, app], out) == 0
+    summary = json.loads(out.read_text())
+    assert summary["cells"]["4000"]["cache"]["qa_1"] == {**summary["cells"]["4000"]["cache"]["qa_1"], "n": 2,
+                                                         "score": 100.0}
+    assert summary["of_ceiling"]["32000"]["passages"]["qa_1"] == 1.0
+    other = run("other", [], k=5)
+    with pytest.raises(SystemExit, match="differ in k"):
+        ruler.merge([ceiling, other], out)
