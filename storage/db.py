@@ -158,10 +158,22 @@ def _v10_document_shares(db: sqlite_utils.Database) -> None:
     db["document_shares"].create_index(["grantee"])
 
 
+def _v11_conversation_threads(db: sqlite_utils.Database) -> None:
+    # Conversation threads kept on the server: several named threads per document and user.
+    # owner: the signed-in user (null without login); name: the thread's title (the first
+    # question, cut to 80 characters, until renamed); turns: JSON list of [prompt, answer] as
+    # the model saw them over ``cache_id``, re-appended to that cache when the thread is
+    # reopened (the shown messages stay in ``messages``). Null for older rows.
+    db["conversations"].add_column("owner", str)
+    db["conversations"].add_column("name", str)
+    db["conversations"].add_column("turns", str)
+    db["conversations"].create_index(["document_id", "owner"])
+
+
 MIGRATIONS = [_v1_documents_caches_conversations, _v2_jobs_locks_passages, _v3_document_owners,
               _v4_cache_leaf_states,
               _v5_passage_index, _v6_cache_install_journal, _v7_owner_names, _v8_passage_vectors,
-              _v9_document_locations, _v10_document_shares]
+              _v9_document_locations, _v10_document_shares, _v11_conversation_threads]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
