@@ -12,6 +12,10 @@ document-first protocol: nothing about the question reached the build), under ev
   (plain retrieval-augmented generation, no cache);
 * ``cache+passages`` — the stored cache, then one turn with the top-k passages and the
   question, one batched prefill;
+* ``clue+passages`` — MemoRAG (arXiv 2409.05591): the stored cache first drafts a clue
+  (:func:`homer.clues.draft_clue`), the question and the clue together are the retrieval
+  query, and the top-k passages are read as in ``passages`` (the clue's time counts in the
+  time to first token);
 * ``ceiling`` (factual questions only) — the evidence verse's own passage alone in the window;
 * ``auto:…`` — scored from the rows above, not run: the cache for a question about the whole
   document (:func:`homer.focus.route`), the named arm for the others.
@@ -45,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "assets" / "genesis-exodus-leviticus-kjv.txt"
 RESULTS = Path(__file__).parent / "results"
 ARMS = ("cache", "passages", "cache+passages", "ceiling")
+EXTRA_ARMS = ("clue+passages",)  # run when named in --arms
 BOOK_TITLES = {"Genesis": "CALLED GENESIS", "Exodus": "CALLED EXODUS", "Leviticus": "CALLED LEVITICUS"}
 
 
@@ -103,13 +108,20 @@ def run_arm(arm: str, question: str, model, tokenizer, cache, retrieve, evidence
     conversation = Conversation(cache, model, tokenizer) if arm in ("cache", "cache+passages") else None
     started = time.perf_counter()
     used: list = []
+    clue = ""
     if arm == "ceiling":
         texts = [evidence_text]
-    elif arm in ("passages", "cache+passages"):
+    elif arm in ("passages", "cache+passages", "clue+passages"):
         from homer.focus import excerpt
 
-        used = retrieve(question, k)
-        texts = [excerpt(p.text, question, excerpt_words) for p in used]
+        query = question
+        if arm == "clue+passages":
+            from homer.clues import clue_query, draft_clue
+
+            clue = draft_clue(cache, model, tokenizer, question)
+            query = clue_query(question, clue)
+        used = retrieve(query, k)
+        texts = [excerpt(p.text, query if arm == "clue+passages" else question, excerpt_words) for p in used]
     else:
         texts = []
     retrieval = time.perf_counter() - started
@@ -127,8 +139,9 @@ def run_arm(arm: str, question: str, model, tokenizer, cache, retrieve, evidence
             first = time.perf_counter() - started
         answer += piece
     stats = conversation.stats
+    extra = {"clue": clue} if arm == "clue+passages" else {}
     return {
-        "answer": answer, "time_to_first_token": round(first if first is not None else time.perf_counter() - started, 4),
+        **extra, "answer": answer, "time_to_first_token": round(first if first is not None else time.perf_counter() - started, 4),
         "engine_time_to_first_token": round(float(stats.get("time_to_first_token", 0.0)), 4),
         "retrieval_seconds": round(retrieval, 4), "passages_fed": len(fed or []),
         "prompt_tokens": (conversation.state.position - before - max(int(stats.get("new_tokens", 0)) - 1, 0)),
@@ -139,8 +152,9 @@ def run_arm(arm: str, question: str, model, tokenizer, cache, retrieve, evidence
 
 def summarise(rows: list[dict], recall: dict, meta: dict) -> dict:
     out = {**meta, "recall": recall, "arms": {}}
+    present = [arm for arm in ARMS + EXTRA_ARMS if any(r["arm"] == arm for r in rows)]
     for kind in ("fact", "whole"):
-        for arm in ARMS:
+        for arm in present:
             got = [r for r in rows if r["kind"] == kind and r["arm"] == arm]
             if not got:
                 continue
@@ -152,10 +166,14 @@ def summarise(rows: list[dict], recall: dict, meta: dict) -> dict:
                 "median_prompt_tokens": statistics.median(r["prompt_tokens"] for r in got),
             }
     facts = {r["question"] for r in rows if r["kind"] == "fact"}
-    complete = [q for q in facts if {r["arm"] for r in rows if r["question"] == q} >= set(ARMS)]
+    complete = [q for q in facts if {r["arm"] for r in rows if r["question"] == q} >= set(present)]
     out["paired_fact_questions"] = len(complete)
     out["paired_accuracy"] = {arm: sum(r["right"] for r in rows if r["arm"] == arm and r["question"] in complete)
-                              for arm in ARMS}
+                              for arm in present}
+    clued = [r for r in rows if r["arm"] == "clue+passages" and r["kind"] == "fact" and "evidence_seq" in r]
+    if clued:  # did the clue bring the evidence passage into the top k?
+        out["clue_evidence_retrieved"] = round(
+            sum(r["evidence_seq"] in [p["seq"] for p in r["retrieved"]] for r in clued) / len(clued), 4)
     out["auto"] = auto_routes(rows)
     return out
 
