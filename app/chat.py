@@ -8,7 +8,8 @@
   appends each turn after the cache, streams the answer and reports what the turn cost:
   time to first token, tokens appended, whether the cache came from memory, that the
   document was not encoded again;
-* :meth:`ChatService.clear` — forget a conversation; messages are persisted in the store.
+* :meth:`ChatService.clear` — forget a conversation; messages are persisted in the store
+  (with the turns as the model saw them: :mod:`app.threads` reopens them as named threads).
 
 **Deep read** (``ask(..., deep_read=True)``): when the document's cache has leaf states (the
 app or worker was run with ``--deep-read`` / ``HOMER_DEEP_READ=1`` when it was read), the
@@ -60,6 +61,9 @@ def with_sources(answer: str, label: str) -> str:
     return f"{answer}\n\nSources: {label}" if label else answer
 
 
+THREAD_CACHE_REPLACED = ("this thread's cache was rebuilt or replaced: answered from the document's current "
+                         "cache; the earlier messages are shown as text only")
+
 DEEP_READ_UNAVAILABLE = ("deep read unavailable: this document was read without leaf states "
                          "(start the app with --deep-read and read it again)")
 
@@ -84,6 +88,9 @@ class ChatSession:
     turns: list[tuple[str, str]] = field(default_factory=list)
     messages: list[dict] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    owner: str | None = None  # whose thread it is (None without login)
+    thread: bool = False      # a kept thread (:mod:`app.threads`): a new cache restarts its turns, not the thread
+    notice: str = ""          # said with the next turn (the thread's cache was replaced)
 
 
 def default_settings(model_config) -> dict:
@@ -208,10 +215,35 @@ class ChatService:
         key = (session_key, document_id)
         with self._sessions_lock:
             chat = self._sessions.get(key)
-            if chat is None or chat.cache_id != cache_id:  # model or settings changed: a new conversation
+            if chat is not None and chat.thread and chat.cache_id != cache_id:  # a thread goes on over the new cache
+                if chat.messages and chat.cache_id:
+                    chat.notice = THREAD_CACHE_REPLACED
+                chat.cache_id, chat.turns, chat.conversation = cache_id, [], None
+                self._live.pop(key, None)
+            elif chat is None or chat.cache_id != cache_id:  # model or settings changed: a new conversation
                 chat = self._sessions[key] = ChatSession(document_id, cache_id)
                 self._live.pop(key, None)
             return chat
+
+    def attach(self, session_key: str, document_id: str, chat: ChatSession) -> None:
+        """Make ``chat`` (a reopened or new thread) this session's conversation about a document."""
+        with self._sessions_lock:
+            self._sessions[(session_key, document_id)] = chat
+            self._live.pop((session_key, document_id), None)
+
+    def forget_conversation(self, conversation_id: str) -> None:
+        """Drop every session holding a stored conversation (its thread was deleted)."""
+        with self._sessions_lock:
+            for key in [k for k, c in self._sessions.items() if c.conversation_id == conversation_id]:
+                self._sessions.pop(key)
+                self._live.pop(key, None)
+
+    def _record(self, chat: ChatSession, question: str, shown: str) -> None:
+        """Keep the turn's messages in the session and in the store (with the turns as the
+        model saw them, so a reopened thread re-appends them to its cache)."""
+        added = [{"role": "user", "content": question}, {"role": "assistant", "content": shown}]
+        chat.messages += added
+        self.store.save_turn(chat.conversation_id, chat.cache_id, added, chat.turns)
 
     def _keep_live(self, key: tuple[str, str]) -> None:
         with self._sessions_lock:
@@ -270,13 +302,16 @@ class ChatService:
         key = (session_key, document_id)
         with chat.lock:
             if chat.conversation_id is None:
-                chat.conversation_id = self.store.add_conversation(document_id, row["id"])
+                chat.conversation_id = self.store.add_conversation(document_id, row["id"], owner=chat.owner)
             stats = {
                 "cache_id": row["id"], "cache_tokens": len(cache), "cache_reused": True,
                 "cache_source": "memory" if from_memory else "disk", "cache_load_seconds": round(load_seconds, 4),
                 "document_tokens": int(cache.metadata.get("context_len") or 0), "turn": len(chat.turns) + 1,
                 "new_conversation": chat.conversation is None and not chat.turns, "deep_read": False,
+                "thread_id": chat.conversation_id,
             }
+            if chat.notice:
+                stats["thread_notice"], chat.notice = chat.notice, ""
             deep = None  # the deep-read conversation, when this turn is answered by one
             if deep_read:
                 leaves, unavailable = self._leaf_states(row, fingerprint)
@@ -294,9 +329,7 @@ class ChatService:
                 stats.update(time_to_first_token=round(time.perf_counter() - started, 4), new_tokens=0,
                              seconds=round(time.perf_counter() - started, 4))
                 chat.turns.append((question, shown))
-                chat.messages += [{"role": "user", "content": question}, {"role": "assistant", "content": shown}]
-                self.store.add_message(chat.conversation_id, "user", question)
-                self.store.add_message(chat.conversation_id, "assistant", shown)
+                self._record(chat, question, shown)
                 yield shown, stats
                 return
             if deep is None and not strategy.uses_cache:  # plain retrieval: a fresh window, no cache
@@ -360,9 +393,7 @@ class ChatService:
             chat.turns.append((turn.text if answer_cache is not None else question, answer))  # as the model saw it
             if deep is not None and chat.conversation is not None:
                 chat.conversation.turns.append((question, answer))  # appended before its next question
-            chat.messages += [{"role": "user", "content": question}, {"role": "assistant", "content": shown}]
-            self.store.add_message(chat.conversation_id, "user", question)
-            self.store.add_message(chat.conversation_id, "assistant", shown)
+            self._record(chat, question, shown)
         yield shown, stats
 
     def _leaf_states(self, row: dict, fingerprint: str):
@@ -456,6 +487,8 @@ def turn_line_notes(stats: dict) -> str:
         line += f" · the {n} oldest turn{'s' if n > 1 else ''} left out to stay inside the model's window"
     if stats.get("deep_read_unavailable"):
         line += f" · {stats['deep_read_unavailable']}"
+    if stats.get("thread_notice"):
+        line += f" · {stats['thread_notice']}"
     return line
 
 
