@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "elsewhere); documents over HOMER_LARGE_BUILD_CHARS characters build in a lane of "
                              "their own (HOMER_LARGE_WORKERS threads, 1), so they never hold up small ones")
     parser.add_argument("--builds-in-requests", action="store_true",
-                        help="run builds inside the upload request instead of a background thread "
+                        help="run builds inside requests instead of a background thread, a slice of at most "
+                             "HOMER_GPU_SLICE_SECONDS (60) at a time: the upload, then each library refresh "
                              "(automatic on a ZeroGPU Space, where only requests get the GPU)")
     parser.add_argument("--lock-model", action="store_true",
                         help="do not let users switch the model in Settings (the default on a Space)")
@@ -95,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from app.chat import ChatService
     from app.library import max_request_bytes  # the larger of the upload and bundle limits
+    from app.slices import Slices, zero_gpu_decorator
     from app.ui import CSS, THEME, build_ui, on_zero_gpu, spaces_gpu
     from app.worker import queue_for, start_consumer_in_process
     from storage import Store
@@ -109,8 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     handle = start_consumer_in_process(store, workers=workers) if workers > 0 else None  # main thread
     queue = handle.queue if handle else queue_for(store)
     on_space = bool(os.environ.get("SPACE_ID"))
-    build_gpu = spaces_gpu(int(os.environ.get("HOMER_GPU_BUILD_SECONDS", "600"))) if in_requests else None
-    demo = build_ui(store, queue, chat, args.model, gpu=spaces_gpu(), auth=auth is not None, build_gpu=build_gpu,
+    slices = Slices(store, gpu=zero_gpu_decorator()) if in_requests else None  # spaces.GPU per slice
+    demo = build_ui(store, queue, chat, args.model, gpu=spaces_gpu(), auth=auth is not None, slices=slices,
                     allow_model_change=not (args.lock_model or on_space or os.environ.get("HOMER_LOCK_MODEL")))
     demo.queue(default_concurrency_limit=8)  # the model runs one chat at a time: concurrency_id "gpu"
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,

@@ -10,6 +10,10 @@ A build job goes: queued → running (claimed with a renewed lease) → done | f
 * resumable: the build checkpoints every finished subtree in the store
   (``checkpoints/<key>/``, :mod:`homer.checkpoints`), so a retry after a killed worker or
   an error resumes from there ("resumed at leaf 9/32"); removed when the cache is indexed;
+* in slices (``run_build(..., deadline=...)``, for hosts that lend the accelerator for short
+  calls only — :mod:`app.slices`): the build stops once the deadline is spent, right after a
+  checkpoint, and the job goes back to queued ("read 12/32 leaves …") without counting as an
+  attempt; the next slice goes on from the checkpoints;
 * failures (bad upload, errors after the last attempt) end the job as failed with a
   one-line reason; the queue goes on."""
 
@@ -284,9 +288,17 @@ def _drop_upload(store, job: dict) -> None:
             log.warning("job %s names an upload outside the store; not deleted", job["id"][:8])
 
 
-def run_build(store, job_id: str) -> str:
+SLICE_ENDED = "sliced"
+
+
+def run_build(store, job_id: str, deadline: float | None = None, report: dict | None = None) -> str:
     """Run one build job to its end state; returns "done", "failed", "skipped" or "lost".
-    Raises :class:`Retry` when the job should run again later."""
+    Raises :class:`Retry` when the job should run again later. With ``deadline`` (a
+    ``time.monotonic()`` time) the build stops once it is spent, right after a checkpoint:
+    the job is queued again with its progress, this run not counted as an attempt, and
+    :data:`SLICE_ENDED` is returned (``report``, a dict, then gets the leaves done and total
+    and the seconds this slice computed: :meth:`homer.checkpoints.BuildSliceEnded.as_dict`)."""
+    from homer.checkpoints import BuildSliceEnded
     from homer.config import HomerConfig
     from homer.document import build_document_cache
     from homer.prompting import default_prompt
@@ -335,7 +347,8 @@ def run_build(store, job_id: str) -> str:
             cache = build_document_cache(model, tokenizer, text, config, prompt=prompt,
                                          progress=_progress_callback(heartbeat, started),
                                          metadata={"document_id": document_id, "source": document["file_name"]},
-                                         leaf_states=leaves, checkpoints=checkpoints)
+                                         leaf_states=leaves, checkpoints=checkpoints,
+                                         deadline=deadline if checkpoints is not None else None)
             if heartbeat.lost:
                 raise LeaseLost(job_id)
             heartbeat.progress(1.0, "saving the cache", force=True)
@@ -344,14 +357,27 @@ def run_build(store, job_id: str) -> str:
             if leaves is not None:
                 leaves.unlink(missing_ok=True)
         kept = f" and {row['leaf_states_bytes'] / 2**20:.1f} MiB of leaf states" if row.get("leaf_states_file") else ""
-        if cache.metadata.get("resumed"):  # e.g. "(resumed at leaf 9/32: 24 of 32 leaves computed)"
+        sliced = bool(cache.metadata.get("resumed")) and deadline is not None  # the last slice of a build in slices
+        if sliced:
+            kept += (f" (read in slices; this last one computed {cache.metadata['leaves_computed']} of "
+                     f"{cache.metadata['num_leaves']} leaves)")
+        elif cache.metadata.get("resumed"):  # e.g. "(resumed at leaf 9/32: 24 of 32 leaves computed)"
             kept += (f" ({cache.metadata['resumed']}: {cache.metadata['leaves_computed']} of "
                      f"{cache.metadata['num_leaves']} leaves computed)")
+        took = f"{'a last slice of ' if sliced else ''}{row['build_seconds']:.1f} s"
         store.jobs.finish(job_id, owner, row["id"], f"built {row['tokens']} cached tokens from "
-                                                    f"{document['token_count'] or '?'} in {row['build_seconds']:.1f} s"
-                                                    + kept)
+                                                    f"{document['token_count'] or '?'} in {took}" + kept)
         _drop_upload(store, job)
         return "done"
+    except BuildSliceEnded as end:  # this slice's time is spent: the next one goes on from the checkpoints
+        message = (f"read {end.leaves_done}/{end.leaves_total} leaves "
+                   f"({100 * end.steps_done / max(end.steps_total, 1):.0f} %); continues on the next request")
+        heartbeat.beat(round(end.steps_done / max(end.steps_total, 1), 4), message)
+        if not store.jobs.release(job_id, owner, message, uncount=True):
+            return "lost"
+        if report is not None:
+            report.update(end.as_dict())
+        return SLICE_ENDED
     except (IngestError, DocumentError, StoreError, ValueError) as exc:  # deterministic: retrying cannot help
         store.jobs.fail(job_id, str(exc), owner=owner)
         _drop_upload(store, job)
@@ -379,9 +405,9 @@ def run_build(store, job_id: str) -> str:
 # --- recovery ---------------------------------------------------------------------------
 def run_queued(store) -> list[tuple[str, str]]:
     """Run every queued build here and now — small documents first, then large ones, each
-    oldest first, so a small document never waits behind a large one: (job id, outcome) per job. For
-    hosts where a background thread cannot use the accelerator (a ZeroGPU Space lends the
-    GPU only inside a request), the app calls this from the upload request instead."""
+    oldest first, so a small document never waits behind a large one: (job id, outcome) per job,
+    each build to its end. (The app runs builds inside requests in slices instead:
+    :mod:`app.slices`.)"""
     outcomes = []
     queued = store.jobs.list("queued")
     lanes = {job["id"]: job_lane(store, job) for job in queued}

@@ -50,11 +50,13 @@ def default_focus() -> str:
 
 def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | None = None, auth: bool = False,
              allow_model_change: bool = True, refresh_seconds: float = 2.0,
-             build_gpu: Callable | None = None) -> gr.Blocks:
+             slices=None) -> gr.Blocks:
     """The whole app. ``queue`` is the build queue (:class:`app.worker.BuildQueue`), ``gpu``
     wraps the functions that run the model (``spaces.GPU`` on ZeroGPU), ``auth``: documents
-    are per user (the login name). ``build_gpu``: when set, queued builds run inside the
-    upload request, wrapped by it (ZeroGPU: a background worker would get no GPU)."""
+    are per user (the login name). ``slices`` (:class:`app.slices.Slices`): when set, builds
+    run inside requests, a slice at a time — the upload request runs the first, each refresh
+    of the library the next of the user's oldest unfinished build (ZeroGPU: a background
+    worker would get no GPU, and a call gets it for a short while only)."""
     gpu = gpu or _identity
     several = SeveralDocuments(chat)  # questions over several documents, on the same chat service
 
@@ -93,14 +95,10 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
                 pick(share_doc, ready, ready_ids, first), pick(insp_doc, ready, ready_ids),  # inspecting costs: on request
                 selection)
 
-    def build_here():
-        """Queued builds, run in this request (only when ``build_gpu`` is set)."""
-        from app.tasks import run_queued
-
-        run_queued(store)
-
-    if build_gpu is not None:
-        build_here = build_gpu(build_here)
+    def continue_builds(request: gr.Request):
+        """The next slice of this user's oldest unfinished build (builds in requests only)."""
+        done = slices.run_next(owner_of(request))
+        return gr.update() if done is None else done.line
 
     def upload(files, model: str, settings: dict, request: gr.Request):
         if not files:
@@ -111,9 +109,14 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
             path = Path(item if isinstance(item, str) else getattr(item, "name", str(item)))
             lines += library.submit_upload_file(queue, path, model, settings, owner_of(request))
         yield "\n\n".join(lines), None
-        if build_gpu is not None and any(line.endswith("queued for reading") for line in lines):
-            build_here()  # in this request (ZeroGPU); the library's timer shows the progress
-            yield "\n\n".join(lines + ["✓ reading finished — see the library"]), None
+        if slices is not None and any(line.endswith("queued for reading") for line in lines):
+            done = slices.run_next(owner_of(request))  # the first slice, in this request (ZeroGPU)
+            if done is not None and done.state == "done":
+                yield "\n\n".join(lines + ["✓ reading finished — see the library"]), None
+            elif done is not None:  # more slices to go, or refused for now (the library says why)
+                going_on = ["The library goes on reading while this page is open."]
+                going_on = [] if done.state in ("refused", "failed") else going_on
+                yield "\n\n".join(lines + [done.line, *going_on]), None
 
     def read_again(document_id: str | None, model: str, settings: dict, request: gr.Request):
         if not document_id:
@@ -122,8 +125,9 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
             message = library.submit_existing(queue, document_id, model, settings, owner_of(request))
         except StoreError as exc:
             return f"✗ {exc}"
-        if build_gpu is not None:
-            build_here()  # in this request (ZeroGPU)
+        if slices is not None:
+            done = slices.run_next(owner_of(request))  # a slice in this request (ZeroGPU); the library goes on
+            return f"{message}\n\n{done.line}" if done is not None else message
         return message
 
     def delete(document_id: str | None, request: gr.Request):
@@ -435,6 +439,8 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
             .then(lambda text: text, model_line, model_info, api_visibility="private") \
             .then(refresh, model_state, [table, version], show_progress="hidden", api_visibility="private")
         timer.tick(refresh, model_state, [table, version], show_progress="hidden", api_name="library")
+        if slices is not None:  # builds in requests: each refresh runs the next slice of the user's build
+            timer.tick(continue_builds, None, library_status, show_progress="hidden", api_name="continue_builds")
         version.change(update_pickers, [version, *pickers, chat_docs], [*pickers, chat_docs], show_progress="hidden",
                        api_visibility="private")
 
