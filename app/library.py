@@ -28,6 +28,7 @@ from .ingest import IngestError, check_text_upload, ingest_limits, is_pdf
 
 SUPPORTED_SUFFIXES = (".pdf", ".epub", ".docx", ".html", ".htm", ".xhtml", ".txt", ".md", ".markdown", ".text")
 HEADERS = ["document", "state", "size", "pages", "tokens", "model", "deep read", "id"]
+TEAM_HEADERS = HEADERS + ["access"]  # with sign-in: yours, shared by you (with whom), shared with you
 DEEP_READ_LABELS = {True: "available", False: "—"}  # the "deep read" column: leaf states kept or not
 FAILED_UPLOAD_SECONDS = 600.0  # failed uploads (no document row) stay listed this long
 
@@ -179,7 +180,8 @@ def library(store, model_name: str, fingerprint: str, owner: str | None = None, 
     """One entry per document the user sees (and per upload still being read or recently
     refused): id, name, state for this model, ready (a cache of this model exists), deep_read
     (its newest ready cache keeps leaf states, so questions can be deep-read), size, pages,
-    tokens, model."""
+    tokens, model, access ("owner" or "shared": read-only) and shared_with (whom the user
+    shares their document with; "*": everyone)."""
     now = now or time.time()
     allowed = owned_ids(store, owner)
     jobs: dict[str, list[dict]] = {}
@@ -207,6 +209,8 @@ def library(store, model_name: str, fingerprint: str, owner: str | None = None, 
             "size": doc["bytes"], "pages": doc["pages"], "tokens": doc["token_count"],
             "model": short_model(caches[0]["model_name"] if caches else (doc_jobs[-1]["model"] if doc_jobs else "")),
             "cache_tokens": caches[0]["tokens"] if caches else None,
+            "access": doc.get("access") or "owner",
+            "shared_with": sharing.shares_of(store, doc["id"], owner) if owner and doc.get("access") == "owner" else [],
         })
     for document_id, doc_jobs in jobs.items():  # uploads not ingested yet, or refused by the worker
         if document_id in documents or (allowed is not None and document_id not in allowed):
@@ -223,14 +227,25 @@ def library(store, model_name: str, fingerprint: str, owner: str | None = None, 
             "state": job_label(job, now), "ready": False, "deep_read": False,
             "size": upload.stat().st_size if upload is not None and upload.exists() else None,
             "pages": None, "tokens": None, "model": short_model(job["model"]), "cache_tokens": None,
+            "access": "owner", "shared_with": [],
         })
     return entries
 
 
-def table_rows(entries: list[dict]) -> list[list]:
+def access_label(entry: dict) -> str:
+    """Whose a library row is: ``yours``, ``yours · shared with bob, cy`` (or everyone), or
+    ``shared with you (read-only)``."""
+    if entry.get("access") == "shared":
+        return "shared with you (read-only)"
+    shared = entry.get("shared_with") or []
+    return f"yours · shared with {sharing.describe(shared)}" if shared else "yours"
+
+
+def table_rows(entries: list[dict], team: bool = False) -> list[list]:
+    """The library table's rows (:data:`HEADERS`; with ``team``, :data:`TEAM_HEADERS`)."""
     return [[e["name"], e["state"], human_bytes(e["size"]), e["pages"] if e["pages"] is not None else "",
              e["tokens"] if e["tokens"] is not None else "", e["model"], DEEP_READ_LABELS[e["deep_read"]],
-             e["id"][:12]] for e in entries]
+             e["id"][:12], *([access_label(e)] if team else [])] for e in entries]
 
 
 def choices(entries: list[dict], ready_only: bool = False) -> list[tuple[str, str]]:

@@ -23,7 +23,7 @@ from storage.bundle_schema import max_bundle_bytes
 from storage.errors import StoreError
 
 from . import focus as focusing
-from . import inspector, library, reader
+from . import inspector, library, mcp_tools, reader
 from .chat import ChatError, ChatService, settings_overrides
 from .multi_document import WHOLE_LIBRARY, WHOLE_LIBRARY_LABEL, SeveralDocuments, describe
 
@@ -50,21 +50,31 @@ def default_focus() -> str:
 
 def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | None = None, auth: bool = False,
              allow_model_change: bool = True, refresh_seconds: float = 2.0,
-             slices=None) -> gr.Blocks:
+             slices=None, access: mcp_tools.Access | None = None) -> gr.Blocks:
     """The whole app. ``queue`` is the build queue (:class:`app.worker.BuildQueue`), ``gpu``
     wraps the functions that run the model (``spaces.GPU`` on ZeroGPU), ``auth``: documents
     are per user (the login name). ``slices`` (:class:`app.slices.Slices`): when set, builds
     run inside requests, a slice at a time — the upload request runs the first, each refresh
     of the library the next of the user's oldest unfinished build (ZeroGPU: a background
-    worker would get no GPU, and a call gets it for a short while only)."""
+    worker would get no GPU, and a call gets it for a short while only). ``access``
+    (:class:`app.mcp_tools.Access`): who the user is — the login name (``auth``), else the
+    Hugging Face username when sign-in with Hugging Face is on (a Sign in button is shown;
+    signed out, the library is empty and every action asks to sign in); sharing (Library
+    tab) needs one of them. The MCP tools (:mod:`app.mcp_tools`) are registered here too."""
     gpu = gpu or _identity
+    access = access or mcp_tools.Access(login=auth)
+    team = access.team  # documents are per user: the access column and sharing are shown
     several = SeveralDocuments(chat)  # questions over several documents, on the same chat service
 
-    def owner_of(request: gr.Request | None) -> str | None:
-        return getattr(request, "username", None) if auth and request is not None else None
+    def owner_of(request: gr.Request | None, profile: gr.OAuthProfile | None = None) -> str | None:
+        """The user key (None: no login); raises SignInRequired (a StoreError) when signed out."""
+        return access.owner(request, profile)
 
-    def session_of(request: gr.Request | None) -> str:
-        owner = owner_of(request)
+    def session_of(request: gr.Request | None, profile: gr.OAuthProfile | None = None) -> str:
+        try:
+            owner = owner_of(request, profile)
+        except mcp_tools.SignInRequired:
+            owner = None
         if owner:
             return f"user:{owner}"  # a logged-in user's conversations survive a reload
         return f"session:{getattr(request, 'session_hash', None) or 'local'}"
@@ -73,10 +83,13 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
         raise gr.Error(str(exc), print_exception=False)
 
     # --- handlers: library ------------------------------------------------------------------
-    def refresh(model: str, request: gr.Request):
+    def refresh(model: str, request: gr.Request, profile: gr.OAuthProfile | None = None):
         fingerprint = chat.model(model)[2]
-        entries = library.library(store, model, fingerprint, owner_of(request))
-        table = pd.DataFrame(library.table_rows(entries), columns=library.HEADERS)
+        try:
+            entries = library.library(store, model, fingerprint, owner_of(request, profile))
+        except mcp_tools.SignInRequired:  # signed out: no library
+            entries = []
+        table = pd.DataFrame(library.table_rows(entries, team), columns=headers)
         version = json.dumps([library.choices(entries), library.choices(entries, ready_only=True)])
         return table, version
 
@@ -95,22 +108,29 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
                 pick(share_doc, ready, ready_ids, first), pick(insp_doc, ready, ready_ids),  # inspecting costs: on request
                 selection)
 
-    def continue_builds(request: gr.Request):
+    def continue_builds(request: gr.Request, profile: gr.OAuthProfile | None = None):
         """The next slice of this user's oldest unfinished build (builds in requests only)."""
-        done = slices.run_next(owner_of(request))
+        if access.signed_out(request, profile):
+            return gr.update()
+        done = slices.run_next(owner_of(request, profile))
         return gr.update() if done is None else done.line
 
-    def upload(files, model: str, settings: dict, request: gr.Request):
+    def upload(files, model: str, settings: dict, request: gr.Request, profile: gr.OAuthProfile | None = None):
         if not files:
             yield "", None
+            return
+        try:
+            owner_of(request, profile)
+        except mcp_tools.SignInRequired as exc:  # signed out: uploads are refused
+            yield f"✗ {exc}", None
             return
         lines = []
         for item in files if isinstance(files, list) else [files]:  # one file in memory at a time
             path = Path(item if isinstance(item, str) else getattr(item, "name", str(item)))
-            lines += library.submit_upload_file(queue, path, model, settings, owner_of(request))
+            lines += library.submit_upload_file(queue, path, model, settings, owner_of(request, profile))
         yield "\n\n".join(lines), None
         if slices is not None and any(line.endswith("queued for reading") for line in lines):
-            done = slices.run_next(owner_of(request))  # the first slice, in this request (ZeroGPU)
+            done = slices.run_next(owner_of(request, profile))  # the first slice, in this request (ZeroGPU)
             if done is not None and done.state == "done":
                 yield "\n\n".join(lines + ["✓ reading finished — see the library"]), None
             elif done is not None:  # more slices to go, or refused for now (the library says why)
@@ -118,23 +138,24 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
                 going_on = [] if done.state in ("refused", "failed") else going_on
                 yield "\n\n".join(lines + [done.line, *going_on]), None
 
-    def read_again(document_id: str | None, model: str, settings: dict, request: gr.Request):
+    def read_again(document_id: str | None, model: str, settings: dict, request: gr.Request,
+                   profile: gr.OAuthProfile | None = None):
         if not document_id:
             return "Pick a document first."
         try:
-            message = library.submit_existing(queue, document_id, model, settings, owner_of(request))
+            message = library.submit_existing(queue, document_id, model, settings, owner_of(request, profile))
         except StoreError as exc:
             return f"✗ {exc}"
         if slices is not None:
-            done = slices.run_next(owner_of(request))  # a slice in this request (ZeroGPU); the library goes on
+            done = slices.run_next(owner_of(request, profile))  # a slice in this request (ZeroGPU); the library goes on
             return f"{message}\n\n{done.line}" if done is not None else message
         return message
 
-    def delete(document_id: str | None, request: gr.Request):
+    def delete(document_id: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None):
         if not document_id:
             return "Pick a document first."
         try:
-            message = library.delete_document(store, document_id, owner_of(request))
+            message = library.delete_document(store, document_id, owner_of(request, profile))
         except StoreError as exc:
             return f"✗ {exc}"
         chat.forget_document(document_id)
@@ -143,11 +164,11 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
 
     # --- handlers: chat ---------------------------------------------------------------------
     def pick_chat(document_id: str | None, documents: list | None, model: str, settings: dict,
-                  request: gr.Request):
-        key = session_of(request)
+                  request: gr.Request, profile: gr.OAuthProfile | None = None):
+        key = session_of(request, profile)
         if documents:  # several documents picked: their conversation
             try:
-                return several.history(key, documents, owner_of(request), model, settings or None), ""
+                return several.history(key, documents, owner_of(request, profile), model, settings or None), ""
             except (ChatError, StoreError):
                 return [], ""
         return chat.history(key, document_id), ""
@@ -155,18 +176,18 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
     @gpu
     def ask(document_id: str | None, question: str, temperature: float, max_new_tokens: int, model: str,
             settings: dict, deep_read: bool = False, focus: str | None = None, documents: list | None = None,
-            request: gr.Request = None):
-        key = session_of(request)
+            request: gr.Request = None, profile: gr.OAuthProfile | None = None):
+        key = session_of(request, profile)
         try:
             generation = GenerationSettings(max_new_tokens=int(max_new_tokens), temperature=float(temperature))
             if documents:  # several documents (or the whole library): each one's access checked there
-                owner = owner_of(request)
+                owner = owner_of(request, profile)
                 history = several.history(key, documents, owner, model, settings or None)
                 turns = several.ask(key, documents, question, owner, model, generation, settings or None,
                                          focus or None, bool(deep_read))
             else:
                 if document_id:  # a full id, a unique prefix or a file name (API callers)
-                    document_id = library.check_access(store, document_id, owner_of(request))["id"]
+                    document_id = library.check_access(store, document_id, owner_of(request, profile))["id"]
                 history = chat.history(key, document_id)
                 turns = chat.ask(key, document_id, question, model, generation, settings or None, bool(deep_read),
                                  focus or None)
@@ -181,19 +202,19 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
         yield shown, "", describe(stats), stats
 
     def clear(document_id: str | None, documents: list | None = None, model: str | None = None,
-              settings: dict | None = None, request: gr.Request = None):
+              settings: dict | None = None, request: gr.Request = None, profile: gr.OAuthProfile | None = None):
         if documents:
             try:
-                several.clear(session_of(request), documents, owner_of(request), model, settings or None)
+                several.clear(session_of(request, profile), documents, owner_of(request, profile), model, settings or None)
             except (ChatError, StoreError):
                 pass
             return [], "", {}
         if document_id:
             try:
-                document_id = library.check_access(store, document_id, owner_of(request))["id"]
+                document_id = library.check_access(store, document_id, owner_of(request, profile))["id"]
             except StoreError:
                 return [], "", {}
-        chat.clear(session_of(request), document_id)
+        chat.clear(session_of(request, profile), document_id)
         return [], "", {}
 
     # --- handlers: the reader ------------------------------------------------------------------
@@ -207,16 +228,16 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
             return reader.message_html(opened), {}
         return opened.html, opened.state()
 
-    def open_source(index, found: list | None, request: gr.Request):
+    def open_source(index, found: list | None, request: gr.Request, profile: gr.OAuthProfile | None = None):
         """Open the clicked source in the reader: only a document the user may see."""
         if not isinstance(index, int) or not found or not 0 <= index < len(found):
             return gr.update(), gr.update()
         try:
-            return read(reader.open_place(store, found[index], owner_of(request)))
+            return read(reader.open_place(store, found[index], owner_of(request, profile)))
         except (StoreError, ValueError) as exc:
             return read(f"✗ {exc}")
 
-    def turn_page(opened: dict | None, step: int, request: gr.Request):
+    def turn_page(opened: dict | None, step: int, request: gr.Request, profile: gr.OAuthProfile | None = None):
         """The reader's previous / next page or section of the document it shows."""
         if not opened or not opened.get("document_id"):
             return gr.update(), gr.update()
@@ -224,34 +245,34 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
         if not 1 <= number <= int(opened.get("count") or 1):
             return gr.update(), gr.update()
         try:
-            return read(reader.open_location(store, opened["document_id"], number, owner_of(request)))
+            return read(reader.open_location(store, opened["document_id"], number, owner_of(request, profile)))
         except (StoreError, ValueError) as exc:
             return read(f"✗ {exc}")
 
-    def previous_page(opened: dict | None, request: gr.Request):
-        return turn_page(opened, -1, request)
+    def previous_page(opened: dict | None, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        return turn_page(opened, -1, request, profile)
 
-    def next_page(opened: dict | None, request: gr.Request):
-        return turn_page(opened, 1, request)
+    def next_page(opened: dict | None, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        return turn_page(opened, 1, request, profile)
 
     # --- handlers: share --------------------------------------------------------------------
-    def export(document_id: str | None, model: str, request: gr.Request):
+    def export(document_id: str | None, model: str, request: gr.Request, profile: gr.OAuthProfile | None = None):
         if not document_id:
             fail(ChatError("pick a ready document to export"))
         try:
-            path = library.export_document(store, document_id, chat.model(model)[2], owner_of(request))
+            path = library.export_document(store, document_id, chat.model(model)[2], owner_of(request, profile))
         except StoreError as exc:
             fail(exc)
         size = path.stat().st_size / 2**20
         return str(path), f"✓ exported {path.name} ({size:.1f} MiB): download it below and share it."
 
-    def import_(bundle, model: str, request: gr.Request):
+    def import_(bundle, model: str, request: gr.Request, profile: gr.OAuthProfile | None = None):
         if not bundle:
             return "Choose a bundle (.zip) first."
         path = bundle if isinstance(bundle, str) else getattr(bundle, "name", str(bundle))
         try:  # the upload was streamed to a file by the server; the importer streams from it
             _, tokenizer, fingerprint = chat.model(model)
-            row = library.import_bundle_file(store, path, fingerprint, owner_of(request), tokenizer=tokenizer)
+            row = library.import_bundle_file(store, path, fingerprint, owner_of(request, profile), tokenizer=tokenizer)
         except StoreError as exc:
             return f"✗ {exc}"
         name = row.get("file_name") or row["document_id"][:12]  # the importer's own name for it
@@ -260,12 +281,34 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
         return (f"✓ imported {name}: {row['tokens']} cache tokens built by "
                 f"{row['model_name'] or row['model_fingerprint'][:12]} — ready to chat, no reading needed.")
 
+    # --- handlers: the team library (sign-in or --auth) -----------------------------------------
+    def share(document_id: str | None, grantees: str, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        """Share a document of yours read-only with the named users (or everyone)."""
+        if not document_id:
+            return "Pick a document first."
+        if not (grantees or "").strip():
+            return "Type user names (comma-separated), or everyone."
+        try:
+            return "✓ " + library.share_document(store, document_id, owner_of(request, profile), grantees)
+        except StoreError as exc:
+            return f"✗ {exc}"
+
+    def unshare(document_id: str | None, grantees: str, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        """Stop sharing a document of yours with the named users (empty: with anyone)."""
+        if not document_id:
+            return "Pick a document first."
+        try:
+            return "✓ " + library.unshare_document(store, document_id, owner_of(request, profile), grantees or None)
+        except StoreError as exc:
+            return f"✗ {exc}"
+
     # --- handlers: inspector -----------------------------------------------------------------
-    def inspect(document_id: str | None, model: str, settings: dict, request: gr.Request):
+    def inspect(document_id: str | None, model: str, settings: dict, request: gr.Request,
+                profile: gr.OAuthProfile | None = None):
         if not document_id:
             return None, None, "Pick a ready document."
         try:
-            document_id = library.check_access(store, document_id, owner_of(request))["id"]
+            document_id = library.check_access(store, document_id, owner_of(request, profile))["id"]
             _, tokenizer, fingerprint = chat.model(model)
             row = chat.ready_cache(document_id, model, settings or None)
             if row is None:
@@ -319,6 +362,7 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
 
     # --- layout -------------------------------------------------------------------------------
     # delete_cache: the server's copies of uploads and exported bundles go after a day
+    headers = library.TEAM_HEADERS if team else library.HEADERS
     with gr.Blocks(title="HOMER Chat", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         model_state = gr.State(model_name)
         settings_state = gr.State({})
@@ -326,6 +370,8 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
         gr.Markdown("# HOMER Chat\nLet a small model read a whole book once, keep what it read as a compact "
                     "cache, and answer question after question from that cache.", elem_id="homer-title")
         model_line = gr.Markdown()
+        if access.oauth:  # a Space with hf_oauth: true (or HOMER_HF_OAUTH=1)
+            gr.LoginButton(elem_id="login")
 
         with gr.Tabs():
             with gr.Tab("Library", id="library"):
@@ -334,13 +380,19 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
                                     file_count="multiple", file_types=list(library.SUPPORTED_SUFFIXES),
                                     elem_id="upload", scale=3)
                     upload_status = gr.Markdown(elem_id="upload-status")
-                table = gr.Dataframe(headers=library.HEADERS, interactive=False, wrap=True, elem_id="library-table",
+                table = gr.Dataframe(headers=headers, interactive=False, wrap=True, elem_id="library-table",
                                      elem_classes=["library-table"], label="Documents")
                 with gr.Row():
                     lib_doc = gr.Dropdown(label="Document", choices=[], scale=3, elem_id="library-doc",
                                           allow_custom_value=True)
                     read_btn = gr.Button("Read with the current settings", scale=1)
                     delete_btn = gr.Button("Delete", variant="stop", scale=1, elem_id="delete")
+                with gr.Row(visible=team):  # the team library: read-only shares of your documents
+                    share_with = gr.Textbox(label="Share with", placeholder="user names, comma-separated, or everyone",
+                                            scale=3, elem_id="share-with",
+                                            info="read-only: they can ask, inspect and export it, not delete it")
+                    share_btn = gr.Button("Share", scale=1, elem_id="share")
+                    unshare_btn = gr.Button("Unshare", scale=1, elem_id="unshare")
                 library_status = gr.Markdown()
 
             with gr.Tab("Chat", id="chat"):
@@ -431,6 +483,7 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
                     max_new_tokens = gr.Slider(8, 1024, value=256, step=8, label="max new tokens")
 
         timer = gr.Timer(refresh_seconds)
+        mcp_tools.add_tools(store, queue, chat, model_name, access, gpu=gpu, slices=slices)  # the MCP tools
 
         # --- events ---------------------------------------------------------------------------
         pickers = [lib_doc, chat_doc, share_doc, insp_doc]
@@ -449,6 +502,10 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
         read_btn.click(read_again, [lib_doc, model_state, settings_state], library_status) \
             .then(refresh, model_state, [table, version], show_progress="hidden", api_visibility="private")
         delete_btn.click(delete, lib_doc, library_status, api_name="delete") \
+            .then(refresh, model_state, [table, version], show_progress="hidden", api_visibility="private")
+        share_btn.click(share, [lib_doc, share_with], library_status, api_name="share") \
+            .then(refresh, model_state, [table, version], show_progress="hidden", api_visibility="private")
+        unshare_btn.click(unshare, [lib_doc, share_with], library_status, api_name="unshare") \
             .then(refresh, model_state, [table, version], show_progress="hidden", api_visibility="private")
 
         picked = [chat_doc, chat_docs, model_state, settings_state]
