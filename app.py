@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from app.chat import ChatService
     from app.library import max_request_bytes  # the larger of the upload and bundle limits
+    from app.mcp_tools import Access, mcp_available, oauth_wanted, restrict_tools
     from app.slices import Slices, zero_gpu_decorator
     from app.ui import CSS, THEME, build_ui, on_zero_gpu, spaces_gpu
     from app.worker import queue_for, start_consumer_in_process
@@ -112,14 +113,21 @@ def main(argv: list[str] | None = None) -> int:
     queue = handle.queue if handle else queue_for(store)
     on_space = bool(os.environ.get("SPACE_ID"))
     slices = Slices(store, gpu=zero_gpu_decorator()) if in_requests else None  # spaces.GPU per slice
+    # who the user is: --auth's login, else sign-in with Hugging Face on a Space (or HOMER_HF_OAUTH=1)
+    access = Access(login=auth is not None, users=dict(auth or []), oauth=oauth_wanted())
     demo = build_ui(store, queue, chat, args.model, gpu=spaces_gpu(), auth=auth is not None, slices=slices,
+                    access=access,
                     allow_model_change=not (args.lock_model or on_space or os.environ.get("HOMER_LOCK_MODEL")))
     demo.queue(default_concurrency_limit=8)  # the model runs one chat at a time: concurrency_id "gpu"
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
                 auth_message="HOMER Chat: each user sees their own library." if auth else None,
                 prevent_thread_lock=True, show_error=True, theme=THEME, css=CSS, max_file_size=max_request_bytes(),
-                footer_links=["api", "gradio"])
+                footer_links=["api", "gradio"],
+                mcp_server=mcp_available() and os.environ.get("HOMER_MCP", "1") != "0")  # gradio's mcp extra
+    tools = restrict_tools(demo)  # the MCP tools are the five of app.mcp_tools, not every UI event
     print(f"HOMER Chat is running on {demo.local_url}", flush=True)
+    if tools:
+        print(f"MCP server: {demo.local_url.rstrip('/')}/gradio_api/mcp/ (tools: {', '.join(tools)})", flush=True)
 
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):  # replaces the queue consumer's handlers: we own the process
