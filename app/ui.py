@@ -25,6 +25,7 @@ from storage.errors import StoreError
 from . import focus as focusing
 from . import inspector, library, mcp_tools, reader
 from .chat import ChatError, ChatService, settings_overrides
+from .threads import NEW_THREAD, Threads
 from .multi_document import WHOLE_LIBRARY, WHOLE_LIBRARY_LABEL, SeveralDocuments, describe
 
 CSS = """
@@ -81,6 +82,8 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
 
     def fail(exc: Exception):
         raise gr.Error(str(exc), print_exception=False)
+
+    threads = Threads(chat)  # named conversation threads per user and document, kept in the store
 
     # --- handlers: library ------------------------------------------------------------------
     def refresh(model: str, request: gr.Request, profile: gr.OAuthProfile | None = None):
@@ -189,8 +192,9 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
                 if document_id:  # a full id, a unique prefix or a file name (API callers)
                     document_id = library.check_access(store, document_id, owner_of(request, profile))["id"]
                 history = chat.history(key, document_id)
-                turns = chat.ask(key, document_id, question, model, generation, settings or None, bool(deep_read),
-                                 focus or None)
+                turns = threads.ask(key, owner_of(request, profile), document_id, question, model_name=model,
+                                    generation=generation, settings=settings or None, deep_read=bool(deep_read),
+                                    focus=focus or None)
             shown = history + [{"role": "user", "content": (question or "").strip()}, {"role": "assistant", "content": ""}]
             stats: dict = {}
             for answer, stats in turns:
@@ -216,6 +220,82 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
                 return [], "", {}
         chat.clear(session_of(request, profile), document_id)
         return [], "", {}
+
+    # --- handlers: conversation threads (app.threads) -------------------------------------------
+    def thread_document(document_id: str | None, request: gr.Request | None,
+                        profile: gr.OAuthProfile | None = None) -> str | None:
+        if not document_id:
+            return None
+        return library.check_access(store, document_id, owner_of(request, profile))["id"]
+
+    def list_threads(document: str, request: gr.Request = None,
+                     profile: gr.OAuthProfile | None = None) -> list[dict]:
+        """Your conversation threads about a document (id, name, messages, created, updated,
+        current: the one questions to /ask go to), the most recently used first."""
+        try:
+            document_id, owner = thread_document(document, request, profile), owner_of(request, profile)
+        except StoreError as exc:
+            fail(exc)
+        current = threads.current(session_of(request, profile), document_id)
+        return [{**t, "current": t["id"] == current} for t in threads.list(owner, document_id)]
+
+    def thread_picker(document_id: str | None, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        """The thread dropdown: this user's threads about the document, the current one picked."""
+        try:
+            document_id, owner = thread_document(document_id, request, profile), owner_of(request, profile)
+        except StoreError:  # no access, or signed out: no threads
+            document_id, owner = None, None
+        rows = threads.list(owner, document_id)
+        current = threads.current(session_of(request, profile), document_id)
+        choices = [(NEW_THREAD, "")] + [(f"{t['name'] or '(empty)'} · {t['messages'] // 2} "
+                                        f"turn{'' if t['messages'] // 2 == 1 else 's'}", t["id"]) for t in rows]
+        name = next((t["name"] for t in rows if t["id"] == current), "")
+        return gr.Dropdown(choices=choices, value=current or ""), name
+
+    def open_thread(document_id: str | None, thread_id: str | None, request: gr.Request,
+                    profile: gr.OAuthProfile | None = None):
+        """Open a thread (or, for "New thread", start one) in the chat."""
+        if not thread_id:
+            return new_thread(document_id, request, profile)
+        try:
+            opened = threads.open(session_of(request, profile), owner_of(request, profile),
+                                  thread_document(document_id, request, profile), thread_id)
+        except (ChatError, StoreError) as exc:
+            fail(exc)
+        return (opened["messages"], opened["notice"], *thread_picker(document_id, request, profile))
+
+    def new_thread(document_id: str | None, request: gr.Request = None, profile: gr.OAuthProfile | None = None):
+        """Start a new, empty thread about the document: the next question goes to it."""
+        try:
+            document_id = thread_document(document_id, request, profile)
+            if not document_id:
+                raise ChatError("pick a ready document first")
+            threads.new(session_of(request, profile), owner_of(request, profile), document_id)
+        except (ChatError, StoreError) as exc:
+            fail(exc)
+        return ([], "new thread: it is named after its first question",
+                *thread_picker(document_id, request, profile))
+
+    def rename_thread(document_id: str | None, thread_id: str | None, name: str, request: gr.Request = None,
+                      profile: gr.OAuthProfile | None = None):
+        try:
+            if not thread_id:
+                raise ChatError("pick a thread to rename")
+            threads.rename(owner_of(request, profile), thread_id, name)
+        except (ChatError, StoreError) as exc:
+            fail(exc)
+        return thread_picker(document_id, request, profile)
+
+    def delete_thread(document_id: str | None, thread_id: str | None, request: gr.Request = None,
+                      profile: gr.OAuthProfile | None = None):
+        """Delete a thread and its messages (the stored cache is untouched)."""
+        try:
+            if not thread_id:
+                raise ChatError("pick a thread to delete")
+            threads.delete(owner_of(request, profile), thread_id)
+        except (ChatError, StoreError) as exc:
+            fail(exc)
+        return ([], "thread deleted", *thread_picker(document_id, request, profile))
 
     # --- handlers: the reader ------------------------------------------------------------------
     def show_sources(stats: dict | None):
@@ -405,6 +485,15 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
                     focus = gr.Radio(list(focusing.CHOICES), value=default_focus(), label="Focus", elem_id="focus",
                                      scale=3, info="auto: whole-document questions from the cache, others from "
                                                    "the passages they need")
+                with gr.Row(equal_height=True):
+                    thread_pick = gr.Dropdown(label="Thread", choices=[(NEW_THREAD, "")], value="", scale=3,
+                                              elem_id="thread", allow_custom_value=True,
+                                              info="your conversations about this document, kept on the server")
+                    thread_title = gr.Textbox(label="Thread name", scale=2, max_length=80, elem_id="thread-name")
+                    new_thread_btn = gr.Button("New thread", scale=1, min_width=80, elem_id="new-thread")
+                    rename_thread_btn = gr.Button("Rename", scale=1, min_width=80, elem_id="rename-thread")
+                    delete_thread_btn = gr.Button("Delete thread", variant="stop", scale=1, min_width=80,
+                                                  elem_id="delete-thread")
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=3, min_width=420):
                         chatbot = gr.Chatbot(label="Conversation", height=420, elem_id="chatbot", buttons=["copy"],
@@ -511,7 +600,20 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
         picked = [chat_doc, chat_docs, model_state, settings_state]
         no_sources = dict(fn=lambda: show_sources({}), inputs=None, outputs=[source_list, places],
                           show_progress="hidden", api_visibility="private")
+        thread_outputs = [thread_pick, thread_title]
+        picker = dict(fn=thread_picker, inputs=chat_doc, outputs=thread_outputs, show_progress="hidden",
+                      api_visibility="private")
         chat_doc.change(pick_chat, picked, [chatbot, turn_stats], show_progress="hidden", api_visibility="private") \
+            .then(**no_sources).then(**picker)
+        # threads: API /threads (the list), /new_thread, /open_thread, /rename_thread, /delete_thread
+        gr.api(list_threads, api_name="threads")
+        opened_thread = [chatbot, turn_stats, *thread_outputs]
+        thread_pick.input(open_thread, [chat_doc, thread_pick], opened_thread, api_name="open_thread",
+                          show_progress="hidden").then(**no_sources)
+        new_thread_btn.click(new_thread, chat_doc, opened_thread, api_name="new_thread").then(**no_sources)
+        rename_thread_btn.click(rename_thread, [chat_doc, thread_pick, thread_title], thread_outputs,
+                                api_name="rename_thread")
+        delete_thread_btn.click(delete_thread, [chat_doc, thread_pick], opened_thread, api_name="delete_thread") \
             .then(**no_sources)
         chat_docs.change(pick_chat, picked, [chatbot, turn_stats], show_progress="hidden", api_visibility="private") \
             .then(**no_sources)
@@ -523,11 +625,12 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
         sources_of_turn = dict(fn=show_sources, inputs=turn_json, outputs=[source_list, places], show_progress="hidden",
                                api_visibility="private")
         send_btn.click(ask, ask_inputs, ask_outputs, api_name="ask", concurrency_limit=1, concurrency_id="gpu") \
-            .then(**sources_of_turn)
+            .then(**sources_of_turn).then(**picker)
         question.submit(ask, ask_inputs, ask_outputs, api_visibility="private", concurrency_limit=1,
-                        concurrency_id="gpu").then(**sources_of_turn)
+                        concurrency_id="gpu").then(**sources_of_turn).then(**picker)
         clear_inputs = [chat_doc, chat_docs, model_state, settings_state]
-        clear_btn.click(clear, clear_inputs, [chatbot, turn_stats, turn_json], api_name="clear").then(**no_sources)
+        clear_btn.click(clear, clear_inputs, [chatbot, turn_stats, turn_json], api_name="clear").then(**no_sources) \
+            .then(**picker)
         chatbot.clear(clear, clear_inputs, [chatbot, turn_stats, turn_json], api_visibility="private") \
             .then(**no_sources)
         source_list.click(open_source, [source_list, places], [reader_view, opened], show_progress="hidden",

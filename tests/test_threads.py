@@ -186,3 +186,50 @@ def test_a_thread_whose_cache_was_rebuilt_says_so(tmp_path, tiny):
     assert second.chat.session("s", doc["id"]).conversation.turns[:-1] == []
     after = second.store.thread(thread_id, None)
     assert after["cache_id"] == rebuilt["id"] and len(after["messages"]) == 4 and len(after["turns"]) == 1
+
+
+# --- through the UI's API: /threads, /new_thread, /open_thread, /rename_thread, /delete_thread ------
+
+def test_threads_through_the_api_with_login(tmp_path, tiny, monkeypatch):
+    gradio_client = pytest.importorskip("gradio_client")
+    from app_helpers import add_ready_document, free_port
+    from app.ui import build_ui
+
+    chat = ChatService(Store(tmp_path / "store"), loader=lambda name: tiny)
+    model, tokenizer, _ = tiny
+    doc = add_ready_document(chat.store, model, tokenizer, story(30).encode(), "ada.txt", "ann")
+    add_ready_document(chat.store, model, tokenizer, story(30).encode(), "mine.txt", "bob")  # the same content
+    demo = build_ui(chat.store, None, chat, "tiny", auth=True, refresh_seconds=0.5)
+    demo.queue()
+    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, show_error=True,
+                auth=[("ann", "pw-a"), ("bob", "pw-b")], quiet=True)
+    try:
+        ann = gradio_client.Client(demo.local_url, auth=("ann", "pw-a"), verbose=False)
+        bob = gradio_client.Client(demo.local_url, auth=("bob", "pw-b"), verbose=False)
+        _, _, _, stats = ann.predict(doc["id"], "Who kept the lamp?", 0.0, 8, api_name="/ask")  # no thread picked
+        first = stats["thread_id"]
+        listed = ann.predict(doc["id"], api_name="/threads")
+        assert [(t["id"], t["name"], t["current"]) for t in listed] == [(first, "Who kept the lamp?", True)]
+        history, line, _, _ = ann.predict(doc["id"], api_name="/new_thread")
+        assert history == [] and "new thread" in line
+        _, _, _, stats = ann.predict(doc["id"], "Where is the sea?", 0.0, 8, api_name="/ask")
+        second = stats["thread_id"]
+        assert second != first and stats["turn"] == 1
+        assert [t["id"] for t in ann.predict(doc["id"], api_name="/threads")] == [second, first]
+        history, _, picked, name = ann.predict(doc["id"], first, api_name="/open_thread")
+        assert [m["role"] for m in history] == ["user", "assistant"] and picked["value"] == first
+        assert ["Who kept the lamp? · 1 turn", first] in picked["choices"] and name == "Who kept the lamp?"
+        _, _, _, stats = ann.predict(doc["id"], "And then?", 0.0, 8, api_name="/ask")
+        assert stats["thread_id"] == first and stats["turn"] == 2
+        picked, name = ann.predict(doc["id"], first, "The lamp", api_name="/rename_thread")
+        assert name == "The lamp"
+        # bob shares the document's content, never ann's threads
+        assert bob.predict(doc["id"], api_name="/threads") == []
+        for endpoint, args in (("/open_thread", (doc["id"], first)), ("/delete_thread", (doc["id"], first)),
+                               ("/rename_thread", (doc["id"], first, "mine"))):
+            with pytest.raises(Exception, match="no thread"):
+                bob.predict(*args, api_name=endpoint)
+        ann.predict(doc["id"], second, api_name="/delete_thread")
+        assert [(t["id"], t["name"]) for t in ann.predict(doc["id"], api_name="/threads")] == [(first, "The lamp")]
+    finally:
+        demo.close()
