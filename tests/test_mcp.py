@@ -97,6 +97,24 @@ def test_mcp_tools_list_upload_wait_ask_export(tmp_path, model_dir):
         _, (wrong,) = asyncio.run(mcp_calls(url, [("list_documents", {})], basic("ann", "pw-b")))
         assert wrong[0] == "error" and "log in" in wrong[1]
 
+        # the README's gradio_client script: the same tools as API endpoints
+        from gradio_client import Client, handle_file
+
+        book = tmp_path / "lighthouse.txt"
+        book.write_text(story(12, "script") + "The zyzzogeton was kept in the lamp room.\n\n")
+        client = Client(url, auth=("ann", "pw-a"), verbose=False)
+        added = client.predict(handle_file(str(book)), "lighthouse.txt", api_name="/upload_document")
+        assert added["status"] == "lighthouse.txt: queued for reading", added
+        deadline = time.monotonic() + 240
+        while not (status := client.predict(added["id"], api_name="/build_status"))["ready"]:
+            assert not status["state"].startswith("failed") and time.monotonic() < deadline, status
+            time.sleep(1.0)
+        reply = client.predict(added["id"], "Where was the zyzzogeton kept?", 4, api_name="/ask_document")
+        assert reply["answer"] and any("zyzzogeton" in s["quote"] for s in reply["sources"]), reply
+        with pytest.raises(Exception, match="in your library"):
+            Client(url, auth=("bob", "pw-b"), verbose=False).predict(added["id"], "Where?", 4,
+                                                                      api_name="/ask_document")
+
 
 class Headers(dict):
     pass
