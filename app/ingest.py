@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from homer.sources import SECTIONED_SUFFIXES, DocumentError, read_document
+from homer.durable import env_number
 
 DEFAULT_MAX_BYTES = 50 * 2**20
 DEFAULT_MAX_PAGES = 2000
@@ -40,22 +41,10 @@ class IngestError(ValueError):
     """An upload that cannot become a document; the message says why, in one line."""
 
 
-def _env_number(name: str, default: float) -> float:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return default
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, not {value!r}") from None
-    if number <= 0:
-        raise ValueError(f"{name} must be positive, not {value!r}")
-    return number
-
 
 def max_upload_bytes() -> int:
     """The size limit: ``HOMER_MAX_UPLOAD_MB`` (default 50 MB)."""
-    return int(_env_number("HOMER_MAX_UPLOAD_MB", DEFAULT_MAX_BYTES / 2**20) * 2**20)
+    return int(env_number("HOMER_MAX_UPLOAD_MB", DEFAULT_MAX_BYTES / 2**20) * 2**20)
 
 
 @dataclass(frozen=True)
@@ -102,14 +91,14 @@ class IngestLimits:
     def from_env(cls, max_bytes: int | None = None) -> "IngestLimits":
         return cls(
             max_bytes=max_upload_bytes() if max_bytes is None else max_bytes,
-            max_pages=int(_env_number("HOMER_MAX_PAGES", DEFAULT_MAX_PAGES)),
-            max_chars=int(_env_number("HOMER_MAX_CHARS", DEFAULT_MAX_CHARS)),
-            max_page_chars=int(_env_number("HOMER_MAX_PAGE_CHARS", DEFAULT_MAX_PAGE_CHARS)),
-            max_page_content=int(_env_number("HOMER_MAX_PAGE_CONTENT_MB", DEFAULT_MAX_PAGE_CONTENT_MB) * 2**20),
-            max_tokens=int(_env_number("HOMER_MAX_TOKENS", DEFAULT_MAX_TOKENS)),
-            seconds=_env_number("HOMER_INGEST_SECONDS", DEFAULT_INGEST_SECONDS),
-            ocr_max_pages=int(_env_number("HOMER_OCR_MAX_PAGES", DEFAULT_OCR_MAX_PAGES)),
-            ocr_page_seconds=_env_number("HOMER_OCR_PAGE_SECONDS", DEFAULT_OCR_PAGE_SECONDS),
+            max_pages=int(env_number("HOMER_MAX_PAGES", DEFAULT_MAX_PAGES)),
+            max_chars=int(env_number("HOMER_MAX_CHARS", DEFAULT_MAX_CHARS)),
+            max_page_chars=int(env_number("HOMER_MAX_PAGE_CHARS", DEFAULT_MAX_PAGE_CHARS)),
+            max_page_content=int(env_number("HOMER_MAX_PAGE_CONTENT_MB", DEFAULT_MAX_PAGE_CONTENT_MB) * 2**20),
+            max_tokens=int(env_number("HOMER_MAX_TOKENS", DEFAULT_MAX_TOKENS)),
+            seconds=env_number("HOMER_INGEST_SECONDS", DEFAULT_INGEST_SECONDS),
+            ocr_max_pages=int(env_number("HOMER_OCR_MAX_PAGES", DEFAULT_OCR_MAX_PAGES)),
+            ocr_page_seconds=env_number("HOMER_OCR_PAGE_SECONDS", DEFAULT_OCR_PAGE_SECONDS),
         )
 
     def pdf(self, deadline: float | None) -> dict:

@@ -46,6 +46,8 @@ import torch
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from .durable import fsync_dir
+
 log = logging.getLogger(__name__)
 
 FORMAT = "homer-checkpoint"
@@ -116,18 +118,6 @@ def payload_digest(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
 
 class DirectoryCheckpointer:
     """Checkpoint entries as ``<folder>/<key>.safetensors`` files.
@@ -173,7 +163,7 @@ class DirectoryCheckpointer:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
 
     def load(self, key: str) -> Entry | None:
         path = self.path(key)

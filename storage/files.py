@@ -10,6 +10,8 @@ import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 
+from homer.durable import fsync_dir  # noqa: F401  (re-exported: the store imports it from here)
+
 
 def sha256_file(path: str | os.PathLike) -> str:
     with open(path, "rb") as fh:
@@ -41,19 +43,6 @@ def owner_alive(owner: str | None) -> bool | None:
         return None
     return psutil.pid_exists(int(pid))
 
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename inside ``folder`` durable (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 @contextmanager

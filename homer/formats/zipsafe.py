@@ -18,11 +18,11 @@ text compresses 3–20×, a bomb about 1000×)."""
 from __future__ import annotations
 
 import io
-import os
 import zipfile
 from dataclasses import dataclass
 
 from ..source_document import DocumentError
+from ..durable import env_number
 
 ZIP_MAGIC = b"PK\x03\x04"
 EMPTY_ZIP_MAGIC = b"PK\x05\x06"
@@ -30,18 +30,6 @@ OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # an OLE compound file: an encr
 RATIO_FLOOR = 2**20  # members smaller than this are not held to the ratio (a small file of spaces is fine)
 READ_CHUNK = 2**20
 
-
-def _env(name: str, default: float) -> float:
-    value = os.environ.get(name, "").strip()
-    if not value:
-        return default
-    try:
-        number = float(value)
-    except ValueError:
-        raise ValueError(f"{name} must be a number, not {value!r}") from None
-    if number <= 0:
-        raise ValueError(f"{name} must be positive, not {value!r}")
-    return number
 
 
 @dataclass(frozen=True)
@@ -58,10 +46,10 @@ class ZipLimits:
 
     @classmethod
     def from_env(cls) -> "ZipLimits":
-        return cls(max_members=int(_env("HOMER_ZIP_MAX_MEMBERS", 10_000)),
-                   max_total_bytes=int(_env("HOMER_ZIP_MAX_MB", 256) * 2**20),
-                   max_member_bytes=int(_env("HOMER_ZIP_MAX_MEMBER_MB", 64) * 2**20),
-                   max_ratio=_env("HOMER_ZIP_MAX_RATIO", 100.0))
+        return cls(max_members=int(env_number("HOMER_ZIP_MAX_MEMBERS", 10_000)),
+                   max_total_bytes=int(env_number("HOMER_ZIP_MAX_MB", 256) * 2**20),
+                   max_member_bytes=int(env_number("HOMER_ZIP_MAX_MEMBER_MB", 64) * 2**20),
+                   max_ratio=env_number("HOMER_ZIP_MAX_RATIO", 100.0))
 
 
 def _mb(n: int) -> str:
