@@ -343,7 +343,7 @@ def check_text_upload(data: bytes, file_name: str, limits: IngestLimits | None =
 def ingest_bytes(data: bytes, file_name: str, tokenizer=None, max_bytes: int | None = None,
                  passage_tokens: int = PASSAGE_TOKENS, limits: IngestLimits | None = None,
                  progress=None) -> IngestedDocument:
-    """Check and read an upload (PDF, TXT, Markdown) into an :class:`IngestedDocument`,
+    """Check and read an upload (PDF, EPUB, DOCX, HTML, TXT, Markdown) into an :class:`IngestedDocument`,
     within ``limits`` (default: :func:`ingest_limits`; ``max_bytes`` overrides its size).
     ``progress(message)``, if given, hears the steps that take long ("OCR page 3/80")."""
     limits = limits or ingest_limits(max_bytes)
