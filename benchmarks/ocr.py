@@ -117,13 +117,14 @@ def printed_pdf(pages: list[str], folder: Path) -> tuple[bytes, str]:
     return out.read_bytes(), "Chromium (serif 12 pt)"
 
 
-def scan(pdf: bytes, folder: Path, dpi: int) -> bytes:
-    """``pdf`` rasterised by pdftoppm (grayscale PNGs) and wrapped into a PDF of images (Pillow)."""
+def scan(pdf: bytes, folder: Path, dpi: int, timeout: float = 600) -> bytes:
+    """``pdf`` rasterised by pdftoppm (grayscale PNGs) and wrapped into a PDF of images (Pillow):
+    a scan, without any text layer."""
     from PIL import Image
 
     (folder / "printed.pdf").write_bytes(pdf)
     subprocess.run(["pdftoppm", "-r", str(dpi), "-gray", "-png", str(folder / "printed.pdf"), str(folder / "page")],
-                   check=True, timeout=600)
+                   check=True, timeout=timeout)
     images = [Image.open(path) for path in sorted(folder.glob("page-*.png"))]
     out = io.BytesIO()
     images[0].save(out, format="PDF", save_all=True, append_images=images[1:], resolution=dpi)

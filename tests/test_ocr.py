@@ -61,17 +61,10 @@ def printed_pdf(pages: list[str], folder) -> bytes:
 
 
 def scanned(pdf: bytes, folder, dpi: int = 300) -> bytes:
-    """``pdf`` rasterised by pdftoppm (grayscale PNG per page) and wrapped back into a PDF of
-    images only (Pillow): a scan, without any text layer."""
-    from PIL import Image
+    """A scan of ``pdf``: the benchmark's own fixture maker (pdftoppm, then Pillow)."""
+    from benchmarks.ocr import scan
 
-    (folder / "in.pdf").write_bytes(pdf)
-    subprocess.run(["pdftoppm", "-r", str(dpi), "-gray", "-png", str(folder / "in.pdf"), str(folder / "page")],
-                   check=True, timeout=120)
-    images = [Image.open(path) for path in sorted(folder.glob("page-*.png"))]
-    out = io.BytesIO()
-    images[0].save(out, format="PDF", save_all=True, append_images=images[1:], resolution=dpi)
-    return out.getvalue()
+    return scan(pdf, folder, dpi, timeout=120)
 
 
 def words(text: str) -> set[str]:
