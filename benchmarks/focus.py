@@ -99,7 +99,7 @@ def book_cache(model, tokenizer, path: Path, text: str):
 
 
 def run_arm(arm: str, question: str, model, tokenizer, cache, retrieve, evidence_text: str | None,
-            max_new_tokens: int, k: int, excerpt_words: int = 0) -> dict:
+            max_new_tokens: int, k: int, excerpt_words: int = 0, order: str = "best-first") -> dict:
     """One answer under one arm: the answer, time to first token and what was fed."""
     from homer.focus import PassageConversation, cache_room, fit_passages, strategy
     from homer.generation import Conversation, GenerationSettings
@@ -128,9 +128,9 @@ def run_arm(arm: str, question: str, model, tokenizer, cache, retrieve, evidence
     if conversation is not None:
         fed = texts and fit_passages(tokenizer, texts, cache_room(cache, model, max_new_tokens), question)
         before = conversation.state.position
-        stream = conversation.ask(strategy(arm).turn_text(question, fed or []), settings=settings)
+        stream = conversation.ask(strategy(arm).turn_text(question, fed or [], order), settings=settings)
     else:
-        conversation = PassageConversation(model, tokenizer)
+        conversation = PassageConversation(model, tokenizer, order=order)
         fed, before = texts, 0
         stream = conversation.ask(question, texts, settings=settings)
     answer, first = "", None
@@ -211,6 +211,7 @@ def main(argv=None) -> int:
     parser.add_argument("--excerpt-words", type=int, default=None,
                         help="feed each passage's best window of N words (homer.focus.excerpt); 0: whole "
                              "passages; default: the app's")
+    parser.add_argument("--passage-order", default="best-first", help="best-first (the search's order) or best-last")
     parser.add_argument("--whole-max-new-tokens", type=int, default=64)
     parser.add_argument("--limit", type=int, default=0, help="only the first N questions of each set")
     parser.add_argument("--resume", action="store_true", help="keep the answers already in the .jsonl")
@@ -245,7 +246,8 @@ def main(argv=None) -> int:
     digest = hashlib.sha256(BOOK.read_bytes()).hexdigest()
     model, tokenizer = load_model()
     cache_path = Path(args.cache) if args.cache else homer_home() / "benchmarks" / "focus-book.safetensors"
-    cache, built = book_cache(model, tokenizer, cache_path, text)
+    needs_cache = args.build_only or any(a in ("cache", "cache+passages", "clue+passages") for a in arms)
+    cache, built = book_cache(model, tokenizer, cache_path, text) if needs_cache else (None, None)
     if args.build_only:
         print(json.dumps({"cache": str(cache_path), "tokens": len(cache), "build_seconds": built}))
         return 0
@@ -276,10 +278,11 @@ def main(argv=None) -> int:
     recall["questions"] = len(ranks)
     meta = {
         "benchmark": "focus-book", "book": BOOK.name, "book_sha256": digest, "book_chars": len(text),
-        "document_tokens": int(cache.metadata.get("context_len") or 0), "cache_tokens": len(cache),
-        "cache_build_seconds": round(built, 1) if built else cache.metadata.get("build_seconds"),
+        "document_tokens": int(cache.metadata.get("context_len") or 0) if cache else None,
+        "cache_tokens": len(cache) if cache else None,
+        "cache_build_seconds": round(built, 1) if built else (cache.metadata.get("build_seconds") if cache else None),
         "passages": count, "passage_words": passage_index.PASSAGE_WORDS, "index_seconds": round(index_seconds, 3),
-        "k": args.k, "excerpt_words": args.excerpt_words, "max_new_tokens": args.max_new_tokens, "whole_max_new_tokens": args.whole_max_new_tokens,
+        "k": args.k, "excerpt_words": args.excerpt_words, "passage_order": args.passage_order, "max_new_tokens": args.max_new_tokens, "whole_max_new_tokens": args.whole_max_new_tokens,
         "model": getattr(model, "homer_name", "embedded"), "threads": torch.get_num_threads(),
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "decoding": "greedy",
         "fact_questions": len(facts), "whole_book_questions": len(whole),
@@ -303,12 +306,12 @@ def main(argv=None) -> int:
             if kind == "fact":
                 ev = evidence(extra)
                 result = run_arm(arm, question, model, tokenizer, cache, retrieve, ev.text, args.max_new_tokens, args.k,
-                                 args.excerpt_words)
+                                 args.excerpt_words, args.passage_order)
                 row = {"kind": kind, "question": question, "verse": extra, "evidence_seq": ev.seq, "arm": arm,
                        "right": correct(result["answer"], accepted), **result}
             else:
                 result = run_arm(arm, question, model, tokenizer, cache, retrieve, None, args.whole_max_new_tokens,
-                                 args.k, args.excerpt_words)
+                                 args.k, args.excerpt_words, args.passage_order)
                 hits = rubric_hits(result["answer"], extra)
                 row = {"kind": kind, "question": question, "arm": arm, "keyword_hits": hits,
                        "right": hits >= accepted, **result}

@@ -300,8 +300,9 @@ def declined(answer: str) -> bool:
 
 
 def answer(arm: str, q: Question, model, tokenizer, cache, retrieve, k: int, frequencies=None,
-           excerpt_words: int = 0) -> dict:
-    """One answer: the question asked under ``arm`` after the haystack was read."""
+           excerpt_words: int = 0, order: str = "best-first") -> dict:
+    """One answer: the question asked under ``arm`` after the haystack was read, the passages
+    read in ``order`` (:func:`homer.focus.reading_order`)."""
     from homer import grounding
     from homer.focus import PassageConversation, cache_room, excerpt, fit_passages, strategy
     from homer.generation import Conversation, GenerationSettings
@@ -313,9 +314,9 @@ def answer(arm: str, q: Question, model, tokenizer, cache, retrieve, k: int, fre
     texts = [excerpt(p.text, q.question, excerpt_words) for p in found]  # as the app feeds them
     if conversation is not None:
         texts = texts and fit_passages(tokenizer, texts, cache_room(cache, model, settings.max_new_tokens), q.question)
-        stream = conversation.ask(strategy(arm).turn_text(q.question, texts), settings=settings)
+        stream = conversation.ask(strategy(arm).turn_text(q.question, texts, order), settings=settings)
     else:
-        conversation = PassageConversation(model, tokenizer)
+        conversation = PassageConversation(model, tokenizer, order=order)
         stream = conversation.ask(q.question, texts, settings=settings)
     text, first = "", None
     for piece in stream:
@@ -438,6 +439,7 @@ def main(argv=None) -> int:
     parser.add_argument("--k", type=int, default=3, help="passages retrieved per question")
     parser.add_argument("--excerpt-words", type=int, default=None,
                         help="words of each passage read (homer.focus.excerpt); default: the app's")
+    parser.add_argument("--passage-order", default=None, help="best-first or best-last (default: the app's)")
     parser.add_argument("--output", default=str(RESULTS / "ruler.json"))
     parser.add_argument("--model", help="a model id or folder (default: the embedded model)")
     parser.add_argument("--resume", action="store_true")
@@ -472,10 +474,12 @@ def main(argv=None) -> int:
     from storage.store import Store
 
     from app.focus import DEFAULT_EXCERPT_WORDS
+    from homer.focus import DEFAULT_PASSAGE_ORDER
 
     words = DEFAULT_EXCERPT_WORDS if args.excerpt_words is None else args.excerpt_words
+    order = args.passage_order or DEFAULT_PASSAGE_ORDER
     model, tokenizer = load_model(args.model)
-    meta = {"excerpt_words": words, "benchmark": "ruler document-first",
+    meta = {"excerpt_words": words, "passage_order": order, "benchmark": "ruler document-first",
             "model": getattr(model, "homer_name", "embedded"),
             "split": args.split, "seed": args.seed, "k": args.k, "questions_per_task": args.questions,
             "threads": torch.get_num_threads(), "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
@@ -514,7 +518,7 @@ def main(argv=None) -> int:
             stats = grounding.document_frequencies(p.text for p in passage_index.passages(store.db, doc_id))
 
             for arm, q in todo:
-                result = answer(arm, q, model, tokenizer, cache, retrieve, args.k, lambda _s=stats: _s, words)
+                result = answer(arm, q, model, tokenizer, cache, retrieve, args.k, lambda _s=stats: _s, words, order)
                 row = {"length": length, "haystack": stack.index, "tokens": stack.tokens, "arm": arm,
                        "task": q.task, "qid": q.qid, "question": q.question, "refs": q.answers,
                        "score": score(q.task, result["answer"], q.answers), **result,

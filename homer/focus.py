@@ -38,6 +38,12 @@ from .prompting import DocumentPrompt, default_prompt
 from .text_encoding import encode_marked, encode_text, mark
 
 DEFAULT_PASSAGES = 3
+# The order the model reads the retrieved passages in. "best-first" is the search's order;
+# "best-last" puts the best passage next to the question, where a small model's attention
+# (recency) is strongest ("Lost in the Middle", arXiv 2307.03172: accuracy is highest with
+# the evidence at the start or the end of the context).
+PASSAGE_ORDERS = ("best-first", "best-last")
+DEFAULT_PASSAGE_ORDER = "best-first"
 INTRO = "Excerpts of the document that may answer the question:\n\n"
 
 
@@ -50,12 +56,12 @@ class FocusStrategy:
     uses_passages: bool
     description: str = ""
 
-    def turn_text(self, question: str, passages: Sequence[str] = ()) -> str:
+    def turn_text(self, question: str, passages: Sequence[str] = (), order: str = DEFAULT_PASSAGE_ORDER) -> str:
         """The user's text of a turn appended after the cache: the question, preceded by the
-        passages when this strategy uses them."""
+        passages (given best first) in reading ``order`` when this strategy uses them."""
         if not (self.uses_passages and passages):
             return question
-        return INTRO + passages_block(passages) + "Question: " + question
+        return INTRO + passages_block(reading_order(passages, order)) + "Question: " + question
 
 
 STRATEGIES = {s.name: s for s in (
@@ -93,6 +99,16 @@ def strategy(name: str) -> FocusStrategy:
         return STRATEGIES[name]
     except (KeyError, TypeError):
         raise ValueError(f"focus must be one of {', '.join(FOCUS_CHOICES)}, not {name!r}") from None
+
+
+def reading_order(passages: Sequence[str], order: str = DEFAULT_PASSAGE_ORDER) -> list[str]:
+    """``passages`` (best first, as retrieved) in the order the model reads them
+    (:data:`PASSAGE_ORDERS`); ValueError (one line) for an unknown order."""
+    if order == "best-first":
+        return list(passages)
+    if order == "best-last":
+        return list(reversed(passages))
+    raise ValueError(f"passage order must be one of {', '.join(PASSAGE_ORDERS)}, not {order!r}")
 
 
 def passages_block(passages: Sequence[str]) -> str:
@@ -177,8 +193,10 @@ class PassageConversation:
     passages — no HOMER cache. The whole prompt is one batched prefill. When it would not fit
     the window with the answer, the oldest turns go first, then the last passages."""
 
-    def __init__(self, model, tokenizer, prompt: DocumentPrompt | None = None):
+    def __init__(self, model, tokenizer, prompt: DocumentPrompt | None = None, order: str = DEFAULT_PASSAGE_ORDER):
         self.model, self.tokenizer = model, tokenizer
+        reading_order((), order)  # refuse an unknown order here, not at the first question
+        self.order = order
         self.prompt = prompt or default_prompt(tokenizer)
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.turns: list[tuple[str, str]] = []
@@ -198,7 +216,7 @@ class PassageConversation:
         earlier turns and the question (the user's and the model's text, marked)."""
         t = self.tokenizer
         text = self.prompt.render(t, [(mark(t, q), mark(t, a)) for q, a in turns], mark(t, question),
-                                  document=mark(t, passages_block(passages).rstrip("\n")))
+                                  document=mark(t, passages_block(reading_order(passages, self.order)).rstrip("\n")))
         ids = encode_marked(t, text)
         if self.prompt.style == "completion" and t.bos_token_id is not None:
             ids = [t.bos_token_id] + ids

@@ -278,3 +278,16 @@ def test_a_question_the_document_does_not_hold_is_answered_not_found(tmp_path, t
     monkeypatch.setenv("HOMER_NOT_FOUND", "0")
     *_, (shown, stats) = service.ask("s", doc["id"], "Which physicist discovered the positron?", "tiny", settings)
     assert shown != NOT_FOUND and stats["new_tokens"] > 0  # turned off: the model answers from what was found
+
+
+def test_passages_can_be_read_best_last_next_to_the_question(tiny):
+    model, tokenizer = tiny
+    best, second = "The keeper lit the lamp.", "Ships came home."
+    for order, first in (("best-first", best), ("best-last", second)):
+        text = strategy("cache+passages").turn_text("Who lit it?", [best, second], order)
+        assert text.index(first) < text.index(best if first == second else second)
+        rag = PassageConversation(model, tokenizer, order=order)
+        prompt = tokenizer.decode(rag.prompt_ids("Who lit it?", [best, second]))
+        assert prompt.index("[1] " + first) < prompt.index("[2] ")
+    with pytest.raises(ValueError, match="passage order must be one of"):
+        PassageConversation(model, tokenizer, order="random")
