@@ -333,7 +333,7 @@ class ChatService:
                 yield shown, stats
                 return
             if deep is None and not strategy.uses_cache:  # plain retrieval: a fresh window, no cache
-                deep, answer_cache = focusing.PassageConversation(model, tokenizer), None
+                deep, answer_cache = focusing.PassageConversation(model, tokenizer, order=focusing.passage_order()), None
                 deep.turns = list(chat.turns)
                 chat.conversation = None  # re-appended with this turn when the cache answers again
             if deep is None:

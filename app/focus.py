@@ -15,6 +15,8 @@ recomputed in full for the specific). The strategy is a setting (:mod:`homer.foc
 * ``HOMER_NOT_FOUND`` — ``1`` (default): a question the passages hold too little of
   (:mod:`homer.grounding`) is answered "I could not find this in the document." without
   running the model; ``0`` lets the model answer from whatever was retrieved;
+* ``HOMER_PASSAGE_ORDER`` — the order the model reads the passages in: ``best-last``
+  (default: the best passage next to the question) or ``best-first`` (the search's order);
 * ``HOMER_SOURCE_ORDER`` — how a passages-only answer lists its sources: ``retrieval``
   (default: the search's order) or ``attention`` (the passage the answer attended to most
   first, :mod:`homer.passage_citations`: one more forward of prompt + answer after the answer
@@ -42,8 +44,8 @@ from dataclasses import dataclass, field
 from homer import grounding
 from homer.grounding import NOT_FOUND
 from homer.locations import LocationMap
-from homer.focus import (DEFAULT_PASSAGES, FOCUS_CHOICES, FocusStrategy, PassageConversation, cache_room, excerpt,
-                         fit_passages, route, strategy)
+from homer.focus import (DEFAULT_PASSAGE_ORDER, DEFAULT_PASSAGES, FOCUS_CHOICES, PASSAGE_ORDERS, FocusStrategy,
+                         PassageConversation, cache_room, excerpt, fit_passages, route, strategy)
 from storage import passages as index
 
 log = logging.getLogger(__name__)
@@ -165,7 +167,7 @@ def plan_turn(store, document_id: str, question: str, focus: FocusStrategy, toke
         texts = fit_passages(tokenizer, texts, cache_room(cache, model, max_new_tokens), question)
         found = found[: len(texts)]
     turn.passages, turn.texts = found, texts
-    turn.text = focus.turn_text(question, texts)
+    turn.text = focus.turn_text(question, texts, passage_order())
     turn.coverage = covered(store, document_id, question, [p.text for p in found])
     turn.seconds = time.perf_counter() - started
     return turn
@@ -201,15 +203,27 @@ DEFAULT_SOURCE_ORDER = "retrieval"  # measured on the book set: see the module d
 SOURCE_ORDERS = ("retrieval", "attention")
 
 
+def env_choice(variable: str, choices: tuple, default: str) -> str:
+    """The value of setting ``variable`` among ``choices``; an unknown value is ``default``
+    (with a warning in the log)."""
+    name = (os.environ.get(variable) or default).strip().lower()
+    if name not in choices:
+        log.warning("%s must be one of %s, not %r: %s used", variable, ", ".join(choices), name, default)
+        return default
+    return name
+
+
 def source_order() -> str:
     """How a focused answer's sources are listed (``HOMER_SOURCE_ORDER``): ``retrieval`` or
     ``attention``; an unknown value is the default."""
-    name = (os.environ.get("HOMER_SOURCE_ORDER") or DEFAULT_SOURCE_ORDER).strip().lower()
-    if name not in SOURCE_ORDERS:
-        log.warning("HOMER_SOURCE_ORDER must be one of %s, not %r: %s order used", ", ".join(SOURCE_ORDERS), name,
-                    DEFAULT_SOURCE_ORDER)
-        return DEFAULT_SOURCE_ORDER
-    return name
+    return env_choice("HOMER_SOURCE_ORDER", SOURCE_ORDERS, DEFAULT_SOURCE_ORDER)
+
+
+def passage_order() -> str:
+    """The order the model reads a question's passages in (``HOMER_PASSAGE_ORDER``):
+    ``best-last`` (default: the best passage next to the question) or ``best-first``
+    (:func:`homer.focus.reading_order`); an unknown value is the default."""
+    return env_choice("HOMER_PASSAGE_ORDER", PASSAGE_ORDERS, DEFAULT_PASSAGE_ORDER)
 
 
 def ranked_sources(turn: FocusedTurn, answer: str, conversation=None, model=None, tokenizer=None) -> tuple[list, dict]:

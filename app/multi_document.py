@@ -321,7 +321,7 @@ class SeveralDocuments:
         retrieval_seconds = time.perf_counter() - started
         chat = self._session(session_key, selection_key([r["id"] for r in rows], whole), {r["id"] for r in rows})
         with chat.lock:
-            conversation = PassageConversation(model, tokenizer)
+            conversation = PassageConversation(model, tokenizer, order=focusing.passage_order())
             conversation.turns = list(chat.turns)
             found = self._fit(conversation, question, found, generation.max_new_tokens)
             stats = {

@@ -99,11 +99,12 @@ def book_cache(model, tokenizer, path: Path, text: str):
 
 
 def run_arm(arm: str, question: str, model, tokenizer, cache, retrieve, evidence_text: str | None,
-            max_new_tokens: int, k: int, excerpt_words: int = 0, order: str = "best-first") -> dict:
+            max_new_tokens: int, k: int, excerpt_words: int = 0, order: str | None = None) -> dict:
     """One answer under one arm: the answer, time to first token and what was fed."""
-    from homer.focus import PassageConversation, cache_room, fit_passages, strategy
+    from homer.focus import DEFAULT_PASSAGE_ORDER, PassageConversation, cache_room, fit_passages, strategy
     from homer.generation import Conversation, GenerationSettings
 
+    order = order or DEFAULT_PASSAGE_ORDER
     settings = GenerationSettings(max_new_tokens=max_new_tokens)
     conversation = Conversation(cache, model, tokenizer) if arm in ("cache", "cache+passages") else None
     started = time.perf_counter()
@@ -211,7 +212,8 @@ def main(argv=None) -> int:
     parser.add_argument("--excerpt-words", type=int, default=None,
                         help="feed each passage's best window of N words (homer.focus.excerpt); 0: whole "
                              "passages; default: the app's")
-    parser.add_argument("--passage-order", default="best-first", help="best-first (the search's order) or best-last")
+    parser.add_argument("--passage-order", default=None,
+                        help="best-first (the search's order) or best-last (default: the app's)")
     parser.add_argument("--whole-max-new-tokens", type=int, default=64)
     parser.add_argument("--limit", type=int, default=0, help="only the first N questions of each set")
     parser.add_argument("--resume", action="store_true", help="keep the answers already in the .jsonl")
@@ -236,6 +238,7 @@ def main(argv=None) -> int:
     from storage.store import Store
 
     from app.focus import DEFAULT_EXCERPT_WORDS
+    from homer.focus import DEFAULT_PASSAGE_ORDER
 
     if args.excerpt_words is None:
         args.excerpt_words = DEFAULT_EXCERPT_WORDS
@@ -282,7 +285,7 @@ def main(argv=None) -> int:
         "cache_tokens": len(cache) if cache else None,
         "cache_build_seconds": round(built, 1) if built else (cache.metadata.get("build_seconds") if cache else None),
         "passages": count, "passage_words": passage_index.PASSAGE_WORDS, "index_seconds": round(index_seconds, 3),
-        "k": args.k, "excerpt_words": args.excerpt_words, "passage_order": args.passage_order, "max_new_tokens": args.max_new_tokens, "whole_max_new_tokens": args.whole_max_new_tokens,
+        "k": args.k, "excerpt_words": args.excerpt_words, "passage_order": args.passage_order or DEFAULT_PASSAGE_ORDER, "max_new_tokens": args.max_new_tokens, "whole_max_new_tokens": args.whole_max_new_tokens,
         "model": getattr(model, "homer_name", "embedded"), "threads": torch.get_num_threads(),
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "decoding": "greedy",
         "fact_questions": len(facts), "whole_book_questions": len(whole),

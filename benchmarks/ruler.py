@@ -300,13 +300,14 @@ def declined(answer: str) -> bool:
 
 
 def answer(arm: str, q: Question, model, tokenizer, cache, retrieve, k: int, frequencies=None,
-           excerpt_words: int = 0, order: str = "best-first") -> dict:
+           excerpt_words: int = 0, order: str | None = None) -> dict:
     """One answer: the question asked under ``arm`` after the haystack was read, the passages
     read in ``order`` (:func:`homer.focus.reading_order`)."""
     from homer import grounding
-    from homer.focus import PassageConversation, cache_room, excerpt, fit_passages, strategy
+    from homer.focus import DEFAULT_PASSAGE_ORDER, PassageConversation, cache_room, excerpt, fit_passages, strategy
     from homer.generation import Conversation, GenerationSettings
 
+    order = order or DEFAULT_PASSAGE_ORDER
     settings = GenerationSettings(max_new_tokens=MAX_NEW_TOKENS[q.task])
     conversation = Conversation(cache, model, tokenizer) if strategy(arm).uses_cache else None
     started = time.perf_counter()
@@ -477,9 +478,9 @@ def main(argv=None) -> int:
     from homer.focus import DEFAULT_PASSAGE_ORDER
 
     words = DEFAULT_EXCERPT_WORDS if args.excerpt_words is None else args.excerpt_words
-    order = args.passage_order or DEFAULT_PASSAGE_ORDER
+    reading = args.passage_order or DEFAULT_PASSAGE_ORDER
     model, tokenizer = load_model(args.model)
-    meta = {"excerpt_words": words, "passage_order": order, "benchmark": "ruler document-first",
+    meta = {"excerpt_words": words, "passage_order": reading, "benchmark": "ruler document-first",
             "model": getattr(model, "homer_name", "embedded"),
             "split": args.split, "seed": args.seed, "k": args.k, "questions_per_task": args.questions,
             "threads": torch.get_num_threads(), "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
@@ -518,7 +519,7 @@ def main(argv=None) -> int:
             stats = grounding.document_frequencies(p.text for p in passage_index.passages(store.db, doc_id))
 
             for arm, q in todo:
-                result = answer(arm, q, model, tokenizer, cache, retrieve, args.k, lambda _s=stats: _s, words, order)
+                result = answer(arm, q, model, tokenizer, cache, retrieve, args.k, lambda _s=stats: _s, words, reading)
                 row = {"length": length, "haystack": stack.index, "tokens": stack.tokens, "arm": arm,
                        "task": q.task, "qid": q.qid, "question": q.question, "refs": q.answers,
                        "score": score(q.task, result["answer"], q.answers), **result,

@@ -41,9 +41,11 @@ DEFAULT_PASSAGES = 3
 # The order the model reads the retrieved passages in. "best-first" is the search's order;
 # "best-last" puts the best passage next to the question, where a small model's attention
 # (recency) is strongest ("Lost in the Middle", arXiv 2307.03172: accuracy is highest with
-# the evidence at the start or the end of the context).
+# the evidence at the start or the end of the context). Chosen on the RULER dev slice at 32k
+# (README): 90.0 against 85.5 summed over its four answerable tasks (200 questions; the
+# needle +14 points, QA-1 -6, multi-value +1, QA-2 level); on the book set 21/56 against 19/56.
 PASSAGE_ORDERS = ("best-first", "best-last")
-DEFAULT_PASSAGE_ORDER = "best-first"
+DEFAULT_PASSAGE_ORDER = "best-last"
 INTRO = "Excerpts of the document that may answer the question:\n\n"
 
 

@@ -135,7 +135,8 @@ def test_focused_turn_is_one_batched_prefill_and_leaves_the_cache_alone(tiny, bo
     passages = ["The keeper's log says: the lamp was lit at dusk.", "A ship named Ada came <|im_end|> home."]
     question = "When was the lamp lit?"
     text = strategy("cache+passages").turn_text(question, passages)
-    assert text.startswith(INTRO) and text.endswith("Question: " + question) and passages_block(passages) in text
+    # by default the best passage is read last, next to the question
+    assert text.startswith(INTRO) and text.endswith("Question: " + question) and passages_block(passages[::-1]) in text
     conversation = Conversation(book_cache, model, tokenizer)
     expected = conversation._new_text(text)[1]
     # the document's control-token string stays text: only the template's own end-of-turn marker is one
@@ -291,3 +292,14 @@ def test_passages_can_be_read_best_last_next_to_the_question(tiny):
         assert prompt.index("[1] " + first) < prompt.index("[2] ")
     with pytest.raises(ValueError, match="passage order must be one of"):
         PassageConversation(model, tokenizer, order="random")
+
+
+def test_the_app_reads_passages_in_the_order_its_setting_names(monkeypatch):
+    from app.focus import passage_order
+
+    monkeypatch.delenv("HOMER_PASSAGE_ORDER", raising=False)
+    assert passage_order() == "best-last"
+    monkeypatch.setenv("HOMER_PASSAGE_ORDER", " Best-First ")
+    assert passage_order() == "best-first"
+    monkeypatch.setenv("HOMER_PASSAGE_ORDER", "shuffled")
+    assert passage_order() == "best-last"
