@@ -16,6 +16,9 @@ document-first protocol: nothing about the question reached the build), under ev
   (:func:`homer.clues.draft_clue`), the question and the clue together are the retrieval
   query, and the top-k passages are read as in ``passages`` (the clue's time counts in the
   time to first token);
+* ``leaves`` — a deep read on a few leaves (:mod:`homer.leaf_focus`): a question-aware HOMER
+  build of only the leaves of the book's layout that hold the top-k passages, then the
+  question (the build counts in the time to first token);
 * ``ceiling`` (factual questions only) — the evidence verse's own passage alone in the window;
 * ``auto:…`` — scored from the rows above, not run: the cache for a question about the whole
   document (:func:`homer.focus.route`), the named arm for the others.
@@ -49,7 +52,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BOOK = ROOT / "assets" / "genesis-exodus-leviticus-kjv.txt"
 RESULTS = Path(__file__).parent / "results"
 ARMS = ("cache", "passages", "cache+passages", "ceiling")
-EXTRA_ARMS = ("clue+passages",)  # run when named in --arms
+EXTRA_ARMS = ("clue+passages", "leaves")  # run when named in --arms
 BOOK_TITLES = {"Genesis": "CALLED GENESIS", "Exodus": "CALLED EXODUS", "Leviticus": "CALLED LEVITICUS"}
 
 
@@ -99,7 +102,8 @@ def book_cache(model, tokenizer, path: Path, text: str):
 
 
 def run_arm(arm: str, question: str, model, tokenizer, cache, retrieve, evidence_text: str | None,
-            max_new_tokens: int, k: int, excerpt_words: int = 0, order: str | None = None) -> dict:
+            max_new_tokens: int, k: int, excerpt_words: int = 0, order: str | None = None,
+            leaf_read=None) -> dict:
     """One answer under one arm: the answer, time to first token and what was fed."""
     from homer.focus import DEFAULT_PASSAGE_ORDER, PassageConversation, cache_room, fit_passages, strategy
     from homer.generation import Conversation, GenerationSettings
@@ -110,7 +114,12 @@ def run_arm(arm: str, question: str, model, tokenizer, cache, retrieve, evidence
     started = time.perf_counter()
     used: list = []
     clue = ""
-    if arm == "ceiling":
+    leaves: list = []
+    if arm == "leaves":  # a question-aware HOMER read of the leaves holding the passages
+        used = retrieve(question, k)
+        leaves, leaf_cache = leaf_read(question, used)
+        conversation, texts = Conversation(leaf_cache, model, tokenizer), []
+    elif arm == "ceiling":
         texts = [evidence_text]
     elif arm in ("passages", "cache+passages", "clue+passages"):
         from homer.focus import excerpt
@@ -140,7 +149,7 @@ def run_arm(arm: str, question: str, model, tokenizer, cache, retrieve, evidence
             first = time.perf_counter() - started
         answer += piece
     stats = conversation.stats
-    extra = {"clue": clue} if arm == "clue+passages" else {}
+    extra = {"clue": clue} if arm == "clue+passages" else {"leaves": leaves} if arm == "leaves" else {}
     return {
         **extra, "answer": answer, "time_to_first_token": round(first if first is not None else time.perf_counter() - started, 4),
         "engine_time_to_first_token": round(float(stats.get("time_to_first_token", 0.0)), 4),
@@ -269,6 +278,16 @@ def main(argv=None) -> int:
     def retrieve(question: str, k: int):
         return passage_index.search(store.db, digest, question, k)
 
+    leaf_read = None
+    if "leaves" in arms:
+        from homer.leaf_focus import document_leaves, leaves_holding, read_leaves
+
+        leaf_spans = document_leaves(model, tokenizer, text)
+
+        def leaf_read(question: str, used):
+            leaves = leaves_holding(leaf_spans, [p.start for p in used])
+            return leaves, read_leaves(model, tokenizer, text, leaf_spans, leaves, question)
+
     facts = FACTS[: args.limit] if args.limit else FACTS
     whole = WHOLE_BOOK[: args.limit] if args.limit else WHOLE_BOOK
     ranks = {}
@@ -309,12 +328,12 @@ def main(argv=None) -> int:
             if kind == "fact":
                 ev = evidence(extra)
                 result = run_arm(arm, question, model, tokenizer, cache, retrieve, ev.text, args.max_new_tokens, args.k,
-                                 args.excerpt_words, args.passage_order)
+                                 args.excerpt_words, args.passage_order, leaf_read)
                 row = {"kind": kind, "question": question, "verse": extra, "evidence_seq": ev.seq, "arm": arm,
                        "right": correct(result["answer"], accepted), **result}
             else:
                 result = run_arm(arm, question, model, tokenizer, cache, retrieve, None, args.whole_max_new_tokens,
-                                 args.k, args.excerpt_words, args.passage_order)
+                                 args.k, args.excerpt_words, args.passage_order, leaf_read)
                 hits = rubric_hits(result["answer"], extra)
                 row = {"kind": kind, "question": question, "arm": arm, "keyword_hits": hits,
                        "right": hits >= accepted, **result}
