@@ -135,7 +135,10 @@ def run_arm(arm: str, question: str, model, tokenizer, cache, retrieve, evidence
     else:
         texts = []
     retrieval = time.perf_counter() - started
-    if conversation is not None:
+    if arm == "leaves":
+        fed, before = [], conversation.state.position
+        stream = conversation.ask(question, settings=settings)
+    elif conversation is not None:
         fed = texts and fit_passages(tokenizer, texts, cache_room(cache, model, max_new_tokens), question)
         before = conversation.state.position
         stream = conversation.ask(strategy(arm).turn_text(question, fed or [], order), settings=settings)
