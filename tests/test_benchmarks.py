@@ -101,3 +101,17 @@ def test_needle_trace_follows_the_number_through_every_block(model_dir):
     assert summary["blocks_holding_it"] == len(blocks) >= 1
     assert blocks[0]["layers"][0] == 0 and all(0 <= r <= 1 for b in blocks for r in b["rank_by_layer"].values())
     assert summary["kept_in_cache"] == blocks[-1]["kept"]
+
+
+def test_focus_page_benchmark_checks_the_listed_sources_against_the_planted_pages(model_dir, tmp_path):
+    out = tmp_path / "pages.json"
+    cmd = [sys.executable, "-m", "benchmarks.focus_pages", "--model", str(model_dir), "--seeds", "0", "--pages", "6",
+           "--facts", "3", "--max-new-tokens", "2", "--output", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    rows = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
+    assert len(rows) == 3 and len({r["page"] for r in rows}) == 3
+    for row in rows:  # BM25 finds each planted fact's distinctive words on its page
+        assert row["any_source_right"] and row["sources"] and all(1 <= p <= 6 for p in row["sources"])
+    summary = json.loads(out.read_text())["documents"]["all"]
+    assert summary["a_source_on_the_fact_page"] == {"right": 3, "n": 3, "rate": 1.0}
