@@ -381,6 +381,7 @@ class ChatService:
                     locations = self.store.location_map(document_id)
                     sources, ranking = focusing.ranked_sources(turn, answer, conversation if answer_cache is None
                                                                else None, model, tokenizer)  # HOMER_SOURCE_ORDER
+                    sources = [focusing.read_part(p, question, locations) for p in sources]  # where the model read
                     shown = focusing.with_passage_sources(answer, sources, locations, question)
                     stats.update(sources=focusing.sources_label(sources, locations, question),
                                  source_places=reader.passage_places(document_id, sources, locations, question),

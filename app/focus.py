@@ -38,14 +38,15 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from homer import grounding
 from homer.grounding import NOT_FOUND
 from homer.locations import LocationMap
 from homer.focus import (DEFAULT_PASSAGE_ORDER, DEFAULT_PASSAGES, FOCUS_CHOICES, PASSAGE_ORDERS, FocusStrategy,
-                         PassageConversation, cache_room, excerpt, fit_passages, route, strategy)
+                         PassageConversation, cache_room, excerpt, excerpt_span, fit_passages, route, strategy)
 from storage import passages as index
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,29 @@ def excerpt_words() -> int:
 def fed_text(passage, question: str) -> str:
     """What the model reads of a retrieved passage for ``question``."""
     return excerpt(passage.text, question, excerpt_words())
+
+
+def read_part(passage, question: str, locations: LocationMap):
+    """The part of ``passage`` the model reads for ``question`` (:func:`fed_text`) as a
+    passage of its own — its span, its text, and the page (or section) where that part holds
+    the most of the question's content words (ties: the first; none: its middle) — so a
+    source names, quotes and opens where the model read: a passage that begins at the foot
+    of one page and answers on the next is cited on the next."""
+    span = excerpt_span(passage.text, question, excerpt_words())
+    if span is not None:
+        a, b = span
+        passage = replace(passage, start=passage.start + a, end=passage.start + b, text=passage.text[a:b])
+    wanted = grounding.content_words(question)
+    held: dict[int, set] = {}
+    for word in re.finditer(r"\S+", passage.text):
+        found = grounding.content_words(word.group()) & wanted
+        if found:
+            held.setdefault(locations.number(passage.start + word.start()), set()).update(found)
+    if held:
+        page = max(sorted(held), key=lambda number: len(held[number]))  # max keeps the first of ties
+    else:
+        page = locations.number((passage.start + max(passage.end - 1, passage.start)) // 2)
+    return replace(passage, page=max(int(passage.page), page))
 
 
 def covered(store, document_id: str, question: str, texts) -> float:
@@ -243,7 +267,7 @@ def ranked_sources(turn: FocusedTurn, answer: str, conversation=None, model=None
     if rebuilt is None:  # not the turn that was asked: nothing to read the attention of
         return passages, {"source_order": "retrieval"}
     prompt_ids, read = rebuilt
-    cited = cite_passages(model, tokenizer, prompt_ids, answer, read)
+    cited = cite_passages(model, tokenizer, prompt_ids, answer, read, order=conversation.order)
     order = cited.order() + list(range(len(read), len(passages)))  # passages not read come last
     scores = [cited.scores[i] if i < len(read) else None for i in order]
     return [passages[i] for i in order], {

@@ -71,24 +71,29 @@ class SourcedPassage:
     quote_words: str = ""  # the question's words the quote is taken around (its rarest among the candidates)
 
     def label(self, question: str = "") -> str:
-        """``<name>, p. 12: “quote”`` (or its section; no page for a one-page document)."""
-        where = self.where()
-        return f"{self.name}{where}: “{self.passage.quote(query=self.quote_words or question)}”"
+        """``<name>, p. 12: “quote”`` (or its section; no page for a one-page document), of the
+        part the model read (:func:`app.focus.read_part`)."""
+        read = self.read(question)
+        return f"{self.name}{self.where(question)}: “{read.quote(query=self.quote_words or question)}”"
+
+    def read(self, question: str = "") -> index.Passage:
+        """The part of the passage the model reads for ``question``, with its page."""
+        return focusing.read_part(self.passage, question, self.locations)
 
     def text(self, question: str = "") -> str:
         """The passage as the model reads it: which document (and page) it comes from, then its
         text (its best window for ``question``, :func:`app.focus.fed_text`)."""
-        where = self.where()
-        return f"From {self.name}{where}: {focusing.fed_text(self.passage, question)}"
+        return f"From {self.name}{self.where(question)}: {focusing.fed_text(self.passage, question)}"
 
-    def where(self) -> str:
-        where = self.locations.where(self.passage.page)
+    def where(self, question: str = "") -> str:
+        """", p. 12" (or its section) of the part read for ``question``; "" for a one-page document."""
+        where = self.locations.where(self.read(question).page)
         return f", {where}" if where else ""
 
     def place(self, question: str = "") -> dict:
         """The passage as a place the reader opens (:func:`app.reader.place`), with the quote
         its sources line shows."""
-        p = self.passage
+        p = self.read(question)
         return reader.place(self.document_id, p.page, self.locations, p.start, p.end,
                             p.quote(query=self.quote_words or question), document=self.name)
 

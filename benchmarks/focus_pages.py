@@ -9,7 +9,9 @@ question by default: the not-found check (:mod:`homer.grounding`), the top-3 pas
 80-word excerpts (:func:`app.focus.fed_text`), read in the app's order in a fresh window
 (:class:`homer.focus.PassageConversation`), greedy. No HOMER build is involved.
 
-A source is right when its page is the fact's page. Reported per document and overall: the
+A source is right when its page — the page holding the middle of the part the model read
+(:func:`app.focus.read_part`), as the app lists it — is the fact's page (each row also
+records the passages' first pages, what the sources named before). Reported per document and overall: the
 first listed source right (the sources keep the search's order, as the app lists them), any
 of the three right, the answer holding the fact's word, and the median time to first token.
 Where :mod:`benchmarks.citations` measured the *cache's* citations (from the answer's
@@ -37,7 +39,8 @@ RESULTS = Path(__file__).parent / "results"
 
 
 def run_document(model, tokenizer, store, pages: int, facts: int, seed: int, max_new_tokens: int) -> list[dict]:
-    from app.focus import fed_text, passage_order, passages_per_question
+    from app.focus import fed_text, passage_order, passages_per_question, read_part
+    from homer.locations import LocationMap
     from benchmarks.citations import fact_document, fact_pattern
     from homer import grounding
     from homer.focus import PassageConversation
@@ -51,6 +54,7 @@ def run_document(model, tokenizer, store, pages: int, facts: int, seed: int, max
     doc_id = f"{seed:08d}".ljust(64, "0")
     index.build(store.db, doc_id, source.text, source.page_starts)
     stats = grounding.document_frequencies(p.text for p in index.passages(store.db, doc_id))
+    locations = LocationMap.of(source.page_starts)
     rows = []
     for item in items:
         found = re.search(fact_pattern(item["fact"]), source.text)
@@ -67,10 +71,11 @@ def run_document(model, tokenizer, store, pages: int, facts: int, seed: int, max
                                           settings=GenerationSettings(max_new_tokens=max_new_tokens)):
                 first = first if first is not None else time.perf_counter() - started
                 answer += piece
-        pages_listed = [p.page for p in hits]
+        # a source's page is the page of the part the model read (app.focus.read_part), as the app lists it
+        pages_listed = [read_part(p, item["question"], locations).page for p in hits]
         rows.append({
             "seed": seed, "page": item["page"], "question": item["question"], "answer": answer.strip(),
-            "answer_right": item["answer"].lower() in answer.lower(), "sources": pages_listed,
+            "answer_right": item["answer"].lower() in answer.lower(), "sources": pages_listed, "passage_first_pages": [p.page for p in hits],
             "first_source_right": bool(pages_listed) and pages_listed[0] == item["page"],
             "any_source_right": item["page"] in pages_listed, "coverage": round(cover, 4),
             "time_to_first_token": round(first if first is not None else time.perf_counter() - started, 4),

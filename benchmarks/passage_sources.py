@@ -174,7 +174,7 @@ def main(argv=None) -> int:
             settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
             answer = "".join(conversation.ask(question, texts, settings=settings))
             prompt_ids, read = last_turn_prompt(conversation, question, texts)
-        cited = cite_passages(model, tokenizer, prompt_ids, answer, read)
+        cited = cite_passages(model, tokenizer, prompt_ids, answer, read, order=conversation.order)
         variants = variant_scores(model, prompt_ids, encode_text(tokenizer, answer), cited.spans)
         seqs = [p.seq for p in found[: len(read)]]
         rank = seqs.index(evidence.seq) + 1 if evidence.seq in seqs else None

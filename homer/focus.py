@@ -124,11 +124,19 @@ def excerpt(text: str, question: str, words: int) -> str:
     the sentence ends around it when that stays within a third more words; ``text``
     itself when it is no longer. Fewer tokens to prefill is a shorter time to the first
     token on a CPU, and a small model is distracted less by the rest of the passage."""
+    span = excerpt_span(text, question, words)
+    return text if span is None else " ".join(text[span[0]:span[1]].split())
+
+
+def excerpt_span(text: str, question: str, words: int) -> tuple[int, int] | None:
+    """Where :func:`excerpt` reads in ``text``: the character span ``[start, end)`` of its
+    words, or None when it reads the whole text (``words`` ≤ 0 or no more words than that)."""
     from .grounding import content_words
 
-    tokens = text.split()
+    found = list(re.finditer(r"\S+", text))
+    tokens = [m.group() for m in found]
     if words <= 0 or len(tokens) <= words:
-        return text
+        return None
     wanted = content_words(question)
     keys = [content_words(t) & wanted for t in tokens]  # "vacuous-creek" holds two words, "Abram's" one
     hits = [len(set().union(*keys[start:start + words])) for start in range(0, len(tokens) - words + 1)]
@@ -146,7 +154,7 @@ def excerpt(text: str, question: str, words: int) -> str:
         if i == len(tokens) or tokens[i - 1].endswith(ends):
             hi = i
             break
-    return " ".join(tokens[lo:hi])
+    return found[lo].start(), found[hi - 1].end()
 
 
 def fit_passages(tokenizer, passages: Sequence[str], room: int, question: str = "") -> list[str]:

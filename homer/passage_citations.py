@@ -33,6 +33,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .citations import attention_to_prompt, default_layers
+from .focus import DEFAULT_PASSAGE_ORDER, reading_order
 from .layers import DecoderStack
 from .text_encoding import encode_text
 
@@ -66,10 +67,14 @@ def _decode(tokenizer, ids) -> str:
     return tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
-def passage_spans(tokenizer, prompt_ids: Sequence[int], passages: Sequence[str]) -> list[tuple[int, int] | None]:
+def passage_spans(tokenizer, prompt_ids: Sequence[int], passages: Sequence[str],
+                  order: str = DEFAULT_PASSAGE_ORDER) -> list[tuple[int, int] | None]:
     """Token span ``[start, end)`` in ``prompt_ids`` of each passage's text (without its
-    ``[i]`` label), as :func:`homer.focus.passages_block` numbered them; None for a passage
-    not found, or whose span does not decode back to its text."""
+    ``[i]`` label), as :func:`homer.focus.passages_block` numbered them when the prompt read
+    ``passages`` (best first) in ``order`` (:func:`homer.focus.reading_order`); one span per
+    passage, in the order given; None for a passage not found, or whose span does not decode
+    back to its text."""
+    shown = reading_order(range(len(passages)), order)  # the prompt's blocks, as indices into passages
     ids = list(prompt_ids)
     full = _decode(tokenizer, ids)
     lengths: dict[int, int] = {0: 0, len(ids): len(full)}
@@ -99,22 +104,19 @@ def passage_spans(tokenizer, prompt_ids: Sequence[int], passages: Sequence[str])
                 lo = mid + 1
         return lo
 
-    spans: list[tuple[int, int] | None] = []
+    spans: list[tuple[int, int] | None] = [None] * len(passages)
     cursor = 0
-    for number, text in enumerate(passages, start=1):
-        flat, label = _flat(text), f"[{number}] "
+    for number, which in enumerate(shown, start=1):
+        flat, label = _flat(passages[which]), f"[{number}] "
         found = full.find(label + flat, cursor) if flat else -1
         if found < 0:
-            spans.append(None)
             continue
         begin = found + len(label)
         end = begin + len(flat)
         cursor = end
         start, stop = last_at_most(begin), first_at_least(end)
-        if stop <= start or flat not in _flat(_decode(tokenizer, ids[start:stop])):
-            spans.append(None)
-            continue
-        spans.append((start, stop))
+        if stop > start and flat in _flat(_decode(tokenizer, ids[start:stop])):
+            spans[which] = (start, stop)
     return spans
 
 
@@ -141,13 +143,14 @@ def score_passages(model, prompt_ids: Sequence[int], answer_ids: Sequence[int],
 
 
 def cite_passages(model, tokenizer, prompt_ids: Sequence[int], answer: str | Sequence[int],
-                  passages: Sequence[str], layers: list[int] | None = None) -> PassageScores:
+                  passages: Sequence[str], layers: list[int] | None = None,
+                  order: str = DEFAULT_PASSAGE_ORDER) -> PassageScores:
     """:func:`score_passages` with the spans located (:func:`passage_spans`); ``answer`` as
     text is encoded as the model's text (control-token strings stay text), as
     :func:`homer.citations.turn_ids` does."""
     started = time.perf_counter()
     answer_ids = encode_text(tokenizer, answer) if isinstance(answer, str) else list(answer)
-    spans = passage_spans(tokenizer, prompt_ids, passages)
+    spans = passage_spans(tokenizer, prompt_ids, passages, order)
     result = score_passages(model, prompt_ids, answer_ids, spans, layers)
     result.seconds = time.perf_counter() - started
     return result

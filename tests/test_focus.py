@@ -303,3 +303,29 @@ def test_the_app_reads_passages_in_the_order_its_setting_names(monkeypatch):
     assert passage_order() == "best-first"
     monkeypatch.setenv("HOMER_PASSAGE_ORDER", "shuffled")
     assert passage_order() == "best-last"
+
+
+def test_a_source_is_cited_on_the_page_of_the_part_the_model_read(monkeypatch):
+    from app.focus import fed_text, read_part, sources_label
+    from homer.locations import LocationMap
+    from storage.passages import Passage
+
+    monkeypatch.setenv("HOMER_FOCUS_WORDS", "20")
+    foot = "The harbour was quiet that evening and nobody spoke of the weather at all. " * 3  # page 1's foot
+    top = "The lighthouse keeper's cat is named Biscuit and sleeps by the lamp. " + "Gulls cried. " * 4
+    text = "Intro.\n" + foot + top
+    page2 = text.index(top)
+    locations = LocationMap.of([0, page2])
+    start = text.index(foot)
+    passage = Passage(seq=0, start=start, end=len(text), page=1, text=text[start:])
+    read = read_part(passage, "What is the lighthouse keeper's cat named?", locations)
+    assert read.page == 2 and text[read.start:read.end] == read.text and read.start >= passage.start
+    assert " ".join(read.text.split()) == fed_text(passage, "What is the lighthouse keeper's cat named?")
+    assert sources_label([read], locations, "cat").startswith("- p. 2: “")
+    monkeypatch.setenv("HOMER_FOCUS_WORDS", "0")  # the whole passage is read: cited where the question's words are
+    whole = read_part(passage, "Which cat?", locations)
+    assert (whole.start, whole.end, whole.text) == (passage.start, passage.end, passage.text) and whole.page == 2
+    assert read_part(passage, "Which harbour cat?", locations).page == 1  # one word on each page: the first
+    assert read_part(passage, "zebra", locations).page == locations.number((passage.start + passage.end - 1) // 2)
+    one_page = read_part(passage, "cat", LocationMap.of(None))
+    assert one_page.page == 1

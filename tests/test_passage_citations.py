@@ -43,7 +43,13 @@ def test_spans_decode_back_to_the_passages(tiny, style):
     assert len(spans) == len(PASSAGES) and all(span is not None for span in spans)
     for (start, stop), text in zip(spans, PASSAGES):
         assert tokenizer.decode(ids[start:stop]) == flat(text)
-    assert [s for s, _ in spans] == sorted(s for s, _ in spans)  # in order, inside the document
+    # read best-last (the default): the prompt's blocks are the passages in reverse, inside the document
+    assert [s for s, _ in spans[::-1]] == sorted(s for s, _ in spans)
+    read_first = PassageConversation(model, tokenizer, DocumentPrompt(style=style), order="best-first")
+    ids_first = read_first.prompt_ids("Who lit the lamp?", PASSAGES, turns)
+    spans_first = passage_spans(tokenizer, ids_first, PASSAGES, "best-first")
+    assert [s for s, _ in spans_first] == sorted(s for s, _ in spans_first)
+    assert [tokenizer.decode(ids_first[a:b]) for a, b in spans_first] == [flat(t) for t in PASSAGES]
     assert spans[-1][1] < len(ids) - len(tokenizer("Who lit the lamp?").input_ids)
     assert passage_spans(tokenizer, ids, ["not in this prompt"]) == [None]
 
