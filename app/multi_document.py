@@ -74,7 +74,7 @@ class SourcedPassage:
         """``<name>, p. 12: “quote”`` (or its section; no page for a one-page document), of the
         part the model read (:func:`app.focus.read_part`)."""
         read = self.read(question)
-        return f"{self.name}{self.where(question)}: “{read.quote(query=self.quote_words or question)}”"
+        return f"{self.name}{self._where(read)}: “{read.quote(query=self.quote_words or question)}”"
 
     def read(self, question: str = "") -> index.Passage:
         """The part of the passage the model reads for ``question``, with its page."""
@@ -87,7 +87,10 @@ class SourcedPassage:
 
     def where(self, question: str = "") -> str:
         """", p. 12" (or its section) of the part read for ``question``; "" for a one-page document."""
-        where = self.locations.where(self.read(question).page)
+        return self._where(self.read(question))
+
+    def _where(self, read: index.Passage) -> str:
+        where = self.locations.where(read.page)
         return f", {where}" if where else ""
 
     def place(self, question: str = "") -> dict:
