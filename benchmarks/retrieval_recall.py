@@ -31,10 +31,12 @@ allows; a few minutes on one CPU core.
 
     python -m benchmarks.retrieval_recall
 
-Not measured: REFORM-style retrieval with the embedded model's own queries and keys at a
-middle layer (arXiv 2506.01215). Encoding a document through 15 of SmolLM2-135M's 30 layers
-runs at about 180 tokens/s on one CPU core here, some 12 minutes per 128k-token set before a
-single question, and the method also wants its retrieval heads chosen on a calibration task.
+With ``--key-layers`` (e.g. ``4,8,12,16``) the embedded model's own vectors are measured too,
+REFORM-style (arXiv 2506.01215, :mod:`homer.key_retrieval`): the document is read once in
+2k-token chunks through the lower layers, each token's un-rotated key kept at those layers, and
+a question's queries (``model-query-L<n>``) or keys (``model-key-L<n>``) at one layer score the
+passages by late interaction; each is also fused with BM25 (``bm25+model-…``, reciprocal rank
+fusion as the app fuses). Reported with the reading time and the index's bytes per token.
 """
 
 from __future__ import annotations
@@ -220,6 +222,38 @@ def measure(db, document_id: str, questions, methods, depth: int) -> tuple[dict,
     return ranks, times
 
 
+def key_ranks(model, tokenizer, db, document_id: str, text: str, questions, layers, kinds, depth: int):
+    """Ranks of every ``model-<kind>-L<layer>`` method and its fusion with BM25, the reading cost
+    and the median query ms per method (REFORM-style retrieval, :mod:`homer.key_retrieval`)."""
+    from homer import key_retrieval
+    from storage import passages as index
+
+    passages = index.passages(db, document_id)
+    spans = [(p.start, p.end) for p in passages]
+    started = time.perf_counter()
+    keys = key_retrieval.encode_keys(model, tokenizer, text, layers)
+    cost = {"tokens": len(keys.starts), "read_seconds": round(time.perf_counter() - started, 1),
+            "bytes_per_token_per_layer": keys.bytes // len(keys.starts) // len(keys.layers)}
+    ranks, times = {}, {}
+    lexical = [[p.seq for p in index.search(db, document_id, q, index.FUSE_DEPTH, method="bm25")]
+               for q, _ in questions]
+    for kind in kinds:
+        for layer in layers:
+            one = keys.at([layer])
+            name = f"model-{kind}-L{layer}"
+            ranks[name], ranks[f"bm25+{name}"], spent = [], [], []
+            for (question, golds), bm25 in zip(questions, lexical):
+                started = time.perf_counter()
+                found = [passages[i].seq for i, _ in key_retrieval.rank_passages(
+                    one, key_retrieval.question_vectors(model, tokenizer, question, one, kind), spans)]
+                spent.append(time.perf_counter() - started)
+                fused = [item for item, _ in index.fuse([bm25, found[: index.FUSE_DEPTH]], depth)]
+                ranks[name].append([rank_of(found[:depth], g) for g in golds])
+                ranks[f"bm25+{name}"].append([rank_of(fused, g) for g in golds])
+            times[name] = round(1000 * statistics.median(spent), 2)
+    return ranks, times, cost
+
+
 def size_of(db, document_id: str) -> dict:
     from storage import embeddings
 
@@ -258,7 +292,11 @@ def main(argv=None) -> int:
     parser.add_argument("--hotpot-items", type=int, default=100)
     parser.add_argument("--hotpot-skip", type=int, default=0, help="first HotpotQA item (0: the dev slice)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--key-layers", default="", help="e.g. 4,8,12,16: also measure the model's own vectors")
+    parser.add_argument("--key-kinds", default="query,key")
     args = parser.parse_args(argv)
+    key_layers = [int(x) for x in args.key_layers.split(",") if x]
+    key_kinds = [k for k in args.key_kinds.split(",") if k]
 
     import torch
 
@@ -280,6 +318,22 @@ def main(argv=None) -> int:
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
 
+    model = tokenizer = None
+    if key_layers:
+        from homer.models import load_model
+
+        model, tokenizer = load_model(None)
+        out["key_layers"], out["key_kinds"] = key_layers, key_kinds
+
+    def with_keys(document_id, text, questions, ranks, times, meta):
+        if not key_layers:
+            return list(methods)
+        more, more_times, meta["model_vectors"] = key_ranks(model, tokenizer, store.db, document_id, text,
+                                                            questions, key_layers, key_kinds, depth)
+        ranks.update(more)
+        times.update(more_times)
+        return list(methods) + list(more)
+
     if "book" in args.sets:
         from benchmarks.book_questions import FACTS
         from benchmarks.focus import BOOK, locate_verse
@@ -291,11 +345,12 @@ def main(argv=None) -> int:
         questions = [(q, [passage_sets(passages, [(locate_verse(text, ref), locate_verse(text, ref) + 1)])])
                      for q, ref, _ in FACTS]
         ranks, times = measure(store.db, digest, questions, methods, depth)
+        all_methods = with_keys(digest, text, questions, ranks, times, cost)
         out["sets"]["book"] = {
             "document": BOOK.name, "chars": len(text), **cost, "query_ms": times,
-            "recall": {m: recall([r[0] for r in ranks[m]]) for m in methods},
-            "paired_vs_bm25": paired({m: [r[0] for r in ranks[m]] for m in methods}),
-            "ranks": {m: [r[0] for r in ranks[m]] for m in methods}}
+            "recall": {m: recall([r[0] for r in ranks[m]]) for m in all_methods},
+            "paired_vs_bm25": paired({m: [r[0] for r in ranks[m]] for m in all_methods}),
+            "ranks": {m: [r[0] for r in ranks[m]] for m in all_methods}}
         output.write_text(json.dumps(out, indent=2) + "\n")
         print(json.dumps({"book": out["sets"]["book"]["recall"]}), flush=True)
 
@@ -316,11 +371,12 @@ def main(argv=None) -> int:
         passages = index.passages(store.db, document_id)
         questions = [(q["question"], [passage_sets(passages, group) for group in q["spans"]]) for q in hay.questions]
         ranks, times = measure(store.db, document_id, questions, methods, depth)
+        all_methods = with_keys(document_id, hay.text, questions, ranks, times, cost)
         kinds = [q["kind"] for q in hay.questions]
         result = {"slice": "dev" if not (args.squad_skip or args.hotpot_skip) else "held-out", **hay.meta, **cost,
                   "query_ms": times, "recall": {}}
         flat = {}  # per method: the rank of a question's first gold passage (SQuAD, then HotpotQA any)
-        for m in methods:
+        for m in all_methods:
             squad = [r[0] for r, kind in zip(ranks[m], kinds) if kind == "squad"]
             hotpot = [r for r, kind in zip(ranks[m], kinds) if kind == "hotpotqa"]
             any_rank = [min((x for x in r if x is not None), default=None) for r in hotpot]
@@ -329,7 +385,7 @@ def main(argv=None) -> int:
                                    "hotpotqa_both": recall(both_rank), "all": recall(squad + any_rank)}
             flat[m] = squad + any_rank
         result["paired_vs_bm25"] = paired(flat)
-        result["ranks"] = {m: ranks[m] for m in methods}  # per question (SQuAD: one gold, HotpotQA: two)
+        result["ranks"] = {m: ranks[m] for m in all_methods}  # per question (SQuAD: one gold, HotpotQA: two)
         result["kinds"] = kinds
         out["sets"]["haystack"] = result
         print(json.dumps({"haystack": result["recall"]}), flush=True)

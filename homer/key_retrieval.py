@@ -1,0 +1,161 @@
+"""Passage retrieval with the model's own queries and keys (REFORM's gather step).
+
+REFORM (Song et al., "Compress, Gather, and Recompute", arXiv 2506.01215, by HOMER's first
+author) keeps, while it reads a long input once, a small embedding per token made of the
+queries/keys of a few attention heads at middle layers; at question time it scores every token
+by the cosine similarity of the question's vectors to them and gathers the best spans to
+recompute at full resolution. This module is that retrieval for a document split into passages:
+
+* :func:`encode_keys` reads the document in independent chunks (local context, as HOMER's
+  leaves do) through the lower layers only, and keeps each token's un-rotated key at the chosen
+  ``layers``, unit-normalised per kv head (``len(layers) * kv_heads * head_dim`` float16 values
+  per token: 768 bytes for SmolLM2-135M at two layers).
+* :func:`question_vectors` runs the question alone through the same layers and keeps its
+  un-rotated queries (or keys: REFORM compares like with like and picks the kind on a
+  calibration task). RoPE is left out on both sides so the score does not depend on where in
+  the document a token sits.
+* :func:`rank_passages` scores token j against question token i by the cosine of their vectors,
+  averaged over the query heads (each against its kv head) and the layers, and a passage by late
+  interaction (ColBERT, Khattab & Zaharia, SIGIR 2020): the sum over question tokens of the best
+  match inside the passage. Summing per question token keeps function words, which match
+  something in every passage, from deciding the ranking; REFORM's own head selection (a
+  calibration task) is not done here: every head of the chosen layers votes.
+
+Hand-written because no library offers a decoder's own key states as a retrieval index.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .layers import DecoderStack
+
+DEFAULT_LAYERS = (10, 14)
+DEFAULT_CHUNK = 2048
+QUESTION_KINDS = ("query", "key")
+
+
+@dataclass
+class KeyIndex:
+    """Per-token unit keys ``[tokens, layers, kv_heads, head_dim]`` (float16) and each token's
+    character span in the document."""
+
+    keys: torch.Tensor
+    starts: list[int]
+    ends: list[int]
+    layers: tuple[int, ...]
+    center: torch.Tensor  # the document's mean key per layer and kv head, subtracted before the cosine
+
+    @property
+    def bytes(self) -> int:
+        return self.keys.numel() * self.keys.element_size()
+
+    def at(self, layers) -> "KeyIndex":
+        """The same index restricted to some of its layers (an ablation without re-reading)."""
+        pick = [self.layers.index(layer) for layer in layers]
+        return KeyIndex(self.keys[:, pick], self.starts, self.ends, tuple(layers), self.center[pick])
+
+
+def _run(stack: DecoderStack, ids: torch.Tensor, layers: tuple[int, ...], which: str) -> torch.Tensor:
+    """``ids`` through layers ``0..max(layers)``; the un-rotated, unit-normalised ``which``
+    (``"k"`` or ``"q"``) projections at ``layers``: ``[n, len(layers), heads, head_dim]``."""
+    hidden = stack.embed(ids)
+    n = hidden.shape[1]
+    rope = stack.rope(hidden, torch.arange(n))
+    kept = []
+    for layer in range(max(layers) + 1):
+        if layer in layers:
+            attn = stack.layers[layer].self_attn
+            x = stack.layers[layer].input_layernorm(hidden)
+            proj = (attn.k_proj if which == "k" else attn.q_proj)(x).view(n, -1, stack.head_dim)
+            norm = getattr(attn, "k_norm" if which == "k" else "q_norm", None)
+            if norm is not None:  # Qwen3 normalises q and k per head before RoPE
+                proj = norm(proj)
+            kept.append(proj.float())
+        if layer < max(layers):
+            hidden, *_ = stack.attention_half(layer, hidden, rope)
+            hidden = stack.mlp_half(layer, hidden)
+    return torch.stack(kept, dim=1)
+
+
+def _check_layers(stack: DecoderStack, layers) -> tuple[int, ...]:
+    layers = tuple(sorted({int(layer) for layer in layers}))
+    if not layers or layers[0] < 0 or layers[-1] >= stack.num_layers:
+        raise ValueError(f"layers must lie in 0..{stack.num_layers - 1}, got {layers}")
+    return layers
+
+
+@torch.no_grad()
+def encode_keys(model, tokenizer, text: str, layers=DEFAULT_LAYERS, chunk: int = DEFAULT_CHUNK,
+                progress=None) -> KeyIndex:
+    """Read ``text`` once in ``chunk``-token pieces; its :class:`KeyIndex`. ``progress(done, total)``
+    is called after each piece."""
+    stack = DecoderStack(model)
+    layers = _check_layers(stack, layers)
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = torch.tensor(enc["input_ids"], dtype=torch.long)
+    if not len(ids):
+        raise ValueError("nothing to index: the text has no tokens")
+    pieces = []
+    for at in range(0, len(ids), chunk):
+        pieces.append(_run(stack, ids[at: at + chunk], layers, "k").cpu())
+        if progress is not None:
+            progress(min(at + chunk, len(ids)), len(ids))
+    keys = torch.cat(pieces)
+    # keys share a large common direction (and a chunk's first tokens, its attention sinks, are
+    # outliers): centre them on the document's mean key before the cosine
+    center = keys.mean(dim=0)
+    return KeyIndex(F.normalize(keys - center, dim=-1).half(), [a for a, _ in enc["offset_mapping"]],
+                    [b for _, b in enc["offset_mapping"]], layers, center)
+
+
+@torch.no_grad()
+def question_vectors(model, tokenizer, question: str, index: KeyIndex, kind: str = "query") -> torch.Tensor:
+    """The question's unit vectors at the index's layers, ``[tokens, layers, heads, head_dim]``:
+    its queries (``kind="query"``, every query head: what attention would look for) or its keys
+    (``kind="key"``, centred like the document's: tokens that resemble the document's tokens)."""
+    if kind not in QUESTION_KINDS:
+        raise ValueError(f"kind must be one of {QUESTION_KINDS}, got {kind!r}")
+    stack = DecoderStack(model)
+    ids = torch.tensor(tokenizer(question, add_special_tokens=False)["input_ids"], dtype=torch.long)
+    if not len(ids):
+        raise ValueError("the question has no tokens")
+    vectors = _run(stack, ids, _check_layers(stack, index.layers), kind[0]).cpu()
+    if kind == "key":
+        vectors = vectors - index.center
+    return F.normalize(vectors, dim=-1)
+
+
+def token_similarity(index: KeyIndex, queries: torch.Tensor) -> torch.Tensor:
+    """Cosine of every question token with every document token, averaged over query heads and
+    layers: ``[question tokens, document tokens]``."""
+    m, num_layers, heads, dim = queries.shape  # heads: the query heads, or the kv heads for keys
+    kv_heads = index.keys.shape[2]
+    if index.keys.shape[1] != num_layers or index.keys.shape[3] != dim or heads % kv_heads:
+        raise ValueError("the question's vectors do not match the index (other layers or model)")
+    grouped = queries.view(m, num_layers, kv_heads, heads // kv_heads, dim).sum(dim=3)  # heads share a key
+    flat_q = grouped.reshape(m, -1)
+    sims = []
+    for at in range(0, index.keys.shape[0], 65_536):  # bounded memory on long books
+        sims.append(flat_q @ index.keys[at: at + 65_536].float().reshape(-1, flat_q.shape[1]).T)
+    return torch.cat(sims, dim=1) / (num_layers * heads)
+
+
+def rank_passages(index: KeyIndex, queries: torch.Tensor, spans: list[tuple[int, int]]) -> list[tuple[int, float]]:
+    """``spans``: each passage's ``(start, end)`` characters, in document order. Every passage
+    holding a token, as ``(passage number, score)``, best first."""
+    if not spans:
+        return []
+    starts = [a for a, _ in spans]
+    owner = torch.tensor([max(bisect.bisect_right(starts, s) - 1, 0) for s in index.starts], dtype=torch.long)
+    sim = token_similarity(index, queries)
+    best = torch.full((sim.shape[0], len(spans)), float("-inf"))
+    best.scatter_reduce_(1, owner.expand_as(sim), sim, reduce="amax")
+    present = torch.isfinite(best[0])
+    scores = torch.where(present, best.clamp_min(-1.0).sum(dim=0), torch.tensor(float("-inf")))
+    order = torch.argsort(scores, descending=True, stable=True)
+    return [(int(p), float(scores[p])) for p in order if present[p]]
