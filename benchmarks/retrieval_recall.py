@@ -222,9 +222,18 @@ def measure(db, document_id: str, questions, methods, depth: int) -> tuple[dict,
     return ranks, times
 
 
-def key_ranks(model, tokenizer, db, document_id: str, text: str, questions, layers, kinds, depth: int):
-    """Ranks of every ``model-<kind>-L<layer>`` method and its fusion with BM25, the reading cost
-    and the median query ms per method (REFORM-style retrieval, :mod:`homer.key_retrieval`)."""
+def model_methods(layers, kinds, chosen: dict | None = None) -> list[tuple[str, str, list | None]]:
+    """``(name, kind, heads, layers)`` per model-vector method: each kind at each layer with all its
+    heads, and each kind with the heads chosen on the calibration slice (``chosen``)."""
+    out = [(f"model-{kind}-L{layer}", kind, None, [layer]) for kind in kinds for layer in layers]
+    for kind, heads in (chosen or {}).items():
+        out.append((f"model-{kind}-top{len(heads)}", kind, [tuple(h) for h in heads], sorted({h[0] for h in heads})))
+    return out
+
+
+def key_ranks(model, tokenizer, db, document_id: str, text: str, questions, layers, methods, depth: int):
+    """Ranks of every model-vector method (:func:`model_methods`) and its fusion with BM25, the
+    reading cost and the median query ms per method (REFORM-style retrieval, :mod:`homer.key_retrieval`)."""
     from homer import key_retrieval
     from storage import passages as index
 
@@ -237,21 +246,54 @@ def key_ranks(model, tokenizer, db, document_id: str, text: str, questions, laye
     ranks, times = {}, {}
     lexical = [[p.seq for p in index.search(db, document_id, q, index.FUSE_DEPTH, method="bm25")]
                for q, _ in questions]
-    for kind in kinds:
-        for layer in layers:
-            one = keys.at([layer])
-            name = f"model-{kind}-L{layer}"
-            ranks[name], ranks[f"bm25+{name}"], spent = [], [], []
-            for (question, golds), bm25 in zip(questions, lexical):
-                started = time.perf_counter()
-                found = [passages[i].seq for i, _ in key_retrieval.rank_passages(
-                    one, key_retrieval.question_vectors(model, tokenizer, question, one, kind), spans)]
-                spent.append(time.perf_counter() - started)
-                fused = [item for item, _ in index.fuse([bm25, found[: index.FUSE_DEPTH]], depth)]
-                ranks[name].append([rank_of(found[:depth], g) for g in golds])
-                ranks[f"bm25+{name}"].append([rank_of(fused, g) for g in golds])
-            times[name] = round(1000 * statistics.median(spent), 2)
+    for name, kind, heads, method_layers in methods:
+        one = keys.at(method_layers)
+        ranks[name], ranks[f"bm25+{name}"], spent = [], [], []
+        for (question, golds), bm25 in zip(questions, lexical):
+            started = time.perf_counter()
+            found = [passages[i].seq for i, _ in key_retrieval.rank_passages(
+                one, key_retrieval.question_vectors(model, tokenizer, question, one, kind), spans, heads)]
+            spent.append(time.perf_counter() - started)
+            fused = [item for item, _ in index.fuse([bm25, found[: index.FUSE_DEPTH]], depth)]
+            ranks[name].append([rank_of(found[:depth], g) for g in golds])
+            ranks[f"bm25+{name}"].append([rank_of(fused, g) for g in golds])
+        times[name] = round(1000 * statistics.median(spent), 2)
     return ranks, times, cost
+
+
+def calibrate_heads(model, tokenizer, store, count_tokens, layers, kinds, top: int, tokens: int = 32_000) -> dict:
+    """REFORM chooses its retrieval heads on a calibration task: here, a haystack of the dev
+    slice that neither evaluation set uses (HotpotQA items 200-299 and SQuAD questions drawn
+    with another seed, 32k tokens). Each head alone ranks the passages for every question; the
+    ``top`` heads by recall@3 (then @1) of each kind are kept. Returns what was chosen and each
+    head's recall."""
+    from homer import key_retrieval
+    from storage import passages as index
+
+    hay = Haystack(count_tokens, tokens, squad_articles=10, squad_questions=60, hotpot_items=100, hotpot_skip=200,
+                   seed=1)
+    document_id = hashlib.sha256(hay.text.encode()).hexdigest()
+    index.build(store.db, document_id, hay.text, vectors=False)
+    passages = index.passages(store.db, document_id)
+    spans = [(p.start, p.end) for p in passages]
+    golds = [[passage_sets(passages, group) for group in q["spans"]] for q in hay.questions]
+    keys = key_retrieval.encode_keys(model, tokenizer, hay.text, layers)
+    chosen, per_head = {}, {}
+    for kind in kinds:
+        vectors = [key_retrieval.question_vectors(model, tokenizer, q["question"], keys, kind) for q in hay.questions]
+        scored = []
+        for head in key_retrieval.all_heads(vectors[0], keys):
+            ranks = []
+            for v, gold in zip(vectors, golds):
+                found = [passages[i].seq for i, _ in key_retrieval.rank_passages(keys, v, spans, [head])][:max(KS)]
+                ranks.append(min((r for r in (rank_of(found, g) for g in gold) if r is not None), default=None))
+            got = recall(ranks)
+            scored.append((got["at_3"], got["at_1"], head))
+            per_head[f"{kind}:{head[0]}:{head[1]}"] = got
+        scored.sort(key=lambda t: (-t[0], -t[1], t[2]))
+        chosen[kind] = [list(head) for _, _, head in scored[:top]]
+    return {"haystack": {k: v for k, v in hay.meta.items() if k != "squad_articles"}, "questions": len(hay.questions),
+            "chosen": chosen, "per_head": per_head}
 
 
 def size_of(db, document_id: str) -> dict:
@@ -294,6 +336,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--key-layers", default="", help="e.g. 4,8,12,16: also measure the model's own vectors")
     parser.add_argument("--key-kinds", default="query,key")
+    parser.add_argument("--calibrate-heads", type=int, default=0,
+                        help="also pick this many heads per kind on a calibration slice (REFORM)")
     args = parser.parse_args(argv)
     key_layers = [int(x) for x in args.key_layers.split(",") if x]
     key_kinds = [k for k in args.key_kinds.split(",") if k]
@@ -324,12 +368,20 @@ def main(argv=None) -> int:
 
         model, tokenizer = load_model(None)
         out["key_layers"], out["key_kinds"] = key_layers, key_kinds
+        chosen = None
+        if args.calibrate_heads:
+            out["head_calibration"] = calibrate_heads(
+                model, tokenizer, store, lambda t: len(tokenizer(t, add_special_tokens=False)["input_ids"]),
+                key_layers, key_kinds, args.calibrate_heads)
+            chosen = out["head_calibration"]["chosen"]
+            print(json.dumps({"chosen_heads": chosen}), flush=True)
+        key_methods = model_methods(key_layers, key_kinds, chosen)
 
     def with_keys(document_id, text, questions, ranks, times, meta):
         if not key_layers:
             return list(methods)
         more, more_times, meta["model_vectors"] = key_ranks(model, tokenizer, store.db, document_id, text,
-                                                            questions, key_layers, key_kinds, depth)
+                                                            questions, key_layers, key_methods, depth)
         ranks.update(more)
         times.update(more_times)
         return list(methods) + list(more)

@@ -18,8 +18,9 @@ recompute at full resolution. This module is that retrieval for a document split
   averaged over the query heads (each against its kv head) and the layers, and a passage by late
   interaction (ColBERT, Khattab & Zaharia, SIGIR 2020): the sum over question tokens of the best
   match inside the passage. Summing per question token keeps function words, which match
-  something in every passage, from deciding the ranking; REFORM's own head selection (a
-  calibration task) is not done here: every head of the chosen layers votes.
+  something in every passage, from deciding the ranking. By default every head of the chosen
+  layers votes; REFORM picks its heads on a calibration task, which ``heads`` allows (the
+  benchmark ``benchmarks.retrieval_recall --calibrate-heads`` picks them on a calibration slice).
 
 Hand-written because no library offers a decoder's own key states as a retrieval index.
 """
@@ -130,29 +131,46 @@ def question_vectors(model, tokenizer, question: str, index: KeyIndex, kind: str
     return F.normalize(vectors, dim=-1)
 
 
-def token_similarity(index: KeyIndex, queries: torch.Tensor) -> torch.Tensor:
-    """Cosine of every question token with every document token, averaged over query heads and
-    layers: ``[question tokens, document tokens]``."""
-    m, num_layers, heads, dim = queries.shape  # heads: the query heads, or the kv heads for keys
+def all_heads(vectors: torch.Tensor, index: KeyIndex) -> list[tuple[int, int]]:
+    """Every ``(layer, head)`` of ``vectors`` (query heads for queries, kv heads for keys)."""
+    return [(layer, h) for layer in index.layers for h in range(vectors.shape[2])]
+
+
+def token_similarity(index: KeyIndex, queries: torch.Tensor, heads=None) -> torch.Tensor:
+    """Cosine of every question token with every document token, averaged over ``heads``
+    (``(layer, head)`` pairs; default: every head of every layer; a query head is compared with
+    the kv head it reads): ``[question tokens, document tokens]``."""
+    m, num_layers, num_heads, dim = queries.shape  # the query heads, or the kv heads for keys
     kv_heads = index.keys.shape[2]
-    if index.keys.shape[1] != num_layers or index.keys.shape[3] != dim or heads % kv_heads:
+    if index.keys.shape[1] != num_layers or index.keys.shape[3] != dim or num_heads % kv_heads:
         raise ValueError("the question's vectors do not match the index (other layers or model)")
-    grouped = queries.view(m, num_layers, kv_heads, heads // kv_heads, dim).sum(dim=3)  # heads share a key
-    flat_q = grouped.reshape(m, -1)
+    heads = list(heads) if heads is not None else all_heads(queries, index)
+    if not heads:
+        raise ValueError("no heads chosen")
+    group = num_heads // kv_heads
+    # heads that read the same kv head add up first: one matmul over all chosen heads
+    summed = torch.zeros(m, num_layers, kv_heads, dim)
+    for layer, h in heads:
+        if layer not in index.layers or not 0 <= h < num_heads:
+            raise ValueError(f"head {(layer, h)} is not in the index's layers {index.layers} x {num_heads} heads")
+        summed[:, index.layers.index(layer), h // group] += queries[:, index.layers.index(layer), h]
+    flat_q = summed.reshape(m, -1)
     sims = []
     for at in range(0, index.keys.shape[0], 65_536):  # bounded memory on long books
         sims.append(flat_q @ index.keys[at: at + 65_536].float().reshape(-1, flat_q.shape[1]).T)
-    return torch.cat(sims, dim=1) / (num_layers * heads)
+    return torch.cat(sims, dim=1) / len(heads)
 
 
-def rank_passages(index: KeyIndex, queries: torch.Tensor, spans: list[tuple[int, int]]) -> list[tuple[int, float]]:
+def rank_passages(index: KeyIndex, queries: torch.Tensor, spans: list[tuple[int, int]],
+                  heads=None) -> list[tuple[int, float]]:
     """``spans``: each passage's ``(start, end)`` characters, in document order. Every passage
-    holding a token, as ``(passage number, score)``, best first."""
+    holding a token, as ``(passage number, score)``, best first, scored by ``heads`` (see
+    :func:`token_similarity`)."""
     if not spans:
         return []
     starts = [a for a, _ in spans]
     owner = torch.tensor([max(bisect.bisect_right(starts, s) - 1, 0) for s in index.starts], dtype=torch.long)
-    sim = token_similarity(index, queries)
+    sim = token_similarity(index, queries, heads)
     best = torch.full((sim.shape[0], len(spans)), float("-inf"))
     best.scatter_reduce_(1, owner.expand_as(sim), sim, reduce="amax")
     present = torch.isfinite(best[0])
