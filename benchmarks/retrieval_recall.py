@@ -261,7 +261,8 @@ def key_ranks(model, tokenizer, db, document_id: str, text: str, questions, laye
     return ranks, times, cost
 
 
-def calibrate_heads(model, tokenizer, store, count_tokens, layers, kinds, top: int, tokens: int = 32_000) -> dict:
+def calibrate_heads(model, tokenizer, store, count_tokens, layers, kinds, top: int, tokens: int = 32_000,
+                    squad_questions: int = 60, hotpot_items: int = 100) -> dict:
     """REFORM chooses its retrieval heads on a calibration task: here, a haystack of the dev
     slice that neither evaluation set uses (HotpotQA items 200-299 and SQuAD questions drawn
     with another seed, 32k tokens). Each head alone ranks the passages for every question; the
@@ -270,8 +271,8 @@ def calibrate_heads(model, tokenizer, store, count_tokens, layers, kinds, top: i
     from homer import key_retrieval
     from storage import passages as index
 
-    hay = Haystack(count_tokens, tokens, squad_articles=10, squad_questions=60, hotpot_items=100, hotpot_skip=200,
-                   seed=1)
+    hay = Haystack(count_tokens, tokens, squad_articles=10, squad_questions=squad_questions, hotpot_items=hotpot_items,
+                   hotpot_skip=200, seed=1)
     document_id = hashlib.sha256(hay.text.encode()).hexdigest()
     index.build(store.db, document_id, hay.text, vectors=False)
     passages = index.passages(store.db, document_id)
@@ -306,14 +307,16 @@ def size_of(db, document_id: str) -> dict:
             "vector_bytes_per_passage": (stats["vector_bytes"] // stats["passages"]) if stats.get("passages") else None}
 
 
-def index_document(store, document_id: str, text: str) -> dict:
-    """Index and embed ``text`` as one document; what it cost."""
+def index_document(store, document_id: str, text: str, vectors: bool = True) -> dict:
+    """Index ``text`` as one document, and embed it when ``vectors``; what it cost."""
     from storage import embeddings
     from storage import passages as index
 
     started = time.perf_counter()
     count = index.build(store.db, document_id, text, vectors=False)
     fts_seconds = time.perf_counter() - started
+    if not vectors:
+        return {"passages": count, "fts_seconds": round(fts_seconds, 3), **size_of(store.db, document_id)}
     started = time.perf_counter()
     embeddings.build(store.db, document_id)
     embed_seconds = time.perf_counter() - started
@@ -338,6 +341,10 @@ def main(argv=None) -> int:
     parser.add_argument("--key-kinds", default="query,key")
     parser.add_argument("--calibrate-heads", type=int, default=0,
                         help="also pick this many heads per kind on a calibration slice (REFORM)")
+    parser.add_argument("--calibration-tokens", type=int, default=32_000)
+    parser.add_argument("--calibration-squad", type=int, default=60, help="SQuAD questions of the calibration slice")
+    parser.add_argument("--calibration-hotpot", type=int, default=100, help="HotpotQA items of the calibration slice")
+    parser.add_argument("--model", default=None, help="whose vectors (default: the embedded model)")
     args = parser.parse_args(argv)
     key_layers = [int(x) for x in args.key_layers.split(",") if x]
     key_kinds = [k for k in args.key_kinds.split(",") if k]
@@ -353,10 +360,13 @@ def main(argv=None) -> int:
         index.retriever(m)  # an unknown name fails here, before any work
     depth = max(KS)
     store = Store(tempfile.mkdtemp(prefix="retrieval-recall-"))
+    vectors = any(index.uses_vectors(m) for m in methods)
     started = time.perf_counter()
-    embeddings.load()
-    out = {"benchmark": "retrieval-recall", "methods": methods, "embedding_model": embeddings.MODEL_KEY,
-           "model_load_seconds": round(time.perf_counter() - started, 2), "rrf_k": index.RRF_K,
+    if vectors:
+        embeddings.load()
+    out = {"benchmark": "retrieval-recall", "methods": methods,
+           "embedding_model": embeddings.MODEL_KEY if vectors else None,
+           "model_load_seconds": round(time.perf_counter() - started, 2) if vectors else None, "rrf_k": index.RRF_K,
            "fuse_depth": index.FUSE_DEPTH, "passage_words": index.PASSAGE_WORDS,
            "threads": torch.get_num_threads(), "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "sets": {}}
     output = Path(args.output)
@@ -366,13 +376,15 @@ def main(argv=None) -> int:
     if key_layers:
         from homer.models import load_model
 
-        model, tokenizer = load_model(None)
+        model, tokenizer = load_model(args.model)
+        out["key_model"] = getattr(model, "homer_name", "")
         out["key_layers"], out["key_kinds"] = key_layers, key_kinds
         chosen = None
         if args.calibrate_heads:
             out["head_calibration"] = calibrate_heads(
                 model, tokenizer, store, lambda t: len(tokenizer(t, add_special_tokens=False)["input_ids"]),
-                key_layers, key_kinds, args.calibrate_heads)
+                key_layers, key_kinds, args.calibrate_heads, args.calibration_tokens, args.calibration_squad,
+                args.calibration_hotpot)
             chosen = out["head_calibration"]["chosen"]
             print(json.dumps({"chosen_heads": chosen}), flush=True)
         key_methods = model_methods(key_layers, key_kinds, chosen)
@@ -392,7 +404,7 @@ def main(argv=None) -> int:
 
         text = BOOK.read_text(encoding="utf-8")
         digest = hashlib.sha256(BOOK.read_bytes()).hexdigest()
-        cost = index_document(store, digest, text)
+        cost = index_document(store, digest, text, vectors)
         passages = index.passages(store.db, digest)
         questions = [(q, [passage_sets(passages, [(locate_verse(text, ref), locate_verse(text, ref) + 1)])])
                      for q, ref, _ in FACTS]
@@ -411,15 +423,15 @@ def main(argv=None) -> int:
 
         from homer.models import resolve_model_path
 
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(None))
+        counter = AutoTokenizer.from_pretrained(resolve_model_path(None))  # lengths in the embedded model's tokens
 
         def count_tokens(text: str) -> int:
-            return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+            return len(counter(text, add_special_tokens=False)["input_ids"])
 
         hay = Haystack(count_tokens, args.tokens, args.squad_articles, args.squad_skip, args.squad_questions,
                        args.hotpot_items, args.hotpot_skip, args.seed)
         document_id = hashlib.sha256(hay.text.encode()).hexdigest()
-        cost = index_document(store, document_id, hay.text)
+        cost = index_document(store, document_id, hay.text, vectors)
         passages = index.passages(store.db, document_id)
         questions = [(q["question"], [passage_sets(passages, group) for group in q["spans"]]) for q in hay.questions]
         ranks, times = measure(store.db, document_id, questions, methods, depth)

@@ -27,7 +27,6 @@ Hand-written because no library offers a decoder's own key states as a retrieval
 
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass
 
 import torch
@@ -148,16 +147,20 @@ def token_similarity(index: KeyIndex, queries: torch.Tensor, heads=None) -> torc
     if not heads:
         raise ValueError("no heads chosen")
     group = num_heads // kv_heads
-    # heads that read the same kv head add up first: one matmul over all chosen heads
-    summed = torch.zeros(m, num_layers, kv_heads, dim)
+    # heads that read the same kv head add up first, and only the kv heads in use are read:
+    # one matmul over the chosen heads
+    pairs: dict[tuple[int, int], torch.Tensor] = {}
     for layer, h in heads:
         if layer not in index.layers or not 0 <= h < num_heads:
             raise ValueError(f"head {(layer, h)} is not in the index's layers {index.layers} x {num_heads} heads")
-        summed[:, index.layers.index(layer), h // group] += queries[:, index.layers.index(layer), h]
-    flat_q = summed.reshape(m, -1)
+        at = (index.layers.index(layer), h // group)
+        pairs[at] = pairs.get(at, 0) + queries[:, at[0], h]
+    rows, kvs = [a for a, _ in pairs], [b for _, b in pairs]
+    flat_q = torch.stack(list(pairs.values()), 1).reshape(m, -1)
     sims = []
     for at in range(0, index.keys.shape[0], 65_536):  # bounded memory on long books
-        sims.append(flat_q @ index.keys[at: at + 65_536].float().reshape(-1, flat_q.shape[1]).T)
+        block = index.keys[at: at + 65_536][:, rows, kvs].float()  # [n, pairs, d]
+        sims.append(flat_q @ block.reshape(block.shape[0], -1).T)
     return torch.cat(sims, dim=1) / len(heads)
 
 
@@ -168,8 +171,8 @@ def rank_passages(index: KeyIndex, queries: torch.Tensor, spans: list[tuple[int,
     :func:`token_similarity`)."""
     if not spans:
         return []
-    starts = [a for a, _ in spans]
-    owner = torch.tensor([max(bisect.bisect_right(starts, s) - 1, 0) for s in index.starts], dtype=torch.long)
+    starts = torch.tensor([a for a, _ in spans], dtype=torch.long)
+    owner = (torch.searchsorted(starts, torch.tensor(index.starts, dtype=torch.long), right=True) - 1).clamp_min(0)
     sim = token_similarity(index, queries, heads)
     best = torch.full((sim.shape[0], len(spans)), float("-inf"))
     best.scatter_reduce_(1, owner.expand_as(sim), sim, reduce="amax")

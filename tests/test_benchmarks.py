@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from conftest import tiny_model
 
@@ -115,3 +116,45 @@ def test_focus_page_benchmark_checks_the_listed_sources_against_the_planted_page
         assert row["any_source_right"] and row["sources"] and all(1 <= p <= 6 for p in row["sources"])
     summary = json.loads(out.read_text())["documents"]["all"]
     assert summary["a_source_on_the_fact_page"] == {"right": 3, "n": 3, "rate": 1.0}
+
+
+def test_retrieval_recall_measures_the_models_own_vectors_and_calibrates_heads(model_dir, tmp_path):
+    out = tmp_path / "recall.json"
+    cmd = [sys.executable, "-m", "benchmarks.retrieval_recall", "--sets", "haystack", "--methods", "bm25",
+           "--tokens", "3000", "--squad-questions", "4", "--hotpot-items", "4", "--model", str(model_dir),
+           "--key-layers", "1,3", "--key-kinds", "key,query", "--calibrate-heads", "2",
+           "--calibration-tokens", "3000", "--calibration-squad", "4", "--calibration-hotpot", "4", "--output", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    calibration = result["head_calibration"]
+    assert {k: len(v) for k, v in calibration["chosen"].items()} == {"key": 2, "query": 2}
+    assert len(calibration["per_head"]) == 2 * 2 + 2 * 4  # kv heads and query heads of two layers
+    hay = result["sets"]["haystack"]
+    expected = {"bm25"} | {f"{p}model-{k}-{m}" for p in ("", "bm25+") for k in ("key", "query")
+                           for m in ("L1", "L3", "top2")}
+    assert set(hay["recall"]) == expected
+    assert hay["model_vectors"]["bytes_per_token_per_layer"] == 2 * 16 * 2  # kv heads * head dim * fp16
+    for method, got in hay["recall"].items():
+        assert got["all"]["questions"] == hay["squad_questions"] + hay["hotpotqa_questions"], method
+        assert 0 <= got["all"]["at_1"] <= got["all"]["at_3"] <= got["all"]["at_5"] <= 1, method
+
+
+def test_reconstruction_probe_fits_and_scores_held_out_chunks(model_dir, tmp_path):
+    from benchmarks.reconstruction_probe import predict, ridge, spearman
+
+    x = torch.randn(200, 5)
+    w = ridge(x, x @ torch.tensor([1.0, -2.0, 0.5, 0.0, 3.0]) + 0.25, strength=0.0)
+    assert torch.allclose(w, torch.tensor([1.0, -2.0, 0.5, 0.0, 3.0, 0.25]), atol=1e-4)
+    assert spearman(predict(w, x), -predict(w, x)) == pytest.approx(-1.0)
+    out = tmp_path / "probe.json"
+    cmd = [sys.executable, "-m", "benchmarks.reconstruction_probe", "--model", str(model_dir), "--chunk", "64",
+           "--train", "4", "--test", "2", "--plan-tokens", "2000", "--output", str(out)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    first, last = result["leaf_layers"]
+    assert result["band"] and all(first <= layer <= last for layer in result["band"])
+    assert set(result["layers"]) == {str(layer) for layer in result["band"]}
+    for got in result["layers"].values():
+        assert -1 <= got["spearman_min"] <= got["spearman_median"] <= 1 and 0 <= got["top10_overlap_median"] <= 1
