@@ -261,7 +261,7 @@ def key_ranks(model, tokenizer, db, document_id: str, text: str, questions, laye
     return ranks, times, cost
 
 
-def calibrate_heads(model, tokenizer, store, count_tokens, layers, kinds, top: int, tokens: int = 32_000,
+def calibrate_heads(model, tokenizer, count_tokens, layers, kinds, top: int, tokens: int = 32_000,
                     squad_questions: int = 60, hotpot_items: int = 100) -> dict:
     """REFORM chooses its retrieval heads on a calibration task: here, a haystack of the dev
     slice that neither evaluation set uses (HotpotQA items 200-299 and SQuAD questions drawn
@@ -270,7 +270,11 @@ def calibrate_heads(model, tokenizer, store, count_tokens, layers, kinds, top: i
     head's recall."""
     from homer import key_retrieval
     from storage import passages as index
+    from storage.store import Store
 
+    # its own store: FTS5's BM25 statistics span every document of a store, and the
+    # calibration text must not move the evaluated sets' BM25 ranks
+    store = Store(tempfile.mkdtemp(prefix="retrieval-heads-"))
     hay = Haystack(count_tokens, tokens, squad_articles=10, squad_questions=squad_questions, hotpot_items=hotpot_items,
                    hotpot_skip=200, seed=1)
     document_id = hashlib.sha256(hay.text.encode()).hexdigest()
@@ -382,7 +386,7 @@ def main(argv=None) -> int:
         chosen = None
         if args.calibrate_heads:
             out["head_calibration"] = calibrate_heads(
-                model, tokenizer, store, lambda t: len(tokenizer(t, add_special_tokens=False)["input_ids"]),
+                model, tokenizer, lambda t: len(tokenizer(t, add_special_tokens=False)["input_ids"]),
                 key_layers, key_kinds, args.calibrate_heads, args.calibration_tokens, args.calibration_squad,
                 args.calibration_hotpot)
             chosen = out["head_calibration"]["chosen"]
