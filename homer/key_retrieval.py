@@ -8,8 +8,9 @@ recompute at full resolution. This module is that retrieval for a document split
 
 * :func:`encode_keys` reads the document in independent chunks (local context, as HOMER's
   leaves do) through the lower layers only, and keeps each token's un-rotated key at the chosen
-  ``layers``, unit-normalised per kv head (``len(layers) * kv_heads * head_dim`` float16 values
-  per token: 768 bytes for SmolLM2-135M at two layers).
+  ``layers``, centred on the document's mean key and unit-normalised per kv head
+  (``len(layers) * kv_heads * head_dim`` float16 values per token: 384 bytes a layer for
+  SmolLM2-135M).
 * :func:`question_vectors` runs the question alone through the same layers and keeps its
   un-rotated queries (or keys: REFORM compares like with like and picks the kind on a
   calibration task). RoPE is left out on both sides so the score does not depend on where in
@@ -34,7 +35,7 @@ import torch.nn.functional as F
 
 from .layers import DecoderStack
 
-DEFAULT_LAYERS = (10, 14)
+DEFAULT_LAYERS = (1, 2, 4, 8)  # where the embedded model's chosen heads were (benchmarks.retrieval_recall)
 DEFAULT_CHUNK = 2048
 QUESTION_KINDS = ("query", "key")
 
@@ -61,8 +62,8 @@ class KeyIndex:
 
 
 def _run(stack: DecoderStack, ids: torch.Tensor, layers: tuple[int, ...], which: str) -> torch.Tensor:
-    """``ids`` through layers ``0..max(layers)``; the un-rotated, unit-normalised ``which``
-    (``"k"`` or ``"q"``) projections at ``layers``: ``[n, len(layers), heads, head_dim]``."""
+    """``ids`` through layers ``0..max(layers)``; the un-rotated ``which`` (``"k"`` or ``"q"``)
+    projections at ``layers`` (float32): ``[n, len(layers), heads, head_dim]``."""
     hidden = stack.embed(ids)
     n = hidden.shape[1]
     rope = stack.rope(hidden, torch.arange(n))
