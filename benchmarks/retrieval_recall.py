@@ -222,7 +222,7 @@ def measure(db, document_id: str, questions, methods, depth: int) -> tuple[dict,
     return ranks, times
 
 
-def model_methods(layers, kinds, chosen: dict | None = None) -> list[tuple[str, str, list | None]]:
+def model_methods(layers, kinds, chosen: dict | None = None) -> list[tuple[str, str, list | None, list[int]]]:
     """``(name, kind, heads, layers)`` per model-vector method: each kind at each layer with all its
     heads, and each kind with the heads chosen on the calibration slice (``chosen``)."""
     out = [(f"model-{kind}-L{layer}", kind, None, [layer]) for kind in kinds for layer in layers]
