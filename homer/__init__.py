@@ -1,7 +1,11 @@
 """HOMER — hierarchical context merging (Song et al., ICLR 2024) for Hugging Face decoder
 models: read a text far longer than the context window into a compact KV cache.
 
-    from homer import HomerConfig, HomerCache, build_cache, build_document_cache
+    from homer import open_document
+    book = open_document("book.pdf").read()    # text, places and passages; then the HOMER cache
+    print(book.ask("Who counted the boats?"))   # the app's answer pipeline, sources under it
+
+The engine itself: ``HomerConfig``, ``HomerCache``, ``build_cache``, ``build_document_cache``.
 
 Names are imported on first use, so ``import homer`` (and the CLI's help) is instant; torch
 and transformers load when the engine is first touched.
@@ -15,6 +19,7 @@ _EXPORTS = {
     "GenerationSettings": "generation",
     "DocumentPrompt": "prompting", "build_cache": "tree", "DirectoryCheckpointer": "checkpoints",
     "BuildSliceEnded": "checkpoints",
+    "open_document": "answering", "DocumentChat": "answering", "AnswerSettings": "answering", "Answer": "answering",
 }
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

@@ -4,8 +4,10 @@ Why: a HOMER cache keeps ~M of a book's tokens, chosen without the question, so 
 fact is often not among them. REFORM (arXiv 2506.01215) answers that by gathering, at
 question time, the few passages the question points to and recomputing them at full
 resolution after the compressed cache; this module is the gathering half, lexical first.
-SQLite's own FTS5 with its ``bm25()`` ranking lives in the store's index database, so
-the index needs no service and no new dependency.
+The passages live in the store's index database (and its FTS5 shadow table); a search ranks
+one document's passages by FTS5's ``bm25()`` over that document's own term statistics
+(:class:`homer.answering.passages.PassageIndex`, the ranking a notebook gets for the same
+text), so the index needs no service and no new dependency.
 
 * :func:`split_passages` cuts a text into passages of about ``words`` words on natural
   boundaries (blank lines, then lines, then sentences, then words), keeping each one's
@@ -23,156 +25,25 @@ the index needs no service and no new dependency.
 
 The tables (``passages``, its FTS5 shadow ``passages_fts`` kept in step by triggers, and
 ``passage_index``, one row per indexed document) are created by the store's schema
-migration (:func:`create_tables`); the vectors' tables are :mod:`storage.embeddings`'. BM25's term statistics are those of the whole index (all documents); results
-are always those of the one document asked about.
+migration (:func:`create_tables`); the vectors' tables are :mod:`storage.embeddings`'. BM25's
+term statistics are the one document's own (another user's documents never move a ranking).
 """
 
 from __future__ import annotations
 
-import bisect
 import os
-import re
+import threading
 import time
-from dataclasses import asdict, dataclass
+from collections import OrderedDict
 
-PASSAGE_WORDS = 120
-INDEX_VERSION = 2  # bump when the splitting changes: older indexes are rebuilt on first use
-# (2: a long line after the text's start is cut at its own sentence ends, not past them)
-TOKENIZE = "porter unicode61"
-_MAX_TERMS = 32  # a pasted paragraph as a question still makes a bounded query
+from homer.answering.passages import (INDEX_VERSION, PASSAGE_WORDS, STOP_WORDS, TOKENIZE, Passage,  # noqa: F401
+                                     PassageIndex, match_expression, query_terms, split_passages)
 
 METHODS = ("bm25", "dense", "rrf")
 DEFAULT_METHOD = "bm25"  # chosen by benchmarks/retrieval_recall.py (see retriever())
 RRF_K = 60       # reciprocal rank fusion constant (Cormack, Clarke & Buettcher, SIGIR 2009)
 FUSE_DEPTH = 50  # how many of each list's best are fused
-
-STOP_WORDS = frozenset("""
-a about above after again against all am an and any are as at be because been before being below between both
-but by can could did do does doing down during each few for from further had has have having he her here hers
-herself him himself his how i if in into is it its itself just me more most my myself no nor not now of off on
-once only or other our ours ourselves out over own same she should so some such than that the their theirs them
-themselves then there these they this those through to too under until up very was we were what when where which
-while who whom why will with would you your yours yourself yourselves shall thee thou thy thine unto ye hath doth
-tell please give name named called say said book document text
-""".split())
-
-_WORD = re.compile(r"[^\W_]+", re.UNICODE)  # as FTS5's unicode61 tokenizer cuts words
-_SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+")
-
-
-@dataclass(frozen=True)
-class Passage:
-    """One passage: its order in the document, character span ``[start, end)`` in the
-    document's text, 1-based first page, text, and the score of the search that found it,
-    lower is better for every method: BM25 as SQLite reports it, minus the cosine for
-    ``dense``, minus the fused reciprocal-rank score for ``rrf``; 0.0 outside a search."""
-
-    seq: int
-    start: int
-    end: int
-    page: int
-    text: str
-    score: float = 0.0
-
-    def quote(self, limit: int = 160, query: str = "") -> str:
-        """A short one-line quote of the passage for a sources list: from a few words before
-        the first word of ``query`` it holds (a word starting with it: BM25 matched stems),
-        else from its start."""
-        flat = " ".join(self.text.split())
-        if len(flat) <= limit:
-            return flat
-        start = 0
-        terms = [t for t in query_terms(query) if t not in STOP_WORDS]
-        if terms:
-            hit = re.search(r"(?<!\w)(?:" + "|".join(map(re.escape, terms)) + ")", flat, re.IGNORECASE)
-            if hit and hit.start() > limit // 3:
-                start = flat.rfind(" ", 0, max(hit.start() - limit // 4, 0)) + 1
-        piece = flat[start:]
-        if len(piece) > limit:
-            piece = piece[: limit - 1].rsplit(" ", 1)[0] + "…"
-        return ("…" if start else "") + piece
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-def _pieces(text: str, start: int, end: int, words: int):
-    """Spans inside ``[start, end)`` at sentence ends, then every ``words`` words, for a line
-    too long to be a passage on its own."""
-    cuts = [start] + [m.end() for m in _SENTENCE_END.finditer(text, start, end)] + [end]  # absolute offsets
-    for a, b in zip(cuts, cuts[1:]):
-        found = [m.start() for m in re.finditer(r"\S+", text[a:b])]
-        if len(found) <= 2 * words:
-            yield a, b
-            continue
-        for i in range(0, len(found), words):
-            yield a + found[i], (a + found[i + words] if i + words < len(found) else b)
-
-
-def split_passages(text: str, page_starts: list[int] | None = None, words: int = PASSAGE_WORDS) -> list[Passage]:
-    """Passages of about ``words`` words, cut on natural boundaries: whole lines are gathered
-    until a passage reaches ``words`` words, and a blank line closes a passage that already
-    holds half of that; a line of more than twice ``words`` words is cut at its sentence ends
-    (and a sentence that long every ``words`` words). Spans cover the text's words in order,
-    without overlap; linear in the text."""
-    if words < 1:
-        raise ValueError("a passage needs at least one word")
-    starts = list(page_starts or [0])
-    units = []  # (start, end, words, blank line before)
-    position, blank = 0, False
-    for line in text.splitlines(keepends=True):
-        a, b = position, position + len(line)
-        position = b
-        count = len(line.split())
-        if not count:
-            blank = True
-            continue
-        if count > 2 * words:
-            for i, (s, e) in enumerate(_pieces(text, a, b, words)):
-                units.append((s, e, len(text[s:e].split()), blank and i == 0))
-        else:
-            units.append((a, b, count, blank))
-        blank = False
-    passages, current, held = [], None, 0
-    for s, e, count, after_blank in units:
-        if current is not None and (held >= words or (after_blank and held >= words // 2)
-                                    or held + count > 2 * words):
-            passages.append(current)
-            current, held = None, 0
-        current = (current[0], e) if current else (s, e)
-        held += count
-    if current is not None:
-        passages.append(current)
-    out = []
-    for seq, (s, e) in enumerate(passages):
-        body = text[s:e]
-        lead = len(body) - len(body.lstrip())
-        body = body.strip()
-        page = bisect.bisect_right(starts, s + lead)  # 1-based
-        out.append(Passage(seq, s + lead, s + lead + len(body), max(page, 1), body))
-    return out
-
-
-def query_terms(query: str) -> list[str]:
-    """The words of ``query`` worth searching for: lower-cased, stop-words and one-letter
-    words dropped (all of them kept when nothing else is left), duplicates removed."""
-    words = [w.lower() for w in _WORD.findall(query or "")]
-    kept = [w for w in words if w not in STOP_WORDS and (len(w) > 1 or w.isdigit())] or words
-    seen: dict[str, None] = {}
-    for w in kept:
-        seen.setdefault(w, None)
-    return list(seen)[:_MAX_TERMS]
-
-
-def match_expression(query: str) -> str | None:
-    """An FTS5 MATCH expression for a free-text query: every term double-quoted (so it is a
-    string, never an operator or a column filter) and joined with OR; None when the query
-    holds no word."""
-    terms = query_terms(query)
-    if not terms:
-        return None
-    return " OR ".join('"' + t.replace('"', '""') + '"' for t in terms)
-
+_RANKERS_KEPT = 8  # documents whose BM25 ranker stays in memory
 
 _TABLES = [
     "CREATE TABLE IF NOT EXISTS passages (document_id TEXT, seq INTEGER, start INTEGER, end INTEGER, "
@@ -262,16 +133,39 @@ def ensure(db, document_id: str, text_of, page_starts_of=None) -> bool:
     return True
 
 
+_RANKERS: OrderedDict = OrderedDict()
+_RANKERS_LOCK = threading.Lock()
+
+
+def ranker(db, document_id: str) -> PassageIndex | None:
+    """The document's stored passages as a :class:`homer.answering.passages.PassageIndex`
+    (BM25 over the document's own term statistics: the ranking a notebook gets for the same
+    text, whatever else the store holds), kept for the last few documents; None when the
+    document has no index."""
+    row = db.execute("SELECT built, passages FROM passage_index WHERE document_id = ?", [document_id]).fetchone() \
+        if _has_tables(db) else None
+    if row is None:
+        return None
+    main = db.execute("PRAGMA database_list").fetchone()
+    key = (main[2] or str(id(db.conn)), document_id, row[0], row[1])  # the database file, the index build
+    with _RANKERS_LOCK:
+        found = _RANKERS.get(key)
+        if found is not None:
+            _RANKERS.move_to_end(key)
+            return found
+    found = PassageIndex(passages(db, document_id))
+    with _RANKERS_LOCK:
+        for old in [k for k in _RANKERS if k[:2] == key[:2]]:
+            _RANKERS.pop(old)
+        _RANKERS[key] = found
+        while len(_RANKERS) > _RANKERS_KEPT:
+            _RANKERS.popitem(last=False)
+    return found
+
+
 def _bm25(db, document_id: str, query: str, k: int) -> list[Passage]:
-    expression = match_expression(query)
-    if expression is None:
-        return []
-    rows = db.execute(
-        "SELECT p.seq, p.start, p.end, p.page, p.text, bm25(passages_fts) AS score "
-        "FROM passages_fts JOIN passages p ON p.rowid = passages_fts.rowid "
-        "WHERE passages_fts MATCH ? AND p.document_id = ? ORDER BY score, p.seq LIMIT ?",
-        [expression, document_id, int(k)]).fetchall()
-    return [Passage(int(r[0]), int(r[1]), int(r[2]), int(r[3]), r[4], float(r[5])) for r in rows]
+    found = ranker(db, document_id)
+    return found.search(query, k) if found is not None else []
 
 
 def _by_seq(db, document_id: str, scored: list[tuple[int, float]]) -> list[Passage]:
