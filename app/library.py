@@ -5,7 +5,10 @@ and the build queue (the UI never reaches the engine directly).
 With login on, every function takes the user name as ``owner``: a user sees the documents
 they added (uploaded or imported), and those another owner shares with them read-only
 (:mod:`app.sharing`). Documents are stored once per content, so two users who upload the
-same file share the stored document and its cache, and each sees it as theirs."""
+same file share the stored document and its cache, and each sees it as theirs (under their
+own names, with their own shares and threads). Owning comes from the content's source file
+(an upload, or a bundle carrying it); a document shared with a user never becomes theirs by
+exporting and importing it again."""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ from pathlib import Path
 from homer.formats import check_sectioned_upload
 from homer.sources import SECTIONED_SUFFIXES, SUPPORTED_NAMES, DocumentError, open_pdf
 from storage import db as dbmod
-from storage.bundles import export_bundle, import_bundle
+from storage.bundles import export_bundle, import_bundle, text_document_id
 from storage.errors import StoreError
 
 from . import sharing
@@ -120,9 +123,21 @@ def _own(store, document_id: str, owner: str | None) -> dict:
     return check_access(store, document_id, owner, shared=False)
 
 
-def share_document(store, document_id: str, owner: str | None, grantees: str | list[str] | None = None) -> str:
-    """Share a document of this user's read-only with ``grantees`` (names; default everyone)."""
-    return sharing.share(store, _own(store, document_id, owner), owner, grantees)
+def share_document(store, document_id: str, owner: str | None, grantees: str | list[str] | None = None,
+                   users: set[str] | None = None) -> str:
+    """Share a document of this user's read-only with ``grantees`` (names; default everyone).
+    ``users``: the names that can log in (``--auth``; None with Hugging Face sign-in)."""
+    return sharing.share(store, _own(store, document_id, owner), owner, grantees, users)
+
+
+def share_info(hugging_face: bool) -> str:
+    """The Share box's note: what a read-only share allows, and (with sign-in with Hugging
+    Face, where the app cannot know its users) whom a name reaches."""
+    info = "read-only: they can ask, inspect and export it (text and cache, not the source file); Unshare ends it"
+    if hugging_face:
+        info += (". A name is a Hugging Face username: the share goes to whoever holds that name on Hugging Face, "
+                 "now or later")
+    return info
 
 
 def unshare_document(store, document_id: str, owner: str | None, grantees: str | list[str] | None = None) -> str:
@@ -408,11 +423,17 @@ def export_document(store, document_id: str, fingerprint: str, owner: str | None
                     folder: str | Path | None = None) -> Path:
     """Write the document's cache for this model as a bundle (a zip) and return its path:
     in ``folder``, or in a fresh subfolder of :func:`exports_dir` (older exports there are
-    pruned first)."""
+    pruned first). An owner's bundle carries the source file; a grantee's (a document shared
+    with them read-only) carries only what they can see — text and cache — and is recorded
+    (:func:`app.sharing.record_export`), so importing it never gives anyone access the share
+    did not."""
     doc = check_access(store, document_id, owner)
     caches = store.caches(doc["id"], model_fingerprint=fingerprint)
     if not caches:
         raise StoreError(f"{doc['file_name']} has no cache of the model in use to export")
+    shared = doc.get("access") == "shared"
+    if shared:  # before the bundle exists: no grantee's bundle is ever unrecorded
+        sharing.record_export(store, text_document_id(store.document_text(doc["id"])), doc["id"])
     if folder:
         folder = Path(folder)
     else:
@@ -421,7 +442,21 @@ def export_document(store, document_id: str, fingerprint: str, owner: str | None
         folder = Path(tempfile.mkdtemp(prefix="export-", dir=exports))
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(doc["file_name"]).stem)[:80] or doc["id"][:12]
     return export_bundle(store, doc["id"], folder / f"{stem}.homer-bundle.zip", cache_id=caches[0]["id"],
-                         file_name=doc["file_name"], title=doc["title"])
+                         file_name=doc["file_name"], title=doc["title"], include_source=not shared)
+
+
+def export_message(path: Path) -> str:
+    """The line the UI shows for an export: its name and size, and whether the source file
+    is in it (not in a grantee's)."""
+    import zipfile
+
+    from storage.bundle_schema import CACHE_MEMBER, MANIFEST, TEXT_MEMBER
+
+    with zipfile.ZipFile(path) as zf:
+        sourced = any(name not in (MANIFEST, CACHE_MEMBER, TEXT_MEMBER) for name in zf.namelist())
+    size = path.stat().st_size / 2**20
+    what = "" if sourced else " — text and cache only, without the source file (shared with you read-only)"
+    return f"✓ exported {path.name} ({size:.1f} MiB){what}: download it below and share it."
 
 
 def text_from_source(tokenizer=None):
@@ -459,10 +494,45 @@ def import_bundle_file(store, path: str | Path, fingerprint: str | None, owner: 
     against its source file with the app's ingestion and its cache's tokens with
     ``tokenizer``); returns the cache row (``already_in_store`` when that cache was there).
     The importer becomes an owner of the document: the bundle proved its content (the
-    same as uploading it)."""
+    same as uploading it) — unless the import would launder a share (:func:`admission`),
+    which is refused before anything is written."""
     from .ingest import ingest_limits
 
     row = import_bundle(store, path, model_fingerprint=fingerprint, tokenizer=tokenizer,
-                        text_from_source=text_from_source(tokenizer), max_chars=ingest_limits().max_chars)
+                        text_from_source=text_from_source(tokenizer), max_chars=ingest_limits().max_chars,
+                        admit=admission(store, owner))
     add_owner(store, row["document_id"], owner, row.get("file_name"))
     return row
+
+
+def admission(store, owner: str | None):
+    """The importer's last check (``import_bundle``'s ``admit``, given the verified document
+    id and whether a source file proved it), before anything is written:
+
+    * a document the importer reaches read-only stays read-only: the import is refused
+      (it would change nothing but their access);
+    * a bundle without its source whose text left this app in a grantee's export
+      (:func:`app.sharing.exported_from`) is for those who reach the shared document: its
+      owners import it, its grantees are told it is already theirs to read, anyone else is
+      refused — so an unshare or a delete ends what the share gave, re-imports included.
+
+    The refusals name nothing but what the importer can already see."""
+
+    def admit(document_id: str, proven_by_source: bool) -> None:
+        if not owner:
+            return
+        reached = _seen(store, owner, "d.id = ?", [document_id])
+        if not reached and not proven_by_source:  # a bundle without its source: where did its text come from?
+            origins = sharing.exported_from(store, document_id)
+            if not origins:
+                return
+            reached = _seen(store, owner, f"d.id IN ({', '.join('?' * len(origins))})", origins)
+            if not reached:
+                raise StoreError("refused: this bundle was exported from a document shared read-only with its "
+                                 "exporter; only that document's owner can share it with you")
+        if not reached or any(row["access"] == "owner" for row in reached):
+            return
+        raise StoreError(f"refused: {reached[0]['file_name']} is already in your library, shared with you "
+                         "read-only: importing it changes nothing")
+
+    return admit

@@ -2,13 +2,26 @@
 may share one **read-only** with named users or with everyone on the instance, and unshare it.
 
 Read-only means the grantee may find the document in their library, ask it, inspect it and
-export it, but not delete it, read it again or share it on. The document is stored once and
-its caches are the owner's: a grantee's questions reuse them, nothing is rebuilt per user.
-A grantee sees the document under its owner's name for it.
+export it **without its source file** (the bundle holds the text and the cache: what the
+grantee can see), but not delete it, read it again or share it on. The document is stored
+once and its caches are the owner's: a grantee's questions reuse them, nothing is rebuilt per
+user. A grantee sees the document under its owner's name for it, never another co-owner's
+names, shares or threads.
+
+A share must not be laundered into ownership. Importing something already shared with you
+changes nothing (:func:`app.library.import_bundle_file` refuses it), and a grantee's export
+is recorded here by the id its text would get on import (``shared_exports``: the text-derived
+id of :func:`storage.bundles.text_document_id`, and the shared document's id), so that
+bundle — passed on, or kept until after an unshare or a delete — gives nobody access but
+those who can reach the shared document itself. Unsharing and deleting therefore end every
+access that came from the share. The rows hold two hashes, no names, and stay after the
+document goes (that is when they matter).
 
 The rows live in ``document_shares`` (one per document, owner and grantee, ``*`` for
 everyone); they go when their owner drops the document or the document is deleted. Without
-sign-in every document is everyone's and there is nothing to share."""
+sign-in every document is everyone's and there is nothing to share. With ``--auth`` the app
+knows its users and a share to a name it does not know is refused; with sign-in with Hugging
+Face a name is a Hugging Face username, and the share goes to whoever holds that name."""
 
 from __future__ import annotations
 
@@ -37,12 +50,20 @@ def parse_grantees(value: str | list[str] | None) -> list[str]:
     return sorted(set(names))
 
 
-def share(store, doc: dict, owner: str, grantees: str | list[str] | None = None) -> str:
+def share(store, doc: dict, owner: str, grantees: str | list[str] | None = None,
+          users: set[str] | None = None) -> str:
     """Share ``doc`` (a row the owner added: :func:`app.library.share_document` finds it)
-    read-only with ``grantees`` (default: everyone)."""
+    read-only with ``grantees`` (default: everyone). ``users``: the names that can log in
+    (``--auth``), or None where the app cannot know them (Hugging Face sign-in): a name
+    outside ``users`` is refused, so a share never waits for whoever takes a name later."""
     names = [n for n in parse_grantees(grantees) if n != owner]
     if not names:
         raise StoreError("a document is always in its owner's own library")
+    if users is not None:
+        unknown = [n for n in names if n != EVERYONE and n not in users]
+        if unknown:
+            raise StoreError(f"no user named {unknown[0][:40]!r} can log in to this app: a share goes only to "
+                             "its users")
     store.db["document_shares"].insert_all(
         [{"document_id": doc["id"], "owner": owner, "grantee": n, "added": dbmod.now()} for n in names], ignore=True)
     return f"shared {doc['file_name']} read-only with {describe(shares_of(store, doc['id'], owner))}"
@@ -93,3 +114,30 @@ def accessible_sql(shared: bool = True) -> tuple[str, int]:
               "AND s.document_id NOT IN (SELECT document_id FROM document_owners WHERE owner = ?) "
               "GROUP BY s.document_id)")
     return f"{own} UNION ALL {theirs}", 3
+
+
+# --- what a grantee's export becomes on import ------------------------------------------------
+_EXPORTS_TABLE = ("CREATE TABLE IF NOT EXISTS shared_exports (text_id TEXT NOT NULL, document_id TEXT NOT NULL, "
+                  "added REAL, PRIMARY KEY (text_id, document_id))")
+
+
+def _exports_table(store) -> None:
+    # Created on first use rather than by a store migration: only the team library writes
+    # or reads it, and an old store without it simply has no grantee exports yet.
+    store.db.execute(_EXPORTS_TABLE)
+
+
+def record_export(store, text_id: str, document_id: str) -> None:
+    """A grantee exported ``document_id`` (read-only to them): the bundle, which carries no
+    source file, imports as ``text_id`` anywhere; remember where that id came from."""
+    _exports_table(store)
+    store.db.execute("INSERT OR IGNORE INTO shared_exports (text_id, document_id, added) VALUES (?, ?, ?)",
+                     [text_id, document_id, dbmod.now()])
+
+
+def exported_from(store, text_id: str) -> list[str]:
+    """The shared documents a grantee's export of which imports as ``text_id`` (none: that
+    text never left this app through a read-only share)."""
+    _exports_table(store)
+    return [row[0] for row in store.db.execute(
+        "SELECT document_id FROM shared_exports WHERE text_id = ? ORDER BY document_id", [text_id])]

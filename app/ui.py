@@ -343,8 +343,7 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
             path = library.export_document(store, document_id, chat.model(model)[2], owner_of(request, profile))
         except StoreError as exc:
             fail(exc)
-        size = path.stat().st_size / 2**20
-        return str(path), f"✓ exported {path.name} ({size:.1f} MiB): download it below and share it."
+        return str(path), library.export_message(path)
 
     def import_(bundle, model: str, request: gr.Request, profile: gr.OAuthProfile | None = None):
         if not bundle:
@@ -369,7 +368,8 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
         if not (grantees or "").strip():
             return "Type user names (comma-separated), or everyone."
         try:
-            return "✓ " + library.share_document(store, document_id, owner_of(request, profile), grantees)
+            users = set(access.users) if access.login and access.users else None  # --auth: known names only
+            return "✓ " + library.share_document(store, document_id, owner_of(request, profile), grantees, users)
         except StoreError as exc:
             return f"✗ {exc}"
 
@@ -470,7 +470,7 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
                 with gr.Row(visible=team):  # the team library: read-only shares of your documents
                     share_with = gr.Textbox(label="Share with", placeholder="user names, comma-separated, or everyone",
                                             scale=3, elem_id="share-with",
-                                            info="read-only: they can ask, inspect and export it, not delete it")
+                                            info=library.share_info(access.oauth))
                     share_btn = gr.Button("Share", scale=1, elem_id="share")
                     unshare_btn = gr.Button("Unshare", scale=1, elem_id="unshare")
                 library_status = gr.Markdown()

@@ -88,7 +88,9 @@ def export_bundle(store: Store, document: str, out_path: str | os.PathLike, incl
     """Write ``document``'s newest ready cache (or ``cache_id``) as a bundle at ``out_path``
     (without the cache's leaf states, if it has any). ``file_name`` / ``title``: the names the
     exporting user gave the document (a document is stored once per content; another owner's
-    names must not travel in this user's bundle)."""
+    names must not travel in this user's bundle). ``include_source=False``: text and cache
+    only — what the app exports for a user the document is shared with read-only (the
+    source file is its owner's); it imports under :func:`text_document_id`."""
     doc = dict(store.document(document))
     doc.update({k: v for k, v in (("file_name", file_name), ("title", title)) if v})
     if cache_id is None:
@@ -484,7 +486,8 @@ def inspect_bundle(path: str | os.PathLike, model_fingerprint: str | None = None
 # --- import ---------------------------------------------------------------------------------
 def import_bundle(store: Store, path: str | os.PathLike, model_fingerprint: str | None = None,
                   max_bytes: int | None = None, tokenizer=None,
-                  text_from_source: TextFromSource | None = None, max_chars: int | None = None) -> dict:
+                  text_from_source: TextFromSource | None = None, max_chars: int | None = None,
+                  admit: Callable[[str, bool], None] | None = None) -> dict:
     """Check ``path`` completely, then add its document (unless the store has it) and its
     cache (unless the store has that key) to ``store``. Returns the cache row with
     ``already_in_store`` (the key existed: nothing was installed) and ``rekeyed`` (a
@@ -494,11 +497,15 @@ def import_bundle(store: Store, path: str | os.PathLike, model_fingerprint: str 
     (default ``HOMER_BUNDLE_MAX_MB``). ``tokenizer``: the model's, to tie the cache's tokens
     to the text. ``text_from_source``: the app's ingestion, without which a bundle carrying
     its source file is refused (its text could not be checked). ``max_chars``: the longest
-    text a document may have (the app's ingestion limit)."""
+    text a document may have (the app's ingestion limit). ``admit(document_id,
+    proven_by_source)``: the caller's last word on the verified bundle before anything is
+    written (the app's: who may own it); it raises to refuse, and nothing is written."""
     staging = _Staging(store.staging_path)
     try:
         checked = check_bundle(path, staging, model_fingerprint, Limits.from_env(max_bytes), tokenizer,
                                text_from_source, max_chars)
+        if admit is not None:
+            admit(checked.document_id, checked.source_file is not None)
         _add_document(store, checked)
         already = False
         try:
