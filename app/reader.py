@@ -13,17 +13,23 @@ answer's places beside the chat and :func:`open_place` opens the one clicked:
 * **a PDF** opens at its page, rendered to an image on the server with pdfium
   (:func:`render_page`, the ``pypdfium2`` wheel): the browser needs no PDF viewer, no script
   and nothing from outside the app, and the image travels inside the reader's HTML (a data
-  URI: no file of the store is ever served by URL). The quote is highlighted on the page where
-  the page's own text layer holds it exactly (whitespace-normalised), from pdfium's boxes of
-  its characters (a quote that runs on to the next page: its words that end this page); else
-  the page opens without a highlight. Without ``pypdfium2`` (or for a
-  page it cannot render) the page opens as text, as other formats do;
+  URI: no file of the store is ever served by URL). The page is drawn in a worker process
+  with a deadline (:mod:`homer.formats.render`, ``HOMER_RENDER_SECONDS``, 5 s): a page that
+  takes longer (a few MB of vector fills can take minutes) is killed there and opens as its
+  text, with a one-line note that says so; no request holds anything shared for longer. The
+  quote is highlighted on the page where the page's own text layer holds it exactly
+  (whitespace-normalised), from pdfium's boxes of its characters (a quote that runs on to the
+  next page: its words that end this page); else the page opens without a highlight. Without
+  ``pypdfium2`` the page opens as text, as other formats do;
 * **any other location** (a Markdown or text file, a section of an EPUB, DOCX or HTML file)
   opens as its text, HTML-escaped, with the quote in ``<mark>`` when the text holds it exactly
   (whitespace-normalised, :func:`find_quote`), near the passage first (a passage is listed
   under its first location; a quote of it that runs on into the next is shown whole); else the
   section opens without a highlight, at the passage. A location longer than :data:`MAX_SHOWN_CHARS` is
-  shown as that many characters around the passage.
+  shown as that many characters around the passage. Quotes are matched in time linear in the
+  text and the quote, whatever either holds (:func:`find_quote`);
+* **a location** that is not a whole number (``"two"``, ``2.5``, ``inf``) is refused in one
+  line (:class:`PlaceError`); a number past either end opens the first or last location.
 
 Everything of the document that reaches the page — its text, its name, the labels — is
 HTML-escaped here. The reader's HTML scrolls itself to the highlight (:data:`SCROLL_JS`,
@@ -33,14 +39,15 @@ run by ``gr.HTML(js_on_load=...)`` whenever its value changes).
 from __future__ import annotations
 
 import base64
+import bisect
 import html
-import io
 import logging
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from homer.formats.ocr import PDFIUM_LOCK
+from homer.formats.render import RenderError
 from homer.locations import LocationMap
 from . import library
 
@@ -52,10 +59,9 @@ RENDER_WIDTH = 1000       # pixels of a rendered PDF page's width
 MAX_RENDER_PIXELS = 1000 * 4000  # a page of an odd shape is rendered smaller than this
 MAX_CHOICE_QUOTE = 70     # characters of a quote in the list of sources
 ELLIPSIS = "…"
+_SPACE = re.compile(r"\s+")
+_LONG_SPACE = re.compile(r"\s{2,}")
 PLACE_KEYS = ("document_id", "location", "label", "start", "end", "quote")
-# PDFium is not thread-safe even across documents: the reader (UI threads) and OCR (worker
-# threads) of one process share one lock.
-_PDFIUM = PDFIUM_LOCK
 
 EMPTY = ('<div class="homer-reader"><div class="reader-empty">The reader: click a source of an answer '
          'to open the document there.</div></div>')
@@ -122,10 +128,10 @@ def places_of(stats: dict | None) -> list[dict]:
         if not isinstance(item, dict) or not isinstance(item.get("document_id"), str):
             continue
         try:
-            out.append({**item, "location": int(item.get("location") or 1), "start": int(item.get("start") or 0),
-                        "end": int(item.get("end") or 0), "quote": str(item.get("quote") or ""),
-                        "label": str(item.get("label") or "")})
-        except (TypeError, ValueError):
+            out.append({**item, "location": location_number(item.get("location")),
+                        "start": int(item.get("start") or 0), "end": int(item.get("end") or 0),
+                        "quote": str(item.get("quote") or ""), "label": str(item.get("label") or "")})
+        except (TypeError, ValueError, OverflowError):  # inf, nan, "two", 2.5: dropped
             continue
     return out
 
@@ -148,21 +154,42 @@ def quote_words(quote: str) -> list[str]:
     return quote.strip().strip(ELLIPSIS).split()
 
 
-def quote_pattern(quote: str) -> re.Pattern | None:
-    """The quote as an exact pattern up to whitespace (any run of whitespace matches any other)."""
-    words = quote_words(quote or "")
-    return re.compile(r"\s+".join(map(re.escape, words))) if words else None
+def squeezed(text: str, start: int = 0, end: int | None = None) -> tuple[str, list[tuple[int, int]]]:
+    """``text[start:end]`` with every run of whitespace as one space, and where that
+    dropped characters (for each run of two or more: the squeezed offset of the character
+    after it, and the characters dropped up to there), which :func:`_unsqueeze` maps back by."""
+    end = len(text) if end is None else end
+    part = text[start:end]
+    runs, dropped = [], 0
+    for run in _LONG_SPACE.finditer(part):  # a single space, tab or newline keeps its length
+        dropped += run.end() - run.start() - 1
+        runs.append((run.end() - dropped, dropped))  # the next character's place, and what is dropped before it
+    return _SPACE.sub(" ", part), runs
+
+
+def _unsqueeze(runs: list[tuple[int, int]], offset: int) -> int:
+    """The offset in the original text of ``offset`` in the squeezed one (never inside a run:
+    a match starts and ends at a word)."""
+    at = bisect.bisect_right(runs, (offset, float("inf")))
+    return offset + (runs[at - 1][1] if at else 0)
 
 
 def find_quote(text: str, quote: str, start: int = 0, end: int | None = None,
                near: tuple[int, int] | None = None) -> tuple[int, int] | None:
     """``(start, end)`` of the quote in ``text[start:end]``, matched exactly up to whitespace
     (case, punctuation and every character count); around ``near`` (the passage's span) first.
-    None when the text does not hold it so."""
-    pattern = quote_pattern(quote)
+    None when the text does not hold it so.
+
+    Linear in the text and the quote: both are squeezed (each run of whitespace becomes one
+    space) and the quote is looked for with ``str.find`` (a two-way search, linear at worst),
+    then the match is mapped back. A regular expression with ``\\s+`` between the words, as
+    before, backtracks at every occurrence of the quote's first words: a 2 000-word quote
+    took 18 s on a page of repeated words."""
+    words = quote_words(quote or "")
     end = len(text) if end is None else min(end, len(text))
-    if pattern is None or start >= end:
+    if not words or start >= end:
         return None
+    needle = " ".join(words)
     spans = []
     if near is not None:  # the passage itself, then a little around it (a quote may run past its ends)
         spans.append((max(start, near[0]), min(end, near[1])))
@@ -170,21 +197,32 @@ def find_quote(text: str, quote: str, start: int = 0, end: int | None = None,
     spans.append((start, end))
     for a, b in spans:
         if a < b:
-            found = pattern.search(text, a, b)
-            if found:
-                return found.start(), found.end()
+            flat, runs = squeezed(text, a, b)
+            at = flat.find(needle)
+            if at >= 0:
+                return a + _unsqueeze(runs, at), a + _unsqueeze(runs, at + len(needle))
     return None
 
 
 def find_quote_start(text: str, quote: str, min_words: int = 4) -> tuple[int, int] | None:
     """The quote's beginning at the very end of ``text`` (a quote that runs on to the next
     page): the longest run of its first words (``min_words`` at least) that ends the text,
-    matched exactly up to whitespace; None when there is none."""
+    matched exactly up to whitespace; None when there is none. Only the text's last
+    ``len(quote)`` characters (squeezed) are compared, each run once with ``endswith``."""
     words = quote_words(quote or "")
+    if len(words) <= min_words:
+        return None
+    needle = " ".join(words)
+    stripped = text.rstrip()
+    flat, runs = squeezed(stripped)
+    tail_at = max(0, len(flat) - len(needle))
+    tail = flat[tail_at:]
+    length = len(needle)
     for k in range(len(words) - 1, min_words - 1, -1):
-        found = re.search(r"\s+".join(map(re.escape, words[:k])) + r"\s*\Z", text)
-        if found:
-            return found.start(), found.end()
+        length -= len(words[k]) + 1  # the first k words, joined
+        if tail.endswith(needle[:length]):
+            at = len(flat) - length
+            return _unsqueeze(runs, at), _unsqueeze(runs, len(flat))
     return None
 
 
@@ -209,22 +247,29 @@ class Reading:
 
 def open_place(store, item: dict, owner: str | None) -> Reading:
     """Open ``item`` (a place) for ``owner``: :class:`storage.errors.StoreError` ("no document
-    … in your library") for a document they may not see or that does not exist."""
+    … in your library") for a document they may not see or that does not exist, and
+    :class:`PlaceError` (one line) for a location that is not a whole number. A PDF page
+    that is not rendered in time (or at all) opens as its text, with a note that says why."""
     ref = str(item.get("document_id") or "")
     row = library.check_access(store, ref, owner)
     if row["id"] != ref:  # a place names its document by its full id, never by a name or prefix
         raise library.not_found(ref)
     document_id = row["id"]
     locations = store.location_map(document_id)
-    number = min(max(int(item.get("location") or 1), 1), len(locations))
+    number = min(max(location_number(item.get("location")), 1), len(locations))
     quote = str(item.get("quote") or "")
     name = row.get("file_name") or row.get("title") or document_id[:12]
     label = locations.label(number)
     passage = _passage_span(item)
+    refused = ""
     if row.get("kind") == "pdf" and not locations.sectioned:
         source = store.source_path(document_id)
         if source is not None and source.suffix.lower() == ".pdf":
-            page = render_page(source, number, quote)
+            try:
+                page = render_page(source, number, quote)
+            except RenderError as exc:
+                log.warning("reader: %s of %s shown as text: %s", label, document_id[:12], exc)
+                page, refused = None, f"{_sentence(str(exc))} It is shown as its text."
             if page is not None:
                 body, highlighted = page_html(page, f"{label} of {name}")
                 note = _note(quote, highlighted, "page")
@@ -232,11 +277,38 @@ def open_place(store, item: dict, owner: str | None) -> Reading:
                                _frame(name, label, number, len(locations), locations.noun, note, body))
     text = store.document_text(document_id)
     body, highlighted, shown = section_html(text, locations.span(number, len(text)), quote, passage)
-    note = _note(quote, highlighted, locations.noun)
-    if shown:
-        note = f"{note} {shown}".strip()
+    note = " ".join(part for part in (refused, _note(quote, highlighted, locations.noun), shown) if part)
     return Reading(document_id, name, number, len(locations), label, "text", highlighted,
                    _frame(name, label, number, len(locations), locations.noun, note, body))
+
+
+class PlaceError(ValueError):
+    """A place that cannot be opened as given (its location is not a page or section number);
+    the message says why, in one line."""
+
+
+def location_number(value) -> int:
+    """A place's location as a whole number (missing: 1): an int, a string of digits, or a
+    float without a fraction. Anything else — ``"two"``, ``2.5``, ``inf``, ``nan``, ``True``
+    — is refused with :class:`PlaceError`, not turned into a page by accident."""
+    if value is None or value == "":
+        return 1
+    number = None
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,18}\s*", value):
+        number = int(value)
+    if number is None:
+        shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:39] + ELLIPSIS
+        raise PlaceError(f"the location must be a page or section number, not {shown}")
+    return number
+
+
+def _sentence(message: str) -> str:
+    message = message.strip()
+    return message[:1].upper() + message[1:] + ("" if message.endswith(".") else ".")
 
 
 def open_location(store, document_id: str, number: int, owner: str | None) -> Reading:
@@ -251,7 +323,7 @@ def message_html(message: str) -> str:
 def _passage_span(item: dict) -> tuple[int, int] | None:
     try:
         start, end = int(item.get("start")), int(item.get("end"))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         return None
     return (start, end) if 0 <= start < end else None
 
@@ -321,69 +393,48 @@ class PageImage:
 
 def render_page(path, number: int, quote: str = "") -> PageImage | None:
     """Page ``number`` (1-based) of the PDF at ``path`` as an image, with the quote's boxes;
-    None without ``pypdfium2``, for a page it does not have, or a page it cannot render."""
+    None without ``pypdfium2`` or for a page the document does not have. Rendered in a worker
+    process within a deadline (:mod:`homer.formats.render`): a page that takes longer, or
+    that PDFium cannot draw, raises :class:`homer.formats.render.RenderError` (one line).
+    The quote is matched here, in the app, on the page's text the worker sends back
+    (:func:`find_quote`, linear), and only its boxes are asked of the worker after."""
+    from homer.formats import render
+
+    if not render.available():
+        return None
     try:
-        import pypdfium2 as pdfium
-    except ImportError:
+        shot = render.render_page(path, number - 1, width=RENDER_WIDTH, max_pixels=MAX_RENDER_PIXELS,
+                                  text=bool(quote_words(quote)))
+    except render.NoSuchPage:
         return None
-    with _PDFIUM:
-        try:
-            pdf = pdfium.PdfDocument(str(path))
-        except Exception as exc:  # noqa: BLE001 — a file pdfium cannot open is shown as text
-            log.warning("cannot open %s for the reader: %s", path, exc)
-            return None
-        try:
-            if not 1 <= number <= len(pdf):
-                return None
-            page = pdf[number - 1]
-            try:
-                width, height = page.get_size()
-                if width <= 0 or height <= 0:
-                    return None
-                scale = min(RENDER_WIDTH / width, (MAX_RENDER_PIXELS / (width * height)) ** 0.5)
-                image = page.render(scale=scale).to_pil()
-                out = io.BytesIO()
-                image.save(out, format="PNG")
-                boxes = quote_boxes(page, quote) if quote_words(quote) else None
-                return PageImage(out.getvalue(), image.width, image.height, boxes)
-            finally:
-                page.close()
-        except Exception as exc:  # noqa: BLE001
-            log.warning("cannot render page %d of %s: %s", number, path, exc)
-            return None
-        finally:
-            pdf.close()
+    boxes = quote_boxes(path, number, shot, quote) if shot.text is not None else None
+    return PageImage(shot.data, shot.width, shot.height, boxes)
 
 
-def page_text(textpage) -> str:
-    """The page's text, one character per pdfium character index (so a match's offsets are
-    its characters' indices: ``get_text_range`` may drop or add characters)."""
-    import pypdfium2.raw as raw
+def quote_boxes(path, number: int, shot, quote: str) -> list[tuple[float, float, float, float]] | None:
+    """The boxes of the quote on the rendered page ``shot`` as fractions of it (left, top,
+    width, height), when the page's text holds the quote exactly up to whitespace (whole, or
+    its part that ends the page); else None. A rotated page gets no boxes (None), nor does
+    a page whose boxes the worker does not give in time (the page is still shown)."""
+    from homer.formats import render
 
-    return "".join(chr(raw.FPDFText_GetUnicode(textpage.raw, i) or 0xFFFD) for i in range(textpage.count_chars()))
-
-
-def quote_boxes(page, quote: str) -> list[tuple[float, float, float, float]] | None:
-    """The boxes of the quote on ``page`` as fractions of it (left, top, width, height), when
-    the page's text holds the quote exactly up to whitespace; else None. A rotated page gets
-    no boxes (None)."""
-    if page.get_rotation():
+    if shot.rotation:
         return None
-    left, bottom, right, top = page.get_bbox()
+    found = find_quote(shot.text, quote) or find_quote_start(shot.text, quote)
+    if found is None:
+        return None
+    left, bottom, right, top = shot.bbox
     width, height = right - left, top - bottom
-    textpage = page.get_textpage()
+    if width <= 0 or height <= 0:
+        return None
     try:
-        text = page_text(textpage)
-        found = find_quote(text, quote) or find_quote_start(text, quote)  # whole, or its part on this page
-        if found is None:
-            return None
-        boxes = []
-        for i in range(textpage.count_rects(found[0], found[1] - found[0])):
-            x0, y0, x1, y1 = textpage.get_rect(i)
-            boxes.append(((x0 - left) / width, (top - y1) / height, (x1 - x0) / width, (y1 - y0) / height))
-        return boxes or None
-    finally:
-        textpage.close()
+        rects = render.text_rects(path, number - 1, found[0], found[1] - found[0])
+    except render.RenderError as exc:
+        log.warning("no boxes for the quote on page %d of %s: %s", number, path, exc)
+        return None
+    boxes = [((x0 - left) / width, (top - y1) / height, (x1 - x0) / width, (y1 - y0) / height)
+             for x0, y0, x1, y1 in rects]
+    return boxes or None
 
 
 def page_html(page: PageImage, alt: str) -> tuple[str, bool]:
@@ -398,5 +449,5 @@ def page_html(page: PageImage, alt: str) -> tuple[str, bool]:
     return body, bool(page.boxes)
 
 
-__all__ = ["CSS", "EMPTY", "SCROLL_JS", "Reading", "choice_label", "find_quote", "location_places", "open_location",
+__all__ = ["CSS", "EMPTY", "SCROLL_JS", "PlaceError", "Reading", "choice_label", "find_quote", "location_places", "open_location",
            "open_place", "passage_places", "place", "places_of", "render_page", "section_html"]

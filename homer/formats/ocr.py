@@ -23,12 +23,14 @@ Why these and not the others that were on the table:
   ``subprocess.run(timeout=...)`` kills a page that runs too long.
 * **Renderer: pypdfium2** (PDFium, the PDF engine of Chromium, as a wheel with its binary;
   the reader beside the chat renders pages with it too) rather than Poppler's ``pdftoppm``:
-  nothing to install beyond Tesseract, a page rendered in ~0.05 s without a process start or
-  parsing the file again, and the page size known before rendering (so the bitmap's pixels
-  are capped). PDFium runs in this process and is not thread-safe, so every call into it
-  holds one lock, :data:`PDFIUM_LOCK` (rendering is short next to OCR), and what it is given
-  is bounded first: the page's content stream by ``read_pdf``'s ``max_page_content``, and
-  the pixels of the images it draws here (:func:`image_pixels`).
+  nothing to install beyond Tesseract, a page rendered in ~0.05 s without parsing the file
+  again, and the page size known before rendering (so the bitmap's pixels are capped).
+  PDFium runs in the worker processes of :mod:`homer.formats.render` (kept between pages),
+  each page within a deadline: a page of a few MB of vector fills that took 22 s to draw at
+  300 dpi here is killed there and refused in one line, and no lock of this process is held
+  meanwhile (the reader beside the chat renders through the same workers). What it is given
+  is bounded first as well: the page's content stream by ``read_pdf``'s
+  ``max_page_content``, and the pixels of the images it draws (:func:`image_pixels`).
 
 Settings (environment): ``HOMER_OCR=0`` turns OCR off; ``HOMER_TESSERACT`` is the program to
 run (default ``tesseract`` on the ``PATH``); ``HOMER_OCR_LANG`` its language(s) (default
@@ -38,13 +40,10 @@ run (default ``tesseract`` on the ``PATH``); ``HOMER_OCR_LANG`` its language(s) 
 
 from __future__ import annotations
 
-import io
 import logging
-import math
 import os
 import shutil
 import subprocess
-import threading
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +51,8 @@ DPI = 300
 MIN_TEXT_CHARS = 16  # a page whose text layer has fewer letters and digits than this is OCR'd
 MAX_RENDER_PIXELS = 50_000_000  # a bigger page is rendered at a lower resolution (A4 at 300 dpi: 8.7 M)
 MAX_IMAGE_PIXELS = 150_000_000  # the images one page may draw (an A4 page scanned at 1200 dpi: 140 M)
+WAIT_SECONDS = 60.0  # for a free render worker (the reader's users may hold them, each for seconds at most)
 INSTALL = "install Tesseract (Debian: tesseract-ocr tesseract-ocr-eng)"
-
-# PDFium must never be called from two threads at once, even on different documents: every
-# user of pypdfium2 in the process should hold this one lock.
-PDFIUM_LOCK = threading.Lock()
-
 
 class OcrError(ValueError):
     """A page that cannot be OCR'd; the message says why, in one line (``homer.sources``
@@ -158,48 +153,53 @@ def image_pixels(page, depth: int = 0, seen: set | None = None) -> int:
 
 
 class PageRenderer:
-    """PDFium over one PDF's bytes; :meth:`render` a page to a grayscale PGM. Every call into
-    PDFium holds the module's lock, and every PDFium object is closed explicitly under it (a
-    garbage-collector finalizer would call PDFium from whatever thread it runs on)."""
+    """One PDF's pages rendered for OCR, each a grayscale PGM, by the worker processes of
+    :mod:`homer.formats.render` within its deadline (``HOMER_RENDER_SECONDS``): PDFium never
+    runs in this process, so a page that takes minutes to draw holds no lock here and is
+    killed at the deadline (:meth:`render` refuses it in one line). The PDF's bytes are
+    written once to a private temporary file that the workers open (and deleted on
+    :meth:`close`)."""
 
-    def __init__(self, data: bytes):
-        import pypdfium2
+    def __init__(self, data: bytes, seconds: float | None = None, wait: float | None = None):
+        import tempfile
 
-        with PDFIUM_LOCK:
-            try:
-                self._pdf = pypdfium2.PdfDocument(data)
-            except Exception as exc:
-                raise OcrError(f"the PDF cannot be rendered for OCR ({type(exc).__name__})") from exc
+        from . import render
+
+        self.seconds = render.render_seconds() if seconds is None else seconds
+        self.wait = WAIT_SECONDS if wait is None else wait  # for a free worker (a build waits; nothing is held)
+        handle, self.path = tempfile.mkstemp(prefix="homer-ocr-", suffix=".pdf")
+        try:
+            with os.fdopen(handle, "wb") as out:
+                out.write(data)
+        except BaseException:
+            self.close()
+            raise
 
     def render(self, index: int, dpi: int = DPI, max_pixels: int = MAX_RENDER_PIXELS) -> tuple[bytes, int]:
         """Page ``index`` (0-based) as a PGM image at ``dpi`` (lower where the page would
-        exceed ``max_pixels``) and the resolution it was rendered at."""
-        with PDFIUM_LOCK:
-            page = self._pdf[index]
-            try:
-                width, height = page.get_size()
-                if not (width > 0 and height > 0):
-                    raise OcrError(f"page {index + 1} has no size to render")
-                scale = dpi / 72
-                if width * height * scale * scale > max_pixels:
-                    scale = math.sqrt(max_pixels / (width * height))
-                bitmap = page.render(scale=scale, grayscale=True)
-                try:
-                    out = io.BytesIO()
-                    bitmap.to_pil().save(out, format="PPM")  # "L" mode: a binary PGM, read by Tesseract as is
-                finally:
-                    bitmap.close()
-            except OcrError:
-                raise
-            except Exception as exc:
-                raise OcrError(f"page {index + 1} cannot be rendered for OCR ({type(exc).__name__})") from exc
-            finally:
-                page.close()
-        return out.getvalue(), max(1, round(scale * 72))
+        exceed ``max_pixels``) and the resolution it was rendered at. :class:`OcrError`
+        (naming the page) when it is not rendered within the deadline or at all."""
+        from . import render
+
+        try:
+            shot = render.render_page(self.path, index, dpi=dpi, max_pixels=max_pixels, grayscale=True,
+                                      image_format="PPM", seconds=self.seconds, wait=self.wait)
+        except render.RenderTimeout:
+            raise OcrError(f"page {index + 1} took over {self.seconds:g} s to render for OCR (the limit per page)") \
+                from None
+        except render.RenderError as exc:
+            prefix, message = f"page {index + 1} cannot be rendered", str(exc)
+            reason = message[len(prefix):] if message.startswith(prefix) else f": {message}"
+            raise OcrError(f"{prefix} for OCR{reason}") from None
+        return shot.data, max(1, round(shot.scale * 72))
 
     def close(self) -> None:
-        with PDFIUM_LOCK:
-            self._pdf.close()
+        if self.path is not None:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+            self.path = None
 
     def __enter__(self):
         return self
