@@ -76,6 +76,27 @@ def test_a_bundle_without_its_source(tmp_path, source_store):
     assert second.check() == []
 
 
+def test_admit_sees_the_proven_id_and_its_refusal_writes_nothing(tmp_path, source_store, good_bundle):
+    """The caller's last word (the app's: who may own the content) comes after every check,
+    with the id the content proved, and a refusal there leaves the store as it was."""
+    store, doc = source_store
+    sourceless = export_bundle(store, doc["id"], tmp_path / "nosrc.homer", include_source=False)
+    target = Store(tmp_path / "target")
+    seen = []
+
+    def admit(document_id, proven_by_source):
+        seen.append((document_id, proven_by_source))
+        raise BundleError("refused: not for you")
+
+    for bundle in (good_bundle, sourceless):
+        with pytest.raises(BundleError, match="^refused: not for you$"):
+            import_bundle(target, bundle, tokenizer=tiny_tokenizer(), text_from_source=text_from_source(),
+                          admit=admit)
+    assert seen == [(doc["id"], True), (text_document_id(store.document_text(doc["id"])), False)]
+    assert target.documents() == [] and target.caches(status=None) == []
+    assert not [p for p in target.root.rglob("*") if p.is_file() and not p.name.startswith("index.db")]
+
+
 def _rebuild(good, out, drop=(), replace=None, manifest=None, extra=()):
     """Copy ``good`` to ``out`` with members dropped / replaced, the manifest edited and extra
     ZipInfo members added."""
