@@ -33,6 +33,7 @@ DEFAULT_MAX_TOKENS = 1_000_000
 DEFAULT_INGEST_SECONDS = 120.0
 DEFAULT_OCR_MAX_PAGES = 200
 DEFAULT_OCR_PAGE_SECONDS = 20.0
+DEFAULT_OCR_EMPTY_PAGES = 8
 PASSAGE_TOKENS = 512
 TOKEN_PIECE_CHARS = 65_536  # text tokenised at once when counting tokens (bounds the tokenizer's memory)
 
@@ -65,7 +66,10 @@ class IngestLimits:
       (``HOMER_OCR_MAX_PAGES``, 200), counted after the text layer is read and before any
       page is OCR'd: more is refused;
     * ``ocr_page_seconds`` — the time allowed for OCR per scanned page
-      (``HOMER_OCR_PAGE_SECONDS``, 20).
+      (``HOMER_OCR_PAGE_SECONDS``, 20);
+    * ``ocr_empty_pages`` — OCR stops when this many first scanned pages gave no text
+      (``HOMER_OCR_EMPTY_PAGES``, 8): a PDF without other text is then refused, a mixed one
+      kept with the text it has.
 
     OCR and the time limit: OCR costs 3–5 s a page at 300 dpi here (2 CPU cores shared with
     other jobs; ``benchmarks/results/ocr.json``: 4.4 s), so an 80-page scan needs 4–6
@@ -74,7 +78,11 @@ class IngestLimits:
     s), and one page's Tesseract run is stopped after ``ocr_page_seconds`` (that page keeps
     its empty text layer — most likely a photo or noise — and the others are read). The most
     a hostile scan can hold a worker is thus ``seconds + ocr_max_pages × ocr_page_seconds``
-    (120 + 200 × 20 s ≈ 69 minutes at the defaults; lower either to shorten it).
+    (120 + 200 × 20 s ≈ 69 minutes at the defaults; lower either to shorten it) — for a scan
+    whose pages all hold text. A scan of noise or photos, which OCR reads as nothing, stops
+    after ``ocr_empty_pages``: 200 pages sharing one 533 KB noise image held a build lane for
+    about 8 minutes before OCR gave up, and now cost 8 pages (at most 8 × 20 s; about 3 s a
+    page here). Scanned pages count against ``ocr_max_pages`` per upload.
     ``HOMER_OCR=0`` turns OCR off: a PDF without any text layer is then refused."""
 
     max_bytes: int = DEFAULT_MAX_BYTES
@@ -86,6 +94,7 @@ class IngestLimits:
     seconds: float = DEFAULT_INGEST_SECONDS
     ocr_max_pages: int = DEFAULT_OCR_MAX_PAGES
     ocr_page_seconds: float = DEFAULT_OCR_PAGE_SECONDS
+    ocr_empty_pages: int = DEFAULT_OCR_EMPTY_PAGES
 
     @classmethod
     def from_env(cls, max_bytes: int | None = None) -> "IngestLimits":
@@ -99,13 +108,15 @@ class IngestLimits:
             seconds=env_number("HOMER_INGEST_SECONDS", DEFAULT_INGEST_SECONDS),
             ocr_max_pages=int(env_number("HOMER_OCR_MAX_PAGES", DEFAULT_OCR_MAX_PAGES)),
             ocr_page_seconds=env_number("HOMER_OCR_PAGE_SECONDS", DEFAULT_OCR_PAGE_SECONDS),
+            ocr_empty_pages=int(env_number("HOMER_OCR_EMPTY_PAGES", DEFAULT_OCR_EMPTY_PAGES)),
         )
 
     def pdf(self, deadline: float | None) -> dict:
         """The keyword bounds of :func:`homer.sources.read_pdf`."""
         return {"max_pages": self.max_pages, "max_chars": self.max_chars, "max_page_chars": self.max_page_chars,
                 "max_page_content": self.max_page_content, "deadline": deadline,
-                "ocr_max_pages": self.ocr_max_pages, "ocr_page_seconds": self.ocr_page_seconds}
+                "ocr_max_pages": self.ocr_max_pages, "ocr_page_seconds": self.ocr_page_seconds,
+                "ocr_empty_pages": self.ocr_empty_pages}
 
 
 def ingest_limits(max_bytes: int | None = None) -> IngestLimits:

@@ -84,7 +84,8 @@ def _ocr_candidate(page, text: str) -> bool:
 def read_pdf(data: bytes, max_pages: int | None = None, max_chars: int | None = None,
              max_page_chars: int | None = None, max_page_content: int | None = None,
              deadline: float | None = None, ocr: bool | None = None, ocr_max_pages: int | None = None,
-             ocr_page_seconds: float | None = None, progress=None) -> PdfSource:
+             ocr_page_seconds: float | None = None, ocr_empty_pages: int | None = None,
+             progress=None) -> PdfSource:
     """The text of a PDF, page by page. The bounds (None: unbounded) keep a hostile file from
     holding a worker: ``max_pages`` is checked before any text is extracted; each page's
     decoded content stream is checked against ``max_page_content`` bytes *before* it is
@@ -98,7 +99,9 @@ def read_pdf(data: bytes, max_pages: int | None = None, max_chars: int | None = 
     default on): at most ``ocr_max_pages`` of them (more is refused before any is read); the
     deadline grows by ``ocr_page_seconds`` for each, and one page's Tesseract run is stopped
     after ``ocr_page_seconds`` (that page then keeps its text layer, and the others are
-    read) or at the deadline (refused). ``progress(message)`` hears "OCR page 3/80" before
+    read) or at the deadline (refused); when the first ``ocr_empty_pages`` of them all OCR to
+    nothing (noise, photos), OCR stops there: a PDF without any other text is refused saying
+    so, a mixed one keeps the text it has. ``progress(message)`` hears "OCR page 3/80" before
     each. The text pages of a mixed PDF keep their text layer. Where Tesseract
     is missing, a PDF without any text is refused saying what to install, and a mixed one is
     read without its scanned pages' text."""
@@ -140,7 +143,7 @@ def read_pdf(data: bytes, max_pages: int | None = None, max_chars: int | None = 
     ocr_pages, slow = [], []
     if scanned:
         ocr_pages, slow = _ocr_pages(data, reader, texts, scanned, ocr, ocr_max_pages, ocr_page_seconds, deadline,
-                                     max_page_chars, max_chars, progress)
+                                     max_page_chars, max_chars, progress, ocr_empty_pages)
     starts, parts, offset = [], [], 0
     for text in texts:
         starts.append(offset)
@@ -175,7 +178,8 @@ def _ocr_on(ocr: bool | None) -> bool:
 
 def _ocr_pages(data: bytes, reader, texts: list[str], scanned: list[int], ocr: bool | None,
                max_pages: int | None, page_seconds: float | None, deadline: float | None,
-               max_page_chars: int | None, max_chars: int | None, progress) -> tuple[list[int], list[int]]:
+               max_page_chars: int | None, max_chars: int | None, progress,
+               empty_pages: int | None = None) -> tuple[list[int], list[int]]:
     """OCR the ``scanned`` pages (1-based) of the PDF into ``texts`` (in place) within the
     bounds of :func:`read_pdf`; returns (the pages that went through OCR — none when OCR is
     off or missing —, those of them stopped at the per-page limit)."""
@@ -196,20 +200,22 @@ def _ocr_pages(data: bytes, reader, texts: list[str], scanned: list[int], ocr: b
     if deadline is not None and page_seconds is not None:
         deadline += count * page_seconds
     try:
-        return scanned, _ocr_scanned(engine, data, reader, texts, scanned, page_seconds, deadline, max_page_chars,
-                                     max_chars, progress)
+        return _ocr_scanned(engine, data, reader, texts, scanned, page_seconds, deadline, max_page_chars,
+                            max_chars, progress, empty_pages)
     except engine.OcrError as exc:  # the renderer's refusals (they name the page)
         raise DocumentError(str(exc)) from None
 
 
 def _ocr_scanned(engine, data: bytes, reader, texts: list[str], scanned: list[int], page_seconds: float | None,
-                 deadline: float | None, max_page_chars: int | None, max_chars: int | None, progress) -> list[int]:
-    """The loop of :func:`_ocr_pages`; returns the pages stopped at the per-page limit."""
+                 deadline: float | None, max_page_chars: int | None, max_chars: int | None, progress,
+                 empty_pages: int | None = None) -> tuple[list[int], list[int]]:
+    """The loop of :func:`_ocr_pages`; returns the pages read and those stopped at the
+    per-page limit."""
     import logging
     import subprocess
     import time
 
-    count, slow = len(scanned), []
+    count, slow, found = len(scanned), [], False
     total = sum(len(text) + 2 for text in texts)
     with engine.PageRenderer(data) as renderer:
         for done, number in enumerate(scanned, 1):
@@ -228,18 +234,20 @@ def _ocr_scanned(engine, data: bytes, reader, texts: list[str], scanned: list[in
             try:
                 text = engine.recognize(image, dpi, timeout=page_seconds if per_page else left)
             except subprocess.TimeoutExpired:
-                if per_page:  # a photo or noise, most likely: the page keeps its text layer
-                    logging.getLogger(__name__).warning("OCR of page %d stopped after %g s (the limit per page)",
-                                                        number, page_seconds)
-                    slow.append(number)
-                    continue
-                raise DocumentError(f"reading the PDF took too long (stopped at the OCR of page {number}, "
-                                    f"{done} of {count} scanned pages)") from None
+                if not per_page:
+                    raise DocumentError(f"reading the PDF took too long (stopped at the OCR of page {number}, "
+                                        f"{done} of {count} scanned pages)") from None
+                # a photo or noise, most likely: the page keeps its text layer
+                logging.getLogger(__name__).warning("OCR of page %d stopped after %g s (the limit per page)",
+                                                    number, page_seconds)
+                slow.append(number)
+                text = ""
             except engine.OcrError as exc:
                 raise DocumentError(f"page {number}: {exc}") from None
             except OSError as exc:  # Tesseract gone between the check and now
                 raise DocumentError(f"the OCR of page {number} could not run ({exc.strerror}): "
                                     f"{engine.INSTALL}") from None
+            found = found or engine.readable(text)
             if engine.real_chars(text) > engine.real_chars(texts[number - 1]):
                 _check_page_text(text, number, max_page_chars)
                 total += len(text) - len(texts[number - 1])
@@ -247,7 +255,29 @@ def _ocr_scanned(engine, data: bytes, reader, texts: list[str], scanned: list[in
                     raise DocumentError(f"the PDF holds over {max_chars:,} characters of text (the limit; "
                                         f"stopped at the OCR of page {number})")
                 texts[number - 1] = text
-    return slow
+            if _nothing_yet(found, done, count, empty_pages, texts, progress):
+                return scanned[:done], slow
+    return scanned, slow
+
+
+def _nothing_yet(found: bool, done: int, count: int, empty_pages: int | None, texts: list[str], progress) -> bool:
+    """Whether OCR stops after ``done`` of ``count`` scanned pages: the first ``empty_pages``
+    gave no readable text (:func:`homer.formats.ocr.readable`: a scan of noise or photos; the
+    rest would cost minutes for nothing). A PDF
+    without any other text is refused, saying so; a mixed one is kept with the text it has."""
+    if found or empty_pages is None or done != empty_pages or done >= count:
+        return False
+    from .formats.ocr import needs_ocr
+
+    if all(needs_ocr(text) for text in texts):  # no page holds text worth keeping
+        raise DocumentError(f"the PDF has no text layer and OCR found no text on the first {done} of its {count} "
+                            f"scanned pages (noise or photos?): stopped there")
+    import logging
+
+    logging.getLogger(__name__).warning("OCR stopped: no text on the first %d of %d scanned pages", done, count)
+    if progress is not None:
+        progress(f"OCR stopped: no text on the first {done} of {count} scanned pages")
+    return True
 
 
 def decode_text(data: bytes) -> str:

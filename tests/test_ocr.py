@@ -253,3 +253,84 @@ def test_a_scanned_upload_is_answered_with_its_page_as_the_source(fixtures, tmp_
     first = sources.splitlines()[0]
     assert "p. 2" in first and "zyzzogeton" in first, shown
     assert stats["passages"][0]["page"] == 2
+
+
+def noise_pdf(pages: int, side: int = 730, size: float = 216) -> bytes:
+    """``pages`` pages of ``size`` points square, each drawing the one shared image of
+    ``side``² gray noise (Flate: noise does not compress, so 730² is 533 KB for all pages)."""
+    import random
+    import zlib
+
+    from pypdf import PdfWriter
+    from pypdf.generic import DictionaryObject, NameObject, NumberObject, StreamObject
+
+    writer = PdfWriter()
+    image = StreamObject()
+    image._data = zlib.compress(random.Random(0).randbytes(side * side))
+    image.update({NameObject("/Type"): NameObject("/XObject"), NameObject("/Subtype"): NameObject("/Image"),
+                  NameObject("/Width"): NumberObject(side), NameObject("/Height"): NumberObject(side),
+                  NameObject("/ColorSpace"): NameObject("/DeviceGray"), NameObject("/BitsPerComponent"): NumberObject(8),
+                  NameObject("/Filter"): NameObject("/FlateDecode")})
+    image_ref = writer._add_object(image)
+    content = StreamObject()
+    content.set_data(f"q {size} 0 0 {size} 0 0 cm /Im0 Do Q".encode())
+    content_ref = writer._add_object(content)
+    for _ in range(pages):
+        page = writer.add_blank_page(size, size)
+        page[NameObject("/Resources")] = DictionaryObject(
+            {NameObject("/XObject"): DictionaryObject({NameObject("/Im0"): image_ref})})
+        page[NameObject("/Contents")] = content_ref
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def test_a_scan_of_noise_stops_after_its_first_empty_pages(fixtures, tmp_path, model_dir, monkeypatch):
+    """200 pages sharing one 533 KB noise image held a build lane for about 8 minutes before
+    OCR found nothing; now the build stops after the first ``HOMER_OCR_EMPTY_PAGES`` (8) and
+    says so in one line. A mixed PDF whose scanned pages are noise keeps its text pages."""
+    from pypdf import PdfReader, PdfWriter
+
+    from app import tasks
+    from app.library import check_upload
+    from homer.formats.ocr import readable
+    from homer.sources import read_pdf
+    from storage import Store
+
+    noise = noise_pdf(200)
+    assert len(noise) < 600_000
+    check_upload(noise, "noise.pdf")  # passes the upload request, as before: the build lane decides
+    store = Store(tmp_path / "store")
+    seen = []
+    progress = tasks.Heartbeat.progress
+
+    def recording(self, fraction, message, force=False):  # the real heartbeat, its messages kept
+        seen.append(message)
+        return progress(self, fraction, message, force)
+
+    monkeypatch.setattr(tasks.Heartbeat, "progress", recording)
+    job = tasks.submit_file(store, lambda job_id: None, noise, "noise.pdf", str(model_dir), FAST)
+    started = time.monotonic()
+    assert tasks.run_build(store, job["id"]) == "failed"
+    seconds = time.monotonic() - started
+    error = store.jobs.get(job["id"])["error"]
+    assert error == ("noise.pdf: the PDF has no text layer and OCR found no text on the first 8 of its 200 scanned "
+                     "pages (noise or photos?): stopped there"), error
+    assert [m for m in seen if m.startswith("OCR")] == [f"OCR page {i}/200" for i in range(1, 9)]
+    assert seconds < 120, seconds  # 8 pages (about 2 s each here), not 200 (8 minutes)
+    assert store.documents() == []
+
+    # a text page, then noise: OCR stops after the first 2 noise pages, the text page is kept
+    mixed = PdfWriter()
+    mixed.add_page(PdfReader(io.BytesIO(fixtures[0])).pages[0])
+    for page in PdfReader(io.BytesIO(noise_pdf(5))).pages:
+        mixed.add_page(page)
+    out = io.BytesIO()
+    mixed.write(out)
+    heard = []
+    doc = read_pdf(out.getvalue(), ocr_empty_pages=2, progress=heard.append)
+    assert heard == ["OCR page 1/5", "OCR page 2/5", "OCR stopped: no text on the first 2 of 5 scanned pages"]
+    assert doc.ocr_pages == [2, 3] and len(doc.page_starts) == 6 and "Ada" in doc.text
+    # what counts as text: a caption does, OCR's fragments of noise do not
+    assert readable("Figure 3: The harbour in 1890")
+    assert not readable("r\n1\nio\nia\naa\nre.\nee\nie\nants\ni\n\"a tet\nis\nwu\n“et\nr\n7\nqe\n1\nre\n> Tr")
