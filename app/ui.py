@@ -23,7 +23,7 @@ from storage.bundle_schema import max_bundle_bytes
 from storage.errors import StoreError
 
 from . import focus as focusing
-from . import inspector, library, mcp_tools, reader
+from . import inspector, library, mcp_tools, model_turns, reader
 from .chat import ChatError, ChatService, settings_overrides
 from .threads import NEW_THREAD, Threads
 from .multi_document import WHOLE_LIBRARY, WHOLE_LIBRARY_LABEL, SeveralDocuments, describe
@@ -176,6 +176,7 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
                 return [], ""
         return chat.history(key, document_id), ""
 
+    @model_turns.takes_turns("ui ask")  # one model call at a time with every other door (MCP, API)
     @gpu
     def ask(document_id: str | None, question: str, temperature: float, max_new_tokens: int, model: str,
             settings: dict, deep_read: bool = False, focus: str | None = None, documents: list | None = None,
@@ -624,10 +625,12 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
         ask_outputs = [chatbot, question, turn_stats, turn_json]
         sources_of_turn = dict(fn=show_sources, inputs=turn_json, outputs=[source_list, places], show_progress="hidden",
                                api_visibility="private")
-        send_btn.click(ask, ask_inputs, ask_outputs, api_name="ask", concurrency_limit=1, concurrency_id="gpu") \
+        send_btn.click(ask, ask_inputs, ask_outputs, api_name="ask", concurrency_limit=model_turns.TURNS,
+                       concurrency_id="gpu") \
             .then(**sources_of_turn).then(**picker)
-        question.submit(ask, ask_inputs, ask_outputs, api_visibility="private", concurrency_limit=1,
-                        concurrency_id="gpu").then(**sources_of_turn).then(**picker)
+        question.submit(ask, ask_inputs, ask_outputs, api_visibility="private",
+                        concurrency_limit=model_turns.TURNS, concurrency_id="gpu") \
+            .then(**sources_of_turn).then(**picker)
         clear_inputs = [chat_doc, chat_docs, model_state, settings_state]
         clear_btn.click(clear, clear_inputs, [chatbot, turn_stats, turn_json], api_name="clear").then(**no_sources) \
             .then(**picker)
