@@ -181,9 +181,14 @@ def test_zip_bombs_are_refused_from_the_directory_before_decompressing(book, mon
 def test_a_zip_directory_that_lies_is_caught_while_reading(book):
     chapter = "EPUB/text/ch001.xhtml"
     big = fx.member(book["epub"], chapter).replace(b"<p>Call me", b"<p>" + b"Call me Ishmael. " * 250_000 + b"</p><p>")
-    liar = fx.lie_about_size(fx.rewrite_zip(book["epub"], replace={chapter: big}), chapter, 1000)
-    message = refused("epub", liar)  # 4 MB behind a directory that says 1000 bytes: the read stops at 1000
+    honest = fx.rewrite_zip(book["epub"], replace={chapter: big})
+    liar = fx.lie_about_size(honest, chapter, 100_000)
+    message = refused("epub", liar)  # 4 MB behind a directory that says 100 KB: the read stops at 100 KB
     assert message.startswith(f"the EPUB is a damaged zip archive ({chapter}: Bad CRC-32"), message
+    # 1000 bytes declared for 11 KB of deflate: a lie the directory itself gives away
+    assert refused("epub", fx.lie_about_size(honest, chapter, 1000)) == (
+        f"the EPUB member {chapter} declares 1,000 bytes uncompressed but holds 11 KB compressed: its declared "
+        f"size is false (a zip bomb?)")
 
 
 def test_malformed_epubs_are_refused_with_the_reason(book):

@@ -11,10 +11,21 @@ becomes "[n]" and the note's text follows its paragraph as "[n] …".
 
 A paragraph is a heading when its outline level says so (its own ``w:outlineLvl``, else
 its style's, through the styles it is based on) or its style is named "Heading N"; level
-1 is the top. Tables: one line per row, cells joined by " | ". Before python-docx reads
-anything, the archive passes :class:`homer.formats.zipsafe.SafeZip` (zip-bomb limits) and
-every XML part is refused if it carries a DOCTYPE (Word never writes one; a DTD is how
-entity attacks come in).
+1 is the top. Tables: one line per row, cells joined by " | ".
+
+python-docx never sees the upload itself: it reads every part of a package with a plain
+``zipfile`` read, images included, which a member that declares 1 000 bytes and inflates to
+1 GiB turns into gigabytes. So the archive passes :class:`homer.formats.zipsafe.SafeZip`
+(zip-bomb limits on the directory), and python-docx is handed a package rebuilt in memory
+(:func:`text_package`) holding only the parts it parses or this reader reads, each
+decompressed through :meth:`SafeZip.read` (never past its declared size or the limits) and
+checked: UTF-8 or UTF-16 as Office Open XML requires (libxml2 also reads UTF-32 or UTF-7, in
+which a declaration is other bytes) and without a DOCTYPE (Word never writes one; a DTD is
+how entity attacks come in). Every other part — images, fonts, embedded files, themes — is
+there empty, so the relationships still resolve, and is never decompressed. What parsing
+the kept parts will take is estimated from their bytes first (:func:`xml_nodes`) and
+bounded by ``HOMER_DOCX_MAX_PARSE_MB`` (512): 64 MB of ``<a/><b/>…`` is within the zip
+limits but 13 million elements, 1.8 GB as an lxml tree.
 
 Refused with a reason: a password-protected DOCX (an OLE compound file holding an
 ``EncryptedPackage``, not a zip: "the DOCX is password-protected (encrypted)"); an old
@@ -25,12 +36,14 @@ from __future__ import annotations
 
 import io
 import re
+import zipfile
 
+from ..durable import env_number
 from ..source_document import DocumentError, SourceDocument
 from ..locations import section_label
 from .base import LINE_BREAK, SectionedText, collapse
-from .markup import parse_xml
-from .zipsafe import SafeZip, ZipLimits
+from .markup import DOCTYPE, UNICODE_XML, holds, parse_xml, xml_encoding
+from .zipsafe import SafeZip, ZipLimits, _mb
 
 MAIN = "word/document.xml"
 W_NS = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
@@ -39,8 +52,12 @@ MACRO_TYPES = ("application/vnd.ms-word.document.macroEnabled.main+xml",
 TEMPLATE_TYPE = "application/vnd.openxmlformats-officedocument.wordprocessingml.template.main+xml"
 OTHER_OFFICE = {"xl/workbook.xml": "an Excel workbook (XLSX)", "ppt/presentation.xml": "a PowerPoint file (PPTX)",
                 "content.xml": "an OpenDocument file (ODT, ODS…)", "META-INF/container.xml": "an EPUB"}
-_DOCTYPE = tuple(marker.encode(enc) for marker in ("<!DOCTYPE", "<!ENTITY") for enc in ("utf-8", "utf-16-le",
-                                                                                       "utf-16-be"))
+# What libxml2 takes for one element or text node (measured: 80-120 bytes with python-docx's
+# parser); an attribute is two (the attribute and its value's text node: 228 bytes measured).
+NODE_BYTES = 120
+# The parts read besides those python-docx parses itself (its part classes, added at run time).
+NOTES_TYPES = frozenset(f"application/vnd.openxmlformats-officedocument.wordprocessingml.{kind}+xml"
+                        for kind in ("footnotes", "endnotes"))
 _HEADING_NAME = re.compile(r"^heading\s*([1-9])$", re.I)
 SKIPPED = frozenset({"del", "moveFrom", "instrText", "delText", "delInstrText", "pPr", "rPr", "Fallback",
                      "commentReference", "annotationRef", "footnoteRef", "endnoteRef", "drawing", "pict",
@@ -81,14 +98,84 @@ def check_docx(data: bytes) -> None:
     open_docx(data)
 
 
-def _refuse_doctypes(archive: SafeZip) -> None:
-    for member in archive.members:
-        if member.lower().endswith((".xml", ".rels")):
-            raw = archive.read(member)
-            if any(marker in raw for marker in _DOCTYPE):
-                raise DocumentError(f"the DOCX's {member} carries a DOCTYPE or entity declarations, which Word "
-                                    f"never writes: refused (XML entities can read local files or expand "
-                                    f"without bound)")
+def checked_xml(archive: SafeZip, member: str) -> bytes:
+    """The member's bytes, read within the limits; refused unless UTF-8 or UTF-16 XML
+    without a DOCTYPE."""
+    raw = archive.read(member)
+    encoding = xml_encoding(raw)
+    if encoding not in UNICODE_XML:
+        raise DocumentError(f"the DOCX's {member} is XML in {encoding.upper()}, not UTF-8 or UTF-16 as a DOCX must "
+                            f"be: refused (in other encodings an entity declaration can hide)")
+    if holds(raw, encoding, DOCTYPE):
+        raise DocumentError(f"the DOCX's {member} carries a DOCTYPE or entity declarations, which Word never "
+                            f"writes: refused (XML entities can read local files or expand without bound)")
+    return raw
+
+
+def content_types(archive: SafeZip) -> tuple[dict[str, str], dict[str, str]]:
+    """``[Content_Types].xml``: the content type of a part by its name (lower case, with
+    its leading "/") and by its extension (lower case), as python-docx looks them up."""
+    found = archive.find("[Content_Types].xml")
+    if not found:
+        return {}, {}
+    root = parse_xml(checked_xml(archive, found), "the DOCX's [Content_Types].xml")
+    overrides, defaults = {}, {}
+    for el in root:
+        name = local(el)
+        if name == "Override" and el.get("PartName"):
+            overrides[el.get("PartName").lower()] = el.get("ContentType", "")
+        elif name == "Default" and el.get("Extension"):
+            defaults[el.get("Extension").lower()] = el.get("ContentType", "")
+    return overrides, defaults
+
+
+def xml_nodes(raw: bytes) -> int:
+    """About how many nodes libxml2 makes of the XML ``raw`` (UTF-8 or UTF-16), from its
+    bytes alone: an element or text node for each "<", two for each "=" (an attribute and
+    its value). A part costs about three times its bytes (the package python-docx is given,
+    its read of the part, the tree's text) and :data:`NODE_BYTES` a node."""
+    encoding = xml_encoding(raw)
+    return raw.count("<".encode(encoding)) + 2 * raw.count("=".encode(encoding))
+
+
+def max_parse_bytes() -> int:
+    return int(env_number("HOMER_DOCX_MAX_PARSE_MB", 512) * 2**20)
+
+
+def text_package(archive: SafeZip, budget: int | None = None) -> bytes:
+    """The package python-docx is given: every member of ``archive`` by its name, those it
+    parses (the content types of its part classes), the notes, the relationships and
+    ``[Content_Types].xml`` read through :func:`checked_xml`, the rest empty; refused when
+    what parsing them would take (:func:`xml_nodes`) exceeds ``budget``
+    (``HOMER_DOCX_MAX_PARSE_MB``).
+    Stored, not deflated: python-docx's reads are copies of bytes already checked."""
+    from docx.opc.part import PartFactory  # docx's import registers its part classes
+
+    budget = max_parse_bytes() if budget is None else budget
+    read_types = NOTES_TYPES | set(PartFactory.part_type_for)
+    overrides, defaults = content_types(archive)
+    cost = 0
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_STORED) as package:
+        for member, info in archive.members.items():
+            if info.is_dir():
+                continue
+            lowered = member.lower()
+            base = lowered.rpartition("/")[2]
+            kind = overrides.get("/" + lowered) or defaults.get(base.rpartition(".")[2] if "." in base else "")
+            if not (lowered.endswith(".rels") or lowered == "[content_types].xml" or kind in read_types):
+                package.writestr(member, b"")
+                continue
+            raw = checked_xml(archive, member)
+            nodes = xml_nodes(raw)
+            cost += 3 * len(raw) + NODE_BYTES * nodes
+            if cost > budget:
+                raise DocumentError(f"the DOCX's XML would take about {_mb(cost)} of memory to read ({member}: "
+                                    f"{_mb(len(raw))}, {nodes:,} elements and attributes), over the limit of "
+                                    f"{_mb(budget)}")
+            package.writestr(member, raw)
+            del raw
+    return out.getvalue()
 
 
 class Styles:
@@ -265,14 +352,15 @@ def read_docx(data: bytes, max_chars: int | None = None, deadline: float | None 
               limits: ZipLimits | None = None) -> SourceDocument:
     """The text of a Word document, with its headings as labelled sections."""
     archive = open_docx(data, limits)
-    _refuse_doctypes(archive)
     import docx
     from docx.opc.constants import RELATIONSHIP_TYPE as RT
     from docx.opc.exceptions import PackageNotFoundError
     from lxml import etree
 
+    package = text_package(archive)
     try:
-        document = docx.Document(io.BytesIO(data))
+        document = docx.Document(io.BytesIO(package))
+        del package
         styles = Styles(document.styles.element)
         footnotes = _notes(_part_root(document, RT.FOOTNOTES), "footnote")
         endnotes = _notes(_part_root(document, RT.ENDNOTES), "endnote")

@@ -4,8 +4,11 @@ paragraphs and headings.
 XML is parsed by lxml with entities left unresolved (``resolve_entities=False``), no DTD
 loaded, no network and libxml2's default size and depth bounds (``huge_tree=False``); a
 document whose DTD declares entities is refused outright — an external entity reads local
-files (XXE) and nested internal ones expand without bound ("billion laughs"). HTML is parsed
-by lxml's forgiving HTML parser, also without network.
+files (XXE) and nested internal ones expand without bound ("billion laughs"). That is looked
+for in the bytes before anything is parsed, in the encoding the parser will read them in
+(:func:`xml_encoding`: libxml2 also reads UTF-32, UTF-7 or EBCDIC, in which ``<!ENTITY`` is
+other bytes); XML in an encoding where it could hide is refused. HTML is parsed by lxml's
+forgiving HTML parser, also without network.
 
 :class:`Walker` turns an (X)HTML tree into :class:`homer.formats.base.SectionedText` blocks:
 paragraphs and list items as paragraphs, headings h1–h6 as sections (the reader decides
@@ -15,6 +18,7 @@ skipped."""
 
 from __future__ import annotations
 
+import codecs
 import re
 
 from ..source_document import DocumentError
@@ -36,7 +40,22 @@ NOTE_REF_TYPES = frozenset({"noteref", "doc-noteref"})
 NOTES_TYPES = frozenset({"footnotes", "endnotes", "rearnotes", "doc-endnotes"})  # a block of the notes
 NOTES_LABEL = "Notes"
 _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.I)
-_ENTITY_BYTES = (b"<!ENTITY", "<!ENTITY".encode("utf-16-le"), "<!ENTITY".encode("utf-16-be"))
+# Byte-order marks, then the first bytes of "<?xml" without one (XML 1.0, appendix F); the
+# longer patterns first (UTF-32-LE starts as UTF-16-LE does).
+_BOMS = ((b"\x00\x00\xfe\xff", "utf-32-be"), (b"\xff\xfe\x00\x00", "utf-32-le"), (b"\xef\xbb\xbf", "utf-8"),
+         (b"\xfe\xff", "utf-16-be"), (b"\xff\xfe", "utf-16-le"))
+_PATTERNS = ((b"\x00\x00\x00<", "utf-32-be"), (b"<\x00\x00\x00", "utf-32-le"), (b"\x00<", "utf-16-be"),
+             (b"<\x00", "utf-16-le"), (b"\x4c\x6f\xa7\x94", "cp037"))  # the last: "<?xm" in EBCDIC
+_DECLARED = re.compile(r"^\s*<\?xml\s[^>]*?\bencoding\s*=\s*[\"']([^\"'>]{1,40})[\"']")
+UNICODE_XML = frozenset({"utf-8", "utf-16-le", "utf-16-be"})  # what Office Open XML allows
+_WIDE = frozenset({"utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"})
+# Encodings in which every ASCII character is its own byte and no byte stands for nothing, so
+# a declaration shows as its ASCII bytes (unlike UTF-7, ISO-2022 or HZ, whose shifts can sit
+# between its letters). Older EPUBs declare some of them.
+_ASCII_BASED = frozenset({"ascii", "utf-8", "shift_jis", "cp932", "euc_jp", "euc_kr", "cp949", "gb2312", "gbk",
+                          "gb18030", "big5", "big5hkscs", "cp950", "tis-620", "cp874"})
+ENTITY = ("<!ENTITY",)
+DOCTYPE = ("<!DOCTYPE", "<!ENTITY")
 
 
 def _short(exc: Exception) -> str:
@@ -58,9 +77,57 @@ def refuse_entities(tree, what: str) -> None:
                                 f"or expand without bound)")
 
 
-def declares_entities(data: bytes) -> bool:
-    """A cheap look at raw bytes for an entity declaration (in UTF-8 or UTF-16)."""
-    return any(marker in data for marker in _ENTITY_BYTES)
+def _codec(name: str) -> str:
+    try:
+        return codecs.lookup(name).name
+    except LookupError:
+        return name.lower()
+
+
+def xml_encoding(data: bytes) -> str:
+    """The encoding an XML parser reads ``data`` in, by the rules it follows (XML 1.0,
+    appendix F): a byte-order mark, else the pattern of the first bytes ("<" in two or four
+    bytes: UTF-16 or UTF-32; "<?xm" in EBCDIC), else, for a start in ASCII, the encoding its
+    declaration names, else UTF-8 (libxml2 keeps to a byte-order mark or a UTF-16/32 start
+    whatever the declaration says). Python's name for it ("utf-8", "utf-16-le", "utf-32-be",
+    "cp037", "iso8859-1", "utf-7"…; an unknown one lower-cased)."""
+    found = next((name for mark, name in _BOMS if data.startswith(mark)), None)
+    if found is not None:
+        return found
+    found = next((name for mark, name in _PATTERNS if data.startswith(mark)), None)
+    if found is not None:
+        return found  # EBCDIC: which code page, the declaration says; refused whichever
+    declared = _DECLARED.match(data[:512].decode("ascii", "replace"))
+    return _codec(declared.group(1).strip()) if declared else "utf-8"
+
+
+def ascii_based(encoding: str) -> bool:
+    """Whether ``encoding`` writes ASCII as ASCII bytes and nothing in between (see
+    :data:`_ASCII_BASED`): the ISO 8859 and Windows code pages, KOI8, UTF-8, the common CJK
+    ones."""
+    return encoding in _ASCII_BASED or encoding.startswith(("iso8859-", "cp125", "koi8", "mac-"))
+
+
+def holds(data: bytes, encoding: str, markers: tuple[str, ...] = ENTITY) -> bool:
+    """Whether ``data``, read in ``encoding`` (UTF-16 or UTF-32 of a known byte order, or
+    one that is :func:`ascii_based`), holds one of ``markers`` (:data:`ENTITY`, :data:`DOCTYPE`),
+    looked for in its bytes."""
+    codec = "ascii" if ascii_based(encoding) else encoding
+    return any(marker.encode(codec) in data for marker in markers)
+
+
+def _encoding_refused(what: str, encoding: str) -> DocumentError:
+    return DocumentError(f"{what} is XML in {encoding.upper()}, which is refused (only UTF-8, UTF-16 and ASCII-based "
+                         f"encodings are read: in others an entity declaration can hide)")
+
+
+def declares_entities(data: bytes, what: str = "the document") -> bool:
+    """A cheap look at raw bytes for an entity declaration, in the encoding the parser will
+    read them in; :class:`DocumentError` for an encoding where one could hide."""
+    encoding = xml_encoding(data)
+    if not (ascii_based(encoding) or encoding in _WIDE):
+        raise _encoding_refused(what, encoding)
+    return holds(data, encoding)
 
 
 def parse_xml(data: bytes, what: str):
@@ -68,7 +135,7 @@ def parse_xml(data: bytes, what: str):
     ("the EPUB's package file content.opf")."""
     from lxml import etree
 
-    if declares_entities(data):
+    if declares_entities(data, what):
         raise DocumentError(f"{what} declares XML entities, which are refused (they can read local files "
                             f"or expand without bound)")
     try:
@@ -111,7 +178,7 @@ def parse_xhtml(data: bytes, what: str):
     parser instead, as reading systems do. Entity declarations are refused either way."""
     from lxml import etree
 
-    if declares_entities(data):
+    if declares_entities(data, what):
         raise DocumentError(f"{what} declares XML entities, which are refused (they can read local files "
                             f"or expand without bound)")
     try:

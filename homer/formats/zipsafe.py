@@ -2,10 +2,15 @@
 
 A zip bomb declares (or hides) far more bytes than it carries: a member of 200 MB of zeros
 is about 200 KB deflated. So the archive's central directory is checked *before* anything
-is decompressed — the number of members, each member's declared size, the declared total
-and each larger member's compression ratio — and every read is bounded again while it runs
-(a member can never yield more than it declared, nor the reads together more than the
-total), so a directory that lies is caught too. Nothing is ever written to disk.
+is decompressed — the number of members, each member's declared size, the declared total,
+each larger member's compression ratio, and that no member carries more compressed bytes
+than its declared size could need (a member that declares 1 000 bytes but holds a megabyte
+of deflate lies) — and every read is bounded again while it runs (a member can never yield
+more than it declared, nor the reads together more than the total), so a directory that
+lies otherwise is caught too. Only :meth:`SafeZip.read` decompresses: a library that opens
+the archive itself (python-docx reads every member with a plain ``zipfile`` read) is handed
+a package rebuilt from checked reads instead (:func:`homer.formats.docx.text_package`).
+Nothing is ever written to disk.
 
 The file's first bytes also tell what it really is, so a PDF or an old Word file renamed
 to ``.docx`` gets a reason that says so (:func:`sniff`).
@@ -28,6 +33,9 @@ ZIP_MAGIC = b"PK\x03\x04"
 EMPTY_ZIP_MAGIC = b"PK\x05\x06"
 OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"  # an OLE compound file: an encrypted Office file, or a .doc
 RATIO_FLOOR = 2**20  # members smaller than this are not held to the ratio (a small file of spaces is fine)
+# Compressing never adds more than this to a member (deflate adds 5 bytes per 64 KB stored
+# block, bzip2 about 1 %, plus headers): a member compressed beyond it declares a false size.
+SLACK_FRACTION, SLACK_BYTES = 0.02, 4096
 READ_CHUNK = 2**20
 
 
@@ -35,9 +43,10 @@ READ_CHUNK = 2**20
 @dataclass(frozen=True)
 class ZipLimits:
     """What an archive may hold. Only the package, the table of contents and the text
-    parts are read of an EPUB; python-docx reads every part of a DOCX (images too), so the
-    total bounds its memory, and one member's size bounds one XML tree (lxml takes about
-    ten times the XML's size)."""
+    parts are decompressed of an EPUB, and only the XML parts python-docx parses of a DOCX
+    (images, fonts and the like never are); the total bounds the bytes read, one member's
+    size one XML tree (lxml takes up to about 25 times the size of XML dense with elements:
+    a DOCX's trees are bounded by their estimated size too, in :mod:`.docx`)."""
 
     max_members: int = 10_000
     max_total_bytes: int = 256 * 2**20
@@ -164,6 +173,10 @@ def check_directory(infos: list[zipfile.ZipInfo], name: str, limits: ZipLimits) 
     for info in infos:
         if info.flag_bits & 0x1:
             raise DocumentError(f"the {name} is encrypted ({info.filename} needs a password)")
+        if info.compress_size > info.file_size * (1 + SLACK_FRACTION) + SLACK_BYTES:
+            raise DocumentError(f"the {name} member {info.filename} declares {info.file_size:,} bytes uncompressed "
+                                f"but holds {_mb(info.compress_size)} compressed: its declared size is false "
+                                f"(a zip bomb?)")
         if info.file_size > RATIO_FLOOR and info.file_size > limits.max_ratio * max(info.compress_size, 1):
             ratio = info.file_size / max(info.compress_size, 1)
             raise DocumentError(f"the {name} member {info.filename} expands {ratio:,.0f} times "
