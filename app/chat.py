@@ -37,11 +37,13 @@ from dataclasses import dataclass, field
 
 from homer.cache import HomerCache
 from homer.config import HomerConfig
-from homer.generation import Conversation, ConversationFullError, GenerationSettings
+from homer.durable import env_flag
+from homer.answering import DocumentChat
+from homer.generation import GenerationSettings
 from storage.errors import StoreError
 
 from . import focus as focusing
-from . import reader, tasks
+from . import tasks
 
 ModelLoader = Callable[[str | None], tuple]  # name -> (model, tokenizer, fingerprint)
 
@@ -53,7 +55,7 @@ def max_conversations() -> int:
 
 
 def citations_enabled() -> bool:
-    return os.environ.get("HOMER_CITATIONS", "1").strip().lower() not in ("0", "false", "no", "off")
+    return env_flag("HOMER_CITATIONS", True)
 
 
 def with_sources(answer: str, label: str) -> str:
@@ -78,19 +80,26 @@ class ChatError(ValueError):
 
 @dataclass
 class ChatSession:
-    """One conversation about one document. ``conversation`` (with its KV cache) may be
-    dropped to save memory; ``turns`` survive and are re-appended when needed."""
+    """One conversation about one document. ``answering`` (the pipeline, with the KV state
+    after the cache) may be released to save memory; ``turns`` survive and are re-appended
+    when needed. ``cache_id`` is "" while the document is still being read: the conversation
+    goes on over its cache once it is ready."""
 
     document_id: str
     cache_id: str
     conversation_id: str | None = None
-    conversation: Conversation | None = None
+    answering: DocumentChat | None = None
     turns: list[tuple[str, str]] = field(default_factory=list)
     messages: list[dict] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     owner: str | None = None  # whose thread it is (None without login)
     thread: bool = False      # a kept thread (:mod:`app.threads`): a new cache restarts its turns, not the thread
     notice: str = ""          # said with the next turn (the thread's cache was replaced)
+
+    @property
+    def conversation(self):
+        """The live conversation after the cache (None when released or never opened)."""
+        return self.answering.conversation if self.answering is not None else None
 
 
 def default_settings(model_config) -> dict:
@@ -218,8 +227,10 @@ class ChatService:
             if chat is not None and chat.thread and chat.cache_id != cache_id:  # a thread goes on over the new cache
                 if chat.messages and chat.cache_id:
                     chat.notice = THREAD_CACHE_REPLACED
-                chat.cache_id, chat.turns, chat.conversation = cache_id, [], None
+                chat.cache_id, chat.turns, chat.answering = cache_id, [], None
                 self._live.pop(key, None)
+            elif chat is not None and not chat.cache_id and cache_id:  # read meanwhile: go on over its cache
+                chat.cache_id = cache_id
             elif chat is None or chat.cache_id != cache_id:  # model or settings changed: a new conversation
                 chat = self._sessions[key] = ChatSession(document_id, cache_id)
                 self._live.pop(key, None)
@@ -243,7 +254,7 @@ class ChatService:
         model saw them, so a reopened thread re-appends them to its cache)."""
         added = [{"role": "user", "content": question}, {"role": "assistant", "content": shown}]
         chat.messages += added
-        self.store.save_turn(chat.conversation_id, chat.cache_id, added, chat.turns)
+        self.store.save_turn(chat.conversation_id, chat.cache_id or None, added, chat.turns)
 
     def _keep_live(self, key: tuple[str, str]) -> None:
         with self._sessions_lock:
@@ -251,151 +262,120 @@ class ChatService:
             self._live.move_to_end(key)
             while len(self._live) > max_conversations():
                 old, _ = self._live.popitem(last=False)
-                if old in self._sessions:
-                    self._sessions[old].conversation = None  # its turns are re-appended when needed
+                held = self._sessions.get(old)
+                if held is not None and held.answering is not None:
+                    held.answering.release()  # its turns are re-appended when needed
 
     def ask(self, session_key: str, document_id: str, question: str, model_name: str | None = None,
             generation: GenerationSettings | None = None, settings: dict | None = None,
-            deep_read: bool = False, focus: str | None = None) -> Iterator[tuple[str, dict]]:
-        """Stream ``(answer so far, turn stats)``. The last item's stats are complete:
+            deep_read: bool = False, focus: str | None = None, name: str | None = None) -> Iterator[tuple[str, dict]]:
+        """Stream ``(answer so far, turn stats)``; the turn itself is the library's answer
+        pipeline (:class:`homer.answering.DocumentChat`, the same for every door), over this
+        session's conversation about the document. The last item's answer is shown with its
+        sources under it and its stats are complete: the pipeline's
+        :class:`~homer.answering.TurnReport` (``focus``, passages, times, tokens, notes …),
+        ``sources`` (the label under the answer) and ``source_places`` (where the reader
+        opens each source, :mod:`app.reader`), and the store's facts: cache_id, cache_reused,
+        cache_source ("memory", "disk" or "none" while the document is still being read),
+        cache_load_seconds, thread_id, new_conversation, deep_read.
 
-        time_to_first_token (s, from the question to the first text), engine_time_to_first_token
-        (s, the model's own), tokens_per_second, new_tokens, appended_tokens (question and
-        earlier answer tokens fed this turn), document_tokens, cache_tokens, cache_reused
-        (the stored cache answered — the document was not encoded again), cache_source
-        ("memory" or "disk"), cache_load_seconds, turn (1-based), cache_id, deep_read; for a
-        document of several pages also sources ("p. 12, p. 47"), citations (pages with scores),
-        source_places (each source as a place the reader opens, :mod:`app.reader`)
-        and citation_seconds — the last item's answer then ends with a "Sources: …" line.
+        A document **still being read** (no cache of this model yet) is askable: a specific
+        question is answered from its passages at once; a whole-document question gets one
+        line saying how far the reading is (``still reading (43 %) …``).
 
         ``deep_read``: answer from a question-aware cache built for this question from the
-        stored leaf states (:func:`homer.deep_read.deep_read_document`) instead of the stored
-        cache: one item with stats ``phase: "deep reading"`` and an empty answer comes first,
-        the final stats hold deep_read true, deep_read_seconds and deep_read_mode
-        ("leaf-states" or "full-rebuild"). The turn joins the conversation's history as any
-        other. Without leaf states (or with unusable ones) the question is answered from the
-        stored cache and ``deep_read_unavailable`` says why.
+        stored leaf states (:func:`homer.deep_read.deep_read_document`): one item with stats
+        ``phase: "deep reading"`` and an empty answer comes first; the final stats hold
+        deep_read true, deep_read_seconds and deep_read_mode. Without leaf states the question
+        is answered as any other and ``deep_read_unavailable`` says why.
 
-        ``focus`` (:mod:`app.focus`; default ``HOMER_FOCUS``, else ``auto``): the question's
-        passages are retrieved and read again in its turn; the stats then hold
-        focus, passages and retrieval_seconds, and the answer lists them as its sources
-        (source_order; ``HOMER_SOURCE_ORDER=attention`` lists a passages-only answer's sources
-        by its attention, after it has streamed: source_scores and citation_seconds).
-        ``passages`` answers from them in a fresh window without the cache, ``cache`` from
-        the cache alone."""
+        ``focus`` (:mod:`app.focus`; default ``HOMER_FOCUS``, else ``auto``) overrides the
+        strategy for this turn; ``name``: the user's name for the document (its sources)."""
+        from homer.answering import AnswerError, DocumentChat
+
+        from . import answering
+
         question = (question or "").strip()
         if not document_id:
-            raise ChatError("pick a ready document first")
+            raise ChatError("pick a document first")
         if not question:
             raise ChatError("type a question")
         try:
-            strategy = focusing.focus_mode(focus, question)
-        except ValueError as exc:
+            answer_settings = answering.answer_settings()
+            answer_settings.strategy(question, focus)
+        except (AnswerError, ValueError) as exc:
             raise ChatError(str(exc)) from None
         started = time.perf_counter()
         model, tokenizer, fingerprint = self.model(model_name)
         row = self.ready_cache(document_id, model_name, settings)
-        if row is None:
-            raise ChatError("this document has no cache for the model in use yet: read it in the Library tab first")
-        cache, from_memory, load_seconds = self.load_cache(row["id"], fingerprint)
-        chat = self._session_for(session_key, document_id, row["id"])
+        stats: dict = {"deep_read": False}
+        waiting = None
+        if row is None:  # still being read (or never read by this model): its passages answer
+            doc = self.store.get_document(document_id)
+            state = answering.reading_state(self.store, document_id)
+            if doc is None:
+                raise ChatError(f"{state}: its text is not stored yet, ask again in a few seconds"
+                                if state and not state.startswith("reading failed") else
+                                state or "this document is not in the store")
+            cache, cache_id = None, ""
+            waiting = (f"{state} … a question about the whole document is answered once it has been read; "
+                       "ask something specific now" if state and not state.startswith("reading failed") else
+                       (f"{state}: a question about the whole document needs its cache — read it again from "
+                        "the library; specific questions are answered from its passages" if state else
+                        "this document has no cache for the model in use yet: read it in the library for "
+                        "questions about the whole document; specific questions are answered from its passages"))
+            stats.update(cache_id=None, cache_reused=False, cache_source="none", cache_load_seconds=0.0,
+                         reading=state or "not read")
+        else:
+            cache, from_memory, load_seconds = self.load_cache(row["id"], fingerprint)
+            cache_id = row["id"]
+            stats.update(cache_id=cache_id, cache_reused=True, cache_source="memory" if from_memory else "disk",
+                         cache_load_seconds=round(load_seconds, 4))
+        chat = self._session_for(session_key, document_id, cache_id)
         key = (session_key, document_id)
         with chat.lock:
             if chat.conversation_id is None:
-                chat.conversation_id = self.store.add_conversation(document_id, row["id"], owner=chat.owner)
-            stats = {
-                "cache_id": row["id"], "cache_tokens": len(cache), "cache_reused": True,
-                "cache_source": "memory" if from_memory else "disk", "cache_load_seconds": round(load_seconds, 4),
-                "document_tokens": int(cache.metadata.get("context_len") or 0), "turn": len(chat.turns) + 1,
-                "new_conversation": chat.conversation is None and not chat.turns, "deep_read": False,
-                "thread_id": chat.conversation_id,
-            }
+                chat.conversation_id = self.store.add_conversation(document_id, cache_id or None, owner=chat.owner)
+            stats.update(thread_id=chat.conversation_id, new_conversation=chat.answering is None and not chat.turns)
             if chat.notice:
                 stats["thread_notice"], chat.notice = chat.notice, ""
-            deep = None  # the deep-read conversation, when this turn is answered by one
-            if deep_read:
+            stats["index_built"] = focusing.index_document(self.store, document_id)
+            pipeline = chat.answering
+            if pipeline is None or pipeline.cache is not cache or pipeline.model is not model:
+                row_seen = {"id": document_id, "file_name": name or (self.store.get_document(document_id) or {}).get(
+                    "file_name")}
+                pipeline = chat.answering = DocumentChat(model, tokenizer, answering.stored_document(self.store, row_seen),
+                                                         cache, answer_settings)
+            pipeline.settings = answer_settings
+            pipeline.turns = chat.turns  # one list: the session's turns are the pipeline's
+            turn_cache = None
+            if deep_read and row is not None:
                 leaves, unavailable = self._leaf_states(row, fingerprint)
                 if unavailable:
                     stats["deep_read_unavailable"] = unavailable
                 if leaves is not None:
                     yield "", {**stats, "phase": "deep reading"}
-                    deep, answer_cache = self._deep_read(stats, row, leaves, question, model, tokenizer)
-            generation = generation or GenerationSettings()
-            turn = focusing.plan_turn(self.store, document_id, question, strategy if deep is None else
-                                      focusing.focus_mode("cache"), tokenizer, model, cache, generation.max_new_tokens)
-            stats.update(turn.stats())
-            if deep is None and turn.not_found:  # the passages hold too little of the question
-                shown = focusing.NOT_FOUND
-                stats.update(time_to_first_token=round(time.perf_counter() - started, 4), new_tokens=0,
-                             seconds=round(time.perf_counter() - started, 4))
-                chat.turns.append((question, shown))
-                self._record(chat, question, shown)
-                yield shown, stats
-                return
-            if deep is None and not strategy.uses_cache:  # plain retrieval: a fresh window, no cache
-                deep, answer_cache = focusing.PassageConversation(model, tokenizer, order=focusing.passage_order()), None
-                deep.turns = list(chat.turns)
-                chat.conversation = None  # re-appended with this turn when the cache answers again
-            if deep is None:
-                fresh = chat.conversation is None
-                if fresh:
-                    chat.conversation = Conversation(cache, model, tokenizer)
-                    chat.conversation.turns = list(chat.turns)  # earlier turns are re-appended with this question
+                    turn_cache = self._deep_read(stats, row, leaves, question, model, tokenizer)
+            elif deep_read:
+                stats["deep_read_unavailable"] = "deep read unavailable: the document is still being read"
+            if turn_cache is None and cache is not None and answer_settings.strategy(question, focus).uses_cache:
                 self._keep_live(key)
-                conversation, answer_cache = chat.conversation, cache
-            else:
-                conversation = deep
-            position_before = conversation.state.position if conversation.state is not None else 0
-            answer, first = "", None
+            answer = None
             try:
-                if answer_cache is None:  # plain retrieval: the passages are the document
-                    asked = conversation.ask(question, turn.texts, settings=generation)
-                else:
-                    asked = conversation.ask(turn.text, settings=generation)
-                for piece in asked:
-                    if first is None:
-                        first = time.perf_counter() - started
-                        stats["time_to_first_token"] = round(first, 4)
-                    answer += piece
-                    yield answer, dict(stats)
-            except BaseException as error:  # an error, a question too long, or the listener went away
-                if deep is None:
-                    chat.conversation = None  # its KV state is unknown now; rebuild from the turns next time
-                if isinstance(error, ConversationFullError):
-                    raise ChatError(str(error)) from None
-                raise
-            engine = conversation.stats
-            generated = int(engine.get("new_tokens", 0))
-            stats.update(
-                time_to_first_token=round(first if first is not None else time.perf_counter() - started, 4),
-                engine_time_to_first_token=round(float(engine.get("time_to_first_token", 0.0)), 4),
-                tokens_per_second=round(float(engine.get("tokens_per_second", 0.0)), 2),
-                new_tokens=generated, forgotten_turns=conversation.dropped_turns,
-                appended_tokens=conversation.state.position - position_before - max(generated - 1, 0),
-                seconds=round(time.perf_counter() - started, 4),
-            )
-            earlier = [] if deep is not None else conversation.turns[:-1]  # what the model saw; a deep-read cache holds only this question
-            if turn.passages or answer_cache is None:  # the passages it was given are its sources
-                shown = answer
-                if turn.passages and citations_enabled():  # HOMER_CITATIONS=0 turns every sources line off
-                    locations = self.store.location_map(document_id)
-                    sources, ranking = focusing.ranked_sources(turn, answer, conversation if answer_cache is None
-                                                               else None, model, tokenizer)  # HOMER_SOURCE_ORDER
-                    sources = [focusing.read_part(p, question, locations) for p in sources]  # where the model read
-                    shown = focusing.with_passage_sources(answer, sources, locations, question)
-                    stats.update(sources=focusing.sources_label(sources, locations, question),
-                                 source_places=reader.passage_places(document_id, sources, locations, question),
-                                 citation_seconds=round(turn.seconds, 4))
-                    stats.update(ranking)  # source_order; by attention also source_scores, citation_seconds
-            else:
-                label = self._cite(stats, document_id, answer_cache, model, tokenizer, conversation.prompt, earlier,
-                                   question, answer)
-                shown = with_sources(answer, label)
-            chat.turns.append((turn.text if answer_cache is not None else question, answer))  # as the model saw it
-            if deep is not None and chat.conversation is not None:
-                chat.conversation.turns.append((question, answer))  # appended before its next question
+                for answer in pipeline.stream(question, focus=focus, generation=generation, cache=turn_cache,
+                                              waiting=waiting):
+                    if not answer.done:
+                        yield answer.text, answering.turn_stats(answer, document_id, **stats)
+            except AnswerError as exc:
+                raise ChatError(str(exc)) from None
+            final = answering.turn_stats(answer, document_id, **stats)
+            if turn_cache is not None:  # what the deep read's cache holds, not the stored one's
+                final.update(cache_reused=False, cache_source="deep read", cache_tokens=len(turn_cache))
+            final["time_to_first_token"] = max(final.get("time_to_first_token", 0.0), 0.0)
+            final["seconds"] = round(time.perf_counter() - started, 4)
+            shown = answer.shown()
             self._record(chat, question, shown)
-        yield shown, stats
+        yield shown, final
 
     def _leaf_states(self, row: dict, fingerprint: str):
         """``(path, None)`` of the cache's checked leaf states, or ``(None, why not)``. The
@@ -414,9 +394,9 @@ class ChatService:
         return path, None
 
     def _deep_read(self, stats: dict, row: dict, leaves, question: str, model, tokenizer):
-        """``(conversation, cache)`` on a question-aware cache built for ``question`` from the
-        leaf states with the stored cache's settings, or ``(None, None)`` with
-        ``deep_read_unavailable`` in ``stats`` when the states do not fit the model or settings."""
+        """A question-aware cache built for ``question`` from the leaf states with the stored
+        cache's settings, or None with ``deep_read_unavailable`` in ``stats`` when the states
+        do not fit the model or settings."""
         from homer.deep_read import LeafStateMismatchError, deep_read_document
 
         began = time.perf_counter()
@@ -427,34 +407,10 @@ class ChatService:
                                               metadata={"document_id": row["document_id"]})
         except (LeafStateMismatchError, ValueError) as exc:
             stats["deep_read_unavailable"] = f"deep read unavailable: {exc}"
-            return None, None
+            return None
         stats.update(deep_read=True, deep_read_seconds=round(time.perf_counter() - began, 4),
-                     deep_read_mode=answer_cache.metadata.get("deep_read", ""), cache_tokens=len(answer_cache),
-                     cache_reused=False, cache_source="deep read")
-        return Conversation(answer_cache, model, tokenizer), answer_cache
-
-    def _cite(self, stats: dict, document_id: str, cache: HomerCache, model, tokenizer, prompt,
-              turns: list[tuple[str, str]], question: str, answer: str) -> str:
-        """The pages the answer was read from ("p. 3, p. 7"), computed from the stored cache;
-        empty for a one-page document, an empty answer, or a cache without source offsets."""
-        if not citations_enabled() or not answer.strip() or cache.char_offsets is None:
-            return ""
-        try:
-            locations = self.store.location_map(document_id)
-        except StoreError:
-            return ""
-        if len(locations) < 2:
-            return ""
-        from homer.citations import cite_answer
-
-        citations = cite_answer(model, tokenizer, cache, list(locations.starts), question, answer, turns=turns,
-                                prompt=prompt)
-        label = citations.label(locations)
-        stats.update(sources=label, citations=citations.to_dict()["pages"],
-                     source_places=reader.location_places(document_id, [c.page for c in citations.pages], locations,
-                                                          reader.text_length(self.store, document_id)),
-                     citation_seconds=round(citations.seconds, 4))
-        return label
+                     deep_read_mode=answer_cache.metadata.get("deep_read", ""))
+        return answer_cache
 
 
 def describe_turn(stats: dict) -> str:
@@ -467,6 +423,12 @@ def describe_turn(stats: dict) -> str:
         how = "from the stored leaf states" if stats.get("deep_read_mode") == "leaf-states" else "by reading it again"
         line += (f"deep read for this question in {stats.get('deep_read_seconds', 0):.2f} s ({how}; "
                  f"{stats.get('cache_tokens', 0)} tokens kept for a {stats.get('document_tokens', 0)}-token document)")
+    elif stats.get("focus") == "waiting":
+        line += f"{stats.get('reading') or 'still reading'}: nothing to answer a whole-document question from yet"
+    elif not stats.get("cache_used", True):
+        line += (f"answered from the passages without the cache"
+                 f"{' (the document is ' + stats['reading'] + ')' if stats.get('reading') else ''} · "
+                 f"{stats.get('appended_tokens', 0)} prompt tokens")
     else:
         source = "loaded from disk" if stats.get("cache_source") == "disk" else "reused from memory"
         line += (f"cache {source} ({stats.get('cache_tokens', 0)} tokens for a {stats.get('document_tokens', 0)}-token "
@@ -490,6 +452,8 @@ def turn_line_notes(stats: dict) -> str:
         line += f" · {stats['deep_read_unavailable']}"
     if stats.get("thread_notice"):
         line += f" · {stats['thread_notice']}"
+    for note in stats.get("notes") or []:
+        line += f" · {note}"
     return line
 
 

@@ -43,6 +43,7 @@ import time
 from dataclasses import dataclass, field, replace
 
 from homer import grounding
+from homer.durable import env_flag
 from homer.grounding import NOT_FOUND
 from homer.locations import LocationMap
 from homer.focus import (DEFAULT_PASSAGE_ORDER, DEFAULT_PASSAGES, FOCUS_CHOICES, PASSAGE_ORDERS, FocusStrategy,
@@ -75,6 +76,11 @@ def focus_mode(requested: str | None = None, question: str = "") -> FocusStrateg
     elif name not in FOCUS_CHOICES:
         raise ValueError(f"focus must be one of {', '.join(CHOICES)}, not {name!r}")
     return strategy(name)
+
+
+def requested_focus() -> str:
+    """The focus setting's name (``HOMER_FOCUS``, else ``auto``), not yet routed."""
+    return (os.environ.get("HOMER_FOCUS") or DEFAULT_FOCUS).strip().lower()
 
 
 def passages_per_question() -> int:
@@ -122,7 +128,7 @@ def covered(store, document_id: str, question: str, texts) -> float:
 
 
 def not_found_enabled() -> bool:
-    return os.environ.get("HOMER_NOT_FOUND", "1").strip() != "0"
+    return env_flag("HOMER_NOT_FOUND", True)
 
 
 def index_document(store, document_id: str) -> bool:

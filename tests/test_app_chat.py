@@ -78,10 +78,13 @@ def test_an_evicted_conversation_re_appends_its_turns(service, tiny, monkeypatch
     assert stats["turn"] == 2 and stats["appended_tokens"] > len("One?")  # history re-appended, not the document
 
 
-def test_chat_refuses_without_a_cache_of_this_model(service, tiny, tmp_path):
+def test_chat_without_a_cache_of_this_model_answers_from_passages(service, tiny, tmp_path):
     doc = add_to_store(service.store, ingest_bytes(story(10).encode(), "x.txt"))
-    with pytest.raises(ChatError, match="no cache for the model in use"):
-        next(service.ask("s", doc["id"], "Hi?", "tiny"))
+    shown, stats = list(service.ask("s", doc["id"], "What is this book about?", "tiny"))[-1]
+    assert "no cache for the model in use" in shown and stats["focus"] == "waiting" and stats["new_tokens"] == 0
+    shown, stats = list(service.ask("s", doc["id"], "Where did the harbour master go?", "tiny",
+                                    GenerationSettings(max_new_tokens=3)))[-1]
+    assert stats["focus"] == "passages" and stats["cache_source"] == "none" and not stats["cache_used"]
     with pytest.raises(ChatError, match="type a question"):
         next(service.ask("s", doc["id"], "  ", "tiny"))
     # a cache of another model is never picked

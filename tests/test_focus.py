@@ -231,7 +231,7 @@ def test_chat_answers_with_focus_and_lists_its_sources(tmp_path, tiny, monkeypat
     assert "Paragraph 11." in session.turns[0][0]  # the turn as the model saw it, for later rebuilds
     assert service.history("s", doc["id"])[0]["content"] == "Where was the zyzzogeton?"
     *_, (_, plain) = service.ask("s", doc["id"], "And the keeper?", "tiny", settings, focus="cache")
-    assert plain["focus"] == "cache" and "passages" not in plain and plain["turn"] == 2
+    assert plain["focus"] == "cache" and not plain["passages"] and plain["turn"] == 2
     *_, (shown3, rag) = service.ask("s", doc["id"], "Who kept the zyzzogeton lamp?", "tiny", settings,
                                     focus="passages")
     assert rag["focus"] == "passages" and "Sources:" in shown3 and not rag["index_built"]
@@ -240,7 +240,7 @@ def test_chat_answers_with_focus_and_lists_its_sources(tmp_path, tiny, monkeypat
     *_, (_, fourth) = service.ask("s", doc["id"], "Where was the zyzzogeton kept?", "tiny", settings)
     assert fourth["turn"] == 4 and fourth["focus"] == AUTO_SPECIFIC  # the default, auto, on a specific question
     *_, (shown5, fifth) = service.ask("s", doc["id"], "What is this document about?", "tiny", settings)
-    assert fifth["focus"] == "cache" and "passages" not in fifth and "Sources:\n-" not in shown5  # the whole: the cache
+    assert fifth["focus"] == "cache" and not fifth["passages"] and "Sources:\n-" not in shown5  # the whole: the cache
     monkeypatch.setenv("HOMER_FOCUS", "passages")
     *_, (_, sixth) = service.ask("s", doc["id"], "What is this document about?", "tiny", settings)
     assert sixth["focus"] == "passages"  # the setting wins over the route

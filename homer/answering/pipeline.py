@@ -134,6 +134,7 @@ class TurnReport:
     appended_tokens: int = 0
     forgotten_turns: int = 0
     seconds: float = 0.0
+    cited: bool = False                                   # sources were looked for (citations on, something to cite)
     citation_seconds: float = 0.0
     citations: list[dict] = field(default_factory=list)   # pages cited from the cache, with scores
     source_order: str = ""
@@ -344,6 +345,7 @@ class DocumentChat:
         """The passages read, as sources: in retrieval order, or by the answer's attention
         (``source_order="attention"``, a passages-only answer: :mod:`homer.passage_citations`)."""
         began = time.perf_counter()
+        report.cited = True
         order = list(range(len(found)))
         report.source_order = "retrieval"
         if (self.settings.source_order == "attention" and not chosen.uses_cache and answer.text.strip()
@@ -386,6 +388,7 @@ class DocumentChat:
 
         cited = cite_answer(self.model, self.tokenizer, cache, list(locations.starts), question, text, turns=turns,
                             prompt=prompt)
+        report.cited = True
         report.citation_seconds = round(cited.seconds, 4)
         report.citations = cited.to_dict()["pages"]
         for c in cited.pages:

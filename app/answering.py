@@ -1,0 +1,92 @@
+"""The store's side of the answer pipeline (:mod:`homer.answering`): what every door of the
+app plugs into it — the stored document's places and persisted passage index, the
+settings the app runs with, how far a document still being read has got — and the turn's
+typed result turned into the stats the UI's turn details show.
+
+The pipeline itself (retrieve, read, answer, cite) is the library's; nothing here answers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from homer.answering import Answer, AnswerSettings, DocumentText
+from storage import passages as index
+
+from . import focus as focusing
+
+
+def answer_settings() -> AnswerSettings:
+    """The app's :class:`homer.answering.AnswerSettings` (``HOMER_FOCUS``,
+    ``HOMER_FOCUS_PASSAGES``, ``HOMER_FOCUS_WORDS``, ``HOMER_PASSAGE_ORDER``,
+    ``HOMER_SOURCE_ORDER``, ``HOMER_NOT_FOUND``, ``HOMER_CITATIONS``; :mod:`app.focus`)."""
+    from .chat import citations_enabled
+
+    return AnswerSettings(focus=focusing.requested_focus(), passages=focusing.passages_per_question(),
+                          excerpt_words=focusing.excerpt_words(), passage_order=focusing.passage_order(),
+                          source_order=focusing.source_order(), not_found=focusing.not_found_enabled(),
+                          citations=citations_enabled())
+
+
+@dataclass
+class StoredPassages:
+    """A stored document's passage index as the pipeline searches it: the store's retriever
+    (BM25 over the document's own statistics by default, ``HOMER_RETRIEVER`` for dense or
+    fused), built on first use for a document that has none (a bundle's)."""
+
+    store: object
+    document_id: str
+
+    def search(self, question: str, k: int = 3):
+        return index.search(self.store.db, self.document_id, question, k)
+
+    @property
+    def passages(self):
+        return index.passages(self.store.db, self.document_id)
+
+    def frequencies(self):
+        return focusing.frequencies(self.store, self.document_id)
+
+
+def stored_document(store, row: dict) -> DocumentText:
+    """A stored document (a row as the user sees it: their name for it) for the pipeline;
+    its passage index is built now when it has none."""
+    from . import reader
+
+    focusing.index_document(store, row["id"])
+    name = row.get("file_name") or row.get("title") or row["id"][:12]
+    return DocumentText(row["id"], name, store.location_map(row["id"]), StoredPassages(store, row["id"]),
+                        reader.text_length(store, row["id"]))
+
+
+def reading_state(store, document_id: str) -> str | None:
+    """How far the reading of a document without a ready cache has got, as one line:
+    ``still reading (43 %)``, ``queued for reading``, ``reading failed: reason``; None when
+    no build of it is known."""
+    jobs = list(store.db["jobs"].rows_where("document_id = ?", [document_id], order_by="created desc", limit=5))
+    active = [j for j in jobs if j["state"] in ("queued", "running")]
+    if active:
+        job = active[0]
+        if job["state"] == "queued":
+            return "queued for reading"
+        return f"still reading ({float(job.get('progress') or 0.0) * 100:.0f} %)"
+    if jobs and jobs[0]["state"] == "failed":
+        return f"reading failed: {jobs[0].get('error') or 'unknown reason'}"
+    return None
+
+
+def turn_stats(answer: Answer, document_id: str | None = None, **extra) -> dict:
+    """The turn's report as the UI's stats dict, with the answer's sources (the label shown
+    under it and the places the reader opens) and the app's own facts (``extra``)."""
+    stats = {**answer.report.to_dict(), **extra} if answer.report is not None else dict(extra)
+    if answer.report is not None and answer.report.cited:
+        stats["sources"] = answer.sources_text.strip()
+        places = []
+        for s in answer.sources:
+            place = {"document_id": s.document_id, "location": s.location, "label": s.label, "start": s.start,
+                     "end": s.end, "quote": s.quote}
+            if answer.report is not None and len(answer.report.documents) > 1:
+                place["document"] = s.document
+            places.append(place)
+        stats["source_places"] = places
+    return stats
