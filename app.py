@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from app.chat import ChatService
     from app.library import max_request_bytes  # the larger of the upload and bundle limits
-    from app.mcp_tools import Access, mcp_available, oauth_wanted, restrict_tools
+    from app.mcp_tools import Access, after_launch, mcp_available, oauth_wanted
     from app.slices import Slices, zero_gpu_decorator
     from app.ui import CSS, THEME, build_ui, on_zero_gpu, spaces_gpu
     from app.worker import queue_for, start_consumer_in_process
@@ -124,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
                 prevent_thread_lock=True, show_error=True, theme=THEME, css=CSS, max_file_size=max_request_bytes(),
                 footer_links=["api", "gradio"],
                 mcp_server=mcp_available() and os.environ.get("HOMER_MCP", "1") != "0")  # gradio's mcp extra
-    tools = restrict_tools(demo)  # the MCP tools are the five of app.mcp_tools, not every UI event
+    tools = after_launch(demo)  # the MCP tools are the five of app.mcp_tools, not every UI event; their downloads
     print(f"HOMER Chat is running on {demo.local_url}", flush=True)
     if tools:
         print(f"MCP server: {demo.local_url.rstrip('/')}/gradio_api/mcp/ (tools: {', '.join(tools)})", flush=True)

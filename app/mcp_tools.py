@@ -22,32 +22,57 @@ How an MCP client says who it is (gradio's MCP endpoint itself has no login):
 * neither: no credentials are needed and every document is everyone's.
 
 A request without valid credentials where they are needed is refused (:data:`SIGN_IN` or
-:data:`LOG_IN`); nothing is served to it."""
+:data:`LOG_IN`); nothing is served to it, and nothing is written to disk for it: gradio's MCP
+server saves a ``data:`` URL given for a ``FileData`` parameter to its temp folder before the
+tool runs (and fetches an http(s) URL), so the ``upload`` tool takes its file as a plain string
+and decodes it itself, after the credentials are checked, stopping at the upload limit
+(:func:`read_data_url`). It takes ``data:`` URLs only: the server does not fetch http(s) URLs
+(the app often runs offline, and a fetch would let a user make the server reach other hosts);
+a client that has a URL downloads it and sends the bytes. The MCP transport itself refuses a
+request body over 4 MiB (the ``mcp`` library's default, kept: the body is read into memory
+before anyone is known), so a file sent over MCP is at most about 3 MB; larger ones go through
+the UI or ``gradio_client`` (``/upload_document``, behind the app's login like every API route).
+
+Every model call of ``ask`` takes its turn with the UI's (:mod:`app.model_turns`).
+``export_bundle`` answers a link to the app's own download route (:class:`Downloads`, mounted
+by :func:`after_launch`) that serves the bundle to the user who exported it only, checking the
+same credentials as the tools (or the app's login cookie). A bundle is not handed to gradio's
+``/gradio_api/file=`` route: that route checks only gradio's login cookie, so an MCP client
+with basic credentials got 401, and with a cookie any logged-in user could fetch the link."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
+import inspect
+import mimetypes
 import os
+import secrets
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from urllib.parse import quote, unquote, unquote_to_bytes
 
 import gradio as gr
 from gradio.data_classes import FileData
+from starlette.requests import Request
+from starlette.responses import FileResponse, PlainTextResponse, Response
 
 from storage.errors import StoreError
 
-from . import library, reader
+from . import library, model_turns, reader
 
 TOOLS = ("list_documents", "upload", "build_status", "ask", "export_bundle")
-# the API names of the tools' endpoints (the UI has its own /upload and /ask events)
-ENDPOINTS = {"list_documents": "list_documents", "upload": "upload_document", "build_status": "build_status",
+# the API names of the tools' endpoints (the UI has its own /upload and /ask events; gradio_client
+# uploads a file with /upload_document, which is not a tool)
+ENDPOINTS = {"list_documents": "list_documents", "upload": "upload_data_url", "build_status": "build_status",
              "ask": "ask_document", "export_bundle": "export_bundle"}
 SIGN_IN = "sign in with Hugging Face to use your library"
 LOG_IN = "log in to use your library (MCP: send an --auth user's name and password as HTTP basic credentials)"
@@ -157,7 +182,7 @@ class Access:
 
 
 def _upload_folders() -> list[Path]:
-    """Where gradio writes the files a client uploads (an MCP call's files included)."""
+    """Where gradio writes the files a client uploads (``gradio_client``'s files included)."""
     folders = {os.environ.get("GRADIO_TEMP_DIR") or str(Path(tempfile.gettempdir()) / "gradio")}
     return [Path(f).resolve() for f in folders]
 
@@ -175,19 +200,186 @@ def _uploaded_path(file) -> tuple[Path, str | None]:
         raise StoreError("no file given")
     resolved = Path(str(path)).resolve()
     if not any(resolved.is_relative_to(folder) for folder in _upload_folders()) or not resolved.is_file():
-        raise StoreError("upload the file through the app (an http(s) or data: URL over MCP)")
+        raise StoreError("upload the file through the app (gradio_client's handle_file)")
     return resolved, name
 
 
+NO_FETCH = ("the server does not fetch URLs: download the file and send its bytes as a data: URL "
+            "(data:<type>;base64,<bytes>)")
+DECODE_CHARS = 1 << 16  # a data: URL is decoded this many characters at a time
+
+
+def read_data_url(url: str, limit: int) -> tuple[bytes, str, str | None]:
+    """The bytes of a ``data:`` URL (RFC 2397), its media type and the file name it carries
+    (a ``name=`` or ``filename=`` parameter, else None). Decoded a slice at a time and stopped
+    as soon as the bytes pass ``limit`` (:class:`StoreError` naming the limit), so an oversized
+    file is never held whole; an http(s) URL or anything else is refused in one line.
+
+    Written here rather than taken from the standard library: ``urllib``'s data: handler
+    decodes the whole payload at once, with no limit."""
+    text = str(url or "").strip()
+    head = text[:8].lower()
+    if head.startswith(("http://", "https://")):
+        raise StoreError(NO_FETCH)
+    if not head.startswith("data:"):
+        raise StoreError("send the file as a data: URL (data:<type>;base64,<bytes>)")
+    header, comma, payload = text[5:].partition(",")
+    if not comma:
+        raise StoreError("the data: URL has no comma before its data")
+    params = [p.strip() for p in header.split(";")]
+    media = params[0].lower() or "text/plain"
+    name = next((p.partition("=")[2].strip('"') for p in params[1:]
+                 if p.lower().startswith(("name=", "filename="))), None)
+    encoded = bool(params[1:]) and params[-1].lower() == "base64"
+    over = f"the file is over the upload limit of {limit / 2**20:.1f} MB"
+    parts, size, escape, base = [], 0, "", ""
+    for start in range(0, len(payload), DECODE_CHARS):
+        chunk, escape = escape + payload[start:start + DECODE_CHARS], ""
+        if start + DECODE_CHARS < len(payload):  # a %XX escape cut by the slice waits for the next
+            cut = chunk.rfind("%", max(0, len(chunk) - 2))
+            if cut >= 0:
+                chunk, escape = chunk[:cut], chunk[cut:]
+        if encoded:  # base64, perhaps percent-encoded, with line breaks or spaces in it
+            text = base + "".join((unquote(chunk) if "%" in chunk else chunk).split())
+            whole = len(text) - len(text) % 4
+            text, base = text[:whole], text[whole:]
+            try:
+                piece = base64.b64decode(text, validate=True)
+            except (binascii.Error, ValueError):
+                raise StoreError("the data: URL's base64 is not valid") from None
+        else:
+            piece = unquote_to_bytes(chunk)
+        size += len(piece)
+        if size > limit:
+            raise StoreError(over)
+        parts.append(piece)
+    if base:
+        raise StoreError("the data: URL's base64 is not valid (its length)")
+    return b"".join(parts), media, name
+
+
+def _request_root(request, root_path: str = "") -> str:
+    """The app's public root URL as the client reached it (behind a proxy too: gradio's own
+    rules, the forwarded host and scheme), without a trailing slash."""
+    from gradio import route_utils
+
+    raw = getattr(request, "request", None) or request
+    url = getattr(raw, "url", None)
+    if url is None or not hasattr(raw, "headers"):
+        return root_path.rstrip("/")
+    return route_utils.get_root_url(raw, route_path=url.path, root_path=root_path or None)
+
+
+class Downloads:
+    """Bundles exported by the tools, each served to the user who exported it and nobody
+    else, at ``/homer/exports/<token>/<file name>`` (the token: 192 random bits, so a link
+    cannot be guessed; and the requester must still be its exporter).
+
+    The requester is found as the tools find their caller (:meth:`Access.owner`): HTTP basic
+    credentials of an ``--auth`` user or the app's login cookie; a Hugging Face token or the
+    signed-in session; anyone without login (every document is everyone's). A request
+    without them is answered 401, someone else's link or an unknown, expired or pruned one
+    404 (the same: nobody learns which links exist). Links live as long as the bundle file
+    (:data:`app.library.EXPORT_KEEP_SECONDS`) and within this process."""
+
+    ROUTE = "/homer/exports"
+
+    def __init__(self, access: Access, keep_seconds: float = library.EXPORT_KEEP_SECONDS):
+        self.access = access
+        self.keep_seconds = keep_seconds
+        self.root_path = ""
+        self._app = None
+        self._files: dict[str, tuple[str | None, Path, float]] = {}
+        self._lock = threading.Lock()
+
+    def add(self, owner: str | None, path: Path) -> str:
+        """Register an exported file; returns its link's path (under the app's root)."""
+        token = secrets.token_urlsafe(24)
+        now = time.time()
+        with self._lock:
+            self._files = {k: v for k, v in self._files.items() if now - v[2] <= self.keep_seconds}
+            self._files[token] = (owner, Path(path), now)
+        return f"{self.ROUTE}/{token}/{quote(Path(path).name)}"
+
+    def link(self, request, owner: str | None, path: Path) -> str:
+        return _request_root(request, self.root_path) + self.add(owner, path)
+
+    def mount(self, app, root_path: str = "") -> None:
+        """Add the download route to the running app (gradio builds its app at launch)."""
+        self._app = app
+        self.root_path = root_path or ""
+        app.add_api_route(self.ROUTE + "/{token}/{name}", self.serve, methods=["GET"], include_in_schema=False)
+
+    def _cookie_user(self, request) -> str | None:
+        """The user of the app's own login cookie (``--auth``), as gradio's routes read it."""
+        app = self._app
+        tokens, cookie_id = getattr(app, "tokens", None) or {}, getattr(app, "cookie_id", None)
+        if not cookie_id:
+            return None
+        token = request.cookies.get(f"access-token-{cookie_id}") or \
+            request.cookies.get(f"access-token-unsecure-{cookie_id}")
+        return tokens.get(token) if token else None
+
+    def _session_profile(self, request):
+        """The Hugging Face profile of a signed-in browser session (sign-in with Hugging Face)."""
+        if not self.access.oauth or "session" not in request.scope:
+            return None
+        try:
+            from gradio.oauth import _get_valid_oauth_info_from_session
+
+            info = _get_valid_oauth_info_from_session(request.session)
+            return gr.OAuthProfile(info["userinfo"]) if info else None
+        except Exception:  # no or a broken session: not signed in
+            return None
+
+    def requester(self, request) -> str | None:
+        """Who asks for a download; raises :class:`SignInRequired` when the app needs a user."""
+        asking = SimpleNamespace(headers=request.headers,
+                                 username=self._cookie_user(request) if self.access.login else None)
+        return self.access.owner(asking, self._session_profile(request))
+
+    def serve(self, token: str, name: str, request: Request) -> Response:
+        try:
+            user = self.requester(request)
+        except SignInRequired as exc:
+            headers = {"WWW-Authenticate": 'Basic realm="HOMER Chat"'} if self.access.login else None
+            return PlainTextResponse(str(exc), status_code=401, headers=headers)
+        with self._lock:
+            found = self._files.get(token)
+        if found is None or found[0] != user or found[1].name != name or not found[1].is_file() \
+                or time.time() - found[2] > self.keep_seconds:
+            return PlainTextResponse("no such export (or it expired): export the document again", status_code=404)
+        return FileResponse(found[1], filename=found[1].name, media_type="application/zip")
+
+
 def add_tools(store, queue, chat, model_name: str, access: Access, gpu: Callable | None = None,
-              slices=None) -> None:
+              slices=None) -> Downloads:
     """Register the five tools as API endpoints of the Blocks being built (call it inside
     ``with gr.Blocks():``). They are not queued, so an MCP call runs them directly with its
-    own request (its credentials); ``gpu`` wraps ``ask`` (``spaces.GPU`` on ZeroGPU)."""
+    own request (its credentials); ``ask`` takes its turn with every other model call
+    (:mod:`app.model_turns`) and is wrapped by ``gpu`` (``spaces.GPU`` on ZeroGPU) inside
+    that. Returns the :class:`Downloads` of ``export_bundle``, which :func:`after_launch`
+    mounts on the running app. ``gradio_client`` also gets ``/upload_document``, the upload
+    with a file it sends with ``handle_file`` (not an MCP tool: a ``FileData`` parameter
+    would let gradio's MCP server write before the credentials are checked)."""
     gpu = gpu or (lambda fn: fn)
+    downloads = Downloads(access)
 
     def fingerprint() -> str:
         return chat.model(model_name)[2]
+
+    def signed_in(fn: Callable) -> Callable:
+        """Refuse a request without the credentials it needs before anything else runs (before
+        it waits for the model's turn): the tool itself still asks :meth:`Access.owner`."""
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def checked(*args, **kwargs):
+            given = signature.bind_partial(*args, **kwargs).arguments
+            access.owner(given.get("request"), given.get("profile"))
+            return fn(*args, **kwargs)
+
+        return checked
 
     def list_documents(request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> list[dict]:
         """List the documents in your library with their reading state for the model in use.
@@ -200,27 +392,47 @@ def add_tools(store, queue, chat, model_name: str, access: Access, gpu: Callable
                  "tokens": e["tokens"], "access": e["access"]}
                 for e in library.library(store, model_name, fingerprint(), owner)]
 
-    def upload(file: FileData, name: str = "", request: gr.Request = None,
-               profile: gr.OAuthProfile | None = None) -> dict:
-        """Add a document (PDF, EPUB, DOCX, HTML, TXT or Markdown) to your library and queue it for reading.
-
-        Args:
-            file: the document (an http(s) URL or a data: URL with the file's bytes)
-            name: the file name to keep for it, with its extension (default: the uploaded file's name)
-        Returns:
-            id (use it with build_status, ask and export_bundle), name and status (queued for reading, already read — ready, or why it was refused)
-        """
-        owner = access.owner(request, profile)
-        path, original = _uploaded_path(file)
-        file_name = Path(name or original or path.name).name
-        limit = library.max_request_bytes()
-        if path.stat().st_size > limit:
-            raise StoreError(f"{file_name}: the file is over the limit of {limit / 2**20:.1f} MB")
-        data = path.read_bytes()
+    def add(owner: str | None, file_name: str, data: bytes) -> dict:
         lines = library.submit_uploads(queue, [(file_name, data)], model_name, None, owner)
         if slices is not None and lines[0].endswith("queued for reading"):
             slices.run_next(owner)  # the first slice, in this request (ZeroGPU)
         return {"id": hashlib.sha256(data).hexdigest(), "name": file_name, "status": lines[0].lstrip("✓✗ ")}
+
+    def upload(file: str, name: str = "", request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> dict:
+        """Add a document (PDF, EPUB, DOCX, HTML, TXT or Markdown) to your library and queue it for reading.
+
+        Args:
+            file: the document's bytes as a data: URL (data:<type>;base64,<bytes>; about 3 MB at most over MCP). The server does not fetch http(s) URLs: download the file and send its bytes.
+            name: the file name to keep for it, with its extension (default: a name= in the data: URL, else upload.<type>)
+        Returns:
+            id (use it with build_status, ask and export_bundle), name and status (queued for reading, already read — ready, or why it was refused)
+        """
+        from .ingest import max_upload_bytes
+
+        owner = access.owner(request, profile)  # before a byte is decoded
+        data, media, carried = read_data_url(file, max_upload_bytes())
+        file_name = Path(name or carried or f"upload{mimetypes.guess_extension(media) or '.txt'}").name
+        return add(owner, file_name, data)
+
+    def upload_document(file: FileData, name: str = "", request: gr.Request = None,
+                        profile: gr.OAuthProfile | None = None) -> dict:
+        """Add a document sent with gradio_client's handle_file to your library and queue it for reading.
+
+        Args:
+            file: the document (gradio_client's handle_file(path))
+            name: the file name to keep for it, with its extension (default: the uploaded file's name)
+        Returns:
+            id, name and status (queued for reading, already read — ready, or why it was refused)
+        """
+        from .ingest import max_upload_bytes
+
+        owner = access.owner(request, profile)
+        path, original = _uploaded_path(file)
+        file_name = Path(name or original or path.name).name
+        limit = max_upload_bytes()
+        if path.stat().st_size > limit:
+            raise StoreError(f"{file_name}: the file is over the upload limit of {limit / 2**20:.1f} MB")
+        return add(owner, file_name, path.read_bytes())
 
     def build_status(document: str, request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> dict:
         """How far the reading of a document is, for the model in use.
@@ -243,6 +455,8 @@ def add_tools(store, queue, chat, model_name: str, access: Access, gpu: Callable
         entry = found[0]
         return {"id": entry["id"], "name": entry["name"], "state": entry["state"], "ready": entry["ready"]}
 
+    @signed_in
+    @model_turns.takes_turns("mcp ask")
     @gpu
     def ask(document: str, question: str, max_new_tokens: int = 256, request: gr.Request = None,
             profile: gr.OAuthProfile | None = None) -> dict:
@@ -271,25 +485,25 @@ def add_tools(store, queue, chat, model_name: str, access: Access, gpu: Callable
                     "location": p.get("location"), "quote": p.get("quote") or ""} for p in reader.places_of(stats)]
         return {"answer": answer, "sources": sources, "sources_label": stats.get("sources") or ""}
 
-    def export_bundle(document: str, request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> FileData:
+    def export_bundle(document: str, request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> str:
         """Export a ready document's cache as a bundle (a zip) that another HOMER Chat imports without reading the document again.
 
         Args:
             document: the document's id, a unique id prefix or its file name
         Returns:
-            the bundle file (a download URL)
+            the bundle's download URL: only you can download it (send the same credentials), for an hour
         """
         owner = access.owner(request, profile)
-        root = _upload_folders()[0] / "homer-exports"  # served by the app (gradio's file cache)
-        root.mkdir(parents=True, exist_ok=True)
-        library.prune_exports(root)
-        path = library.export_document(store, document, fingerprint(), owner,
-                                       folder=tempfile.mkdtemp(prefix="export-", dir=root))
-        return FileData(path=str(path), orig_name=path.name, size=path.stat().st_size,
-                        mime_type="application/zip")
+        path = library.export_document(store, document, fingerprint(), owner)  # a private folder, pruned
+        return downloads.link(request, owner, path)
 
     for tool in (list_documents, upload, build_status, ask, export_bundle):
         gr.api(tool, api_name=ENDPOINTS[tool.__name__], queue=False)
+    gr.api(upload_document, api_name="upload_document", queue=False)  # gradio_client only, behind the login
+    blocks = gr.context.Context.root_block  # the Blocks being built: after_launch finds its downloads there
+    if blocks is not None:
+        blocks.mcp_downloads = downloads
+    return downloads
 
 
 def restrict_tools(demo) -> list[str]:
@@ -301,6 +515,16 @@ def restrict_tools(demo) -> list[str]:
         return []
     server.tool_to_endpoint = {server.tool_prefix + tool: "/" + ENDPOINTS[tool] for tool in TOOLS}
     return list(server.tool_to_endpoint)
+
+
+def after_launch(demo) -> list[str]:
+    """What can only be done once gradio has built its app: the tools' download route is
+    mounted (the :class:`Downloads` :func:`add_tools` left on the Blocks) and the five tools
+    become the MCP tool list (:func:`restrict_tools`, whose tool names it returns)."""
+    downloads = getattr(demo, "mcp_downloads", None)
+    if downloads is not None:
+        downloads.mount(demo.server_app, getattr(demo, "root_path", "") or "")
+    return restrict_tools(demo)
 
 
 def mcp_available() -> bool:
