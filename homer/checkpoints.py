@@ -17,6 +17,15 @@ a checkpoint of another document, other settings or another model is never used:
 ignored with a log line. An unreadable, truncated or altered entry (each file carries the
 sha256 of its tensors) is ignored with a log line too, and that subtree is built again.
 
+**Stamps.** A checksum anyone can recompute catches damage, not forgery: whoever can write the
+folder can alter a node's tensors, recompute the sha256 and have the build resume from them.
+A :class:`DirectoryCheckpointer` given a ``secret`` (the app's store passes its per-store
+key, kept outside the checkpoint folders) stamps every entry with an HMAC-SHA256 of the
+entry's name and metadata — the tensors' sha256 and the build digest included — and on
+resume ignores, with a log line, every entry whose stamp is missing (an older, unkeyed
+checkpoint) or wrong (forged, or written under another key); that subtree is built again.
+Without a secret the folder is trusted as its owner's and only the checksum is checked.
+
 :class:`Checkpointer` is the small storage interface the build uses;
 :class:`DirectoryCheckpointer` keeps one safetensors file per entry in a folder, each
 written atomically (temp file, fsync, rename, fsync of the folder). The engine never
@@ -33,6 +42,7 @@ long document as a sequence of such slices, with the one-shot cache at the end.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -118,18 +128,32 @@ def payload_digest(tensors: dict[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
+def stamp(secret: bytes, key: str, metadata: dict[str, str]) -> str:
+    """The HMAC-SHA256, under ``secret``, of entry ``key``'s name and string metadata (every
+    item but the stamp itself). The metadata holds the tensors' sha256 (``payload_sha256``),
+    so the stamp covers the tensors too; the name binds it to its place in the tree."""
+    items = sorted((str(k), str(v)) for k, v in metadata.items() if k != "stamp")
+    material = json.dumps([FORMAT, key, items], ensure_ascii=True).encode()
+    return hmac.new(secret, material, hashlib.sha256).hexdigest()
+
 
 class DirectoryCheckpointer:
     """Checkpoint entries as ``<folder>/<key>.safetensors`` files.
 
     ``temp_dir``: where a file is written before its rename (default the folder itself; it
     must be on the same file system); ``temp_tag``: a word put in temp names (the app's store
-    names its writer there, so a killed writer's temp file is found and removed)."""
+    names its writer there, so a killed writer's temp file is found and removed); ``secret``:
+    the key every entry is stamped with and checked against (see the module docstring; at
+    least 16 bytes), kept somewhere the folder's writers cannot read."""
 
-    def __init__(self, folder: str | os.PathLike, temp_dir: str | os.PathLike | None = None, temp_tag: str = ""):
+    def __init__(self, folder: str | os.PathLike, temp_dir: str | os.PathLike | None = None, temp_tag: str = "",
+                 secret: bytes | None = None):
+        if secret is not None and (not isinstance(secret, bytes) or len(secret) < 16):
+            raise ValueError("a checkpoint secret is at least 16 bytes")
         self.folder = Path(folder)
         self.temp_dir = Path(temp_dir) if temp_dir is not None else self.folder
         self.temp_tag = temp_tag
+        self._secret = secret
 
     def __repr__(self) -> str:
         return f"DirectoryCheckpointer({str(self.folder)!r})"
@@ -148,7 +172,9 @@ class DirectoryCheckpointer:
     def save(self, key: str, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
         target = self.path(key)
         cpu = {name: t.detach().to("cpu").contiguous() for name, t in tensors.items()}
-        meta = {**{k: str(v) for k, v in metadata.items()}, "payload_sha256": payload_digest(cpu)}
+        meta = {**{k: str(v) for k, v in metadata.items() if k != "stamp"}, "payload_sha256": payload_digest(cpu)}
+        if self._secret is not None:
+            meta["stamp"] = stamp(self._secret, key, meta)
         data = save_safetensors(cpu, metadata=meta)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.temp_dir.mkdir(parents=True, exist_ok=True)
@@ -177,8 +203,17 @@ class DirectoryCheckpointer:
             (size,) = struct.unpack("<Q", data[:8])
             header = json.loads(data[8 : 8 + size])
             metadata = dict(header.get("__metadata__") or {})
-            tensors = load_safetensors(data)
         except Exception as exc:  # truncated, not safetensors, bad header
+            raise CheckpointError(f"is not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+        if self._secret is not None:  # checked before any tensor is read: a forged entry costs no more
+            found = metadata.get("stamp")
+            if not isinstance(found, str) or not found:
+                raise CheckpointError("carries no stamp of this store (an older, unkeyed checkpoint)")
+            if not hmac.compare_digest(found.encode(), stamp(self._secret, key, metadata).encode()):
+                raise CheckpointError("does not carry this store's stamp (forged, or written under another key)")
+        try:
+            tensors = load_safetensors(data)
+        except Exception as exc:  # truncated, not safetensors
             raise CheckpointError(f"is not a readable checkpoint ({type(exc).__name__}: {exc})") from None
         # fresh, separately allocated tensors, laid out as the build's own (no views of a buffer)
         tensors = {name: t.clone() for name, t in tensors.items()}

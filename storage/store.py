@@ -11,6 +11,8 @@ Layout under the root::
     uploads/                         uploads waiting for ingest by a worker
     checkpoints/<key>/               a running (or stopped) build's checkpoints, build.json
                                      names its document; removed when the cache is indexed
+    checkpoint.key                   the store's secret the checkpoints are stamped with (mode
+                                     0600, made once): a forged checkpoint is not resumed from
 
 No identifier becomes a path unless it has its exact form (:mod:`storage.ids`: a document id
 is 64 lowercase hex digits, a cache key 32), every path is proven to lie inside the root with
@@ -26,6 +28,8 @@ import json
 import os
 import shutil
 import sqlite3
+import stat
+import tempfile
 import threading
 import time
 import uuid
@@ -45,6 +49,8 @@ from .locks import Locks
 
 STALE_TEMP_SECONDS = 3600.0
 CHECKPOINT_INFO = "build.json"
+CHECKPOINT_SECRET = "checkpoint.key"
+SECRET_BYTES = 32
 
 
 def stale_checkpoint_seconds() -> float:
@@ -102,6 +108,7 @@ class Store:
         self._local.db = dbmod.open_index(self.index_path)  # several processes may open a fresh store at once
         self.jobs = Jobs(self)
         self.locks = Locks(self)
+        self._checkpoint_secret: bytes | None = None
 
     def __repr__(self) -> str:
         return f"Store({str(self.root)!r})"
@@ -565,6 +572,7 @@ class Store:
         from homer.checkpoints import DirectoryCheckpointer
 
         check_document_id(document_id)
+        secret = self.checkpoint_secret()  # a damaged key file refuses before any folder is made
         folder = self.checkpoint_dir(key)
         if is_link(folder) or is_link(folder.parent):
             raise StoreError(f"the checkpoint folder of cache {key[:12]} is a symbolic link; refused")
@@ -573,7 +581,21 @@ class Store:
         if is_link(info) or self._checkpoint_info(folder).get("document_id") != document_id:
             write_bytes_atomic(json.dumps({"document_id": document_id, "cache_key": key, "created": dbmod.now()}).encode(),
                                info, self.tmp_dir)
-        return DirectoryCheckpointer(folder, temp_dir=self.tmp_dir, temp_tag=owner_token().replace(":", "-"))
+        return DirectoryCheckpointer(folder, temp_dir=self.tmp_dir, temp_tag=owner_token().replace(":", "-"),
+                                     secret=secret)
+
+    def checkpoint_secret(self) -> bytes:
+        """The store's secret that every checkpoint is stamped with (an HMAC,
+        :mod:`homer.checkpoints`): ``checkpoint.key`` in the root, outside the checkpoint
+        folders, mode 0600. The first caller makes it — random bytes written to a temp file and
+        hard-linked into place (created exclusively where the file system has no hard links),
+        so of openers racing (processes or machines sharing the store) one wins and every one
+        reads the winner's; it is never replaced. A key file that is a
+        link or not :data:`SECRET_BYTES` long is refused (:class:`StoreError`; a build then
+        goes on without checkpoints) and reported by :meth:`check`, whose repair removes it."""
+        if self._checkpoint_secret is None:
+            self._checkpoint_secret = _read_or_make_secret(self.root / CHECKPOINT_SECRET, self.tmp_dir)
+        return self._checkpoint_secret
 
     def drop_checkpoints(self, key: str) -> None:
         """Remove the checkpoint folder of cache ``key`` (only that folder, proven inside the store)."""
@@ -603,6 +625,12 @@ class Store:
         document that is gone, or — with no queued or running job for the document and no
         build holding the key — of a cache already indexed, or untouched for longer than
         :func:`stale_checkpoint_seconds`."""
+        try:
+            _read_secret(self.root / CHECKPOINT_SECRET)
+        except (StoreError, OSError) as exc:
+            problems.append(Problem("bad-file", CHECKPOINT_SECRET, f"{_one_line(exc)} (a new one is made)"))
+            if repair:
+                self._remove(self.root / CHECKPOINT_SECRET, problems)
         folder = self.root / "checkpoints"
         if is_link(folder):
             problems.append(Problem("bad-file", "checkpoints", "the checkpoint folder is a symbolic link"))
@@ -1112,6 +1140,75 @@ def _install_abandoned(row: dict) -> bool:
     if owner_alive(owner) is False:
         return True
     return dbmod.now() - float(row.get("updated") or 0) > STALE_TEMP_SECONDS
+
+
+def _read_secret(path: Path) -> bytes | None:
+    """The bytes of the key file at ``path``; None when there is none. A link, a non-file or a
+    file of the wrong length is refused (:class:`StoreError`); a mode wider than 0600 (a
+    copied store) is narrowed."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(info.st_mode) or info.st_size != SECRET_BYTES:
+        raise StoreError(f"the store's {path.name} is not a {SECRET_BYTES}-byte file; "
+                         "checkpoints are not used until `store check --repair` removes it")
+    if info.st_mode & 0o077:
+        os.chmod(path, 0o600)
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb") as fh:
+        data = fh.read(SECRET_BYTES + 1)
+    if len(data) != SECRET_BYTES:
+        raise StoreError(f"the store's {path.name} is not a {SECRET_BYTES}-byte file; "
+                         "checkpoints are not used until `store check --repair` removes it")
+    return data
+
+
+def _read_or_make_secret(path: Path, temp_dir: Path) -> bytes:
+    """The secret in ``path``, made first if there is none (see :meth:`Store.checkpoint_secret`)."""
+    secret = _read_secret(path)
+    if secret is not None:
+        return secret
+    temp_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.{owner_token().replace(':', '-')}.", suffix=".tmp",
+                               dir=temp_dir)  # mode 0600
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(os.urandom(SECRET_BYTES))
+            out.flush()
+            os.fsync(out.fileno())
+        try:
+            os.link(tmp, path)  # never over an existing key: of racing makers, the first link wins
+        except FileExistsError:
+            pass
+        except OSError:  # a file system without hard links (some mounted buckets): exclusive create
+            _create_exclusive(path, Path(tmp).read_bytes())
+        fsync_dir(path.parent)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    for _ in range(40):  # an exclusive create is not atomic: a racing maker may still be writing it
+        try:
+            secret = _read_secret(path)
+            break
+        except StoreError:
+            if time.time() - os.lstat(path).st_mtime > 5:
+                raise
+            time.sleep(0.05)
+    if secret is None:
+        raise StoreError(f"the store's {path.name} could not be made")
+    return secret
+
+
+def _create_exclusive(path: Path, data: bytes) -> None:
+    """Write ``data`` to a new file ``path`` (mode 0600); nothing when it exists already."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "wb") as out:
+        out.write(data)
+        out.flush()
+        os.fsync(out.fileno())
 
 
 def _one_line(exc: BaseException) -> str:

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -46,6 +47,12 @@ def stop_at(step: int, seen: list | None = None):
 def deep():
     """A tiny Llama deep enough for a 32-leaf tree (height 5 needs 6 layers after warm-up)."""
     return tiny_model("llama", layers=8, window=64)
+
+
+@pytest.fixture(scope="module")
+def one_shot_build(deep):
+    """The one-shot cache of :func:`inputs` under :func:`config` (built once for the module)."""
+    return build_cache(deep, *inputs(), config())
 
 
 def inputs(seed: int = 2):
@@ -177,6 +184,119 @@ def test_a_damaged_checkpoint_is_ignored_and_rebuilt(deep, tmp_path, caplog, dam
     assert "checkpoint leaves-0-15" in caplog.text and "built again" in caplog.text
     assert int(resumed.metadata["leaves_computed"]) > 16  # leaves 1-16 again, the rest from checkpoints
     assert_same_cache(one_shot, resumed)
+
+
+def forge(path, secret: bytes | None = None, stamped: bool = True) -> None:
+    """Alter a checkpoint's K/V and recompute its (unkeyed) sha256, as the probe did: the old
+    stamp is kept (``stamped``), dropped (an older, unkeyed checkpoint) or recomputed under
+    another ``secret``."""
+    from safetensors import safe_open
+    from safetensors.torch import load, save
+
+    from homer.checkpoints import payload_digest, stamp
+
+    with safe_open(str(path), framework="pt") as fh:
+        metadata = dict(fh.metadata())
+    tensors = load(path.read_bytes())
+    tensors["values.0"] = tensors["values.0"] + 0.5
+    metadata["payload_sha256"] = payload_digest(tensors)
+    if not stamped:
+        del metadata["stamp"]
+    elif secret is not None:
+        metadata["stamp"] = stamp(secret, path.name.removesuffix(".safetensors"), metadata)
+    path.write_bytes(save(tensors, metadata=metadata))
+
+
+@pytest.mark.parametrize("forgery", ["recomputed-sha256", "unstamped", "stamped-under-another-key"])
+def test_a_forged_checkpoint_is_skipped_and_rebuilt(deep, one_shot_build, tmp_path, caplog, forgery):
+    """Finding 8: the store stamps its checkpoints with an HMAC under its own secret; a forged
+    entry (altered tensors, sha256 recomputed) passes the plain checksum but not the stamp,
+    so it is skipped with a log line and that part is built again."""
+    import shutil
+
+    store = Store(tmp_path / "store")
+    prefix, context, suffix = inputs()
+    one_shot = one_shot_build
+    doc = store.add_document(b"forged", "forged.txt", "forged", "text", [0])
+    key = "cd" * 16
+    checkpoints = store.build_checkpoints(doc["id"], key)
+    with pytest.raises(Interrupted):
+        build_cache(deep, prefix, context, suffix, config(), progress=stop_at(40), checkpoints=checkpoints)
+    path = checkpoints.path("leaves-0-15")
+    forge(path, secret=b"another store's secret!!" if forgery.endswith("key") else None,
+          stamped=forgery != "unstamped")
+
+    if forgery == "recomputed-sha256":  # a real forgery: without the key it is resumed from, the cache differs
+        shutil.copytree(store.checkpoint_dir(key), tmp_path / "unkeyed")
+        unkeyed = build_cache(deep, prefix, context, suffix, config(),
+                              checkpoints=DirectoryCheckpointer(tmp_path / "unkeyed"))
+        assert int(unkeyed.metadata["leaves_computed"]) < 16
+        forged, real = unkeyed.tensors(), one_shot.tensors()
+        assert any(not torch.equal(forged[name], real[name]) for name in real)
+
+    with caplog.at_level(logging.WARNING):
+        resumed = build_cache(deep, prefix, context, suffix, config(), checkpoints=store.build_checkpoints(doc["id"], key))
+    line = next(r.getMessage() for r in caplog.records if "checkpoint leaves-0-15" in r.getMessage())
+    reason = "carries no stamp" if forgery == "unstamped" else "does not carry this store's stamp"
+    assert reason in line and "built again" in line, line
+    assert int(resumed.metadata["leaves_computed"]) >= 16  # leaves 1-16 again, the rest from checkpoints
+    assert_same_cache(one_shot, resumed)
+
+
+def secrets_of_racing_openers(root, count: int = 8) -> list[bytes]:
+    """The checkpoint secret each of ``count`` openers of the store at ``root`` gets, all
+    asking at once (threads released together)."""
+    openers = [Store(root) for _ in range(count)]
+    start = threading.Barrier(count)
+    found = []
+
+    def make(opener):
+        start.wait()
+        found.append(opener.checkpoint_secret())
+
+    workers = [threading.Thread(target=make, args=(opener,)) for opener in openers]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return found
+
+
+def test_the_store_s_checkpoint_secret(tmp_path):
+    """Made once, mode 0600, in the store root (outside every checkpoint folder), the same for
+    every opener; a damaged one is refused, reported by check and replaced after repair."""
+    store = Store(tmp_path / "store")
+    secret = store.checkpoint_secret()
+    path = store.root / "checkpoint.key"
+    assert path.read_bytes() == secret and len(secret) == 32
+    assert (path.stat().st_mode & 0o777) == 0o600
+    assert Store(store.root).checkpoint_secret() == secret  # another opener reads it, never remakes it
+    found = secrets_of_racing_openers(tmp_path / "fresh")  # a new store: one key, whoever makes it
+    assert len(found) == 8 and len(set(found)) == 1 and (tmp_path / "fresh" / "checkpoint.key").read_bytes() == found[0]
+    assert list(store.tmp_dir.iterdir()) == [] and store.check() == []
+    path.write_bytes(b"short")
+    from storage import StoreError
+
+    with pytest.raises(StoreError, match="checkpoint.key is not a 32-byte file"):
+        Store(store.root).build_checkpoints(store.add_document(b"x", "x.txt", "x", "text", [0])["id"], "ef" * 16)
+    problems = store.check(repair=True)
+    assert [(p.kind, p.path, p.repaired) for p in problems] == [("bad-file", "checkpoint.key", True)]
+    assert len(Store(store.root).checkpoint_secret()) == 32 and store.check() == []
+
+
+def test_the_checkpoint_secret_without_hard_links(tmp_path, monkeypatch):
+    """Some mounted buckets refuse hard links: the key is then created exclusively, and
+    racing openers still share one (the refusal is simulated: os.link raises as they do)."""
+    import errno
+
+    def no_links(*_):
+        raise OSError(errno.EPERM, "hard links are not supported here")
+
+    monkeypatch.setattr(os, "link", no_links)
+    found = secrets_of_racing_openers(tmp_path / "bucket")
+    path = tmp_path / "bucket" / "checkpoint.key"
+    assert len(set(found)) == 1 and path.read_bytes() == found[0] and (path.stat().st_mode & 0o777) == 0o600
+    assert list((tmp_path / "bucket" / "tmp").iterdir()) == []
 
 
 def test_the_embedded_model_resumes_bit_identically(tmp_path):
