@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from homer.durable import check_flags, env_flag  # light: no torch, no gradio
+
+    try:
+        check_flags()  # a yes/no setting that is neither is refused now, in one line, not at first use
+    except ValueError as exc:
+        raise SystemExit(f"HOMER Chat: {exc}") from None
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     auth = parse_auth(args.auth)
     if args.deep_read:
@@ -117,13 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     access = Access(login=auth is not None, users=dict(auth or []), oauth=oauth_wanted())
     demo = build_ui(store, queue, chat, args.model, gpu=spaces_gpu(), auth=auth is not None, slices=slices,
                     access=access,
-                    allow_model_change=not (args.lock_model or on_space or os.environ.get("HOMER_LOCK_MODEL")))
+                    allow_model_change=not (args.lock_model or on_space or env_flag("HOMER_LOCK_MODEL", False)))
     demo.queue(default_concurrency_limit=8)  # the model runs one chat at a time: concurrency_id "gpu"
     demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
                 auth_message="HOMER Chat: each user sees their own library." if auth else None,
                 prevent_thread_lock=True, show_error=True, theme=THEME, css=CSS, max_file_size=max_request_bytes(),
                 footer_links=["api", "gradio"],
-                mcp_server=mcp_available() and os.environ.get("HOMER_MCP", "1") != "0")  # gradio's mcp extra
+                mcp_server=mcp_available() and env_flag("HOMER_MCP", True))  # gradio's mcp extra
     tools = after_launch(demo)  # the MCP tools are the five of app.mcp_tools, not every UI event; their downloads
     print(f"HOMER Chat is running on {demo.local_url}", flush=True)
     if tools:

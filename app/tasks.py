@@ -27,6 +27,7 @@ import threading
 import time
 from pathlib import Path
 
+from homer.durable import env_flag
 from homer.sources import DocumentError
 from storage.errors import StoreError
 from storage.files import owner_token, write_bytes_atomic
@@ -48,7 +49,7 @@ def deep_read_enabled() -> bool:
     """Whether builds also keep the leaf states for deep reads (``HOMER_DEEP_READ=1``; the
     app's ``--deep-read`` sets it). Off by default: about 15 KB per document token with the
     embedded model."""
-    return os.environ.get("HOMER_DEEP_READ", "").strip().lower() in ("1", "true", "yes", "on")
+    return env_flag("HOMER_DEEP_READ", False)
 
 
 def _lacks_wanted_leaf_states(cache: dict | None) -> bool:

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from huey import RedisHuey, SqliteHuey
 from huey.exceptions import RetryTask
 
+from homer.durable import check_flags
 from storage import Store
 
 from . import tasks
@@ -218,6 +219,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="also keep the leaf states of each build, for deep reads (or HOMER_DEEP_READ=1)")
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
+    try:
+        check_flags()  # a yes/no setting that is neither: refused before any work, in one line
+    except ValueError as exc:
+        parser.exit(2, f"error: {exc}\n")
     if args.deep_read:
         os.environ["HOMER_DEEP_READ"] = "1"
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s")

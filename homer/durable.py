@@ -1,6 +1,7 @@
 """Small helpers shared by everything that writes files that must survive a crash, and by
-the settings read from the environment (homer/ imports nothing from app/ or storage/, so
-they live here and those import them)."""
+the settings read from the environment — numbers (:func:`env_number`) and yes/no flags
+(:func:`env_flag`) — homer/ imports nothing from app/ or storage/, so they live here and
+those import them."""
 
 from __future__ import annotations
 
@@ -35,3 +36,43 @@ def env_number(name: str, default: float) -> float:
     if number <= 0:
         raise ValueError(f"{name} must be positive, not {value!r}")
     return number
+
+
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
+
+# Every yes/no setting of the project (engine, store and app) and who reads it: the app and
+# the command lines check them all at start (:func:`check_flags`), so a mistyped value is one
+# line then, not a surprise at the first request that reads it. Defaults stay with the readers.
+FLAGS = {
+    "HOMER_LOCK_MODEL": "app.py: users may not switch the model",
+    "HOMER_MCP": "app.py: serve the MCP tools",
+    "HOMER_DEEP_READ": "app.tasks: keep leaf states for deep reads",
+    "HOMER_CITATIONS": "app.chat: cite passages under answers",
+    "HOMER_NOT_FOUND": "app.focus: say when the document does not hold the answer",
+    "HOMER_OCR": "homer.formats.ocr: read scanned pages",
+    "HOMER_HF_OAUTH": "app.mcp_tools: sign in with Hugging Face",
+}
+
+
+def env_flag(name: str, default: bool) -> bool:
+    """A yes/no setting from the environment variable ``name``, parsed one way everywhere:
+    1/true/yes/on (any case) are true, 0/false/no/off false, unset or empty ``default``;
+    anything else is ValueError with a one-line reason that names the variable (``=0`` must
+    never mean yes because the string is non-empty)."""
+    value = os.environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in TRUE_WORDS:
+        return True
+    if value in FALSE_WORDS:
+        return False
+    raise ValueError(f"{name} must be one of {'/'.join(TRUE_WORDS)} or {'/'.join(FALSE_WORDS)}, "
+                     f"not {os.environ[name].strip()[:40]!r}")
+
+
+def check_flags() -> None:
+    """Parse every setting of :data:`FLAGS`; ValueError (one line, naming the variable) at the
+    first that is neither yes nor no."""
+    for name in FLAGS:
+        env_flag(name, False)
