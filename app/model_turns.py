@@ -11,7 +11,10 @@ their own lanes (the build queue's workers) and are not counted here.
 A semaphore, not a lock: gradio runs each step of a streaming (generator) handler on a pool
 thread of its choosing, so the turn may be given back by another thread than took it. Each
 turn is logged (``INFO``, this module's logger) with when it began and ended on the process's
-monotonic clock and how long it waited, so a log shows that turns never overlap."""
+monotonic clock and how long it waited, so a log shows that turns never overlap.
+
+A turn is not re-entrant: wrap the outermost function of a door (the one gradio calls), never
+also a function it calls, or the call waits for itself."""
 
 from __future__ import annotations
 

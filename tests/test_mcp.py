@@ -252,7 +252,8 @@ def test_mcp_asks_take_turns_with_each_other_and_the_ui(app, cy_document):
 def test_mcp_export_link_downloads_for_its_exporter_only(app, cy_document):
     """The export_bundle link serves the bundle to cy (basic credentials, or her login cookie)
     and to nobody else: dee gets the same 404 as an unknown link, no credentials or a wrong
-    password 401. Before, cy herself got 401 (gradio's /file= route knows only its cookie)."""
+    password 401. Before, cy herself got 401 (gradio's /file= route knows only its login cookie),
+    and with a login cookie any user could fetch the link."""
     import httpx
 
     cy, dee = basic("cy", USERS["cy"]), basic("dee", USERS["dee"])
