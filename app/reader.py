@@ -39,7 +39,6 @@ run by ``gr.HTML(js_on_load=...)`` whenever its value changes).
 from __future__ import annotations
 
 import base64
-import bisect
 import html
 import logging
 import math
@@ -59,8 +58,8 @@ RENDER_WIDTH = 1000       # pixels of a rendered PDF page's width
 MAX_RENDER_PIXELS = 1000 * 4000  # a page of an odd shape is rendered smaller than this
 MAX_CHOICE_QUOTE = 70     # characters of a quote in the list of sources
 ELLIPSIS = "…"
-_SPACE = re.compile(r"\s+")
 _LONG_SPACE = re.compile(r"\s{2,}")
+_SQUEEZE = re.compile(r"\s{2,}|[^\S ]")  # what squeezing whitespace changes
 PLACE_KEYS = ("document_id", "location", "label", "start", "end", "quote")
 
 EMPTY = ('<div class="homer-reader"><div class="reader-empty">The reader: click a source of an answer '
@@ -154,24 +153,26 @@ def quote_words(quote: str) -> list[str]:
     return quote.strip().strip(ELLIPSIS).split()
 
 
-def squeezed(text: str, start: int = 0, end: int | None = None) -> tuple[str, list[tuple[int, int]]]:
-    """``text[start:end]`` with every run of whitespace as one space, and where that
-    dropped characters (for each run of two or more: the squeezed offset of the character
-    after it, and the characters dropped up to there), which :func:`_unsqueeze` maps back by."""
-    end = len(text) if end is None else end
-    part = text[start:end]
-    runs, dropped = [], 0
-    for run in _LONG_SPACE.finditer(part):  # a single space, tab or newline keeps its length
-        dropped += run.end() - run.start() - 1
-        runs.append((run.end() - dropped, dropped))  # the next character's place, and what is dropped before it
-    return _SPACE.sub(" ", part), runs
+def squeezed(text: str, start: int = 0, end: int | None = None) -> str:
+    """``text[start:end]`` with every run of whitespace as one space: one substitution in C
+    that touches only what changes (runs of two or more, a lone tab or line break)."""
+    return _SQUEEZE.sub(" ", text[start:end])
 
 
-def _unsqueeze(runs: list[tuple[int, int]], offset: int) -> int:
-    """The offset in the original text of ``offset`` in the squeezed one (never inside a run:
-    a match starts and ends at a word)."""
-    at = bisect.bisect_right(runs, (offset, float("inf")))
-    return offset + (runs[at - 1][1] if at else 0)
+def unsqueezed(text: str, start: int, end: int, offsets: list[int]) -> list[int]:
+    """The offsets in ``text`` of ``offsets`` (ascending) in ``squeezed(text, start, end)``:
+    the characters dropped before each are counted over the runs of whitespace up to the
+    last of them, no further (an offset is never inside a run: a match starts and ends at a
+    word)."""
+    out, dropped = [], 0
+    runs = _LONG_SPACE.finditer(text, start, end)
+    run = next(runs, None)
+    for offset in offsets:
+        while run is not None and run.end() - start - dropped - (run.end() - run.start() - 1) <= offset:
+            dropped += run.end() - run.start() - 1  # the character after this run is at or before ``offset``
+            run = next(runs, None)
+        out.append(start + offset + dropped)
+    return out
 
 
 def find_quote(text: str, quote: str, start: int = 0, end: int | None = None,
@@ -182,7 +183,7 @@ def find_quote(text: str, quote: str, start: int = 0, end: int | None = None,
 
     Linear in the text and the quote: both are squeezed (each run of whitespace becomes one
     space) and the quote is looked for with ``str.find`` (a two-way search, linear at worst),
-    then the match is mapped back. A regular expression with ``\\s+`` between the words, as
+    then the match is mapped back (:func:`unsqueezed`). A regular expression with ``\\s+`` between the words, as
     before, backtracks at every occurrence of the quote's first words: a 2 000-word quote
     took 18 s on a page of repeated words."""
     words = quote_words(quote or "")
@@ -197,10 +198,10 @@ def find_quote(text: str, quote: str, start: int = 0, end: int | None = None,
     spans.append((start, end))
     for a, b in spans:
         if a < b:
-            flat, runs = squeezed(text, a, b)
-            at = flat.find(needle)
+            at = squeezed(text, a, b).find(needle)
             if at >= 0:
-                return a + _unsqueeze(runs, at), a + _unsqueeze(runs, at + len(needle))
+                found = unsqueezed(text, a, b, [at, at + len(needle)])
+                return found[0], found[1]
     return None
 
 
@@ -214,7 +215,7 @@ def find_quote_start(text: str, quote: str, min_words: int = 4) -> tuple[int, in
         return None
     needle = " ".join(words)
     stripped = text.rstrip()
-    flat, runs = squeezed(stripped)
+    flat = squeezed(stripped)
     tail_at = max(0, len(flat) - len(needle))
     tail = flat[tail_at:]
     length = len(needle)
@@ -222,7 +223,8 @@ def find_quote_start(text: str, quote: str, min_words: int = 4) -> tuple[int, in
         length -= len(words[k]) + 1  # the first k words, joined
         if tail.endswith(needle[:length]):
             at = len(flat) - length
-            return _unsqueeze(runs, at), _unsqueeze(runs, len(flat))
+            found = unsqueezed(stripped, 0, len(stripped), [at, len(flat)])
+            return found[0], found[1]
     return None
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import time
 
 import pytest
 
@@ -288,3 +289,138 @@ def test_the_inspector_labels_sections_by_their_headings(tiny):
     assert data["unit"] == "section" and data["labels"] == [label for label, _ in SECTIONS]
     pages = kept_density(cache, starts, [10, 10, 10], locations=LocationMap.of(starts))
     assert pages["unit"] == "page" and pages["labels"] == ["1", "2", "3"]
+
+
+# --- bounds: a page that takes minutes to draw, odd locations, long quotes ----------------------
+
+def fills_pdf(fills: int, text: str = "The harbour chart: every buoy, light and sounding of the bay.") -> bytes:
+    """One page of ``fills`` nearly page-sized filled rectangles (``re f``), then a line of
+    text: a few hundred KB that PDFium takes minutes to draw (200 000 of them, 3.8 MB: 115 s
+    in the reader). ``fills=0``: the same page without them."""
+    import random
+
+    from pypdf import PdfWriter
+    from pypdf.generic import DictionaryObject, NameObject, StreamObject
+
+    writer = PdfWriter()
+    page = writer.add_blank_page(612, 792)
+    font = DictionaryObject({NameObject("/Type"): NameObject("/Font"), NameObject("/Subtype"): NameObject("/Type1"),
+                             NameObject("/BaseFont"): NameObject("/Helvetica")})
+    page[NameObject("/Resources")] = DictionaryObject(
+        {NameObject("/Font"): DictionaryObject({NameObject("/F1"): writer._add_object(font)})})
+    draw = random.Random(0)
+    ops = [b"%d %d %d %d re f" % (draw.randrange(30), draw.randrange(30), 560 + draw.randrange(50),
+                                  740 + draw.randrange(50)) for _ in range(fills)]
+    ops.append(f"0 g BT /F1 14 Tf 72 720 Td ({text}) Tj ET".encode())
+    content = StreamObject()
+    content.set_data(b"\n".join(ops))
+    page[NameObject("/Contents")] = writer._add_object(content)
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+REPEATED = " ".join(["the"] * 40)  # a line of one word over and over
+LONG_QUOTE = " ".join(["the"] * 1999 + ["harbour"])  # 2 000 words: its first 1 999 are on the page
+
+
+def test_a_place_with_an_odd_location_is_refused_in_one_line(store):
+    doc = add(store, text_pdf(PAGES), "ledger.pdf")
+    for location in ("two", "2.5", 2.5, float("inf"), float("-inf"), float("nan"), "1e400", "9" * 40, True, [3]):
+        with pytest.raises(reader.PlaceError) as refused:
+            reader.open_place(store, {"document_id": doc["id"], "location": location}, None)
+        assert str(refused.value).startswith("the location must be a page or section number, not ")
+        assert "\n" not in str(refused.value) and len(str(refused.value)) < 100
+        # the list of sources drops such a place (it came back from the browser)
+        assert reader.places_of({"source_places": [{"document_id": doc["id"], "location": location,
+                                                    "start": float("inf")}]}) == []
+    for location, opened in ((3, 3), ("3", 3), (3.0, 3), (" 2 ", 2), (0, 1), (-7, 1), (10**30, 5), (None, 1)):
+        assert reader.open_place(store, {"document_id": doc["id"], "location": location}, None).location == opened
+    assert reader.places_of({"source_places": [{"document_id": doc["id"], "location": 2, "start": float("inf"),
+                                                "end": float("nan")}]}) == []
+
+
+def test_a_long_quote_is_matched_in_linear_time():
+    text = " ".join(["the"] * 200_000)
+    started = time.monotonic()
+    assert reader.find_quote(text, LONG_QUOTE) is None  # its last word is not there
+    first = len(text) + 1 - 4 * 1999  # where the text's last 1 999 words start
+    assert reader.find_quote(text + "\n  harbour", LONG_QUOTE) == (first, len(text) + 10)
+    assert reader.find_quote_start(text + " \n", LONG_QUOTE) == (first, len(text))  # its words that end the page
+    assert time.monotonic() - started < 2  # the regular expressions took 18 s on 2 000 words of one page
+
+
+@pytest.fixture(scope="module")
+def reader_app(tmp_path_factory, model_dir):
+    """The running app over a store holding a text PDF, a page of 20 000 page-sized fills, a
+    PDF page and a text file of one word repeated; a client per user session, with the
+    reader's two events (the browser's: not part of the public API) made callable."""
+    gradio_client = pytest.importorskip("gradio_client")
+    pytest.importorskip("pypdfium2")
+    from app_helpers import running_app
+
+    home = tmp_path_factory.mktemp("reader-app") / "home"
+    store = Store(home / "store")
+    docs = {"ledger": add(store, text_pdf(PAGES), "ledger.pdf"),
+            "chart": add(store, fills_pdf(20_000), "chart.pdf"),
+            "repeated.pdf": add(store, text_pdf(["\n".join([REPEATED] * 55)], font_size=6), "repeated.pdf"),
+            "repeated.txt": add(store, "\n".join([REPEATED] * 2500).encode(), "repeated.txt")}
+    with running_app(home, model_dir) as url:
+        def client():
+            made = gradio_client.Client(url, verbose=False)
+            events = {d.get("api_name"): i for i, d in enumerate(made.config["dependencies"])}
+            for name in ("show_sources", "open_source"):
+                made.endpoints[events[name]].is_valid = True  # as the browser calls it
+
+            def open_(item: dict) -> tuple[str, float]:
+                """The reader's HTML for ``item`` as a click on the listed source opens it, and the seconds."""
+                made.predict({"source_places": [item]}, fn_index=events["show_sources"])
+                started = time.monotonic()
+                shown = made.predict(0, fn_index=events["open_source"])
+                return shown[0] if isinstance(shown, (list, tuple)) else shown, time.monotonic() - started
+            return open_
+
+        yield docs, client
+
+
+def test_a_page_that_takes_minutes_to_draw_is_cut_off_and_read_as_text_while_others_read(reader_app):
+    """The chart's page is killed at the render deadline (5 s) and opens as its text, the
+    quote marked, with a one-line note; meanwhile another user's page opens at once (before:
+    every reader and OCR of the app waited on one PDFium lock for the two minutes)."""
+    import threading
+
+    docs, client = reader_app
+    ann, bob = client(), client()
+    chart = {"document_id": docs["chart"]["id"], "location": 1, "quote": "every buoy, light and sounding"}
+    ledger = {"document_id": docs["ledger"]["id"], "location": 3, "quote": "counted 43 fishing boats"}
+    assert "data:image/png" in bob(ledger)[0]  # both users' workers are warm
+    results = {}
+    worker = threading.Thread(target=lambda: results.update(chart=ann(chart), at=time.monotonic()))
+    worker.start()
+    time.sleep(1.0)  # ann's page is being drawn
+    shown, seconds = bob(ledger)
+    bob_done = time.monotonic()
+    worker.join(60)
+    assert "data:image/png" in shown and "The quote is highlighted." in shown and seconds < 4, seconds
+    html_, chart_seconds = results["chart"]
+    assert bob_done < results["at"]  # bob's page was not held behind ann's
+    assert 4 < chart_seconds < 15, chart_seconds  # the deadline, not the minutes it would take
+    assert "data:image" not in html_ and MARK.findall(html_) == ["every buoy, light and sounding"]
+    note = re.search(r'<div class="reader-note">(.*?)</div>', html_).group(1)
+    assert note.startswith("Page 1 took over 5 s to render (the limit). It is shown as its text. "), note
+    assert "The quote is highlighted." in note
+    assert "data:image/png" in ann(ledger)[0]  # the killed worker's place is taken by a fresh one
+
+
+def test_a_2000_word_quote_opens_quickly_through_the_reader(reader_app):
+    """A quote of 2 000 words against a page and a text of one word repeated took 18 s (under
+    the render lock for the PDF); matched in linear time it takes well under a second."""
+    docs, client = reader_app
+    ann = client()
+    shown, seconds = ann({"document_id": docs["repeated.pdf"]["id"], "location": 1, "quote": LONG_QUOTE})
+    assert seconds < 5, seconds  # its first 1 999 words end the page: boxed there
+    assert "data:image/png" in shown and "The quote is highlighted." in shown and "reader-mark" in shown
+    shown, seconds = ann({"document_id": docs["repeated.txt"]["id"], "location": 1, "quote": LONG_QUOTE})
+    assert seconds < 5 and "The quote was not found exactly" in shown and "<mark" not in shown, seconds
+    shown, seconds = ann({"document_id": docs["repeated.txt"]["id"], "location": 1, "quote": LONG_QUOTE[:-8]})
+    assert seconds < 5 and len(MARK.findall(shown)) == 1 and MARK.findall(shown)[0].split() == ["the"] * 1999
