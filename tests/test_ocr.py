@@ -334,3 +334,40 @@ def test_a_scan_of_noise_stops_after_its_first_empty_pages(fixtures, tmp_path, m
     # what counts as text: a caption does, OCR's fragments of noise do not
     assert readable("Figure 3: The harbour in 1890")
     assert not readable("r\n1\nio\nia\naa\nre.\nee\nie\nants\ni\n\"a tet\nis\nwu\n“et\nr\n7\nqe\n1\nre\n> Tr")
+
+
+def test_a_scanned_page_that_takes_minutes_to_draw_is_refused_at_the_render_deadline(tmp_path, monkeypatch):
+    """A page without a text layer drawing 20 000 page-sized fills goes to OCR, whose 300 dpi
+    render took 22 s (200 000 fills) holding the process's one PDFium lock; now it is killed
+    at the render deadline (``HOMER_RENDER_SECONDS``, 2 here) and refused in one line, and a
+    reader's page renders meanwhile."""
+    import threading
+
+    from homer.formats import render
+    from test_reader import fills_pdf
+
+    monkeypatch.setenv("HOMER_RENDER_SECONDS", "2")
+    other = tmp_path / "other.pdf"
+    other.write_bytes(text_pdf(["A page anyone may read while the drawing is cut off."]))
+    outcome, drawing = {}, threading.Event()
+
+    def ingest():
+        started = time.monotonic()
+        try:
+            ingest_bytes(fills_pdf(20_000, text=""), "drawing.pdf", progress=lambda message: drawing.set())
+        except IngestError as exc:
+            outcome["error"] = str(exc)
+        outcome["seconds"], outcome["at"] = time.monotonic() - started, time.monotonic()
+
+    worker = threading.Thread(target=ingest)
+    worker.start()
+    assert drawing.wait(30)  # "OCR page 1/1": the page is being drawn for OCR now
+    time.sleep(0.5)
+    started = time.monotonic()
+    page = render.render_page(other, 0, width=500, max_pixels=4_000_000, text=True)
+    meanwhile, done = time.monotonic() - started, time.monotonic()
+    worker.join(60)
+    assert outcome["error"] == "drawing.pdf: page 1 took over 2 s to render for OCR (the limit per page)"
+    assert outcome["seconds"] < 20, outcome  # the deadline, not the minutes the page would take
+    assert "anyone may read" in page.text and page.width == 500 and meanwhile < 5
+    assert done < outcome["at"]  # not held behind the drawing
