@@ -75,6 +75,25 @@ def reading_state(store, document_id: str) -> str | None:
     return None
 
 
+def pending_state(store, ref: str, owner: str | None) -> str | None:
+    """For a reference that names no stored document of this user: how far the reading of an
+    upload of theirs with that id (or prefix) or file name has got ("queued for reading",
+    "still reading (0 %)" …), or None (then it is not theirs, or not there)."""
+    ref = str(ref or "").strip()
+    if not ref:
+        return None
+    jobs = store.db["jobs"]
+    rows = list(store.db.query(
+        "SELECT document_id FROM jobs WHERE (document_id = ? OR substr(document_id, 1, ?) = ? OR file_name = ?) "
+        "AND document_id NOT IN (SELECT id FROM documents) ORDER BY created DESC LIMIT 20",
+        [ref, len(ref), ref, ref])) if jobs.exists() else []
+    for row in rows:
+        if owner is None or store.db.execute("SELECT 1 FROM document_owners WHERE document_id = ? AND owner = ?",
+                                             [row["document_id"], owner]).fetchone():
+            return reading_state(store, row["document_id"])
+    return None
+
+
 def turn_stats(answer: Answer, document_id: str | None = None, **extra) -> dict:
     """The turn's report as the UI's stats dict, with the answer's sources (the label shown
     under it and the places the reader opens) and the app's own facts (``extra``)."""

@@ -373,6 +373,7 @@ class ChatService:
                 final.update(cache_reused=False, cache_source="deep read", cache_tokens=len(turn_cache))
             final["time_to_first_token"] = max(final.get("time_to_first_token", 0.0), 0.0)
             final["seconds"] = round(time.perf_counter() - started, 4)
+            final["answer"] = answer.text  # the answer alone (the API's answer; its sources are their own field)
             shown = answer.shown()
             self._record(chat, question, shown)
         yield shown, final

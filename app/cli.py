@@ -1,5 +1,6 @@
-"""The ``homer`` command: the engine's commands (build, ask, calibrate, info, demo) plus the
-store and the queue: export, import, store check / list, submit, jobs, worker.
+"""The ``homer`` command: the engine's commands (build, calibrate, info, demo), ``ask`` and
+``chat`` through the app's answer pipeline (:mod:`app.cli_ask`), plus the store and the
+queue: export, import, store check / list, submit, jobs, worker.
 ``python -m homer`` keeps the engine-only commands."""
 
 from __future__ import annotations
@@ -139,6 +140,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     store_opt = argparse.ArgumentParser(add_help=False)
     store_opt.add_argument("--store", default=None, help="store folder (default: HOMER_HOME/store)")
+
+    from . import cli_ask
+
+    ask = sub.choices["ask"]  # the engine's `ask` (a cache file) answers documents too, as the app does
+    ask.description = ("Ask a document — a file (read into the store, or found there by its content) or a stored "
+                       "document — through the app's answer pipeline, sources under each answer. A cache file "
+                       "(.safetensors) answers from the cache alone.")
+    for action in ask._actions:
+        if action.dest == "cache":
+            action.metavar, action.help = "DOCUMENT", "a file (PDF, EPUB, DOCX, HTML, TXT, MD), a stored document, or a cache file"
+    cli_ask.add_arguments(ask)
+    ask.set_defaults(func=cli_ask.cmd_ask)
+    p = sub.add_parser("chat", help="a streaming conversation with a document (a file or a stored document)")
+    p.add_argument("document")
+    p.add_argument("--model", default=None)
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--temperature", type=float, default=0.0)
+    cli_ask.add_arguments(p)
+    p.set_defaults(func=cli_ask.cmd_chat)
 
     p = sub.add_parser("export", parents=[store_opt], help="write a document's cache as a bundle to share")
     p.add_argument("document", help="document id (or prefix), file name or title")

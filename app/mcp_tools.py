@@ -460,19 +460,28 @@ def add_tools(store, queue, chat, model_name: str, access: Access, gpu: Callable
     @gpu
     def ask(document: str, question: str, max_new_tokens: int = 256, request: gr.Request = None,
             profile: gr.OAuthProfile | None = None) -> dict:
-        """Ask a question about a ready document; the answer comes from its stored cache and passages.
+        """Ask a question about a document of your library; answered from its passages and its stored cache (a document still being read answers specific questions from its passages).
 
         Args:
             document: the document's id, a unique id prefix or its file name
             question: the question
             max_new_tokens: the longest answer, in tokens
         Returns:
-            answer (its text) and sources (where in the document it comes from: label, location, quote)
+            answer (the answer's text alone), sources (where in the document it was read: document, label, location, quote, start, end), sources_label (the sources as the app shows them under the answer), strategy (cache, passages, cache+passages, or waiting while the document is read), notes and reading (ready, or how far the reading is)
         """
         from homer.generation import GenerationSettings
 
+        from . import answering
+
         owner = access.owner(request, profile)
-        doc = library.check_access(store, document, owner)
+        try:
+            doc = library.check_access(store, document, owner)
+        except StoreError:
+            state = answering.pending_state(store, document, owner)  # an upload of theirs not read in yet
+            if state:
+                raise StoreError(f"{document}: {state} — its text is not stored yet, ask again in a few seconds") \
+                    from None
+            raise
         key = f"mcp:{uuid.uuid4().hex}"  # each call is a conversation of its own
         answer, stats = "", {}
         try:
@@ -482,8 +491,11 @@ def add_tools(store, queue, chat, model_name: str, access: Access, gpu: Callable
         finally:
             chat.clear(key, doc["id"])
         sources = [{"document": p.get("document") or doc["file_name"], "label": p.get("label") or "",
-                    "location": p.get("location"), "quote": p.get("quote") or ""} for p in reader.places_of(stats)]
-        return {"answer": answer, "sources": sources, "sources_label": stats.get("sources") or ""}
+                    "location": p.get("location"), "quote": p.get("quote") or "", "start": p.get("start"),
+                    "end": p.get("end")} for p in reader.places_of(stats)]
+        return {"answer": stats.get("answer", answer), "sources": sources, "sources_label": stats.get("sources") or "",
+                "strategy": stats.get("focus"), "notes": stats.get("notes") or [],
+                "reading": stats.get("reading") or "ready"}
 
     def export_bundle(document: str, request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> str:
         """Export a ready document's cache as a bundle (a zip) that another HOMER Chat imports without reading the document again.
