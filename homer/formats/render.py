@@ -18,8 +18,8 @@ first use and kept: a normal page costs the pipe round trip on top of the render
 milliseconds), not a process start (about 0.3 s to import PDFium and Pillow). Each worker
 keeps its last document and page open (a reader's page and then its quote's boxes, or OCR's
 pages one after another, parse the file once), exits by itself after
-:data:`IDLE_SECONDS` without work (memory back; the next call starts another), dies with the
-app (``PR_SET_PDEATHSIG``) and has its address space capped (``HOMER_RENDER_MEMORY_MB``,
+:data:`IDLE_SECONDS` without work (memory back; the next call starts another) or within a
+second of the app, and has its address space capped (``HOMER_RENDER_MEMORY_MB``,
 2048), so a page that would need more fails in the worker, not in the app. A caller waits
 for a free worker at most ``wait`` seconds (the reader: its own deadline; then "the page
 renderer is busy", :class:`RenderBusy`), so no request holds or waits on a renderer for more
@@ -252,16 +252,18 @@ def pool() -> RenderPool:
 
 # --- the worker's side -------------------------------------------------------------------------
 def _die_with_parent() -> None:
-    """Linux: the kernel kills this worker when the app exits, even mid-render."""
-    try:
-        import ctypes
-        import signal
+    """Exit as soon as the app does, even mid-render: a watchdog thread (PDFium's calls
+    release the GIL) checks the parent every second. Not ``PR_SET_PDEATHSIG``: that fires
+    when the *thread* that started the worker ends, and the app's request threads come and go."""
+    parent = os.getppid()
 
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-        if os.getppid() == 1:  # the app already went
-            os._exit(0)
-    except Exception:  # not Linux: the worker still exits when its stdin closes
-        pass
+    def watch():
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="watch-the-app", daemon=True).start()
 
 
 def _limit_memory() -> None:
