@@ -24,7 +24,7 @@ which a declaration is other bytes) and without a DOCTYPE (Word never writes one
 how entity attacks come in). Every other part — images, fonts, embedded files, themes — is
 there empty, so the relationships still resolve, and is never decompressed. What parsing
 the kept parts will take is estimated from their bytes first (:func:`xml_nodes`) and
-bounded by ``HOMER_DOCX_MAX_PARSE_MB`` (512): 64 MB of ``<a/><b/>…`` is within the zip
+bounded by ``HOMER_DOCX_MAX_PARSE_MB`` (384): 64 MB of ``<a/><b/>…`` is within the zip
 limits but 13 million elements, 1.8 GB as an lxml tree.
 
 Refused with a reason: a password-protected DOCX (an OLE compound file holding an
@@ -139,7 +139,7 @@ def xml_nodes(raw: bytes) -> int:
 
 
 def max_parse_bytes() -> int:
-    return int(env_number("HOMER_DOCX_MAX_PARSE_MB", 512) * 2**20)
+    return int(env_number("HOMER_DOCX_MAX_PARSE_MB", 384) * 2**20)
 
 
 def text_package(archive: SafeZip, budget: int | None = None) -> bytes:
