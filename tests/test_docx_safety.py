@@ -243,8 +243,8 @@ def test_epub_parts_in_other_encodings_are_checked_in_them(tmp_path):
         f"without bound)")
     utf7 = fx.XXE_XHTML.decode().replace('encoding="UTF-8"', 'encoding="UTF-7"').encode("utf-7")
     assert refused("epub", fx.rewrite_zip(epub, replace={chapter: utf7})) == (
-        f"the EPUB's {chapter} is XML in UTF-7, which is refused (only UTF-8, UTF-16 and ASCII-based encodings "
-        f"are read: in others an entity declaration can hide)")
+        f"the EPUB's {chapter} is XML in UTF-7, which is refused (only UTF-8, UTF-16, UTF-32 and ASCII-based "
+        f"encodings are read: in others an entity declaration can hide)")
     latin = fx.member(epub, chapter).decode().replace('encoding="UTF-8"', 'encoding="ISO-8859-1"')
     assert "Call me Ishmael" in read_sectioned("epub", fx.rewrite_zip(epub, replace={
         chapter: latin.encode("latin-1", "replace")})).text  # an ASCII-based declared encoding still reads

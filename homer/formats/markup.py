@@ -117,8 +117,8 @@ def holds(data: bytes, encoding: str, markers: tuple[str, ...] = ENTITY) -> bool
 
 
 def _encoding_refused(what: str, encoding: str) -> DocumentError:
-    return DocumentError(f"{what} is XML in {encoding.upper()}, which is refused (only UTF-8, UTF-16 and ASCII-based "
-                         f"encodings are read: in others an entity declaration can hide)")
+    return DocumentError(f"{what} is XML in {encoding.upper()}, which is refused (only UTF-8, UTF-16, UTF-32 and "
+                         f"ASCII-based encodings are read: in others an entity declaration can hide)")
 
 
 def declares_entities(data: bytes, what: str = "the document") -> bool:
