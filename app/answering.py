@@ -20,12 +20,12 @@ def answer_settings() -> AnswerSettings:
     """The app's :class:`homer.answering.AnswerSettings` (``HOMER_FOCUS``,
     ``HOMER_FOCUS_PASSAGES``, ``HOMER_FOCUS_WORDS``, ``HOMER_PASSAGE_ORDER``,
     ``HOMER_SOURCE_ORDER``, ``HOMER_NOT_FOUND``, ``HOMER_CITATIONS``; :mod:`app.focus`)."""
-    from .chat import citations_enabled
+    from homer.durable import env_flag
 
     return AnswerSettings(focus=focusing.requested_focus(), passages=focusing.passages_per_question(),
                           excerpt_words=focusing.excerpt_words(), passage_order=focusing.passage_order(),
                           source_order=focusing.source_order(), not_found=focusing.not_found_enabled(),
-                          citations=citations_enabled())
+                          citations=env_flag("HOMER_CITATIONS", True))
 
 
 @dataclass

@@ -43,9 +43,10 @@ def _fail(message: str) -> int:
     return 2
 
 
-def open_target(store, target: str, tokenizer) -> dict:
+def open_target(store, target: str, model_name: str | None) -> dict:
     """The stored document ``target`` names: a file (read into the store now, or found there
-    by its content hash), else a stored document's id, id prefix, file name or title."""
+    by its content hash), else a stored document's id, id prefix, file name or title (looked
+    up before the model loads: a wrong name is refused at once)."""
     import hashlib
 
     from app.focus import index_document
@@ -60,6 +61,9 @@ def open_target(store, target: str, tokenizer) -> dict:
         data = path.read_bytes()
         found = store.get_document(hashlib.sha256(data).hexdigest())
         if found is None:
+            from app.tasks import get_model
+
+            _, tokenizer, _ = get_model(model_name)
             began = time.perf_counter()
             found = add_to_store(store, ingest_bytes(data, path.name, tokenizer))
             index_document(store, found["id"])
@@ -132,7 +136,6 @@ def cmd_ask(args) -> int:
     """``homer ask`` over a document (the app's answers), or over a cache file (cache only)."""
     from app.chat import ChatError, ChatService
     from app.ingest import IngestError
-    from app.tasks import get_model
     from storage import StoreError
 
     target = args.cache  # the engine's name for the first argument
@@ -143,8 +146,7 @@ def cmd_ask(args) -> int:
         return cache_only(args)
     try:
         store = _store(args)
-        _, tokenizer, _ = get_model(args.model)
-        document = open_target(store, target, tokenizer)
+        document = open_target(store, target, args.model)
         service = ChatService(store)
         for question in args.question:
             print(f"> {question}")
@@ -158,13 +160,11 @@ def cmd_chat(args) -> int:
     """A terminal conversation with a document: one question per line."""
     from app.chat import ChatError, ChatService
     from app.ingest import IngestError
-    from app.tasks import get_model
     from storage import StoreError
 
     try:
         store = _store(args)
-        _, tokenizer, _ = get_model(args.model)
-        document = open_target(store, args.document, tokenizer)
+        document = open_target(store, args.document, args.model)
     except (IngestError, StoreError, ValueError) as exc:
         return _fail(str(exc).splitlines()[0])
     service = ChatService(store)
