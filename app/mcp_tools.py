@@ -495,7 +495,9 @@ def add_tools(store, queue, chat, model_name: str, access: Access, gpu: Callable
                     "end": p.get("end")} for p in reader.places_of(stats)]
         return {"answer": stats.get("answer", answer), "sources": sources, "sources_label": stats.get("sources") or "",
                 "strategy": stats.get("focus"), "notes": stats.get("notes") or [],
-                "reading": stats.get("reading") or "ready"}
+                "reading": stats.get("reading") or "ready",
+                "report": {k: stats[k] for k in ("focus", "time_to_first_token", "seconds", "new_tokens",
+                                                 "retrieval_seconds", "coverage") if k in stats}}
 
     def export_bundle(document: str, request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> str:
         """Export a ready document's cache as a bundle (a zip) that another HOMER Chat imports without reading the document again.

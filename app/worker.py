@@ -82,7 +82,13 @@ class BuildQueue:
         return ids
 
     def submit_file(self, data: bytes, file_name: str, model: str | None = None, settings: dict | None = None) -> dict:
-        return tasks.submit_file(self.store, self.enqueue, data, file_name, model, settings)
+        """Queue an upload's build, and read its text in at once (:mod:`app.read_ahead`): the
+        document is askable from its passages seconds after the upload."""
+        from . import read_ahead
+
+        job = tasks.submit_file(self.store, self.enqueue, data, file_name, model, settings)
+        read_ahead.start(self.store, job)
+        return job
 
     def submit_document(self, document_id: str, model: str | None = None, settings: dict | None = None) -> dict:
         return tasks.submit_document(self.store, self.enqueue, document_id, model, settings)
