@@ -59,6 +59,20 @@ def stored_document(store, row: dict) -> DocumentText:
                         reader.text_length(store, row["id"]))
 
 
+def plan_turn(store, document_id: str, question: str, focus, tokenizer=None, model=None, cache=None,
+              max_new_tokens: int = 256):
+    """The passages a question gets from a stored document — the pipeline's own plan step
+    (:meth:`homer.answering.DocumentChat.plan`), for the benchmarks that look at retrieval."""
+    from homer.answering import DocumentChat
+    from homer.locations import LocationMap
+
+    row = store.get_document(document_id)
+    document = stored_document(store, row) if row is not None else \
+        DocumentText(document_id, document_id[:12], LocationMap.of(None), StoredPassages(store, document_id))  # an index alone
+    return DocumentChat(model, tokenizer, document, settings=answer_settings()).plan(question, focus, cache,
+                                                                                    max_new_tokens)
+
+
 def reading_state(store, document_id: str) -> str | None:
     """How far the reading of a document without a ready cache has got, as one line:
     ``still reading (43 %)``, ``queued for reading``, ``reading failed: reason``; None when

@@ -38,31 +38,26 @@ from __future__ import annotations
 
 import logging
 import os
-import re
-import time
-from dataclasses import dataclass, field, replace
 
 from homer import grounding
+from homer.answering import retrieval as answering_retrieval
+from homer.answering.pipeline import AUTO_SPECIFIC, source_line
 from homer.durable import env_flag
+from homer.focus import (DEFAULT_PASSAGE_ORDER, DEFAULT_PASSAGES, FOCUS_CHOICES, PASSAGE_ORDERS, FocusStrategy,
+                         PassageConversation, excerpt, route, strategy)
 from homer.grounding import NOT_FOUND
 from homer.locations import LocationMap
-from homer.focus import (DEFAULT_PASSAGE_ORDER, DEFAULT_PASSAGES, FOCUS_CHOICES, PASSAGE_ORDERS, FocusStrategy,
-                         PassageConversation, cache_room, excerpt, excerpt_span, fit_passages, route, strategy)
 from storage import passages as index
 
 log = logging.getLogger(__name__)
-__all__ = ["NOT_FOUND", "PassageConversation", "focus_mode", "plan_turn", "index_document", "ranked_sources",
-           "with_passage_sources"]
+__all__ = ["AUTO_SPECIFIC", "NOT_FOUND", "PassageConversation", "focus_mode", "index_document", "read_part",
+           "sources_label"]
 
 DEFAULT_FOCUS = "auto"
 # Each passage is read as its best window of this many words (HOMER_FOCUS_WORDS); measured on
 # the book set (README): 19/56 right against 20/56 for whole passages, with 23 % fewer tokens to
 # prefill (the time to first token); the needles of the RULER dev slice are all kept.
 DEFAULT_EXCERPT_WORDS = 80
-# What "auto" uses for a specific question: on the book set (README, benchmarks/focus.py) the
-# passages alone answered at least as many factual questions as the cache with the passages
-# and reached the first token in about half the time; the cache alone answered almost none.
-AUTO_SPECIFIC = "passages"
 CHOICES = ("auto", *FOCUS_CHOICES)
 
 
@@ -99,26 +94,9 @@ def fed_text(passage, question: str) -> str:
 
 
 def read_part(passage, question: str, locations: LocationMap):
-    """The part of ``passage`` the model reads for ``question`` (:func:`fed_text`) as a
-    passage of its own — its span, its text, and the page (or section) where that part holds
-    the most of the question's content words (ties: the first; none: its middle) — so a
-    source names, quotes and opens where the model read: a passage that begins at the foot
-    of one page and answers on the next is cited on the next."""
-    span = excerpt_span(passage.text, question, excerpt_words())
-    if span is not None:
-        a, b = span
-        passage = replace(passage, start=passage.start + a, end=passage.start + b, text=passage.text[a:b])
-    wanted = grounding.content_words(question)
-    held: dict[int, set] = {}
-    for word in re.finditer(r"\S+", passage.text):
-        found = grounding.content_words(word.group()) & wanted
-        if found:
-            held.setdefault(locations.number(passage.start + word.start()), set()).update(found)
-    if held:
-        page = max(sorted(held), key=lambda number: len(held[number]))  # max keeps the first of ties
-    else:
-        page = locations.number((passage.start + max(passage.end - 1, passage.start)) // 2)
-    return replace(passage, page=max(int(passage.page), page))
+    """The part of ``passage`` the model reads for ``question``, with the page where it holds
+    the most of the question (:func:`homer.answering.retrieval.read_part`)."""
+    return answering_retrieval.read_part(passage, question, locations, excerpt_words())
 
 
 def covered(store, document_id: str, question: str, texts) -> float:
@@ -148,61 +126,6 @@ def index_after_ingest(store, document_id: str, progress=None) -> None:
         log.warning("passage index of %s not built now (%s); it is built on first use", document_id[:12], exc)
 
 
-@dataclass
-class FocusedTurn:
-    """What a question is asked with: the strategy, the passages it gets (best first), the
-    user text of the turn after the cache, and what retrieval cost."""
-
-    strategy: FocusStrategy
-    question: str
-    passages: list = field(default_factory=list)
-    text: str = ""
-    seconds: float = 0.0
-    index_built: bool = False
-    coverage: float | None = None  # how much of the question the best passage holds (homer.grounding)
-    texts: list = field(default_factory=list)  # what the model reads of each passage (fed_text)
-
-    @property
-    def not_found(self) -> bool:
-        """Whether the turn is answered :data:`homer.grounding.NOT_FOUND` without the model:
-        its strategy reads passages, and none holds enough of the question (none matched, for a
-        question with a content word; "And then?" has none and goes on to the model).
-        Off with ``HOMER_NOT_FOUND=0``."""
-        if not self.strategy.uses_passages or not not_found_enabled():
-            return False
-        return self.coverage is not None and self.coverage < grounding.MIN_COVERAGE
-
-    def stats(self) -> dict:
-        out = {"focus": self.strategy.name}
-        if self.strategy.uses_passages:
-            out.update(retrieval_seconds=round(self.seconds, 4), index_built=self.index_built,
-                       passages=[{"seq": p.seq, "page": p.page, "start": p.start, "end": p.end,
-                                  "score": round(p.score, 3)} for p in self.passages],
-                       coverage=None if self.coverage is None else round(self.coverage, 3), not_found=self.not_found)
-        return out
-
-
-def plan_turn(store, document_id: str, question: str, focus: FocusStrategy, tokenizer=None, model=None,
-              cache=None, max_new_tokens: int = 256) -> FocusedTurn:
-    """Retrieve the question's passages (when the strategy uses them) and lay out its turn.
-    With the cache, only the passages that fit the window after it are kept."""
-    turn = FocusedTurn(focus, question, text=question)
-    if not focus.uses_passages:
-        return turn
-    started = time.perf_counter()
-    turn.index_built = index_document(store, document_id)
-    found = index.search(store.db, document_id, question, passages_per_question())
-    texts = [fed_text(p, question) for p in found]
-    if focus.uses_cache and found and cache is not None:
-        texts = fit_passages(tokenizer, texts, cache_room(cache, model, max_new_tokens), question)
-        found = found[: len(texts)]
-    turn.passages, turn.texts = found, texts
-    turn.text = focus.turn_text(question, texts, passage_order())
-    turn.coverage = covered(store, document_id, question, [p.text for p in found])
-    turn.seconds = time.perf_counter() - started
-    return turn
-
-
 _FREQUENCIES: dict = {}
 
 
@@ -222,11 +145,7 @@ def sources_label(passages, locations: LocationMap, question: str = "") -> str:
     """The sources of a focused answer, one line each: where (a page of a document of several
     pages, or a section, :class:`homer.locations.LocationMap`) and a short quote, around the
     question's first word in it."""
-    lines = []
-    for p in passages:
-        where = locations.where(p.page)
-        lines.append(f"- {where + ': ' if where else ''}“{p.quote(query=question)}”")
-    return "\n".join(lines)
+    return "\n".join(source_line(locations.where(p.page), p.quote(query=question)) for p in passages)
 
 
 DEFAULT_SOURCE_ORDER = "retrieval"  # measured on the book set: see the module docstring
@@ -254,36 +173,3 @@ def passage_order() -> str:
     ``best-last`` (default: the best passage next to the question) or ``best-first``
     (:func:`homer.focus.reading_order`); an unknown value is the default."""
     return env_choice("HOMER_PASSAGE_ORDER", PASSAGE_ORDERS, DEFAULT_PASSAGE_ORDER)
-
-
-def ranked_sources(turn: FocusedTurn, answer: str, conversation=None, model=None, tokenizer=None) -> tuple[list, dict]:
-    """``(passages in the order they are listed, stats)`` for a focused answer. In retrieval
-    order unless ``HOMER_SOURCE_ORDER=attention`` and the answer was read from the passages
-    alone by ``conversation`` (a :class:`homer.focus.PassageConversation`, after its answer):
-    then best first by the peak attention of the answer's queries over each passage
-    (:func:`homer.passage_citations.cite_passages`, one forward of prompt + answer), with
-    ``source_scores`` (seq, page, score; None for a passage left out to fit the window) and
-    ``citation_seconds``."""
-    passages = list(turn.passages)
-    if source_order() != "attention" or conversation is None or not passages or not answer.strip():
-        return passages, {"source_order": "retrieval"}
-    from homer.passage_citations import cite_passages, last_turn_prompt
-
-    rebuilt = last_turn_prompt(conversation, turn.question, turn.texts)
-    if rebuilt is None:  # not the turn that was asked: nothing to read the attention of
-        return passages, {"source_order": "retrieval"}
-    prompt_ids, read = rebuilt
-    cited = cite_passages(model, tokenizer, prompt_ids, answer, read, order=conversation.order)
-    order = cited.order() + list(range(len(read), len(passages)))  # passages not read come last
-    scores = [cited.scores[i] if i < len(read) else None for i in order]
-    return [passages[i] for i in order], {
-        "source_order": "attention", "citation_seconds": round(cited.seconds, 4),
-        "source_scores": [{"seq": passages[i].seq, "page": passages[i].page,
-                           "score": None if score is None else round(score, 4)} for i, score in zip(order, scores)]}
-
-
-def with_passage_sources(answer: str, passages, locations: LocationMap, question: str = "") -> str:
-    """The answer as shown, with the passages it was given listed under it."""
-    if not passages:
-        return answer
-    return f"{answer}\n\nSources:\n{sources_label(passages, locations, question)}"

@@ -23,9 +23,10 @@ _running: dict[str, threading.Thread] = {}
 _lock = threading.Lock()
 
 
-def start(store, job: dict) -> threading.Thread | None:
-    """Read ``job``'s upload into the store now (a thread); None when there is nothing to do
-    (not an upload, already stored, already being read ahead, or the job has ended)."""
+def start(store, job: dict, read) -> threading.Thread | None:
+    """Read ``job``'s upload into the store now, in a thread, with ``read(store, job)`` (the
+    build's own ingestion, :func:`app.tasks.read_in`); None when there is nothing to do (not
+    an upload, already stored, already being read ahead, or the job has ended)."""
     document_id = job.get("document_id")
     if not job.get("upload") or not document_id or job.get("state") not in ("queued", "running"):
         return None
@@ -34,7 +35,7 @@ def start(store, job: dict) -> threading.Thread | None:
     with _lock:
         if document_id in _running:
             return None
-        thread = threading.Thread(target=_read, args=(store, dict(job)), name=f"read-ahead-{document_id[:8]}",
+        thread = threading.Thread(target=_read, args=(store, dict(job), read), name=f"read-ahead-{document_id[:8]}",
                                   daemon=True)
         _running[document_id] = thread
     thread.start()
@@ -49,14 +50,9 @@ def wait(document_id: str, timeout: float | None = None) -> None:
         thread.join(timeout)
 
 
-def _read(store, job: dict) -> None:
-    from . import tasks
-    from .focus import index_document
-
+def _read(store, job: dict, read) -> None:
     try:
-        _, tokenizer, _ = tasks.get_model(None if job["model"] == tasks.EMBEDDED else job["model"])
-        document_id = tasks.ingest_upload(store, job, tokenizer)
-        index_document(store, document_id)
+        read(store, job)
         log.info("read ahead: %s stored and indexed; askable while its build waits", job.get("file_name"))
     except Exception as exc:  # noqa: BLE001 — the build reads it again and fails the job with the reason
         log.warning("read ahead of %s stopped (%s); the build reads it", job.get("file_name"),

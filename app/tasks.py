@@ -280,6 +280,17 @@ def ingest_upload(store, job: dict, tokenizer, progress=None) -> str:
 _ingest_upload = ingest_upload  # the name the store's safety tests call
 
 
+def read_in(store, job: dict) -> str:
+    """An upload's text and passage index stored now, before its build (:mod:`app.read_ahead`):
+    the document is askable from its passages; its id."""
+    from .focus import index_document
+
+    _, tokenizer, _ = get_model(None if job["model"] == EMBEDDED else job["model"])
+    document_id = ingest_upload(store, job, tokenizer)
+    index_document(store, document_id)
+    return document_id
+
+
 def _drop_upload(store, job: dict) -> None:
     """Remove a job's upload unless another active job (same content) still needs it."""
     if not job.get("upload"):

@@ -87,7 +87,7 @@ class BuildQueue:
         from . import read_ahead
 
         job = tasks.submit_file(self.store, self.enqueue, data, file_name, model, settings)
-        read_ahead.start(self.store, job)
+        read_ahead.start(self.store, job, tasks.read_in)
         return job
 
     def submit_document(self, document_id: str, model: str | None = None, settings: dict | None = None) -> dict:

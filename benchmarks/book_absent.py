@@ -28,6 +28,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from app import focus as focusing
+    from app.answering import plan_turn
     from benchmarks.focus import BOOK, book_cache
     from benchmarks.ruler import HOTPOT_EVAL_FROM, declined, hotpot
     from homer.focus import PassageConversation
@@ -50,7 +51,7 @@ def main(argv=None) -> int:
     rows = []
     for question in questions:
         cached = "".join(Conversation(cache, model, tokenizer).ask(question, settings=settings))
-        turn = focusing.plan_turn(store, doc, question, focus)
+        turn = plan_turn(store, doc, question, focus)
         focused = (focusing.NOT_FOUND if turn.not_found else
                    "".join(PassageConversation(model, tokenizer).ask(question, turn.texts, settings=settings)))
         rows.append({"question": question, "cache_answer": cached, "cache_declined": declined(cached),

@@ -43,6 +43,7 @@ def main(argv=None) -> int:
     import torch
 
     from app import focus as focusing
+    from app.answering import plan_turn
     from benchmarks.book_questions import FACTS, WHOLE_BOOK
     from benchmarks.focus import BOOK, book_cache
     from homer.focus import PassageConversation
@@ -70,7 +71,7 @@ def main(argv=None) -> int:
         question = FACTS[i % len(FACTS)][0]
         load = os.getloadavg()[0]
         started = time.perf_counter()
-        turn = focusing.plan_turn(store, doc, question, focus)
+        turn = plan_turn(store, doc, question, focus)
         first = None
         if not turn.not_found:
             for _ in PassageConversation(model, tokenizer).ask(question, turn.texts, settings=settings):

@@ -40,17 +40,16 @@ def test_function_words_alone_are_not_checked():
     assert grounding.content_words("How did they die?") == {"die"}
 
 
-def test_the_app_turn_answers_not_found_unless_turned_off(monkeypatch):
-    from app.focus import FocusedTurn
-    from storage.passages import Passage
+def test_the_pipeline_plans_not_found_unless_turned_off():
+    from homer.answering import AnswerSettings, DocumentChat, DocumentText
 
-    passage = Passage(seq=0, start=0, end=1, page=1, text="p")
-    turn = FocusedTurn(STRATEGIES["passages"], "q", passages=[passage], coverage=0.1)
-    assert turn.not_found and turn.stats()["not_found"] is True
-    assert not FocusedTurn(STRATEGIES["passages"], "q", passages=[passage], coverage=0.9).not_found
-    assert not FocusedTurn(STRATEGIES["cache"], "q").not_found  # the cache answers whole-document questions
-    monkeypatch.setenv("HOMER_NOT_FOUND", "0")
-    assert not turn.not_found
+    text = "\n\n".join(["The keeper rowed out to the reef at dawn."] * 3 + ["The harbour cat was named Biscuit."])
+    document = DocumentText.of_text(text)
+    plan = DocumentChat(None, None, document).plan("Which violin did the admiral play?", STRATEGIES["passages"])
+    assert plan.not_found and plan.coverage < 0.3
+    assert not DocumentChat(None, None, document).plan("What was the harbour cat named?", STRATEGIES["passages"]).not_found
+    quiet = DocumentChat(None, None, document, settings=AnswerSettings(not_found=False))
+    assert not quiet.plan("Which violin did the admiral play?", STRATEGIES["passages"]).not_found
 
 
 def test_an_excerpt_is_the_window_holding_the_question_widened_to_its_sentences():

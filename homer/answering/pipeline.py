@@ -93,6 +93,12 @@ class AnswerSettings:
             raise AnswerError(f"focus must be one of {', '.join(FOCUS_NAMES)}, not {name!r}") from None
 
 
+def source_line(where: str, quote: str) -> str:
+    """One line of the sources under an answer: ``- p. 12: “quote”`` (``where`` may name the
+    document too, or be empty for a one-page document)."""
+    return f"- {where + ': ' if where else ''}“{quote}”"
+
+
 @dataclass(frozen=True)
 class Source:
     """Where an answer was read: the document (id and shown name), the place (1-based page or
@@ -165,6 +171,24 @@ class Answer:
 
     def __str__(self) -> str:
         return self.shown()
+
+
+@dataclass
+class TurnPlan:
+    """What a turn reads (:meth:`DocumentChat.plan`): its strategy, the passages found (best
+    first) and what the model reads of each, how much of the question the best holds, whether
+    it is answered :data:`homer.grounding.NOT_FOUND` without the model, and what it cost."""
+
+    strategy: FocusStrategy
+    found: list[FoundPassage]
+    texts: list[str]
+    coverage: float
+    not_found: bool
+    seconds: float = 0.0
+
+    @property
+    def passages(self) -> list:
+        return [f.passage for f in self.found]
 
 
 class DocumentChat:
@@ -249,17 +273,11 @@ class DocumentChat:
         found: list[FoundPassage] = []
         texts: list[str] = []
         if chosen.uses_passages:
-            began = time.perf_counter()
-            found = retrieve(self.documents, question, self.settings.passages)
-            texts = [f.text(question, self.settings.excerpt_words, self.several) for f in found]
-            if chosen.uses_cache and found:
-                texts = fit_passages(self.tokenizer, texts,
-                                     cache_room(turn_cache, self.model, generation.max_new_tokens), question)
-                found = found[: len(texts)]
-            report.retrieval_seconds = round(time.perf_counter() - began, 4)
+            plan = self.plan(question, chosen, turn_cache, generation.max_new_tokens)
+            found, texts = plan.found, plan.texts
+            report.retrieval_seconds = round(plan.seconds, 4)
             report.passages = [self._passage_dict(f) for f in found]
-            report.coverage = round(coverage(question, found), 3)
-            report.not_found = self.settings.not_found and report.coverage < grounding.MIN_COVERAGE
+            report.coverage, report.not_found = round(plan.coverage, 3), plan.not_found
             if report.not_found:
                 self.turns.append((question, grounding.NOT_FOUND))
                 yield self._finish(Answer(grounding.NOT_FOUND), report, started)
@@ -322,6 +340,21 @@ class DocumentChat:
             self.conversation.turns.append((question, text))  # appended before its next question
         yield self._finish(answer, report, started, first)
 
+    def plan(self, question: str, chosen: FocusStrategy, cache=None, max_new_tokens: int = 256) -> "TurnPlan":
+        """The passages a turn of strategy ``chosen`` reads for ``question``, best first: what
+        the model reads of each (its best window; over several documents, named), cut to the
+        room the window leaves after ``cache``; and whether they hold enough of the question
+        to answer from (:mod:`homer.grounding`)."""
+        began = time.perf_counter()
+        found = retrieve(self.documents, question, self.settings.passages)
+        texts = [f.text(question, self.settings.excerpt_words, self.several) for f in found]
+        if chosen.uses_cache and found and cache is not None:
+            texts = fit_passages(self.tokenizer, texts, cache_room(cache, self.model, max_new_tokens), question)
+            found = found[: len(texts)]
+        held = coverage(question, found)
+        return TurnPlan(chosen, found, texts, held, self.settings.not_found and held < grounding.MIN_COVERAGE,
+                        time.perf_counter() - began)
+
     # --- helpers -------------------------------------------------------------------------------
     @staticmethod
     def _finish(answer: Answer, report: TurnReport, started: float, first: float | None = None) -> Answer:
@@ -371,7 +404,7 @@ class DocumentChat:
                             read.end, read.quote(query=f.quote_words or question))
             answer.sources.append(source)
             where = ", ".join(x for x in (f.document.name if self.several else "", locations.where(read.page)) if x)
-            lines.append(f"- {where + ': ' if where else ''}“{source.quote}”")
+            lines.append(source_line(where, source.quote))
         answer.sources_text = "\n" + "\n".join(lines)
         report.citation_seconds = round(time.perf_counter() - began + report.retrieval_seconds, 4)
 
@@ -399,4 +432,4 @@ class DocumentChat:
 
 
 __all__ = ["AUTO_SPECIFIC", "Answer", "AnswerError", "AnswerSettings", "DocumentChat", "NO_CACHE", "Source",
-           "TurnReport"]
+           "TurnPlan", "TurnReport", "source_line"]
