@@ -28,8 +28,43 @@ from collections.abc import Callable, Iterator
 
 TURNS = 1  # the model answers one question at a time (the UI queue's concurrency_limit too)
 
+PAUSE_SECONDS = 60.0  # the longest a build waits for answers at one layer (then it goes on beside them)
+
 log = logging.getLogger(__name__)
 _turns = threading.BoundedSemaphore(TURNS)
+_answering = threading.Condition()
+_active = 0  # turns being answered now
+_local = threading.local()
+
+
+def _begin() -> None:
+    global _active
+    with _answering:
+        _active += 1
+    _local.depth = getattr(_local, "depth", 0) + 1
+
+
+def _end() -> None:
+    global _active
+    with _answering:
+        _active -= 1
+        _answering.notify_all()
+    _local.depth = max(getattr(_local, "depth", 1) - 1, 0)
+
+
+def pause_for_answers(limit: float = PAUSE_SECONDS) -> float:
+    """A build's yield point (called before every layer it runs, :mod:`homer.tree`): wait
+    while a question is being answered, at most ``limit`` seconds; returns the seconds waited.
+    On a CPU the build and the answer share the same cores, so the answer gets them all — its
+    first token does not wait for a whole leaf, and the build pauses only for the answer's
+    length. A thread that is itself answering never waits here (a build run inside a request)."""
+    if getattr(_local, "depth", 0):
+        return 0.0
+    began = time.monotonic()
+    with _answering:
+        if _active:
+            _answering.wait_for(lambda: _active == 0, timeout=limit)
+    return time.monotonic() - began
 
 
 @contextlib.contextmanager
@@ -39,10 +74,12 @@ def model_turn(door: str) -> Iterator[None]:
     asked = time.monotonic()
     _turns.acquire()
     began = time.monotonic()
+    _begin()
     try:
         yield
     finally:
         ended = time.monotonic()
+        _end()
         _turns.release()
         log.info("model turn %s: began %.6f ended %.6f (waited %.3f s)", door, began, ended, began - asked)
 

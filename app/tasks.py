@@ -262,6 +262,9 @@ def _progress_callback(heartbeat: Heartbeat, started: float):
         if step_delay:
             time.sleep(step_delay)
 
+    from .model_turns import pause_for_answers
+
+    progress.pause = pause_for_answers  # before every layer: a question being answered goes first
     return progress
 
 

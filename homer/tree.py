@@ -180,6 +180,10 @@ class _Builder:
         self.prefix, self.context, self.suffix = prefix, context, suffix
         self.generator = torch.Generator().manual_seed(seed)
         self.progress = progress
+        # a progress callback may carry a ``pause()``: called before every layer, so a caller
+        # can hold a build back for a moment (the app: while a question is answered on the same
+        # cores, so its first token waits for one layer, not a whole leaf)
+        self.pause = getattr(progress, "pause", None)
         self.steps_total = 2 * plan.num_leaves - 1
         self.steps_done = 0
         self.checkpoints: BuildCheckpoints | None = None  # set by build_cache(checkpoints=...)
@@ -318,6 +322,8 @@ class _Builder:
         rope = self.stack.rope(node.hidden, node.positions)
         self._scores = []
         for layer in layers:
+            if self.pause is not None:
+                self.pause()
             hidden, q, k, v = self.stack.attention_half(layer, node.hidden, rope)
             # finished layers are only stored, never recomputed: keep them in the cache dtype
             node.keys.append(k[0].to(self.kv_dtype))
