@@ -86,10 +86,9 @@ class SignInRequired(StoreError):
 def oauth_wanted() -> bool:
     """Sign-in with Hugging Face: on a Space (``SPACE_ID`` set) or with ``HOMER_HF_OAUTH=1``
     (``HOMER_HF_OAUTH=0`` turns it off on a Space)."""
-    flag = os.environ.get("HOMER_HF_OAUTH", "").strip().lower()
-    if flag in ("0", "false", "no", "off"):
-        return False
-    return flag in ("1", "true", "yes", "on") or bool(os.environ.get("SPACE_ID"))
+    from homer.durable import env_flag
+
+    return env_flag("HOMER_HF_OAUTH", bool(os.environ.get("SPACE_ID")))
 
 
 class Access:

@@ -65,8 +65,11 @@ class OcrUnavailable(OcrError):
 
 
 def ocr_enabled() -> bool:
-    """``HOMER_OCR`` (default on): ``0``, ``false``, ``off`` or ``no`` turns OCR off."""
-    return os.environ.get("HOMER_OCR", "1").strip().lower() not in ("0", "false", "off", "no")
+    """``HOMER_OCR`` (default on): ``0``, ``false``, ``off`` or ``no`` turns OCR off
+    (:func:`homer.durable.env_flag`: any other word is refused, naming the variable)."""
+    from ..durable import env_flag
+
+    return env_flag("HOMER_OCR", True)
 
 
 def tesseract_command() -> str:
