@@ -353,7 +353,7 @@ def check_text_upload(data: bytes, file_name: str, limits: IngestLimits | None =
 
 def ingest_bytes(data: bytes, file_name: str, tokenizer=None, max_bytes: int | None = None,
                  passage_tokens: int = PASSAGE_TOKENS, limits: IngestLimits | None = None,
-                 progress=None) -> IngestedDocument:
+                 progress=None, split: bool = True) -> IngestedDocument:
     """Check and read an upload (PDF, EPUB, DOCX, HTML, TXT, Markdown) into an :class:`IngestedDocument`,
     within ``limits`` (default: :func:`ingest_limits`; ``max_bytes`` overrides its size).
     ``progress(message)``, if given, hears the steps that take long ("OCR page 3/80")."""
@@ -379,14 +379,23 @@ def ingest_bytes(data: bytes, file_name: str, tokenizer=None, max_bytes: int | N
         token_count = None
         if tokenizer is not None:  # before splitting: an overlong document is refused at the lower cost
             token_count = count_tokens(source.text, tokenizer, limits.max_tokens, clock)
-        spans = split_passages(source.text, tokenizer, passage_tokens, clock)
+        # ``split=False``: the token-counted passages later (:func:`token_passages`); they are the
+        # slowest step (a tokenizer call per candidate piece), and a document is askable without them
+        passages = token_passages(source.text, source.page_starts, tokenizer, passage_tokens, clock) if split else None
     except DocumentError as exc:
         raise IngestError(f"{file_name}: {exc}") from None
-    passages = [[s, e, page_of(source.page_starts, s), page_of(source.page_starts, max(s, e - 1))] for s, e in spans]
     return IngestedDocument(data=data, file_name=Path(file_name).name, text=source.text, kind=source.kind,
                             page_starts=list(source.page_starts), passages=passages, token_count=token_count,
                             title=_title(source.text, source.kind, file_name),
                             locations=list(source.labels) if source.labels is not None else None)
+
+
+def token_passages(text: str, page_starts: list[int], tokenizer=None, passage_tokens: int = PASSAGE_TOKENS,
+                   clock: _Clock | None = None) -> list[list[int]]:
+    """``[start, end, first page, last page]`` of the document's token-counted passages
+    (:func:`split_passages`), as the document row and its bundles keep them."""
+    spans = split_passages(text, tokenizer, passage_tokens, clock)
+    return [[s, e, page_of(page_starts, s), page_of(page_starts, max(s, e - 1))] for s, e in spans]
 
 
 def ingest_file(path: str | os.PathLike, tokenizer=None, max_bytes: int | None = None) -> IngestedDocument:

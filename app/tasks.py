@@ -268,14 +268,15 @@ def _progress_callback(heartbeat: Heartbeat, started: float):
     return progress
 
 
-def ingest_upload(store, job: dict, tokenizer, progress=None) -> str:
-    """Read a job's upload into the store (the app's ingestion and limits); its document id."""
+def ingest_upload(store, job: dict, tokenizer, progress=None, split: bool = True) -> str:
+    """Read a job's upload into the store (the app's ingestion and limits); its document id.
+    ``split=False`` stores it without its token-counted passages (added by the caller)."""
     upload = store.upload_path(job["upload"])  # a StoreError fails the job: never read outside the store
     try:
         data = upload.read_bytes()
     except FileNotFoundError:
         raise IngestError(f"{job['file_name']}: the upload is gone") from None
-    doc = ingest_bytes(data, job["file_name"] or upload.name, tokenizer, progress=progress)
+    doc = ingest_bytes(data, job["file_name"] or upload.name, tokenizer, progress=progress, split=split)
     row = add_to_store(store, doc)
     return row["id"]
 
@@ -288,9 +289,15 @@ def read_in(store, job: dict) -> str:
     the document is askable from its passages; its id."""
     from .focus import index_document
 
+    from .ingest import token_passages
+
     _, tokenizer, _ = get_model(None if job["model"] == EMBEDDED else job["model"])
-    document_id = ingest_upload(store, job, tokenizer)
+    document_id = ingest_upload(store, job, tokenizer, split=False)  # askable first …
     index_document(store, document_id)
+    row = store.get_document(document_id)
+    if row is not None and row.get("passages") is None:  # … then its token-counted passages
+        store.set_passages(document_id, token_passages(store.document_text(document_id), store.page_starts(document_id),
+                                                       tokenizer))
     return document_id
 
 

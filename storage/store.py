@@ -166,6 +166,11 @@ class Store:
         self.db["documents"].insert(row, ignore=True)  # a concurrent writer may have won: same content
         return self.get_document(document_id)
 
+    def set_passages(self, document_id: str, passages: list) -> None:
+        """Record a stored document's token-counted passages (a document stored before they
+        were counted: askable first, :mod:`app.read_ahead`)."""
+        self.db["documents"].update(document_id, {"passages": json.dumps(passages)})
+
     def get_document(self, document_id: str) -> dict | None:
         rows = list(self.db["documents"].rows_where("id = ?", [document_id]))
         return rows[0] if rows else None
