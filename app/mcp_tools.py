@@ -477,6 +477,8 @@ def add_tools(store, queue, chat, model_name: str, access: Access, gpu: Callable
             doc = library.check_access(store, document, owner)
         except StoreError:
             state = answering.pending_state(store, document, owner)  # an upload of theirs not read in yet
+            if state and state.startswith("reading failed"):
+                raise StoreError(f"{document}: {state}") from None
             if state:
                 raise StoreError(f"{document}: {state} — its text is not stored yet, ask again in a few seconds") \
                     from None
