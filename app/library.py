@@ -184,6 +184,18 @@ def job_label(job: dict, now: float | None = None) -> str:
     return "ready"
 
 
+def reading_label(job: dict | None) -> str:
+    """How far a document without a cache has got, short enough for a picker's label:
+    ``queued for reading``, ``reading 43 %``, ``reading failed``, ``not read yet``."""
+    if job is None or job["state"] == "done":
+        return "not read yet"
+    if job["state"] == "queued":
+        return "queued for reading"
+    if job["state"] == "running":
+        return f"reading {float(job.get('progress') or 0.0) * 100:.0f} %"
+    return "reading failed"
+
+
 def short_model(name: str | None) -> str:
     """A model's name for display: a local folder by its last part, a hub id as it is."""
     if not name:
@@ -193,10 +205,13 @@ def short_model(name: str | None) -> str:
 
 def library(store, model_name: str, fingerprint: str, owner: str | None = None, now: float | None = None) -> list[dict]:
     """One entry per document the user sees (and per upload still being read or recently
-    refused): id, name, state for this model, ready (a cache of this model exists), deep_read
-    (its newest ready cache keeps leaf states, so questions can be deep-read), size, pages,
-    tokens, model, access ("owner" or "shared": read-only) and shared_with (whom the user
-    shares their document with; "*": everyone)."""
+    refused): id, name, state for this model, ready (a cache of this model exists), askable
+    (its text is stored: specific questions are answered from its passages while it is read,
+    seconds after the upload), reading (how far its reading has got while it has no cache of
+    this model: ``reading 43 %``, ``queued for reading``, ``reading failed``, ``not read
+    yet``; None once ready), deep_read (its newest ready cache keeps leaf states, so
+    questions can be deep-read), size, pages, tokens, model, access ("owner" or "shared":
+    read-only) and shared_with (whom the user shares their document with; "*": everyone)."""
     now = now or time.time()
     allowed = owned_ids(store, owner)
     jobs: dict[str, list[dict]] = {}
@@ -220,6 +235,8 @@ def library(store, model_name: str, fingerprint: str, owner: str | None = None, 
             state = "not read by this model yet"
         entries.append({
             "id": doc["id"], "name": doc["file_name"], "title": doc["title"], "state": state, "ready": bool(caches),
+            "askable": True, "reading": None if caches else reading_label(active[-1] if active else
+                                                                          (doc_jobs[-1] if doc_jobs else None)),
             "deep_read": bool(caches and caches[0].get("leaf_states_file")),
             "size": doc["bytes"], "pages": doc["pages"], "tokens": doc["token_count"],
             "model": short_model(caches[0]["model_name"] if caches else (doc_jobs[-1]["model"] if doc_jobs else "")),
@@ -239,7 +256,8 @@ def library(store, model_name: str, fingerprint: str, owner: str | None = None, 
             upload = None
         entries.append({
             "id": document_id, "name": job["file_name"] or document_id[:12], "title": job["file_name"],
-            "state": job_label(job, now), "ready": False, "deep_read": False,
+            "state": job_label(job, now), "ready": False, "askable": False, "reading": reading_label(job),
+            "deep_read": False,
             "size": upload.stat().st_size if upload is not None and upload.exists() else None,
             "pages": None, "tokens": None, "model": short_model(job["model"]), "cache_tokens": None,
             "access": "owner", "shared_with": [],
@@ -271,6 +289,14 @@ def choices(entries: list[dict], ready_only: bool = False) -> list[tuple[str, st
             continue  # not ingested yet / no cache for this model
         out.append((f"{e['name']} · {e['id'][:8]}", e["id"]))
     return out
+
+
+def askable_choices(entries: list[dict]) -> list[tuple[str, str]]:
+    """(label, document id) pairs for the chat's picker: every document whose text is stored
+    (askable from its passages while it is read), a document still being read labelled with
+    its progress (``book.pdf · 3f2a9c1d — reading 43 %``)."""
+    return [(f"{e['name']} · {e['id'][:8]}" + (f" — {e['reading']}" if e["reading"] else ""), e["id"])
+            for e in entries if e["askable"]]
 
 
 # --- uploads --------------------------------------------------------------------------------
@@ -315,9 +341,10 @@ def check_upload(data: bytes, file_name: str) -> None:
 
 
 def submit_upload_file(queue, path: Path, model_name: str, settings: dict | None = None,
-                       owner: str | None = None) -> list[str]:
+                       owner: str | None = None, ids: list[str] | None = None) -> list[str]:
     """Check and queue one uploaded file the web server wrote to ``path``: its size is
-    checked before it is read (the server accepts files up to the larger bundle limit)."""
+    checked before it is read (the server accepts files up to the larger bundle limit).
+    ``ids``: as :func:`submit_uploads`'s."""
     from .ingest import max_upload_bytes
 
     path = Path(path)
@@ -328,12 +355,14 @@ def submit_upload_file(queue, path: Path, model_name: str, settings: dict | None
     limit = max_upload_bytes()
     if size > limit:
         return [f"✗ {path.name}: the file is {size / 2**20:.1f} MB, over the limit of {limit / 2**20:.1f} MB"]
-    return submit_uploads(queue, [(path.name, path.read_bytes())], model_name, settings, owner)
+    return submit_uploads(queue, [(path.name, path.read_bytes())], model_name, settings, owner, ids)
 
 
 def submit_uploads(queue, files: list[tuple[str, bytes]], model_name: str, settings: dict | None = None,
-                   owner: str | None = None) -> list[str]:
-    """Check and queue uploaded files ``(name, bytes)``; one line per file saying what happened."""
+                   owner: str | None = None, ids: list[str] | None = None) -> list[str]:
+    """Check and queue uploaded files ``(name, bytes)``; one line per file saying what happened.
+    ``ids``, when given, gets the document id of each file accepted (the chat selects it
+    once its text is stored)."""
     lines = []
     for name, data in files:
         name = Path(name).name
@@ -344,6 +373,8 @@ def submit_uploads(queue, files: list[tuple[str, bytes]], model_name: str, setti
             lines.append(f"✗ {exc}")
             continue
         add_owner(queue.store, job["document_id"], owner, name)
+        if ids is not None and job["state"] != "failed":
+            ids.append(job["document_id"])
         if job["state"] == "done":
             lines.append(f"✓ {name}: already read — ready")
         elif job["state"] == "failed":

@@ -1,11 +1,15 @@
 """The Gradio UI, declared in one function. Handlers are thin: they call :mod:`app.chat`,
 :mod:`app.library` and :mod:`app.inspector`, which work on the store and the build queue.
 
-Tabs: Library (upload, live build state, delete), Chat (streaming answers from a stored
-cache, time to first token; several documents or the whole library at once, and the focus
-strategy for the session; beside it the reader, :mod:`app.reader`, which opens a source of the
-last answer at its page or section), Share (export / import bundles), Inspector (what the cache
-kept, the merge tree), Settings (model, HOMER settings, generation settings)."""
+Tabs: Chat first — the conversation leads: a drop area beside the document picker, so a
+newcomer drops a file and asks it in the same view (the new document is picked as soon as its
+text is stored, seconds after the upload, with its reading progress in its label; specific
+questions are answered from its passages while it is read); streaming answers, time to first
+token; under a closed "Advanced" fold several documents or the whole library at once, the
+focus strategy, deep read, threads and the turn's details; beside it the reader,
+:mod:`app.reader`, which opens a source of the last answer at its page or section. Then
+Library (upload, live build state, delete), Share (export / import bundles), Inspector (what
+the cache kept, the merge tree), Settings (model, HOMER settings, generation settings)."""
 
 from __future__ import annotations
 
@@ -22,6 +26,7 @@ from homer.config import SIGNIFICANCE_CHOICES
 from storage.bundle_schema import max_bundle_bytes
 from storage.errors import StoreError
 
+from . import answering
 from . import focus as focusing
 from . import inspector, library, mcp_tools, model_turns, reader
 from .chat import ChatError, ChatService, settings_overrides
@@ -93,23 +98,57 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
         except mcp_tools.SignInRequired:  # signed out: no library
             entries = []
         table = pd.DataFrame(library.table_rows(entries, team), columns=headers)
-        version = json.dumps([library.choices(entries), library.choices(entries, ready_only=True)])
+        version = json.dumps({"every": library.choices(entries), "askable": library.askable_choices(entries),
+                              "ready": library.choices(entries, ready_only=True),
+                              "reading": {e["id"]: e["reading"] for e in entries if e["askable"] and e["reading"]}})
         return table, version
 
-    def update_pickers(version: str, lib_doc, chat_doc, share_doc, insp_doc, chat_docs):
-        every, ready = json.loads(version or "[[], []]")
-        every, ready = [tuple(c) for c in every], [tuple(c) for c in ready]
-        every_ids, ready_ids = {c[1] for c in every}, {c[1] for c in ready}
-        first = ready[0][1] if ready else None
+    def update_pickers(version: str, lib_doc, chat_doc, share_doc, insp_doc, chat_docs, waiting: list | None,
+                       request: gr.Request = None, profile: gr.OAuthProfile | None = None):
+        """The pickers after a refresh: the chat's offers every askable document (its progress
+        in the label while it is read) and picks an upload made in the chat as soon as it is
+        askable; ``waiting``: those uploads, ``[[id, name], …]``, until then."""
+        lists = json.loads(version or "{}")
+        every, askable, ready = ([tuple(c) for c in lists.get(key, [])] for key in ("every", "askable", "ready"))
+        every_ids, askable_ids, ready_ids = ({c[1] for c in options} for options in (every, askable, ready))
+        first = (ready or askable)[0][1] if ready or askable else None
+        arrived = [item for item in waiting or [] if item[0] in askable_ids]
+        if arrived:
+            chat_doc = arrived[-1][0]  # the newest upload made in the chat, askable now
+        states = [(item, pending_state(item, request, profile)) for item in waiting or [] if item not in arrived]
+        waiting = [item for item, state in states if state and not state.startswith("reading failed")]
 
         def pick(value, options, ids, default=None):
             return gr.update(choices=options, value=value if value in ids else default)
 
-        selection = gr.update(choices=[(WHOLE_LIBRARY_LABEL, WHOLE_LIBRARY), *ready],
-                              value=[v for v in chat_docs or [] if v in ready_ids or v == WHOLE_LIBRARY])
-        return (pick(lib_doc, every, every_ids), pick(chat_doc, ready, ready_ids, first),
-                pick(share_doc, ready, ready_ids, first), pick(insp_doc, ready, ready_ids),  # inspecting costs: on request
-                selection)
+        selection = gr.update(choices=[(WHOLE_LIBRARY_LABEL, WHOLE_LIBRARY), *askable],
+                              value=[v for v in chat_docs or [] if v in askable_ids or v == WHOLE_LIBRARY])
+        chat_pick = pick(chat_doc, askable, askable_ids, None if waiting else first)
+        lines = [pending_line(name, state) for (_, name), state in states if state]
+        reading = lists.get("reading", {}).get(chat_pick["value"])
+        if reading:  # the picked document is still being read (or was not read by this model)
+            waits = reading.startswith(("reading ", "queued")) and not reading.endswith("failed")
+            lines.append(f"{reading} — ask something specific now; a question about the whole document is answered "
+                         "once it has been read" if waits else
+                         f"{reading} — specific questions are answered from its passages; read it again in the "
+                         "Library for questions about the whole document")
+        return (pick(lib_doc, every, every_ids), chat_pick,
+                pick(share_doc, ready, ready_ids, first if first in ready_ids else None),
+                pick(insp_doc, ready, ready_ids),  # inspecting costs: on request
+                selection, waiting, "\n\n".join(lines))
+
+    def pending_state(item: list, request: gr.Request | None, profile: gr.OAuthProfile | None = None) -> str | None:
+        """What an upload ``[id, name]`` whose text is not stored yet is doing ("queued for
+        reading"), or None when there is nothing to wait for (gone, or not this user's)."""
+        try:
+            return answering.pending_state(store, item[0], owner_of(request, profile))
+        except mcp_tools.SignInRequired:
+            return None
+
+    def pending_line(name: str, state: str) -> str:
+        if state.startswith("reading failed"):
+            return f"✗ {name}: {state}"
+        return f"{name}: {state} — its text is being stored; it can be asked in a few seconds"
 
     def continue_builds(request: gr.Request, profile: gr.OAuthProfile | None = None):
         """The next slice of this user's oldest unfinished build (builds in requests only)."""
@@ -118,28 +157,51 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
         done = slices.run_next(owner_of(request, profile))
         return gr.update() if done is None else done.line
 
-    def upload(files, model: str, settings: dict, request: gr.Request, profile: gr.OAuthProfile | None = None):
+    def submit(files, model: str, settings: dict, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        """Check and queue uploaded files: yields ``(status text, [[document id, name], …])``,
+        the documents accepted (with builds in requests, the first slice runs here too)."""
         if not files:
-            yield "", None
+            yield "", []
             return
         try:
             owner_of(request, profile)
         except mcp_tools.SignInRequired as exc:  # signed out: uploads are refused
-            yield f"✗ {exc}", None
+            yield f"✗ {exc}", []
             return
-        lines = []
+        lines, accepted = [], []
         for item in files if isinstance(files, list) else [files]:  # one file in memory at a time
             path = Path(item if isinstance(item, str) else getattr(item, "name", str(item)))
-            lines += library.submit_upload_file(queue, path, model, settings, owner_of(request, profile))
-        yield "\n\n".join(lines), None
+            ids: list[str] = []
+            lines += library.submit_upload_file(queue, path, model, settings, owner_of(request, profile), ids)
+            accepted += [[document_id, path.name] for document_id in ids]
+        yield "\n\n".join(lines), accepted
         if slices is not None and any(line.endswith("queued for reading") for line in lines):
             done = slices.run_next(owner_of(request, profile))  # the first slice, in this request (ZeroGPU)
             if done is not None and done.state == "done":
-                yield "\n\n".join(lines + ["✓ reading finished — see the library"]), None
+                yield "\n\n".join(lines + ["✓ reading finished — see the library"]), accepted
             elif done is not None:  # more slices to go, or refused for now (the library says why)
                 going_on = ["The library goes on reading while this page is open."]
                 going_on = [] if done.state in ("refused", "failed") else going_on
-                yield "\n\n".join(lines + [done.line, *going_on]), None
+                yield "\n\n".join(lines + [done.line, *going_on]), accepted
+
+    def upload(files, model: str, settings: dict, request: gr.Request, profile: gr.OAuthProfile | None = None):
+        for text, _ in submit(files, model, settings, request, profile):
+            yield text, None
+
+    def upload_in_chat(files, model: str, settings: dict, waiting: list | None, request: gr.Request,
+                       profile: gr.OAuthProfile | None = None):
+        """An upload dropped in the chat view: the document is picked there at once when its
+        text is already stored (the same file again), else as soon as it is (the refresh after
+        this, or a timer tick: :func:`update_pickers`)."""
+        text, accepted = "", []
+        for text, accepted in submit(files, model, settings, request, profile):
+            yield text, None, waiting or [], gr.update()
+        if not accepted:
+            return
+        stored = [item for item in accepted if store.get_document(item[0]) is not None]
+        later = [item for item in accepted if item not in stored]
+        waiting = [item for item in waiting or [] if item not in accepted] + later
+        yield text, None, waiting, stored[-1][0] if stored and not later else None
 
     def read_again(document_id: str | None, model: str, settings: dict, request: gr.Request,
                    profile: gr.OAuthProfile | None = None):
@@ -180,9 +242,14 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
     @gpu
     def ask(document_id: str | None, question: str, temperature: float, max_new_tokens: int, model: str,
             settings: dict, deep_read: bool = False, focus: str | None = None, documents: list | None = None,
-            request: gr.Request = None, profile: gr.OAuthProfile | None = None):
+            waiting: list | None = None, request: gr.Request = None, profile: gr.OAuthProfile | None = None):
         key = session_of(request, profile)
         try:
+            if not document_id and not documents:  # an upload made in the chat, its text not stored yet
+                for item in reversed(waiting or []):
+                    state = pending_state(item, request, profile)
+                    if state:
+                        raise ChatError(not_stored(item[1], state))
             generation = GenerationSettings(max_new_tokens=int(max_new_tokens), temperature=float(temperature))
             if documents:  # several documents (or the whole library): each one's access checked there
                 owner = owner_of(request, profile)
@@ -191,7 +258,7 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
                                          focus or None, bool(deep_read))
             else:
                 if document_id:  # a full id, a unique prefix or a file name (API callers)
-                    document_id = library.check_access(store, document_id, owner_of(request, profile))["id"]
+                    document_id = stored_id(document_id, owner_of(request, profile))
                 history = chat.history(key, document_id)
                 turns = threads.ask(key, owner_of(request, profile), document_id, question, model_name=model,
                                     generation=generation, settings=settings or None, deep_read=bool(deep_read),
@@ -205,6 +272,23 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
         except (ChatError, StoreError, ValueError) as exc:
             fail(exc)
         yield shown, "", describe(stats), stats
+
+    def stored_id(ref: str, owner: str | None) -> str:
+        """The id of the document ``ref`` names in the user's library; an upload of theirs
+        whose text is not stored yet is refused with what it is doing ("queued for reading")."""
+        try:
+            return library.check_access(store, ref, owner)["id"]
+        except StoreError:
+            state = answering.pending_state(store, ref, owner)
+            if state is None:
+                raise
+            raise ChatError(not_stored(ref if len(ref) < 40 else ref[:12], state)) from None
+
+    def not_stored(name: str, state: str) -> str:
+        """The refusal of a question about an upload whose text is not stored (yet)."""
+        if state.startswith("reading failed"):
+            return f"{name}: {state}"
+        return f"{name}: {state}: its text is not stored yet — ask again in a few seconds"
 
     def clear(document_id: str | None, documents: list | None = None, model: str | None = None,
               settings: dict | None = None, request: gr.Request = None, profile: gr.OAuthProfile | None = None):
@@ -448,13 +532,70 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
         model_state = gr.State(model_name)
         settings_state = gr.State({})
         version = gr.State("")
+        waiting = gr.State([])  # uploads made in the chat, picked there once their text is stored: [[id, name], …]
         gr.Markdown("# HOMER Chat\nLet a small model read a whole book once, keep what it read as a compact "
                     "cache, and answer question after question from that cache.", elem_id="homer-title")
         model_line = gr.Markdown()
         if access.oauth:  # a Space with hf_oauth: true (or HOMER_HF_OAUTH=1)
             gr.LoginButton(elem_id="login")
 
-        with gr.Tabs():
+        with gr.Tabs(selected="chat"):
+            with gr.Tab("Chat", id="chat"):  # first: drop a file and ask it here
+                with gr.Row(equal_height=True):
+                    chat_doc = gr.Dropdown(label="Document", choices=[], elem_id="chat-doc", allow_custom_value=True,
+                                           scale=3, info="askable seconds after its upload: specific questions are "
+                                                         "answered from its passages while it is read")
+                    chat_files = gr.File(label="Add a document: PDF, EPUB, DOCX, HTML, TXT, Markdown",
+                                         file_count="multiple", file_types=list(library.SUPPORTED_SUFFIXES),
+                                         elem_id="chat-upload", scale=2, height=120)
+                chat_status = gr.Markdown(elem_id="chat-status")
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=3, min_width=420):
+                        chatbot = gr.Chatbot(label="Conversation", height=420, elem_id="chatbot", buttons=["copy"],
+                                             placeholder="Drop a document above (or pick one) and ask a question "
+                                                         "about it.")
+                        with gr.Row():
+                            question = gr.Textbox(placeholder="Ask about the document…", show_label=False, scale=5,
+                                                  min_width=200, elem_id="question", submit_btn=False)
+                            send_btn = gr.Button("Ask", variant="primary", scale=1, min_width=80, elem_id="ask")
+                            clear_btn = gr.Button("Clear", scale=1, min_width=80, elem_id="clear")
+                        turn_stats = gr.Markdown(elem_id="turn-stats")
+                        with gr.Accordion("Advanced", open=False, elem_id="advanced"):
+                            chat_docs = gr.Dropdown(label="Several documents at once (answered from their passages)",
+                                                    choices=[(WHOLE_LIBRARY_LABEL, WHOLE_LIBRARY)], value=[],
+                                                    multiselect=True, allow_custom_value=True, elem_id="chat-docs")
+                            with gr.Row(equal_height=True):
+                                focus = gr.Radio(list(focusing.CHOICES), value=default_focus(), label="Focus",
+                                                 elem_id="focus", scale=3,
+                                                 info="auto: whole-document questions from the cache, others from "
+                                                      "the passages they need")
+                                deep_read = gr.Checkbox(label="Deep read", value=False, scale=1, min_width=120,
+                                                        elem_id="deep-read",
+                                                        info="re-read for this question (slower; needs leaf states)")
+                            with gr.Row(equal_height=True):
+                                thread_pick = gr.Dropdown(label="Thread", choices=[(NEW_THREAD, "")], value="",
+                                                          scale=3, elem_id="thread", allow_custom_value=True,
+                                                          info="your conversations about this document, kept on "
+                                                               "the server")
+                                thread_title = gr.Textbox(label="Thread name", scale=2, max_length=80,
+                                                          elem_id="thread-name")
+                            with gr.Row():
+                                new_thread_btn = gr.Button("New thread", min_width=80, elem_id="new-thread")
+                                rename_thread_btn = gr.Button("Rename", min_width=80, elem_id="rename-thread")
+                                delete_thread_btn = gr.Button("Delete thread", variant="stop", min_width=80,
+                                                              elem_id="delete-thread")
+                            turn_json = gr.JSON(label="Turn details", elem_id="turn-json")
+                    with gr.Column(scale=2, min_width=360, elem_id="reader-pane"):
+                        source_list = gr.Dataset(label="Sources of the last answer: click one to open it",
+                                                 components=["textbox"], samples=[], type="index", visible=False,
+                                                 samples_per_page=12, elem_id="sources")
+                        places = gr.State([])  # the last answer's sources (app.reader places)
+                        opened = gr.State({})  # what the reader shows: document, location, count
+                        reader_view = gr.HTML(reader.EMPTY, elem_id="reader", js_on_load=reader.SCROLL_JS)
+                        with gr.Row():
+                            previous_btn = gr.Button("‹ previous", size="sm", elem_id="reader-previous")
+                            next_btn = gr.Button("next ›", size="sm", elem_id="reader-next")
+
             with gr.Tab("Library", id="library"):
                 with gr.Row():
                     files = gr.File(label="Add documents (PDF, EPUB, DOCX, HTML, TXT, Markdown — several at once is fine)",
@@ -475,51 +616,6 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
                     share_btn = gr.Button("Share", scale=1, elem_id="share")
                     unshare_btn = gr.Button("Unshare", scale=1, elem_id="unshare")
                 library_status = gr.Markdown()
-
-            with gr.Tab("Chat", id="chat"):
-                with gr.Row():
-                    chat_doc = gr.Dropdown(label="Ready document", choices=[], elem_id="chat-doc",
-                                           allow_custom_value=True, scale=3)
-                    chat_docs = gr.Dropdown(label="Or several at once (answered from their passages)",
-                                            choices=[(WHOLE_LIBRARY_LABEL, WHOLE_LIBRARY)], value=[],
-                                            multiselect=True, allow_custom_value=True, elem_id="chat-docs", scale=3)
-                    focus = gr.Radio(list(focusing.CHOICES), value=default_focus(), label="Focus", elem_id="focus",
-                                     scale=3, info="auto: whole-document questions from the cache, others from "
-                                                   "the passages they need")
-                with gr.Row(equal_height=True):
-                    thread_pick = gr.Dropdown(label="Thread", choices=[(NEW_THREAD, "")], value="", scale=3,
-                                              elem_id="thread", allow_custom_value=True,
-                                              info="your conversations about this document, kept on the server")
-                    thread_title = gr.Textbox(label="Thread name", scale=2, max_length=80, elem_id="thread-name")
-                    new_thread_btn = gr.Button("New thread", scale=1, min_width=80, elem_id="new-thread")
-                    rename_thread_btn = gr.Button("Rename", scale=1, min_width=80, elem_id="rename-thread")
-                    delete_thread_btn = gr.Button("Delete thread", variant="stop", scale=1, min_width=80,
-                                                  elem_id="delete-thread")
-                with gr.Row(equal_height=False):
-                    with gr.Column(scale=3, min_width=420):
-                        chatbot = gr.Chatbot(label="Conversation", height=420, elem_id="chatbot", buttons=["copy"],
-                                             placeholder="Pick a ready document and ask a question about it.")
-                        with gr.Row():
-                            question = gr.Textbox(placeholder="Ask about the document…", show_label=False, scale=5,
-                                                  min_width=200, elem_id="question", submit_btn=False)
-                            deep_read = gr.Checkbox(label="Deep read", value=False, scale=1, min_width=120,
-                                                    elem_id="deep-read",
-                                                    info="re-read for this question (slower; needs leaf states)")
-                            send_btn = gr.Button("Ask", variant="primary", scale=1, min_width=80, elem_id="ask")
-                            clear_btn = gr.Button("Clear", scale=1, min_width=80, elem_id="clear")
-                        turn_stats = gr.Markdown(elem_id="turn-stats")
-                        with gr.Accordion("Turn details", open=False):
-                            turn_json = gr.JSON(label="last turn", elem_id="turn-json")
-                    with gr.Column(scale=2, min_width=360, elem_id="reader-pane"):
-                        source_list = gr.Dataset(label="Sources of the last answer: click one to open it",
-                                                 components=["textbox"], samples=[], type="index", visible=False,
-                                                 samples_per_page=12, elem_id="sources")
-                        places = gr.State([])  # the last answer's sources (app.reader places)
-                        opened = gr.State({})  # what the reader shows: document, location, count
-                        reader_view = gr.HTML(reader.EMPTY, elem_id="reader", js_on_load=reader.SCROLL_JS)
-                        with gr.Row():
-                            previous_btn = gr.Button("‹ previous", size="sm", elem_id="reader-previous")
-                            next_btn = gr.Button("next ›", size="sm", elem_id="reader-next")
 
             with gr.Tab("Share", id="share"):
                 gr.Markdown("Export a document's cache as a bundle (cache, text, source, checksums) so a teammate "
@@ -584,11 +680,18 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
         timer.tick(refresh, model_state, [table, version], show_progress="hidden", api_name="library")
         if slices is not None:  # builds in requests: each refresh runs the next slice of the user's build
             timer.tick(continue_builds, None, library_status, show_progress="hidden", api_name="continue_builds")
-        version.change(update_pickers, [version, *pickers, chat_docs], [*pickers, chat_docs], show_progress="hidden",
-                       api_visibility="private")
+        update = dict(fn=update_pickers, inputs=[version, *pickers, chat_docs, waiting],
+                      outputs=[*pickers, chat_docs, waiting, chat_status], show_progress="hidden",
+                      api_visibility="private")
+        version.change(**update)
 
         files.upload(upload, [files, model_state, settings_state], [upload_status, files], api_name="upload") \
             .then(refresh, model_state, [table, version], show_progress="hidden", api_visibility="private")
+        # the chat's own drop area: the new document is picked there once its text is stored (update_pickers)
+        chat_files.upload(upload_in_chat, [chat_files, model_state, settings_state, waiting],
+                          [chat_status, chat_files, waiting, chat_doc], api_visibility="private") \
+            .then(refresh, model_state, [table, version], show_progress="hidden", api_visibility="private") \
+            .then(**update)
         read_btn.click(read_again, [lib_doc, model_state, settings_state], library_status) \
             .then(refresh, model_state, [table, version], show_progress="hidden", api_visibility="private")
         delete_btn.click(delete, lib_doc, library_status, api_name="delete") \
@@ -621,7 +724,7 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
         # API: document, question, temperature, max new tokens[, deep read, focus, documents] (states are not API
         # inputs); documents: ids, prefixes or names, or "*" for the whole library, instead of the one document
         ask_inputs = [chat_doc, question, temperature, max_new_tokens, model_state, settings_state, deep_read, focus,
-                      chat_docs]
+                      chat_docs, waiting]
         ask_outputs = [chatbot, question, turn_stats, turn_json]
         sources_of_turn = dict(fn=show_sources, inputs=turn_json, outputs=[source_list, places], show_progress="hidden",
                                api_visibility="private")

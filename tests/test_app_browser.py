@@ -1,7 +1,11 @@
 """The app in a real browser: the system's Chromium driven by Playwright (no browser
-download). Upload → progress visible → ready; the chat streams; the inspector renders; bad
-files show a reason and leave the library intact. Screenshots of the library, a chat and the
-inspector are written to ``HOMER_SCREENSHOTS`` (default: the test's temp folder).
+download). The app opens on the chat: a file dropped there is picked in the chat's document
+picker as soon as its text is stored, its reading progress in the label, and a specific
+question is answered from its passages with sources while it is still being read (expert
+controls folded away under "Advanced"). Library upload → progress visible → ready; the chat
+streams from the cache; the inspector renders; bad files show a reason and leave the library
+intact. Screenshots of the library, a chat and the inspector are written to
+``HOMER_SCREENSHOTS`` (default: the test's temp folder).
 
 ``HOMER_BROWSER_MODEL=<model>`` (``embedded``, or the embedded model's converted folder) runs
 the same test on a real model with a longer PDF (minutes on a CPU; that is how the README's
@@ -76,6 +80,8 @@ def wait_for_table(page, text: str, timeout: float = 300.0) -> None:
 
 
 def upload(page, *paths: Path) -> None:
+    """Upload in the Library tab (opened first: a tab's content is drawn once it is opened)."""
+    open_tab(page, "Library")
     page.locator("#upload input[type=file]").set_input_files([str(p) for p in paths])
 
 
@@ -83,7 +89,20 @@ def open_tab(page, name: str) -> None:
     page.get_by_role("tab", name=name).click()
 
 
-def test_library_chat_inspector_and_bad_files(browser, tmp_path, model_dir, shots):  # noqa: F811
+def picked(page) -> str:
+    """The label of the document picked in the chat."""
+    return page.locator("#chat-doc input").input_value()
+
+
+def wait_for_turn(page, turn: int, timeout: float = 600.0) -> str:
+    deadline = time.monotonic() + timeout
+    while f"turn {turn} · time to first token" not in (line := page.locator("#turn-stats").inner_text()):
+        assert time.monotonic() < deadline, line
+        page.wait_for_timeout(100)
+    return line
+
+
+def test_drop_ask_while_reading_library_chat_inspector_and_bad_files(browser, tmp_path, model_dir, shots):  # noqa: F811
     real = os.environ.get("HOMER_BROWSER_MODEL")
     model = real or model_dir
     first = tmp_path / "lighthouse.txt"
@@ -91,7 +110,7 @@ def test_library_chat_inspector_and_bad_files(browser, tmp_path, model_dir, shot
     second = tmp_path / "harbour.pdf"
     pages = [story(40 if real else 6, f"of harbour page {i}").replace("\n\n", "\n") for i in range(16 if real else 6)]
     second.write_bytes(text_pdf(pages))
-    env = {} if real else {"HOMER_TEST_STEP_DELAY": "0.4"}  # slow the tiny build down: progress is visible
+    env = {} if real else {"HOMER_TEST_STEP_DELAY": "0.6"}  # slow the tiny build down: progress is visible
     home = tmp_path / "home"
     with running_app(home, model, env=env, timeout=600) as url:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -100,18 +119,54 @@ def test_library_chat_inspector_and_bad_files(browser, tmp_path, model_dir, shot
         page.goto(url)
         page.get_by_text("HOMER Chat").first.wait_for()
 
+        # --- the app opens on the chat: drop a file there and ask it while it is read --------------
+        assert page.get_by_role("tab", name="Chat").get_attribute("aria-selected") == "true"
+        page.get_by_text("Drop a document above (or pick one)").wait_for()
+        assert not page.locator("#focus").is_visible() and not page.locator("#deep-read").is_visible()
+        page.locator("#chat-upload input[type=file]").set_input_files([str(second)])
+        deadline = time.monotonic() + 60
+        while "harbour.pdf" not in picked(page):  # picked once its text is stored (seconds), with its progress
+            assert time.monotonic() < deadline, (picked(page), page.locator("#chat-status").inner_text())
+            page.wait_for_timeout(100)
+        label = picked(page)
+        assert "reading" in label and "%" in label or "queued for reading" in label, label
+        assert "ask something specific now" in page.locator("#chat-status").inner_text()
+        page.locator("#question textarea").fill("What was the name of the keeper of harbour page 3?")
+        page.locator("#ask").click()
+        line = wait_for_turn(page, 1)
+        assert "answered from the passages without the cache (the document is still reading" in line, line
+        assert "Sources:" in page.locator("#chatbot").inner_text()  # under the answer, and listed beside it
+        page.locator("#sources button").filter(has_text="p. ").first.wait_for(timeout=30_000)
+        page.wait_for_timeout(500)
+        page.screenshot(path=str(shots / "chat.png"), full_page=True)
+        page.locator("#question textarea").fill("What is this document about?")
+        page.locator("#ask").click()  # a whole-document question before its cache exists: the reading line
+        line = wait_for_turn(page, 2)
+        assert "nothing to answer a whole-document question from yet" in line, line
+        assert "a question about the whole document is answered once it has been read" in \
+            page.locator("#chatbot").inner_text()
+        deadline = time.monotonic() + 900
+        while "reading" in picked(page) or "queued" in picked(page):  # the timer refreshes the label: read
+            assert time.monotonic() < deadline, picked(page)
+            page.wait_for_timeout(300)
+        assert picked(page).startswith("harbour.pdf · "), picked(page)
+
+        # --- the expert controls are under "Advanced" -------------------------------------------
+        page.get_by_text("Advanced", exact=True).click()
+        for control in ("#chat-docs", "#focus", "#deep-read", "#thread", "#turn-json"):
+            page.locator(control).wait_for()
+        assert "time_to_first_token" in page.locator("#turn-json").inner_text()
+        page.get_by_text("Advanced", exact=True).click()
+        page.locator("#focus").wait_for(state="hidden")
+
         # --- library: upload, live progress, ready -----------------------------------------
         upload(page, first)
         page.locator("#upload-status").get_by_text("lighthouse.txt: queued").wait_for(timeout=60_000)
+        wait_for_table(page, "lighthouse.txt")
         if not real:  # a real model may read this short text between two timer ticks
             wait_for_table(page, "reading")  # the timer shows the build's progress
-            progress = table_text(page)
-            assert "%" in progress, progress
-        wait_for_table(page, "ready", timeout=900)
-        upload(page, second)
-        wait_for_table(page, "harbour.pdf")
-        wait_for_table(page, "reading")
-        wait_for_table(page, "ETA")  # progress with a time estimate
+            wait_for_table(page, "ETA")  # progress with a time estimate
+            assert "%" in table_text(page), table_text(page)
         page.wait_for_timeout(1500)
         page.screenshot(path=str(shots / "library.png"), full_page=True)
         deadline = time.monotonic() + 900
@@ -130,10 +185,13 @@ def test_library_chat_inspector_and_bad_files(browser, tmp_path, model_dir, shot
             page.wait_for_timeout(2500)  # a timer tick
             assert table_rows(page) == before
 
-        # --- chat: streaming answer, then a follow-up from the cached document -------------------
+        # --- chat: streaming answer from the stored cache (focus "cache", under Advanced), then a
+        # follow-up from memory ------------------------------------------------------------------
         open_tab(page, "Chat")
         page.locator("#chat-doc input").click()
         page.get_by_role("option", name="lighthouse.txt").first.click()
+        page.get_by_text("Advanced", exact=True).click()
+        page.locator("#focus").get_by_text("cache", exact=True).click()
         question = page.locator("#question textarea")
         question.fill("What was the name of the lighthouse keeper?")
         page.locator("#ask").click()
@@ -154,13 +212,7 @@ def test_library_chat_inspector_and_bad_files(browser, tmp_path, model_dir, shot
         assert partial and all(final.startswith(text.rstrip()[:20]) for text in partial[:3]), (seen, final)
         question.fill("And what did she keep burning?")
         page.locator("#ask").click()
-        deadline = time.monotonic() + 600
-        while "turn 2 · time to first token" not in page.locator("#turn-stats").inner_text():
-            assert time.monotonic() < deadline, page.locator("#turn-stats").inner_text()
-            page.wait_for_timeout(100)
-        assert "reused from memory" in page.locator("#turn-stats").inner_text()  # no disk read, no re-encoding
-        page.wait_for_timeout(500)
-        page.screenshot(path=str(shots / "chat.png"), full_page=True)
+        assert "reused from memory" in wait_for_turn(page, 2)  # no disk read, no re-encoding
 
         # --- inspector: the density plot and the tree render -----------------------------------
         open_tab(page, "Inspector")

@@ -83,11 +83,16 @@ def test_upload_chat_export_and_import_into_another_app(tmp_path, model_dir):  #
 
 
 def test_bad_files_show_a_reason_and_leave_the_library_intact(tmp_path, model_dir):  # noqa: F811
+    """Refused at upload with the reason; a file refused only when it is read (over the token
+    limit) shows the reason in the library, and a question about it gets that reason, not "no
+    document"."""
     good = tmp_path / "good.txt"
     good.write_text(story(20))
     bad = bad_uploads(tmp_path)
     empty = bad[0][0]
-    with running_app(tmp_path / "home", model_dir) as url:
+    long = tmp_path / "long.txt"
+    long.write_text(story(60))  # about 4 000 tokens: over the limit below, which only reading finds
+    with running_app(tmp_path / "home", model_dir, env={"HOMER_MAX_TOKENS": "3000"}) as url:
         client = Client(url, verbose=False)
         client.predict([handle_file(str(good))], api_name="/upload")
         assert wait_ready(client, "good.txt")[1] == "ready"
@@ -103,6 +108,14 @@ def test_bad_files_show_a_reason_and_leave_the_library_intact(tmp_path, model_di
         assert wait_ready(client, "other.md")[1] == "ready"
         after = library_rows(client)
         assert [r for r in after if r[0] != "other.md"] == before
+        status, _ = client.predict([handle_file(str(long))], api_name="/upload")
+        assert "✓ long.txt: queued" in status  # the upload's cheap checks pass
+        row = wait_ready(client, "long.txt")
+        assert row[1].startswith("failed") and "tokens" in row[1], row
+        with pytest.raises(Exception) as refused:
+            client.predict("long.txt", "Who kept the lamp?", 0.0, 8, api_name="/ask")
+        assert "long.txt: reading failed" in str(refused.value) and "tokens" in str(refused.value)
+        assert "no document" not in str(refused.value)
 
 
 def test_with_login_each_user_sees_only_their_documents(tmp_path, model_dir):  # noqa: F811

@@ -296,6 +296,7 @@ def test_the_multi_select_and_the_focus_control_in_a_browser(service, monkeypatc
         page.on("pageerror", lambda exc: errors.append(str(exc)))
         page.goto(url)
         page.get_by_role("tab", name="Chat").click()
+        page.get_by_text("Advanced", exact=True).click()  # several documents and the focus: expert controls
 
         def ask(question: str, turn: int) -> str:
             page.locator("#question textarea").fill(question)
