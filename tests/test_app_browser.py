@@ -25,6 +25,7 @@ from store_helpers import bad_uploads, story, text_pdf
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 
+FACT = "The harbour master counted 42 fishing boats in the basin."
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
 
@@ -108,7 +109,9 @@ def test_drop_ask_while_reading_library_chat_inspector_and_bad_files(browser, tm
     first = tmp_path / "lighthouse.txt"
     first.write_text(story(40))
     second = tmp_path / "harbour.pdf"
-    pages = [story(40 if real else 6, f"of harbour page {i}").replace("\n\n", "\n") for i in range(16 if real else 6)]
+    pages = [f"Harbour log, page {i + 1}.\n" + "The gulls circled the quay, and the tide turned at noon.\n" *
+             (40 if real else 6) for i in range(16 if real else 6)]
+    pages[2] = pages[2].replace("noon.\n", f"noon.\n{FACT}\n", 1)
     second.write_bytes(text_pdf(pages))
     env = {} if real else {"HOMER_TEST_STEP_DELAY": "0.6"}  # slow the tiny build down: progress is visible
     home = tmp_path / "home"
@@ -131,12 +134,13 @@ def test_drop_ask_while_reading_library_chat_inspector_and_bad_files(browser, tm
         label = picked(page)
         assert "reading" in label and "%" in label or "queued for reading" in label, label
         assert "ask something specific now" in page.locator("#chat-status").inner_text()
-        page.locator("#question textarea").fill("What was the name of the keeper of harbour page 3?")
+        page.locator("#question textarea").fill("How many fishing boats did the harbour master count?")
         page.locator("#ask").click()
         line = wait_for_turn(page, 1)
         assert "answered from the passages without the cache (the document is still reading" in line, line
-        assert "Sources:" in page.locator("#chatbot").inner_text()  # under the answer, and listed beside it
-        page.locator("#sources button").filter(has_text="p. ").first.wait_for(timeout=30_000)
+        answer = page.locator("#chatbot").inner_text()
+        assert "Sources:" in answer and "p. 3: “" in answer and "42 fishing boats" in answer, answer
+        page.locator("#sources button").filter(has_text="p. 3").first.wait_for(timeout=30_000)  # listed beside it
         page.wait_for_timeout(500)
         page.screenshot(path=str(shots / "chat.png"), full_page=True)
         page.locator("#question textarea").fill("What is this document about?")
