@@ -113,7 +113,10 @@ def test_drop_ask_while_reading_library_chat_inspector_and_bad_files(browser, tm
              (40 if real else 6) for i in range(16 if real else 6)]
     pages[2] = pages[2].replace("noon.\n", f"noon.\n{FACT}\n", 1)
     second.write_bytes(text_pdf(pages))
-    env = {} if real else {"HOMER_TEST_STEP_DELAY": "0.6"}  # slow the tiny build down: progress is visible
+    too_long = tmp_path / "too-long.txt"  # passes the upload's checks; its reading finds it over the token limit
+    too_long.write_text(story(60))
+    # the tiny build slowed down (progress is visible); a token limit above these documents, below too_long's
+    env = {} if real else {"HOMER_TEST_STEP_DELAY": "0.6", "HOMER_MAX_TOKENS": "3000"}
     home = tmp_path / "home"
     with running_app(home, model, env=env, timeout=600) as url:
         page = browser.new_page(viewport={"width": 1280, "height": 900})
@@ -188,6 +191,11 @@ def test_drop_ask_while_reading_library_chat_inspector_and_bad_files(browser, tm
             assert reason in status, status
             page.wait_for_timeout(2500)  # a timer tick
             assert table_rows(page) == before
+        if not real:  # dropped in the chat, refused when read: the chat says why (its text was never stored)
+            open_tab(page, "Chat")
+            page.locator("#chat-upload input[type=file]").set_input_files([str(too_long)])
+            page.locator("#chat-status").get_by_text("✗ too-long.txt: reading failed").wait_for(timeout=60_000)
+            assert "tokens" in page.locator("#chat-status").inner_text()
 
         # --- chat: streaming answer from the stored cache (focus "cache", under Advanced), then a
         # follow-up from memory ------------------------------------------------------------------
