@@ -428,7 +428,7 @@ def describe_turn(stats: dict) -> str:
         line += f"{stats.get('reading') or 'still reading'}: nothing to answer a whole-document question from yet"
     elif not stats.get("cache_used", True):
         line += (f"answered from the passages without the cache"
-                 f"{' (the document is ' + stats['reading'] + ')' if stats.get('reading') else ''} · "
+                 f"{' (' + stats['reading'] + ')' if stats.get('reading') else ''} · "
                  f"{stats.get('appended_tokens', 0)} prompt tokens")
     else:
         source = "loaded from disk" if stats.get("cache_source") == "disk" else "reused from memory"
