@@ -1,8 +1,8 @@
 """``homer ask`` and ``homer chat``: the app's answers on a terminal.
 
 * ``homer ask book.pdf "question" ["another" …]`` reads the file into the store (or finds it
-  there by its content hash), answers each question through the same pipeline as the web
-  app (:mod:`homer.answering`, via :class:`app.chat.ChatService`) and prints its sources
+  there by its content hash), answers each question on its own (a fresh conversation each,
+  as a new chat in the app) through the same pipeline as the web app (:mod:`homer.answering`, via :class:`app.chat.ChatService`) and prints its sources
   under it. A specific question is answered from the passages at once; a question about the
   whole document reads the document into its HOMER cache first (once per document and
   model, kept in the store for the next time);
@@ -148,9 +148,10 @@ def cmd_ask(args) -> int:
         store = _store(args)
         document = open_target(store, target, args.model)
         service = ChatService(store)
-        for question in args.question:
+        for number, question in enumerate(args.question):  # each on its own: `homer chat` is the conversation
             print(f"> {question}")
-            answer(service, document, question, args)
+            answer(service, document, question, args, session=f"ask:{number}")
+            service.clear(f"ask:{number}", document["id"])
     except (ChatError, IngestError, StoreError, ValueError) as exc:
         return _fail(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     return 0
