@@ -291,7 +291,10 @@ def read_in(store, job: dict) -> str:
 
     from .ingest import token_passages
 
-    _, tokenizer, _ = get_model(None if job["model"] == EMBEDDED else job["model"])
+    loaded = _models.get(job["model"] or EMBEDDED)  # never loads one: a load holds the lock the builds need
+    if loaded is None:
+        raise IngestError(f"the model {job['model']} is not loaded in this process yet; the build reads it in")
+    tokenizer = loaded[1]
     document_id = ingest_upload(store, job, tokenizer, split=False)  # askable first …
     index_document(store, document_id)
     row = store.get_document(document_id)
