@@ -20,12 +20,10 @@ def answer_settings() -> AnswerSettings:
     """The app's :class:`homer.answering.AnswerSettings` (``HOMER_FOCUS``,
     ``HOMER_FOCUS_PASSAGES``, ``HOMER_FOCUS_WORDS``, ``HOMER_PASSAGE_ORDER``,
     ``HOMER_SOURCE_ORDER``, ``HOMER_NOT_FOUND``, ``HOMER_CITATIONS``; :mod:`app.focus`)."""
-    from homer.durable import env_flag
-
     return AnswerSettings(focus=focusing.requested_focus(), passages=focusing.passages_per_question(),
                           excerpt_words=focusing.excerpt_words(), passage_order=focusing.passage_order(),
                           source_order=focusing.source_order(), not_found=focusing.not_found_enabled(),
-                          citations=env_flag("HOMER_CITATIONS", True))
+                          citations=focusing.citations_enabled())
 
 
 @dataclass
@@ -108,7 +106,7 @@ def pending_state(store, ref: str, owner: str | None) -> str | None:
     return None
 
 
-def turn_stats(answer: Answer, document_id: str | None = None, **extra) -> dict:
+def turn_stats(answer: Answer, **extra) -> dict:
     """The turn's report as the UI's stats dict, with the answer's sources (the label shown
     under it and the places the reader opens) and the app's own facts (``extra``)."""
     stats = {**answer.report.to_dict(), **extra} if answer.report is not None else dict(extra)

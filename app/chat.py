@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 
 from homer.cache import HomerCache
 from homer.config import HomerConfig
-from homer.durable import env_flag
 from homer.answering import DocumentChat
 from homer.generation import GenerationSettings
 from storage.errors import StoreError
@@ -54,8 +53,7 @@ def max_conversations() -> int:
     return int(os.environ.get("HOMER_MAX_CONVERSATIONS", "8"))
 
 
-def citations_enabled() -> bool:
-    return env_flag("HOMER_CITATIONS", True)
+citations_enabled = focusing.citations_enabled  # where the tests and older callers find it
 
 
 def with_sources(answer: str, label: str) -> str:
@@ -365,13 +363,12 @@ class ChatService:
                 for answer in pipeline.stream(question, focus=focus, generation=generation, cache=turn_cache,
                                               waiting=waiting):
                     if not answer.done:
-                        yield answer.text, answering.turn_stats(answer, document_id, **stats)
+                        yield answer.text, answering.turn_stats(answer, **stats)
             except AnswerError as exc:
                 raise ChatError(str(exc)) from None
-            final = answering.turn_stats(answer, document_id, **stats)
+            final = answering.turn_stats(answer, **stats)
             if turn_cache is not None:  # what the deep read's cache holds, not the stored one's
                 final.update(cache_reused=False, cache_source="deep read", cache_tokens=len(turn_cache))
-            final["time_to_first_token"] = max(final.get("time_to_first_token", 0.0), 0.0)
             final["seconds"] = round(time.perf_counter() - started, 4)
             final["answer"] = answer.text  # the answer alone (the API's answer; its sources are their own field)
             shown = answer.shown()

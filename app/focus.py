@@ -105,6 +105,11 @@ def covered(store, document_id: str, question: str, texts) -> float:
     return grounding.coverage(question, list(texts), *frequencies(store, document_id))
 
 
+def citations_enabled() -> bool:
+    """``HOMER_CITATIONS`` (default on): sources under answers."""
+    return env_flag("HOMER_CITATIONS", True)
+
+
 def not_found_enabled() -> bool:
     return env_flag("HOMER_NOT_FOUND", True)
 

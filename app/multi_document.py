@@ -81,26 +81,23 @@ class SeveralDocuments:
         self._lock = threading.Lock()
 
     # --- the selection ---------------------------------------------------------------------
-    def resolve(self, refs: Sequence[str] | str | None, owner: str | None, model_name: str | None = None,
-                settings: dict | None = None, ready: bool = True) -> tuple[list[dict], bool]:
+    def resolve(self, refs: Sequence[str] | str | None, owner: str | None) -> tuple[list[dict], bool]:
         """``(document rows as the user sees them, whole library)`` for a selection, in the
         order given, without repeats. Every reference is checked as a one-document
         reference is (another user's document: "no document 'x' in your library"). Over
         several documents a question is answered from their passages, so a document still
         being read (its text stored, no cache yet) is askable as soon as it is in the
-        library; the whole library is every document the user sees. ``ready`` is kept for
-        callers that ask it; the passages need no cache."""
+        library; the whole library is every document the user sees (the passages need no cache)."""
         if isinstance(refs, str):
             refs = [refs]
         refs = [str(r).strip() for r in refs or [] if str(r or "").strip()]
         if not refs:
             raise ChatError(EMPTY_SELECTION)
-        is_ready = lambda row: True  # noqa: E731 — stored is askable (its passages)
         if WHOLE_LIBRARY in refs:
             for ref in refs:  # named references are checked even beside the whole library
                 if ref != WHOLE_LIBRARY:
                     library.check_access(self.service.store, ref, owner)
-            rows = [row for row in library.visible_documents(self.service.store, owner) if is_ready(row)]
+            rows = library.visible_documents(self.service.store, owner)
             if not rows:
                 raise ChatError("no document of your library is ready to ask yet: upload one")
             return rows, True
@@ -116,7 +113,7 @@ class SeveralDocuments:
     # --- conversations ---------------------------------------------------------------------
     def _key(self, refs, owner, model_name, settings) -> tuple[str | None, str | None]:
         """``(selection key, None)`` for several documents, ``(None, document id)`` for one."""
-        rows, whole = self.resolve(refs, owner, model_name, settings, ready=False)
+        rows, whole = self.resolve(refs, owner)
         if len(rows) == 1:
             return None, rows[0]["id"]
         return selection_key([r["id"] for r in rows], whole), None
@@ -171,7 +168,7 @@ class SeveralDocuments:
         focus ("passages"), retrieval_seconds, time_to_first_token, tokens_per_second,
         new_tokens, appended_tokens (the prompt: passages, earlier turns, question), turn,
         forgotten_turns, seconds. One document: :meth:`ChatService.ask`'s items."""
-        rows, whole = self.resolve(refs, owner, model_name, settings)
+        rows, whole = self.resolve(refs, owner)
         if len(rows) == 1:
             yield from self.service.ask(session_key, rows[0]["id"], question, model_name, generation, settings,
                                         deep_read, focus)
