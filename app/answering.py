@@ -62,7 +62,7 @@ def plan_turn(store, document_id: str, question: str, focus, tokenizer=None, mod
     """The passages a question gets from a stored document — the pipeline's own plan step
     (:meth:`homer.answering.DocumentChat.plan`), for the benchmarks that look at retrieval."""
     from homer.answering import DocumentChat
-    from homer.locations import LocationMap
+    from homer.reading.locations import LocationMap
 
     row = store.get_document(document_id)
     document = stored_document(store, row) if row is not None else \

@@ -14,12 +14,12 @@
 **Deep read** (``ask(..., deep_read=True)``): when the document's cache has leaf states (the
 app or worker was run with ``--deep-read`` / ``HOMER_DEEP_READ=1`` when it was read), the
 question is answered from a question-aware cache built for it from those states
-(:func:`homer.deep_read.deep_read_document`: only the question runs the leaf layers) in a
+(:func:`homer.answering.deep_read.deep_read_document`: only the question runs the leaf layers) in a
 fresh conversation, and the turn then joins the regular history. Without leaf states the
 question is answered from the stored cache and the turn stats say why deep read was not used.
 
 Under an answer about a document of several pages, a line "Sources: p. 12, p. 47" names the
-pages the answer was read from (:mod:`homer.citations`: the answer's attention over the stored
+pages the answer was read from (:mod:`homer.answering.citations`: the answer's attention over the stored
 cache's kept tokens, mapped to pages; ``HOMER_CITATIONS=0`` turns it off). A focused answer
 lists the passages it was read from instead, in retrieval order, or with
 ``HOMER_SOURCE_ORDER=attention`` by what the answer attended to (:func:`app.focus.ranked_sources`).
@@ -282,7 +282,7 @@ class ChatService:
         line saying how far the reading is (``still reading (43 %) …``).
 
         ``deep_read``: answer from a question-aware cache built for this question from the
-        stored leaf states (:func:`homer.deep_read.deep_read_document`): one item with stats
+        stored leaf states (:func:`homer.answering.deep_read.deep_read_document`): one item with stats
         ``phase: "deep reading"`` and an empty answer comes first; the final stats hold
         deep_read true, deep_read_seconds and deep_read_mode. Without leaf states the question
         is answered as any other and ``deep_read_unavailable`` says why.
@@ -395,7 +395,7 @@ class ChatService:
         """A question-aware cache built for ``question`` from the leaf states with the stored
         cache's settings, or None with ``deep_read_unavailable`` in ``stats`` when the states
         do not fit the model or settings."""
-        from homer.deep_read import LeafStateMismatchError, deep_read_document
+        from homer.answering.deep_read import LeafStateMismatchError, deep_read_document
 
         began = time.perf_counter()
         try:

@@ -4,7 +4,7 @@ The chat answers a question from the document's stored HOMER cache; with focus, 
 passages the question points to (the store's BM25 passage index, :mod:`storage.passages`)
 are read again at full resolution after the cache, in the same turn as the question
 (REFORM, arXiv 2506.01215: a compressed cache for the whole, the selected passages
-recomputed in full for the specific). The strategy is a setting (:mod:`homer.focus`):
+recomputed in full for the specific). The strategy is a setting (:mod:`homer.answering.focus`):
 
 * ``HOMER_FOCUS`` — ``auto`` (default: the cache for a question about the whole document,
   "what is this book about", "how does it end", and :data:`AUTO_SPECIFIC` for any other),
@@ -13,13 +13,13 @@ recomputed in full for the specific). The strategy is a setting (:mod:`homer.foc
 * ``HOMER_FOCUS_WORDS`` — words of each passage the model reads, its best window for the
   question (80; 0 reads whole passages);
 * ``HOMER_NOT_FOUND`` — ``1`` (default): a question the passages hold too little of
-  (:mod:`homer.grounding`) is answered "I could not find this in the document." without
+  (:mod:`homer.answering.grounding`) is answered "I could not find this in the document." without
   running the model; ``0`` lets the model answer from whatever was retrieved;
 * ``HOMER_PASSAGE_ORDER`` — the order the model reads the passages in: ``best-last``
   (default: the best passage next to the question) or ``best-first`` (the search's order);
 * ``HOMER_SOURCE_ORDER`` — how a passages-only answer lists its sources: ``retrieval``
   (default: the search's order) or ``attention`` (the passage the answer attended to most
-  first, :mod:`homer.passage_citations`: one more forward of prompt + answer after the answer
+  first, :mod:`homer.answering.passage_citations`: one more forward of prompt + answer after the answer
   has streamed, its seconds in ``citation_seconds``, the scores in ``source_scores``). On the
   book set (``python -m benchmarks.passage_sources``) the first source was the evidence
   passage for 39 of the 47 questions whose evidence was retrieved in retrieval order, 30 of 47
@@ -39,14 +39,14 @@ from __future__ import annotations
 import logging
 import os
 
-from homer import grounding
+from homer.answering import grounding
 from homer.answering import retrieval as answering_retrieval
 from homer.answering.pipeline import AUTO_SPECIFIC, source_line
 from homer.durable import env_flag
-from homer.focus import (DEFAULT_PASSAGE_ORDER, DEFAULT_PASSAGES, FOCUS_CHOICES, PASSAGE_ORDERS, FocusStrategy,
+from homer.answering.focus import (DEFAULT_PASSAGE_ORDER, DEFAULT_PASSAGES, FOCUS_CHOICES, PASSAGE_ORDERS, FocusStrategy,
                          PassageConversation, excerpt, route, strategy)
-from homer.grounding import NOT_FOUND
-from homer.locations import LocationMap
+from homer.answering.grounding import NOT_FOUND
+from homer.reading.locations import LocationMap
 from storage import passages as index
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ CHOICES = ("auto", *FOCUS_CHOICES)
 def focus_mode(requested: str | None = None, question: str = "") -> FocusStrategy:
     """The strategy for ``question``: the one requested, else ``HOMER_FOCUS``, else the
     default ``auto`` — the cache for a question about the whole document
-    (:func:`homer.focus.route`), :data:`AUTO_SPECIFIC` for any other."""
+    (:func:`homer.answering.focus.route`), :data:`AUTO_SPECIFIC` for any other."""
     name = (requested or os.environ.get("HOMER_FOCUS") or DEFAULT_FOCUS).strip().lower()
     if name == "auto":
         name = route(question, AUTO_SPECIFIC)
@@ -84,7 +84,7 @@ def passages_per_question() -> int:
 
 def excerpt_words() -> int:
     """Words of each passage the model reads (``HOMER_FOCUS_WORDS``; 0: the whole passage):
-    the passage's best window for the question (:func:`homer.focus.excerpt`)."""
+    the passage's best window for the question (:func:`homer.answering.focus.excerpt`)."""
     return max(0, int(os.environ.get("HOMER_FOCUS_WORDS", str(DEFAULT_EXCERPT_WORDS))))
 
 
@@ -101,7 +101,7 @@ def read_part(passage, question: str, locations: LocationMap):
 
 def covered(store, document_id: str, question: str, texts) -> float:
     """How much of ``question`` the best of ``texts`` (passages of ``document_id``) holds,
-    by the document's own word frequencies (:func:`homer.grounding.coverage`)."""
+    by the document's own word frequencies (:func:`homer.answering.grounding.coverage`)."""
     return grounding.coverage(question, list(texts), *frequencies(store, document_id))
 
 
@@ -148,7 +148,7 @@ def frequencies(store, document_id: str) -> tuple:
 
 def sources_label(passages, locations: LocationMap, question: str = "") -> str:
     """The sources of a focused answer, one line each: where (a page of a document of several
-    pages, or a section, :class:`homer.locations.LocationMap`) and a short quote, around the
+    pages, or a section, :class:`homer.reading.locations.LocationMap`) and a short quote, around the
     question's first word in it."""
     return "\n".join(source_line(locations.where(p.page), p.quote(query=question)) for p in passages)
 
@@ -176,5 +176,5 @@ def source_order() -> str:
 def passage_order() -> str:
     """The order the model reads a question's passages in (``HOMER_PASSAGE_ORDER``):
     ``best-last`` (default: the best passage next to the question) or ``best-first``
-    (:func:`homer.focus.reading_order`); an unknown value is the default."""
+    (:func:`homer.answering.focus.reading_order`); an unknown value is the default."""
     return env_choice("HOMER_PASSAGE_ORDER", PASSAGE_ORDERS, DEFAULT_PASSAGE_ORDER)

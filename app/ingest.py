@@ -21,7 +21,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from homer.sources import SECTIONED_SUFFIXES, DocumentError, read_document
+from homer.reading.sources import SECTIONED_SUFFIXES, DocumentError, read_document
 from homer.durable import env_number
 
 DEFAULT_MAX_BYTES = 50 * 2**20
@@ -112,7 +112,7 @@ class IngestLimits:
         )
 
     def pdf(self, deadline: float | None) -> dict:
-        """The keyword bounds of :func:`homer.sources.read_pdf`."""
+        """The keyword bounds of :func:`homer.reading.sources.read_pdf`."""
         return {"max_pages": self.max_pages, "max_chars": self.max_chars, "max_page_chars": self.max_page_chars,
                 "max_page_content": self.max_page_content, "deadline": deadline,
                 "ocr_max_pages": self.ocr_max_pages, "ocr_page_seconds": self.ocr_page_seconds,
@@ -331,7 +331,7 @@ def check_text_upload(data: bytes, file_name: str, limits: IngestLimits | None =
     """The checks of a text / Markdown upload that are cheap enough for the upload request
     (the worker reads, counts and splits the whole text): size, emptiness, a binary sniff and
     the encoding on the first ``SNIFF_BYTES``, and the character limit from the bytes."""
-    from homer.sources import decode_text
+    from homer.reading.sources import decode_text
 
     limits = limits or ingest_limits()
     if len(data) > limits.max_bytes:

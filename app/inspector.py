@@ -1,5 +1,5 @@
 """What survived into a cache: kept-token density per page (PDFs), per section (EPUB, DOCX,
-HTML: labelled by the document's :class:`homer.locations.LocationMap`) or per stretch of the
+HTML: labelled by the document's :class:`homer.reading.locations.LocationMap`) or per stretch of the
 text, and the shape of the merge tree that produced it — computed from the stored cache
 (``sources``, ``char_offsets``, its settings) and the document's page map."""
 
@@ -11,7 +11,7 @@ import torch
 
 from homer.cache import HomerCache
 from homer.document import tokenize_document
-from homer.locations import SECTION_SEPARATOR, LocationMap
+from homer.reading.locations import SECTION_SEPARATOR, LocationMap
 from homer.plan import ChunkPlan
 
 
@@ -52,7 +52,7 @@ def kept_density(cache: HomerCache, page_starts: list[int] | None = None, page_t
                  bins: int = 40, locations: LocationMap | None = None) -> dict:
     """Kept-token density. Per page when the document has pages, the cache records character
     offsets and ``page_tokens`` is given (per section, labelled by its heading, when
-    ``locations`` is a sectioned :class:`homer.locations.LocationMap`); else per equal stretch
+    ``locations`` is a sectioned :class:`homer.reading.locations.LocationMap`); else per equal stretch
     of the context (``bins``). Returns unit, labels, kept, total and density (kept / total)
     lists."""
     sources = cache.sources[cache.sources >= 0]

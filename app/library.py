@@ -20,8 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from homer.formats import check_sectioned_upload
-from homer.sources import SECTIONED_SUFFIXES, SUPPORTED_NAMES, DocumentError, open_pdf
+from homer.reading.formats import check_sectioned_upload
+from homer.reading.sources import SECTIONED_SUFFIXES, SUPPORTED_NAMES, DocumentError, open_pdf
 from storage import db as dbmod
 from storage.bundles import export_bundle, import_bundle, text_document_id
 from storage.errors import StoreError

@@ -5,7 +5,7 @@ the way the ``passages`` strategy answers one document (:mod:`app.focus`): the b
 of each selected document (:func:`storage.passages.search`, the same call a one-document
 question makes), merged across documents by **reciprocal rank fusion** (:func:`fuse`) so
 the scores of different documents never have to be comparable, the best ``k`` overall
-(``HOMER_FOCUS_PASSAGES``, 3) read in a fresh window (:class:`homer.focus.PassageConversation`),
+(``HOMER_FOCUS_PASSAGES``, 3) read in a fresh window (:class:`homer.answering.focus.PassageConversation`),
 and each source named by the user's own name for its document and its page::
 
     - harbour.pdf, p. 12: “… the harbour master counted 42 boats …”

@@ -2,7 +2,7 @@
 
 An answer lists its sources under it ("Sources:" then "- p. 12: “quote”"). The same sources go
 into the turn's stats as *places* (:func:`place`; ``stats["source_places"]``): the document,
-the 1-based location (a page of a PDF or a section, :class:`homer.locations.LocationMap`), its
+the 1-based location (a page of a PDF or a section, :class:`homer.reading.locations.LocationMap`), its
 label, the character span ``[start, end)`` of the passage read (of the whole location for a
 page cited from the cache) and the quote shown (empty for a cited page). The UI lists the last
 answer's places beside the chat and :func:`open_place` opens the one clicked:
@@ -14,7 +14,7 @@ answer's places beside the chat and :func:`open_place` opens the one clicked:
   (:func:`render_page`, the ``pypdfium2`` wheel): the browser needs no PDF viewer, no script
   and nothing from outside the app, and the image travels inside the reader's HTML (a data
   URI: no file of the store is ever served by URL). The page is drawn in a worker process
-  with a deadline (:mod:`homer.formats.render`, ``HOMER_RENDER_SECONDS``, 5 s): a page that
+  with a deadline (:mod:`homer.reading.formats.render`, ``HOMER_RENDER_SECONDS``, 5 s): a page that
   takes longer (a few MB of vector fills can take minutes) is killed there and opens as its
   text, with a one-line note that says so; no request holds anything shared for longer. The
   quote is highlighted on the page where the page's own text layer holds it exactly
@@ -46,8 +46,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from homer.formats.render import RenderError
-from homer.locations import LocationMap
+from homer.reading.formats.render import RenderError
+from homer.reading.locations import LocationMap
 from . import library
 
 log = logging.getLogger(__name__)
@@ -396,11 +396,11 @@ class PageImage:
 def render_page(path, number: int, quote: str = "") -> PageImage | None:
     """Page ``number`` (1-based) of the PDF at ``path`` as an image, with the quote's boxes;
     None without ``pypdfium2`` or for a page the document does not have. Rendered in a worker
-    process within a deadline (:mod:`homer.formats.render`): a page that takes longer, or
-    that PDFium cannot draw, raises :class:`homer.formats.render.RenderError` (one line).
+    process within a deadline (:mod:`homer.reading.formats.render`): a page that takes longer, or
+    that PDFium cannot draw, raises :class:`homer.reading.formats.render.RenderError` (one line).
     The quote is matched here, in the app, on the page's text the worker sends back
     (:func:`find_quote`, linear), and only its boxes are asked of the worker after."""
-    from homer.formats import render
+    from homer.reading.formats import render
 
     if not render.available():
         return None
@@ -418,7 +418,7 @@ def quote_boxes(path, number: int, shot, quote: str) -> list[tuple[float, float,
     width, height), when the page's text holds the quote exactly up to whitespace (whole, or
     its part that ends the page); else None. A rotated page gets no boxes (None), nor does
     a page whose boxes the worker does not give in time (the page is still shown)."""
-    from homer.formats import render
+    from homer.reading.formats import render
 
     if shot.rotation:
         return None

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from homer.durable import env_flag
-from homer.sources import DocumentError
+from homer.reading.sources import DocumentError
 from storage.errors import StoreError
 from storage.files import owner_token, write_bytes_atomic
 from storage.store import cache_key

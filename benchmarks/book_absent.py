@@ -1,6 +1,6 @@
 """Questions the book does not answer, asked of the book the two ways the app can: the stored
 HOMER cache alone (the cache-only path) and the app's focused path (BM25 passages, the
-not-found check of :mod:`homer.grounding`, excerpts, a fresh window). Reported: the share of
+not-found check of :mod:`homer.answering.grounding`, excerpts, a fresh window). Reported: the share of
 answers that do not decline (the unsupported-answer rate) on each path.
 
 The questions are HotpotQA questions of the RULER runner's evaluation slice (about films,
@@ -31,7 +31,7 @@ def main(argv=None) -> int:
     from app.answering import plan_turn
     from benchmarks.focus import BOOK, book_cache
     from benchmarks.ruler import HOTPOT_EVAL_FROM, declined, hotpot
-    from homer.focus import PassageConversation
+    from homer.answering.focus import PassageConversation
     from homer.generation import Conversation, GenerationSettings
     from homer.models import load_model
     from homer.paths import homer_home

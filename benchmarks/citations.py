@@ -5,7 +5,7 @@ each of several distinct pages ("The lighthouse keeper's cat is named Biscuit.")
 is read the way the app reads an upload (text + each page's start offset), its HOMER cache
 is built question-agnostically (document first, the app's protocol), saved and loaded, then
 each fact's question is asked in a fresh conversation and the answer's citations are
-computed from the stored cache (:mod:`homer.citations`: the attention of the queries that
+computed from the stored cache (:mod:`homer.answering.citations`: the attention of the queries that
 produced the answer, mapped to pages). A citation is right when the top cited page is the
 fact's page. Also recorded: whether the answer holds the fact, how much of the fact's
 sentence the cache kept, the cost of each citation, and the accuracy with other layer
@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).parent / "results"
-DEV_SEED = 0  # the document the statistic and layers of homer.citations were chosen on; the others are held out
+DEV_SEED = 0  # the document the statistic and layers of homer.answering.citations were chosen on; the others are held out
 
 # (fact sentence, question, the word the answer must hold)
 FACTS = [
@@ -84,8 +84,8 @@ def wrapped(text: str) -> str:
 def fact_document(pages: int, facts: int, seed: int, page_lines: int = PAGE_LINES) -> tuple[bytes, list[dict]]:
     """A PDF of ``pages`` pages of essay prose with ``facts`` facts, each on its own page at a
     random sentence boundary. Returns (pdf bytes, [{fact, question, answer, page}])."""
-    from homer.evaluation.haystack import essay_text
-    from homer.evaluation.pdf import text_pdf
+    from benchmarks.evaluation.haystack import essay_text
+    from benchmarks.evaluation.pdf import text_pdf
 
     rng = random.Random(seed)
     prose = ascii_prose(essay_text()[: 2_000_000])
@@ -132,7 +132,7 @@ def fact_kept(cache, start: int, end: int) -> float:
 def variant_top_pages(model, cache, page_starts, ids, answer_start, layer_sets) -> dict:
     """Top page under other layer ranges, statistics (peak / mean) and query sets (the
     answer's queries, or the question's and the answer's)."""
-    from homer.citations import attention_to_cache, rank_pages
+    from homer.answering.citations import attention_to_cache, rank_pages
 
     out = {}
     every = list(range(model.config.num_hidden_layers))
@@ -151,7 +151,7 @@ def variant_top_pages(model, cache, page_starts, ids, answer_start, layer_sets) 
 
 
 def _sum_pages(scores, cache, page_starts):
-    from homer.citations import PageCitation, pages_of_offsets
+    from homer.answering.citations import PageCitation, pages_of_offsets
 
     document = (cache.sources >= 0) & (cache.char_offsets >= 0)
     pages = pages_of_offsets(cache.char_offsets, page_starts)[document]
@@ -163,9 +163,9 @@ def _sum_pages(scores, cache, page_starts):
 def run_document(model, tokenizer, pages: int, facts: int, seed: int, max_new_tokens: int, variants: bool,
                  page_lines: int = PAGE_LINES) -> dict:
     from homer import Conversation, HomerCache, build_document_cache
-    from homer.citations import cite, turn_ids
+    from homer.answering.citations import cite, turn_ids
     from homer.prompting import DocumentPrompt
-    from homer.sources import read_pdf
+    from homer.reading.sources import read_pdf
 
     data, items = fact_document(pages, facts, seed, page_lines)
     source = read_pdf(data)
@@ -260,7 +260,7 @@ def main(argv=None) -> dict:
 
 
 def summarize(model, documents: list[dict]) -> dict:
-    from homer.citations import default_layers
+    from homer.answering.citations import default_layers
 
     rows = [r for d in documents for r in d["rows"]]
     right = sum(r["top_page_right"] for r in rows)

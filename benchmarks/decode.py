@@ -21,7 +21,7 @@ import torch
 
 from homer import Conversation, HomerConfig, build_document_cache
 from homer.generation import GenerationSettings, generate_tokens
-from homer.evaluation.haystack import needle_document
+from benchmarks.evaluation.haystack import needle_document
 from homer.models import load_model
 
 RESULTS = Path(__file__).parent / "results"

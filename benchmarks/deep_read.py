@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from homer import Conversation, HomerConfig, build_document_cache
-from homer.deep_read import build_document_with_leaf_states, deep_read_document
-from homer.evaluation.haystack import first_number, needle_document
+from homer.answering.deep_read import build_document_with_leaf_states, deep_read_document
+from benchmarks.evaluation.haystack import first_number, needle_document
 from homer.models import load_model
 
 from .retrieval import wilson

@@ -39,7 +39,7 @@ from app_helpers import running_app  # noqa: E402  (the app as a subprocess, sha
 
 def book_pdf(path: Path, chars: int = PDF_CHARS) -> Path:
     """The first ``chars`` characters of the book as a PDF with a real text layer."""
-    from homer.evaluation.pdf import text_pdf
+    from benchmarks.evaluation.pdf import text_pdf
 
     text = BOOK.read_text(encoding="utf-8")[:chars]
     lines = [line for paragraph in text.split("\n") for line in (textwrap.wrap(paragraph, 95) or [""])]

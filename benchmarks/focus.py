@@ -13,15 +13,15 @@ document-first protocol: nothing about the question reached the build), under ev
 * ``cache+passages`` — the stored cache, then one turn with the top-k passages and the
   question, one batched prefill;
 * ``clue+passages`` — MemoRAG (arXiv 2409.05591): the stored cache first drafts a clue
-  (:func:`homer.clues.draft_clue`), the question and the clue together are the retrieval
+  (:func:`homer.experiments.clues.draft_clue`), the question and the clue together are the retrieval
   query, and the top-k passages are read as in ``passages`` (the clue's time counts in the
   time to first token);
-* ``leaves`` — a deep read on a few leaves (:mod:`homer.leaf_focus`): a question-aware HOMER
+* ``leaves`` — a deep read on a few leaves (:mod:`homer.experiments.leaf_focus`): a question-aware HOMER
   build of only the leaves of the book's layout that hold the top-k passages, then the
   question (the build counts in the time to first token);
 * ``ceiling`` (factual questions only) — the evidence verse's own passage alone in the window;
 * ``auto:…`` — scored from the rows above, not run: the cache for a question about the whole
-  document (:func:`homer.focus.route`), the named arm for the others.
+  document (:func:`homer.answering.focus.route`), the named arm for the others.
 
 Reported: accuracy per arm (an accepted string in the answer; whole-book questions by their
 keyword rubric), BM25 recall@1/3/5 of the evidence passage, median time to first token per
@@ -105,7 +105,7 @@ def run_arm(arm: str, question: str, model, tokenizer, cache, retrieve, evidence
             max_new_tokens: int, k: int, excerpt_words: int = 0, order: str | None = None,
             leaf_read=None) -> dict:
     """One answer under one arm: the answer, time to first token and what was fed."""
-    from homer.focus import DEFAULT_PASSAGE_ORDER, PassageConversation, cache_room, fit_passages, strategy
+    from homer.answering.focus import DEFAULT_PASSAGE_ORDER, PassageConversation, cache_room, fit_passages, strategy
     from homer.generation import Conversation, GenerationSettings
 
     order = order or DEFAULT_PASSAGE_ORDER
@@ -122,11 +122,11 @@ def run_arm(arm: str, question: str, model, tokenizer, cache, retrieve, evidence
     elif arm == "ceiling":
         texts = [evidence_text]
     elif arm in ("passages", "cache+passages", "clue+passages"):
-        from homer.focus import excerpt
+        from homer.answering.focus import excerpt
 
         query = question
         if arm == "clue+passages":
-            from homer.clues import clue_query, draft_clue
+            from homer.experiments.clues import clue_query, draft_clue
 
             clue = draft_clue(cache, model, tokenizer, question)
             query = clue_query(question, clue)
@@ -193,9 +193,9 @@ def summarise(rows: list[dict], recall: dict, meta: dict) -> dict:
 
 def auto_routes(rows: list[dict]) -> dict:
     """The ``auto`` focus, scored from the answers already measured: each question takes the
-    row of the arm :func:`homer.focus.route` picks for it (the cache for a question about the
+    row of the arm :func:`homer.answering.focus.route` picks for it (the cache for a question about the
     whole document, else the specific arm), over the questions measured under both arms."""
-    from homer.focus import route
+    from homer.answering.focus import route
 
     by = {(r["question"], r["arm"]): r for r in rows}
     out = {}
@@ -222,7 +222,7 @@ def main(argv=None) -> int:
     parser.add_argument("--k", type=int, default=3, help="passages retrieved per question")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--excerpt-words", type=int, default=None,
-                        help="feed each passage's best window of N words (homer.focus.excerpt); 0: whole "
+                        help="feed each passage's best window of N words (homer.answering.focus.excerpt); 0: whole "
                              "passages; default: the app's")
     parser.add_argument("--passage-order", default=None,
                         help="best-first (the search's order) or best-last (default: the app's)")
@@ -250,7 +250,7 @@ def main(argv=None) -> int:
     from storage.store import Store
 
     from app.focus import DEFAULT_EXCERPT_WORDS
-    from homer.focus import DEFAULT_PASSAGE_ORDER
+    from homer.answering.focus import DEFAULT_PASSAGE_ORDER
 
     if args.excerpt_words is None:
         args.excerpt_words = DEFAULT_EXCERPT_WORDS
@@ -283,7 +283,7 @@ def main(argv=None) -> int:
 
     leaf_read = None
     if "leaves" in arms:
-        from homer.leaf_focus import document_leaves, leaves_holding, read_leaves
+        from homer.experiments.leaf_focus import document_leaves, leaves_holding, read_leaves
 
         leaf_spans = document_leaves(model, tokenizer, text)
 

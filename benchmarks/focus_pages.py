@@ -2,12 +2,12 @@
 
 The documents of :mod:`benchmarks.citations` (essay prose as a real text-layer PDF, one
 distinctive fact planted on each of several pages, seeded), read the way the app reads an
-upload (:func:`homer.sources.read_pdf`: text and each page's start), indexed the way the
+upload (:func:`homer.reading.sources.read_pdf`: text and each page's start), indexed the way the
 worker indexes it (:mod:`storage.passages`: ~120-word passages with their first page,
 SQLite FTS5, BM25), then each fact's question asked the way the app answers a specific
-question by default: the not-found check (:mod:`homer.grounding`), the top-3 passages as
+question by default: the not-found check (:mod:`homer.answering.grounding`), the top-3 passages as
 80-word excerpts (:func:`app.focus.fed_text`), read in the app's order in a fresh window
-(:class:`homer.focus.PassageConversation`), greedy. No HOMER build is involved.
+(:class:`homer.answering.focus.PassageConversation`), greedy. No HOMER build is involved.
 
 A source is right when its page — the page holding the middle of the part the model read
 (:func:`app.focus.read_part`), as the app lists it — is the fact's page (each row also
@@ -40,13 +40,13 @@ RESULTS = Path(__file__).parent / "results"
 
 def run_document(model, tokenizer, store, pages: int, facts: int, seed: int, max_new_tokens: int) -> list[dict]:
     from app.focus import fed_text, passage_order, passages_per_question, read_part
-    from homer.locations import LocationMap
+    from homer.reading.locations import LocationMap
     from benchmarks.citations import fact_document, fact_pattern
-    from homer import grounding
-    from homer.focus import PassageConversation
+    from homer.answering import grounding
+    from homer.answering.focus import PassageConversation
     from homer.generation import GenerationSettings
-    from homer.grounding import NOT_FOUND
-    from homer.sources import read_pdf
+    from homer.answering.grounding import NOT_FOUND
+    from homer.reading.sources import read_pdf
     from storage import passages as index
 
     data, items = fact_document(pages, facts, seed)

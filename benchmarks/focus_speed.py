@@ -46,7 +46,7 @@ def main(argv=None) -> int:
     from app.answering import plan_turn
     from benchmarks.book_questions import FACTS, WHOLE_BOOK
     from benchmarks.focus import BOOK, book_cache
-    from homer.focus import PassageConversation
+    from homer.answering.focus import PassageConversation
     from homer.generation import Conversation, GenerationSettings
     from homer.models import load_model
     from homer.paths import homer_home

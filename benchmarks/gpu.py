@@ -33,7 +33,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
 from homer import HomerCache, HomerConfig, build_cache
-from homer.evaluation.flops import homer_flops, plain_prefill_flops
+from benchmarks.evaluation.flops import homer_flops, plain_prefill_flops
 from homer.fingerprint import model_fingerprint
 from homer.generation import DecodeState, GenerationSettings, generate_tokens, working_cache
 from homer.layers import DecoderStack

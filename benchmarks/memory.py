@@ -25,7 +25,7 @@ def measure(tokens: int, model_name: str | None, device: str) -> dict:
     import torch
 
     from homer import HomerConfig, build_document_cache
-    from homer.evaluation.haystack import needle_document
+    from benchmarks.evaluation.haystack import needle_document
     from homer.models import load_model
 
     model, tokenizer = load_model(model_name, device=device)

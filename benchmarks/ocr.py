@@ -1,5 +1,5 @@
 """OCR accuracy and speed on a scan of real prose: character error rate per page and
-seconds per page, read the app's way (:func:`homer.sources.read_pdf` → :mod:`homer.formats.ocr`).
+seconds per page, read the app's way (:func:`homer.reading.sources.read_pdf` → :mod:`homer.reading.formats.ocr`).
 
 The fixture: pages of the sample book (``assets/genesis-exodus-leviticus-kjv.txt``, the King
 James Version, public domain), one block of verses per page, printed to a PDF by headless
@@ -100,7 +100,7 @@ def printed_pdf(pages: list[str], folder: Path) -> tuple[bytes, str]:
     """(a text PDF with one page per item, the tool that printed it)."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
-        from homer.evaluation.pdf import text_pdf
+        from benchmarks.evaluation.pdf import text_pdf
 
         import textwrap
 
@@ -140,8 +140,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
-    from homer.formats import ocr
-    from homer.sources import read_pdf
+    from homer.reading.formats import ocr
+    from homer.reading.sources import read_pdf
 
     ocr.check_tesseract()
     if shutil.which("pdftoppm") is None:

@@ -1,17 +1,17 @@
 """Sources of a focused answer: is the first one listed the passage that holds the answer?
 
 The app's default for a specific question reads the top-3 BM25 passages of the question, each
-as its best 80-word excerpt (:func:`homer.focus.excerpt`), in a fresh window
-(:class:`homer.focus.PassageConversation`), and lists them under the answer as its sources.
+as its best 80-word excerpt (:func:`homer.answering.focus.excerpt`), in a fresh window
+(:class:`homer.answering.focus.PassageConversation`), and lists them under the answer as its sources.
 This benchmark asks each factual question of :mod:`benchmarks.book_questions` on the sample
 book that way (greedy, ``--max-new-tokens`` 32, as :mod:`benchmarks.focus`), then ranks the
 three sources two ways and checks the first against the question's evidence passage (the
 passage holding its verse, :func:`benchmarks.focus.locate_verse`):
 
 * ``retrieval`` — BM25 order, as the app listed them;
-* ``attention`` — :mod:`homer.passage_citations`: one more forward of prompt + answer, each
+* ``attention`` — :mod:`homer.answering.passage_citations`: one more forward of prompt + answer, each
   passage scored by the peak attention weight any answer-producing query puts on one of its
-  tokens, lower half of the layers (the statistic of :mod:`homer.citations`).
+  tokens, lower half of the layers (the statistic of :mod:`homer.answering.citations`).
 
 Next to the default statistic it reports the other layer ranges (all, upper half) and the
 mean weight instead of the peak, from the same forward. Accuracy is given over the
@@ -50,7 +50,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).parent / "results"
 
 VARIANTS = {  # name -> (reduce, layer range as fractions of the stack)
-    "peak:lower-half": ("peak", (0.0, 0.5)),  # the default (homer.citations)
+    "peak:lower-half": ("peak", (0.0, 0.5)),  # the default (homer.answering.citations)
     "peak:all": ("peak", (0.0, 1.0)),
     "peak:upper-half": ("peak", (0.5, 1.0)),
     "mean:lower-half": ("mean", (0.0, 0.5)),
@@ -62,7 +62,7 @@ def variant_scores(model, prompt_ids: list[int], answer_ids: list[int], spans) -
     """Every variant's per-passage score from one forward through the whole stack."""
     import torch
 
-    from homer.citations import attention_rows
+    from homer.answering.citations import attention_rows
     from homer.layers import DecoderStack
 
     stack = DecoderStack(model)
@@ -83,7 +83,7 @@ def variant_scores(model, prompt_ids: list[int], answer_ids: list[int], spans) -
 
 
 def top_of(scores: list[float | None]) -> int:
-    from homer.passage_citations import PassageScores
+    from homer.answering.passage_citations import PassageScores
 
     return PassageScores(scores).order()[0]
 
@@ -134,10 +134,10 @@ def main(argv=None) -> int:
 
     from benchmarks.book_questions import FACTS
     from benchmarks.focus import BOOK, correct, locate_verse
-    from homer.focus import PassageConversation, excerpt
+    from homer.answering.focus import PassageConversation, excerpt
     from homer.generation import GenerationSettings
     from homer.models import load_model
-    from homer.passage_citations import cite_passages, last_turn_prompt
+    from homer.answering.passage_citations import cite_passages, last_turn_prompt
     from homer.text_encoding import encode_text
     from storage import passages as passage_index
     from storage.store import Store

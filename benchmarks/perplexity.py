@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from homer import HomerConfig, build_cache
-from homer.evaluation.haystack import essay_text
+from benchmarks.evaluation.haystack import essay_text
 from homer.models import load_model
 
 RESULTS = Path(__file__).parent / "results"

@@ -22,7 +22,7 @@ import torch
 
 from homer import HomerConfig, build_document_cache
 from homer.checkpoints import DirectoryCheckpointer
-from homer.evaluation.haystack import needle_document
+from benchmarks.evaluation.haystack import needle_document
 from homer.models import load_model
 
 RESULTS = Path(__file__).parent / "results"

@@ -29,8 +29,8 @@ import torch
 
 from homer import Conversation, DocumentPrompt, HomerCache, HomerConfig, build_document_cache
 from homer.document import document_prompt_ids, tokenize_document
-from homer.evaluation.haystack import answer_kept, first_number, needle_document
-from homer.evaluation.passkey import passkey_document
+from benchmarks.evaluation.haystack import answer_kept, first_number, needle_document
+from benchmarks.evaluation.passkey import passkey_document
 from homer.generation import DecodeState, GenerationSettings, eos_token_ids, generate_tokens
 from homer.models import load_model
 
@@ -170,7 +170,7 @@ def main(argv=None) -> None:
     scaled: dict = {}
 
     def scaled_model(method: str, factor: float):
-        from homer.evaluation.rope import load_scaled_model
+        from benchmarks.evaluation.rope import load_scaled_model
 
         if (method, factor) not in scaled:
             scaled.clear()  # one scaled model at a time

@@ -32,7 +32,7 @@ allows; a few minutes on one CPU core.
     python -m benchmarks.retrieval_recall
 
 With ``--key-layers`` (e.g. ``4,8,12,16``) the embedded model's own vectors are measured too,
-REFORM-style (arXiv 2506.01215, :mod:`homer.key_retrieval`): the document is read once in
+REFORM-style (arXiv 2506.01215, :mod:`homer.experiments.key_retrieval`): the document is read once in
 2k-token chunks through the lower layers, each token's un-rotated key kept at those layers, and
 a question's queries (``model-query-L<n>``) or keys (``model-key-L<n>``) at one layer score the
 passages by late interaction; each is also fused with BM25 (``bm25+model-…``, reciprocal rank
@@ -233,8 +233,8 @@ def model_methods(layers, kinds, chosen: dict | None = None) -> list[tuple[str, 
 
 def key_ranks(model, tokenizer, db, document_id: str, text: str, questions, layers, methods, depth: int):
     """Ranks of every model-vector method (:func:`model_methods`) and its fusion with BM25, the
-    reading cost and the median query ms per method (REFORM-style retrieval, :mod:`homer.key_retrieval`)."""
-    from homer import key_retrieval
+    reading cost and the median query ms per method (REFORM-style retrieval, :mod:`homer.experiments.key_retrieval`)."""
+    from homer.experiments import key_retrieval
     from storage import passages as index
 
     passages = index.passages(db, document_id)
@@ -268,7 +268,7 @@ def calibrate_heads(model, tokenizer, count_tokens, layers, kinds, top: int, tok
     with another seed, 32k tokens). Each head alone ranks the passages for every question; the
     ``top`` heads by recall@3 (then @1) of each kind are kept. Returns what was chosen and each
     head's recall."""
-    from homer import key_retrieval
+    from homer.experiments import key_retrieval
     from storage import passages as index
     from storage.store import Store
 

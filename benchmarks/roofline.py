@@ -2,7 +2,7 @@
 
 1. Peak: fp32 matmuls shaped like one decoder layer's projections on a chunk of tokens
    ([n×hidden]·[hidden×q], k, v, o, gate, up, down), timed on the same threads; and causal
-   attention (sdpa) at the same length, counted as ``homer.evaluation.flops`` counts it.
+   attention (sdpa) at the same length, counted as ``benchmarks.evaluation.flops`` counts it.
 2. Achieved: the FLOPs ``homer_flops`` predicts for a build ÷ its measured time.
    roofline ratio = achieved ÷ matmul peak. Also: the build time the op mix would take at the
    two measured rates ÷ the measured time (what is lost outside the big kernels).
@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from homer import HomerConfig, build_document_cache
-from homer.evaluation import flops as flop_counts
+from benchmarks.evaluation import flops as flop_counts
 from homer.models import load_model
 
 from .speed import timed_document

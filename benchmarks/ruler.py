@@ -13,7 +13,7 @@ is read once (one HOMER build, one passage index), then every one of its questio
 after it in a fresh conversation. Every needle key is a distractor for the others, so the NIAH
 cells are also multi-key (RULER's ``niah_multikey_1`` has four keys; a haystack here has many).
 
-Arms (names of :data:`homer.focus.STRATEGIES`): ``cache`` — the stored HOMER cache, then the
+Arms (names of :data:`homer.answering.focus.STRATEGIES`): ``cache`` — the stored HOMER cache, then the
 question; ``passages`` — the top-k passages of the haystack's BM25 index (``storage.passages``)
 read in a fresh window (what the app's ``auto`` focus uses for a specific question);
 ``cache+passages`` — the cache, then the passages and the question in one turn. At 4k the whole
@@ -122,7 +122,7 @@ def hotpot():
 
 @lru_cache(maxsize=1)
 def essay_sentences() -> list[str]:
-    from homer.evaluation.haystack import essay_text
+    from benchmarks.evaluation.haystack import essay_text
 
     return re.split(r"(?<=[.!?])\s+", re.sub(r"\s+", " ", essay_text()))
 
@@ -302,9 +302,9 @@ def declined(answer: str) -> bool:
 def answer(arm: str, q: Question, model, tokenizer, cache, retrieve, k: int, frequencies=None,
            excerpt_words: int = 0, order: str | None = None) -> dict:
     """One answer: the question asked under ``arm`` after the haystack was read, the passages
-    read in ``order`` (:func:`homer.focus.reading_order`)."""
-    from homer import grounding
-    from homer.focus import DEFAULT_PASSAGE_ORDER, PassageConversation, cache_room, excerpt, fit_passages, strategy
+    read in ``order`` (:func:`homer.answering.focus.reading_order`)."""
+    from homer.answering import grounding
+    from homer.answering.focus import DEFAULT_PASSAGE_ORDER, PassageConversation, cache_room, excerpt, fit_passages, strategy
     from homer.generation import Conversation, GenerationSettings
 
     order = order or DEFAULT_PASSAGE_ORDER
@@ -323,7 +323,7 @@ def answer(arm: str, q: Question, model, tokenizer, cache, retrieve, k: int, fre
     for piece in stream:
         first = first if first is not None else time.perf_counter() - started
         text += piece
-    # The app's honesty check (homer.grounding): measured beside the raw answer, so one run
+    # The app's honesty check (homer.answering.grounding): measured beside the raw answer, so one run
     # reports both; the app itself answers NOT_FOUND at once without running the model.
     cover = grounding.coverage(q.question, [p.text for p in found], *frequencies()) if found else None
     return {"answer": text, "time_to_first_token": round(first or time.perf_counter() - started, 3),
@@ -335,9 +335,9 @@ def answer(arm: str, q: Question, model, tokenizer, cache, retrieve, k: int, fre
 
 
 def as_app_answers(row: dict) -> str:
-    """The answer the app gives for ``row``: :data:`homer.grounding.NOT_FOUND` where the
+    """The answer the app gives for ``row``: :data:`homer.answering.grounding.NOT_FOUND` where the
     passages hold too little of the question, else the model's."""
-    from homer import grounding
+    from homer.answering import grounding
 
     cover = row.get("coverage")
     return grounding.NOT_FOUND if cover is not None and cover < grounding.MIN_COVERAGE else row["answer"]
@@ -384,7 +384,7 @@ def summarise(rows: list[dict], meta: dict) -> dict:
 def add_coverage(rows: list[dict], args, meta: dict) -> None:
     """Fill in the not-found check's coverage of rows answered before it was recorded: the
     haystacks are laid out again (seeded) and the passages each row was fed looked up."""
-    from homer import grounding
+    from homer.answering import grounding
     from homer.models import load_model
     from storage import passages as passage_index
     from storage.store import Store
@@ -439,7 +439,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--k", type=int, default=3, help="passages retrieved per question")
     parser.add_argument("--excerpt-words", type=int, default=None,
-                        help="words of each passage read (homer.focus.excerpt); default: the app's")
+                        help="words of each passage read (homer.answering.focus.excerpt); default: the app's")
     parser.add_argument("--passage-order", default=None, help="best-first or best-last (default: the app's)")
     parser.add_argument("--output", default=str(RESULTS / "ruler.json"))
     parser.add_argument("--model", help="a model id or folder (default: the embedded model)")
@@ -468,14 +468,14 @@ def main(argv=None) -> int:
 
     import torch
 
-    from homer import grounding
+    from homer.answering import grounding
     from homer.document import build_document_cache
     from homer.models import load_model
     from storage import passages as passage_index
     from storage.store import Store
 
     from app.focus import DEFAULT_EXCERPT_WORDS
-    from homer.focus import DEFAULT_PASSAGE_ORDER
+    from homer.answering.focus import DEFAULT_PASSAGE_ORDER
 
     words = DEFAULT_EXCERPT_WORDS if args.excerpt_words is None else args.excerpt_words
     reading = args.passage_order or DEFAULT_PASSAGE_ORDER

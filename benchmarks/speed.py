@@ -22,8 +22,8 @@ import torch
 
 from homer import Conversation, HomerCache, HomerConfig, build_document_cache
 from homer.document import document_prompt_ids, tokenize_document
-from homer.evaluation.flops import homer_flops, plain_prefill_flops
-from homer.evaluation.haystack import needle_document
+from benchmarks.evaluation.flops import homer_flops, plain_prefill_flops
+from benchmarks.evaluation.haystack import needle_document
 from homer.models import load_model
 from homer.plan import ChunkPlan
 from homer.prompting import default_prompt

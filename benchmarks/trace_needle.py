@@ -17,7 +17,7 @@ import torch
 
 from homer import DocumentPrompt, HomerConfig, build_cache
 from homer.document import document_prompt_ids, tokenize_document
-from homer.evaluation.haystack import answer_token_indices, needle_document
+from benchmarks.evaluation.haystack import answer_token_indices, needle_document
 from homer.models import load_model
 from homer.significance import unit_scores
 from homer.spans import span_ids

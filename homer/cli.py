@@ -45,7 +45,7 @@ def _load(model_name: str | None, rope: str | None):
 
     if not rope:
         return load_model(model_name)
-    from .evaluation.rope import load_scaled_model
+    from benchmarks.evaluation.rope import load_scaled_model
 
     method, _, factor = rope.partition(":")
     return load_scaled_model(model_name, method, float(factor or 2))
@@ -85,7 +85,7 @@ def _stream(pieces) -> str:
 
 def cmd_build(args) -> int:
     from .document import build_document_cache
-    from .sources import DocumentError, read_document
+    from .reading.sources import DocumentError, read_document
 
     try:
         source = read_document(args.file)
@@ -99,7 +99,7 @@ def cmd_build(args) -> int:
     if args.leaf_states is None:
         cache = build_document_cache(model, tokenizer, source.text, _config_from_args(args), **options)
     else:
-        from .deep_read import build_document_with_leaf_states
+        from .answering.deep_read import build_document_with_leaf_states
 
         leaves = Path(args.leaf_states or _leaf_states_path(out))
         cache = build_document_with_leaf_states(model, tokenizer, source.text, leaves, _config_from_args(args),
@@ -119,7 +119,7 @@ def _leaf_states_path(cache_path: Path) -> Path:
 
 def cmd_deep_read(args) -> int:
     """A question-aware cache from stored leaf states (only the question runs the leaf layers)."""
-    from .deep_read import deep_read_document
+    from .answering.deep_read import deep_read_document
     from .generation import Conversation
     from .leaf_states import LeafStateMismatchError, LeafStates
 
@@ -179,7 +179,7 @@ def calibration_chunks(tokenizer, count: int, length: int, seed: int = 0):
     """``count`` chunks of ``length`` tokens from the essay set, at seeded random starts."""
     import random
 
-    from .evaluation.haystack import essay_text
+    from benchmarks.evaluation.haystack import essay_text
 
     text = essay_text()
     rng = random.Random(seed)
@@ -218,7 +218,7 @@ def cmd_demo(args) -> int:
     """Read a long essay document with a planted fact and answer a question about it."""
     from .config import HomerConfig
     from .document import build_document_cache
-    from .evaluation.haystack import needle_document
+    from benchmarks.evaluation.haystack import needle_document
     from .generation import Conversation
     from .models import load_model
 

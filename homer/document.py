@@ -49,7 +49,7 @@ def build_document_cache(model, tokenizer, text: str, config: HomerConfig | None
     (the paper's protocol) the question sits in the suffix and steers pruning.
     ``context_ids``/``char_offsets`` may be passed when the document is already tokenised.
     ``leaf_states``: a path where the leaf-stage states are also written, for later
-    query-aware deep reads (:func:`homer.deep_read.deep_read_document`). ``checkpoints``: a
+    query-aware deep reads (:func:`homer.answering.deep_read.deep_read_document`). ``checkpoints``: a
     :class:`homer.checkpoints.Checkpointer` the build saves its finished subtrees to and
     resumes from (see :func:`homer.tree.build_cache`); ``deadline``: build in slices, one
     call stopping once it is spent (:class:`homer.checkpoints.BuildSliceEnded`; see

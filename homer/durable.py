@@ -50,7 +50,7 @@ FLAGS = {
     "HOMER_DEEP_READ": "app.tasks: keep leaf states for deep reads",
     "HOMER_CITATIONS": "app.chat: cite passages under answers",
     "HOMER_NOT_FOUND": "app.focus: say when the document does not hold the answer",
-    "HOMER_OCR": "homer.formats.ocr: read scanned pages",
+    "HOMER_OCR": "homer.reading.formats.ocr: read scanned pages",
     "HOMER_HF_OAUTH": "app.mcp_tools: sign in with Hugging Face",
 }
 

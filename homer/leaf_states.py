@@ -1,5 +1,5 @@
 """The leaf-state file a build can store for later query-aware deep reads
-(:mod:`homer.deep_read`): its format, the settings that shape it, the streaming writer and
+(:mod:`homer.answering.deep_read`): its format, the settings that shape it, the streaming writer and
 the builder mix-in that write it during ``build_cache(leaf_states=path)`` (leaf by leaf,
 atomically), and :class:`LeafStates`, which reads it back lazily.
 

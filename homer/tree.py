@@ -3,7 +3,7 @@ depth-first, to a root whose cache is returned. ``build_cache`` is a pure functi
 (model, ids, config): no global state, safe to run in several threads.
 
 Owns the merge tree (:class:`Node`), the builder and its hooks (:class:`_Builder`, which
-:mod:`homer.deep_read` extends) and the choice of builder a build uses: with
+:mod:`homer.answering.deep_read` extends) and the choice of builder a build uses: with
 ``leaf_states`` the builder also records the leaf states (:mod:`homer.leaf_states`); with
 ``checkpoints`` it saves every finished subtree and resumes from them
 (:mod:`homer.checkpoints`); with a ``deadline`` as well, it stops once the deadline is
@@ -378,7 +378,7 @@ class _Builder:
     def prune(self, node: Node, target: int) -> None:
         """Keep ``target`` tokens: the best by the tokens' carried scores, if they have them,
         else by the scores :meth:`note_scores` gathered in this block."""
-        self.carry_scores(node)  # a leaf of a builder that prunes without run_block (homer.deep_read)
+        self.carry_scores(node)  # a leaf of a builder that prunes without run_block (homer.answering.deep_read)
         if node.carried is not None:
             scores = node.carried
         else:
@@ -388,7 +388,7 @@ class _Builder:
         units = None if self.units is None else self.units[node.sources[p : len(node) - s]]
         node.keep(keep_indices(scores, p, s, target, self.pool_width, units))
 
-    # hooks for the leaf-state recording and homer.deep_read (no-ops here) -------------
+    # hooks for the leaf-state recording and homer.answering.deep_read (no-ops here) -------------
     def before_prune(self, node: Node, layers: range) -> None:
         """Called at the last layer of every block, after attention, before pruning."""
 
@@ -468,7 +468,7 @@ def build_cache(model, prefix_ids, context_ids, suffix_ids, config: HomerConfig 
     "token" (:func:`homer.spans.span_ids` makes them; ``build_document_cache`` does it).
     ``leaf_states``: a file path; when given, the leaf-stage states are also written there
     (atomically, leaf by leaf; :mod:`homer.leaf_states`) so a later question can rebuild
-    fast — see :mod:`homer.deep_read`; ``leaf_state_tensors``: extra tensors stored in that file.
+    fast — see :mod:`homer.answering.deep_read`; ``leaf_state_tensors``: extra tensors stored in that file.
     ``checkpoints``: a :class:`homer.checkpoints.Checkpointer` (e.g. a
     :class:`~homer.checkpoints.DirectoryCheckpointer`): every finished subtree is saved there,
     and a build given the checkpoints of an earlier, stopped build of the same input, settings
@@ -484,7 +484,7 @@ def build_cache(model, prefix_ids, context_ids, suffix_ids, config: HomerConfig 
     (leaves done and total, the time this call computed); calling again with the same
     checkpoints goes on — a build in slices, bit for bit the one-shot cache. Every call
     computes at least one leaf or merge, so slices always advance.
-    ``_make_builder`` (internal, for :mod:`homer.deep_read`): makes the builder from
+    ``_make_builder`` (internal, for :mod:`homer.answering.deep_read`): makes the builder from
     :class:`_Builder`'s arguments plus ``fingerprint`` and ``config`` keywords."""
     if deadline is not None and checkpoints is None:
         raise ValueError("a build with a deadline needs checkpoints to go on from")

@@ -107,7 +107,7 @@ def _v3_document_owners(db: sqlite_utils.Database) -> None:
 
 def _v4_cache_leaf_states(db: sqlite_utils.Database) -> None:
     # An optional companion file per cache: the leaf-stage states a deep read (a fast
-    # question-aware re-read, homer.deep_read) starts from. Null when the cache has none.
+    # question-aware re-read, homer.answering.deep_read) starts from. Null when the cache has none.
     db["caches"].add_column("leaf_states_file", str)      # relative to the store root
     db["caches"].add_column("leaf_states_bytes", int)
     db["caches"].add_column("leaf_states_checksum", str)  # sha256 of the file

@@ -215,8 +215,8 @@ class Store:
         return json.loads(self.document(document_id)["page_starts"] or "[0]")
 
     def location_map(self, document_id: str):
-        """The document's :class:`homer.locations.LocationMap` (pages, or labelled sections)."""
-        from homer.locations import LocationMap
+        """The document's :class:`homer.reading.locations.LocationMap` (pages, or labelled sections)."""
+        from homer.reading.locations import LocationMap
 
         doc = self.document(document_id)
         labels = json.loads(doc["locations"]) if doc.get("locations") else None

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from homer.evaluation.pdf import text_pdf  # noqa: F401  (shared with the benchmarks; the tests import it from here)
+from benchmarks.evaluation.pdf import text_pdf  # noqa: F401  (shared with the benchmarks; the tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = {"significance": "uncalibrated"}

@@ -17,7 +17,7 @@ from app import library, tasks
 from app.chat import DEEP_READ_UNAVAILABLE, ChatService, describe_turn, with_sources
 from app.ingest import add_to_store, ingest_bytes
 from homer import Conversation, HomerConfig, build_document_cache
-from homer.citations import cite_answer
+from homer.answering.citations import cite_answer
 from homer.fingerprint import model_fingerprint
 from homer.generation import GenerationSettings
 from storage import CacheCorrupt, Store, StoreError

@@ -36,7 +36,7 @@ def test_answer_kept_counts_the_answer_tokens_the_cache_spared():
     import torch
 
     from conftest import tiny_tokenizer
-    from homer.evaluation.haystack import answer_kept
+    from benchmarks.evaluation.haystack import answer_kept
 
     tokenizer = tiny_tokenizer()  # one token per character
     document = "abc 1234 def"

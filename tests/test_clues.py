@@ -1,4 +1,4 @@
-"""MemoRAG-style clues drafted from the stored cache (homer.clues): a short greedy draft that
+"""MemoRAG-style clues drafted from the stored cache (homer.experiments.clues): a short greedy draft that
 leaves the cache untouched, joined to the question as the retrieval query."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import torch
 
 from conftest import tiny_model, tiny_tokenizer
 from homer import HomerConfig, build_document_cache
-from homer.clues import CLUE_TOKENS, clue_query, draft_clue
+from homer.experiments.clues import CLUE_TOKENS, clue_query, draft_clue
 
 
 def test_a_clue_is_a_short_greedy_draft_and_the_cache_is_only_read():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from homer import Conversation, HomerConfig, build_cache, build_document_cache
-from homer.deep_read import DeepReadUnavailable, build_document_with_leaf_states, deep_read, deep_read_document
+from homer.answering.deep_read import DeepReadUnavailable, build_document_with_leaf_states, deep_read, deep_read_document
 from homer.leaf_states import LeafStateMismatchError, LeafStates
 from homer.plan import ChunkPlan
 

@@ -22,8 +22,8 @@ import pytest
 from lxml import etree
 
 import format_fixtures as fx
-from homer.formats import check_sectioned_upload, read_sectioned
-from homer.sources import DocumentError
+from homer.reading.formats import check_sectioned_upload, read_sectioned
+from homer.reading.sources import DocumentError
 from store_helpers import ROOT
 
 CHUNK = b"\0" * 2**20
@@ -83,8 +83,8 @@ READ = """
 import sys, json
 sys.path.insert(0, "tests")
 from store_helpers import peak_rss_bytes
-from homer.formats import check_sectioned_upload
-from homer.sources import DocumentError, read_document
+from homer.reading.formats import check_sectioned_upload
+from homer.reading.sources import DocumentError, read_document
 data = open(sys.argv[1], "rb").read()
 before = peak_rss_bytes()
 out = {}
@@ -102,7 +102,7 @@ print(json.dumps(out))
 
 def read_in_a_process(data: bytes, tmp_path, **env) -> dict:
     """The upload request's check of ``data`` (as ``app.library.check_upload`` runs it for a
-    .docx) and the worker's reading of it (``homer.sources.read_document``, as
+    .docx) and the worker's reading of it (``homer.reading.sources.read_document``, as
     ``app.ingest.ingest_bytes`` calls it), in a fresh process: what came of it, and its peak
     memory (``grew_mib``: above what the imports took)."""
     upload = tmp_path / "upload.docx"

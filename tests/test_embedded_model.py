@@ -11,7 +11,7 @@ import torch
 
 from homer import HomerCache
 from homer.calibration import find_bias
-from homer.evaluation.haystack import needle_document
+from benchmarks.evaluation.haystack import needle_document
 from homer.fingerprint import model_fingerprint
 from homer.models import EMBEDDED_NAME, load_model
 

@@ -14,7 +14,7 @@ from app.focus import AUTO_SPECIFIC
 from app.ingest import add_to_store, ingest_bytes
 from homer import HomerConfig, build_document_cache
 from homer.fingerprint import model_fingerprint
-from homer.focus import (FOCUS_CHOICES, INTRO, PassageConversation, cache_room, fit_passages, passages_block,
+from homer.answering.focus import (FOCUS_CHOICES, INTRO, PassageConversation, cache_room, fit_passages, passages_block,
                          route, strategy, whole_document)
 from homer.generation import Conversation, GenerationSettings, working_cache
 from homer.text_encoding import encode_marked, mark
@@ -261,7 +261,7 @@ def test_the_worker_indexes_a_document_before_its_build(tmp_path, monkeypatch):
 
 
 def test_a_question_the_document_does_not_hold_is_answered_not_found(tmp_path, tiny, monkeypatch):
-    from homer.grounding import NOT_FOUND
+    from homer.answering.grounding import NOT_FOUND
 
     model, tokenizer = tiny
     fingerprint = model_fingerprint(model)
@@ -307,7 +307,7 @@ def test_the_app_reads_passages_in_the_order_its_setting_names(monkeypatch):
 
 def test_a_source_is_cited_on_the_page_of_the_part_the_model_read(monkeypatch):
     from app.focus import fed_text, read_part, sources_label
-    from homer.locations import LocationMap
+    from homer.reading.locations import LocationMap
     from storage.passages import Passage
 
     monkeypatch.setenv("HOMER_FOCUS_WORDS", "20")

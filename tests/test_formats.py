@@ -11,10 +11,10 @@ import pytest
 import format_fixtures as fx
 from app import library
 from app.ingest import IngestError, ingest_bytes
-from homer.formats import read_sectioned
-from homer.formats.markup import parse_xml
-from homer.formats.zipsafe import ZipLimits
-from homer.sources import DocumentError, read_document
+from homer.reading.formats import read_sectioned
+from homer.reading.formats.markup import parse_xml
+from homer.reading.formats.zipsafe import ZipLimits
+from homer.reading.sources import DocumentError, read_document
 from storage import Store
 from store_helpers import FAST, text_pdf
 

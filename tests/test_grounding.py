@@ -1,9 +1,9 @@
-"""The not-found check (homer.grounding) and passage excerpts (homer.focus.excerpt)."""
+"""The not-found check (homer.answering.grounding) and passage excerpts (homer.answering.focus.excerpt)."""
 
 from __future__ import annotations
 
-from homer import grounding
-from homer.focus import STRATEGIES, excerpt
+from homer.answering import grounding
+from homer.answering.focus import STRATEGIES, excerpt
 
 PASSAGES = [
     "Methuselah lived an hundred eighty and seven years, and begat Lamech. And all the days of "

@@ -1,4 +1,4 @@
-"""REFORM-style passage retrieval with the model's own vectors (homer.key_retrieval)."""
+"""REFORM-style passage retrieval with the model's own vectors (homer.experiments.key_retrieval)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 import torch
 
-from homer import key_retrieval as kr
+from homer.experiments import key_retrieval as kr
 from tests.conftest import tiny_model, tiny_tokenizer
 
 

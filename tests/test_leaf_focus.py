@@ -1,4 +1,4 @@
-"""Deep read on a few leaves (homer.leaf_focus): the leaves of a document's HOMER layout, the
+"""Deep read on a few leaves (homer.experiments.leaf_focus): the leaves of a document's HOMER layout, the
 ones that hold given passages, and a question-aware build of only those, on a tiny model."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import pytest
 from conftest import tiny_model, tiny_tokenizer
 
 from homer import HomerConfig
-from homer.leaf_focus import document_leaves, leaves_holding, read_leaves
+from homer.experiments.leaf_focus import document_leaves, leaves_holding, read_leaves
 
 FAST = HomerConfig(significance="uncalibrated", max_chunk_len=256, target_len=256)
 

@@ -3,7 +3,7 @@ store and carried in bundles."""
 
 import pytest
 
-from homer.locations import MAX_LABEL_CHARS, LocationMap, section_label
+from homer.reading.locations import MAX_LABEL_CHARS, LocationMap, section_label
 
 
 def test_pages_are_numbered_and_sections_are_labelled():
@@ -42,7 +42,7 @@ def test_the_store_keeps_section_labels(tmp_path):
 
 
 def test_markdown_headings_are_sections_and_code_fences_are_not():
-    from homer.sources import read_document
+    from homer.reading.sources import read_document
 
     text = ("Intro line.\n\n# Install\n\nPip it.\n\n## Requirements\n\nPython 3.11.\n\n```\n# not a heading\n```\n\n"
             "# Use\n\nAsk away.\n")

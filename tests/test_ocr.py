@@ -1,4 +1,4 @@
-"""Scanned PDFs read by OCR (homer.formats.ocr through homer.sources.read_pdf): fixtures
+"""Scanned PDFs read by OCR (homer.reading.formats.ocr through homer.reading.sources.read_pdf): fixtures
 made by real tools — a text PDF printed by Chromium (pypdf's own text operators where
 Chromium is missing), rasterised at 300 dpi by Poppler's pdftoppm and wrapped back into a
 PDF without a text layer by Pillow — then the page map, mixed PDFs, progress, every
@@ -48,7 +48,7 @@ pytestmark = pytest.mark.skipif(_tesseract_ready() is not None, reason=_tesserac
 
 def printed_pdf(pages: list[str], folder) -> bytes:
     """A text PDF of ``pages`` (one per page) printed by headless Chromium from an HTML page;
-    where Chromium is missing, pypdf's text operators (homer.evaluation.pdf)."""
+    where Chromium is missing, pypdf's text operators (benchmarks.evaluation.pdf)."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         return text_pdf(pages, font_size=20)
@@ -134,7 +134,7 @@ def test_a_scanned_pdf_is_read_by_ocr_with_its_page_map_and_progress(read_scan):
 def test_a_mixed_pdf_keeps_its_text_pages_and_reads_the_scanned_one(fixtures):
     from pypdf import PdfReader
 
-    from homer.sources import read_pdf
+    from homer.reading.sources import read_pdf
 
     printed, _, mixed = fixtures
     seen = []
@@ -154,7 +154,7 @@ def test_the_upload_request_lets_a_scan_through_to_the_worker(fixtures):
 
 
 def test_without_tesseract_a_scan_is_refused_saying_what_to_install(fixtures, monkeypatch):
-    from homer.sources import read_pdf
+    from homer.reading.sources import read_pdf
 
     printed, scan, mixed = fixtures
     monkeypatch.setenv("HOMER_TESSERACT", "/nonexistent/tesseract")
@@ -293,8 +293,8 @@ def test_a_scan_of_noise_stops_after_its_first_empty_pages(fixtures, tmp_path, m
 
     from app import tasks
     from app.library import check_upload
-    from homer.formats.ocr import readable
-    from homer.sources import read_pdf
+    from homer.reading.formats.ocr import readable
+    from homer.reading.sources import read_pdf
     from storage import Store
 
     noise = noise_pdf(200)
@@ -343,7 +343,7 @@ def test_a_scanned_page_that_takes_minutes_to_draw_is_refused_at_the_render_dead
     reader's page renders meanwhile."""
     import threading
 
-    from homer.formats import render
+    from homer.reading.formats import render
     from test_reader import fills_pdf
 
     monkeypatch.setenv("HOMER_RENDER_SECONDS", "2")

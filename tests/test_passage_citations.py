@@ -1,4 +1,4 @@
-"""Sources of a focused answer ranked by its attention (homer.passage_citations): the token
+"""Sources of a focused answer ranked by its attention (homer.answering.passage_citations): the token
 spans of the passages in the prompt, the plain-prompt attention loop, one score per passage,
 nothing stored changed, the chat's ordering switch, and one run with the embedded model
 where a planted fact's passage is ranked first."""
@@ -12,11 +12,11 @@ import torch
 
 from conftest import tiny_model, tiny_tokenizer
 
-from homer.citations import attention_rows, attention_to_prompt
-from homer.focus import PassageConversation
+from homer.answering.citations import attention_rows, attention_to_prompt
+from homer.answering.focus import PassageConversation
 from homer.generation import GenerationSettings
 from homer.layers import DecoderStack
-from homer.passage_citations import PassageScores, cite_passages, last_turn_prompt, passage_spans, score_passages
+from homer.answering.passage_citations import PassageScores, cite_passages, last_turn_prompt, passage_spans, score_passages
 from homer.prompting import DocumentPrompt
 
 PASSAGES = ["The keeper's   log says:\nthe lamp was lit at dusk.",
@@ -136,7 +136,7 @@ def test_the_chat_orders_its_sources_by_attention_when_asked(tmp_path, monkeypat
     assert [s["score"] for s in scores] == sorted((s["score"] for s in scores), reverse=True)
     assert stats["citation_seconds"] > 0 and "Sources:\n- " in shown
 
-    import homer.passage_citations as cited
+    import homer.answering.passage_citations as cited
 
     def refuse(*args, **kwargs):
         raise AssertionError("no extra forward with citations off")
@@ -152,7 +152,7 @@ def test_embedded_model_ranks_the_planted_facts_passage_first():
     """Three passages of essay prose, a fact planted in the second: the answer's attention
     puts that passage first (retrieval order would list it second)."""
     from benchmarks.citations import ascii_prose
-    from homer.evaluation.haystack import essay_text
+    from benchmarks.evaluation.haystack import essay_text
     from homer.models import load_model
 
     try:

@@ -22,7 +22,7 @@ from app.inspector import kept_density
 from homer import HomerConfig, build_document_cache
 from homer.fingerprint import model_fingerprint
 from homer.generation import GenerationSettings
-from homer.locations import LocationMap
+from homer.reading.locations import LocationMap
 from storage import Store, StoreError
 from storage import passages as index
 
@@ -251,7 +251,7 @@ def test_focused_and_cited_answers_carry_their_places(store, tiny, monkeypatch):
         assert item["document_id"] == doc["id"]
     assert reader.open_place(store, places[0], None).location == 3
     # the cache's cited pages: whole pages, no quote (a random model cites what it cites)
-    monkeypatch.setattr("homer.citations.MIN_PEAK", 0.0)
+    monkeypatch.setattr("homer.answering.citations.MIN_PEAK", 0.0)
     *_, (shown, stats) = service.ask("s", doc["id"], "Tell me about it.", "tiny", SHORT, focus="cache")
     assert stats["sources"] and [p["label"] for p in stats["source_places"]] == stats["sources"].split(", ")
     text_length = len(store.document_text(doc["id"]))

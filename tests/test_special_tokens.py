@@ -5,7 +5,7 @@ here) and on the embedded model's tokenizer. Ordinary text keeps the ids of the 
 import pytest
 
 from homer import Conversation, HomerConfig, build_document_cache
-from homer.citations import turn_ids
+from homer.answering.citations import turn_ids
 from homer.document import document_prompt_ids, tokenize_document
 from homer.prompting import DOC, DocumentPrompt, default_prompt
 from homer.text_encoding import control_tokens, encode_marked, encode_text, mark, turn_tail, unmark

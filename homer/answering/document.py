@@ -78,7 +78,7 @@ def open_document(source: str | Path | bytes, model=None, tokenizer=None, name: 
     """Open a PDF, EPUB, DOCX, HTML, TXT or Markdown file (a path, or its bytes with ``name``)
     or a text (a string that is not a file's path) for questions. ``model``: a loaded model
     (with its ``tokenizer``), a Hugging Face id or folder, or None for the embedded default."""
-    from ..sources import read_document
+    from ..reading.sources import read_document
 
     if isinstance(source, bytes) or (isinstance(source, (str, Path)) and _is_file(source)):
         data = source if isinstance(source, bytes) else Path(source).read_bytes()

@@ -206,10 +206,10 @@ class PassageIndex:
         return out
 
     def frequencies(self) -> tuple[Counter, int]:
-        """The passages' content-word document frequencies (:func:`homer.grounding.document_frequencies`),
+        """The passages' content-word document frequencies (:func:`homer.answering.grounding.document_frequencies`),
         computed once: what the not-found check weighs a question's words by."""
         if self._frequencies is None:
-            from ..grounding import document_frequencies
+            from .grounding import document_frequencies
 
             self._frequencies = document_frequencies([p.text for p in self._passages])
         return self._frequencies

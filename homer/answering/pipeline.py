@@ -10,13 +10,13 @@ persisted passage index, its caches and its conversations (kvpress's ``pipeline(
 kotaemon's ``FullQAPipeline`` are the shape: retrieval, reading and citing in one object).
 
 How a question is answered (:class:`AnswerSettings`, one strategy per name as in
-:mod:`homer.focus`): a question about the document as a whole goes to the HOMER cache (its
+:mod:`homer.answering.focus`): a question about the document as a whole goes to the HOMER cache (its
 gist, Song et al., ICLR 2024); any other is answered from the passages it points to, read
 again at full resolution (REFORM, arXiv 2506.01215) — in a fresh window (``passages``), or
 after the cache (``cache+passages``). A question the passages hold too little of is answered
-:data:`homer.grounding.NOT_FOUND` without running the model. Sources: the passages read
+:data:`homer.answering.grounding.NOT_FOUND` without running the model. Sources: the passages read
 (where the model read them), or for a cache answer the pages its attention rests on
-(:mod:`homer.citations`).
+(:mod:`homer.answering.citations`).
 
 A document still being read has no cache yet: its specific questions are answered from the
 passages all the same, and a whole-document question gets the ``waiting`` line its caller
@@ -29,8 +29,8 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 
-from .. import grounding
-from ..focus import (DEFAULT_PASSAGE_ORDER, PASSAGE_ORDERS, FocusStrategy, PassageConversation, cache_room,
+from . import grounding
+from .focus import (DEFAULT_PASSAGE_ORDER, PASSAGE_ORDERS, FocusStrategy, PassageConversation, cache_room,
                      fit_passages, route, strategy, whole_document)
 from ..generation import Conversation, ConversationFullError, GenerationSettings
 from .retrieval import DocumentText, FoundPassage, coverage, retrieve
@@ -61,7 +61,7 @@ class AnswerSettings:
     question; ``excerpt_words``: words of each passage the model reads (its best window; 0:
     whole passages); ``passage_order``: ``best-last`` (the best passage next to the question)
     or ``best-first``; ``source_order``: how a passages-only answer lists its sources,
-    ``retrieval`` or ``attention``; ``not_found``: answer :data:`homer.grounding.NOT_FOUND`
+    ``retrieval`` or ``attention``; ``not_found``: answer :data:`homer.answering.grounding.NOT_FOUND`
     when the passages hold too little of the question; ``citations``: list sources."""
 
     focus: str = AUTO
@@ -177,7 +177,7 @@ class Answer:
 class TurnPlan:
     """What a turn reads (:meth:`DocumentChat.plan`): its strategy, the passages found (best
     first) and what the model reads of each, how much of the question the best holds, whether
-    it is answered :data:`homer.grounding.NOT_FOUND` without the model, and what it cost."""
+    it is answered :data:`homer.answering.grounding.NOT_FOUND` without the model, and what it cost."""
 
     strategy: FocusStrategy
     found: list[FoundPassage]
@@ -344,7 +344,7 @@ class DocumentChat:
         """The passages a turn of strategy ``chosen`` reads for ``question``, best first: what
         the model reads of each (its best window; over several documents, named), cut to the
         room the window leaves after ``cache``; and whether they hold enough of the question
-        to answer from (:mod:`homer.grounding`)."""
+        to answer from (:mod:`homer.answering.grounding`)."""
         began = time.perf_counter()
         found = retrieve(self.documents, question, self.settings.passages)
         texts = [f.text(question, self.settings.excerpt_words, self.several) for f in found]
@@ -376,14 +376,14 @@ class DocumentChat:
     def _passage_sources(self, answer: Answer, report: TurnReport, found: list[FoundPassage], texts: list[str],
                          question: str, conversation, chosen: FocusStrategy) -> None:
         """The passages read, as sources: in retrieval order, or by the answer's attention
-        (``source_order="attention"``, a passages-only answer: :mod:`homer.passage_citations`)."""
+        (``source_order="attention"``, a passages-only answer: :mod:`homer.answering.passage_citations`)."""
         began = time.perf_counter()
         report.cited = True
         order = list(range(len(found)))
         report.source_order = "retrieval"
         if (self.settings.source_order == "attention" and not chosen.uses_cache and answer.text.strip()
                 and not self.several):
-            from ..passage_citations import cite_passages, last_turn_prompt
+            from .passage_citations import cite_passages, last_turn_prompt
 
             rebuilt = last_turn_prompt(conversation, question, texts)
             if rebuilt is not None:
@@ -411,13 +411,13 @@ class DocumentChat:
     def _cache_sources(self, answer: Answer, report: TurnReport, cache, prompt, turns, question: str,
                        text: str) -> None:
         """The pages an answer from the cache was read from (its attention over the cache's
-        kept tokens, :func:`homer.citations.cite_answer`); none for a one-page document or a
+        kept tokens, :func:`homer.answering.citations.cite_answer`); none for a one-page document or a
         cache without source offsets."""
         document = self.documents[0]
         locations = document.locations
         if cache.char_offsets is None or len(locations) < 2:
             return
-        from ..citations import cite_answer
+        from .citations import cite_answer
 
         cited = cite_answer(self.model, self.tokenizer, cache, list(locations.starts), question, text, turns=turns,
                             prompt=prompt)

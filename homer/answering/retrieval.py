@@ -1,6 +1,6 @@
 """Which passages a question gets: one document's best, or several documents' fused.
 
-A passage is read as its best window for the question (:func:`homer.focus.excerpt`, REFORM's
+A passage is read as its best window for the question (:func:`homer.answering.focus.excerpt`, REFORM's
 "recompute the selected passages at full resolution", arXiv 2506.01215), and it is cited
 where that window lies: the page (or section) holding the most of the question's words.
 
@@ -15,9 +15,9 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from .. import grounding
-from ..focus import excerpt, excerpt_span
-from ..locations import LocationMap
+from . import grounding
+from .focus import excerpt, excerpt_span
+from ..reading.locations import LocationMap
 from .passages import STOP_WORDS, Passage, PassageIndex, query_terms
 
 RRF_CONSTANT = 60  # reciprocal rank fusion's k (Cormack et al., 2009)
@@ -26,7 +26,7 @@ RRF_CONSTANT = 60  # reciprocal rank fusion's k (Cormack et al., 2009)
 @dataclass
 class DocumentText:
     """One document as the answer pipeline reads it: an id, the name it is shown under, its
-    places (pages or sections, :class:`homer.locations.LocationMap`), its length in
+    places (pages or sections, :class:`homer.reading.locations.LocationMap`), its length in
     characters and its passage index (anything with ``search(question, k)``,
     ``passages`` and ``frequencies()``, e.g. :class:`~homer.answering.passages.PassageIndex`)."""
 
@@ -146,7 +146,7 @@ def retrieve(documents: Sequence[DocumentText], question: str, k: int) -> list[F
 
 def coverage(question: str, found: Sequence[FoundPassage]) -> float:
     """How much of ``question`` the best passage holds, each weighed by its own document's
-    word frequencies (:func:`homer.grounding.coverage`)."""
+    word frequencies (:func:`homer.answering.grounding.coverage`)."""
     if not found:
         return grounding.coverage(question, [], {}, 0)
     return max(grounding.coverage(question, [f.passage.text], *f.document.index.frequencies()) for f in found)

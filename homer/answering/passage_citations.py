@@ -1,11 +1,11 @@
 """Which of a focused answer's passages the answer was read from, by the model's attention.
 
-A focused answer (:class:`homer.focus.PassageConversation`) is read from a few retrieved
+A focused answer (:class:`homer.answering.focus.PassageConversation`) is read from a few retrieved
 passages laid out as the document of a fresh window, numbered ``[1] …``, ``[2] …``
-(:func:`homer.focus.passages_block`). This module scores each passage the way
-:mod:`homer.citations` scores a cache's pages: the prompt and the answer are run once more
+(:func:`homer.answering.focus.passages_block`). This module scores each passage the way
+:mod:`homer.answering.citations` scores a cache's pages: the prompt and the answer are run once more
 through the model's own layers (one batched forward of prompt + answer, no generation;
-:func:`homer.citations.attention_to_prompt`), the queries that *produced* the answer tokens
+:func:`homer.answering.citations.attention_to_prompt`), the queries that *produced* the answer tokens
 are read, and a passage scores the strongest weight any of them put on one of its tokens, in
 any head of the lower half of the stack (the same peak and layers as the page citations, for
 the same reason: summed mass goes to sink tokens, a token the answer was read from gets one
@@ -34,8 +34,8 @@ from dataclasses import dataclass, field
 
 from .citations import attention_to_prompt, default_layers
 from .focus import DEFAULT_PASSAGE_ORDER, reading_order
-from .layers import DecoderStack
-from .text_encoding import encode_text
+from ..layers import DecoderStack
+from ..text_encoding import encode_text
 
 
 @dataclass
@@ -70,8 +70,8 @@ def _decode(tokenizer, ids) -> str:
 def passage_spans(tokenizer, prompt_ids: Sequence[int], passages: Sequence[str],
                   order: str = DEFAULT_PASSAGE_ORDER) -> list[tuple[int, int] | None]:
     """Token span ``[start, end)`` in ``prompt_ids`` of each passage's text (without its
-    ``[i]`` label), as :func:`homer.focus.passages_block` numbered them when the prompt read
-    ``passages`` (best first) in ``order`` (:func:`homer.focus.reading_order`); one span per
+    ``[i]`` label), as :func:`homer.answering.focus.passages_block` numbered them when the prompt read
+    ``passages`` (best first) in ``order`` (:func:`homer.answering.focus.reading_order`); one span per
     passage, in the order given; None for a passage not found, or whose span does not decode
     back to its text."""
     shown = reading_order(range(len(passages)), order)  # the prompt's blocks, as indices into passages
@@ -147,7 +147,7 @@ def cite_passages(model, tokenizer, prompt_ids: Sequence[int], answer: str | Seq
                   order: str = DEFAULT_PASSAGE_ORDER) -> PassageScores:
     """:func:`score_passages` with the spans located (:func:`passage_spans`); ``answer`` as
     text is encoded as the model's text (control-token strings stay text), as
-    :func:`homer.citations.turn_ids` does."""
+    :func:`homer.answering.citations.turn_ids` does."""
     started = time.perf_counter()
     answer_ids = encode_text(tokenizer, answer) if isinstance(answer, str) else list(answer)
     spans = passage_spans(tokenizer, prompt_ids, passages, order)
@@ -157,7 +157,7 @@ def cite_passages(model, tokenizer, prompt_ids: Sequence[int], answer: str | Seq
 
 
 def last_turn_prompt(conversation, question: str, passages: Sequence[str]) -> tuple[list[int], list[str]] | None:
-    """``(prompt ids, passages read)`` of a :class:`homer.focus.PassageConversation`'s last
+    """``(prompt ids, passages read)`` of a :class:`homer.answering.focus.PassageConversation`'s last
     turn, asked with ``question`` and ``passages``: rebuilt from its turns and the passages
     that fitted the window (the leading ones; the prompt's length is in its stats). None when
     no rebuild matches (the conversation was not asked that)."""

@@ -28,7 +28,7 @@ than a few seconds.
 The protocol is a line of JSON each way and the image's bytes after the answer's line (no
 pickle: a worker that a hostile PDF took over can send the app bytes, never objects).
 
-Run as ``python -m homer.formats.render`` it is a worker (the pool starts it so)."""
+Run as ``python -m homer.reading.formats.render`` it is a worker (the pool starts it so)."""
 
 from __future__ import annotations
 
@@ -149,7 +149,7 @@ class _Worker:
         self.kill()
         root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-        self.process = subprocess.Popen([sys.executable, "-m", "homer.formats.render"], stdin=subprocess.PIPE,
+        self.process = subprocess.Popen([sys.executable, "-m", "homer.reading.formats.render"], stdin=subprocess.PIPE,
                                         stdout=subprocess.PIPE, env=env, close_fds=True)
         try:
             self._receive(time.monotonic() + START_SECONDS)  # {"ready": true}

@@ -10,7 +10,7 @@ recall the document's own words. Retrieval itself stays the caller's (the app's 
 
 from __future__ import annotations
 
-from .generation import Conversation, GenerationSettings
+from ..generation import Conversation, GenerationSettings
 
 CLUE_REQUEST = ("Recall the sentence of the document that answers this question, in the document's own words. "
                 "Question: {question}")

@@ -35,13 +35,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .cache import HomerCache
-from .config import HomerConfig
-from .document import build_document_cache, document_prompt_ids
-from .layers import DecoderStack
-from .leaf_states import LeafStateMismatchError, LeafStates
-from .prompting import DocumentPrompt
-from .tree import Node, Progress, _Builder, build_cache
+from ..cache import HomerCache
+from ..config import HomerConfig
+from ..document import build_document_cache, document_prompt_ids
+from ..layers import DecoderStack
+from ..leaf_states import LeafStateMismatchError, LeafStates
+from ..prompting import DocumentPrompt
+from ..tree import Node, Progress, _Builder, build_cache
 
 
 class DeepReadUnavailable(ValueError):

@@ -1,6 +1,6 @@
 """Saying "I could not find this in the document" instead of inventing an answer.
 
-A focused answer is read from the few passages retrieval returned (:mod:`homer.focus`). When
+A focused answer is read from the few passages retrieval returned (:mod:`homer.answering.focus`). When
 the document does not hold what the question asks about, retrieval still returns *something*
 — the passages that share a common word with it — and a small model answers from them
 anyway. The test used here is the one retrieval itself rests on (BM25's inverse document

@@ -1,17 +1,17 @@
 """Reading a document file into text, with the character offset where each page starts
 (so kept tokens can be traced back to pages). PDF via pypdf, its scanned pages by OCR
-(:mod:`homer.formats.ocr`); EPUB, DOCX and HTML by :mod:`homer.formats` (labelled sections);
+(:mod:`homer.reading.formats.ocr`); EPUB, DOCX and HTML by :mod:`homer.reading.formats` (labelled sections);
 text and Markdown with encoding detection (charset-normalizer)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-# Re-exported: callers import them from here (they live apart so that homer.formats can use them).
+# Re-exported: callers import them from here (they live apart so that homer.reading.formats can use them).
 from .source_document import DocumentError, SourceDocument  # noqa: F401
 
 TEXT_SUFFIXES = {".txt", ".md", ".markdown", ".text"}
-# The sectioned formats, read by :mod:`homer.formats` into text with labelled sections.
+# The sectioned formats, read by :mod:`homer.reading.formats` into text with labelled sections.
 SECTIONED_SUFFIXES = {".epub": "epub", ".docx": "docx", ".html": "html", ".htm": "html", ".xhtml": "html"}
 SUPPORTED_NAMES = "PDF, EPUB, DOCX, HTML, TXT or Markdown"
 
@@ -95,7 +95,7 @@ def read_pdf(data: bytes, max_pages: int | None = None, max_chars: int | None = 
     share one content stream, so the totals are counted per page, repeats included.
 
     Scans: the pages whose text layer is (almost) empty but which draw something are then
-    read by OCR (:mod:`homer.formats.ocr`), unless ``ocr`` is False (None: ``HOMER_OCR``,
+    read by OCR (:mod:`homer.reading.formats.ocr`), unless ``ocr`` is False (None: ``HOMER_OCR``,
     default on): at most ``ocr_max_pages`` of them (more is refused before any is read); the
     deadline grows by ``ocr_page_seconds`` for each, and one page's Tesseract run is stopped
     after ``ocr_page_seconds`` (that page then keeps its text layer, and the others are
@@ -262,7 +262,7 @@ def _ocr_scanned(engine, data: bytes, reader, texts: list[str], scanned: list[in
 
 def _nothing_yet(found: bool, done: int, count: int, empty_pages: int | None, texts: list[str], progress) -> bool:
     """Whether OCR stops after ``done`` of ``count`` scanned pages: the first ``empty_pages``
-    gave no readable text (:func:`homer.formats.ocr.readable`: a scan of noise or photos; the
+    gave no readable text (:func:`homer.reading.formats.ocr.readable`: a scan of noise or photos; the
     rest would cost minutes for nothing). A PDF
     without any other text is refused, saying so; a mixed one is kept with the text it has."""
     if found or empty_pages is None or done != empty_pages or done >= count:

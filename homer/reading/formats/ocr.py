@@ -1,6 +1,6 @@
 """OCR of PDF pages without a text layer (scans), page by page, with Tesseract.
 
-:func:`homer.sources.read_pdf` extracts the text layer of every page first; only the pages
+:func:`homer.reading.sources.read_pdf` extracts the text layer of every page first; only the pages
 left (almost) empty go through here: each is rendered to a grayscale bitmap at 300 dpi by
 PDFium (the ``pypdfium2`` wheel) and read by the ``tesseract`` program (a Debian package,
 ``tesseract-ocr`` with ``tesseract-ocr-eng``), one process per page, with a time limit.
@@ -25,7 +25,7 @@ Why these and not the others that were on the table:
   the reader beside the chat renders pages with it too) rather than Poppler's ``pdftoppm``:
   nothing to install beyond Tesseract, a page rendered in ~0.05 s without parsing the file
   again, and the page size known before rendering (so the bitmap's pixels are capped).
-  PDFium runs in the worker processes of :mod:`homer.formats.render` (kept between pages),
+  PDFium runs in the worker processes of :mod:`homer.reading.formats.render` (kept between pages),
   each page within a deadline: a page of a few MB of vector fills that took 22 s to draw at
   300 dpi here is killed there and refused in one line, and no lock of this process is held
   meanwhile (the reader beside the chat renders through the same workers). What it is given
@@ -56,7 +56,7 @@ WAIT_SECONDS = 60.0  # for a free render worker (the reader's users may hold the
 INSTALL = "install Tesseract (Debian: tesseract-ocr tesseract-ocr-eng)"
 
 class OcrError(ValueError):
-    """A page that cannot be OCR'd; the message says why, in one line (``homer.sources``
+    """A page that cannot be OCR'd; the message says why, in one line (``homer.reading.sources``
     turns it into a ``DocumentError``: this module imports nothing of the package's)."""
 
 
@@ -67,7 +67,7 @@ class OcrUnavailable(OcrError):
 def ocr_enabled() -> bool:
     """``HOMER_OCR`` (default on): ``0``, ``false``, ``off`` or ``no`` turns OCR off
     (:func:`homer.durable.env_flag`: any other word is refused, naming the variable)."""
-    from ..durable import env_flag
+    from ...durable import env_flag
 
     return env_flag("HOMER_OCR", True)
 
@@ -101,7 +101,7 @@ def readable(text: str) -> bool:
     letters in words of three letters or more, and those at least half of its letters and
     digits. A page of noise comes back empty or as scattered one- and two-letter fragments
     ("r 1 io ia aa re. ee"); a caption ("Figure 3: The harbour in 1890") passes. Used to stop
-    OCR early (:func:`homer.sources.read_pdf`), never to drop text that was read."""
+    OCR early (:func:`homer.reading.sources.read_pdf`), never to drop text that was read."""
     letters = sum(len(word) for word in _WORDS.findall(text))
     return letters >= MIN_TEXT_CHARS and 2 * letters >= real_chars(text)
 
@@ -171,7 +171,7 @@ def image_pixels(page, depth: int = 0, seen: set | None = None) -> int:
 
 class PageRenderer:
     """One PDF's pages rendered for OCR, each a grayscale PGM, by the worker processes of
-    :mod:`homer.formats.render` within its deadline (``HOMER_RENDER_SECONDS``): PDFium never
+    :mod:`homer.reading.formats.render` within its deadline (``HOMER_RENDER_SECONDS``): PDFium never
     runs in this process, so a page that takes minutes to draw holds no lock here and is
     killed at the deadline (:meth:`render` refuses it in one line). The PDF's bytes are
     written once to a private temporary file that the workers open (and deleted on

@@ -15,7 +15,7 @@ its style's, through the styles it is based on) or its style is named "Heading N
 
 python-docx never sees the upload itself: it reads every part of a package with a plain
 ``zipfile`` read, images included, which a member that declares 1 000 bytes and inflates to
-1 GiB turns into gigabytes. So the archive passes :class:`homer.formats.zipsafe.SafeZip`
+1 GiB turns into gigabytes. So the archive passes :class:`homer.reading.formats.zipsafe.SafeZip`
 (zip-bomb limits on the directory), and python-docx is handed a package rebuilt in memory
 (:func:`text_package`) holding only the parts it parses or this reader reads, each
 decompressed through :meth:`SafeZip.read` (never past its declared size or the limits) and
@@ -38,7 +38,7 @@ import io
 import re
 import zipfile
 
-from ..durable import env_number
+from ...durable import env_number
 from ..source_document import DocumentError, SourceDocument
 from ..locations import section_label
 from .base import LINE_BREAK, SectionedText, collapse

@@ -1,6 +1,6 @@
 """Readers of the sectioned formats — EPUB, DOCX, HTML — into a
-:class:`homer.sources.SourceDocument` whose locations are labelled sections
-(:mod:`homer.locations`): :mod:`.epub`, :mod:`.docx`, :mod:`.html`, over the shared
+:class:`homer.reading.sources.SourceDocument` whose locations are labelled sections
+(:mod:`homer.reading.locations`): :mod:`.epub`, :mod:`.docx`, :mod:`.html`, over the shared
 bounds of :mod:`.zipsafe` (zip bombs), :mod:`.markup` (hostile XML) and :mod:`.base`
 (characters, time, an empty result)."""
 

@@ -1,5 +1,5 @@
 """The text a sectioned reader builds: paragraphs joined by blank lines, a location (a
-:class:`homer.locations.LocationMap` entry) starting at each heading and labelled with its
+:class:`homer.reading.locations.LocationMap` entry) starting at each heading and labelled with its
 heading path, within the reader's bounds (characters and time)."""
 
 from __future__ import annotations

@@ -31,11 +31,11 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
-from .config import model_window
-from .generation import (ConversationFullError, DecodeState, GenerationSettings, PreallocatedCache, eos_token_ids,
+from ..config import model_window
+from ..generation import (ConversationFullError, DecodeState, GenerationSettings, PreallocatedCache, eos_token_ids,
                          generate_tokens)
-from .prompting import DocumentPrompt, default_prompt
-from .text_encoding import encode_marked, encode_text, mark
+from ..prompting import DocumentPrompt, default_prompt
+from ..text_encoding import encode_marked, encode_text, mark
 
 DEFAULT_PASSAGES = 3
 # The order the model reads the retrieved passages in. "best-first" is the search's order;

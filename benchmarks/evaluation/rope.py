@@ -22,7 +22,7 @@ def load_scaled_model(name: str | None, method: str, factor: float, device: str 
     """Load ``(model, tokenizer)`` with RoPE scaling applied (a fresh model instance)."""
     from transformers import AutoConfig
 
-    from .. import models
+    from homer import models
 
     path = models.resolve_model_path(name)
     config = AutoConfig.from_pretrained(path)

@@ -9,7 +9,7 @@ of deflate lies) — and every read is bounded again while it runs (a member can
 more than it declared, nor the reads together more than the total), so a directory that
 lies otherwise is caught too. Only :meth:`SafeZip.read` decompresses: a library that opens
 the archive itself (python-docx reads every member with a plain ``zipfile`` read) is handed
-a package rebuilt from checked reads instead (:func:`homer.formats.docx.text_package`).
+a package rebuilt from checked reads instead (:func:`homer.reading.formats.docx.text_package`).
 Nothing is ever written to disk.
 
 The file's first bytes also tell what it really is, so a PDF or an old Word file renamed
@@ -27,7 +27,7 @@ import zipfile
 from dataclasses import dataclass
 
 from ..source_document import DocumentError
-from ..durable import env_number
+from ...durable import env_number
 
 ZIP_MAGIC = b"PK\x03\x04"
 EMPTY_ZIP_MAGIC = b"PK\x05\x06"

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .layers import DecoderStack
+from ..layers import DecoderStack
 
 DEFAULT_LAYERS = (1, 2, 4, 8)  # where the embedded model's chosen heads were (benchmarks.retrieval_recall)
 DEFAULT_CHUNK = 2048

@@ -10,7 +10,7 @@ for in the bytes before anything is parsed, in the encoding the parser will read
 other bytes); XML in an encoding where it could hide is refused. HTML is parsed by lxml's
 forgiving HTML parser, also without network.
 
-:class:`Walker` turns an (X)HTML tree into :class:`homer.formats.base.SectionedText` blocks:
+:class:`Walker` turns an (X)HTML tree into :class:`homer.reading.formats.base.SectionedText` blocks:
 paragraphs and list items as paragraphs, headings h1–h6 as sections (the reader decides
 their depth), tables as one line per row (cells joined by " | "), links as their text, a
 note reference as "[1]"; scripts, styles, images, forms, navigation and hidden elements are

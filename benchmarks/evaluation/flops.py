@@ -5,7 +5,7 @@ attention); embeddings and the single-row LM head are left out on both sides."""
 
 from __future__ import annotations
 
-from ..plan import ChunkPlan
+from homer.plan import ChunkPlan
 
 
 def layer_flops(config, tokens: int) -> float:

@@ -5,9 +5,9 @@ Why not ebooklib: it reads every member of the archive into memory on opening (i
 fonts included) before anything can be checked, and parses with its own settings. An EPUB
 is a zip, one XML file naming the package (``META-INF/container.xml``), the package (OPF:
 manifest, spine, metadata) and XHTML documents — few enough parts to read directly with
-lxml under our own bounds: the archive through :class:`homer.formats.zipsafe.SafeZip`
+lxml under our own bounds: the archive through :class:`homer.reading.formats.zipsafe.SafeZip`
 (zip-bomb limits checked on the directory, then enforced while reading), the XML through
-:mod:`homer.formats.markup` (no entities, no DTD, no network). Only the package, the table of
+:mod:`homer.reading.formats.markup` (no entities, no DTD, no network). Only the package, the table of
 contents and the spine's documents are decompressed.
 
 Sections: the entries of the table of contents (the EPUB 3 navigation document, else the

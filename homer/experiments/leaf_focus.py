@@ -1,7 +1,7 @@
 """Deep read on a few leaves: a question-aware HOMER read of only the leaves that hold the
 question's passages.
 
-A focused answer (:mod:`homer.focus`) reads the retrieved passages verbatim. This is the
+A focused answer (:mod:`homer.answering.focus`) reads the retrieved passages verbatim. This is the
 other way to spend the question's compute that the REFORM line of work suggests (arXiv
 2506.01215, by HOMER's first author: select, then recompute the selected context at full
 resolution): take the leaves of the document's own HOMER layout (method §2: the context cut
@@ -12,7 +12,7 @@ to the cache budget, instead of the passage alone.
 
 It is a comparison arm (``python -m benchmarks.focus --arms leaves``), not an app path: it
 costs a HOMER build of a few leaves per question. The leaves are recomputed from the text
-rather than read from stored leaf states (:mod:`homer.deep_read`), which would need about
+rather than read from stored leaf states (:mod:`homer.answering.deep_read`), which would need about
 15 KB per document token on disk.
 """
 
@@ -21,11 +21,11 @@ from __future__ import annotations
 from bisect import bisect_right
 from collections.abc import Sequence
 
-from .cache import HomerCache
-from .config import HomerConfig
-from .document import build_document_cache, document_prompt_ids, tokenize_document
-from .plan import ChunkPlan
-from .prompting import DocumentPrompt, default_prompt
+from ..cache import HomerCache
+from ..config import HomerConfig
+from ..document import build_document_cache, document_prompt_ids, tokenize_document
+from ..plan import ChunkPlan
+from ..prompting import DocumentPrompt, default_prompt
 
 
 def document_leaves(model, tokenizer, text: str, config: HomerConfig | None = None,

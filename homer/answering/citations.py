@@ -33,8 +33,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from .cache import HomerCache
-from .layers import DecoderStack
+from ..cache import HomerCache
+from ..layers import DecoderStack
 
 DEFAULT_LAYER_FRACTION = (0.0, 0.5)  # the lower half of the stack (see the module docstring)
 MIN_PEAK = 0.2  # below this no page is cited (a generic question's best page peaks around 0.18)
@@ -62,7 +62,7 @@ class Citations:
 
     def label(self, locations=None) -> str:
         """"p. 12, p. 47" (empty when nothing was found); with a sectioned
-        :class:`homer.locations.LocationMap`, the sections' labels."""
+        :class:`homer.reading.locations.LocationMap`, the sections' labels."""
         if locations is None:
             return ", ".join(f"p. {c.page}" for c in self.pages)
         return ", ".join(locations.label(c.page) for c in self.pages)
@@ -252,8 +252,8 @@ def turn_ids(tokenizer, prompt, turns: list[tuple[str, str]], question: str, ans
     ``turns`` are followed by ``question`` and ``answer`` — re-tokenised from the text the
     conversation renders (:class:`homer.prompting.DocumentPrompt`), so no decode state is
     needed. Returns (ids, index of the first answer token)."""
-    from .prompting import DOC
-    from .text_encoding import encode_text, render_marked, turn_tail, unmark
+    from ..prompting import DOC
+    from ..text_encoding import encode_text, render_marked, turn_tail, unmark
 
     prefix, suffix, _ = prompt.split(tokenizer)
     cached = prefix + DOC + suffix
@@ -271,7 +271,7 @@ def cite_answer(model, tokenizer, cache: HomerCache, page_starts: list[int], que
                 turns: list[tuple[str, str]] | None = None, prompt=None, **options) -> Citations:
     """:func:`cite` for a conversation given as text (its earlier ``turns``, the question and
     the answer), on the cache's own prompt layout."""
-    from .prompting import DocumentPrompt, default_prompt
+    from ..prompting import DocumentPrompt, default_prompt
 
     if prompt is None:
         stored = cache.metadata.get("prompt")

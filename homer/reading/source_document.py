@@ -1,7 +1,7 @@
 """What reading a document file gives — :class:`SourceDocument` — and the refusal of one that
-cannot be read — :class:`DocumentError`. Both are re-exported by :mod:`homer.sources`, where
-callers import them; they live here so that the format readers (:mod:`homer.formats`), which
-:mod:`homer.sources` calls, can use them without an import cycle."""
+cannot be read — :class:`DocumentError`. Both are re-exported by :mod:`homer.reading.sources`, where
+callers import them; they live here so that the format readers (:mod:`homer.reading.formats`), which
+:mod:`homer.reading.sources` calls, can use them without an import cycle."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ class SourceDocument:
 
     @property
     def locations(self):
-        """The :class:`homer.locations.LocationMap` of the text."""
+        """The :class:`homer.reading.locations.LocationMap` of the text."""
         from .locations import LocationMap
 
         return LocationMap.of(self.page_starts, self.labels)

@@ -9,7 +9,7 @@ HTML parser (lxml is already needed for EPUB and DOCX) and boilerplate is remove
 the markup says: when a page marks its main content (one ``<main>``, one
 ``role="main"``, else one ``<article>``) only that is read; ``<nav>``, the navigation,
 banner, content-info and search landmarks, hidden elements, scripts, styles, images and
-form controls are dropped everywhere (:mod:`homer.formats.markup`). Links are kept as
+form controls are dropped everywhere (:mod:`homer.reading.formats.markup`). Links are kept as
 their text.
 
 The encoding: a byte-order mark, else the ``<meta charset>`` (or ``http-equiv``
