@@ -14,6 +14,7 @@ screenshots were taken); by default a tiny random-weight model is used."""
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -140,7 +141,8 @@ def test_drop_ask_while_reading_library_chat_inspector_and_bad_files(browser, tm
         page.locator("#question textarea").fill("How many fishing boats did the harbour master count?")
         page.locator("#ask").click()
         line = wait_for_turn(page, 1)
-        assert "answered from the passages without the cache (still reading" in line, line
+        # its build may not have started yet on a busy machine: "queued for reading" then
+        assert re.search(r"answered from the passages without the cache \((still reading|queued for reading)", line), line
         answer = page.locator("#chatbot").inner_text()
         assert "Sources:" in answer and "p. 3: “" in answer and "42 fishing boats" in answer, answer
         page.locator("#sources button").filter(has_text="p. 3").first.wait_for(timeout=30_000)  # listed beside it
