@@ -30,6 +30,7 @@ from . import answering
 from . import focus as focusing
 from . import inspector, library, mcp_tools, model_turns, reader
 from .chat import ChatError, ChatService, settings_overrides
+from .space import on_zero_gpu, spaces_gpu  # noqa: F401  (app.py imports them from here)
 from .threads import NEW_THREAD, Threads
 from .multi_document import WHOLE_LIBRARY, WHOLE_LIBRARY_LABEL, SeveralDocuments, describe
 
@@ -760,18 +761,3 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
         apply_btn.click(apply_settings, [model_state, *settings_boxes], [settings_state, settings_status], api_visibility="private")
     return demo
 
-
-def on_zero_gpu() -> bool:
-    """A ZeroGPU Space: the GPU is lent only inside requests to functions wrapped by spaces.GPU."""
-    return os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "true", "yes")
-
-
-def spaces_gpu(duration: int | None = None) -> Callable:
-    """``spaces.GPU(duration=…)`` when the ``spaces`` package is importable (a ZeroGPU Space),
-    else a no-op decorator."""
-    try:
-        import spaces  # type: ignore[import-not-found]
-    except ImportError:
-        return _identity
-    seconds = duration or int(os.environ.get("HOMER_GPU_SECONDS", "120"))
-    return spaces.GPU(duration=seconds)
