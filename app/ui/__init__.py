@@ -26,13 +26,13 @@ from homer.config import SIGNIFICANCE_CHOICES
 from storage.bundle_schema import max_bundle_bytes
 from storage.errors import StoreError
 
-from . import answering
-from . import focus as focusing
-from . import inspector, library, mcp_tools, model_turns, reader
-from .chat import ChatError, ChatService, settings_overrides
-from .space import on_zero_gpu, spaces_gpu  # noqa: F401  (app.py imports them from here)
-from .threads import NEW_THREAD, Threads
-from .multi_document import WHOLE_LIBRARY, WHOLE_LIBRARY_LABEL, SeveralDocuments, describe
+from .. import answering
+from .. import focus as focusing
+from .. import inspector, library, mcp_tools, model_turns, reader
+from ..chat import ChatError, ChatService, settings_overrides
+from ..space import on_zero_gpu, spaces_gpu  # noqa: F401  (app.py imports them from here)
+from ..threads import NEW_THREAD, Threads
+from ..multi_document import WHOLE_LIBRARY, WHOLE_LIBRARY_LABEL, SeveralDocuments, describe
 
 CSS = """
 #homer-title h1 {margin-bottom: 0}
