@@ -16,3 +16,8 @@ class BundleError(StoreError):
 
 class CacheExists(StoreError):
     """A cache of that key is already stored; it was left exactly as it was."""
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line, at most 300 characters (for a report)."""
+    return " ".join(str(exc).split())[:300]

@@ -1,4 +1,5 @@
-"""Small file helpers: checksums, fsync'ed atomic installs, owner tokens for temp names."""
+"""Small file helpers: checksums, fsync'ed atomic installs, owner tokens for temp names, and
+walking the store's folders without following links (for the consistency check)."""
 
 from __future__ import annotations
 
@@ -7,10 +8,13 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 from homer.durable import fsync_dir  # noqa: F401  (re-exported: the store imports it from here)
+
+from .ids import is_link
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -42,7 +46,6 @@ def owner_alive(owner: str | None) -> bool | None:
     if host != host_name() or not pid.isdigit():
         return None
     return psutil.pid_exists(int(pid))
-
 
 
 @contextmanager
@@ -81,3 +84,47 @@ def write_bytes_atomic(data: bytes, target: Path, temp_dir: Path) -> Path:
     import io
 
     return install_file(io.BytesIO(data), target, temp_dir)
+
+
+def older_than(path: Path, seconds: float) -> bool:
+    """Whether ``path`` was last modified more than ``seconds`` ago (False when it is gone)."""
+    try:
+        return time.time() - path.stat().st_mtime > seconds
+    except FileNotFoundError:
+        return False
+
+
+def shown_path(root: Path, path: Path) -> str:
+    """``path`` as shown in a report: relative to the store ``root`` when it lies under it."""
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def entries(folder: Path) -> list[Path]:
+    """The entries of a folder (not following links), sorted; none when it is missing."""
+    try:
+        return sorted(Path(entry.path) for entry in os.scandir(folder))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def newest_mtime(folder: Path) -> float:
+    """The latest modification time of a folder or anything in it (links not followed)."""
+    newest = 0.0
+    for path in [folder, *walk_files(folder)]:
+        try:
+            newest = max(newest, os.lstat(path).st_mtime)
+        except FileNotFoundError:
+            pass
+    return newest
+
+
+def walk_files(folder: Path) -> list[Path]:
+    """Every non-folder entry below ``folder`` (links included, never followed), sorted."""
+    found = []
+    for current, folders, files in os.walk(folder, followlinks=False):
+        found += [Path(current) / name for name in files]
+        found += [Path(current) / name for name in folders if is_link(Path(current) / name)]
+    return sorted(found)

@@ -2,13 +2,15 @@
 every path it writes, reads or deletes inside the store root.
 
 A document id is the sha256 of the document's bytes (64 lowercase hex digits); a cache key
-is 32 lowercase hex digits (:func:`storage.store.cache_key`). Anything else — a folder path,
+is 32 lowercase hex digits (:func:`cache_key`). Anything else — a folder path,
 ``..``, an absolute path, upper case, a shorter prefix — is refused before the file system is
 touched, so an identifier from a bundle, a request or an old index can never name a path
 outside the store (or the store itself)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import shutil
@@ -20,6 +22,13 @@ from .errors import StoreError
 DOCUMENT_ID = re.compile(r"[0-9a-f]{64}")
 CACHE_KEY = re.compile(r"[0-9a-f]{32}")
 UPLOAD = re.compile(r"uploads/[0-9a-f]{64}(\.[a-z0-9]{1,15})?")  # app.tasks.submit_file names them so
+
+
+def cache_key(document_id: str, model_fingerprint: str, settings_json: str, prompt_version: str) -> str:
+    """What identifies a cache: document content hash, model fingerprint, HOMER settings and
+    prompt template version."""
+    material = json.dumps([document_id, model_fingerprint, settings_json, prompt_version])
+    return hashlib.sha256(material.encode()).hexdigest()[:32]
 
 
 def _shown(value) -> str:

@@ -343,8 +343,8 @@ def test_the_store_keeps_checkpoints_per_build_until_the_cache_is_indexed(deep, 
     assert store.check() == []
 
 
-def test_store_check_finds_stale_checkpoints(deep, tmp_path, monkeypatch):
-    store = Store(tmp_path / "store")
+def test_store_check_finds_stale_checkpoints(deep, tmp_path):
+    store = Store(tmp_path / "store", checkpoint_max_age_hours=2)
     texts = {name: story(10, name) for name in ("gone", "built", "old", "queued", "fresh")}
     docs = {name: store.add_document(t.encode(), f"{name}.txt", t, "text", [0]) for name, t in texts.items()}
     keys = {name: f"{i:x}" * 32 for i, name in enumerate(texts, start=1)}
@@ -364,7 +364,6 @@ def test_store_check_finds_stale_checkpoints(deep, tmp_path, monkeypatch):
     for name in ("old", "queued"):
         for path in [store.checkpoint_dir(keys[name]), *store.checkpoint_dir(keys[name]).iterdir()]:
             os.utime(path, (old, old))
-    monkeypatch.setenv("HOMER_CHECKPOINT_MAX_AGE_HOURS", "2")
     problems = store.check()
     found = {p.path.split("/")[-1]: p for p in problems}
     assert all(p.kind in ("stale-checkpoint", "orphan-file") for p in problems), problems

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from storage import CacheCorrupt, Store, StoreError
-from storage.store import stale_temp
+from storage.temp_files import stale_temp
 from store_helpers import ROOT, built, model, story, wait_until  # noqa: F401  (fixtures)
 
 
@@ -253,12 +253,12 @@ class Killed(BaseException):
 
 
 def crash_after_rename(monkeypatch):
-    import storage.store as store_module
+    import storage.cache_install as install_module
 
     def crash(folder):
         raise Killed()
 
-    monkeypatch.setattr(store_module, "fsync_dir", crash)  # runs right after the renames, before the row
+    monkeypatch.setattr(install_module, "fsync_dir", crash)  # runs right after the renames, before the row
 
 
 def test_crash_between_rename_and_row(tmp_path, monkeypatch, model, built):
@@ -310,7 +310,7 @@ def test_an_install_killed_before_its_rename_keeps_the_old_cache(tmp_path, monke
     store = Store(tmp_path / "store")
     doc = add(store, text)
     first = store.save_cache(doc["id"], cache)
-    import storage.store as store_module
+    import storage.cache_install as install_module
 
     real_replace = os.replace
 
@@ -320,7 +320,7 @@ def test_an_install_killed_before_its_rename_keeps_the_old_cache(tmp_path, monke
         return real_replace(src, dst)
 
     with monkeypatch.context() as patch:
-        patch.setattr(store_module.os, "replace", crash_on_cache_rename)
+        patch.setattr(install_module.os, "replace", crash_on_cache_rename)
         with pytest.raises(Killed):
             store.save_cache(doc["id"], dataclasses.replace(cache, metadata={**cache.metadata, "note": "x"}))
     assert store.load_cache(first["id"], model=model).metadata.get("note") is None
