@@ -22,10 +22,6 @@ def sha256_file(path: str | os.PathLike) -> str:
         return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
 def host_name() -> str:
     """This machine's name without dots (it is embedded in temp file names)."""
     return socket.gethostname().replace(".", "_").replace(":", "_") or "host"

@@ -34,12 +34,6 @@ class ThreadsMixin:
         row["messages"] = json.loads(row["messages"])
         return row
 
-    def add_message(self, conversation_id: str, role: str, content: str) -> None:
-        with self.db.atomic():
-            messages = self.conversation(conversation_id)["messages"]
-            messages.append({"role": role, "content": content})
-            self.db["conversations"].update(conversation_id, {"messages": json.dumps(messages), "updated": dbmod.now()})
-
     def conversations(self, document_id: str) -> list[dict]:
         return list(self.db["conversations"].rows_where("document_id = ?", [document_id], order_by="updated DESC"))
 

@@ -66,7 +66,7 @@ def test_delete_document_leaves_nothing_behind(tmp_path, built):
     doc = add(store, text)
     row = store.save_cache(doc["id"], cache)
     conversation = store.add_conversation(doc["id"], row["id"])
-    store.add_message(conversation, "user", "Who kept the lamp?")
+    store.save_turn(conversation, row["id"], [{"role": "user", "content": "Who kept the lamp?"}], [])
     assert store.conversation(conversation)["messages"][0]["content"] == "Who kept the lamp?"
     store.delete_document(doc["id"])
     assert store.documents() == [] and store.caches(status=None) == [] and store.conversations(doc["id"]) == []
