@@ -19,7 +19,7 @@ text), so the index needs no service and no new dependency.
   quoted, so no query can be FTS5 syntax: quotes, ``AND``/``NEAR``, ``*``, ``:``,
   parentheses are all plain text here), ``dense`` (cosine similarity of sentence embeddings,
   :mod:`storage.embeddings`) or ``rrf`` (reciprocal rank fusion of the two, Cormack et al.
-  2009). The default is :data:`DEFAULT_METHOD`, or ``HOMER_RETRIEVER`` when set;
+  2009). The default is :data:`DEFAULT_METHOD`; the caller passes another (the app its setting);
 * :func:`delete` drops a document's passages and their vectors (``Store.delete_document``
   calls it).
 
@@ -31,7 +31,6 @@ term statistics are the one document's own (another user's documents never move 
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -83,9 +82,9 @@ def is_indexed(db, document_id: str) -> bool:
 
 
 def retriever(method: str | None = None) -> str:
-    """The search method: ``method`` when given, else ``HOMER_RETRIEVER``, else
+    """The search method: ``method`` when given (any case, spaces around ignored), else
     :data:`DEFAULT_METHOD`; a name not in :data:`METHODS` is a ValueError."""
-    name = (method or os.environ.get("HOMER_RETRIEVER") or DEFAULT_METHOD).strip().lower()
+    name = (method or DEFAULT_METHOD).strip().lower()
     if name not in METHODS:
         raise ValueError(f"retrieval method must be one of {', '.join(METHODS)}, not {name!r}")
     return name
@@ -99,7 +98,7 @@ def build(db, document_id: str, text: str, page_starts: list[int] | None = None,
           words: int = PASSAGE_WORDS, vectors: bool | None = None) -> int:
     """(Re)index ``document_id``'s text; returns the number of passages. One transaction:
     a reader sees the old index or the new one (older vectors are dropped with it). Then the
-    passages are embedded when ``vectors`` (default: when the retriever in force uses them)."""
+    passages are embedded when ``vectors`` (default: when :data:`DEFAULT_METHOD` uses them)."""
     from . import embeddings
 
     passages = split_passages(text, page_starts, words)
@@ -118,18 +117,19 @@ def build(db, document_id: str, text: str, page_starts: list[int] | None = None,
     return len(passages)
 
 
-def ensure(db, document_id: str, text_of, page_starts_of=None) -> bool:
+def ensure(db, document_id: str, text_of, page_starts_of=None, method: str | None = None) -> bool:
     """Build the index of ``document_id`` when it has none (or an older one); ``text_of`` and
-    ``page_starts_of`` are called only then. Also embeds its passages when the retriever in
-    force uses vectors and they are missing (an index built before them). True when the
-    passage index was built now."""
+    ``page_starts_of`` are called only then. Also embeds its passages when the search
+    ``method`` (see :func:`retriever`) uses vectors and they are missing (an index built
+    before them). True when the passage index was built now."""
     from . import embeddings
 
+    vectors = uses_vectors(method)
     if is_indexed(db, document_id):
-        if uses_vectors():
+        if vectors:
             embeddings.ensure(db, document_id)
         return False
-    build(db, document_id, text_of(), page_starts_of() if page_starts_of else None)
+    build(db, document_id, text_of(), page_starts_of() if page_starts_of else None, vectors=vectors)
     return True
 
 

@@ -36,11 +36,6 @@ def topics_text() -> str:
     return "\n\n".join(TOPICS) + "\n"
 
 
-@pytest.fixture(autouse=True)
-def default_retriever(monkeypatch):
-    monkeypatch.delenv("HOMER_RETRIEVER", raising=False)
-
-
 @pytest.fixture
 def store(tmp_path):
     return Store(tmp_path / "store")
@@ -78,20 +73,22 @@ def test_reciprocal_rank_fusion():
 
 
 @needs_model
-def test_vectors_are_deleted_with_the_document(store, monkeypatch):
-    monkeypatch.setenv("HOMER_RETRIEVER", "rrf")
+def test_vectors_are_deleted_with_the_document(store):
     a = add_to_store(store, ingest_bytes(topics_text().encode(), "a.txt"))
     b = add_to_store(store, ingest_bytes((topics_text() + "\nA ferry crossed the lake.\n").encode(), "b.txt"))
-    from app.focus import index_document
 
-    assert index_document(store, a["id"]) and index_document(store, b["id"])  # vectors built alongside
+    def index_document(document_id):
+        return index.ensure(store.db, document_id, lambda: store.document_text(document_id),
+                            lambda: store.page_starts(document_id), method="rrf")
+
+    assert index_document(a["id"]) and index_document(b["id"])  # vectors built alongside
     assert vector_rows(store.db, a["id"]) and embeddings.is_embedded(store.db, b["id"])
-    assert index.search(store.db, a["id"], PARAPHRASE, k=2)
+    assert index.search(store.db, a["id"], PARAPHRASE, k=2, method="rrf")
     store.delete_document(a["id"])
     assert vector_rows(store.db, a["id"]) == 0 and not embeddings.is_embedded(store.db, a["id"])
     assert store.db.execute("SELECT COUNT(*) FROM passage_vector_index WHERE document_id = ?",
                             [a["id"]]).fetchone()[0] == 0
-    assert index.search(store.db, a["id"], PARAPHRASE, k=2) == []
+    assert index.search(store.db, a["id"], PARAPHRASE, k=2, method="rrf") == []
     assert vector_rows(store.db, b["id"]) == len(index.passages(store.db, b["id"]))  # the other one is kept
     assert "physician" in index.search(store.db, b["id"], PARAPHRASE, k=1, method="dense")[0].text
 
@@ -120,8 +117,8 @@ def test_a_document_indexed_before_the_vectors_gets_them_on_first_search(tmp_pat
     assert vector_rows(store.db, ID) == 0 and not embeddings.is_embedded(store.db, ID)
 
 
-def test_bm25_retriever_is_todays_search(store, monkeypatch):
-    monkeypatch.setenv("HOMER_RETRIEVER", "bm25")
+def test_bm25_retriever_is_todays_search(store):
+    assert index.retriever() == index.DEFAULT_METHOD == "bm25"
     index.build(store.db, ID, topics_text(), words=20)
     assert vector_rows(store.db, ID) == 0  # nothing embedded under bm25
     question = "What did the doctor of laws read about taxes?"
@@ -137,17 +134,15 @@ def test_bm25_retriever_is_todays_search(store, monkeypatch):
     assert vector_rows(store.db, ID) == 0  # and searching embedded nothing
 
 
-def test_unknown_method_is_a_clear_error(store, monkeypatch):
+def test_unknown_method_is_a_clear_error(store):
     index.build(store.db, ID, topics_text(), words=20, vectors=False)
     with pytest.raises(ValueError, match="bm25, dense, rrf"):
         index.search(store.db, ID, PARAPHRASE, 3, method="colbert")
     with pytest.raises(ValueError, match="must be one of"):
         index.search(store.db, ID, "", 3, method="nope")  # before looking at the query
-    monkeypatch.setenv("HOMER_RETRIEVER", "vector")
     with pytest.raises(ValueError, match="'vector'"):
-        index.search(store.db, ID, PARAPHRASE, 3)
-    monkeypatch.setenv("HOMER_RETRIEVER", " RRF ")
-    assert index.retriever() == "rrf"
+        index.search(store.db, ID, PARAPHRASE, 3, method="vector")
+    assert index.retriever(" RRF ") == "rrf"
 
 
 @needs_model
