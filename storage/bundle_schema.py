@@ -1,5 +1,6 @@
-"""The shape a sharing bundle must have before any of it is trusted: size limits, a bounded
-JSON reader, and schema checks of the manifest and of the cache member's safetensors header.
+"""The shape a sharing bundle must have before any of it is trusted: its member names, the id
+of a sourceless document (:func:`text_document_id`), size limits, a bounded JSON reader, and
+schema checks of the manifest and of the cache member's safetensors header.
 
 Every check raises :class:`BundleError` with one line that names the field and the rule, so
 a malformed bundle is refused with a reason instead of crashing on a raw ``KeyError``,
@@ -7,6 +8,7 @@ a malformed bundle is refused with a reason instead of crashing on a raw ``KeyEr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -14,7 +16,7 @@ import re
 import struct
 from dataclasses import dataclass
 from itertools import accumulate
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 
 from .errors import BundleError
 from .ids import is_cache_key, is_document_id
@@ -27,6 +29,7 @@ MANIFEST = "manifest.json"
 CACHE_MEMBER = "cache.safetensors"
 TEXT_MEMBER = "text.txt"
 SOURCE_MEMBER = re.compile(r"source(\.[a-z0-9]{1,15})?")
+TEXT_ID_PERSON = b"homer-text-doc"  # the personalisation of text_document_id's BLAKE2b
 
 DEFAULT_BUNDLE_MB = 512      # a full 4k-token fp16 cache of the embedded model is ~94 MB
 DEFAULT_TEXT_MB = 16  # 4 M characters of multi-byte text: the ingestion limit (HOMER_MAX_CHARS) of a document
@@ -86,6 +89,20 @@ def _env_mb(name: str, default: float) -> int:
 def max_bundle_bytes() -> int:
     """The largest bundle the app and the command accept: ``HOMER_BUNDLE_MAX_MB`` (512 MB)."""
     return Limits.from_env().bundle_bytes
+
+
+def text_document_id(text: str) -> str:
+    """The id of a document known only by its text (a bundle without its source file):
+    personalised BLAKE2b-256 of the UTF-8 text. It has the form of an upload's id (64
+    lowercase hex) but comes from another hash function, so no uploaded file's sha256 can
+    ever equal it: a bundle cannot pre-seed the id of a genuine upload."""
+    return hashlib.blake2b(text.encode("utf-8"), digest_size=32, person=TEXT_ID_PERSON).hexdigest()
+
+
+def source_member(file_name: str) -> str:
+    """The bundle member name of a document's source file: ``source`` and the file's suffix."""
+    suffix = "".join(ch for ch in Path(file_name).suffix.lower() if ch.isascii() and (ch.isalnum() or ch == "."))[:16]
+    return "source" if suffix in ("", ".") else f"source{suffix}"
 
 
 # --- bounded JSON ---------------------------------------------------------------------------
