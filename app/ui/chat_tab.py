@@ -24,7 +24,7 @@ from ..multi_document import WHOLE_LIBRARY, WHOLE_LIBRARY_LABEL, describe
 from . import reader_pane, threads_panel
 from .common import PageState, Services, fail
 from .library_tab import submit
-from .pickers import not_stored, pending_state
+from .pickers import failed, not_stored, pending_state
 from .reader_pane import ReaderPane
 from .threads_panel import ThreadsPanel
 
@@ -68,7 +68,9 @@ def upload_in_chat(services: Services, files, model: str, settings: dict, waitin
         return
     stored = [item for item in accepted if services.store.get_document(item[0]) is not None]
     later = [item for item in accepted if item not in stored]
-    waiting = [item for item in waiting or [] if item not in accepted] + later
+    # an upload whose reading failed leaves the chat status at the next upload
+    waiting = [item for item in waiting or [] if item not in accepted
+               and not failed(pending_state(services, item, request, profile))] + later
     yield text, None, waiting, stored[-1][0] if stored and not later else None
 
 

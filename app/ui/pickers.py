@@ -27,7 +27,10 @@ def update_pickers(services: Services, version: str, lib_doc, chat_doc, share_do
     if arrived:
         chat_doc = arrived[-1][0]  # the newest upload made in the chat, askable now
     states = [(item, pending_state(services, item, request, profile)) for item in waiting or [] if item not in arrived]
-    waiting = [item for item, state in states if state and not state.startswith("reading failed")]
+    # a failed upload stays in ``waiting`` so its "✗ … reading failed" line stays in the chat
+    # status (a line shown for one timer tick was easy to miss) until the next upload in the chat
+    kept = [item for item, state in states if state]
+    waiting = [item for item, state in states if state and not failed(state)]
 
     def pick(value, options, ids, default=None):
         return gr.update(choices=options, value=value if value in ids else default)
@@ -46,7 +49,12 @@ def update_pickers(services: Services, version: str, lib_doc, chat_doc, share_do
     return (pick(lib_doc, every, every_ids), chat_pick,
             pick(share_doc, ready, ready_ids, first if first in ready_ids else None),
             pick(insp_doc, ready, ready_ids),  # inspecting costs: on request
-            selection, waiting, "\n\n".join(lines))
+            selection, kept, "\n\n".join(lines))
+
+
+def failed(state: str | None) -> bool:
+    """Whether a pending upload's state is its reading's failure."""
+    return bool(state) and state.startswith("reading failed")
 
 
 def pending_state(services: Services, item: list, request: gr.Request | None,
@@ -61,14 +69,14 @@ def pending_state(services: Services, item: list, request: gr.Request | None,
 
 def pending_line(name: str, state: str) -> str:
     """The chat status line of an upload whose text is not stored yet."""
-    if state.startswith("reading failed"):
+    if failed(state):
         return f"✗ {name}: {state}"
     return f"{name}: {state} — its text is being stored; it can be asked in a few seconds"
 
 
 def not_stored(name: str, state: str) -> str:
     """The refusal of a question about an upload whose text is not stored (yet)."""
-    if state.startswith("reading failed"):
+    if failed(state):
         return f"{name}: {state}"
     return f"{name}: {state}: its text is not stored yet — ask again in a few seconds"
 
