@@ -8,7 +8,7 @@ import os
 import time
 from collections.abc import Callable
 
-from .bundle_schema import CACHE_MEMBER, Limits
+from .bundle_schema import CACHE_MEMBER, DEFAULT_BUNDLE_MB, DEFAULT_TEXT_MB, Limits
 from .bundle_verify import CheckedBundle, Staging, TextFromSource, check_bundle
 from .errors import BundleError, CacheExists, StoreError
 from .store import Store
@@ -17,14 +17,16 @@ from .store import Store
 def import_bundle(store: Store, path: str | os.PathLike, model_fingerprint: str | None = None,
                   max_bytes: int | None = None, tokenizer=None,
                   text_from_source: TextFromSource | None = None, max_chars: int | None = None,
-                  admit: Callable[[str, bool], None] | None = None) -> dict:
+                  admit: Callable[[str, bool], None] | None = None, *, bundle_max_mb: float = DEFAULT_BUNDLE_MB,
+                  bundle_max_text_mb: float = DEFAULT_TEXT_MB) -> dict:
     """Check ``path`` completely, then add its document (unless the store has it) and its
     cache (unless the store has that key) to ``store``. Returns the cache row with
     ``already_in_store`` (the key existed: nothing was installed) and ``rekeyed`` (a
     sourceless bundle: the document id was derived from its text).
 
-    ``model_fingerprint``: refuse a cache of another model. ``max_bytes``: the bundle limit
-    (default ``HOMER_BUNDLE_MAX_MB``). ``tokenizer``: the model's, to tie the cache's tokens
+    ``model_fingerprint``: refuse a cache of another model. ``max_bytes``: the bundle limit in
+    bytes, else ``bundle_max_mb`` (512); ``bundle_max_text_mb``: text.txt's limit (16; both
+    are the app's settings, ``HOMER_BUNDLE_MAX_MB`` and ``HOMER_BUNDLE_MAX_TEXT_MB``). ``tokenizer``: the model's, to tie the cache's tokens
     to the text. ``text_from_source``: the app's ingestion, without which a bundle carrying
     its source file is refused (its text could not be checked). ``max_chars``: the longest
     text a document may have (the app's ingestion limit). ``admit(document_id,
@@ -32,8 +34,8 @@ def import_bundle(store: Store, path: str | os.PathLike, model_fingerprint: str 
     written (the app's: who may own it); it raises to refuse, and nothing is written."""
     staging = Staging(store.staging_path)
     try:
-        checked = check_bundle(path, staging, model_fingerprint, Limits.from_env(max_bytes), tokenizer,
-                               text_from_source, max_chars)
+        limits = Limits.of(max_bytes, bundle_max_mb=bundle_max_mb, bundle_max_text_mb=bundle_max_text_mb)
+        checked = check_bundle(path, staging, model_fingerprint, limits, tokenizer, text_from_source, max_chars)
         if admit is not None:
             admit(checked.document_id, checked.source_file is not None)
         _add_document(store, checked)

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import struct
 from dataclasses import dataclass
@@ -66,29 +65,26 @@ class Limits:
     text_bytes: int
 
     @classmethod
-    def from_env(cls, bundle_bytes: int | None = None) -> "Limits":
-        """``HOMER_BUNDLE_MAX_MB`` (default 512) and ``HOMER_BUNDLE_MAX_TEXT_MB`` (default 16);
-        an explicit ``bundle_bytes`` wins over the environment."""
+    def of(cls, bundle_bytes: int | None = None, *, bundle_max_mb: float = DEFAULT_BUNDLE_MB,
+           bundle_max_text_mb: float = DEFAULT_TEXT_MB) -> Limits:
+        """The limits of ``bundle_max_mb`` (the app's ``HOMER_BUNDLE_MAX_MB``, 512) and
+        ``bundle_max_text_mb`` (``HOMER_BUNDLE_MAX_TEXT_MB``, 16), in MB; an explicit
+        ``bundle_bytes`` wins over ``bundle_max_mb``. The text's limit is at most the bundle's."""
         if bundle_bytes is None:
-            bundle_bytes = _env_mb("HOMER_BUNDLE_MAX_MB", DEFAULT_BUNDLE_MB)
-        text_bytes = min(_env_mb("HOMER_BUNDLE_MAX_TEXT_MB", DEFAULT_TEXT_MB), bundle_bytes)
+            bundle_bytes = _mb_bytes(bundle_max_mb, "bundle_max_mb")
+        text_bytes = min(_mb_bytes(bundle_max_text_mb, "bundle_max_text_mb"), bundle_bytes)
         return cls(bundle_bytes=int(bundle_bytes), text_bytes=int(text_bytes))
 
 
-def _env_mb(name: str, default: float) -> int:
-    value = os.environ.get(name)
-    try:
-        mb = float(value) if value else float(default)
-    except ValueError:
-        mb = float(default)
+def _mb_bytes(mb: float, name: str) -> int:
     if not math.isfinite(mb) or mb <= 0:
-        mb = float(default)
+        raise ValueError(f"{name} must be a positive number of MB, not {mb!r}")
     return int(mb * 2**20)
 
 
-def max_bundle_bytes() -> int:
-    """The largest bundle the app and the command accept: ``HOMER_BUNDLE_MAX_MB`` (512 MB)."""
-    return Limits.from_env().bundle_bytes
+def max_bundle_bytes(bundle_max_mb: float = DEFAULT_BUNDLE_MB) -> int:
+    """The largest bundle the app and the command accept: ``bundle_max_mb`` (512 MB) in bytes."""
+    return Limits.of(bundle_max_mb=bundle_max_mb).bundle_bytes
 
 
 def text_document_id(text: str) -> str:

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from . import bundle_schema as schema
-from .bundle_schema import (CACHE_MEMBER, MANIFEST, MAX_DIRECTORY_BYTES, MAX_MANIFEST_BYTES, MAX_MEMBERS, TEXT_ID_PERSON,
-                            TEXT_MEMBER, Limits, source_member)
+from .bundle_schema import (CACHE_MEMBER, DEFAULT_BUNDLE_MB, DEFAULT_TEXT_MB, MANIFEST, MAX_DIRECTORY_BYTES,
+                            MAX_MANIFEST_BYTES, MAX_MEMBERS, TEXT_ID_PERSON, TEXT_MEMBER, Limits, source_member)
 from .errors import BundleError, StoreError
 from .ids import cache_key
 
@@ -185,7 +185,7 @@ def check_bundle(path: str | os.PathLike, staging: Staging, model_fingerprint: s
     ``max_chars``: the most characters a document may have (the app passes its ingestion
     limit, so an imported text costs no more to check, tokenise and build than an upload)."""
     path = Path(path)
-    limits = limits or Limits.from_env()
+    limits = limits or Limits.of()
     name = path.name[:80]
     try:
         info = os.lstat(path)
@@ -368,14 +368,17 @@ def _check_cache_against_text(cache_file: Path, header: dict, meta: dict, text: 
 
 def inspect_bundle(path: str | os.PathLike, model_fingerprint: str | None = None, max_bytes: int | None = None,
                    tokenizer=None, text_from_source: TextFromSource | None = None,
-                   max_chars: int | None = None) -> dict:
+                   max_chars: int | None = None, *, bundle_max_mb: float = DEFAULT_BUNDLE_MB,
+                   bundle_max_text_mb: float = DEFAULT_TEXT_MB) -> dict:
     """Check a bundle completely without touching any store (members are staged in a private
-    temp folder, removed after); returns its manifest."""
+    temp folder, removed after); returns its manifest. The arguments are
+    :func:`storage.bundle_import.import_bundle`'s."""
     with tempfile.TemporaryDirectory(prefix="homer-bundle-check-") as folder:
         staging = Staging(lambda suffix: Path(folder) / f"{uuid.uuid4().hex}{suffix}")
         try:
-            return check_bundle(path, staging, model_fingerprint, Limits.from_env(max_bytes), tokenizer,
-                                text_from_source, max_chars).manifest
+            limits = Limits.of(max_bytes, bundle_max_mb=bundle_max_mb, bundle_max_text_mb=bundle_max_text_mb)
+            return check_bundle(path, staging, model_fingerprint, limits, tokenizer, text_from_source,
+                                max_chars).manifest
         finally:
             staging.cleanup()
 

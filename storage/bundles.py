@@ -8,8 +8,9 @@ importer can read the document again with leaf states if it wants deep reads.
 A bundle comes from someone else, so :func:`import_bundle` trusts none of it:
 
 * sizes first: the zip file, its directory (member count), every member and all members
-  together are bounded (``HOMER_BUNDLE_MAX_MB``, default 512 MB; text.txt by
-  ``HOMER_BUNDLE_MAX_TEXT_MB``, default 16 MB; in characters, the caller's ``max_chars``) by counting what is actually inflated, so a
+  together are bounded (``bundle_max_mb``, default 512 MB; text.txt by ``bundle_max_text_mb``,
+  default 16 MB: the app's ``HOMER_BUNDLE_MAX_MB`` and ``HOMER_BUNDLE_MAX_TEXT_MB``; in
+  characters, the caller's ``max_chars``) by counting what is actually inflated, so a
   member lying about its size stops at the limit; members are streamed to temp files in the
   store (hashed on the way), never read whole;
 * every manifest field and the cache's safetensors header are checked against a schema

@@ -230,20 +230,20 @@ def test_lying_member_size_stops_at_limit(tmp_path, origin, shared, claimed):
     assert not list(store.tmp_dir.iterdir())
 
 
-def test_whole_bundle_and_text_limits(tmp_path, origin, shared, monkeypatch):
+def test_whole_bundle_and_text_limits(tmp_path, origin, shared):
     store, doc, victim = shared
     refused(store, origin["bundle"], "over the limit", max_bytes=10_000)
-    monkeypatch.setenv("HOMER_BUNDLE_MAX_TEXT_MB", "0.0002")  # 209 bytes
-    refused(store, origin["sourceless"], "text.txt.*over the limit")
+    refused(store, origin["bundle"], "over the limit", bundle_max_mb=0.01)
+    refused(store, origin["sourceless"], "text.txt.*over the limit", bundle_max_text_mb=0.0002)  # 209 bytes
     assert store.check() == [] and len(store.documents()) == 1
 
 
-def test_an_imported_text_is_bounded_like_an_upload(origin, shared, monkeypatch):
+def test_an_imported_text_is_bounded_like_an_upload(origin, shared, configure):
     """A sourceless bundle's text becomes a document without any ingestion: the app still
     refuses one longer than an upload may extract (HOMER_MAX_CHARS), before tokenising it."""
     store, doc, victim = shared
     before = state(store, doc, victim)
-    monkeypatch.setenv("HOMER_MAX_CHARS", "100")
+    configure(ingest={"max_chars": 100})
     message = refused(store, origin["sourceless"], "characters, over the limit of 100")
     assert "HOMER_MAX_CHARS" in message and state(store, doc, victim) == before
 
