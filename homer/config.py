@@ -14,14 +14,26 @@ SIGNIFICANCE_CHOICES = ("calibrated", "uncalibrated", "random", "reconstruction"
 CACHE_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 
 
+# RoPE types whose config's max_position_embeddings is already the scaled window (Llama 3.x:
+# 131072 with original 8192 and factor 8 or 32; Phi-3/4's LongRoPE: 131072 with original 4096)
+_WINDOW_ALREADY_SCALED = ("llama3", "longrope")
+
+
 def model_window(model_config) -> int:
-    """The usable context window, multiplied by the RoPE scaling factor when one is set (§8)."""
+    """The usable context window (§8): ``max_position_embeddings``, or the original window
+    times the RoPE factor when a scaling that extends it is set (YaRN, linear, dynamic NTK —
+    Qwen2.5 with YaRN factor 4 on 32768: 131072). Not for RoPE types whose
+    ``max_position_embeddings`` already is the scaled window (llama3, longrope), nor for RoPE
+    set per layer type (Gemma 3: its 131072 already includes the global layers' factor 8)."""
     window = int(model_config.max_position_embeddings)
     rope = getattr(model_config, "rope_parameters", None) or getattr(model_config, "rope_scaling", None) or {}
-    if isinstance(rope, dict) and rope.get("rope_type", "default") not in ("default", None) and rope.get("factor"):
-        original = int(rope.get("original_max_position_embeddings") or window)
-        window = int(original * float(rope["factor"]))
-    return window
+    if not isinstance(rope, dict) or "rope_type" not in rope and "type" not in rope:
+        return window  # none, or one per layer type
+    rope_type = rope.get("rope_type") or rope.get("type") or "default"
+    if rope_type in ("default", *_WINDOW_ALREADY_SCALED) or not rope.get("factor"):
+        return window
+    original = int(rope.get("original_max_position_embeddings") or window)
+    return int(original * float(rope["factor"]))
 
 
 @dataclass(frozen=True)
