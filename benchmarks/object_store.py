@@ -36,7 +36,7 @@ BOOK = ROOT / "assets" / "genesis-exodus-leviticus-kjv.txt"
 RESULTS = Path(__file__).parent / "results"
 
 sys.path.insert(0, str(ROOT / "tests"))
-from seaweedfs_helpers import SeaweedFS, weed_binary  # noqa: E402  (the tests' SeaweedFS launcher)
+from seaweedfs_helpers import SeaweedFS, weed_binary  # the tests' SeaweedFS launcher
 
 
 def document_of(tokenizer, tokens: int) -> str:
@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tmp)
         if args.random_bytes:
             source, blob = random_file(args.random_bytes, tmp)
-            loader = lambda path: path.read_bytes()  # noqa: E731
+            loader = Path.read_bytes
         else:
             from homer.cache import HomerCache
 

@@ -36,9 +36,10 @@ import re
 import shutil
 import tempfile
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 from .errors import StoreError
 from .files import fsync_dir, owner_token
@@ -180,7 +181,7 @@ class BlobStore:
             with open(source, "rb") as fh:
                 key = hashlib.file_digest(fh, "sha256").hexdigest()
             if not self.exists(key):
-                self._write_file(self.object_path(key), Path(source), self._put_options(key))
+                self._write_file(self.object_path(key), Path(source), self._put_options(key), key)
             return key
         with tempfile.TemporaryDirectory(prefix="homer-blob-") as folder:  # a stream: hashed while spooled
             spooled = Path(folder) / "blob"
@@ -194,14 +195,23 @@ class BlobStore:
         else:
             self._install_local(path, lambda out: out.write(data))
 
-    def _write_file(self, path: str, source: Path, options: dict) -> None:
+    def _write_file(self, path: str, source: Path, options: dict, key: str) -> None:
+        """Upload (one PUT, or a multipart upload published whole) or copy ``source``; a
+        folder's copy is hashed on the way and refused if the file changed since it was
+        hashed (an upload is not read back: the file must not change while it is put)."""
         if self.location.remote:
             self._remote(lambda: self.fs.put_file(str(source), path, **options), f"writing {path}")
-        else:
-            def copy(out):
-                with open(source, "rb") as src:
-                    shutil.copyfileobj(src, out, CHUNK)
-            self._install_local(path, copy)
+            return
+
+        def copy(out):
+            digest = hashlib.sha256()
+            with open(source, "rb") as src:
+                while chunk := src.read(CHUNK):
+                    digest.update(chunk)
+                    out.write(chunk)
+            if digest.hexdigest() != key:
+                raise BlobCorrupt(f"{source} changed while it was stored as blob {key[:12]}; not stored")
+        self._install_local(path, copy)
 
     def _install_local(self, path: str, write) -> None:
         """Temp file in the location's tmp/, fsync, rename into place, fsync the folder."""
@@ -350,7 +360,7 @@ class BlobStore:
             raise
         except FileNotFoundError as exc:
             raise BlobMissing(f"nothing at {what.split(' ', 1)[-1]} ({self.location.url})") from exc
-        except Exception as exc:  # noqa: BLE001 — every backend has its own errors; one line names it
+        except Exception as exc:
             detail = " ".join(str(exc).split())[:200] or type(exc).__name__
             raise BlobError(f"the blob location {self.location.url} failed {what}: {detail}") from exc
 

@@ -98,9 +98,9 @@ def mount_of(path: str | os.PathLike, mounts: list[Mount]) -> Mount | None:
     best = None
     for mount in mounts:  # mountinfo lists mounts in mount order: a later one over the same point wins
         point = mount.mount_point.rstrip("/") or "/"
-        if target == point or target.startswith(point.rstrip("/") + "/"):
-            if best is None or len(point) >= len(best.mount_point.rstrip("/") or "/"):
-                best = mount
+        above = target == point or target.startswith(point.rstrip("/") + "/")
+        if above and (best is None or len(point) >= len(best.mount_point.rstrip("/") or "/")):
+            best = mount
     return best
 
 

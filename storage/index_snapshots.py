@@ -169,7 +169,7 @@ class SnapshotPublisher:
         self._seen: tuple | None = None  # nothing published yet: the index as it is goes out first
         self._thread: threading.Thread | None = None
 
-    def start(self) -> "SnapshotPublisher":
+    def start(self) -> SnapshotPublisher:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="index-snapshots", daemon=True)
             self._thread.start()
@@ -209,9 +209,8 @@ class SnapshotPublisher:
             if self._stop.is_set():
                 break
             wait = self._last_publish + self.every_seconds - time.monotonic()
-            if wait > 0:
-                if self._stop.wait(wait):
-                    break
+            if wait > 0 and self._stop.wait(wait):
+                break
             if self.pending():
                 self.publish()
 
@@ -227,7 +226,7 @@ class SnapshotPublisher:
             self.publish()
         return self.last_pointer
 
-    def __enter__(self) -> "SnapshotPublisher":
+    def __enter__(self) -> SnapshotPublisher:
         return self.start()
 
     def __exit__(self, *exc) -> None:

@@ -77,7 +77,7 @@ class SeaweedFS:
                 "AWS_SECRET_ACCESS_KEY": "homer-test-secret", "AWS_DEFAULT_REGION": "us-east-1",
                 "AWS_EC2_METADATA_DISABLED": "true"}
 
-    def start(self, timeout: float = 90.0) -> "SeaweedFS":
+    def start(self, timeout: float = 90.0) -> SeaweedFS:
         data = self.folder / "data"
         data.mkdir(parents=True, exist_ok=True)
         flags = [f"-{name}={port}" if "." in name else f"-{name}.port={port}" for name, port in self.ports.items()]

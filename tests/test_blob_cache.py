@@ -7,8 +7,8 @@ import os
 import time
 
 import pytest
-
 from seaweedfs_helpers import s3_location, seaweedfs  # noqa: F401  (fixtures)
+
 from storage.blob_cache import ReadThroughCache
 from storage.blobs import BlobCorrupt, BlobMissing, BlobStore
 

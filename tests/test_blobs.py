@@ -8,9 +8,17 @@ import os
 import re
 
 import pytest
-
 from seaweedfs_helpers import s3_location, seaweedfs  # noqa: F401  (fixtures)
-from storage.blobs import (BlobCorrupt, BlobError, BlobMissing, BlobStore, blob_key, check_key, parse_location)
+
+from storage.blobs import (
+    BlobCorrupt,
+    BlobError,
+    BlobMissing,
+    BlobStore,
+    blob_key,
+    check_key,
+    parse_location,
+)
 
 
 @pytest.fixture(params=["folder", "s3"])

@@ -10,10 +10,18 @@ import time
 from pathlib import Path
 
 import pytest
-
 from seaweedfs_helpers import seaweedfs  # noqa: F401  (fixture)
-from storage.filesystems import (STATFS_MAGIC, NetworkFilesystemError, is_network_type, mount_of, network_filesystem,
-                                 parse_mountinfo, refuse_network_index, statfs_type)
+
+from storage.filesystems import (
+    STATFS_MAGIC,
+    NetworkFilesystemError,
+    is_network_type,
+    mount_of,
+    network_filesystem,
+    parse_mountinfo,
+    refuse_network_index,
+    statfs_type,
+)
 
 SAMPLE = """\
 22 27 0:21 / /proc rw,relatime - proc proc rw
@@ -121,9 +129,9 @@ def fuse_mount(seaweedfs, tmp_path):
             pytest.skip(f"weed mount could not mount FUSE here: {(tmp_path / 'mount.log').read_text()[-500:]}")
         yield point
     finally:
-        subprocess.run(["umount", str(point)], capture_output=True)
+        subprocess.run(["umount", str(point)], capture_output=True, check=False)
         if str(point) in Path("/proc/self/mountinfo").read_text():
-            subprocess.run(["umount", "-l", str(point)], capture_output=True)
+            subprocess.run(["umount", "-l", str(point)], capture_output=True, check=False)
         process.terminate()
         try:
             process.wait(15)

@@ -9,8 +9,8 @@ from contextlib import closing
 from pathlib import Path
 
 import pytest
-
 from seaweedfs_helpers import s3_location, seaweedfs  # noqa: F401  (fixtures)
+
 from storage.blobs import BlobError, BlobStore
 from storage.index_snapshots import SnapshotPublisher, publish_snapshot, restore_newest
 
