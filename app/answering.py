@@ -87,6 +87,20 @@ def reading_state(store, document_id: str) -> str | None:
     return None
 
 
+def upload_states(store, owner: str | None, limit: int = 20) -> dict[str, str]:
+    """The states of this user's newest uploads whose text is not stored (``{document id:
+    "queued" | "running" | "failed" …}``): a change — a failed reading above all, which adds
+    nothing to the library — tells the page to update the chat's status."""
+    if not store.db["jobs"].exists():
+        return {}
+    mine = "" if owner is None else \
+        " AND document_id IN (SELECT document_id FROM document_owners WHERE owner = :owner)"  # as pending_state
+    rows = store.db.execute(
+        "SELECT document_id, state FROM jobs WHERE document_id NOT IN (SELECT id FROM documents)" + mine +
+        " ORDER BY created DESC LIMIT :limit", {"owner": owner, "limit": limit}).fetchall()
+    return {document_id: state for document_id, state in reversed(rows)}
+
+
 def pending_state(store, ref: str, owner: str | None) -> str | None:
     """For a reference that names no stored document of this user: how far the reading of an
     upload of theirs with that id (or prefix) or file name has got ("queued for reading",

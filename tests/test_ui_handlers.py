@@ -84,3 +84,18 @@ def test_the_focus_control_starts_at_homer_focus(monkeypatch):
     assert default_focus() == "passages"
     monkeypatch.setenv("HOMER_FOCUS", "nonsense")
     assert default_focus() == "auto"
+
+
+def test_a_failed_upload_changes_the_refresh_version(tmp_path):
+    """A reading that fails adds nothing to the library; the version the pickers' update
+    listens to must change all the same, or the chat never says the upload failed."""
+    from app.answering import upload_states
+    from storage.store import Store
+
+    store = Store(tmp_path / "store")
+    job, _ = store.jobs.create("ab" * 32, "key-1", "tiny", None, file_name="too-long.txt")
+    before = upload_states(store, None)
+    assert before == {"ab" * 32: "queued"}
+    store.jobs.fail(job["id"], "too-long.txt: the document is over 3,000 tokens")
+    assert upload_states(store, None) == {"ab" * 32: "failed"} != before
+    assert upload_states(store, "someone") == {}  # not their upload

@@ -16,7 +16,7 @@ import pandas as pd
 
 from storage.errors import StoreError
 
-from .. import library
+from .. import answering, library
 from ..mcp_tools import SignInRequired
 from .common import PageState, Services
 
@@ -46,13 +46,16 @@ def table_headers(services: Services) -> list[str]:
 def refresh(services: Services, model: str, request: gr.Request, profile: gr.OAuthProfile | None = None):
     fingerprint = services.chat.model(model)[2]
     try:
-        entries = library.library(services.store, model, fingerprint, services.owner(request, profile))
+        owner = services.owner(request, profile)
+        entries = library.library(services.store, model, fingerprint, owner)
+        uploads = answering.upload_states(services.store, owner)
     except SignInRequired:  # signed out: no library
-        entries = []
+        entries, uploads = [], {}
     table = pd.DataFrame(library.table_rows(entries, services.team), columns=table_headers(services))
     version = json.dumps({"every": library.choices(entries), "askable": library.askable_choices(entries),
                           "ready": library.choices(entries, ready_only=True),
-                          "reading": {e["id"]: e["reading"] for e in entries if e["askable"] and e["reading"]}})
+                          "reading": {e["id"]: e["reading"] for e in entries if e["askable"] and e["reading"]},
+                          "uploads": uploads})  # not stored yet: a failed reading changes only this
     return table, version
 
 
