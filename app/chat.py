@@ -28,7 +28,6 @@ lists the passages it was read from instead, in retrieval order, or with
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from collections import OrderedDict
@@ -43,6 +42,7 @@ from storage.errors import StoreError
 
 from . import focus as focusing
 from . import tasks
+from .settings import load_settings
 
 ModelLoader = Callable[[str | None], tuple]  # name -> (model, tokenizer, fingerprint)
 
@@ -50,7 +50,7 @@ ModelLoader = Callable[[str | None], tuple]  # name -> (model, tokenizer, finger
 def max_conversations() -> int:
     """Conversations whose working KV cache stays in memory (``HOMER_MAX_CONVERSATIONS``, 8);
     an evicted one keeps its turns and re-appends them on its next question."""
-    return int(os.environ.get("HOMER_MAX_CONVERSATIONS", "8"))
+    return load_settings().chat.max_conversations
 
 
 citations_enabled = focusing.citations_enabled  # where the tests and older callers find it
@@ -69,7 +69,8 @@ DEEP_READ_UNAVAILABLE = ("deep read unavailable: this document was read without 
 
 
 def max_loaded_caches() -> int:
-    return int(os.environ.get("HOMER_MAX_LOADED_CACHES", "4"))
+    """Document caches kept loaded in memory (``HOMER_MAX_LOADED_CACHES``, 4)."""
+    return load_settings().chat.max_loaded_caches
 
 
 class ChatError(ValueError):

@@ -6,13 +6,14 @@ queue: export, import, store check / list, submit, jobs, worker.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
 from homer.cli import build_parser as engine_parser
 from homer.cli import run
 from homer.config import SIGNIFICANCE_CHOICES
+
+from .settings import load_settings, use_settings
 
 
 def _store(args):
@@ -129,8 +130,8 @@ def cmd_submit(args) -> int:
 def cmd_worker(args) -> int:
     from app.worker import run_worker
 
-    if args.deep_read:
-        os.environ["HOMER_DEEP_READ"] = "1"
+    if args.deep_read:  # the flag wins over HOMER_DEEP_READ for this process's builds
+        use_settings(load_settings().changed(builds={"deep_read": True}))
     lanes = ("small", "large") if args.lane == "all" else (args.lane,)
     return run_worker(_store(args), args.workers, args.large_workers, lanes)
 
@@ -208,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run(build_parser(), argv)
+    return run(build_parser(), argv, check=load_settings)  # a bad setting: refused in one line, before any work
 
 
 if __name__ == "__main__":

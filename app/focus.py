@@ -4,7 +4,8 @@ The chat answers a question from the document's stored HOMER cache; with focus, 
 passages the question points to (the store's BM25 passage index, :mod:`storage.passages`)
 are read again at full resolution after the cache, in the same turn as the question
 (REFORM, arXiv 2506.01215: a compressed cache for the whole, the selected passages
-recomputed in full for the specific). The strategy is a setting (:mod:`homer.answering.focus`):
+recomputed in full for the specific). The strategy is a setting (:mod:`homer.answering.focus`;
+the settings are the app's, :class:`app.settings.AnsweringSettings`):
 
 * ``HOMER_FOCUS`` — ``auto`` (default: the cache for a question about the whole document,
   "what is this book about", "how does it end", and :data:`AUTO_SPECIFIC` for any other),
@@ -37,17 +38,16 @@ passages it was given under it: page and a short quote.
 from __future__ import annotations
 
 import logging
-import os
 
 from homer.answering import grounding
 from homer.answering import retrieval as answering_retrieval
 from homer.answering.pipeline import AUTO_SPECIFIC, source_line
-from homer.durable import env_flag
-from homer.answering.focus import (DEFAULT_PASSAGE_ORDER, DEFAULT_PASSAGES, FOCUS_CHOICES, PASSAGE_ORDERS, FocusStrategy,
-                         PassageConversation, excerpt, route, strategy)
+from homer.answering.focus import FOCUS_CHOICES, FocusStrategy, PassageConversation, excerpt, route, strategy
 from homer.answering.grounding import NOT_FOUND
 from homer.reading.locations import LocationMap
 from storage import passages as index
+
+from .settings import load_settings
 
 log = logging.getLogger(__name__)
 __all__ = ["AUTO_SPECIFIC", "NOT_FOUND", "PassageConversation", "focus_mode", "index_document", "read_part",
@@ -61,11 +61,16 @@ DEFAULT_EXCERPT_WORDS = 80
 CHOICES = ("auto", *FOCUS_CHOICES)
 
 
+def answering():
+    """The process's answering settings (:class:`app.settings.AnsweringSettings`)."""
+    return load_settings().answering
+
+
 def focus_mode(requested: str | None = None, question: str = "") -> FocusStrategy:
     """The strategy for ``question``: the one requested, else ``HOMER_FOCUS``, else the
     default ``auto`` — the cache for a question about the whole document
     (:func:`homer.answering.focus.route`), :data:`AUTO_SPECIFIC` for any other."""
-    name = (requested or os.environ.get("HOMER_FOCUS") or DEFAULT_FOCUS).strip().lower()
+    name = (requested or answering().focus).strip().lower()
     if name == "auto":
         name = route(question, AUTO_SPECIFIC)
     elif name not in FOCUS_CHOICES:
@@ -75,17 +80,18 @@ def focus_mode(requested: str | None = None, question: str = "") -> FocusStrateg
 
 def requested_focus() -> str:
     """The focus setting's name (``HOMER_FOCUS``, else ``auto``), not yet routed."""
-    return (os.environ.get("HOMER_FOCUS") or DEFAULT_FOCUS).strip().lower()
+    return answering().focus
 
 
 def passages_per_question() -> int:
-    return max(1, int(os.environ.get("HOMER_FOCUS_PASSAGES", str(DEFAULT_PASSAGES))))
+    """Passages per question (``HOMER_FOCUS_PASSAGES``, 3; at least one)."""
+    return max(1, answering().focus_passages)
 
 
 def excerpt_words() -> int:
     """Words of each passage the model reads (``HOMER_FOCUS_WORDS``; 0: the whole passage):
     the passage's best window for the question (:func:`homer.answering.focus.excerpt`)."""
-    return max(0, int(os.environ.get("HOMER_FOCUS_WORDS", str(DEFAULT_EXCERPT_WORDS))))
+    return max(0, answering().focus_words)
 
 
 def fed_text(passage, question: str) -> str:
@@ -107,11 +113,13 @@ def covered(store, document_id: str, question: str, texts) -> float:
 
 def citations_enabled() -> bool:
     """``HOMER_CITATIONS`` (default on): sources under answers."""
-    return env_flag("HOMER_CITATIONS", True)
+    return answering().citations
 
 
 def not_found_enabled() -> bool:
-    return env_flag("HOMER_NOT_FOUND", True)
+    """``HOMER_NOT_FOUND`` (default on): a question the passages hold too little of is
+    answered "I could not find this in the document." without running the model."""
+    return answering().not_found
 
 
 def index_document(store, document_id: str) -> bool:
@@ -157,24 +165,14 @@ DEFAULT_SOURCE_ORDER = "retrieval"  # measured on the book set: see the module d
 SOURCE_ORDERS = ("retrieval", "attention")
 
 
-def env_choice(variable: str, choices: tuple, default: str) -> str:
-    """The value of setting ``variable`` among ``choices``; an unknown value is ``default``
-    (with a warning in the log)."""
-    name = (os.environ.get(variable) or default).strip().lower()
-    if name not in choices:
-        log.warning("%s must be one of %s, not %r: %s used", variable, ", ".join(choices), name, default)
-        return default
-    return name
-
-
 def source_order() -> str:
     """How a focused answer's sources are listed (``HOMER_SOURCE_ORDER``): ``retrieval`` or
-    ``attention``; an unknown value is the default."""
-    return env_choice("HOMER_SOURCE_ORDER", SOURCE_ORDERS, DEFAULT_SOURCE_ORDER)
+    ``attention``; an unknown value is the default (:class:`app.settings.AnsweringSettings`)."""
+    return answering().source_order
 
 
 def passage_order() -> str:
     """The order the model reads a question's passages in (``HOMER_PASSAGE_ORDER``):
     ``best-last`` (default: the best passage next to the question) or ``best-first``
     (:func:`homer.answering.focus.reading_order`); an unknown value is the default."""
-    return env_choice("HOMER_PASSAGE_ORDER", PASSAGE_ORDERS, DEFAULT_PASSAGE_ORDER)
+    return answering().passage_order

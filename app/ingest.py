@@ -3,7 +3,7 @@ bad inputs, and split into passages on natural boundaries (token-length aware).
 
 Every refusal is an :class:`IngestError` whose message is one line for the user.
 
-Ingestion is bounded (:class:`IngestLimits`, each settable by an environment variable) so
+Ingestion is bounded (:class:`IngestLimits`, each a setting: :class:`app.settings.IngestSettings`) so
 that one hostile or huge file cannot hold a worker for long or take the memory of the
 machine: the file's size, a PDF's pages (checked before any text is extracted), each PDF
 page's content stream and text, the extracted characters, the tokens and the seconds spent
@@ -21,8 +21,10 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from homer.reading.formats.zipsafe import ZipLimits
 from homer.reading.sources import SECTIONED_SUFFIXES, DocumentError, read_document
-from homer.durable import env_number
+
+from .settings import Settings, load_settings
 
 DEFAULT_MAX_BYTES = 50 * 2**20
 DEFAULT_MAX_PAGES = 2000
@@ -45,7 +47,7 @@ class IngestError(ValueError):
 
 def max_upload_bytes() -> int:
     """The size limit: ``HOMER_MAX_UPLOAD_MB`` (default 50 MB)."""
-    return int(env_number("HOMER_MAX_UPLOAD_MB", DEFAULT_MAX_BYTES / 2**20) * 2**20)
+    return int(load_settings().ingest.max_upload_mb * 2**20)
 
 
 @dataclass(frozen=True)
@@ -97,18 +99,20 @@ class IngestLimits:
     ocr_empty_pages: int = DEFAULT_OCR_EMPTY_PAGES
 
     @classmethod
-    def from_env(cls, max_bytes: int | None = None) -> "IngestLimits":
+    def from_settings(cls, settings: Settings | None = None, max_bytes: int | None = None) -> "IngestLimits":
+        """The limits of ``settings`` (default: the process's); ``max_bytes`` overrides the size."""
+        ingest = (settings or load_settings()).ingest
         return cls(
-            max_bytes=max_upload_bytes() if max_bytes is None else max_bytes,
-            max_pages=int(env_number("HOMER_MAX_PAGES", DEFAULT_MAX_PAGES)),
-            max_chars=int(env_number("HOMER_MAX_CHARS", DEFAULT_MAX_CHARS)),
-            max_page_chars=int(env_number("HOMER_MAX_PAGE_CHARS", DEFAULT_MAX_PAGE_CHARS)),
-            max_page_content=int(env_number("HOMER_MAX_PAGE_CONTENT_MB", DEFAULT_MAX_PAGE_CONTENT_MB) * 2**20),
-            max_tokens=int(env_number("HOMER_MAX_TOKENS", DEFAULT_MAX_TOKENS)),
-            seconds=env_number("HOMER_INGEST_SECONDS", DEFAULT_INGEST_SECONDS),
-            ocr_max_pages=int(env_number("HOMER_OCR_MAX_PAGES", DEFAULT_OCR_MAX_PAGES)),
-            ocr_page_seconds=env_number("HOMER_OCR_PAGE_SECONDS", DEFAULT_OCR_PAGE_SECONDS),
-            ocr_empty_pages=int(env_number("HOMER_OCR_EMPTY_PAGES", DEFAULT_OCR_EMPTY_PAGES)),
+            max_bytes=int(ingest.max_upload_mb * 2**20) if max_bytes is None else max_bytes,
+            max_pages=ingest.max_pages,
+            max_chars=ingest.max_chars,
+            max_page_chars=ingest.max_page_chars,
+            max_page_content=int(ingest.max_page_content_mb * 2**20),
+            max_tokens=ingest.max_tokens,
+            seconds=ingest.ingest_seconds,
+            ocr_max_pages=ingest.ocr_max_pages,
+            ocr_page_seconds=ingest.ocr_page_seconds,
+            ocr_empty_pages=ingest.ocr_empty_pages,
         )
 
     def pdf(self, deadline: float | None) -> dict:
@@ -120,8 +124,27 @@ class IngestLimits:
 
 
 def ingest_limits(max_bytes: int | None = None) -> IngestLimits:
-    """The limits in force (environment read on each call, so a test or an operator can change them)."""
-    return IngestLimits.from_env(max_bytes)
+    """The limits in force: the process's settings (:func:`app.settings.load_settings`)."""
+    return IngestLimits.from_settings(max_bytes=max_bytes)
+
+
+def zip_limits(settings: Settings | None = None) -> ZipLimits:
+    """What an EPUB's or DOCX's archive may hold (``HOMER_ZIP_*``, ``HOMER_DOCX_MAX_PARSE_MB``;
+    default: the process's settings)."""
+    archives = (settings or load_settings()).archives
+    return ZipLimits(max_members=archives.max_members, max_total_bytes=int(archives.max_mb * 2**20),
+                     max_member_bytes=int(archives.max_member_mb * 2**20), max_ratio=archives.max_ratio,
+                     max_parse_bytes=int(archives.docx_max_parse_mb * 2**20))
+
+
+def reading_options(settings: Settings | None = None) -> dict:
+    """What :func:`homer.reading.sources.read_document` is told besides the limits of an
+    upload: the archive limits, OCR on or off, Tesseract's program and languages, and the
+    deadline of one page's render (``HOMER_OCR``, ``HOMER_TESSERACT``, ``HOMER_OCR_LANG``,
+    ``HOMER_RENDER_SECONDS``; default: the process's settings)."""
+    settings = settings or load_settings()
+    return {"zip_limits": zip_limits(settings), "ocr": settings.ocr.enabled, "ocr_command": settings.ocr.tesseract,
+            "ocr_language": settings.ocr.language, "render_seconds": settings.render.seconds}
 
 
 @dataclass
@@ -368,7 +391,8 @@ def ingest_bytes(data: bytes, file_name: str, tokenizer=None, max_bytes: int | N
             # count their text as they read: a zip's or a page's bytes are not its characters)
             raise DocumentError(f"the file holds at least {least_chars(data):,} characters of text, over the limit "
                                 f"of {limits.max_chars:,}")
-        source = read_document(file_name, data=data, progress=progress, **limits.pdf(clock.deadline))
+        source = read_document(file_name, data=data, progress=progress, **limits.pdf(clock.deadline),
+                               **reading_options())
         clock.extend(len(getattr(source, "ocr_pages", ())) * limits.ocr_page_seconds)  # as read_pdf allowed it
         if source.kind != "pdf" and _looks_binary(source.text):
             raise DocumentError("the file is binary, not text")

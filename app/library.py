@@ -27,7 +27,7 @@ from storage.bundles import export_bundle, import_bundle, text_document_id
 from storage.errors import StoreError
 
 from . import sharing
-from .ingest import IngestError, check_text_upload, ingest_limits, is_pdf
+from .ingest import IngestError, check_text_upload, ingest_limits, is_pdf, zip_limits
 
 SUPPORTED_SUFFIXES = (".pdf", ".epub", ".docx", ".html", ".htm", ".xhtml", ".txt", ".md", ".markdown", ".text")
 HEADERS = ["document", "state", "size", "pages", "tokens", "model", "deep read", "id"]
@@ -320,7 +320,7 @@ def check_upload(data: bytes, file_name: str) -> None:
                           f"{limits.max_bytes / 2**20:.1f} MB")
     if suffix in SECTIONED_SUFFIXES:  # before the PDF check: a PDF named .docx is refused, not read
         try:
-            check_sectioned_upload(SECTIONED_SUFFIXES[suffix], data)
+            check_sectioned_upload(SECTIONED_SUFFIXES[suffix], data, zip_limits())
         except DocumentError as exc:
             raise IngestError(f"{name}: {exc}") from None
         return

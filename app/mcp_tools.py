@@ -49,7 +49,6 @@ import hashlib
 import hmac
 import inspect
 import mimetypes
-import os
 import secrets
 import tempfile
 import threading
@@ -68,6 +67,7 @@ from starlette.responses import FileResponse, PlainTextResponse, Response
 from storage.errors import StoreError
 
 from . import library, model_turns, reader
+from .settings import load_settings
 
 TOOLS = ("list_documents", "upload", "build_status", "ask", "export_bundle")
 # the API names of the tools' endpoints (the UI has its own /upload and /ask events; gradio_client
@@ -86,9 +86,9 @@ class SignInRequired(StoreError):
 def oauth_wanted() -> bool:
     """Sign-in with Hugging Face: on a Space (``SPACE_ID`` set) or with ``HOMER_HF_OAUTH=1``
     (``HOMER_HF_OAUTH=0`` turns it off on a Space)."""
-    from homer.durable import env_flag
-
-    return env_flag("HOMER_HF_OAUTH", bool(os.environ.get("SPACE_ID")))
+    settings = load_settings()
+    wanted = settings.server.hf_oauth
+    return bool(settings.space.space_id) if wanted is None else wanted
 
 
 class Access:
@@ -182,7 +182,7 @@ class Access:
 
 def _upload_folders() -> list[Path]:
     """Where gradio writes the files a client uploads (``gradio_client``'s files included)."""
-    folders = {os.environ.get("GRADIO_TEMP_DIR") or str(Path(tempfile.gettempdir()) / "gradio")}
+    folders = {load_settings().server.gradio_temp_dir or str(Path(tempfile.gettempdir()) / "gradio")}
     return [Path(f).resolve() for f in folders]
 
 

@@ -48,7 +48,9 @@ from dataclasses import dataclass
 
 from homer.reading.formats.render import RenderError
 from homer.reading.locations import LocationMap
+
 from . import library
+from .settings import load_settings
 
 log = logging.getLogger(__name__)
 
@@ -406,7 +408,7 @@ def render_page(path, number: int, quote: str = "") -> PageImage | None:
         return None
     try:
         shot = render.render_page(path, number - 1, width=RENDER_WIDTH, max_pixels=MAX_RENDER_PIXELS,
-                                  text=bool(quote_words(quote)))
+                                  text=bool(quote_words(quote)), seconds=load_settings().render.seconds)
     except render.NoSuchPage:
         return None
     boxes = quote_boxes(path, number, shot, quote) if shot.text is not None else None
@@ -430,7 +432,8 @@ def quote_boxes(path, number: int, shot, quote: str) -> list[tuple[float, float,
     if width <= 0 or height <= 0:
         return None
     try:
-        rects = render.text_rects(path, number - 1, found[0], found[1] - found[0])
+        rects = render.text_rects(path, number - 1, found[0], found[1] - found[0],
+                                  seconds=load_settings().render.seconds)
     except render.RenderError as exc:
         log.warning("no boxes for the quote on page %d of %s: %s", number, path, exc)
         return None

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import re
 import threading
 import time
@@ -44,6 +43,7 @@ from dataclasses import dataclass
 from storage import db as dbmod
 
 from . import tasks
+from .settings import load_settings
 
 log = logging.getLogger(__name__)
 
@@ -60,11 +60,8 @@ WORKER_ERROR = "ZeroGPU worker error"
 
 
 def slice_cap() -> float:
-    """The longest slice asked for, in seconds (``HOMER_GPU_SLICE_SECONDS``, 60)."""
-    try:
-        value = float(os.environ.get("HOMER_GPU_SLICE_SECONDS", "60"))
-    except ValueError:
-        value = 60.0
+    """The longest slice asked for, in seconds (``HOMER_GPU_SLICE_SECONDS``, 60; 0 or less is 60)."""
+    value = load_settings().builds.gpu_slice_seconds
     return value if value > 0 else 60.0
 
 
@@ -72,10 +69,7 @@ def slice_margin(seconds: float) -> float:
     """Of a slice of ``seconds``, the part kept for starting the GPU worker, reading the
     checkpoints and the step that runs past the deadline (``HOMER_GPU_SLICE_MARGIN``, 10 s;
     at most half the slice)."""
-    try:
-        margin = float(os.environ.get("HOMER_GPU_SLICE_MARGIN", "10"))
-    except ValueError:
-        margin = 10.0
+    margin = load_settings().builds.gpu_slice_margin
     return min(max(margin, 0.0), seconds / 2)
 
 

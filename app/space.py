@@ -3,8 +3,9 @@ lends the GPU to a function for one call (``spaces.GPU``), a no-op elsewhere."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
+
+from .settings import load_settings
 
 
 def _identity(fn):
@@ -13,7 +14,7 @@ def _identity(fn):
 
 def on_zero_gpu() -> bool:
     """A ZeroGPU Space: the GPU is lent only inside requests to functions wrapped by spaces.GPU."""
-    return os.environ.get("SPACES_ZERO_GPU", "").lower() in ("1", "true", "yes")
+    return load_settings().space.zero_gpu
 
 
 def spaces_gpu(duration: int | None = None) -> Callable:
@@ -23,5 +24,5 @@ def spaces_gpu(duration: int | None = None) -> Callable:
         import spaces  # type: ignore[import-not-found]
     except ImportError:
         return _identity
-    seconds = duration or int(os.environ.get("HOMER_GPU_SECONDS", "120"))
+    seconds = duration or load_settings().space.gpu_seconds
     return spaces.GPU(duration=seconds)

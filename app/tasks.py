@@ -22,18 +22,17 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import threading
 import time
 from pathlib import Path
 
-from homer.durable import env_flag
 from homer.reading.sources import DocumentError
 from storage.errors import StoreError
 from storage.files import owner_token, write_bytes_atomic
 from storage.store import cache_key
 
 from .ingest import IngestError, add_to_store, ingest_bytes, max_upload_bytes
+from .settings import load_settings
 
 log = logging.getLogger(__name__)
 
@@ -42,14 +41,14 @@ EMBEDDED = "embedded"
 
 def lease_seconds() -> float:
     """How long a worker's claim lasts without renewal (``HOMER_JOB_LEASE_SECONDS``, 30)."""
-    return float(os.environ.get("HOMER_JOB_LEASE_SECONDS", "30"))
+    return load_settings().builds.job_lease_seconds
 
 
 def deep_read_enabled() -> bool:
     """Whether builds also keep the leaf states for deep reads (``HOMER_DEEP_READ=1``; the
-    app's ``--deep-read`` sets it). Off by default: about 15 KB per document token with the
-    embedded model."""
-    return env_flag("HOMER_DEEP_READ", False)
+    app's ``--deep-read`` sets it in the process's settings). Off by default: about 15 KB per
+    document token with the embedded model."""
+    return load_settings().builds.deep_read
 
 
 def _lacks_wanted_leaf_states(cache: dict | None) -> bool:
@@ -58,7 +57,8 @@ def _lacks_wanted_leaf_states(cache: dict | None) -> bool:
 
 
 def retry_delay() -> float:
-    return float(os.environ.get("HOMER_JOB_RETRY_DELAY", "5"))
+    """Seconds before a failed build is tried again (``HOMER_JOB_RETRY_DELAY``, 5)."""
+    return load_settings().builds.job_retry_delay
 
 
 class Retry(Exception):
@@ -99,7 +99,7 @@ PDF_CHARS_PER_PAGE = 3000  # an upload's size guess before its text is read: a d
 def large_build_chars() -> int:
     """Documents of more characters than this build in the *large* lane
     (``HOMER_LARGE_BUILD_CHARS``, 250 000 — about 60 000 tokens, a 150-page book)."""
-    return int(float(os.environ.get("HOMER_LARGE_BUILD_CHARS", "250000")))
+    return load_settings().builds.large_build_chars
 
 
 def job_size(store, job: dict) -> int:
@@ -247,7 +247,7 @@ class Heartbeat:
 
 
 def _progress_callback(heartbeat: Heartbeat, started: float):
-    step_delay = float(os.environ.get("HOMER_TEST_STEP_DELAY", "0") or 0)  # tests slow builds down
+    step_delay = load_settings().builds.test_step_delay  # tests slow builds down
     resumed = {"message": "", "steps": 0}  # a build resumed from its checkpoints says so in every message
 
     def progress(done: int, total: int, message: str) -> None:

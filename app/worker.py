@@ -22,17 +22,16 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import threading
 from dataclasses import dataclass
 
 from huey import RedisHuey, SqliteHuey
 from huey.exceptions import RetryTask
 
-from homer.durable import check_flags
 from storage import Store
 
 from . import tasks
+from .settings import SettingsError, load_settings, use_settings
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +45,10 @@ class BuildQueue:
 
     def __init__(self, store: Store, redis_url: str | None = None):
         self.store = store
-        redis_url = redis_url if redis_url is not None else os.environ.get("HOMER_REDIS_URL")
+        queue = load_settings().queue
+        redis_url = redis_url if redis_url is not None else queue.redis_url
         self.kind = "redis" if redis_url else "sqlite"
-        name = os.environ.get("HOMER_QUEUE_NAME", "homer") if redis_url else "homer"
+        name = queue.queue_name if redis_url else "homer"
         self.hueys, self.build_tasks = {}, {}
         for lane in (tasks.SMALL, tasks.LARGE):
             lane_name = name if lane == tasks.SMALL else f"{name}-{lane}"
@@ -104,7 +104,7 @@ class BuildQueue:
 def queue_for(store: Store | None = None, redis_url: str | None = None) -> BuildQueue:
     """The build queue of a store (one per store root and process)."""
     store = store or Store()
-    key = f"{store.root.resolve()}|{redis_url if redis_url is not None else os.environ.get('HOMER_REDIS_URL', '')}"
+    key = f"{store.root.resolve()}|{redis_url if redis_url is not None else load_settings().queue.redis_url or ''}"
     with _queues_lock:
         if key not in _queues:
             _queues[key] = BuildQueue(store, redis_url)
@@ -141,7 +141,7 @@ class Janitor:
 
 def large_workers() -> int:
     """Build threads of the large lane in a process serving it (``HOMER_LARGE_WORKERS``, 1)."""
-    return max(1, int(os.environ.get("HOMER_LARGE_WORKERS", "1")))
+    return max(1, load_settings().builds.large_workers)
 
 
 @dataclass
@@ -226,11 +226,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     try:
-        check_flags()  # a yes/no setting that is neither: refused before any work, in one line
-    except ValueError as exc:
+        settings = load_settings()  # a bad setting: refused before any work, in one line
+    except SettingsError as exc:
         parser.exit(2, f"error: {exc}\n")
-    if args.deep_read:
-        os.environ["HOMER_DEEP_READ"] = "1"
+    if args.deep_read:  # the flag wins over HOMER_DEEP_READ for this process's builds
+        use_settings(settings.changed(builds={"deep_read": True}))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s")
     lanes = (tasks.SMALL, tasks.LARGE) if args.lane == "all" else (args.lane,)
     return run_worker(Store(args.store) if args.store else None, args.workers, args.large_workers, lanes)

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 from .config import SIGNIFICANCE_CHOICES
-from .durable import check_flags
 
 
 def _config_from_args(args):
@@ -295,14 +294,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def run(parser: argparse.ArgumentParser, argv: list[str] | None = None) -> int:
-    """Parse ``argv`` with ``parser`` and run the chosen command (shared with app.cli)."""
+def run(parser: argparse.ArgumentParser, argv: list[str] | None = None, check=None) -> int:
+    """Parse ``argv`` with ``parser`` and run the chosen command (shared with app.cli, whose
+    ``check()`` reads its settings: a ValueError there refuses the run in one line, before any work)."""
     args = parser.parse_args(argv)
-    try:
-        check_flags()  # a yes/no setting that is neither: refused before any work, in one line
-    except ValueError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    if check is not None:
+        try:
+            check()
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     return args.func(args)
 

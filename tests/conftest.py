@@ -72,3 +72,21 @@ def model_dir(tmp_path_factory):
     tiny_model("llama", window=1024).save_pretrained(folder)
     tiny_tokenizer().save_pretrained(folder)
     return folder
+
+
+@pytest.fixture
+def configure():
+    """Change the app's settings for one test, as ``Settings.changed`` takes them:
+    ``configure(answering={"focus": "cache"})``; the process's settings come back after it
+    (:mod:`app.settings`: the app reads them once, so a test sets them, not the environment)."""
+    from app.settings import load_settings, use_settings
+
+    saved = load_settings()
+
+    def change(**sections):
+        settings = load_settings().changed(**sections)
+        use_settings(settings)
+        return settings
+
+    yield change
+    use_settings(saved)

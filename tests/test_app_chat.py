@@ -41,8 +41,8 @@ def service(tmp_path, tiny):
     return ChatService(store, loader=lambda name: tiny)
 
 
-def test_two_questions_reuse_the_loaded_cache(service, tiny, monkeypatch):
-    monkeypatch.setenv("HOMER_FOCUS", "cache")  # the cache path (a focused turn also feeds its passages)
+def test_two_questions_reuse_the_loaded_cache(service, tiny, configure):
+    configure(answering={"focus": "cache"})  # the cache path (a focused turn also feeds its passages)
     doc, row = add_ready(service.store, tiny, story(40).encode(), "ada.txt")
     assert service.ready_cache(doc["id"], "tiny")["id"] == row["id"]
     settings = GenerationSettings(max_new_tokens=5)
@@ -65,9 +65,9 @@ def test_two_questions_reuse_the_loaded_cache(service, tiny, monkeypatch):
     assert third["turn"] == 1 and third["cache_source"] == "memory"
 
 
-def test_an_evicted_conversation_re_appends_its_turns(service, tiny, monkeypatch):
-    monkeypatch.setenv("HOMER_MAX_CONVERSATIONS", "1")
-    monkeypatch.setenv("HOMER_FOCUS", "cache")  # the cache's conversation (random-weight model, made-up questions)
+def test_an_evicted_conversation_re_appends_its_turns(service, tiny, configure):
+    # one conversation kept; the cache's conversation (random-weight model, made-up questions)
+    configure(chat={"max_conversations": 1}, answering={"focus": "cache"})
     a, _ = add_ready(service.store, tiny, story(30, "a").encode(), "a.txt")
     b, _ = add_ready(service.store, tiny, story(30, "b").encode(), "b.txt")
     settings = GenerationSettings(max_new_tokens=3)
@@ -201,8 +201,8 @@ def test_inspector_density_and_tree(tmp_path, tiny):
     tree_figure(shape)
 
 
-def test_a_long_chat_leaves_out_its_oldest_turns_and_an_overlong_question_is_refused(service, tiny, monkeypatch):
-    monkeypatch.setenv("HOMER_FOCUS", "cache")  # the cache's conversation filling the window
+def test_a_long_chat_leaves_out_its_oldest_turns_and_an_overlong_question_is_refused(service, tiny, configure):
+    configure(answering={"focus": "cache"})  # the cache's conversation filling the window
     doc, _ = add_ready(service.store, tiny, story(40).encode(), "ada.txt")
     settings = GenerationSettings(max_new_tokens=40)
     last = {}

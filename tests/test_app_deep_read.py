@@ -134,10 +134,10 @@ def test_bundles_leave_the_leaf_states_out(tmp_path, tiny):
 
 
 # --- worker ------------------------------------------------------------------------------
-def test_the_worker_keeps_leaf_states_only_when_asked(tmp_path, model_dir, monkeypatch):
+def test_the_worker_keeps_leaf_states_only_when_asked(tmp_path, model_dir, configure):
     store = Store(tmp_path / "store")
     queued = []
-    monkeypatch.delenv("HOMER_DEEP_READ", raising=False)
+    configure(builds={"deep_read": False})
     job = tasks.submit_file(store, queued.append, story(20).encode(), "ada.txt", str(model_dir), FAST_SETTINGS)
     assert tasks.run_build(store, job["id"]) == "done"
     row = store.get_cache(store.jobs.get(job["id"])["cache_id"])
@@ -146,7 +146,7 @@ def test_the_worker_keeps_leaf_states_only_when_asked(tmp_path, model_dir, monke
     assert tasks.submit_document(store, queued.append, row["document_id"], str(model_dir), FAST_SETTINGS)["id"] == job["id"]
 
     # … and read again when they are: same cache key (leaf states do not change the cache)
-    monkeypatch.setenv("HOMER_DEEP_READ", "1")
+    configure(builds={"deep_read": True})
     again = tasks.submit_document(store, queued.append, row["document_id"], str(model_dir), FAST_SETTINGS)
     assert again["id"] != job["id"] and again["state"] == "queued"
     assert tasks.run_build(store, again["id"]) == "done"

@@ -15,14 +15,14 @@ from app.worker import queue_for, start_consumer_in_process
 from storage import Store
 from store_helpers import FAST, redis_url, start_worker, stop, story, wait_until  # noqa: F401
 
-SLOW = {"HOMER_TEST_STEP_DELAY": "0.5", "HOMER_LARGE_BUILD_CHARS": "2000"}
+SLOW = {"HOMER_TEST_STEP_DELAY": "0.5", "HOMER_LARGE_BUILD_CHARS": "2000"}  # a worker process's environment
 LARGE_TEXT, SMALL_TEXT = story(40, "large"), story(5, "small")  # 2 800 characters, 15 build steps; 1 step
 
 
 @pytest.fixture
-def slow_builds(monkeypatch):
-    for name, value in SLOW.items():
-        monkeypatch.setenv(name, value)
+def slow_builds(configure):
+    """This process's settings as :data:`SLOW` sets a worker process's."""
+    configure(builds={"test_step_delay": 0.5, "large_build_chars": 2000})
 
 
 @pytest.fixture
@@ -51,10 +51,10 @@ def small_passes_large(queue, model_dir) -> None:
     assert done["finished"] < store.jobs.get(large["id"])["finished"]
 
 
-def test_lanes_follow_the_document_size(tmp_path, monkeypatch):
+def test_lanes_follow_the_document_size(tmp_path, configure):
     from store_helpers import text_pdf
 
-    monkeypatch.setenv("HOMER_LARGE_BUILD_CHARS", "2000")
+    configure(builds={"large_build_chars": 2000})
     store = Store(tmp_path / "store")
     queue = queue_for(store)
     jobs = {name: queue.submit_file(data, name, "m") for name, data in [
@@ -112,8 +112,8 @@ def test_worker_processes_on_redis(tmp_path, model_dir, slow_builds, redis_url):
     assert not (store.root / "queue.db").exists() and queue.pending_task_ids() == set()
 
 
-def test_builds_in_requests_take_small_documents_first(tmp_path, model_dir, monkeypatch):
-    monkeypatch.setenv("HOMER_LARGE_BUILD_CHARS", "2000")
+def test_builds_in_requests_take_small_documents_first(tmp_path, model_dir, configure):
+    configure(builds={"large_build_chars": 2000})
     store = Store(tmp_path / "store")
     queue = queue_for(store)  # no consumer: the request runs the builds
     large = queue.submit_file(LARGE_TEXT.encode(), "large.txt", str(model_dir), FAST)

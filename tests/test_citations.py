@@ -144,11 +144,11 @@ def _add_ready(service, data: bytes, name: str) -> dict:
     return doc
 
 
-def test_chat_answers_about_a_pdf_end_with_their_pages(service, monkeypatch):
+def test_chat_answers_about_a_pdf_end_with_their_pages(service, monkeypatch, configure):
     from homer.generation import GenerationSettings
 
     monkeypatch.setattr("homer.answering.citations.MIN_PEAK", 0.0)  # a random model's attention has no sharp peaks
-    monkeypatch.setenv("HOMER_FOCUS", "cache")  # the cache's own citations (a focused answer lists its passages)
+    configure(answering={"focus": "cache"})  # the cache's own citations (a focused answer lists its passages)
     pages = [f"Page {i}. The harbour master counted {i * 7} boats." for i in range(1, 5)]
     doc = _add_ready(service, text_pdf(pages), "harbour.pdf")
     settings = GenerationSettings(max_new_tokens=6)
@@ -162,16 +162,16 @@ def test_chat_answers_about_a_pdf_end_with_their_pages(service, monkeypatch):
     assert stats2["turn"] == 2 and "Sources: p. " in shown2
 
 
-def test_one_page_documents_and_switched_off_citations_get_no_sources_line(service, monkeypatch):
+def test_one_page_documents_and_switched_off_citations_get_no_sources_line(service, configure):
+    from app.settings import configured
     from homer.generation import GenerationSettings
 
     settings = GenerationSettings(max_new_tokens=4)
     doc = _add_ready(service, story(10).encode(), "ada.txt")
-    with monkeypatch.context() as pinned:
-        pinned.setenv("HOMER_FOCUS", "cache")  # the cache's page citations (a focused answer quotes its passages)
+    with configured(answering={"focus": "cache"}):  # the cache's page citations (a focused answer quotes its passages)
         *_, (shown, stats) = service.ask("s", doc["id"], "Who?", "tiny", settings)
     assert "Sources:" not in shown and "sources" not in stats
-    monkeypatch.setenv("HOMER_CITATIONS", "0")  # off: no sources line whatever the focus
+    configure(answering={"citations": False})  # off: no sources line whatever the focus
     pdf = _add_ready(service, text_pdf(["One.", "Two."]), "two.pdf")
     *_, (shown, stats) = service.ask("s", pdf["id"], "Who?", "tiny", settings)
     assert "Sources:" not in shown and "sources" not in stats

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import re
 import subprocess
 import sys
@@ -84,14 +83,16 @@ import sys, json
 sys.path.insert(0, "tests")
 from store_helpers import peak_rss_bytes
 from homer.reading.formats import check_sectioned_upload
+from homer.reading.formats.zipsafe import ZipLimits
 from homer.reading.sources import DocumentError, read_document
 data = open(sys.argv[1], "rb").read()
+limits = ZipLimits(**json.loads(sys.argv[2]))
 before = peak_rss_bytes()
 out = {}
 try:
-    check_sectioned_upload("docx", data)
+    check_sectioned_upload("docx", data, limits)
     out["upload"] = "accepted"
-    out["text"] = read_document("upload.docx", data=data, max_chars=4_000_000).text
+    out["text"] = read_document("upload.docx", data=data, max_chars=4_000_000, zip_limits=limits).text
 except DocumentError as exc:
     out["refused"] = str(exc)
 out["grew_mib"] = (peak_rss_bytes() - before) / 2**20
@@ -100,15 +101,16 @@ print(json.dumps(out))
 """
 
 
-def read_in_a_process(data: bytes, tmp_path, **env) -> dict:
+def read_in_a_process(data: bytes, tmp_path, **limits) -> dict:
     """The upload request's check of ``data`` (as ``app.library.check_upload`` runs it for a
     .docx) and the worker's reading of it (``homer.reading.sources.read_document``, as
-    ``app.ingest.ingest_bytes`` calls it), in a fresh process: what came of it, and its peak
-    memory (``grew_mib``: above what the imports took)."""
+    ``app.ingest.ingest_bytes`` calls it), within the archive ``limits`` (fields of
+    :class:`ZipLimits`; the defaults otherwise), in a fresh process: what came of it, and its
+    peak memory (``grew_mib``: above what the imports took)."""
     upload = tmp_path / "upload.docx"
     upload.write_bytes(data)
-    out = subprocess.run([sys.executable, "-c", READ, str(upload)], cwd=ROOT, capture_output=True, text=True,
-                         timeout=300, env={**os.environ, **env})
+    out = subprocess.run([sys.executable, "-c", READ, str(upload), json.dumps(limits)], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -168,7 +170,7 @@ def test_xml_dense_with_elements_is_refused_before_it_is_parsed(picture_docx, tm
     (800 000 elements, about 100 MB as a tree) against a limit lowered to 64 MB."""
     body = fx.member(picture_docx, "word/document.xml").replace(b"<w:body>", b"<w:body>" + tiny_elements(800_000))
     dense = fx.rewrite_zip(picture_docx, replace={"word/document.xml": body})
-    figures = read_in_a_process(dense, tmp_path, HOMER_DOCX_MAX_PARSE_MB="64")
+    figures = read_in_a_process(dense, tmp_path, max_parse_bytes=64 * 2**20)  # the app's HOMER_DOCX_MAX_PARSE_MB=64
     assert figures.get("upload") == "accepted", figures
     message = figures["refused"]
     assert re.fullmatch(r"the DOCX's XML would take about 10\d\.\d MB of memory to read \(word/document\.xml: "

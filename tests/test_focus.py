@@ -208,7 +208,7 @@ def test_questions_about_the_whole_document_are_routed_to_the_cache():
 
 # --- through the chat ---------------------------------------------------------------------
 
-def test_chat_answers_with_focus_and_lists_its_sources(tmp_path, tiny, monkeypatch):
+def test_chat_answers_with_focus_and_lists_its_sources(tmp_path, tiny, configure):
     model, tokenizer = tiny
     fingerprint = model_fingerprint(model)
     service = ChatService(Store(tmp_path / "store"), loader=lambda name: (model, tokenizer, fingerprint))
@@ -236,12 +236,12 @@ def test_chat_answers_with_focus_and_lists_its_sources(tmp_path, tiny, monkeypat
                                     focus="passages")
     assert rag["focus"] == "passages" and "Sources:" in shown3 and not rag["index_built"]
     assert rag["appended_tokens"] > 0 and session.conversation is None  # the cache conversation is rebuilt next turn
-    monkeypatch.delenv("HOMER_FOCUS", raising=False)
+    configure(answering={"focus": "auto"})
     *_, (_, fourth) = service.ask("s", doc["id"], "Where was the zyzzogeton kept?", "tiny", settings)
     assert fourth["turn"] == 4 and fourth["focus"] == AUTO_SPECIFIC  # the default, auto, on a specific question
     *_, (shown5, fifth) = service.ask("s", doc["id"], "What is this document about?", "tiny", settings)
     assert fifth["focus"] == "cache" and not fifth["passages"] and "Sources:\n-" not in shown5  # the whole: the cache
-    monkeypatch.setenv("HOMER_FOCUS", "passages")
+    configure(answering={"focus": "passages"})
     *_, (_, sixth) = service.ask("s", doc["id"], "What is this document about?", "tiny", settings)
     assert sixth["focus"] == "passages"  # the setting wins over the route
     with pytest.raises(ChatError, match="focus must be one of"):
@@ -260,7 +260,7 @@ def test_the_worker_indexes_a_document_before_its_build(tmp_path, monkeypatch):
     assert len(seen) == 1  # already indexed: nothing to show
 
 
-def test_a_question_the_document_does_not_hold_is_answered_not_found(tmp_path, tiny, monkeypatch):
+def test_a_question_the_document_does_not_hold_is_answered_not_found(tmp_path, tiny, configure):
     from homer.answering.grounding import NOT_FOUND
 
     model, tokenizer = tiny
@@ -276,7 +276,7 @@ def test_a_question_the_document_does_not_hold_is_answered_not_found(tmp_path, t
     assert service.history("s", doc["id"])[-1]["content"] == NOT_FOUND  # kept like any answer
     *_, (shown, stats) = service.ask("s", doc["id"], "Where was the zyzzogeton?", "tiny", settings)
     assert shown != NOT_FOUND and not stats["not_found"] and stats["new_tokens"] > 0
-    monkeypatch.setenv("HOMER_NOT_FOUND", "0")
+    configure(answering={"not_found": False})
     *_, (shown, stats) = service.ask("s", doc["id"], "Which physicist discovered the positron?", "tiny", settings)
     assert shown != NOT_FOUND and stats["new_tokens"] > 0  # turned off: the model answers from what was found
 
@@ -294,23 +294,23 @@ def test_passages_can_be_read_best_last_next_to_the_question(tiny):
         PassageConversation(model, tokenizer, order="random")
 
 
-def test_the_app_reads_passages_in_the_order_its_setting_names(monkeypatch):
+def test_the_app_reads_passages_in_the_order_its_setting_names(configure):
     from app.focus import passage_order
 
-    monkeypatch.delenv("HOMER_PASSAGE_ORDER", raising=False)
+    configure(answering={"passage_order": "best-last"})
     assert passage_order() == "best-last"
-    monkeypatch.setenv("HOMER_PASSAGE_ORDER", " Best-First ")
+    configure(answering={"passage_order": " Best-First "})
     assert passage_order() == "best-first"
-    monkeypatch.setenv("HOMER_PASSAGE_ORDER", "shuffled")
+    configure(answering={"passage_order": "shuffled"})  # an unknown word: the default, with a warning
     assert passage_order() == "best-last"
 
 
-def test_a_source_is_cited_on_the_page_of_the_part_the_model_read(monkeypatch):
+def test_a_source_is_cited_on_the_page_of_the_part_the_model_read(configure):
     from app.focus import fed_text, read_part, sources_label
     from homer.reading.locations import LocationMap
     from storage.passages import Passage
 
-    monkeypatch.setenv("HOMER_FOCUS_WORDS", "20")
+    configure(answering={"focus_words": 20})
     foot = "The harbour was quiet that evening and nobody spoke of the weather at all. " * 3  # page 1's foot
     top = "The lighthouse keeper's cat is named Biscuit and sleeps by the lamp. " + "Gulls cried. " * 4
     text = "Intro.\n" + foot + top
@@ -322,7 +322,7 @@ def test_a_source_is_cited_on_the_page_of_the_part_the_model_read(monkeypatch):
     assert read.page == 2 and text[read.start:read.end] == read.text and read.start >= passage.start
     assert " ".join(read.text.split()) == fed_text(passage, "What is the lighthouse keeper's cat named?")
     assert sources_label([read], locations, "cat").startswith("- p. 2: “")
-    monkeypatch.setenv("HOMER_FOCUS_WORDS", "0")  # the whole passage is read: cited where the question's words are
+    configure(answering={"focus_words": 0})  # the whole passage is read: cited where the question's words are
     whole = read_part(passage, "Which cat?", locations)
     assert (whole.start, whole.end, whole.text) == (passage.start, passage.end, passage.text) and whole.page == 2
     assert read_part(passage, "Which harbour cat?", locations).page == 1  # one word on each page: the first

@@ -160,7 +160,7 @@ def test_drm_is_refused_and_font_obfuscation_is_not(book):
     assert set(fx.BOOK_LABELS) <= set(read("epub", fonts).labels)
 
 
-def test_zip_bombs_are_refused_from_the_directory_before_decompressing(book, monkeypatch):
+def test_zip_bombs_are_refused_from_the_directory_before_decompressing(book, configure):
     bomb = fx.zip_bomb(book["epub"], "EPUB/text/bomb.xhtml")
     assert len(bomb) < 2 * 2**20  # 200 MB of zeros in a file of a few hundred KB
     started = time.monotonic()
@@ -169,13 +169,18 @@ def test_zip_bombs_are_refused_from_the_directory_before_decompressing(book, mon
     assert time.monotonic() - started < 2  # nothing was decompressed
     docx_bomb = fx.zip_bomb(book["docx"], "word/media/bomb.bin")
     assert "bomb.bin expands" in refused("docx", docx_bomb)
-    monkeypatch.setenv("HOMER_ZIP_MAX_RATIO", "100000")  # the ratio allowed: the member's size still is not
-    assert "bomb.xhtml is 200.0 MB uncompressed, over the limit of 64.0 MB" in refused("epub", bomb)
-    monkeypatch.setenv("HOMER_ZIP_MAX_MEMBER_MB", "1000")
-    monkeypatch.setenv("HOMER_ZIP_MAX_MB", "100")
-    assert "is 200.0 MB uncompressed, over the limit of 100.0 MB (a zip bomb?)" in refused("epub", bomb)
-    monkeypatch.setenv("HOMER_ZIP_MAX_MEMBERS", "50")
-    assert refused("epub", fx.many_members(60)) == "the EPUB holds 61 files, over the limit of 50"
+    limits = ZipLimits(max_ratio=100_000)  # the ratio allowed: the member's size still is not
+    assert "bomb.xhtml is 200.0 MB uncompressed, over the limit of 64.0 MB" in refused("epub", bomb, limits=limits)
+    limits = ZipLimits(max_ratio=100_000, max_member_bytes=1000 * 2**20, max_total_bytes=100 * 2**20)
+    assert "is 200.0 MB uncompressed, over the limit of 100.0 MB (a zip bomb?)" in refused("epub", bomb, limits=limits)
+    assert refused("epub", fx.many_members(60), limits=ZipLimits(max_members=50)) == \
+        "the EPUB holds 61 files, over the limit of 50"
+    # the app's settings (HOMER_ZIP_MAX_MEMBERS …) are the limits of its uploads, checked at upload and read
+    configure(archives={"max_members": 50})
+    for call in (lambda: library.check_upload(fx.many_members(60), "many.epub"),
+                 lambda: ingest_bytes(fx.many_members(60), "many.epub")):
+        with pytest.raises(IngestError, match="^many.epub: the EPUB holds 61 files, over the limit of 50$"):
+            call()
 
 
 def test_a_zip_directory_that_lies_is_caught_while_reading(book):
@@ -277,9 +282,15 @@ def test_the_character_limit_and_the_deadline_are_kept(book):
 
 
 def test_limits_from_the_environment_are_checked(monkeypatch):
+    from app.ingest import zip_limits
+    from app.settings import SettingsError, read_settings
+
     monkeypatch.setenv("HOMER_ZIP_MAX_MB", "lots")
-    with pytest.raises(ValueError, match="HOMER_ZIP_MAX_MB must be a number"):
-        ZipLimits.from_env()
+    with pytest.raises(SettingsError, match="^HOMER_ZIP_MAX_MB must be a number, not 'lots'$"):
+        read_settings()
+    monkeypatch.setenv("HOMER_ZIP_MAX_MB", "100")
+    monkeypatch.setenv("HOMER_DOCX_MAX_PARSE_MB", "64")
+    assert zip_limits(read_settings()) == ZipLimits(max_total_bytes=100 * 2**20, max_parse_bytes=64 * 2**20)
 
 
 # --- through the app ----------------------------------------------------------------------------

@@ -85,20 +85,20 @@ def test_a_pdf_with_a_real_user_password_is_still_refused():
 
 
 # --- PDF bounds ---------------------------------------------------------------------------
-def test_too_many_pages_are_refused_before_extraction(monkeypatch):
-    monkeypatch.setenv("HOMER_MAX_PAGES", "20")
+def test_too_many_pages_are_refused_before_extraction(configure):
+    configure(ingest={"max_pages": 20})
     data = text_pdf([f"Page {i}." for i in range(30)])
     for call in (lambda: library.check_upload(data, "long.pdf"), lambda: ingest_bytes(data, "long.pdf")):
         assert refusal(call) == "long.pdf: the PDF has 30 pages, over the limit of 20"
     assert len(ingest_bytes(text_pdf(["One.", "Two."]), "short.pdf").page_starts) == 2
 
 
-def test_pages_sharing_one_content_stream_stop_at_the_character_limit(monkeypatch):
+def test_pages_sharing_one_content_stream_stop_at_the_character_limit(configure):
     """A few KB of PDF whose 400 pages reuse one 6 000-character content stream: counted per
     page, repeats included, and stopped once the total passes the limit."""
     data = shared_stream_pdf(400)
     assert len(data) < 100_000
-    monkeypatch.setenv("HOMER_MAX_CHARS", "100000")
+    configure(ingest={"max_chars": 100_000})
     library.check_upload(data, "copies.pdf")  # its structure is fine: the worker finds the size
     message = refusal(lambda: ingest_bytes(data, "copies.pdf"))
     assert message.startswith("copies.pdf: the PDF holds over 100,000 characters of text (the limit; stopped at page ")
@@ -106,20 +106,19 @@ def test_pages_sharing_one_content_stream_stop_at_the_character_limit(monkeypatc
     assert 10 < stopped < 30  # it stopped early, not after reading all 400 pages
 
 
-def test_one_huge_page_is_bounded_by_its_text_and_by_its_content_stream(monkeypatch):
+def test_one_huge_page_is_bounded_by_its_text_and_by_its_content_stream(configure):
     data = text_pdf(["\n".join([LINE] * 400)], font_size=8)  # one page, about 25 000 characters
     assert len(ingest_bytes(data, "dense.pdf").text) > 20_000  # within the defaults
-    monkeypatch.setenv("HOMER_MAX_PAGE_CHARS", "10000")
+    configure(ingest={"max_page_chars": 10_000})
     assert refusal(lambda: ingest_bytes(data, "dense.pdf")).startswith(
         "dense.pdf: page 1 holds 2")
-    monkeypatch.delenv("HOMER_MAX_PAGE_CHARS")
-    monkeypatch.setenv("HOMER_MAX_PAGE_CONTENT_MB", str(10 / 1024))  # 10 KB
+    configure(ingest={"max_page_chars": 100_000, "max_page_content_mb": 10 / 1024})  # 10 KB
     message = refusal(lambda: ingest_bytes(data, "dense.pdf"))
     assert message.startswith("dense.pdf: page 1 has ") and message.endswith("of content, over the limit of 10 KB per page")
 
 
-def test_the_time_limit_stops_a_pdf_between_pages_and_a_text_after_reading(monkeypatch):
-    monkeypatch.setenv("HOMER_INGEST_SECONDS", "0.000001")
+def test_the_time_limit_stops_a_pdf_between_pages_and_a_text_after_reading(configure):
+    configure(ingest={"ingest_seconds": 0.000001})
     message = refusal(lambda: ingest_bytes(text_pdf(["One.", "Two.", "Three."]), "slow.pdf"))
     assert message.startswith("slow.pdf: reading the PDF took too long (stopped at page ")
     message = refusal(lambda: ingest_bytes(story(20).encode(), "slow.txt", tiny_tokenizer()))
@@ -127,19 +126,19 @@ def test_the_time_limit_stops_a_pdf_between_pages_and_a_text_after_reading(monke
 
 
 # --- text bounds --------------------------------------------------------------------------
-def test_the_token_limit_is_counted_in_pieces_and_refuses_early(monkeypatch):
+def test_the_token_limit_is_counted_in_pieces_and_refuses_early(configure):
     tokenizer = tiny_tokenizer()  # one token per character
     text = story(2000)  # about 140 000 characters, several counting pieces
     assert count_tokens(text, tokenizer) == len(tokenizer(text, add_special_tokens=False).input_ids)
-    monkeypatch.setenv("HOMER_MAX_TOKENS", "70000")
+    configure(ingest={"max_tokens": 70_000})
     message = refusal(lambda: ingest_bytes(text.encode(), "book.txt", tokenizer))
     assert message.startswith("book.txt: the document is over 70,000 tokens (the limit; counted ")
     counted = int(message.split("in its first ")[1].split()[0].replace(",", ""))
     assert counted <= 2 * 65_536 < len(text)  # stopped after the second piece, not at the end
 
 
-def test_a_text_over_the_character_limit_is_refused_at_upload_and_in_the_worker(monkeypatch):
-    monkeypatch.setenv("HOMER_MAX_CHARS", "50000")
+def test_a_text_over_the_character_limit_is_refused_at_upload_and_in_the_worker(configure):
+    configure(ingest={"max_chars": 50_000})
     data = story(1000).encode()
     expected = f"prose.txt: the file holds at least {len(data):,} characters of text, over the limit of 50,000"
     assert refusal(lambda: library.check_upload(data, "prose.txt")) == expected
@@ -148,11 +147,11 @@ def test_a_text_over_the_character_limit_is_refused_at_upload_and_in_the_worker(
     library.check_upload(("é" * 40_000).encode(), "accents.txt")
 
 
-def test_a_10_mb_markdown_line_is_refused_at_upload_and_split_linearly_when_allowed(monkeypatch):
+def test_a_10_mb_markdown_line_is_refused_at_upload_and_split_linearly_when_allowed(configure):
     line = ("word " * (2 * 2**20)).encode()  # 10 MB, one line
     assert refusal(lambda: library.check_upload(line, "line.md")).startswith(
         "line.md: the file holds at least 10,485,760 characters of text, over the limit of")
-    monkeypatch.setenv("HOMER_MAX_CHARS", "20000000")
+    configure(ingest={"max_chars": 20_000_000})
     library.check_upload(line, "line.md")  # the request checks bytes and a prefix only
     doc = ingest_bytes(line, "line.md")  # no tokenizer: what the upload request used to run whole
     spans = [(s, e) for s, e, _, _ in doc.passages]
@@ -220,10 +219,8 @@ def consumer(tmp_path):
         yield queue
 
 
-def test_refusals_in_the_worker_fail_the_job_store_nothing_and_the_queue_goes_on(consumer, model_dir, monkeypatch):
-    monkeypatch.setenv("HOMER_MAX_PAGES", "20")
-    monkeypatch.setenv("HOMER_MAX_CHARS", "100000")
-    monkeypatch.setenv("HOMER_MAX_TOKENS", "5000")
+def test_refusals_in_the_worker_fail_the_job_store_nothing_and_the_queue_goes_on(consumer, model_dir, configure):
+    configure(ingest={"max_pages": 20, "max_chars": 100_000, "max_tokens": 5000})
     queue, store = consumer, consumer.store
     bad = {"long.pdf": text_pdf([f"Page {i}." for i in range(30)]), "copies.pdf": shared_stream_pdf(20),
            "wordy.txt": story(100, "wordy").encode()}  # 7 000 tokens with the test model's tokenizer

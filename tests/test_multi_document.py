@@ -133,8 +133,8 @@ def test_each_question_is_answered_from_its_own_document_and_names_it(service, s
     assert several.history("other", selection, model_name="tiny") == []
 
 
-def test_a_question_over_both_documents_and_the_whole_library(service, several, monkeypatch):
-    monkeypatch.delenv("HOMER_FOCUS", raising=False)
+def test_a_question_over_both_documents_and_the_whole_library(service, several, configure):
+    configure(answering={"focus": "auto"})
     log, ledger = add(service, log_txt(), "lighthouse-log.txt"), add(service, ledger_pdf(), "harbour-ledger.pdf")
     shown, stats = final(several.ask("s", [log["id"][:10], "harbour-ledger.pdf"], ASK_BOTH,
                                              model_name="tiny", generation=SHORT))
@@ -159,7 +159,7 @@ def test_a_question_over_both_documents_and_the_whole_library(service, several, 
                                        generation=SHORT))
     assert one["focus"] == "cache" and one["cache_reused"] and len(one["documents"]) == 1
     assert several.history("s", [log["id"]], model_name="tiny") == service.history("s", log["id"])
-    monkeypatch.setenv("HOMER_CITATIONS", "0")  # off: no sources line, as for one document
+    configure(answering={"citations": False})  # off: no sources line, as for one document
     shown, quiet = final(several.ask("s", [WHOLE_LIBRARY], ASK_BOTH, model_name="tiny", generation=SHORT))
     assert "Sources:" not in shown and "sources" not in quiet and quiet["passages"]
     # deleting a document drops the conversations over selections holding it
@@ -238,10 +238,11 @@ def serving(service, auth: list[tuple[str, str]] | None = None):
 
 
 @pytest.fixture
-def app_url(service, monkeypatch):
+def app_url(service, monkeypatch, configure):
     """The UI with login for ann and bob, its focus control at the default."""
     pytest.importorskip("gradio_client")
-    monkeypatch.delenv("HOMER_FOCUS", raising=False)
+    monkeypatch.delenv("HOMER_FOCUS", raising=False)  # the focus control's first value
+    configure(answering={"focus": "auto"})
     with serving(service, [("ann", "pw-a"), ("bob", "pw-b")]) as url:
         yield url
 
@@ -275,7 +276,7 @@ def test_the_focus_control_and_the_selection_reach_the_chat(service, app_url):
     assert ann.predict(None, [WHOLE_LIBRARY], api_name="/clear")[0] == []
 
 
-def test_the_multi_select_and_the_focus_control_in_a_browser(service, monkeypatch):
+def test_the_multi_select_and_the_focus_control_in_a_browser(service, monkeypatch, configure):
     pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
     from playwright.sync_api import sync_playwright
     from test_app_browser import CHROMIUM_ARGS, system_chromium
@@ -283,7 +284,8 @@ def test_the_multi_select_and_the_focus_control_in_a_browser(service, monkeypatc
     executable = system_chromium()
     if executable is None:
         pytest.skip("no system Chromium found")
-    monkeypatch.delenv("HOMER_FOCUS", raising=False)
+    monkeypatch.delenv("HOMER_FOCUS", raising=False)  # the focus control's first value
+    configure(answering={"focus": "auto"})
     add(service, log_txt(), "lighthouse-log.txt")
     add(service, ledger_pdf(), "harbour-ledger.pdf")
     with serving(service) as url, sync_playwright() as playwright:

@@ -16,6 +16,7 @@ import time
 import pytest
 
 from app.ingest import IngestError, ingest_bytes
+from app.settings import configured
 from conftest import tiny_tokenizer
 from store_helpers import FAST, text_pdf
 
@@ -101,9 +102,8 @@ def read_scan(fixtures):
     through) and its progress messages."""
     _, scan, _ = fixtures
     seen = []
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("HOMER_INGEST_SECONDS", "1")  # OCR of two pages takes longer: the allowance extends it
-        env.setenv("HOMER_OCR_PAGE_SECONDS", "60")
+    # OCR of two pages takes longer than 1 s: the allowance extends it
+    with configured(ingest={"ingest_seconds": 1, "ocr_page_seconds": 60}):
         started = time.monotonic()
         doc = ingest_bytes(scan, "scan.pdf", tiny_tokenizer(), progress=seen.append)
         seconds = time.monotonic() - started
@@ -153,38 +153,37 @@ def test_the_upload_request_lets_a_scan_through_to_the_worker(fixtures):
     check_upload(fixtures[1], "scan.pdf")  # no text layer is not a reason to refuse at upload
 
 
-def test_without_tesseract_a_scan_is_refused_saying_what_to_install(fixtures, monkeypatch):
+def test_without_tesseract_a_scan_is_refused_saying_what_to_install(fixtures, configure):
     from homer.reading.sources import read_pdf
 
     printed, scan, mixed = fixtures
-    monkeypatch.setenv("HOMER_TESSERACT", "/nonexistent/tesseract")
+    configure(ocr={"tesseract": "/nonexistent/tesseract"})
     with pytest.raises(IngestError) as info:
         ingest_bytes(scan, "scan.pdf")
     assert str(info.value) == ("scan.pdf: this PDF is scanned (no text layer) and OCR is not available: "
                                "install Tesseract (Debian: tesseract-ocr tesseract-ocr-eng)")
-    doc = read_pdf(mixed)  # a mixed PDF is still read: its text pages, without the scanned one
+    # a mixed PDF is still read: its text pages, without the scanned one
+    doc = read_pdf(mixed, ocr_command="/nonexistent/tesseract")
     assert doc.ocr_pages == [] and "Ada" in doc.text and "zyzzogeton" not in doc.text
-    monkeypatch.delenv("HOMER_TESSERACT")
-    monkeypatch.setenv("HOMER_OCR_LANG", "xyz")
+    configure(ocr={"tesseract": "tesseract", "language": "xyz"})
     with pytest.raises(IngestError, match=r"OCR is not available: install Tesseract's xyz language data "
                                           r"\(Debian: tesseract-ocr-xyz\)$"):
         ingest_bytes(scan, "scan.pdf")
 
 
-def test_ocr_turned_off_refuses_a_scan_as_before(fixtures, monkeypatch):
-    monkeypatch.setenv("HOMER_OCR", "0")
+def test_ocr_turned_off_refuses_a_scan_as_before(fixtures, configure):
+    configure(ocr={"enabled": False})
     with pytest.raises(IngestError, match=r"^scan\.pdf: the PDF has no text layer \(scanned images only\?\) "
                                           r"and OCR is turned off$"):
         ingest_bytes(fixtures[1], "scan.pdf")
     assert "zyzzogeton" not in ingest_bytes(fixtures[2], "mixed.pdf").text  # text pages only
 
 
-def test_the_ocr_page_and_time_limits_refuse_a_long_scan(fixtures, monkeypatch):
-    monkeypatch.setenv("HOMER_OCR_MAX_PAGES", "1")
+def test_the_ocr_page_and_time_limits_refuse_a_long_scan(fixtures, configure):
+    configure(ingest={"ocr_max_pages": 1})
     with pytest.raises(IngestError, match=r"the PDF has 2 scanned pages \(no text layer\), over the OCR limit of 1$"):
         ingest_bytes(fixtures[1], "scan.pdf")
-    monkeypatch.delenv("HOMER_OCR_MAX_PAGES")
-    monkeypatch.setenv("HOMER_OCR_PAGE_SECONDS", "0.05")
+    configure(ingest={"ocr_max_pages": 200, "ocr_page_seconds": 0.05})
     started = time.monotonic()
     with pytest.raises(IngestError, match=r"the PDF has no text layer, and the OCR of pages 1, 2 took over 0\.05 s "
                                           r"\(the limit per page\)$"):
@@ -336,7 +335,7 @@ def test_a_scan_of_noise_stops_after_its_first_empty_pages(fixtures, tmp_path, m
     assert not readable("r\n1\nio\nia\naa\nre.\nee\nie\nants\ni\n\"a tet\nis\nwu\n“et\nr\n7\nqe\n1\nre\n> Tr")
 
 
-def test_a_scanned_page_that_takes_minutes_to_draw_is_refused_at_the_render_deadline(tmp_path, monkeypatch):
+def test_a_scanned_page_that_takes_minutes_to_draw_is_refused_at_the_render_deadline(tmp_path, configure):
     """A page without a text layer drawing 20 000 page-sized fills goes to OCR, whose 300 dpi
     render took 22 s (200 000 fills) holding the process's one PDFium lock; now it is killed
     at the render deadline (``HOMER_RENDER_SECONDS``, 2 here) and refused in one line, and a
@@ -346,7 +345,7 @@ def test_a_scanned_page_that_takes_minutes_to_draw_is_refused_at_the_render_dead
     from homer.reading.formats import render
     from test_reader import fills_pdf
 
-    monkeypatch.setenv("HOMER_RENDER_SECONDS", "2")
+    configure(render={"seconds": 2})
     other = tmp_path / "other.pdf"
     other.write_bytes(text_pdf(["A page anyone may read while the drawing is cut off."]))
     outcome, drawing = {}, threading.Event()

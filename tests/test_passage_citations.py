@@ -108,7 +108,7 @@ def test_the_prompt_of_a_turn_that_dropped_passages_is_rebuilt(tiny):
     assert last_turn_prompt(conversation, "another question?", huge) is None
 
 
-def test_the_chat_orders_its_sources_by_attention_when_asked(tmp_path, monkeypatch):
+def test_the_chat_orders_its_sources_by_attention_when_asked(tmp_path, monkeypatch, configure):
     from app.chat import ChatService
     from app.ingest import add_to_store, ingest_bytes
     from homer import HomerConfig, build_document_cache
@@ -124,11 +124,11 @@ def test_the_chat_orders_its_sources_by_attention_when_asked(tmp_path, monkeypat
     service.store.save_cache(doc["id"], build_document_cache(model, tokenizer, text, HomerConfig(significance="uncalibrated"),
                                                              metadata={"document_id": doc["id"]}))
     settings = GenerationSettings(max_new_tokens=4)
-    monkeypatch.setenv("HOMER_NOT_FOUND", "0")
+    configure(answering={"not_found": False})
 
     *_, (shown, stats) = service.ask("s", doc["id"], "Where was the zyzzogeton?", "tiny", settings, focus="passages")
     assert stats["source_order"] == "retrieval" and not stats["source_scores"]  # the default: no extra forward
-    monkeypatch.setenv("HOMER_SOURCE_ORDER", "attention")
+    configure(answering={"source_order": "attention"})
     *_, (shown, stats) = service.ask("t", doc["id"], "Where was the zyzzogeton?", "tiny", settings, focus="passages")
     scores = stats["source_scores"]
     assert stats["source_order"] == "attention" and len(scores) == len(stats["passages"]) >= 2
@@ -142,7 +142,7 @@ def test_the_chat_orders_its_sources_by_attention_when_asked(tmp_path, monkeypat
         raise AssertionError("no extra forward with citations off")
 
     monkeypatch.setattr(cited, "cite_passages", refuse)
-    monkeypatch.setenv("HOMER_CITATIONS", "0")
+    configure(answering={"citations": False})
     *_, (shown, stats) = service.ask("u", doc["id"], "Where was the zyzzogeton?", "tiny", settings, focus="passages")
     assert not stats["source_scores"] and "Sources:" not in shown
 

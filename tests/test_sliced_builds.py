@@ -148,12 +148,10 @@ class FakeGPU:
 
 
 @pytest.fixture
-def slow_slices(monkeypatch):
+def slow_slices(configure):
     """Slices of 2 s, 0.5 s of them kept as margin; every build step takes 0.1 s at least."""
-    monkeypatch.setenv("HOMER_GPU_SLICE_SECONDS", "2")
-    monkeypatch.setenv("HOMER_GPU_SLICE_MARGIN", "0.5")
-    monkeypatch.setenv("HOMER_TEST_STEP_DELAY", "0.1")
-    monkeypatch.setenv("HOMER_JOB_LEASE_SECONDS", "5")
+    configure(builds={"gpu_slice_seconds": 2, "gpu_slice_margin": 0.5, "test_step_delay": 0.1,
+                      "job_lease_seconds": 5})
     torch.set_num_threads(1)
 
 
@@ -293,9 +291,8 @@ def test_one_slice_of_a_job_at_a_time(tmp_path, model_dir, slow_slices):
     assert results and results[0].state == "queued"
 
 
-def test_the_duration_is_capped_and_shrinks_with_the_work_left(tmp_path, monkeypatch):
-    monkeypatch.setenv("HOMER_GPU_SLICE_SECONDS", "60")
-    monkeypatch.delenv("HOMER_GPU_SLICE_MARGIN", raising=False)
+def test_the_duration_is_capped_and_shrinks_with_the_work_left(tmp_path, configure):
+    configure(builds={"gpu_slice_seconds": 60, "gpu_slice_margin": 10})
     slices = Slices(Store(tmp_path / "store"))
     assert slices.slice_seconds("job") == 60  # nothing measured yet: the cap
     asked = []
@@ -307,7 +304,7 @@ def test_the_duration_is_capped_and_shrinks_with_the_work_left(tmp_path, monkeyp
     assert asked == sorted(asked, reverse=True) and asked[-1] < 60, asked  # shrinks as work is done
     assert asked[-1] == 11  # margin 10 s + 1.25 × 0.5 s for the last merges
     assert slicing.gpu_duration("job", asked[-1]) == 11
-    monkeypatch.setenv("HOMER_GPU_SLICE_SECONDS", "20")
+    configure(builds={"gpu_slice_seconds": 20})
     assert slices.slice_seconds("job") <= 20
     slices._learn("job", {"outcome": "done"})
     assert slices.slice_seconds("job") == 20  # a new build of it measures again

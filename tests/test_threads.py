@@ -29,9 +29,9 @@ def tiny():
 
 
 @pytest.fixture(autouse=True)
-def cache_only(monkeypatch):
-    monkeypatch.setenv("HOMER_FOCUS", "cache")  # the cache's conversation (random weights, made-up questions)
-    monkeypatch.setenv("HOMER_CITATIONS", "0")
+def cache_only(configure):
+    # the cache's conversation (random weights, made-up questions), no sources line
+    configure(answering={"focus": "cache", "citations": False})
 
 
 def add_ready(store, tiny, data: bytes, name: str) -> tuple[dict, dict]:

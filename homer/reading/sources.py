@@ -85,7 +85,8 @@ def read_pdf(data: bytes, max_pages: int | None = None, max_chars: int | None = 
              max_page_chars: int | None = None, max_page_content: int | None = None,
              deadline: float | None = None, ocr: bool | None = None, ocr_max_pages: int | None = None,
              ocr_page_seconds: float | None = None, ocr_empty_pages: int | None = None,
-             progress=None) -> PdfSource:
+             progress=None, ocr_command: str | None = None, ocr_language: str | None = None,
+             render_seconds: float | None = None) -> PdfSource:
     """The text of a PDF, page by page. The bounds (None: unbounded) keep a hostile file from
     holding a worker: ``max_pages`` is checked before any text is extracted; each page's
     decoded content stream is checked against ``max_page_content`` bytes *before* it is
@@ -95,8 +96,9 @@ def read_pdf(data: bytes, max_pages: int | None = None, max_chars: int | None = 
     share one content stream, so the totals are counted per page, repeats included.
 
     Scans: the pages whose text layer is (almost) empty but which draw something are then
-    read by OCR (:mod:`homer.reading.formats.ocr`), unless ``ocr`` is False (None: ``HOMER_OCR``,
-    default on): at most ``ocr_max_pages`` of them (more is refused before any is read); the
+    read by OCR (:mod:`homer.reading.formats.ocr`: Tesseract's ``ocr_command`` in ``ocr_language``,
+    each page rendered within ``render_seconds``; None: the module's defaults), unless ``ocr`` is
+    False (None: on): at most ``ocr_max_pages`` of them (more is refused before any is read); the
     deadline grows by ``ocr_page_seconds`` for each, and one page's Tesseract run is stopped
     after ``ocr_page_seconds`` (that page then keeps its text layer, and the others are
     read) or at the deadline (refused); when the first ``ocr_empty_pages`` of them all OCR to
@@ -143,7 +145,8 @@ def read_pdf(data: bytes, max_pages: int | None = None, max_chars: int | None = 
     ocr_pages, slow = [], []
     if scanned:
         ocr_pages, slow = _ocr_pages(data, reader, texts, scanned, ocr, ocr_max_pages, ocr_page_seconds, deadline,
-                                     max_page_chars, max_chars, progress, ocr_empty_pages)
+                                     max_page_chars, max_chars, progress, ocr_empty_pages,
+                                     {"command": ocr_command, "language": ocr_language}, render_seconds)
     starts, parts, offset = [], [], 0
     for text in texts:
         starts.append(offset)
@@ -171,25 +174,25 @@ def _check_page_text(text: str, number: int, max_page_chars: int | None) -> None
 
 
 def _ocr_on(ocr: bool | None) -> bool:
-    from .formats.ocr import ocr_enabled
-
-    return ocr_enabled() if ocr is None else bool(ocr)
+    return True if ocr is None else bool(ocr)
 
 
 def _ocr_pages(data: bytes, reader, texts: list[str], scanned: list[int], ocr: bool | None,
                max_pages: int | None, page_seconds: float | None, deadline: float | None,
                max_page_chars: int | None, max_chars: int | None, progress,
-               empty_pages: int | None = None) -> tuple[list[int], list[int]]:
+               empty_pages: int | None = None, tesseract: dict | None = None,
+               render_seconds: float | None = None) -> tuple[list[int], list[int]]:
     """OCR the ``scanned`` pages (1-based) of the PDF into ``texts`` (in place) within the
-    bounds of :func:`read_pdf`; returns (the pages that went through OCR — none when OCR is
-    off or missing —, those of them stopped at the per-page limit)."""
+    bounds of :func:`read_pdf`, by Tesseract's ``command`` in ``language`` (``tesseract``);
+    returns (the pages that went through OCR — none when OCR is off or missing —, those of
+    them stopped at the per-page limit)."""
     from .formats import ocr as engine
 
     if not _ocr_on(ocr):
         return [], []
     has_text = any(text.strip() for text in texts)
     try:
-        engine.check_tesseract()
+        engine.check_tesseract(**(tesseract or {}))
     except engine.OcrUnavailable as exc:
         if has_text:  # a mixed PDF is read as before, without its scanned pages
             return [], []
@@ -201,14 +204,15 @@ def _ocr_pages(data: bytes, reader, texts: list[str], scanned: list[int], ocr: b
         deadline += count * page_seconds
     try:
         return _ocr_scanned(engine, data, reader, texts, scanned, page_seconds, deadline, max_page_chars,
-                            max_chars, progress, empty_pages)
+                            max_chars, progress, empty_pages, tesseract, render_seconds)
     except engine.OcrError as exc:  # the renderer's refusals (they name the page)
         raise DocumentError(str(exc)) from None
 
 
 def _ocr_scanned(engine, data: bytes, reader, texts: list[str], scanned: list[int], page_seconds: float | None,
                  deadline: float | None, max_page_chars: int | None, max_chars: int | None, progress,
-                 empty_pages: int | None = None) -> tuple[list[int], list[int]]:
+                 empty_pages: int | None = None, tesseract: dict | None = None,
+                 render_seconds: float | None = None) -> tuple[list[int], list[int]]:
     """The loop of :func:`_ocr_pages`; returns the pages read and those stopped at the
     per-page limit."""
     import logging
@@ -217,7 +221,7 @@ def _ocr_scanned(engine, data: bytes, reader, texts: list[str], scanned: list[in
 
     count, slow, found = len(scanned), [], False
     total = sum(len(text) + 2 for text in texts)
-    with engine.PageRenderer(data) as renderer:
+    with engine.PageRenderer(data, seconds=render_seconds) as renderer:
         for done, number in enumerate(scanned, 1):
             if progress is not None:
                 progress(f"OCR page {done}/{count}")
@@ -232,7 +236,7 @@ def _ocr_scanned(engine, data: bytes, reader, texts: list[str], scanned: list[in
             image, dpi = renderer.render(number - 1)
             per_page = page_seconds is not None and (left is None or page_seconds <= left)
             try:
-                text = engine.recognize(image, dpi, timeout=page_seconds if per_page else left)
+                text = engine.recognize(image, dpi, timeout=page_seconds if per_page else left, **(tesseract or {}))
             except subprocess.TimeoutExpired:
                 if not per_page:
                     raise DocumentError(f"reading the PDF took too long (stopped at the OCR of page {number}, "
@@ -301,10 +305,13 @@ def decode_text(data: bytes) -> str:
         return str(best)
 
 
-def read_document(path: str | Path, data: bytes | None = None, progress=None, **pdf_limits) -> SourceDocument:
+def read_document(path: str | Path, data: bytes | None = None, progress=None, zip_limits=None,
+                  **pdf_limits) -> SourceDocument:
     """Read a PDF, EPUB, DOCX, HTML, TXT or Markdown file. Raises :class:`DocumentError` with a
-    reason. ``pdf_limits``: the bounds of :func:`read_pdf`; the sectioned formats honour
-    ``max_chars`` and ``deadline`` of them (text files are bounded by their caller)."""
+    reason. ``pdf_limits``: the bounds (and OCR settings) of :func:`read_pdf`; the sectioned
+    formats honour ``max_chars`` and ``deadline`` of them, and an EPUB's or DOCX's archive
+    ``zip_limits`` (:class:`homer.reading.formats.zipsafe.ZipLimits`; None: its defaults). Text
+    files are bounded by their caller."""
     path = Path(path)
     if data is None:
         data = path.read_bytes()
@@ -315,7 +322,7 @@ def read_document(path: str | Path, data: bytes | None = None, progress=None, **
         from .formats import read_sectioned
 
         return read_sectioned(SECTIONED_SUFFIXES[suffix], data, max_chars=pdf_limits.get("max_chars"),
-                              deadline=pdf_limits.get("deadline"))
+                              deadline=pdf_limits.get("deadline"), limits=zip_limits)
     if suffix == ".pdf" or data.startswith(b"%PDF-"):
         return read_pdf(data, progress=progress, **pdf_limits)  # progress: "OCR page 3/80" of a scan
     if suffix in TEXT_SUFFIXES or suffix == "":

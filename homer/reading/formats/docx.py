@@ -24,8 +24,9 @@ which a declaration is other bytes) and without a DOCTYPE (Word never writes one
 how entity attacks come in). Every other part — images, fonts, embedded files, themes — is
 there empty, so the relationships still resolve, and is never decompressed. What parsing
 the kept parts will take is estimated from their bytes first (:func:`xml_nodes`) and
-bounded by ``HOMER_DOCX_MAX_PARSE_MB`` (384): 64 MB of ``<a/><b/>…`` is within the zip
-limits but 13 million elements, 1.8 GB as an lxml tree.
+bounded by the limits' ``max_parse_bytes`` (384 MB; the app's ``HOMER_DOCX_MAX_PARSE_MB``):
+64 MB of ``<a/><b/>…`` is within the zip limits but 13 million elements, 1.8 GB as an lxml
+tree.
 
 Refused with a reason: a password-protected DOCX (an OLE compound file holding an
 ``EncryptedPackage``, not a zip: "the DOCX is password-protected (encrypted)"); an old
@@ -38,7 +39,6 @@ import io
 import re
 import zipfile
 
-from ...durable import env_number
 from ..source_document import DocumentError, SourceDocument
 from ..locations import section_label
 from .base import LINE_BREAK, SectionedText, collapse
@@ -92,10 +92,10 @@ def open_docx(data: bytes, limits: ZipLimits | None = None) -> SafeZip:
     return archive
 
 
-def check_docx(data: bytes) -> None:
+def check_docx(data: bytes, limits: ZipLimits | None = None) -> None:
     """The checks of an upload cheap enough for the request: the zip directory within the
     limits, ``word/document.xml`` there, not macro-enabled (one small member read)."""
-    open_docx(data)
+    open_docx(data, limits)
 
 
 def checked_xml(archive: SafeZip, member: str) -> bytes:
@@ -138,20 +138,16 @@ def xml_nodes(raw: bytes) -> int:
     return raw.count("<".encode(encoding)) + 2 * raw.count("=".encode(encoding))
 
 
-def max_parse_bytes() -> int:
-    return int(env_number("HOMER_DOCX_MAX_PARSE_MB", 384) * 2**20)
-
-
 def text_package(archive: SafeZip, budget: int | None = None) -> bytes:
     """The package python-docx is given: every member of ``archive`` by its name, those it
     parses (the content types of its part classes), the notes, the relationships and
     ``[Content_Types].xml`` read through :func:`checked_xml`, the rest empty; refused when
-    what parsing them would take (:func:`xml_nodes`) exceeds ``budget``
-    (``HOMER_DOCX_MAX_PARSE_MB``).
+    what parsing them would take (:func:`xml_nodes`) exceeds ``budget`` (default: the
+    archive's limits, :attr:`ZipLimits.max_parse_bytes`).
     Stored, not deflated: python-docx's reads are copies of bytes already checked."""
     from docx.opc.part import PartFactory  # docx's import registers its part classes
 
-    budget = max_parse_bytes() if budget is None else budget
+    budget = archive.limits.max_parse_bytes if budget is None else budget
     read_types = NOTES_TYPES | set(PartFactory.part_type_for)
     overrides, defaults = content_types(archive)
     cost = 0

@@ -114,10 +114,10 @@ def open_epub(data: bytes, limits: ZipLimits | None = None) -> SafeZip:
     return archive
 
 
-def check_epub(data: bytes) -> None:
+def check_epub(data: bytes, limits: ZipLimits | None = None) -> None:
     """The checks of an upload cheap enough for the request: the zip directory within the
     limits, ``META-INF/container.xml`` there, no DRM (two small members read at most)."""
-    open_epub(data)
+    open_epub(data, limits)
 
 
 def read_package(archive: SafeZip) -> Package:

@@ -32,10 +32,11 @@ Why these and not the others that were on the table:
   is bounded first as well: the page's content stream by ``read_pdf``'s
   ``max_page_content``, and the pixels of the images it draws (:func:`image_pixels`).
 
-Settings (environment): ``HOMER_OCR=0`` turns OCR off; ``HOMER_TESSERACT`` is the program to
-run (default ``tesseract`` on the ``PATH``); ``HOMER_OCR_LANG`` its language(s) (default
-``eng``; ``eng+deu`` for two). The page and time limits are the ingest's
-(``app.ingest.IngestLimits``), passed to ``read_pdf``.
+Settings are the caller's, passed to ``read_pdf`` (the app's ``HOMER_OCR``, ``HOMER_TESSERACT``,
+``HOMER_OCR_LANG``, :mod:`app.settings`): OCR on or off, the Tesseract program to run (default
+:data:`DEFAULT_COMMAND`, ``tesseract`` on the ``PATH``), its language(s) (default
+:data:`DEFAULT_LANGUAGE`, ``eng``; ``eng+deu`` for two). The page and time limits are the
+ingest's (``app.ingest.IngestLimits``), passed to ``read_pdf`` too.
 """
 
 from __future__ import annotations
@@ -54,6 +55,8 @@ MAX_RENDER_PIXELS = 50_000_000  # a bigger page is rendered at a lower resolutio
 MAX_IMAGE_PIXELS = 150_000_000  # the images one page may draw (an A4 page scanned at 1200 dpi: 140 M)
 WAIT_SECONDS = 60.0  # for a free render worker (the reader's users may hold them, each for seconds at most)
 INSTALL = "install Tesseract (Debian: tesseract-ocr tesseract-ocr-eng)"
+DEFAULT_COMMAND = "tesseract"  # the program: a path or a name on the PATH
+DEFAULT_LANGUAGE = "eng"  # Tesseract's language(s): "eng+deu" for two
 
 class OcrError(ValueError):
     """A page that cannot be OCR'd; the message says why, in one line (``homer.reading.sources``
@@ -62,24 +65,6 @@ class OcrError(ValueError):
 
 class OcrUnavailable(OcrError):
     """Tesseract (or its language data) is not installed; the message says what to install."""
-
-
-def ocr_enabled() -> bool:
-    """``HOMER_OCR`` (default on): ``0``, ``false``, ``off`` or ``no`` turns OCR off
-    (:func:`homer.durable.env_flag`: any other word is refused, naming the variable)."""
-    from ...durable import env_flag
-
-    return env_flag("HOMER_OCR", True)
-
-
-def tesseract_command() -> str:
-    """The Tesseract program: ``HOMER_TESSERACT`` (a path or a name on the ``PATH``), default ``tesseract``."""
-    return os.environ.get("HOMER_TESSERACT", "").strip() or "tesseract"
-
-
-def ocr_language() -> str:
-    """Tesseract's language(s): ``HOMER_OCR_LANG``, default ``eng`` (``eng+deu`` for two)."""
-    return os.environ.get("HOMER_OCR_LANG", "").strip() or "eng"
 
 
 def real_chars(text: str) -> int:
@@ -107,20 +92,22 @@ def readable(text: str) -> bool:
 
 
 def _child_env() -> dict:
+    """Tesseract's environment: this process's (passed on, not read), its thread limit added."""
     env = dict(os.environ)
     env.setdefault("OMP_THREAD_LIMIT", "1")  # Tesseract's OpenMP threads: one per page is faster on few cores
     return env
 
 
 def check_tesseract(command: str | None = None, language: str | None = None) -> str:
-    """The path of a working Tesseract that has ``language``'s data, with the renderer
-    importable; :class:`OcrUnavailable` with what to install otherwise."""
+    """The path of a working Tesseract (``command``, default :data:`DEFAULT_COMMAND`) that has
+    ``language``'s data (default :data:`DEFAULT_LANGUAGE`), with the renderer importable;
+    :class:`OcrUnavailable` with what to install otherwise."""
     try:
         import pypdfium2  # noqa: F401
     except ImportError:
         raise OcrUnavailable("install the pypdfium2 package (pip install pypdfium2)") from None
-    command = command or tesseract_command()
-    language = language or ocr_language()
+    command = (command or "").strip() or DEFAULT_COMMAND
+    language = (language or "").strip() or DEFAULT_LANGUAGE
     found = shutil.which(command)
     if found is None:
         log.warning("OCR: Tesseract not found (%s)", command)
@@ -171,7 +158,7 @@ def image_pixels(page, depth: int = 0, seen: set | None = None) -> int:
 
 class PageRenderer:
     """One PDF's pages rendered for OCR, each a grayscale PGM, by the worker processes of
-    :mod:`homer.reading.formats.render` within its deadline (``HOMER_RENDER_SECONDS``): PDFium never
+    :mod:`homer.reading.formats.render` within its deadline (``seconds``, default the renderer's): PDFium never
     runs in this process, so a page that takes minutes to draw holds no lock here and is
     killed at the deadline (:meth:`render` refuses it in one line). The PDF's bytes are
     written once to a private temporary file that the workers open (and deleted on
@@ -182,7 +169,7 @@ class PageRenderer:
 
         from . import render
 
-        self.seconds = render.render_seconds() if seconds is None else seconds
+        self.seconds = render.DEFAULT_SECONDS if seconds is None else seconds
         self.wait = WAIT_SECONDS if wait is None else wait  # for a free worker (a build waits; nothing is held)
         handle, self.path = tempfile.mkstemp(prefix="homer-ocr-", suffix=".pdf")
         try:
@@ -228,10 +215,12 @@ class PageRenderer:
 def recognize(image: bytes, dpi: int = DPI, timeout: float | None = None, command: str | None = None,
               language: str | None = None) -> str:
     """Tesseract's text of ``image`` (any format Leptonica reads; PGM here), in at most
-    ``timeout`` seconds (the process is killed then: :class:`subprocess.TimeoutExpired`).
+    ``timeout`` seconds (the process is killed then: :class:`subprocess.TimeoutExpired`), by
+    ``command`` in ``language`` (defaults :data:`DEFAULT_COMMAND`, :data:`DEFAULT_LANGUAGE`).
     :class:`OcrError` when Tesseract fails."""
-    command = command or tesseract_command()
-    result = subprocess.run([command, "stdin", "stdout", "-l", language or ocr_language(), "--dpi", str(dpi)],
+    command = (command or "").strip() or DEFAULT_COMMAND
+    language = (language or "").strip() or DEFAULT_LANGUAGE
+    result = subprocess.run([command, "stdin", "stdout", "-l", language, "--dpi", str(dpi)],
                             input=image, capture_output=True, timeout=timeout, env=_child_env())
     if result.returncode != 0:
         reason = result.stderr.decode("utf-8", "replace").strip().splitlines()

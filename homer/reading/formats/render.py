@@ -8,19 +8,20 @@ held one lock, and that page stalled every user's reader and every OCR for two m
 Estimating the work from the content stream (operators, fills, their area, images, shadings,
 transparency groups, patterns…) would be a second PDF interpreter, and still wrong for the
 next kind of expensive page. A child process can be killed at any point: here every render
-runs in one, and a page that runs past its deadline (:func:`render_seconds`,
-``HOMER_RENDER_SECONDS``, 5 s) is killed with its process and refused in one line
+runs in one, and a page that runs past its deadline (the caller's ``seconds``, default
+:data:`DEFAULT_SECONDS`, 5 s; the app's ``HOMER_RENDER_SECONDS``) is killed with its process and refused in one line
 (:class:`RenderTimeout`). The app process never calls PDFium itself, so there is no
 process-wide PDFium lock left to hold.
 
-The workers are a small pool (:class:`RenderPool`, ``HOMER_RENDER_WORKERS``, 2), started on
+The workers are a small pool (:class:`RenderPool`, 2 workers; :func:`configure_pool`, the app's
+``HOMER_RENDER_WORKERS``), started on
 first use and kept: a normal page costs the pipe round trip on top of the render (about
 15 ms here: 108 ms against 91 ms in-process, median of 30), not a process start (about 0.3 s to import PDFium and Pillow). Each worker
 keeps its last document and page open (a reader's page and then its quote's boxes, or OCR's
 pages one after another, parse the file once), exits by itself after
 :data:`IDLE_SECONDS` without work (memory back; the next call starts another) or within a
-second of the app, and has its address space capped (``HOMER_RENDER_MEMORY_MB``,
-2048), so a page that would need more fails in the worker, not in the app. A caller waits
+second of the app, and has its address space capped (2048 MB; the app's
+``HOMER_RENDER_MEMORY_MB``), so a page that would need more fails in the worker, not in the app. A caller waits
 for a free worker at most ``wait`` seconds (the reader: its own deadline; then "the page
 renderer is busy", :class:`RenderBusy`), so no request holds or waits on a renderer for more
 than a few seconds.
@@ -28,7 +29,7 @@ than a few seconds.
 The protocol is a line of JSON each way and the image's bytes after the answer's line (no
 pickle: a worker that a hostile PDF took over can send the app bytes, never objects).
 
-Run as ``python -m homer.reading.formats.render`` it is a worker (the pool starts it so)."""
+Run as ``python -m homer.reading.formats.render [MEMORY_MB]`` it is a worker (the pool starts it so)."""
 
 from __future__ import annotations
 
@@ -45,9 +46,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_SECONDS = 5.0        # one page's render (HOMER_RENDER_SECONDS); a normal page takes 0.05–0.5 s
-DEFAULT_WORKERS = 2          # worker processes per app process (HOMER_RENDER_WORKERS)
-DEFAULT_MEMORY_MB = 2048     # a worker's address space (HOMER_RENDER_MEMORY_MB)
+DEFAULT_SECONDS = 5.0        # one page's render (the app's HOMER_RENDER_SECONDS); a normal page takes 0.05–0.5 s
+DEFAULT_WORKERS = 2          # worker processes per app process (the app's HOMER_RENDER_WORKERS)
+DEFAULT_MEMORY_MB = 2048     # a worker's address space (the app's HOMER_RENDER_MEMORY_MB)
 START_SECONDS = 60.0         # a worker's start: imports only, not the page (a loaded machine is slow)
 IDLE_SECONDS = 300.0         # a worker without work this long exits
 MAX_ANSWER_BYTES = 512 * 2**20  # an answer's image (50 M pixels of RGB is 150 MB): more is a broken worker
@@ -76,13 +77,6 @@ def available() -> bool:
     return importlib.util.find_spec("pypdfium2") is not None
 
 
-def render_seconds() -> float:
-    """The deadline of one page's render: ``HOMER_RENDER_SECONDS`` (default 5)."""
-    from homer.durable import env_number
-
-    return env_number("HOMER_RENDER_SECONDS", DEFAULT_SECONDS)
-
-
 @dataclass
 class Rendered:
     """A rendered page: the image's bytes (``image_format``), its pixel size, the scale it was
@@ -106,9 +100,9 @@ def render_page(path, index: int, *, width: int | None = None, dpi: float | None
     """Page ``index`` (0-based) of the PDF at ``path``, drawn ``width`` pixels wide or at
     ``dpi`` (smaller where it would exceed ``max_pixels``), as ``image_format`` ("PNG", or
     "PPM": a binary PGM when ``grayscale``), with its text when ``text``. Within ``seconds``
-    (default :func:`render_seconds`) once a worker is free, waiting for one at most ``wait``
+    (default :data:`DEFAULT_SECONDS`) once a worker is free, waiting for one at most ``wait``
     seconds (default: ``seconds``). Raises :class:`RenderError` (one line)."""
-    seconds = render_seconds() if seconds is None else seconds
+    seconds = DEFAULT_SECONDS if seconds is None else seconds
     request = {"op": "render", "path": str(Path(path).resolve()), "page": int(index), "width": width, "dpi": dpi,
                "max_pixels": int(max_pixels), "gray": bool(grayscale), "format": image_format, "text": bool(text)}
     header, payload = pool().call(request, seconds, seconds if wait is None else wait, index)
@@ -120,7 +114,7 @@ def text_rects(path, index: int, start: int, count: int, seconds: float | None =
                wait: float | None = None) -> list[tuple[float, float, float, float]]:
     """PDFium's boxes (left, bottom, right, top in PDF points, one per line) of the ``count``
     characters from ``start`` of page ``index``'s text. Raises :class:`RenderError`."""
-    seconds = render_seconds() if seconds is None else seconds
+    seconds = DEFAULT_SECONDS if seconds is None else seconds
     request = {"op": "rects", "path": str(Path(path).resolve()), "page": int(index), "start": int(start),
                "count": int(count)}
     header, _ = pool().call(request, seconds, seconds if wait is None else wait, index)
@@ -132,7 +126,8 @@ class _Worker:
     """One worker process, started when first needed (and again after it was killed or
     exited idle)."""
 
-    def __init__(self):
+    def __init__(self, memory_mb: float = DEFAULT_MEMORY_MB):
+        self.memory_mb = memory_mb
         self.process: subprocess.Popen | None = None
 
     def call(self, request: dict, seconds: float) -> tuple[dict, bytes]:
@@ -149,8 +144,8 @@ class _Worker:
         self.kill()
         root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-        self.process = subprocess.Popen([sys.executable, "-m", "homer.reading.formats.render"], stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, env=env, close_fds=True)
+        self.process = subprocess.Popen([sys.executable, "-m", "homer.reading.formats.render", f"{self.memory_mb:g}"],
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True)
         try:
             self._receive(time.monotonic() + START_SECONDS)  # {"ready": true}
         except RenderError as exc:
@@ -197,14 +192,15 @@ class _Worker:
 
 
 class RenderPool:
-    """``size`` workers; :meth:`call` takes a free one for one request. A worker that runs
-    past the deadline, crashes, or is interrupted mid-answer is killed (its page with it) and
-    replaced by a fresh one on its next use; an error the worker reports keeps it."""
+    """``size`` workers, each with an address space of ``memory_mb``; :meth:`call` takes a free
+    one for one request. A worker that runs past the deadline, crashes, or is interrupted
+    mid-answer is killed (its page with it) and replaced by a fresh one on its next use; an
+    error the worker reports keeps it."""
 
-    def __init__(self, size: int):
-        self.size = size
+    def __init__(self, size: int, memory_mb: float = DEFAULT_MEMORY_MB):
+        self.size, self.memory_mb = size, memory_mb
         self._idle: queue.LifoQueue[_Worker] = queue.LifoQueue()  # the warm one first; the other idles out
-        self._all = [_Worker() for _ in range(size)]
+        self._all = [_Worker(memory_mb) for _ in range(size)]
         for worker in self._all:
             self._idle.put(worker)
 
@@ -237,16 +233,29 @@ class RenderPool:
 
 _POOL: RenderPool | None = None
 _POOL_LOCK = threading.Lock()
+_SHAPE = (DEFAULT_WORKERS, DEFAULT_MEMORY_MB)  # the pool's workers and their address space, in MB
+
+
+def configure_pool(workers: int = DEFAULT_WORKERS, memory_mb: float = DEFAULT_MEMORY_MB) -> None:
+    """The process's pool: ``workers`` worker processes (at least one), each with an address
+    space of ``memory_mb``; the app sets it from its settings. A pool already started with
+    another shape is closed (its renders in flight fail), and the next render starts the new one."""
+    global _POOL, _SHAPE
+    shape = (max(1, int(workers)), float(memory_mb))
+    with _POOL_LOCK:
+        if shape == _SHAPE:
+            return
+        _SHAPE, old, _POOL = shape, _POOL, None
+    if old is not None:
+        old.close()
 
 
 def pool() -> RenderPool:
-    """The process's pool (``HOMER_RENDER_WORKERS`` workers, read when it is first used)."""
+    """The process's pool (:func:`configure_pool`), started when it is first used."""
     global _POOL
     with _POOL_LOCK:
         if _POOL is None:
-            from homer.durable import env_number
-
-            _POOL = RenderPool(max(1, int(env_number("HOMER_RENDER_WORKERS", DEFAULT_WORKERS))))
+            _POOL = RenderPool(*_SHAPE)
             atexit.register(_POOL.close)
         return _POOL
 
@@ -267,11 +276,10 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, name="watch-the-app", daemon=True).start()
 
 
-def _limit_memory() -> None:
+def _limit_memory(mb: float) -> None:
     try:
         import resource
 
-        mb = float(os.environ.get("HOMER_RENDER_MEMORY_MB") or DEFAULT_MEMORY_MB)
         limit = int(mb * 2**20)
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     except (ImportError, ValueError, OSError):
@@ -380,10 +388,11 @@ def _send(fd: int, header: dict, payload: bytes = b"") -> None:
         view = view[os.write(fd, view):]
 
 
-def serve() -> None:
-    """The worker: requests on stdin, answers on stdout, until stdin closes or it idles out."""
+def serve(memory_mb: float = DEFAULT_MEMORY_MB) -> None:
+    """The worker: requests on stdin, answers on stdout, until stdin closes or it idles out;
+    its address space capped at ``memory_mb``."""
     _die_with_parent()
-    _limit_memory()
+    _limit_memory(memory_mb)
     import pypdfium2  # noqa: F401  (imported before "ready": a request's deadline is the page's alone)
     from PIL import Image  # noqa: F401
 
@@ -408,4 +417,4 @@ def serve() -> None:
 
 
 if __name__ == "__main__":
-    serve()
+    serve(float(sys.argv[1]) if len(sys.argv) > 1 else DEFAULT_MEMORY_MB)

@@ -15,10 +15,11 @@ Nothing is ever written to disk.
 The file's first bytes also tell what it really is, so a PDF or an old Word file renamed
 to ``.docx`` gets a reason that says so (:func:`sniff`).
 
-Limits (:class:`ZipLimits`, each settable by an environment variable): ``HOMER_ZIP_MAX_MEMBERS``
+Limits (:class:`ZipLimits`, given by the caller; the app sets them from ``HOMER_ZIP_MAX_MEMBERS``
 (10 000), ``HOMER_ZIP_MAX_MB`` (total uncompressed, 256), ``HOMER_ZIP_MAX_MEMBER_MB`` (one
-member, 64) and ``HOMER_ZIP_MAX_RATIO`` (uncompressed ÷ compressed of a member over 1 MB, 100;
-text compresses 3–20×, a bomb about 1000×)."""
+member, 64), ``HOMER_ZIP_MAX_RATIO`` (uncompressed ÷ compressed of a member over 1 MB, 100;
+text compresses 3–20×, a bomb about 1000×) and ``HOMER_DOCX_MAX_PARSE_MB`` (what parsing a
+DOCX's XML may take, 384: :mod:`.docx`), :mod:`app.settings`)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,6 @@ import zipfile
 from dataclasses import dataclass
 
 from ..source_document import DocumentError
-from ...durable import env_number
 
 ZIP_MAGIC = b"PK\x03\x04"
 EMPTY_ZIP_MAGIC = b"PK\x05\x06"
@@ -46,19 +46,13 @@ class ZipLimits:
     parts are decompressed of an EPUB, and only the XML parts python-docx parses of a DOCX
     (images, fonts and the like never are); the total bounds the bytes read, one member's
     size one XML tree (lxml takes up to about 25 times the size of XML dense with elements:
-    a DOCX's trees are bounded by their estimated size too, in :mod:`.docx`)."""
+    a DOCX's trees are bounded by their estimated size too, ``max_parse_bytes``, in :mod:`.docx`)."""
 
     max_members: int = 10_000
     max_total_bytes: int = 256 * 2**20
     max_member_bytes: int = 64 * 2**20
     max_ratio: float = 100.0
-
-    @classmethod
-    def from_env(cls) -> "ZipLimits":
-        return cls(max_members=int(env_number("HOMER_ZIP_MAX_MEMBERS", 10_000)),
-                   max_total_bytes=int(env_number("HOMER_ZIP_MAX_MB", 256) * 2**20),
-                   max_member_bytes=int(env_number("HOMER_ZIP_MAX_MEMBER_MB", 64) * 2**20),
-                   max_ratio=env_number("HOMER_ZIP_MAX_RATIO", 100.0))
+    max_parse_bytes: int = 384 * 2**20
 
 
 def _mb(n: int) -> str:
@@ -112,7 +106,7 @@ class SafeZip:
     "DOCX"), for the reasons."""
 
     def __init__(self, data: bytes, name: str, limits: ZipLimits | None = None):
-        self.name, self.limits = name, limits or ZipLimits.from_env()
+        self.name, self.limits = name, limits or ZipLimits()
         if not data.startswith((ZIP_MAGIC, EMPTY_ZIP_MAGIC)):
             raise not_a(name, data)
         try:
