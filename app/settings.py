@@ -434,12 +434,29 @@ def markdown_table() -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
+def with_table(page: str) -> str:
+    """``page`` (Markdown) with :func:`markdown_table` between its markers."""
+    head, start, rest = page.partition(TABLE_START)
+    _, end, tail = rest.partition(TABLE_END)
+    if not (start and end):
+        raise ValueError(f"the page has no markers {TABLE_START!r} … {TABLE_END!r}")
+    return f"{head}{TABLE_START}\n\n{markdown_table()}\n{TABLE_END}{tail}"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.settings", description=__doc__.splitlines()[0])
     parser.add_argument("--markdown", action="store_true", help="print the table of every setting (Markdown)")
+    parser.add_argument("--update", metavar="PAGE",
+                        help="rewrite the table between the markers of PAGE (docs/configuration.md)")
     args = parser.parse_args(argv)
     if args.markdown:
         sys.stdout.write(markdown_table())
+        return 0
+    if args.update:
+        from pathlib import Path
+
+        page = Path(args.update)
+        page.write_text(with_table(page.read_text(encoding="utf-8")), encoding="utf-8")
         return 0
     try:
         settings = read_settings()

@@ -140,22 +140,26 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(ROOT))
+    from app.settings import load_settings
     from homer.reading.formats import ocr
     from homer.reading.sources import read_pdf
 
-    ocr.check_tesseract()
+    settings = load_settings()  # the app's: HOMER_TESSERACT, HOMER_OCR_LANG, HOMER_RENDER_SECONDS
+    tesseract = {"ocr_command": settings.ocr.tesseract, "ocr_language": settings.ocr.language,
+                 "render_seconds": settings.render.seconds}
+    ocr.check_tesseract(settings.ocr.tesseract, settings.ocr.language)
     if shutil.which("pdftoppm") is None:
         raise SystemExit("pdftoppm is needed to make the scan fixture (Debian: poppler-utils)")
     if args.threads is not None:
         os.environ["OMP_THREAD_LIMIT"] = str(args.threads)
-    version = subprocess.run([ocr.tesseract_command(), "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    version = subprocess.run([settings.ocr.tesseract, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
     references = book_pages(args.pages)
     with tempfile.TemporaryDirectory() as tmp:
         printed, printer = printed_pdf(references, Path(tmp))
         scanned = scan(printed, Path(tmp), args.scan_dpi)
     marks = []
     started = time.monotonic()
-    doc = read_pdf(scanned, progress=lambda message: marks.append((message, time.monotonic())))
+    doc = read_pdf(scanned, progress=lambda message: marks.append((message, time.monotonic())), **tesseract)
     ended = time.monotonic()
     if len(doc.page_starts) != len(references) or doc.ocr_pages != list(range(1, len(references) + 1)):
         raise SystemExit(f"the fixture has {len(doc.page_starts)} pages for {len(references)} references "
@@ -177,7 +181,7 @@ def main(argv=None) -> int:
         "text": f"{BOOK.name} (KJV, public domain), from Genesis 1, {PAGE_CHARS} characters a page at most",
         "printed_by": printer,
         "scan": f"pdftoppm -r {args.scan_dpi} -gray -png, wrapped into a PDF by Pillow (no text layer)",
-        "ocr": f"PDFium render at {ocr.DPI} dpi (grayscale) + {version}, -l {ocr.ocr_language()}",
+        "ocr": f"PDFium render at {ocr.DPI} dpi (grayscale) + {version}, -l {settings.ocr.language}",
         "omp_thread_limit": os.environ.get("OMP_THREAD_LIMIT", "1"),
         "pages": len(rows),
         "cer": round(overall, 5),

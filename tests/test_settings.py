@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from app.settings import (TABLE_END, TABLE_START, Settings, SettingsError, configured, load_settings,
-                          markdown_table, read_settings, use_settings)
+                          markdown_table, read_settings, use_settings, with_table)
 from app_helpers import ROOT, running_app
 
 VARIABLES = [field.validation_alias for section in Settings.model_fields.values()
@@ -185,7 +185,8 @@ def test_the_configuration_page_agrees_with_the_settings():
     assert shown == markdown_table().strip(), "docs/configuration.md is stale: run python -m app.settings --markdown"
     for name in VARIABLES:
         assert f"`{name}`" in shown
-    assert "python -m app.settings --markdown" in page
+    assert "python -m app.settings --update docs/configuration.md" in page
+    assert with_table(page) == page  # regenerating changes nothing
 
 
 def test_every_setting_has_a_description():
