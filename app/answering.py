@@ -36,7 +36,7 @@ class StoredPassages:
     document_id: str
 
     def search(self, question: str, k: int = 3):
-        return index.search(self.store.db, self.document_id, question, k)
+        return index.search(self.store.db, self.document_id, question, k, method=focusing.retriever())
 
     @property
     def passages(self):

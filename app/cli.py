@@ -17,9 +17,9 @@ from .settings import load_settings, use_settings
 
 
 def _store(args):
-    from storage import Store
+    from app.tasks import open_store
 
-    return Store(args.store) if args.store else Store()
+    return open_store(args.store)
 
 
 def _fail(message: str) -> int:
@@ -45,7 +45,7 @@ def cmd_import(args) -> int:
     from storage.bundles import import_bundle
 
     from app.ingest import ingest_limits
-    from app.library import text_from_source
+    from app.library import bundle_limits, text_from_source
 
     fingerprint, tokenizer = args.expect_fingerprint, None
     if args.model:
@@ -56,7 +56,7 @@ def cmd_import(args) -> int:
     try:
         row = import_bundle(_store(args), args.bundle, model_fingerprint=fingerprint, max_bytes=max_bytes,
                             tokenizer=tokenizer, text_from_source=text_from_source(tokenizer),
-                            max_chars=ingest_limits().max_chars)
+                            max_chars=ingest_limits().max_chars, **bundle_limits())
     except StoreError as exc:
         return _fail(str(exc))
     verb = "already in the store (kept as it was): cache" if row.get("already_in_store") else "imported cache"

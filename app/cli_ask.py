@@ -33,9 +33,9 @@ def add_arguments(p) -> None:
 
 
 def _store(args):
-    from storage import Store
+    from app.tasks import open_store
 
-    return Store(args.store) if args.store else Store()
+    return open_store(args.store)
 
 
 def _fail(message: str) -> int:

@@ -122,10 +122,17 @@ def not_found_enabled() -> bool:
     return answering().not_found
 
 
+def retriever() -> str | None:
+    """How passages are searched (``HOMER_RETRIEVER``: bm25, dense or rrf; None: the store's
+    default, :data:`storage.passages.DEFAULT_METHOD`)."""
+    return load_settings().storage.retriever
+
+
 def index_document(store, document_id: str) -> bool:
-    """Build the document's passage index when it has none; True when built now."""
+    """Build the document's passage index when it has none (and its vectors when the
+    retriever uses them); True when built now."""
     return index.ensure(store.db, document_id, lambda: store.document_text(document_id),
-                        lambda: store.page_starts(document_id))
+                        lambda: store.page_starts(document_id), method=retriever())
 
 
 def index_after_ingest(store, document_id: str, progress=None) -> None:

@@ -28,6 +28,7 @@ from storage.errors import StoreError
 
 from . import sharing
 from .ingest import IngestError, check_text_upload, ingest_limits, is_pdf, zip_limits
+from .settings import load_settings
 
 SUPPORTED_SUFFIXES = (".pdf", ".epub", ".docx", ".html", ".htm", ".xhtml", ".txt", ".md", ".markdown", ".text")
 HEADERS = ["document", "state", "size", "pages", "tokens", "model", "deep read", "id"]
@@ -516,7 +517,14 @@ def max_request_bytes() -> int:
 
     from .ingest import max_upload_bytes
 
-    return max(max_upload_bytes(), max_bundle_bytes())
+    return max(max_upload_bytes(), max_bundle_bytes(load_settings().bundles.max_mb))
+
+
+def bundle_limits() -> dict:
+    """The importer's size limits, from the settings (``HOMER_BUNDLE_MAX_MB``,
+    ``HOMER_BUNDLE_MAX_TEXT_MB``): keywords of :func:`storage.bundles.import_bundle`."""
+    bundles = load_settings().bundles
+    return {"bundle_max_mb": bundles.max_mb, "bundle_max_text_mb": bundles.max_text_mb}
 
 
 def import_bundle_file(store, path: str | Path, fingerprint: str | None, owner: str | None = None,
@@ -531,7 +539,7 @@ def import_bundle_file(store, path: str | Path, fingerprint: str | None, owner: 
 
     row = import_bundle(store, path, model_fingerprint=fingerprint, tokenizer=tokenizer,
                         text_from_source=text_from_source(tokenizer), max_chars=ingest_limits().max_chars,
-                        admit=admission(store, owner))
+                        admit=admission(store, owner), **bundle_limits())
     add_owner(store, row["document_id"], owner, row.get("file_name"))
     return row
 

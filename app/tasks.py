@@ -39,6 +39,14 @@ log = logging.getLogger(__name__)
 EMBEDDED = "embedded"
 
 
+def open_store(root=None):
+    """The store at ``root`` (default: the HOMER home's, :func:`storage.store.default_root`)
+    with the app's settings (``HOMER_CHECKPOINT_MAX_AGE_HOURS``)."""
+    from storage import Store
+
+    return Store(root, checkpoint_max_age_hours=load_settings().storage.checkpoint_max_age_hours)
+
+
 def lease_seconds() -> float:
     """How long a worker's claim lasts without renewal (``HOMER_JOB_LEASE_SECONDS``, 30)."""
     return load_settings().builds.job_lease_seconds

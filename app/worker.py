@@ -103,7 +103,7 @@ class BuildQueue:
 
 def queue_for(store: Store | None = None, redis_url: str | None = None) -> BuildQueue:
     """The build queue of a store (one per store root and process)."""
-    store = store or Store()
+    store = store or tasks.open_store()
     key = f"{store.root.resolve()}|{redis_url if redis_url is not None else load_settings().queue.redis_url or ''}"
     with _queues_lock:
         if key not in _queues:
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         use_settings(settings.changed(builds={"deep_read": True}))
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(message)s")
     lanes = (tasks.SMALL, tasks.LARGE) if args.lane == "all" else (args.lane,)
-    return run_worker(Store(args.store) if args.store else None, args.workers, args.large_workers, lanes)
+    return run_worker(tasks.open_store(args.store) if args.store else None, args.workers, args.large_workers, lanes)
 
 
 if __name__ == "__main__":

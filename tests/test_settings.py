@@ -177,6 +177,24 @@ def test_the_process_reads_its_settings_once(clean):
         use_settings(saved)
 
 
+def test_the_store_s_settings_reach_the_store(tmp_path, configure, monkeypatch):
+    """The store takes its settings as arguments; the app passes the settings' values."""
+    from app import answering, focus, library
+    from app.tasks import open_store
+    from storage import passages as index
+    from storage.bundle_schema import max_bundle_bytes
+
+    configure(storage={"checkpoint_max_age_hours": 2, "retriever": "RRF"}, bundles={"max_mb": 64, "max_text_mb": 1})
+    store = open_store(tmp_path / "store")
+    assert store.checkpoint_max_age_hours == 2
+    asked = []
+    monkeypatch.setattr(index, "search", lambda *args, **kwargs: asked.append(kwargs) or [])
+    answering.StoredPassages(store, "d").search("Who?")
+    assert asked == [{"method": "rrf"}] and focus.retriever() == "rrf"
+    assert library.bundle_limits() == {"bundle_max_mb": 64, "bundle_max_text_mb": 1}
+    assert library.max_request_bytes() == max(50 * 2**20, max_bundle_bytes(64))
+
+
 # --- the configuration page ---------------------------------------------------------------------
 def test_the_configuration_page_agrees_with_the_settings():
     page = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
