@@ -77,13 +77,15 @@ def test_the_pickers_pick_an_upload_made_in_the_chat_once_it_is_askable(services
     assert pickers.pending_line("x.txt", "reading failed: empty").startswith("✗ x.txt")
 
 
-def test_the_focus_control_starts_at_homer_focus(monkeypatch):
+def test_the_focus_control_starts_at_homer_focus(configure):
+    from app.settings import SettingsError, load_settings
     from app.ui.chat_tab import default_focus
 
-    monkeypatch.setenv("HOMER_FOCUS", "Passages")
-    assert default_focus() == "passages"
-    monkeypatch.setenv("HOMER_FOCUS", "nonsense")
     assert default_focus() == "auto"
+    configure(answering={"focus": "passages"})
+    assert default_focus() == "passages"
+    with pytest.raises(SettingsError, match="HOMER_FOCUS"):  # an unknown strategy stops the start
+        load_settings().changed(answering={"focus": "nonsense"})
 
 
 def test_a_failed_upload_changes_the_refresh_version(tmp_path):

@@ -8,7 +8,6 @@ several documents or the whole library at once, the focus strategy, deep read, t
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -50,8 +49,8 @@ class ChatTab:
 
 
 def default_focus() -> str:
-    """The focus control's first value: ``HOMER_FOCUS`` when it names a strategy, else ``auto``."""
-    name = (os.environ.get("HOMER_FOCUS") or focusing.DEFAULT_FOCUS).strip().lower()
+    """The focus control's first value: the ``HOMER_FOCUS`` setting when it names a strategy, else ``auto``."""
+    name = focusing.requested_focus()
     return name if name in focusing.CHOICES else focusing.DEFAULT_FOCUS
 
 

@@ -12,6 +12,7 @@ from storage.bundle_schema import max_bundle_bytes
 from storage.errors import StoreError
 
 from .. import library
+from ..settings import load_settings
 from ..chat import ChatError
 from .common import PageState, Services, fail
 
@@ -71,7 +72,7 @@ def layout() -> SharingTab:
             export_btn = gr.Button("Export bundle", scale=1, elem_id="export")
         export_file = gr.File(label="Bundle to download", interactive=False, elem_id="export-file")
         with gr.Row():
-            bundle = gr.File(label=f"Import a bundle (.zip, up to {max_bundle_bytes() / 2**20:.0f} MB)",
+            bundle = gr.File(label=f"Import a bundle (.zip, up to {max_bundle_bytes(load_settings().bundles.max_mb) / 2**20:.0f} MB)",
                              file_types=[".zip"], elem_id="bundle", scale=3)
             import_btn = gr.Button("Import", scale=1, elem_id="import")
         status = gr.Markdown(elem_id="share-status")
