@@ -1,5 +1,7 @@
 """Checking a bundle from someone else before any of it is trusted (see :mod:`storage.bundles`):
-the zip read within bounds and its members staged as temp files (hashed on the way), the
+the zip read within bounds (the project's one bounded zip reader,
+:class:`homer.reading.formats.zipsafe.BoundedZip`, with a bundle's limits and this module's
+words for its refusals) and its members staged as temp files (hashed on the way), the
 manifest checked against the schema and against the members, the document's id recomputed
 from the content, and the cache tied to the text. Nothing here writes to a store: the
 members go to temp files the caller's :class:`Staging` names and removes."""
@@ -7,28 +9,22 @@ members go to temp files the caller's :class:`Staging` names and removes."""
 from __future__ import annotations
 
 import hashlib
-import lzma
 import os
 import stat
-import struct
 import tempfile
 import uuid
 import zipfile
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+
+from homer.reading.formats.zipsafe import ZIP_ERRORS, BoundedZip, ZipLimits, ZipRefusal
 
 from . import bundle_schema as schema
 from .bundle_schema import (CACHE_MEMBER, DEFAULT_BUNDLE_MB, DEFAULT_TEXT_MB, MANIFEST, MAX_DIRECTORY_BYTES,
                             MAX_MANIFEST_BYTES, MAX_MEMBERS, TEXT_ID_PERSON, TEXT_MEMBER, Limits, source_member)
 from .errors import BundleError, StoreError
 from .ids import cache_key
-
-BLOCK = 1 << 20
-# what a damaged or hostile zip makes the zipfile module raise while it is read
-_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, ValueError,
-               NotImplementedError, RuntimeError, struct.error, OverflowError, KeyError, IndexError)
 
 TextFromSource = Callable[[Path, str], dict]
 """``(source file, file name) -> {"text", and optionally "kind", "page_starts", "passages",
@@ -71,36 +67,53 @@ class Staging:
                 pass
 
 
-def _check_directory(fh, size: int, name: str) -> None:
-    """Bound the zip directory (member count and bytes) from its end record, before the
-    zipfile module parses it: a bundle of 400 000 tiny members is refused at once."""
-    tail_len = min(size, 22 + 65535)
-    fh.seek(size - tail_len)
-    tail = fh.read(tail_len)
-    pos = tail.rfind(b"PK\x05\x06")
-    if pos < 0 or len(tail) - pos < 22:
-        raise BundleError(f"refused: {name} is not a HOMER bundle (not a zip file)")
-    _, _, _, _, count, cd_size, cd_offset, _ = struct.unpack("<4s4H2LH", tail[pos:pos + 22])
-    if count == 0xFFFF or cd_size == 0xFFFFFFFF or cd_offset == 0xFFFFFFFF:  # zip64: read its end record
-        locator = tail[pos - 20:pos] if pos >= 20 else b""
-        if len(locator) != 20 or locator[:4] != b"PK\x06\x07":
-            raise BundleError(f"refused: {name} is a damaged zip file (no zip64 end record)")
-        (record_offset,) = struct.unpack("<Q", locator[8:16])
-        if record_offset > size - 56:
-            raise BundleError(f"refused: {name} is a damaged zip file (zip64 end record outside the file)")
-        fh.seek(record_offset)
-        record = fh.read(56)
-        if record[:4] != b"PK\x06\x06":
-            raise BundleError(f"refused: {name} is a damaged zip file (bad zip64 end record)")
-        count, cd_size = struct.unpack("<QQ", record[32:48])
-    if count > MAX_MEMBERS:
-        raise BundleError(f"refused: {name} holds {count} members; a bundle has at most {MAX_MEMBERS}")
-    if cd_size > MAX_DIRECTORY_BYTES:
-        raise BundleError(f"refused: {name} has a zip directory of {cd_size} bytes, over the limit of "
-                          f"{MAX_DIRECTORY_BYTES}")
+def zip_limits(limits: Limits) -> ZipLimits:
+    """What the zip reader may read of a bundle: at most :data:`MAX_MEMBERS` members in a
+    directory of at most :data:`MAX_DIRECTORY_BYTES` (bounded before it is parsed), each
+    member and all of them together within ``limits.bundle_bytes`` (inflated), no ratio
+    (a cache is stored, not deflated)."""
+    return ZipLimits(max_members=MAX_MEMBERS, max_total_bytes=limits.bundle_bytes,
+                     max_member_bytes=limits.bundle_bytes, max_ratio=None, max_directory_bytes=MAX_DIRECTORY_BYTES)
+
+
+def _reason(name: str, refusal: ZipRefusal) -> str:
+    """How the zip reader's refusal of bundle ``name`` reads (one line, "refused: ...")."""
+    facts = refusal.facts
+    member = facts.get("member")
+    shown = repr(str(member)[:60])
+    match refusal.kind:
+        case "not-zip":
+            return f"refused: {name} is not a HOMER bundle (not a zip file)"
+        case "damaged":
+            return f"refused: {name} is a damaged zip file ({_first_line(facts['detail'])})"
+        case "empty":
+            return "refused: the bundle has no manifest.json"
+        case "members":
+            return f"refused: {name} holds {facts['count']} members; a bundle has at most {facts['limit']}"
+        case "directory":
+            return f"refused: {name} has a zip directory of {facts['size']} bytes, over the limit of {facts['limit']}"
+        case "encrypted":
+            return f"refused: member {shown} is encrypted"
+        case "false-size":
+            return (f"refused: member {shown} declares {facts['declared']} bytes but holds {facts['compressed']} "
+                    "compressed (altered or damaged)")
+        case "ratio":
+            return f"refused: member {shown} expands {facts['ratio']:.0f} times, over the limit of {facts['limit']:.0f}"
+        case "member-size":
+            return f"refused: member {shown} has {facts['size']} bytes, over the limit of {facts['limit']}"
+        case "total-size":
+            return f"refused: the bundle's members hold {facts['size']} bytes, over the limit of {facts['limit']}"
+        case "missing":
+            return f"refused: member {member!r} listed in the manifest is missing"
+        case "member-inflates":
+            return f"refused: member {member!r} is larger than the limit of {facts['limit']} bytes"
+        case _:  # total-inflates
+            return f"refused: the bundle inflates to more than the limit of {facts['limit']} bytes"
 
 
 def _check_member_name(info: zipfile.ZipInfo) -> None:
+    """A bundle's member is a plain file at a relative path inside the bundle, stored or
+    deflated (the reader has already refused an encrypted one)."""
     name = info.filename
     path = PurePosixPath(name)
     shown = repr(name[:60])
@@ -113,55 +126,19 @@ def _check_member_name(info: zipfile.ZipInfo) -> None:
         raise BundleError(f"refused: member {shown} is a symbolic link")
     if info.is_dir() or stat.S_IFMT(mode) not in (0, stat.S_IFREG):
         raise BundleError(f"refused: member {shown} is not a regular file")
-    if info.flag_bits & 0x1:
-        raise BundleError(f"refused: member {shown} is encrypted")
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
         raise BundleError(f"refused: member {shown} uses an unsupported compression method")
 
 
-class _Budget:
-    """Inflated bytes left for the whole bundle."""
-
-    def __init__(self, total: int):
-        self.left = total
-
-    def take(self, n: int, limit: int) -> None:
-        self.left -= n
-        if self.left < 0:
-            raise BundleError(f"refused: the bundle inflates to more than the limit of {limit} bytes")
-
-
-def _blocks(fh, info: zipfile.ZipInfo, limit: int, budget: _Budget, total: int):
-    """A member's inflated bytes in blocks, counted against ``limit`` and the bundle's
-    ``budget`` as they come out: reading stops one block past the limit whatever the member
-    claims (a member lying about its size is never inflated whole)."""
-    size = 0
-    while True:
-        block = fh.read(min(BLOCK, limit + 1 - size))
-        if not block:
-            return
-        size += len(block)
-        budget.take(len(block), total)
-        if size > limit:
-            raise BundleError(f"refused: member {info.filename!r} is larger than the limit of {limit} bytes")
-        yield block
-
-
-def _read_capped(zf: zipfile.ZipFile, info: zipfile.ZipInfo, cap: int, budget: _Budget, total: int) -> bytes:
-    """A small member into memory, reading at most ``cap`` + 1 bytes whatever it claims."""
-    with zf.open(info) as fh:
-        return b"".join(_blocks(fh, info, cap, budget, total))
-
-
-def _stream(zf: zipfile.ZipFile, info: zipfile.ZipInfo, out_path: Path, limit: int, budget: _Budget,
-            total: int, text_hash: bool = False) -> tuple[str, int, str | None]:
-    """Inflate a member to ``out_path`` in blocks, hashing on the way; stops as soon as more
-    than ``limit`` bytes come out (a member lying about its size is never inflated whole).
-    Returns (sha256, size, text id digest or None)."""
+def _stream(archive: BoundedZip, member: str, out_path: Path, limit: int,
+            text_hash: bool = False) -> tuple[str, int, str | None]:
+    """Inflate a member to ``out_path`` in blocks (:meth:`BoundedZip.blocks`: stopped as soon
+    as more than ``limit`` bytes come out), hashing on the way. Returns (sha256, size, text
+    id digest or None)."""
     digest, size = hashlib.sha256(), 0
     text_digest = hashlib.blake2b(digest_size=32, person=TEXT_ID_PERSON) if text_hash else None
-    with zf.open(info) as fh, open(out_path, "xb") as out:
-        for block in _blocks(fh, info, limit, budget, total):
+    with open(out_path, "xb") as out:
+        for block in archive.blocks(member, limit):
             size += len(block)
             digest.update(block)
             if text_digest is not None:
@@ -173,7 +150,7 @@ def _stream(zf: zipfile.ZipFile, info: zipfile.ZipInfo, out_path: Path, limit: i
     return digest.hexdigest(), size, text_digest.hexdigest() if text_digest is not None else None
 
 
-def _first_line(exc: BaseException) -> str:
+def _first_line(exc: BaseException | str) -> str:
     text = str(exc).strip().splitlines()
     return (text[0] if text else type(exc).__name__)[:200]
 
@@ -197,35 +174,27 @@ def check_bundle(path: str | os.PathLike, staging: Staging, model_fingerprint: s
         raise BundleError(f"refused: {name} is {info.st_size / 2**20:.1f} MB, over the limit of "
                           f"{limits.bundle_bytes / 2**20:.1f} MB for bundles (HOMER_BUNDLE_MAX_MB)")
     try:
-        with open(path, "rb") as fh:
-            _check_directory(fh, info.st_size, name)
-            fh.seek(0)
-            with zipfile.ZipFile(fh) as zf:
-                return _check_open(zf, staging, model_fingerprint, limits, tokenizer, text_from_source, max_chars)
+        with open(path, "rb") as fh, BoundedZip(fh, zip_limits(limits)) as archive:
+            return _check_open(archive, staging, model_fingerprint, limits, tokenizer, text_from_source, max_chars)
+    except ZipRefusal as refusal:
+        raise BundleError(_reason(name, refusal)) from None
     except StoreError:
         raise
-    except _ZIP_ERRORS as exc:
+    except ZIP_ERRORS as exc:
         raise BundleError(f"refused: {name} is a damaged zip file ({_first_line(exc)})") from None
 
 
-def _check_open(zf: zipfile.ZipFile, staging: Staging, model_fingerprint: str | None, limits: Limits, tokenizer,
+def _check_open(archive: BoundedZip, staging: Staging, model_fingerprint: str | None, limits: Limits, tokenizer,
                 text_from_source: TextFromSource | None, max_chars: int | None = None) -> CheckedBundle:
-    infos = zf.infolist()
-    if len(infos) > MAX_MEMBERS:
-        raise BundleError(f"refused: the bundle holds {len(infos)} members; a bundle has at most {MAX_MEMBERS}")
     by_name: dict[str, zipfile.ZipInfo] = {}
-    for info in infos:
+    for info in archive.infos:  # the reader has bounded their number, sizes and encryption
         _check_member_name(info)
         if info.filename in by_name:
             raise BundleError("refused: the bundle holds the same member name twice")
         by_name[info.filename] = info
-        if info.file_size > limits.bundle_bytes:
-            raise BundleError(f"refused: member {info.filename[:60]!r} has {info.file_size} bytes, over the limit of "
-                              f"{limits.bundle_bytes}")
     if MANIFEST not in by_name:
         raise BundleError("refused: the bundle has no manifest.json")
-    budget = _Budget(limits.bundle_bytes)
-    raw = _read_capped(zf, by_name[MANIFEST], MAX_MANIFEST_BYTES, budget, limits.bundle_bytes)
+    raw = archive.read(MANIFEST, MAX_MANIFEST_BYTES)
     manifest = schema.check_manifest(schema.load_json(raw, "manifest.json", MAX_MANIFEST_BYTES))
     document, cache, members = manifest["document"], manifest["cache"], manifest["members"]
     fingerprint = cache["model_fingerprint"]
@@ -255,8 +224,7 @@ def _check_open(zf: zipfile.ZipFile, staging: Staging, model_fingerprint: str | 
         limit = limits.text_bytes if member == TEXT_MEMBER else limits.bundle_bytes
         staged[member] = staging.new(".txt" if member == TEXT_MEMBER else ".safetensors" if member == CACHE_MEMBER
                                      else ".source")
-        digest, size, text_digest = _stream(zf, by_name[member], staged[member], limit, budget, limits.bundle_bytes,
-                                            text_hash=member == TEXT_MEMBER)
+        digest, size, text_digest = _stream(archive, member, staged[member], limit, text_hash=member == TEXT_MEMBER)
         if digest != members[member]["sha256"] or size != members[member]["bytes"]:
             raise BundleError(f"refused: checksum mismatch for member {member!r} (altered or damaged)")
         if member == TEXT_MEMBER:
