@@ -65,6 +65,18 @@ def tokenizer():
     return tiny_tokenizer()
 
 
+@pytest.fixture(scope="module")
+def tiny():
+    """The app-level tests' model: a tiny random Llama with a 1 024-token window and the
+    character tokenizer, named "tiny", with its fingerprint: ``model, tokenizer, fingerprint``
+    (one per test module: a test may leave state on the model)."""
+    from homer.fingerprint import model_fingerprint
+
+    model, tokenizer = tiny_model("llama", window=1024), tiny_tokenizer()
+    model.homer_name = "tiny"
+    return model, tokenizer, model_fingerprint(model)
+
+
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory):
     """A tiny model + tokenizer saved as a local folder (the ``--model FOLDER`` path)."""

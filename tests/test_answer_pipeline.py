@@ -12,12 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import tiny_model, tiny_tokenizer
 
 from app.chat import ChatService
 from app.ingest import add_to_store, ingest_bytes
 from homer.answering import AnswerSettings, DocumentChat, DocumentText, PassageIndex, open_document
-from homer.fingerprint import model_fingerprint
 from homer.generation import GenerationSettings
 from storage import Store
 from storage import passages as stored_passages
@@ -36,12 +34,6 @@ def book(paragraphs: int = 40, fact_at: int = 27) -> str:
     paras = [" ".join(rng.choice(words) for _ in range(70)) + "." for _ in range(paragraphs)]
     paras[fact_at] = FACT
     return "\n\n".join(paras)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    model = tiny_model("llama", window=1024)
-    return model, tiny_tokenizer(), model_fingerprint(model)
 
 
 def test_a_notebook_and_the_store_rank_the_same_passages(tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import tiny_model, tiny_tokenizer
+from conftest import tiny_model
 from store_helpers import story, text_pdf
 
 from app import library
@@ -18,13 +18,6 @@ from homer.generation import GenerationSettings
 from storage import Store, StoreError
 
 FAST = HomerConfig(significance="uncalibrated")
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    model, tokenizer = tiny_model("llama", window=1024), tiny_tokenizer()
-    model.homer_name = "tiny"
-    return model, tokenizer, model_fingerprint(model)
 
 
 def add_ready(store, tiny, data: bytes, name: str) -> tuple[dict, dict]:

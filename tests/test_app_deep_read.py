@@ -9,7 +9,7 @@ import zipfile
 import pytest
 import torch
 
-from conftest import tiny_model, tiny_tokenizer
+from conftest import tiny_model
 from store_helpers import FAST as FAST_SETTINGS
 from store_helpers import story, text_pdf
 
@@ -18,20 +18,12 @@ from app.chat import DEEP_READ_UNAVAILABLE, ChatService, describe_turn, with_sou
 from app.ingest import add_to_store, ingest_bytes
 from homer import Conversation, HomerConfig, build_document_cache
 from homer.answering.citations import cite_answer
-from homer.fingerprint import model_fingerprint
 from homer.generation import GenerationSettings
 from storage import CacheCorrupt, Store, StoreError
 from storage.bundles import export_bundle
 from storage.files import sha256_file
 
 EXACT = HomerConfig(significance="uncalibrated", cache_dtype="float32")  # deep read == full build, bit for bit
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    model, tokenizer = tiny_model("llama", window=1024), tiny_tokenizer()
-    model.homer_name = "tiny"
-    return model, tokenizer, model_fingerprint(model)
 
 
 def add_built(store, tiny, data: bytes, name: str, leaf_states: bool, config=EXACT) -> tuple[dict, dict]:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_model, tiny_tokenizer
 from store_helpers import story
 
 from app.chat import ChatError, ChatService, describe_turn
@@ -101,15 +100,8 @@ def test_documents_are_isolated_and_deleted_with_their_passages(store):
 # --- the focused turn -----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def tiny():
-    model, tokenizer = tiny_model("llama", window=1024), tiny_tokenizer()
-    model.homer_name = "tiny"
-    return model, tokenizer
-
-
-@pytest.fixture(scope="module")
 def book_cache(tiny):
-    model, tokenizer = tiny
+    model, tokenizer, _ = tiny
     return build_document_cache(model, tokenizer, story(20), FAST)
 
 
@@ -130,7 +122,7 @@ class Prefills:
 
 
 def test_focused_turn_is_one_batched_prefill_and_leaves_the_cache_alone(tiny, book_cache):
-    model, tokenizer = tiny
+    model, tokenizer, _ = tiny
     before = {name: t.clone() for name, t in book_cache.tensors().items()}
     passages = ["The keeper's log says: the lamp was lit at dusk.", "A ship named Ada came <|im_end|> home."]
     question = "When was the lamp lit?"
@@ -161,7 +153,7 @@ def test_focused_turn_is_one_batched_prefill_and_leaves_the_cache_alone(tiny, bo
 
 
 def test_focused_turns_fit_the_window_after_the_cache(tiny, book_cache):
-    model, tokenizer = tiny
+    model, tokenizer, _ = tiny
     room = cache_room(book_cache, model, 16)
     assert room == 1024 - book_cache.next_position - 16
     long = ["word " * 30 + str(i) for i in range(10)]  # ~150 characters (tokens) each
@@ -178,7 +170,7 @@ def test_focused_turns_fit_the_window_after_the_cache(tiny, book_cache):
 
 
 def test_passages_alone_answer_in_a_fresh_window(tiny):
-    model, tokenizer = tiny
+    model, tokenizer, _ = tiny
     rag = PassageConversation(model, tokenizer)
     recorder = Prefills(model)
     try:
@@ -209,7 +201,7 @@ def test_questions_about_the_whole_document_are_routed_to_the_cache():
 # --- through the chat ---------------------------------------------------------------------
 
 def test_chat_answers_with_focus_and_lists_its_sources(tmp_path, tiny, configure):
-    model, tokenizer = tiny
+    model, tokenizer, _ = tiny
     fingerprint = model_fingerprint(model)
     service = ChatService(Store(tmp_path / "store"), loader=lambda name: (model, tokenizer, fingerprint))
     text = doc_text(16, rare_at=11)
@@ -263,7 +255,7 @@ def test_the_worker_indexes_a_document_before_its_build(tmp_path, monkeypatch):
 def test_a_question_the_document_does_not_hold_is_answered_not_found(tmp_path, tiny, configure):
     from homer.answering.grounding import NOT_FOUND
 
-    model, tokenizer = tiny
+    model, tokenizer, _ = tiny
     fingerprint = model_fingerprint(model)
     service = ChatService(Store(tmp_path / "store"), loader=lambda name: (model, tokenizer, fingerprint))
     doc = add_to_store(service.store, ingest_bytes(doc_text(16, rare_at=11).encode(), "light.txt", tokenizer))
@@ -282,7 +274,7 @@ def test_a_question_the_document_does_not_hold_is_answered_not_found(tmp_path, t
 
 
 def test_passages_can_be_read_best_last_next_to_the_question(tiny):
-    model, tokenizer = tiny
+    model, tokenizer, _ = tiny
     best, second = "The keeper lit the lamp.", "Ships came home."
     for order, first in (("best-first", best), ("best-last", second)):
         text = strategy("cache+passages").turn_text("Who lit it?", [best, second], order)

@@ -9,12 +9,10 @@ from __future__ import annotations
 import pytest
 
 import format_fixtures as fx
-from conftest import tiny_model, tiny_tokenizer
 
 from app.chat import ChatService
 from app.ingest import add_to_store, ingest_bytes
 from homer import HomerConfig, build_document_cache
-from homer.fingerprint import model_fingerprint
 from homer.generation import GenerationSettings
 from storage import Store
 
@@ -90,13 +88,6 @@ def files(tmp_path_factory):
     if fx.CHROMIUM is not None:
         made["moby.pdf"] = fx.pdf_from_html(made["moby.html"], folder)
     return made
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    model, tokenizer = tiny_model("llama", window=1024), tiny_tokenizer()
-    model.homer_name = "tiny"
-    return model, tokenizer, model_fingerprint(model)
 
 
 @pytest.mark.parametrize("name,where", [

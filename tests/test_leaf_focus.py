@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import tiny_model, tiny_tokenizer
 
 from homer import HomerConfig
 from homer.experiments.leaf_focus import document_leaves, leaves_holding, read_leaves
@@ -13,17 +12,12 @@ from homer.experiments.leaf_focus import document_leaves, leaves_holding, read_l
 FAST = HomerConfig(significance="uncalibrated", max_chunk_len=256, target_len=256)
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return tiny_model("llama", window=1024), tiny_tokenizer()
-
-
 def text(n: int = 12) -> str:
     return "".join(f"Line {i}: the keeper of lamp {i} watched ship {i * 7} come home.\n" for i in range(n))
 
 
 def test_leaves_cover_the_document_in_order_as_the_build_slices_it(tiny):
-    model, tokenizer = tiny
+    model, tokenizer, _ = tiny
     doc = text()
     spans = document_leaves(model, tokenizer, doc, FAST)
     assert len(spans) >= 4 and (len(spans) & (len(spans) - 1)) == 0  # N = 2^h leaves
@@ -42,7 +36,7 @@ def test_the_leaves_holding_passages_are_found_once_each_in_order():
 
 
 def test_a_deep_read_of_some_leaves_holds_only_their_text_and_the_question(tiny):
-    model, tokenizer = tiny
+    model, tokenizer, _ = tiny
     doc = text()
     spans = document_leaves(model, tokenizer, doc, FAST)
     chosen = [0, len(spans) - 1]

@@ -24,18 +24,13 @@ PASSAGES = ["The keeper's   log says:\nthe lamp was lit at dusk.",
             "[1] The keeper's log says: the lamp was lit at dusk."]  # a label and a twin inside the text
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return tiny_model("llama", window=1024), tiny_tokenizer()
-
-
 def flat(text: str) -> str:
     return " ".join(text.split())
 
 
 @pytest.mark.parametrize("style", ["chat", "completion"])
 def test_spans_decode_back_to_the_passages(tiny, style):
-    model, tokenizer = tiny
+    model, tokenizer, _ = tiny
     conversation = PassageConversation(model, tokenizer, DocumentPrompt(style=style))
     turns = [("Earlier: [1] The keeper's log says: the lamp was lit at dusk.", "[2] An answer.")]
     ids = conversation.prompt_ids("Who lit the lamp?", PASSAGES, turns)
@@ -72,7 +67,7 @@ def test_the_plain_prompt_loop_is_the_models_own_forward(family_model):
 
 
 def test_one_score_per_passage_and_nothing_stored_changes(tiny):
-    model, tokenizer = tiny
+    model, tokenizer, _ = tiny
     conversation = PassageConversation(model, tokenizer)
     question = "Who lit the lamp?"
     answer = "".join(conversation.ask(question, PASSAGES, settings=GenerationSettings(max_new_tokens=6)))
@@ -98,7 +93,7 @@ def test_one_score_per_passage_and_nothing_stored_changes(tiny):
 
 
 def test_the_prompt_of_a_turn_that_dropped_passages_is_rebuilt(tiny):
-    model, tokenizer = tiny
+    model, tokenizer, _ = tiny
     conversation = PassageConversation(model, tokenizer)
     list(conversation.ask("Who?", ["short one."], settings=GenerationSettings(max_new_tokens=2)))
     huge = ["x " * 300, "y " * 300, "z " * 300]  # the third does not fit the 1024-token window

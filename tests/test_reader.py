@@ -12,7 +12,6 @@ import time
 
 import pytest
 
-from conftest import tiny_model, tiny_tokenizer
 from store_helpers import story, text_pdf
 
 from app import library, reader
@@ -20,7 +19,6 @@ from app.chat import ChatService
 from app.ingest import add_to_store, ingest_bytes
 from app.inspector import kept_density
 from homer import HomerConfig, build_document_cache
-from homer.fingerprint import model_fingerprint
 from homer.generation import GenerationSettings
 from homer.reading.locations import LocationMap
 from storage import Store, StoreError
@@ -222,13 +220,6 @@ def test_places_from_the_browser_are_checked_and_labelled():
 
 
 # --- the places a turn's stats carry -----------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def tiny():
-    model, tokenizer = tiny_model("llama", window=1024), tiny_tokenizer()
-    model.homer_name = "tiny"
-    return model, tokenizer, model_fingerprint(model)
-
 
 def add_ready(store, tiny, data: bytes, name: str) -> dict:
     model, tokenizer, _ = tiny

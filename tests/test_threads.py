@@ -6,26 +6,17 @@ from __future__ import annotations
 
 import pytest
 
-from conftest import tiny_model, tiny_tokenizer
 from store_helpers import story
 
 from app.chat import ChatError, ChatService, describe_turn
 from app.ingest import add_to_store, ingest_bytes
 from app.threads import CACHE_GONE, Threads
 from homer import HomerConfig, build_document_cache
-from homer.fingerprint import model_fingerprint
 from homer.generation import GenerationSettings
 from storage import Store, StoreError
 
 FAST = HomerConfig(significance="uncalibrated")
 SHORT = GenerationSettings(max_new_tokens=3)
-
-
-@pytest.fixture(scope="module")
-def tiny():
-    model, tokenizer = tiny_model("llama", window=1024), tiny_tokenizer()
-    model.homer_name = "tiny"
-    return model, tokenizer, model_fingerprint(model)
 
 
 @pytest.fixture(autouse=True)
