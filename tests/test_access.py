@@ -90,6 +90,7 @@ def test_like_wildcards_in_a_reference_match_nothing(two_users):
         assert refusal(lambda: library.check_access(store, ref, "ann")) == f"no document {ref!r} in your library"
 
 
+@pytest.mark.e2e
 def test_through_the_running_app_as_two_users(tmp_path, model_dir):
     """Every endpoint that takes a document reference (ask, clear, export, delete, inspect,
     read again) answers bob's references to ann's document byte for byte as it answers an

@@ -95,6 +95,7 @@ def app_cli(*args, home: Path, stdin: str | None = None):
                           env={"HOMER_HOME": str(home), "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"})
 
 
+@pytest.mark.e2e
 def test_homer_ask_a_file_a_stored_document_and_a_cache_file(model_dir, tmp_path):
     path = tmp_path / "harbour.txt"
     path.write_text(book(3, fact_at=1))  # short enough for the tiny model's merge tree
@@ -122,6 +123,7 @@ def test_homer_ask_a_file_a_stored_document_and_a_cache_file(model_dir, tmp_path
     assert r.returncode == 0 and "answering from the cache alone" in r.stderr
 
 
+@pytest.mark.slow
 def test_homer_chat_keeps_the_conversation(model_dir, tmp_path):
     path = tmp_path / "harbour.txt"
     path.write_text(book())
@@ -141,6 +143,7 @@ NOTEBOOK = textwrap.dedent('''
 ''')
 
 
+@pytest.mark.e2e
 def test_a_notebook_script_opens_a_pdf_and_answers_from_its_pages(model_dir, tmp_path):
     from store_helpers import text_pdf
 

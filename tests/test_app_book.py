@@ -48,6 +48,7 @@ def test_the_book_is_regenerated_identically(tmp_path):
     assert out.read_bytes() == BOOK.read_bytes()
 
 
+@pytest.mark.e2e
 def test_the_app_book_benchmark_runs_end_to_end_on_a_slice(tmp_path, embedded_dir):
     output = tmp_path / "app_book.json"
     # questions the slice answers (the default ones are about chapter 5, past the slice: those the

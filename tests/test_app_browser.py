@@ -104,6 +104,7 @@ def wait_for_turn(page, turn: int, timeout: float = 600.0) -> str:
     return line
 
 
+@pytest.mark.e2e
 def test_drop_ask_while_reading_library_chat_inspector_and_bad_files(browser, tmp_path, model_dir, shots):  # noqa: F811
     real = os.environ.get("HOMER_BROWSER_MODEL")
     model = real or model_dir

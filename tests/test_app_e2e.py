@@ -35,6 +35,7 @@ def ask(client, document_id: str, question: str) -> tuple[list, dict]:
     return history, stats
 
 
+@pytest.mark.e2e
 def test_upload_chat_export_and_import_into_another_app(tmp_path, model_dir):  # noqa: F811
     book = tmp_path / "lighthouse.txt"
     book.write_text(story(40))
@@ -82,6 +83,7 @@ def test_upload_chat_export_and_import_into_another_app(tmp_path, model_dir):  #
         assert len(library_rows(client)) == 1
 
 
+@pytest.mark.e2e
 def test_bad_files_show_a_reason_and_leave_the_library_intact(tmp_path, model_dir):  # noqa: F811
     """Refused at upload with the reason; a file refused only when it is read (over the token
     limit) shows the reason in the library, and a question about it gets that reason, not "no
@@ -118,6 +120,7 @@ def test_bad_files_show_a_reason_and_leave_the_library_intact(tmp_path, model_di
         assert "no document" not in str(refused.value)
 
 
+@pytest.mark.e2e
 def test_with_login_each_user_sees_only_their_documents(tmp_path, model_dir):  # noqa: F811
     book = tmp_path / "ann.txt"
     book.write_text(story(20, "ann"))
@@ -134,6 +137,7 @@ def test_with_login_each_user_sees_only_their_documents(tmp_path, model_dir):  #
             Client(url, auth=("bob", "wrong"), verbose=False)
 
 
+@pytest.mark.e2e
 def test_builds_inside_the_upload_request_without_a_background_worker(tmp_path, model_dir):
     """The ZeroGPU mode: no build thread at all; the upload request itself reads the document."""
     book = tmp_path / "harbour.txt"
@@ -146,6 +150,7 @@ def test_builds_inside_the_upload_request_without_a_background_worker(tmp_path, 
         assert row[0] == "harbour.txt" and row[1] == "ready", (row, app_log(tmp_path / "home"))
 
 
+@pytest.mark.e2e
 def test_deep_read_through_the_api_and_the_old_ask_arguments(tmp_path, model_dir):
     """``--deep-read``: builds keep leaf states; ``/ask`` takes a fifth argument (deep read),
     and callers passing the first four only get a normal answer as before."""

@@ -32,6 +32,7 @@ def app(model_dir, tmp_path_factory):
         yield url, home
 
 
+@pytest.mark.e2e
 def test_a_document_is_askable_while_its_build_runs(app, tmp_path):
     from gradio_client import Client, handle_file
 

@@ -10,6 +10,7 @@ import torch
 from conftest import tiny_model
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("task", ["passkey", "needle"])
 def test_retrieval_harness_runs_every_method(model_dir, tmp_path, task):
     cmd = [sys.executable, "-m", "benchmarks.retrieval", "--model", str(model_dir), "--task", task,
@@ -46,6 +47,7 @@ def test_answer_kept_counts_the_answer_tokens_the_cache_spared():
     assert answer_kept(SimpleNamespace(sources=torch.arange(12)), tokenizer, document, "9999") is None
 
 
+@pytest.mark.e2e
 def test_speed_benchmark_reports_ratios(model_dir, tmp_path):
     cmd = [sys.executable, "-m", "benchmarks.speed", "--model", str(model_dir), "--lengths", "1500",
            "--follow-up", "3000", "--results-dir", str(tmp_path), "--name", "smoke"]
@@ -58,6 +60,7 @@ def test_speed_benchmark_reports_ratios(model_dir, tmp_path):
     assert follow["cache_tokens"] <= 512 and follow["file_over_bound"] >= 1 and follow["decoded_tokens"] >= 1
 
 
+@pytest.mark.e2e
 def test_perplexity_benchmark_compares_homer_with_the_last_window(model_dir, tmp_path):
     cmd = [sys.executable, "-m", "benchmarks.perplexity", "--model", str(model_dir), "--lengths", "1500",
            "--samples", "1", "--span", "64", "--results-dir", str(tmp_path), "--name", "smoke"]
@@ -93,6 +96,7 @@ def test_one_command_plans_every_step_and_refuses_unknown_ones():
     assert bad.returncode == 2 and "unknown steps" in bad.stderr
 
 
+@pytest.mark.e2e
 def test_needle_trace_follows_the_number_through_every_block(model_dir):
     cmd = [sys.executable, "-m", "benchmarks.trace_needle", "--model", str(model_dir), "--tokens", "1500"]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
@@ -104,6 +108,7 @@ def test_needle_trace_follows_the_number_through_every_block(model_dir):
     assert summary["kept_in_cache"] == blocks[-1]["kept"]
 
 
+@pytest.mark.e2e
 def test_focus_page_benchmark_checks_the_listed_sources_against_the_planted_pages(model_dir, tmp_path):
     out = tmp_path / "pages.json"
     cmd = [sys.executable, "-m", "benchmarks.focus_pages", "--model", str(model_dir), "--seeds", "0", "--pages", "6",
@@ -118,6 +123,7 @@ def test_focus_page_benchmark_checks_the_listed_sources_against_the_planted_page
     assert summary["a_source_on_the_fact_page"] == {"right": 3, "n": 3, "rate": 1.0}
 
 
+@pytest.mark.e2e
 def test_retrieval_recall_measures_the_models_own_vectors_and_calibrates_heads(model_dir, tmp_path):
     out = tmp_path / "recall.json"
     cmd = [sys.executable, "-m", "benchmarks.retrieval_recall", "--sets", "haystack", "--methods", "bm25",
@@ -140,6 +146,7 @@ def test_retrieval_recall_measures_the_models_own_vectors_and_calibrates_heads(m
         assert 0 <= got["all"]["at_1"] <= got["all"]["at_3"] <= got["all"]["at_5"] <= 1, method
 
 
+@pytest.mark.e2e
 def test_reconstruction_probe_fits_and_scores_held_out_chunks(model_dir, tmp_path):
     from benchmarks.reconstruction_probe import predict, ridge, spearman
 

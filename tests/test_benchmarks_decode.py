@@ -1,3 +1,4 @@
+import pytest
 """The decoding-speed and roofline benchmarks run end to end on a tiny model (no timings asserted)."""
 
 import json
@@ -5,6 +6,7 @@ import subprocess
 import sys
 
 
+@pytest.mark.e2e
 def test_decode_benchmark_compares_both_paths(model_dir, tmp_path):
     cmd = [sys.executable, "-m", "benchmarks.decode", "--model", str(model_dir), "--document-tokens", "1500",
            "--new-tokens", "4", "--repeats", "1", "--threads", "1", "--results-dir", str(tmp_path), "--name", "smoke"]
@@ -16,6 +18,7 @@ def test_decode_benchmark_compares_both_paths(model_dir, tmp_path):
     assert min(result["bandwidth_bound_tokens_per_s"].values()) > 0 and result["preallocated_over_bound"] > 0
 
 
+@pytest.mark.e2e
 def test_roofline_benchmark_reports_the_ratio_and_a_profile(model_dir, tmp_path):
     cmd = [sys.executable, "-m", "benchmarks.roofline", "--model", str(model_dir), "--tokens", "1500",
            "--threads", "1", "--results-dir", str(tmp_path), "--name", "smoke"]

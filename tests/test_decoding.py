@@ -39,6 +39,7 @@ def turns(model, kv, position, feeds, new_tokens):
     return out, state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(MODELS))
 def test_preallocated_path_matches_dynamic_cache_across_turns_and_growth(name, monkeypatch):
     from homer.generation import DecodeStep
@@ -153,6 +154,7 @@ def test_half_precision_cache_is_held_as_stored_and_decodes_like_the_forward(tok
     assert answers["dynamic"] == answers["preallocated"]
 
 
+@pytest.mark.slow
 def test_conversation_forgets_its_oldest_turns_to_stay_inside_the_window(tokenizer):
     """Window 512, cache ~256 tokens: the room is 256 tokens, a few short turns. Later
     turns restart from the stored cache with only the turns that still fit, and the working
@@ -178,6 +180,7 @@ def test_conversation_forgets_its_oldest_turns_to_stay_inside_the_window(tokeniz
         "".join(conv.ask("x" * 600, max_new_tokens=4))
 
 
+@pytest.mark.slow
 def test_an_answer_stops_at_the_window(tokenizer):
     model = tiny_model("llama", window=512)
     cache = build_document_cache(model, tokenizer, "Alice met Bob in Paris. " * 12, CFG)

@@ -33,6 +33,7 @@ def llama():
     return tiny_model("llama")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("context_len", [20, 60, 150])
 @pytest.mark.parametrize("config", [
     UNCAL,
@@ -77,6 +78,7 @@ def test_deep_read_on_other_families(tmp_path, family):
     assert_same_cache(deep_read(model, path, suffix, fallback=False), full)
 
 
+@pytest.mark.slow
 def test_a_suffix_that_changes_the_leaf_count_falls_back_to_a_full_rebuild(llama, tmp_path):
     prefix, context = random_ids(P, 1), random_ids(100, 2)
     path = tmp_path / "leaves.safetensors"
@@ -90,6 +92,7 @@ def test_a_suffix_that_changes_the_leaf_count_falls_back_to_a_full_rebuild(llama
     assert_same_cache(fast, build_cache(llama, prefix, context, suffix, UNCAL), atol=0)
 
 
+@pytest.mark.slow
 def test_float16_states_give_nearly_the_same_cache(llama, tmp_path):
     config = HomerConfig(significance="uncalibrated")  # the default cache dtype, float16
     prefix, context, suffix = random_ids(P, 1), random_ids(120, 2), random_ids(4, 3)
@@ -170,6 +173,7 @@ def test_document_deep_read_answers_like_a_question_aware_build(tmp_path):
     assert answers[0] == answers[1]
 
 
+@pytest.mark.e2e
 def test_cli_build_with_leaf_states_then_deep_read(model_dir, tmp_path):
     import subprocess
     import sys

@@ -116,6 +116,7 @@ def read_in_a_process(data: bytes, tmp_path, **limits) -> dict:
 
 
 # --- finding 4: a zip bomb in a part python-docx read -----------------------------------------
+@pytest.mark.slow
 def test_a_picture_that_declares_1000_bytes_and_inflates_to_1_gib_is_refused_at_upload(bomb, tmp_path):
     data, name = bomb
     liar = fx.lie_about_size(data, name, 1000)
@@ -164,6 +165,7 @@ def tiny_elements(count: int, seed: int = 7) -> bytes:
     return bytes(out)
 
 
+@pytest.mark.slow
 def test_xml_dense_with_elements_is_refused_before_it_is_parsed(picture_docx, tmp_path):
     """Within every zip limit, 64 MB of ``<qx/>`` is 13 million elements and 1.8 GB as a
     tree: what the parts would take is estimated from their bytes and bounded. Here 4 MB

@@ -29,6 +29,7 @@ def test_embedded_model_loads_offline_with_its_calibration(embedded):
     assert bias is not None and bias.shape == (30, 4096), "the shipped calibration table must match a fresh conversion"
 
 
+@pytest.mark.e2e
 def test_cli_reads_three_windows_and_answers_about_a_planted_fact(embedded, tmp_path):
     model, tokenizer = embedded
     needle = needle_document(tokenizer, 24_000, depth=0.5, seed=0)

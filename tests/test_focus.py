@@ -152,6 +152,7 @@ def test_focused_turn_is_one_batched_prefill_and_leaves_the_cache_alone(tiny, bo
         assert torch.equal(tensor, before[name]), name  # the stored cache is never written
 
 
+@pytest.mark.slow
 def test_focused_turns_fit_the_window_after_the_cache(tiny, book_cache):
     model, tokenizer, _ = tiny
     room = cache_room(book_cache, model, 16)
@@ -200,6 +201,7 @@ def test_questions_about_the_whole_document_are_routed_to_the_cache():
 
 # --- through the chat ---------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_chat_answers_with_focus_and_lists_its_sources(tmp_path, tiny, configure):
     model, tokenizer, _ = tiny
     fingerprint = model_fingerprint(model)

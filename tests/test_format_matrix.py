@@ -90,6 +90,7 @@ def files(tmp_path_factory):
     return made
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name,where", [
     pytest.param("moby.pdf", PAGE, marks=fx.needs_chromium),
     ("moby.epub", SECTION),

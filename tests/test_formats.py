@@ -160,6 +160,7 @@ def test_drm_is_refused_and_font_obfuscation_is_not(book):
     assert set(fx.BOOK_LABELS) <= set(read("epub", fonts).labels)
 
 
+@pytest.mark.slow
 def test_zip_bombs_are_refused_from_the_directory_before_decompressing(book, configure):
     bomb = fx.zip_bomb(book["epub"], "EPUB/text/bomb.xhtml")
     assert len(bomb) < 2 * 2**20  # 200 MB of zeros in a file of a few hundred KB
@@ -349,6 +350,7 @@ def worker_only(book) -> dict[str, tuple[bytes, str]]:
     }
 
 
+@pytest.mark.slow
 def test_bad_uploads_are_refused_in_the_request_and_nothing_is_stored(book, tmp_path):
     store = Store(tmp_path / "store")
 
@@ -373,6 +375,7 @@ def test_bad_uploads_are_refused_in_the_request_and_nothing_is_stored(book, tmp_
         library.check_upload(book[name.rsplit(".", 1)[1].replace("xhtml", "html")], name)
 
 
+@pytest.mark.slow
 def test_the_worker_fails_bad_files_with_their_reason_and_stores_nothing(book, tmp_path, model_dir):
     from app import tasks
 

@@ -67,6 +67,7 @@ def refusal(call) -> str:
 
 
 # --- PDF passwords -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_pdf_with_an_empty_user_password_is_read():
     data = encrypted_pdf(["The keeper was Ada.", "She kept the lamp."], user_password="")
     from pypdf import PdfReader
@@ -147,6 +148,7 @@ def test_a_text_over_the_character_limit_is_refused_at_upload_and_in_the_worker(
     library.check_upload(("é" * 40_000).encode(), "accents.txt")
 
 
+@pytest.mark.slow
 def test_a_10_mb_markdown_line_is_refused_at_upload_and_split_linearly_when_allowed(configure):
     line = ("word " * (2 * 2**20)).encode()  # 10 MB, one line
     assert refusal(lambda: library.check_upload(line, "line.md")).startswith(
@@ -198,6 +200,7 @@ print(json.dumps({"before_kib": before, "peak_kib": peak_rss_bytes() // 1024,
 """
 
 
+@pytest.mark.e2e
 def test_ingesting_a_large_prose_file_has_bounded_peak_memory(tmp_path):
     """A 3.9 M-character prose file (just under the default character limit) ingests in a fresh process whose
     peak resident memory stays under 1 GiB."""

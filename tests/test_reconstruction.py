@@ -45,6 +45,7 @@ def test_selectable_by_name_and_unknown_names_still_fail(llama):
     assert HomerConfig(significance="reconstruction", reconstruction_layers=2).settings()["reconstruction_layers"] == 2
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", [None, 20])
 def test_cache_builds_and_keeps_the_configured_number_of_tokens(family_model, target):
     prefix, suffix = affixes()
@@ -60,6 +61,7 @@ def test_cache_builds_and_keeps_the_configured_number_of_tokens(family_model, ta
     assert torch.equal(cache.token_ids[P:-S], context[kept])
 
 
+@pytest.mark.slow
 def test_the_copy_leaves_no_kv_in_the_cache(llama):
     """Same length, shapes, affix positions and last position as the default strategy; every
     kept token sits at its leaf's reused position; no copy or prompt token is stored."""

@@ -74,6 +74,7 @@ def node_keys(checkpointer) -> list[str]:
     return [k for k in checkpointer.keys() if k.startswith("leaves-")]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("significance", ["uncalibrated", "random", "reconstruction"])
 def test_an_interrupted_build_resumes_to_the_one_shot_cache(deep, tmp_path, significance):
     prefix, context, suffix = inputs()
@@ -99,6 +100,7 @@ def test_an_interrupted_build_resumes_to_the_one_shot_cache(deep, tmp_path, sign
     assert not (tmp_path / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_without_interruption_a_checkpointed_build_is_the_plain_build(deep, tmp_path):
     prefix, context, suffix = inputs()
     plain = build_cache(deep, prefix, context, suffix, config())
@@ -108,6 +110,7 @@ def test_without_interruption_a_checkpointed_build_is_the_plain_build(deep, tmp_
     assert checked.metadata["leaves_computed"] == "32" and checked.metadata["resumed"] == ""
 
 
+@pytest.mark.slow
 def test_a_recording_build_resumes_to_the_same_leaf_state_file(deep, tmp_path):
     """Deep-read leaf states: each leaf's recorded states are checkpointed with it, so the
     resumed build writes the one-shot build's file byte for byte."""
@@ -125,6 +128,7 @@ def test_a_recording_build_resumes_to_the_same_leaf_state_file(deep, tmp_path):
     assert (tmp_path / "one.leaves").read_bytes() == (tmp_path / "two.leaves").read_bytes()
 
 
+@pytest.mark.slow
 def test_missing_recorded_states_rebuild_only_their_subtree(deep, tmp_path, caplog):
     prefix, context, suffix = inputs()
     one_shot = build_cache(deep, prefix, context, suffix, config(), leaf_states=tmp_path / "one.leaves")
@@ -142,6 +146,7 @@ def test_missing_recorded_states_rebuild_only_their_subtree(deep, tmp_path, capl
     assert (tmp_path / "one.leaves").read_bytes() == (tmp_path / "two.leaves").read_bytes()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("change", ["text", "settings", "model"])
 def test_checkpoints_of_another_build_are_ignored(deep, tmp_path, caplog, change):
     prefix, context, suffix = inputs()
@@ -163,6 +168,7 @@ def test_checkpoints_of_another_build_are_ignored(deep, tmp_path, caplog, change
     assert_same_cache(one_shot, other)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("damage", ["truncated", "altered", "not-safetensors"])
 def test_a_damaged_checkpoint_is_ignored_and_rebuilt(deep, tmp_path, caplog, damage):
     prefix, context, suffix = inputs()
@@ -207,6 +213,7 @@ def forge(path, secret: bytes | None = None, stamped: bool = True) -> None:
     path.write_bytes(save(tensors, metadata=metadata))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("forgery", ["recomputed-sha256", "unstamped", "stamped-under-another-key"])
 def test_a_forged_checkpoint_is_skipped_and_rebuilt(deep, one_shot_build, tmp_path, caplog, forgery):
     """Finding 8: the store stamps its checkpoints with an HMAC under its own secret; a forged
@@ -299,6 +306,7 @@ def test_the_checkpoint_secret_without_hard_links(tmp_path, monkeypatch):
     assert list((tmp_path / "bucket" / "tmp").iterdir()) == []
 
 
+@pytest.mark.slow
 def test_the_embedded_model_resumes_bit_identically(tmp_path):
     from homer.models import load_model
 
@@ -377,6 +385,7 @@ def test_store_check_finds_stale_checkpoints(deep, tmp_path):
     assert store.check() == []
 
 
+@pytest.mark.slow
 def test_a_killed_worker_s_build_resumes_from_its_checkpoints(tmp_path, model_dir):
     """The bar: SIGKILL a worker in the middle of a 32-leaf build, start another; the job
     finishes from the checkpoints (fewer leaves computed than from scratch, counted) and the

@@ -43,6 +43,7 @@ def rows(client) -> list[list]:
     return client.predict(api_name="/library")["data"]
 
 
+@pytest.mark.e2e
 @pytest.mark.parametrize("length", [64, 12])
 def test_private_shared_unshared_deleted_through_the_running_app(tmp_path, model_dir, length):
     gradio_client = pytest.importorskip("gradio_client")
@@ -187,6 +188,7 @@ def stored_rows(home) -> tuple:
                      for t in ("documents", "caches", "document_owners"))
 
 
+@pytest.mark.e2e
 def test_a_read_only_grantee_never_launders_a_share_through_the_running_app(team):
     """Finding 1, as it was shown: bob, a read-only grantee, exports ann's document and imports
     the bundle to become an owner, shares it on to mallory, and keeps it after ann unshares and
@@ -249,6 +251,7 @@ def test_a_read_only_grantee_never_launders_a_share_through_the_running_app(team
     assert stored_rows(folder / "home") == (0, 0, 0)
 
 
+@pytest.mark.slow
 def test_a_share_to_a_name_nobody_can_log_in_as_is_refused(team):
     """Finding 10: with --auth the app knows its users, so a share to an unknown name (which
     would go to whoever got that name later) is refused in one line and shares nothing."""

@@ -167,6 +167,7 @@ def checkpoint_files(store) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((store.root / "checkpoints").glob("*/leaves-*.safetensors"))}
 
 
+@pytest.mark.slow
 def test_a_queued_build_finishes_in_slices_bit_identical(tmp_path, model_dir, slow_slices):
     store = Store(tmp_path / "store")
     gpu = FakeGPU()
@@ -199,6 +200,7 @@ def test_a_queued_build_finishes_in_slices_bit_identical(tmp_path, model_dir, sl
     assert not (store.root / "checkpoints" / done["cache_id"]).exists()  # removed once indexed
 
 
+@pytest.mark.slow
 def test_a_refusal_midway_loses_nothing_and_the_next_request_goes_on(tmp_path, model_dir, slow_slices):
     store = Store(tmp_path / "store")
     refusals = {2: zero_gpu_error(slicing.QUOTA, QUOTA_MESSAGE), 4: zero_gpu_error(slicing.ILLEGAL_DURATION,
@@ -235,6 +237,7 @@ def test_a_refusal_midway_loses_nothing_and_the_next_request_goes_on(tmp_path, m
     assert_same_cache(one_shot_cache(model_dir, store, done["document_id"]), store.load_cache(done["cache_id"]))
 
 
+@pytest.mark.slow
 def test_a_slice_that_died_on_the_gpu_is_recovered_and_goes_on(tmp_path, model_dir, slow_slices):
     """"ZeroGPU worker error": the GPU task died with the job claimed; once its lease has run
     out the next request puts it back and goes on from the checkpoints."""
@@ -325,6 +328,7 @@ def test_refusals_read_plainly():
 
 
 # --- the app's request-driven path ------------------------------------------------------
+@pytest.mark.e2e
 def test_builds_in_requests_go_on_across_library_refreshes(tmp_path, model_dir):
     """``--builds-in-requests`` with 1 s slices: the upload request runs the first slice; each
     call of the library's refresh (``/continue_builds``, which the page's timer calls) runs

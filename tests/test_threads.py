@@ -181,6 +181,7 @@ def test_a_thread_whose_cache_was_rebuilt_says_so(tmp_path, tiny):
 
 # --- through the UI's API: /threads, /new_thread, /open_thread, /rename_thread, /delete_thread ------
 
+@pytest.mark.e2e
 def test_threads_through_the_api_with_login(tmp_path, tiny, monkeypatch):
     gradio_client = pytest.importorskip("gradio_client")
     from app_helpers import add_ready_document, free_port

@@ -51,6 +51,7 @@ def test_uploads_build_in_the_background_and_bad_ones_fail_with_their_reason(in_
     assert store.check() == []
 
 
+@pytest.mark.e2e
 def test_a_killed_worker_s_job_is_retried_and_completes_once(tmp_path, model_dir):
     store = Store(tmp_path / "store")
     home, log = tmp_path / "home", tmp_path / "worker.log"
@@ -83,6 +84,7 @@ def test_a_killed_worker_s_job_is_retried_and_completes_once(tmp_path, model_dir
     assert store.check() == []
 
 
+@pytest.mark.e2e
 def test_two_workers_and_four_clients_share_one_store(tmp_path, model_dir):
     root, home, log = tmp_path / "store", tmp_path / "home", tmp_path / "workers.log"
     Store(root)

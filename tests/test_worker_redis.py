@@ -3,6 +3,8 @@ port). Two worker processes build 8 documents concurrently: no duplicate build, 
 
 from __future__ import annotations
 
+import pytest
+
 
 from app.tasks import wait_for
 from app.worker import queue_for
@@ -10,6 +12,7 @@ from storage import Store
 from store_helpers import FAST, redis_url, start_worker, stop, story, wait_until  # noqa: F401
 
 
+@pytest.mark.e2e
 def test_two_redis_workers_build_eight_documents_once_each(tmp_path, model_dir, redis_url):
     root, home, log = tmp_path / "store", tmp_path / "home", tmp_path / "workers.log"
     store = Store(root)
@@ -37,6 +40,7 @@ def test_two_redis_workers_build_eight_documents_once_each(tmp_path, model_dir, 
     assert store.check() == []
 
 
+@pytest.mark.e2e
 def test_both_redis_workers_take_work(tmp_path, model_dir, redis_url):
     """Jobs are spread over the two processes (each records its pid as the job owner)."""
     root, home, log = tmp_path / "store", tmp_path / "home", tmp_path / "workers.log"
