@@ -36,6 +36,7 @@ from .caches import CachesMixin
 from .checkpoints import CheckpointsMixin
 from .consistency import ConsistencyMixin, Problem  # noqa: F401  (Problem: what check() returns)
 from .documents import DocumentsMixin
+from .errors import CacheCorrupt, CacheExists, StoreError  # noqa: F401  (re-exported: callers import them from here)
 from .ids import cache_key  # noqa: F401  (re-exported: callers import it from here)
 from .jobs import Jobs
 from .locks import Locks
