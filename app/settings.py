@@ -104,7 +104,7 @@ class Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid", validate_by_name=True, validate_by_alias=True)
 
 
-# Words the answering settings take (homer.answering.focus holds the same; tests/test_settings.py
+# Words the answering settings take (homer.answering.focus holds the same; tests/webapp/test_settings.py
 # checks they agree: importing it here would load torch before the app has checked its settings).
 FOCUS_CHOICES = ("auto", "cache", "passages", "cache+passages")
 PASSAGE_ORDERS = ("best-first", "best-last")

@@ -184,6 +184,7 @@ def test_bundle_refused_and_nothing_written(tmp_path, good_bundle, case):
     assert not (tmp_path / "evil.txt").exists()
 
 
+@pytest.mark.e2e
 def test_cli_export_import_list_check(tmp_path, source_store):
     store, doc = source_store
     out = tmp_path / "shared.homer"

@@ -79,6 +79,7 @@ def state(store, doc, victim):
 
 
 # --- 1: a bundle's document id used as a path --------------------------------------------------
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["dotdot", "store-root", "absolute", "folder", "upper-case", "prefix"])
 def test_document_id_that_is_a_path_is_refused(tmp_path, origin, shared, kind):
     store, doc, victim = shared
@@ -199,6 +200,7 @@ def _lie_about_size(path, member: str, claimed: int):
     path.write_bytes(bytes(data))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("claimed", [1000, 4 * 2**20])
 def test_lying_member_size_stops_at_limit(tmp_path, origin, shared, claimed):
     store, doc, victim = shared
@@ -230,6 +232,7 @@ def test_lying_member_size_stops_at_limit(tmp_path, origin, shared, claimed):
     assert not list(store.tmp_dir.iterdir())
 
 
+@pytest.mark.slow
 def test_whole_bundle_and_text_limits(tmp_path, origin, shared):
     store, doc, victim = shared
     refused(store, origin["bundle"], "over the limit", max_bytes=10_000)
@@ -238,6 +241,7 @@ def test_whole_bundle_and_text_limits(tmp_path, origin, shared):
     assert store.check() == [] and len(store.documents()) == 1
 
 
+@pytest.mark.slow
 def test_an_imported_text_is_bounded_like_an_upload(origin, shared, configure):
     """A sourceless bundle's text becomes a document without any ingestion: the app still
     refuses one longer than an upload may extract (HOMER_MAX_CHARS), before tokenising it."""
@@ -249,6 +253,7 @@ def test_an_imported_text_is_bounded_like_an_upload(origin, shared, configure):
 
 
 # --- 6: quadratic member check ----------------------------------------------------------------------
+@pytest.mark.slow
 def test_member_check_is_linear(tmp_path, origin, shared):
     store, doc, victim = shared
     crowded = tmp_path / "crowded.zip"

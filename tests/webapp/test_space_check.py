@@ -8,7 +8,7 @@ import pytest
 from app import space_check
 from homer import paths
 
-ROOT = space_check.Path(__file__).resolve().parent.parent
+ROOT = space_check.Path(__file__).resolve().parents[2]
 
 
 def test_this_repository_boots_as_a_zerogpu_space(capsys):

@@ -215,6 +215,7 @@ def opener_script() -> str:
     """)
 
 
+@pytest.mark.e2e
 def test_fresh_store_opened_by_many_processes(tmp_path):
     """8 processes open the same fresh store at the same instant, 20 times over (160 opens;
     before the fix about 1 in 50 failed with "database is locked")."""
@@ -340,6 +341,7 @@ DEAD_WRITER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.e2e
 def test_dead_writers_temp_file_is_stale_at_once(tmp_path, victim):
     store = Store(tmp_path / "store")
     writer = subprocess.Popen([sys.executable, "-c", DEAD_WRITER, str(store.root)], cwd=ROOT, stdout=subprocess.PIPE,

@@ -20,7 +20,7 @@ from homer.generation import GenerationSettings
 from storage import Store
 from storage import passages as stored_passages
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FACT = "The harbour master of Quillon counted forty-two fishing boats on the Tuesday before the storm."
 QUESTIONS = ["How many fishing boats did the harbour master of Quillon count?", "What happened before the storm?",
              "Which lantern was in the garden window?", "Where was the silver letter?"]

@@ -6,10 +6,12 @@ one-line :class:`BundleError` or imported intact; nothing outside the store chan
 other document's rows and files do not change, ``store check`` stays clean, and the peak
 memory of the whole run stays under 1 GiB.
 
-The run happens in a child process (``python tests/test_bundle_mutations.py OUT``) so its
+The run happens in a child process (``python tests/store/test_bundle_mutations.py OUT``) so its
 peak resident memory is its own; it is seeded, so a failure reproduces."""
 
 from __future__ import annotations
+
+import pytest
 
 import hashlib
 import json
@@ -27,6 +29,7 @@ SEED = 12
 PEAK_LIMIT = 2**30
 
 
+@pytest.mark.e2e
 def test_mutated_bundles_are_refused_or_imported_intact(tmp_path):
     out = tmp_path / "summary.json"
     started = time.monotonic()
@@ -193,7 +196,7 @@ def _flip_header(data: bytes, rng: random.Random) -> bytes:
 
 
 def child(work: Path, out: Path) -> None:
-    sys.path.insert(0, str(HERE))
+    sys.path.insert(0, str(HERE.parent))  # the tests' helpers
     from app.library import text_from_source
     from bundle_helpers import make_victim, snapshot, store_rows, stored_document
     from conftest import tiny_model, tiny_tokenizer
@@ -275,5 +278,5 @@ def child(work: Path, out: Path) -> None:
 
 
 if __name__ == "__main__":
-    sys.path.insert(0, str(HERE.parent))
+    sys.path.insert(0, str(HERE.parents[1]))  # the repository: app, storage, homer
     child(Path(sys.argv[1]), Path(sys.argv[2]))
