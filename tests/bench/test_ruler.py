@@ -63,6 +63,7 @@ def test_absent_questions_are_not_in_their_haystack():
                 assert q.question not in stack.text
 
 
+@pytest.mark.slow
 def test_a_short_run_writes_its_table(model_dir, tmp_path):
     out = tmp_path / "ruler.json"
     assert ruler.main(["--model", str(model_dir), "--cells", "300:cache,passages", "--questions", "1",

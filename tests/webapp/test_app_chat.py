@@ -34,6 +34,7 @@ def service(tmp_path, tiny):
     return ChatService(store, loader=lambda name: tiny)
 
 
+@pytest.mark.slow
 def test_two_questions_reuse_the_loaded_cache(service, tiny, configure):
     configure(answering={"focus": "cache"})  # the cache path (a focused turn also feeds its passages)
     doc, row = add_ready(service.store, tiny, story(40).encode(), "ada.txt")
@@ -58,6 +59,7 @@ def test_two_questions_reuse_the_loaded_cache(service, tiny, configure):
     assert third["turn"] == 1 and third["cache_source"] == "memory"
 
 
+@pytest.mark.slow
 def test_an_evicted_conversation_re_appends_its_turns(service, tiny, configure):
     # one conversation kept; the cache's conversation (random-weight model, made-up questions)
     configure(chat={"max_conversations": 1}, answering={"focus": "cache"})
@@ -194,6 +196,7 @@ def test_inspector_density_and_tree(tmp_path, tiny):
     tree_figure(shape)
 
 
+@pytest.mark.slow
 def test_a_long_chat_leaves_out_its_oldest_turns_and_an_overlong_question_is_refused(service, tiny, configure):
     configure(answering={"focus": "cache"})  # the cache's conversation filling the window
     doc, _ = add_ready(service.store, tiny, story(40).encode(), "ada.txt")

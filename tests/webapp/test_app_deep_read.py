@@ -71,6 +71,7 @@ def test_leaf_states_are_stored_indexed_checked_and_deleted_with_the_document(tm
     assert store.check() == []
 
 
+@pytest.mark.slow
 def test_damaged_or_orphan_leaf_states_are_reported_and_repaired(tmp_path, tiny):
     store = Store(tmp_path / "store")
     doc, row = add_built(store, tiny, story(20).encode(), "ada.txt", leaf_states=True)

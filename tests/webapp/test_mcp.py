@@ -165,6 +165,7 @@ def files_in(folder: Path) -> dict[str, int]:
     return {str(p.relative_to(folder)): p.stat().st_size for p in folder.rglob("*") if p.is_file()}
 
 
+@pytest.mark.e2e
 def test_mcp_upload_without_credentials_writes_nothing_and_is_bounded(app):
     """20 unauthenticated (or wrongly authenticated) uploads of distinct 0.75 MB data: URLs
     leave gradio's temp folder as it was (they left 20 files, 50 MiB, before the tool took

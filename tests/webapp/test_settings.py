@@ -234,6 +234,7 @@ def test_the_app_refuses_a_bad_setting_at_start(tmp_path, name, value):
     assert done.stdout == ""
 
 
+@pytest.mark.slow
 def test_the_commands_and_the_worker_refuse_a_bad_setting(tmp_path):
     for command in ([sys.executable, "-m", "app", "jobs"], [sys.executable, "-m", "app.worker"]):
         done = refused_at_start(command, tmp_path, HOMER_OCR="maybe")
@@ -241,6 +242,7 @@ def test_the_commands_and_the_worker_refuse_a_bad_setting(tmp_path):
         assert done.stderr.strip() == "error: HOMER_OCR must be one of 1/true/yes/on or 0/false/no/off, not 'maybe'"
 
 
+@pytest.mark.e2e
 def test_lock_model_0_leaves_the_model_switchable(tmp_path, model_dir):
     with running_app(tmp_path / "home", model_dir, env={"HOMER_LOCK_MODEL": "0"}) as url:
         with urllib.request.urlopen(f"{url}config", timeout=30) as response:

@@ -144,6 +144,7 @@ def test_a_corrupt_cache_is_queued_for_rebuild_when_opened(in_process_consumer, 
     assert cache is not None and pending is None and store.check() == []
 
 
+@pytest.mark.slow
 def test_settings_the_model_cannot_use_fail_at_once_without_retries(in_process_consumer, model_dir):
     queue, store = in_process_consumer, in_process_consumer.store
     job = queue.submit_file(story().encode(), "keeper.txt", str(model_dir), {**FAST, "warmup_layers": 99})
