@@ -56,11 +56,6 @@ def max_conversations() -> int:
 citations_enabled = focusing.citations_enabled  # where the tests and older callers find it
 
 
-def with_sources(answer: str, label: str) -> str:
-    """The answer as shown: the sources line under it when there is one."""
-    return f"{answer}\n\nSources: {label}" if label else answer
-
-
 THREAD_CACHE_REPLACED = ("this thread's cache was rebuilt or replaced: answered from the document's current "
                          "cache; the earlier messages are shown as text only")
 
@@ -455,6 +450,3 @@ def turn_line_notes(stats: dict) -> str:
         line += f" · {note}"
     return line
 
-
-def stats_json(stats: dict) -> str:
-    return json.dumps(stats, sort_keys=True)

@@ -14,7 +14,6 @@ size, so time and memory grow linearly with the text."""
 from __future__ import annotations
 
 import bisect
-import os
 import re
 import time
 import unicodedata
@@ -420,18 +419,6 @@ def token_passages(text: str, page_starts: list[int], tokenizer=None, passage_to
     (:func:`split_passages`), as the document row and its bundles keep them."""
     spans = split_passages(text, tokenizer, passage_tokens, clock)
     return [[s, e, page_of(page_starts, s), page_of(page_starts, max(s, e - 1))] for s, e in spans]
-
-
-def ingest_file(path: str | os.PathLike, tokenizer=None, max_bytes: int | None = None) -> IngestedDocument:
-    path = Path(path)
-    limit = max_upload_bytes() if max_bytes is None else max_bytes
-    try:
-        size = path.stat().st_size
-    except OSError as exc:
-        raise IngestError(f"{path.name}: cannot read the file ({exc.strerror})") from None
-    if size > limit:
-        raise IngestError(f"{path.name}: the file is {size / 2**20:.1f} MB, over the limit of {limit / 2**20:.1f} MB")
-    return ingest_bytes(path.read_bytes(), path.name, tokenizer, limit)
 
 
 def add_to_store(store, doc: IngestedDocument) -> dict:

@@ -32,11 +32,6 @@ def document_prompt_ids(tokenizer, prompt: DocumentPrompt, question: str | None 
     return prefix_ids, suffix_ids
 
 
-def default_config(model) -> HomerConfig:
-    """Settings derived from the model (M = window / 2, T = M, W ≈ 3/8 · L)."""
-    return HomerConfig().resolve(model.config)
-
-
 def build_document_cache(model, tokenizer, text: str, config: HomerConfig | None = None,
                          prompt: DocumentPrompt | None = None, question: str | None = None,
                          progress: Progress | None = None, metadata: dict | None = None,
