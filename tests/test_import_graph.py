@@ -145,3 +145,43 @@ def test_engine_imports_nothing_from_the_app_or_the_store():
         for name, path in modules.items() if name.split(".")[0] == "homer"
         for target in imported_names(name, path, modules) if target.split(".")[0] in ENGINE_MUST_NOT_IMPORT)
     assert not offending, "homer/ must not import app/ or storage/: " + ", ".join(offending)
+
+
+# The rooms and which rooms each may import (docs/development.md): the method alone at the
+# bottom; document reading and question-time answering above it; the store above those; the
+# app on top. The engine's command (homer.cli) is a door of its own over the method's rooms.
+LAYERS = {
+    "homer": {"homer"},
+    "homer.reading": {"homer", "homer.reading"},
+    "homer.answering": {"homer", "homer.reading", "homer.answering"},
+    "homer.experiments": {"homer", "homer.reading", "homer.answering", "homer.experiments"},
+    "homer.cli": {"homer", "homer.reading", "homer.answering", "homer.cli"},
+    "storage": {"homer", "homer.reading", "homer.answering", "storage"},
+    "app": {"homer", "homer.reading", "homer.answering", "homer.cli", "storage", "app"},
+}
+
+
+def room(module: str) -> str:
+    """The room (a key of :data:`LAYERS`) a module belongs to."""
+    parts = module.split(".")
+    if parts[0] != "homer":
+        return parts[0]
+    if len(parts) > 1 and parts[1] in ("reading", "answering", "experiments"):
+        return f"homer.{parts[1]}"
+    if len(parts) > 1 and parts[1] in ("cli", "__main__"):
+        return "homer.cli"
+    return "homer"
+
+
+def test_each_room_imports_only_the_rooms_below_it():
+    graph = import_graph()
+    offending = sorted(f"{name} ({room(name)}) imports {target} ({room(target)})"
+                       for name, targets in graph.items() if name != "homer"  # the package's lazy exports
+                       for target in targets if room(target) not in LAYERS[room(name)])
+    assert not offending, "layer rules (docs/development.md): " + "; ".join(offending)
+
+
+def test_the_layer_check_sees_a_violation():
+    assert room("homer.tree") == "homer" and room("homer.reading.formats.ocr") == "homer.reading"
+    assert room("homer.answering.pipeline") not in LAYERS["homer"]
+    assert room("storage.store") not in LAYERS["homer.answering"] and room("app.chat") not in LAYERS["storage"]
