@@ -34,15 +34,16 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from homer.answering import DocumentChat
 from homer.cache import HomerCache
 from homer.config import HomerConfig
-from homer.answering import DocumentChat
 from homer.generation import GenerationSettings
 from storage.errors import StoreError
 
 from . import focus as focusing
 from . import tasks
 from .settings import load_settings
+from .turn_line import describe_turn, turn_line_notes  # noqa: F401  (re-exported: callers import them from here)
 
 ModelLoader = Callable[[str | None], tuple]  # name -> (model, tokenizer, fingerprint)
 
@@ -405,48 +406,3 @@ class ChatService:
         stats.update(deep_read=True, deep_read_seconds=round(time.perf_counter() - began, 4),
                      deep_read_mode=answer_cache.metadata.get("deep_read", ""))
         return answer_cache
-
-
-def describe_turn(stats: dict) -> str:
-    """One line for the UI: time to first token and what the turn reused."""
-    if not stats:
-        return ""
-    line = (f"turn {stats.get('turn', 1)} · time to first token **{stats.get('time_to_first_token', 0):.2f} s** · "
-            f"{stats.get('tokens_per_second', 0):.1f} tokens/s · ")
-    if stats.get("deep_read"):
-        how = "from the stored leaf states" if stats.get("deep_read_mode") == "leaf-states" else "by reading it again"
-        line += (f"deep read for this question in {stats.get('deep_read_seconds', 0):.2f} s ({how}; "
-                 f"{stats.get('cache_tokens', 0)} tokens kept for a {stats.get('document_tokens', 0)}-token document)")
-    elif stats.get("focus") == "waiting":
-        line += f"{stats.get('reading') or 'still reading'}: nothing to answer a whole-document question from yet"
-    elif not stats.get("cache_used", True):
-        line += (f"answered from the passages without the cache"
-                 f"{' (' + stats['reading'] + ')' if stats.get('reading') else ''} · "
-                 f"{stats.get('appended_tokens', 0)} prompt tokens")
-    else:
-        source = "loaded from disk" if stats.get("cache_source") == "disk" else "reused from memory"
-        line += (f"cache {source} ({stats.get('cache_tokens', 0)} tokens for a {stats.get('document_tokens', 0)}-token "
-                 f"document, not encoded again) · {stats.get('appended_tokens', 0)} new prompt tokens")
-    if stats.get("passages"):
-        line += f" · {len(stats['passages'])} passages read again for this question ({stats['focus']})"
-    if stats.get("sources"):
-        line += f" · sources found in {stats['citation_seconds']:.2f} s"
-    return line + turn_line_notes(stats)
-
-
-def turn_line_notes(stats: dict) -> str:
-    """The end of a turn line: the not-found check, turns left out, deep read unavailable."""
-    line = ""
-    if stats.get("not_found"):
-        line += " · the passages found hold too little of the question: not answered from them"
-    if stats.get("forgotten_turns"):
-        n = stats["forgotten_turns"]
-        line += f" · the {n} oldest turn{'s' if n > 1 else ''} left out to stay inside the model's window"
-    if stats.get("deep_read_unavailable"):
-        line += f" · {stats['deep_read_unavailable']}"
-    if stats.get("thread_notice"):
-        line += f" · {stats['thread_notice']}"
-    for note in stats.get("notes") or []:
-        line += f" · {note}"
-    return line
-
