@@ -37,11 +37,16 @@ def find_embedded_gguf() -> Path:
     raise FileNotFoundError(f"No .gguf file inside the {_EMBEDDED_PACKAGE} package.")
 
 
+def _converted(folder: Path) -> bool:
+    """Whether ``folder`` holds a whole conversion (it is renamed into place in one step)."""
+    return (folder / "config.json").exists() and any(folder.glob("*.safetensors"))
+
+
 def embedded_model_dir() -> Path:
     """The embedded model as a safetensors folder; converted from the GGUF on first use
     (about 20 s), then loaded from disk in under a second."""
     target = models_dir() / EMBEDDED_NAME
-    if (target / "config.json").exists() and any(target.glob("*.safetensors")):
+    if _converted(target):
         return target
     gguf = find_embedded_gguf()
     log.info("Converting the embedded model %s once into %s", gguf.name, target)
@@ -56,9 +61,17 @@ def embedded_model_dir() -> Path:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        if target.exists():  # a half-written folder from an interrupted conversion
-            shutil.rmtree(target)
-        tmp.rename(target)
+        if _converted(target):  # another process (a worker, a test process) converted it meanwhile: keep theirs
+            shutil.rmtree(tmp, ignore_errors=True)
+            return target
+        if target.exists() and not _converted(target):  # a half-written folder of an older, interrupted conversion
+            shutil.rmtree(target, ignore_errors=True)
+        try:
+            tmp.rename(target)  # atomic: the folder appears whole
+        except OSError:
+            if not _converted(target):  # lost a race to a conversion that is whole: use it; else a real error
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
