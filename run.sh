@@ -51,7 +51,9 @@ fi
 case "${1:-run}" in
     test)
         shift || true
-        exec "$VENV/bin/python" -m pytest -ra "$@"
+        # one test process per core (pytest-xdist; idle cores steal waiting tests): the e2e tests
+        # spend much of their time waiting on the app, a worker or a browser
+        exec "$VENV/bin/python" -m pytest -ra -n auto --dist worksteal "$@"
         ;;
     run)
         shift || true
