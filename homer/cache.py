@@ -126,16 +126,21 @@ def writer_tag() -> str:
     return f"{host}-{os.getpid()}"
 
 
-def rotate_keys(keys: torch.Tensor, inv_freq: torch.Tensor, offset: int) -> torch.Tensor:
+def rotate_keys(keys: torch.Tensor, inv_freq: torch.Tensor, offset: int, rotary_dim: int | None = None) -> torch.Tensor:
     """Rotate post-RoPE keys [..., d] by a constant position offset — pure rotation by
-    inv_freq (no YaRN attention factor), computed in float32 (§7)."""
+    inv_freq (no YaRN attention factor), computed in float32 (§7). ``rotary_dim``: only the
+    first that many dimensions carry RoPE (partial rotary, Phi-4-mini), rotated by the first
+    rotary_dim / 2 frequencies; the rest pass through."""
     if offset == 0:
         return keys
-    angles = float(offset) * inv_freq.to(keys.device, torch.float64)
+    rotary_dim = rotary_dim or keys.shape[-1]
+    angles = float(offset) * inv_freq[: rotary_dim // 2].to(keys.device, torch.float64)
     emb = torch.cat([angles, angles])
     cos, sin = emb.cos().float(), emb.sin().float()
     k = keys.float()
-    return (k * cos + rotate_half(k) * sin).to(keys.dtype)
+    rotated, passed = k[..., :rotary_dim], k[..., rotary_dim:]
+    rotated = rotated * cos + rotate_half(rotated) * sin
+    return torch.cat([rotated, passed], -1).to(keys.dtype)
 
 
 class StoredMetadata:
@@ -197,12 +202,18 @@ class HomerCache(StoredMetadata):
 
         With ``rerotate`` (default) every key is rotated by δ = (len − 1) − last_position, so
         the next position is ``len(self)`` and stock ``model.generate`` continues correctly.
-        Without it, positions stay as built and the caller continues at ``next_position``."""
+        Without it, positions stay as built and the caller continues at ``next_position``.
+        A model whose RoPE base differs per layer type (Gemma 3) keeps only one ``inv_freq``
+        here: its cache is not re-rotated (ValueError); continue at ``next_position``."""
         dtype = dtype or torch.float32
         offset = (len(self) - 1) - self.last_position if rerotate else 0
+        if offset and self.metadata.get("rope_by_layer_type"):
+            raise ValueError("this model's RoPE differs per layer type: its cache cannot be re-rotated with one "
+                             "inv_freq; use rerotate=False and continue at next_position")
+        rotary_dim = int(self.metadata.get("rotary_dim") or 0) or None
         cache = DynamicCache(config=config)
         for layer in range(self.num_layers):
-            k = rotate_keys(self.keys[layer].unsqueeze(0).float(), self.inv_freq, offset)
+            k = rotate_keys(self.keys[layer].unsqueeze(0).float(), self.inv_freq, offset, rotary_dim)
             v = self.values[layer].unsqueeze(0)
             cache.update(k.to(device=device, dtype=dtype).contiguous(), v.to(device=device, dtype=dtype).contiguous(), layer)
         return cache

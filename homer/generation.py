@@ -305,10 +305,10 @@ class DecodeStep:
     against its group of query heads as a block of queries, so no kv head is repeated."""
 
     def __init__(self, model):
-        from .layers import SUPPORTED_MODEL_TYPES, DecoderStack
+        from .layers import PLAIN_MODEL_TYPES, DecoderStack
 
         model_type = getattr(model.config, "model_type", None)
-        if model_type not in SUPPORTED_MODEL_TYPES:  # e.g. embeddings scaled inside the model's forward
+        if model_type not in PLAIN_MODEL_TYPES:  # norms, scalings or multipliers beyond Llama's: the model's forward
             raise TypeError(f"no by-hand decode step for {model_type!r}")
         self.stack = DecoderStack(model)  # TypeError for layouts it does not know
         self.groups = self.stack.num_heads // self.stack.num_kv_heads

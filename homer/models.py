@@ -11,8 +11,9 @@ import time
 from pathlib import Path
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
+from .layers import check_model_config
 from .paths import models_dir
 
 log = logging.getLogger(__name__)
@@ -94,8 +95,12 @@ def load_model(
     config=None,
 ):
     """Load ``(model, tokenizer)``. ``name``: None/"embedded" for the embedded default, a
-    Hugging Face id or a local folder. On CUDA, flash-attn 2 is used when installed."""
+    Hugging Face id or a local folder. On CUDA, flash-attn 2 is used when installed.
+    A model of a family the engine does not support is refused by name from its config,
+    before its weights load (:class:`homer.layers.UnsupportedModelError`)."""
     path = resolve_model_path(name)
+    config = config if config is not None else AutoConfig.from_pretrained(path)
+    check_model_config(config)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if dtype is None:
         dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
@@ -103,9 +108,11 @@ def load_model(
         attn_implementation = "sdpa"
         if device.startswith("cuda") and importlib.util.find_spec("flash_attn") is not None:
             attn_implementation = "flash_attention_2"
+        elif getattr(config, "attn_logit_softcapping", None):
+            attn_implementation = "eager"  # sdpa cannot soft-cap attention logits (Gemma 2)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    extra = {"config": config} if config is not None else {}
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation, **extra)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation,
+                                                 config=config)
     model.to(device).eval()
     model.homer_name = EMBEDDED_NAME if name in EMBEDDED_ALIASES else str(name)
     return model, tokenizer

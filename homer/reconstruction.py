@@ -142,17 +142,24 @@ class Reconstruction(Significance):
             rope = stack.rope(x, copy_positions)
             best = torch.zeros(b - a)
             for layer in range(num_layers):
-                q, k, v = stack.project(layer, x, rope)
-                past_k = keys[layer].index_select(1, original).unsqueeze(0).to(device, k.dtype)
-                past_v = values[layer].index_select(1, original).unsqueeze(0).to(device, v.dtype)
-                out, weights = copy_attention(q, torch.cat([past_k, k], 2), torch.cat([past_v, v], 2),
-                                              len(original), stack.scaling, layer in band)
-                if weights is not None:
-                    best = torch.maximum(best, weights[p:].float().cpu())
+                found = []
+
+                def attend(q, k, v, scale, window=None, softcap=None, layer=layer):
+                    # the copy attends to the chunk's stored K/V and to itself (no window: a
+                    # score, not the cache; the model's own attention scale)
+                    past_k = keys[layer].index_select(1, original).unsqueeze(0).to(device, k.dtype)
+                    past_v = values[layer].index_select(1, original).unsqueeze(0).to(device, v.dtype)
+                    out, weights = copy_attention(q, torch.cat([past_k, k], 2), torch.cat([past_v, v], 2),
+                                                  len(original), scale, layer in band)
+                    found.append(weights)
+                    return out.to(dtype)
+
+                # the model's attention module and the family's residual wiring around it
+                x, *_ = stack.attention_half(layer, x, rope, attend=attend)
+                if found[0] is not None:
+                    best = torch.maximum(best, found[0][p:].float().cpu())
                 if layer == num_layers - 1:
                     break
-                attn = stack.layers[layer].self_attn
-                x = x + attn.o_proj(out.to(dtype).transpose(1, 2).reshape(1, x.shape[1], -1))
                 x = stack.mlp_half(layer, x)
             scores[a:b] = best
         return scores

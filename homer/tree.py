@@ -543,6 +543,7 @@ def build_cache(model, prefix_ids, context_ids, suffix_ids, config: HomerConfig 
         "significance_used": scorer.name,
         "span_used": config.span if units is not None else "token",
         "rope_parameters": json.dumps(getattr(model.config, "rope_parameters", None), default=str),
+        **stack.rope_metadata(),  # partial rotary / RoPE per layer type: what re-rotation needs (homer.cache)
         "context_len": str(len(context)),
         "num_leaves": str(plan.num_leaves),
         "build_seconds": f"{time.perf_counter() - started:.3f}",
