@@ -68,8 +68,12 @@ class LayerWiring:
         return tuple(n for n in (self.attention_in, self.attention_out, self.mlp_in, self.mlp_out) if n)
 
 
-_GEMMA = dict(attention_out="post_attention_layernorm", mlp_in="pre_feedforward_layernorm",
-              mlp_out="post_feedforward_layernorm", logit_softcap="final_logit_softcapping")
+_GEMMA = dict(
+    attention_out="post_attention_layernorm",
+    mlp_in="pre_feedforward_layernorm",
+    mlp_out="post_feedforward_layernorm",
+    logit_softcap="final_logit_softcapping",
+)
 WIRINGS = {
     "llama": LayerWiring("Llama"),
     "mistral": LayerWiring("Mistral"),
@@ -78,10 +82,19 @@ WIRINGS = {
     "gemma2": LayerWiring("Gemma 2", **_GEMMA),  # embedding scale: inside its embed_tokens module
     "gemma3_text": LayerWiring("Gemma 3", **_GEMMA),
     "phi3": LayerWiring("Phi-3", no_op=("resid_attn_dropout", "resid_mlp_dropout")),
-    "granite": LayerWiring("Granite", residual_multiplier="residual_multiplier",
-                           embedding_multiplier="embedding_multiplier", logits_divisor="logits_scaling"),
-    "olmo2": LayerWiring("OLMo 2", attention_in=None, attention_out="post_attention_layernorm", mlp_in=None,
-                         mlp_out="post_feedforward_layernorm"),
+    "granite": LayerWiring(
+        "Granite",
+        residual_multiplier="residual_multiplier",
+        embedding_multiplier="embedding_multiplier",
+        logits_divisor="logits_scaling",
+    ),
+    "olmo2": LayerWiring(
+        "OLMo 2",
+        attention_in=None,
+        attention_out="post_attention_layernorm",
+        mlp_in=None,
+        mlp_out="post_feedforward_layernorm",
+    ),
 }
 SUPPORTED_MODEL_TYPES = tuple(WIRINGS)
 # families whose layer is exactly Llama's (no extra norm, multiplier or scaling): the by-hand
@@ -91,9 +104,12 @@ _LAYER_TYPES = ("full_attention", "sliding_attention")
 
 # known families the engine refuses, with the reason (model_type -> (family, reason))
 REFUSED_MODEL_TYPES = {
-    "gemma3": ("Gemma 3 (image-text)", "the 4B and larger checkpoints load as image-text models "
-               "(Gemma3ForConditionalGeneration); HOMER runs text-only decoders — use Gemma 3 270M / 1B, "
-               "or the text model saved on its own (Gemma3ForCausalLM)"),
+    "gemma3": (
+        "Gemma 3 (image-text)",
+        "the 4B and larger checkpoints load as image-text models "
+        "(Gemma3ForConditionalGeneration); HOMER runs text-only decoders — use Gemma 3 270M / 1B, "
+        "or the text model saved on its own (Gemma3ForCausalLM)",
+    ),
     "gemma": ("Gemma 1", "not verified against the engine (Gemma 2 and Gemma 3 are)"),
     "phi": ("Phi-1/Phi-2", "parallel attention and MLP blocks with LayerNorm, not a layout the engine splits"),
     "olmo": ("OLMo 1", "not verified against the engine (OLMo 2 is)"),
@@ -116,10 +132,12 @@ def check_model_config(config) -> LayerWiring:
     if wiring is None:
         raise UnsupportedModelError(
             f"HOMER supports decoder-only models of the {supported_families()} families; {model_type!r} is not "
-            "one of them (the engine runs only the families it has been checked on)")
+            "one of them (the engine runs only the families it has been checked on)"
+        )
     if getattr(config, "use_bidirectional_attention", False):
-        raise UnsupportedModelError(f"HOMER does not support {wiring.name} with bidirectional attention "
-                                    "(an embedding model, not a decoder)")
+        raise UnsupportedModelError(
+            f"HOMER does not support {wiring.name} with bidirectional attention (an embedding model, not a decoder)"
+        )
     unknown = sorted(set(getattr(config, "layer_types", None) or ()) - set(_LAYER_TYPES))
     if unknown:
         raise UnsupportedModelError(f"HOMER does not support {wiring.name} models with {', '.join(unknown)} layers")
@@ -131,8 +149,14 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return x * cos.unsqueeze(1) + rotate_half(x) * sin.unsqueeze(1)
 
 
-def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
-                     window: int | None = None, softcap: float | None = None) -> torch.Tensor:
+def causal_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    scale: float,
+    window: int | None = None,
+    softcap: float | None = None,
+) -> torch.Tensor:
     """Causal attention in sequence order. q: [1, H, n, d]; k, v: [1, KV, n, d] → [1, H, n, d].
 
     ``window``: a query sees only the last ``window`` keys, itself included (transformers'
@@ -148,8 +172,13 @@ def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
         from flash_attn import flash_attn_func
 
         out = flash_attn_func(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True, softmax_scale=scale,
-            window_size=(window - 1, 0) if window else (-1, -1), softcap=float(softcap or 0.0),
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            causal=True,
+            softmax_scale=scale,
+            window_size=(window - 1, 0) if window else (-1, -1),
+            softcap=float(softcap or 0.0),
         )
         return out.transpose(1, 2)
     groups = q.shape[1] // k.shape[1]
@@ -198,8 +227,19 @@ class _Projected(Exception):
     """Ends a project-only call once q, k and v are recorded (the output would be unused)."""
 
 
-def _engine_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
-                      sliding_window=None, softcap=None, homer_call: AttentionCall | None = None, **kwargs):
+def _engine_attention(
+    module,
+    query,
+    key,
+    value,
+    attention_mask,
+    scaling=None,
+    dropout=0.0,
+    sliding_window=None,
+    softcap=None,
+    homer_call: AttentionCall | None = None,
+    **kwargs,
+):
     """The attention function the engine's copies of the attention modules call (see the
     module docstring): records q, k, v and attends in sequence order within the window."""
     if homer_call is None:
@@ -256,14 +296,18 @@ class DecoderStack:
         self.config = getattr(model, "config", None)
         model_type = getattr(self.config, "model_type", type(model).__name__)
         if self.config is None:
-            raise UnsupportedModelError(f"HOMER supports decoder-only models of the {supported_families()} "
-                                        f"families; {model_type!r} is not a Hugging Face model")
+            raise UnsupportedModelError(
+                f"HOMER supports decoder-only models of the {supported_families()} "
+                f"families; {model_type!r} is not a Hugging Face model"
+            )
         self.wiring = check_model_config(self.config)
         base = getattr(model, "model", None)
         needed = ("embed_tokens", "layers", "norm", "rotary_emb")
         if base is None or not all(hasattr(base, name) for name in needed) or not hasattr(model, "lm_head"):
-            raise UnsupportedModelError(f"{self.wiring.name} model {type(model).__name__} does not have the "
-                                        "expected layout (model.embed_tokens, layers, norm, rotary_emb; lm_head)")
+            raise UnsupportedModelError(
+                f"{self.wiring.name} model {type(model).__name__} does not have the "
+                "expected layout (model.embed_tokens, layers, norm, rotary_emb; lm_head)"
+            )
         self.embed_tokens = base.embed_tokens
         self.layers = base.layers
         self.norm = base.norm
@@ -277,7 +321,8 @@ class DecoderStack:
                 raise UnsupportedModelError(
                     f"{self.wiring.name} decoder layer {type(layer).__name__} has "
                     f"{'submodules the engine does not place: ' + ', '.join(extra) if extra else ''}"
-                    f"{'; ' if extra and missing else ''}{'no ' + ', '.join(missing) if missing else ''}")
+                    f"{'; ' if extra and missing else ''}{'no ' + ', '.join(missing) if missing else ''}"
+                )
         self._attention = [_engine_copy(layer.self_attn) for layer in self.layers]
         attn = self.layers[0].self_attn
         self.num_layers = len(self.layers)
@@ -358,8 +403,9 @@ class DecoderStack:
 
     def _call_attention(self, layer_idx: int, hidden: torch.Tensor, rope, call: AttentionCall):
         x = self._norm(layer_idx, self.wiring.attention_in, hidden)
-        out, _ = self._attention[layer_idx](hidden_states=x, position_embeddings=self.layer_rope(rope, layer_idx),
-                                            attention_mask=None, homer_call=call)
+        out, _ = self._attention[layer_idx](
+            hidden_states=x, position_embeddings=self.layer_rope(rope, layer_idx), attention_mask=None, homer_call=call
+        )
         return out
 
     def project(self, layer_idx: int, hidden: torch.Tensor, rope):

