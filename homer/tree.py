@@ -2,12 +2,14 @@
 depth-first, to a root whose cache is returned. ``build_cache`` is a pure function of
 (model, ids, config): no global state, safe to run in several threads.
 
-Owns the merge tree (:class:`Node`), the builder and its hooks (:class:`_Builder`, which
+Owns the builder and its hooks (:class:`_Builder`, which
 :mod:`homer.answering.deep_read` extends) and the choice of builder a build uses: with
 ``leaf_states`` the builder also records the leaf states (:mod:`homer.leaf_states`); with
 ``checkpoints`` it saves every finished subtree and resumes from them
 (:mod:`homer.checkpoints`); with a ``deadline`` as well, it stops once the deadline is
-spent, right after a checkpoint (:class:`~homer.checkpoints.BuildSliceEnded`)."""
+spent, right after a checkpoint (:class:`~homer.checkpoints.BuildSliceEnded`). The merge tree's
+nodes and the merge itself are :mod:`homer.nodes`; saving and resuming subtrees is
+:mod:`homer.subtree_checkpoints`."""
 
 from __future__ import annotations
 
@@ -16,127 +18,26 @@ import logging
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 
 from .cache import HomerCache
-from .checkpoints import BuildCheckpoints, BuildSliceEnded, Checkpointer, build_digest
+from .checkpoints import BuildCheckpoints, Checkpointer, build_digest
 from .config import HomerConfig
 from .fingerprint import model_fingerprint
 from .layers import DecoderStack
 from .leaf_states import LeafStateRecording
+from .nodes import Node, build_level_order, merge_nodes
 from .plan import ChunkPlan
 from .reconstruction import Reconstruction, model_repeat_prompt_ids
 from .significance import Calibrated, RandomScore, Significance, Uncalibrated, keep_indices
+from .subtree_checkpoints import SubtreeCheckpoints
+
+__all__ = ["Node", "Progress", "build_cache", "build_level_order", "merge_nodes", "significance_for"]
 
 log = logging.getLogger(__name__)
 
 Progress = Callable[[int, int, str], None]  # (steps done, steps total, message)
-
-
-@dataclass
-class Node:
-    """A node of the merge tree: its tokens' current hidden states and every stored layer's
-    K/V. Invariant: every list entry holds the same tokens in the same order (§5)."""
-
-    hidden: torch.Tensor  # [1, n, hidden]
-    positions: torch.Tensor  # [n] reused position ids
-    token_ids: torch.Tensor  # [n]
-    sources: torch.Tensor  # [n] context index, −1 for affixes
-    keys: list  # per layer run so far: [KV, n, d]
-    values: list
-    carried: torch.Tensor | None = None  # [n] leaf-stage scores, for strategies that carry them
-
-    def __len__(self) -> int:
-        return int(self.positions.shape[0])
-
-    def keep(self, index: torch.Tensor) -> None:
-        """Propagative refinement (§5): drop the same tokens from every stored layer."""
-        device_index = index.to(self.hidden.device)
-        self.hidden = self.hidden.index_select(1, device_index)
-        self.positions = self.positions.index_select(0, index)
-        self.token_ids = self.token_ids.index_select(0, index)
-        self.sources = self.sources.index_select(0, index)
-        if self.carried is not None:
-            self.carried = self.carried.index_select(0, index)
-        self.keys = [k.index_select(1, device_index) for k in self.keys]
-        self.values = [v.index_select(1, device_index) for v in self.values]
-
-    def state_tensors(self) -> dict[str, torch.Tensor]:
-        """Everything the node holds, as named tensors (a checkpoint, :mod:`homer.checkpoints`)."""
-        tensors = {"hidden": self.hidden, "positions": self.positions, "token_ids": self.token_ids,
-                   "sources": self.sources}
-        if self.carried is not None:
-            tensors["carried"] = self.carried
-        for i, (k, v) in enumerate(zip(self.keys, self.values)):
-            tensors[f"keys.{i}"], tensors[f"values.{i}"] = k, v
-        return tensors
-
-    @classmethod
-    def from_state(cls, tensors: dict[str, torch.Tensor], device) -> "Node":
-        """The node :meth:`state_tensors` gave, its hidden states and K/V on ``device``."""
-        layers = sum(1 for name in tensors if name.startswith("keys."))
-        return cls(hidden=tensors["hidden"].to(device), positions=tensors["positions"], token_ids=tensors["token_ids"],
-                   sources=tensors["sources"], carried=tensors.get("carried"),
-                   keys=[tensors[f"keys.{i}"].to(device) for i in range(layers)],
-                   values=[tensors[f"values.{i}"].to(device) for i in range(layers)])
-
-
-def _merge_tensor(left: torch.Tensor, right: torch.Tensor, p: int, s: int, dim: int) -> torch.Tensor:
-    """[mean(prefixes), left context, right context, mean(suffixes)] along ``dim`` (§6)."""
-    nl, nr = left.shape[dim], right.shape[dim]
-    lp, lc, ls = left.split([p, nl - p - s, s], dim)
-    rp, rc, rs = right.split([p, nr - p - s, s], dim)
-    def mean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return ((a.float() + b.float()) / 2).to(a.dtype)
-
-    return torch.cat([mean(lp, rp), lc, rc, mean(ls, rs)], dim)
-
-
-def merge_nodes(left: Node, right: Node, prefix_len: int, suffix_len: int) -> Node:
-    """Merge two siblings; position ids are concatenated, not renumbered (§6)."""
-    p, s = prefix_len, suffix_len
-
-    def ids(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return torch.cat([a[:p], a[p : len(a) - s], b[p:]])
-
-    return Node(
-        hidden=_merge_tensor(left.hidden, right.hidden, p, s, dim=1),
-        positions=ids(left.positions, right.positions),
-        token_ids=ids(left.token_ids, right.token_ids),
-        sources=ids(left.sources, right.sources),
-        carried=None if left.carried is None or right.carried is None else ids(left.carried, right.carried),
-        keys=[_merge_tensor(a, b, p, s, dim=1) for a, b in zip(left.keys, right.keys)],
-        values=[_merge_tensor(a, b, p, s, dim=1) for a, b in zip(left.values, right.values)],
-    )
-
-
-def build_level_order(builder, plan, prefix_len: int, suffix_len: int) -> Node:
-    """The root built level by level — every leaf, then every merge of each height — with the
-    targets the depth-first build gives each node: the reference order the method describes
-    (§3), which the depth-first ``builder.subtree`` must reproduce exactly (checked by the
-    engine tests and the GPU benchmark)."""
-    targets = {(plan.height, 0): plan.root_target}
-    for height in range(plan.height, 0, -1):
-        for first in range(0, plan.num_leaves, 2**height):
-            left, right = plan.child_targets(first, height)
-            targets[(height - 1, first)] = left
-            targets[(height - 1, first + 2 ** (height - 1))] = right
-    nodes = []
-    for leaf in range(plan.num_leaves):
-        node = builder.leaf(leaf)
-        builder.run_block(node, plan.layers_at(0), targets[(0, leaf)])
-        nodes.append(node)
-    for height in range(1, plan.height + 1):
-        merged = []
-        for j in range(0, len(nodes), 2):
-            node = merge_nodes(nodes[j], nodes[j + 1], prefix_len, suffix_len)
-            builder.run_block(node, plan.layers_at(height), targets[(height, j * 2 ** (height - 1))])
-            merged.append(node)
-        nodes = merged
-    (root,) = nodes
-    return root
 
 
 def significance_for(config: HomerConfig, model, fingerprint: str) -> Significance:
@@ -163,8 +64,9 @@ def significance_for(config: HomerConfig, model, fingerprint: str) -> Significan
     return Calibrated(bias)
 
 
-class _Builder:
-    """One build's state: the model view, the plan, the scorer and the progress counter."""
+class _Builder(SubtreeCheckpoints):
+    """One build's state: the model view, the plan, the scorer and the progress counter; saving
+    and resuming finished subtrees is :class:`~homer.subtree_checkpoints.SubtreeCheckpoints`."""
 
     def __init__(self, stack: DecoderStack, plan: ChunkPlan, scorer: Significance, prefix, context, suffix,
                  seed: int, progress: Progress | None, pool_width: int = 0,
@@ -198,111 +100,6 @@ class _Builder:
         self.steps_done += 1
         if self.progress is not None:
             self.progress(self.steps_done, self.steps_total, message)
-
-    @property
-    def resume_message(self) -> str | None:
-        """"resumed at leaf 9/32" (1-based: the next leaf when this run started computing)
-        when the build loaded finished subtrees from its checkpoints, else None."""
-        if not self.leaves_reused:
-            return None
-        n = self.plan.num_leaves
-        if self.resumed_at is None or self.resumed_at >= n:
-            return f"resumed with all {n} leaves done"
-        return f"resumed at leaf {self.resumed_at + 1}/{n}"
-
-    def _computing(self) -> None:
-        """Called before every leaf and merge this run computes."""
-        if self._compute_started is None:
-            self._compute_started = time.perf_counter()
-        if self.resumed_at is None:
-            self.resumed_at = self._frontier
-            if self.leaves_reused:
-                log.info("%s (from checkpoints)", self.resume_message)
-                if self.progress is not None:
-                    self.progress(self.steps_done, self.steps_total, self.resume_message)
-
-    # checkpoints (homer.checkpoints) ----------------------------------------------------
-    @staticmethod
-    def checkpoint_key(first_leaf: int, height: int) -> str:
-        return f"leaves-{first_leaf}-{first_leaf + 2**height - 1}"
-
-    def save_checkpoint(self, node: Node, first_leaf: int, height: int) -> None:
-        """Save a finished subtree (with the generator state after it) and drop its children's."""
-        if self.checkpoints is None:
-            return
-        tensors = {**node.state_tensors(), "generator": self.generator.get_state()}
-        self.checkpoints.save(self.checkpoint_key(first_leaf, height), tensors,
-                              {"first_leaf": first_leaf, "height": height, "length": len(node)})
-        if height > 0 and self.checkpoints.saving:
-            half = 2 ** (height - 1)
-            self.checkpoints.discard(self.checkpoint_key(first_leaf, height - 1))
-            self.checkpoints.discard(self.checkpoint_key(first_leaf + half, height - 1))
-
-    def load_checkpoint(self, first_leaf: int, height: int, target: int) -> Node | None:
-        """The finished subtree from the checkpoints, or None (none, or one that does not fit)."""
-        if self.checkpoints is None:
-            return None
-        key = self.checkpoint_key(first_leaf, height)
-        entry = self.checkpoints.load(key)
-        if entry is None:
-            return None
-        tensors, _ = entry
-        try:
-            node = Node.from_state(tensors, self.stack.device)
-            generator = tensors["generator"]
-            self._check_checkpoint(node, first_leaf, height, target)
-        except (KeyError, ValueError, RuntimeError) as exc:
-            log.warning("checkpoint %s does not fit this build (%s): ignored, that part is built again", key, exc)
-            self.checkpoints.discard(key)
-            return None
-        leaves = 2**height
-        if not self.resume_leaves(first_leaf, leaves):
-            return None
-        self.generator.set_state(generator)
-        self.leaves_reused += leaves
-        self._frontier = max(self._frontier, first_leaf + leaves)
-        self.steps_done += 2 * leaves - 1
-        return node
-
-    def _check_checkpoint(self, node: Node, first_leaf: int, height: int, target: int) -> None:
-        n, layers = len(node), self.plan.layers_at(height).stop
-        hidden_size = int(self.stack.embed_tokens.weight.shape[1])
-        start, _ = self.plan.slice_bounds(first_leaf)
-        _, end = self.plan.slice_bounds(first_leaf + 2**height - 1)
-        shape = (self.stack.num_kv_heads, n, self.stack.head_dim)
-        if not (0 < n <= target) or len(node.keys) != layers or len(node.values) != layers:
-            raise ValueError(f"{n} tokens and {len(node.keys)} layers, expected at most {target} and {layers}")
-        if tuple(node.hidden.shape) != (1, n, hidden_size) or node.hidden.dtype != self.stack.dtype:
-            raise ValueError("hidden states of another shape or dtype")
-        if any(tuple(t.shape) != shape or t.dtype != self.kv_dtype for t in node.keys + node.values):
-            raise ValueError("K/V of another shape or dtype")
-        for t in (node.positions, node.token_ids, node.sources):
-            if tuple(t.shape) != (n,) or t.dtype != torch.long:
-                raise ValueError("positions, ids or sources of another shape")
-        context = node.sources[self.plan.prefix_len : n - self.plan.suffix_len]
-        if len(context) and (int(context.min()) < start or int(context.max()) >= end):
-            raise ValueError("tokens from outside its leaves")
-        if node.carried is not None and tuple(node.carried.shape) != (n,):
-            raise ValueError("carried scores of another shape")
-
-    def end_slice_if_due(self, height: int) -> None:
-        """After a computed subtree was saved and reported: once the deadline is spent, stop
-        here (:class:`BuildSliceEnded`) — unless this was the root, or the checkpoints no
-        longer save (stopping would then lose the work)."""
-        if self.should_stop is None or height >= self.plan.height:
-            return
-        if self.checkpoints is None or not self.checkpoints.saving or not self.should_stop():
-            return
-        seconds = time.perf_counter() - (self._compute_started or time.perf_counter())
-        log.info("build slice ended after leaf %d/%d (%d leaves computed in %.1f s)", self._frontier,
-                 self.plan.num_leaves, self.leaves_computed, seconds)
-        raise BuildSliceEnded(self._frontier, self.plan.num_leaves, self.steps_done, self.steps_total,
-                              self.leaves_computed, seconds)
-
-    def resume_leaves(self, first_leaf: int, count: int) -> bool:
-        """Hook: called when leaves ``first_leaf`` … ``+ count − 1`` are about to be taken from a
-        checkpoint; False keeps them from being skipped (the leaf-state recording uses it)."""
-        return True
 
     def leaf(self, index: int) -> Node:
         """Leaf i = prefix ++ slice_i ++ suffix with reused position ids (§2)."""

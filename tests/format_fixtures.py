@@ -216,3 +216,31 @@ def password_protected_docx() -> bytes:
 
 def old_word_doc() -> bytes:
     return ole_file(("WordDocument", "1Table", "\x05SummaryInformation"))
+
+
+def fills_pdf(fills: int, text: str = "The harbour chart: every buoy, light and sounding of the bay.") -> bytes:
+    """One page of ``fills`` nearly page-sized filled rectangles (``re f``), then a line of
+    text: a few hundred KB that PDFium takes minutes to draw (200 000 of them, 3.8 MB: 115 s
+    in the reader). ``fills=0``: the same page without them."""
+    import io
+    import random
+
+    from pypdf import PdfWriter
+    from pypdf.generic import DictionaryObject, NameObject, StreamObject
+
+    writer = PdfWriter()
+    page = writer.add_blank_page(612, 792)
+    font = DictionaryObject({NameObject("/Type"): NameObject("/Font"), NameObject("/Subtype"): NameObject("/Type1"),
+                             NameObject("/BaseFont"): NameObject("/Helvetica")})
+    page[NameObject("/Resources")] = DictionaryObject(
+        {NameObject("/Font"): DictionaryObject({NameObject("/F1"): writer._add_object(font)})})
+    draw = random.Random(0)
+    ops = [b"%d %d %d %d re f" % (draw.randrange(30), draw.randrange(30), 560 + draw.randrange(50),
+                                  740 + draw.randrange(50)) for _ in range(fills)]
+    ops.append(f"0 g BT /F1 14 Tf 72 720 Td ({text}) Tj ET".encode())
+    content = StreamObject()
+    content.set_data(b"\n".join(ops))
+    page[NameObject("/Contents")] = writer._add_object(content)
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()

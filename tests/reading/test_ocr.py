@@ -349,7 +349,7 @@ def test_a_scanned_page_that_takes_minutes_to_draw_is_refused_at_the_render_dead
     import threading
 
     from homer.reading.formats import render
-    from test_reader import fills_pdf
+    from format_fixtures import fills_pdf
 
     configure(render={"seconds": 2})
     other = tmp_path / "other.pdf"

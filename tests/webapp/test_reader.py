@@ -11,6 +11,7 @@ import re
 import time
 
 import pytest
+from format_fixtures import fills_pdf
 
 from store_helpers import story, text_pdf
 
@@ -283,33 +284,6 @@ def test_the_inspector_labels_sections_by_their_headings(tiny):
 
 
 # --- bounds: a page that takes minutes to draw, odd locations, long quotes ----------------------
-
-def fills_pdf(fills: int, text: str = "The harbour chart: every buoy, light and sounding of the bay.") -> bytes:
-    """One page of ``fills`` nearly page-sized filled rectangles (``re f``), then a line of
-    text: a few hundred KB that PDFium takes minutes to draw (200 000 of them, 3.8 MB: 115 s
-    in the reader). ``fills=0``: the same page without them."""
-    import random
-
-    from pypdf import PdfWriter
-    from pypdf.generic import DictionaryObject, NameObject, StreamObject
-
-    writer = PdfWriter()
-    page = writer.add_blank_page(612, 792)
-    font = DictionaryObject({NameObject("/Type"): NameObject("/Font"), NameObject("/Subtype"): NameObject("/Type1"),
-                             NameObject("/BaseFont"): NameObject("/Helvetica")})
-    page[NameObject("/Resources")] = DictionaryObject(
-        {NameObject("/Font"): DictionaryObject({NameObject("/F1"): writer._add_object(font)})})
-    draw = random.Random(0)
-    ops = [b"%d %d %d %d re f" % (draw.randrange(30), draw.randrange(30), 560 + draw.randrange(50),
-                                  740 + draw.randrange(50)) for _ in range(fills)]
-    ops.append(f"0 g BT /F1 14 Tf 72 720 Td ({text}) Tj ET".encode())
-    content = StreamObject()
-    content.set_data(b"\n".join(ops))
-    page[NameObject("/Contents")] = writer._add_object(content)
-    out = io.BytesIO()
-    writer.write(out)
-    return out.getvalue()
-
 
 REPEATED = " ".join(["the"] * 40)  # a line of one word over and over
 LONG_QUOTE = " ".join(["the"] * 1999 + ["harbour"])  # 2 000 words: its first 1 999 are on the page
