@@ -189,7 +189,7 @@ def split_passages(text: str, tokenizer=None, passage_tokens: int = PASSAGE_TOKE
         splitter = RecursiveCharacterTextSplitter(chunk_size=passage_tokens * 4, chunk_overlap=0, separators=separators,
                                                   keep_separator="end", add_start_index=True, strip_whitespace=False)
     # stretches the recursive splitter would take apart word by word or character by character
-    unsplittable = re.compile(r"\S{%d,}|[^\n.?!;,]{%d,}" % (2 * passage_tokens + 1, 8 * passage_tokens))
+    unsplittable = re.compile(rf"\S{{{2 * passage_tokens + 1},}}|[^\n.?!;,]{{{8 * passage_tokens},}}")
     spans = []
     for block_start, block_end in cut_points(text, 64 * 4 * passage_tokens):
         block = text[block_start:block_end]
