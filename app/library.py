@@ -1,6 +1,7 @@
 """The library the UI shows: documents with their build state for the model in use, uploads
-checked before they are queued, delete, export and import — plain functions over the store
-and the build queue (the UI never reaches the engine directly).
+checked before they are queued, delete — plain functions over the store and the build queue
+(the UI never reaches the engine directly). Who may see what is :mod:`app.ownership`; export
+and import of bundles :mod:`app.library_bundles` (both re-exported here).
 
 With login on, every function takes the user name as ``owner``: a user sees the documents
 they added (uploaded or imported), and those another owner shares with them read-only
@@ -12,23 +13,40 @@ exporting and importing it again."""
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import stat
-import tempfile
 import time
 from pathlib import Path
 
 from homer.reading.formats import check_sectioned_upload
 from homer.reading.sources import SECTIONED_SUFFIXES, SUPPORTED_NAMES, DocumentError, open_pdf
-from storage import db as dbmod
-from storage.bundles import export_bundle, import_bundle, text_document_id
 from storage.errors import StoreError
 
 from . import sharing
 from .ingest import IngestError, check_text_upload, ingest_limits, is_pdf, zip_limits
-from .settings import load_settings
+
+# the library's other rooms, re-exported: callers use library.X
+from .library_bundles import (  # noqa: F401
+    EXPORT_KEEP_SECONDS,
+    admission,
+    bundle_limits,
+    export_document,
+    export_message,
+    exports_dir,
+    import_bundle_file,
+    max_request_bytes,
+    prune_exports,
+    text_from_source,
+)
+from .ownership import (  # noqa: F401
+    add_owner,
+    check_access,
+    not_found,
+    owned_ids,
+    read_only,
+    share_document,
+    share_info,
+    unshare_document,
+    visible_documents,
+)
 
 SUPPORTED_SUFFIXES = (".pdf", ".epub", ".docx", ".html", ".htm", ".xhtml", ".txt", ".md", ".markdown", ".text")
 HEADERS = ["document", "state", "size", "pages", "tokens", "model", "deep read", "id"]
@@ -38,115 +56,6 @@ FAILED_UPLOAD_SECONDS = 600.0  # failed uploads (no document row) stay listed th
 
 
 # --- ownership ----------------------------------------------------------------------------
-def add_owner(store, document_id: str, owner: str | None, file_name: str | None = None) -> None:
-    """Put a document in ``owner``'s library under the name they gave it (``file_name``: the
-    file they uploaded or imported; the first name an owner gave is kept)."""
-    if owner:
-        name = Path(file_name).name[:255] if file_name else None
-        store.db["document_owners"].insert({"document_id": document_id, "owner": owner, "added": dbmod.now(),
-                                            "file_name": name, "title": Path(name).stem if name else None},
-                                           ignore=True)
-
-
-# What a user sees of a document's name: their own (documents_owners) where they gave one that
-# differs from the stored row's, else the row's. Another owner's file name or title never shows.
-_SEEN_NAMES = ("CASE WHEN o.file_name IS NULL OR o.file_name = d.file_name THEN d.file_name ELSE o.file_name END",
-               "CASE WHEN o.file_name IS NULL OR o.file_name = d.file_name THEN d.title ELSE o.title END")
-
-
-def _seen(store, owner: str | None, where: str = "1", params: list | None = None, shared: bool = True) -> list[dict]:
-    """Document rows as ``owner`` sees them (their own names; an ``access`` column says
-    ``owner`` or ``shared``), filtered by ``where``: the documents they added and, with
-    ``shared``, those shared with them; every document without login."""
-    if not owner:
-        return list(store.db.query(f"SELECT d.*, 'owner' AS access FROM documents d WHERE {where} ORDER BY d.created",
-                                   params or []))
-    seen = {"file_name": _SEEN_NAMES[0], "title": _SEEN_NAMES[1]}
-    columns = ", ".join(f"{seen[c.name]} AS {c.name}" if c.name in seen else f"d.{c.name}"
-                        for c in store.db["documents"].columns)
-    rows, binds = sharing.accessible_sql(shared)
-    sql = (f"SELECT * FROM (SELECT {columns}, o.access AS access FROM documents d JOIN ({rows}) o "
-           f"ON o.document_id = d.id) d WHERE {where} ORDER BY d.created")
-    return list(store.db.query(sql, [owner] * binds + list(params or [])))
-
-
-def owned_ids(store, owner: str | None) -> set[str] | None:
-    """Document ids ``owner`` may see (their own and those shared with them); None =
-    everything (the app runs without login)."""
-    if not owner:
-        return None
-    rows, binds = sharing.accessible_sql()
-    return {row[0] for row in store.db.execute(f"SELECT document_id FROM ({rows})", [owner] * binds)}
-
-
-def visible_documents(store, owner: str | None) -> list[dict]:
-    """The documents ``owner`` may use, under the names they gave them (or their owner's)."""
-    return _seen(store, owner)
-
-
-def not_found(ref: str) -> StoreError:
-    """The one refusal for a reference the user cannot use, whether no such document exists
-    or it belongs to someone else: the same words either way, so the answer tells nothing
-    about other users' libraries."""
-    return StoreError(f"no document {str(ref)!r} in your library")
-
-
-def read_only(doc: dict, doing: str) -> StoreError:
-    """The refusal of a change to a document shared with this user (they can see it)."""
-    return StoreError(f"{doc['file_name']} is shared with you read-only: only its owner can {doing} it")
-
-
-def check_access(store, document_id: str, owner: str | None, shared: bool = True) -> dict:
-    """The document row that ``document_id`` names in ``owner``'s library (else
-    :func:`not_found`): a full id, a unique id prefix, a file name or a title, looked up among
-    that owner's documents only (all documents when the app runs without login). Another
-    user's document is never matched, counted or named — a prefix, file name or title of it
-    gets the same answer as a reference nobody uses. Documents shared with the owner count as
-    theirs unless ``shared`` is False (what only an owner may do: share, unshare)."""
-    ref = str(document_id or "").strip()
-    if not ref:
-        raise not_found(ref)
-    rows = _seen(store, owner, "d.id = ?", [ref], shared)
-    if not rows:  # a prefix compared as a string (not LIKE: '%' or '_' in a reference match nothing)
-        rows = _seen(store, owner, "(substr(d.id, 1, ?) = ? OR d.file_name = ? OR d.title = ?)",
-                     [len(ref), ref, ref, ref], shared)
-    if len(rows) == 1:
-        return rows[0]
-    if not rows:
-        raise not_found(ref)
-    raise StoreError(f"{ref!r} matches {len(rows)} documents in your library; use more of the id")
-
-
-def _own(store, document_id: str, owner: str | None) -> dict:
-    """A document this user added (not one shared with them): what sharing acts on."""
-    if not owner:
-        raise StoreError("sharing needs sign-in: without it every document is already everyone's")
-    return check_access(store, document_id, owner, shared=False)
-
-
-def share_document(store, document_id: str, owner: str | None, grantees: str | list[str] | None = None,
-                   users: set[str] | None = None) -> str:
-    """Share a document of this user's read-only with ``grantees`` (names; default everyone).
-    ``users``: the names that can log in (``--auth``; None with Hugging Face sign-in)."""
-    return sharing.share(store, _own(store, document_id, owner), owner, grantees, users)
-
-
-def share_info(hugging_face: bool) -> str:
-    """The Share box's note: what a read-only share allows, and (with sign-in with Hugging
-    Face, where the app cannot know its users) whom a name reaches."""
-    info = "read-only: they can ask, inspect and export it (text and cache, not the source file); Unshare ends it"
-    if hugging_face:
-        info += (". A name is a Hugging Face username: the share goes to whoever holds that name on Hugging Face, "
-                 "now or later")
-    return info
-
-
-def unshare_document(store, document_id: str, owner: str | None, grantees: str | list[str] | None = None) -> str:
-    """Stop sharing a document of this user's with ``grantees`` (default: with anyone)."""
-    return sharing.unshare(store, _own(store, document_id, owner), owner, grantees)
-
-
-# --- labels -----------------------------------------------------------------------------
 def human_bytes(size: int | None) -> str:
     if size is None:
         return ""
@@ -415,163 +324,3 @@ def delete_document(store, document_id: str, owner: str | None = None) -> str:
 
 
 # --- sharing ------------------------------------------------------------------------------
-EXPORT_KEEP_SECONDS = 3600.0  # an exported bundle stays this long for its download, then goes
-
-
-def exports_dir() -> Path:
-    """The one folder exports are written to: ``homer-exports-<uid>`` in the system temp
-    folder (the web framework serves files from there), private to this user. Old exports
-    in it are pruned by :func:`export_document`, so no bundle stays forever."""
-    folder = Path(tempfile.gettempdir()) / f"homer-exports-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
-    try:
-        folder.mkdir(mode=0o700, exist_ok=True)
-        info = os.lstat(folder)
-        if not stat.S_ISDIR(info.st_mode) or (hasattr(os, "getuid") and info.st_uid != os.getuid()):
-            raise OSError("not our own folder")
-    except OSError:  # a link or another user's folder of that name: use a fresh private one
-        folder = Path(tempfile.mkdtemp(prefix="homer-exports-"))
-    return folder
-
-
-def prune_exports(folder: Path, keep_seconds: float = EXPORT_KEEP_SECONDS, now: float | None = None) -> int:
-    """Remove exports older than ``keep_seconds`` from ``folder``; returns how many went."""
-    now = now or time.time()
-    removed = 0
-    for entry in folder.iterdir():
-        try:
-            if now - os.lstat(entry).st_mtime <= keep_seconds:
-                continue
-            if entry.is_dir() and not entry.is_symlink():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                entry.unlink(missing_ok=True)
-            removed += 1
-        except OSError:
-            continue
-    return removed
-
-
-def export_document(store, document_id: str, fingerprint: str, owner: str | None = None,
-                    folder: str | Path | None = None) -> Path:
-    """Write the document's cache for this model as a bundle (a zip) and return its path:
-    in ``folder``, or in a fresh subfolder of :func:`exports_dir` (older exports there are
-    pruned first). An owner's bundle carries the source file; a grantee's (a document shared
-    with them read-only) carries only what they can see — text and cache — and is recorded
-    (:func:`app.sharing.record_export`), so importing it never gives anyone access the share
-    did not."""
-    doc = check_access(store, document_id, owner)
-    caches = store.caches(doc["id"], model_fingerprint=fingerprint)
-    if not caches:
-        raise StoreError(f"{doc['file_name']} has no cache of the model in use to export")
-    shared = doc.get("access") == "shared"
-    if shared:  # before the bundle exists: no grantee's bundle is ever unrecorded
-        sharing.record_export(store, text_document_id(store.document_text(doc["id"])), doc["id"])
-    if folder:
-        folder = Path(folder)
-    else:
-        exports = exports_dir()
-        prune_exports(exports)
-        folder = Path(tempfile.mkdtemp(prefix="export-", dir=exports))
-    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(doc["file_name"]).stem)[:80] or doc["id"][:12]
-    return export_bundle(store, doc["id"], folder / f"{stem}.homer-bundle.zip", cache_id=caches[0]["id"],
-                         file_name=doc["file_name"], title=doc["title"], include_source=not shared)
-
-
-def export_message(path: Path) -> str:
-    """The line the UI shows for an export: its name and size, and whether the source file
-    is in it (not in a grantee's)."""
-    import zipfile
-
-    from storage.bundle_schema import CACHE_MEMBER, MANIFEST, TEXT_MEMBER
-
-    with zipfile.ZipFile(path) as zf:
-        sourced = any(name not in (MANIFEST, CACHE_MEMBER, TEXT_MEMBER) for name in zf.namelist())
-    size = path.stat().st_size / 2**20
-    what = "" if sourced else " — text and cache only, without the source file (shared with you read-only)"
-    return f"✓ exported {path.name} ({size:.1f} MiB){what}: download it below and share it."
-
-
-def text_from_source(tokenizer=None):
-    """The check a bundle's source file gets on import: the app's own ingestion (the upload
-    limits apply), returning the text and the row fields it derives from the source."""
-    from .ingest import ingest_bytes, max_upload_bytes
-
-    def read(path: Path, file_name: str) -> dict:
-        limit = max_upload_bytes()
-        size = path.stat().st_size
-        if size > limit:
-            raise IngestError(f"{file_name}: the source file is {size / 2**20:.1f} MB, over the upload limit of "
-                              f"{limit / 2**20:.1f} MB")
-        doc = ingest_bytes(path.read_bytes(), file_name, tokenizer)
-        return {"text": doc.text, "kind": doc.kind, "page_starts": doc.page_starts, "passages": doc.passages,
-                "token_count": doc.token_count, "title": doc.title, "locations": doc.locations}
-
-    return read
-
-
-def max_request_bytes() -> int:
-    """What the web server accepts in one file: the larger of the upload and bundle limits
-    (each path then enforces its own: uploads in :func:`check_upload` and the queue, bundles
-    in the importer)."""
-    from storage.bundles import max_bundle_bytes
-
-    from .ingest import max_upload_bytes
-
-    return max(max_upload_bytes(), max_bundle_bytes(load_settings().bundles.max_mb))
-
-
-def bundle_limits() -> dict:
-    """The importer's size limits, from the settings (``HOMER_BUNDLE_MAX_MB``,
-    ``HOMER_BUNDLE_MAX_TEXT_MB``): keywords of :func:`storage.bundles.import_bundle`."""
-    bundles = load_settings().bundles
-    return {"bundle_max_mb": bundles.max_mb, "bundle_max_text_mb": bundles.max_text_mb}
-
-
-def import_bundle_file(store, path: str | Path, fingerprint: str | None, owner: str | None = None,
-                       tokenizer=None) -> dict:
-    """Check and import a bundle (refusing a cache of another model, checking its text
-    against its source file with the app's ingestion and its cache's tokens with
-    ``tokenizer``); returns the cache row (``already_in_store`` when that cache was there).
-    The importer becomes an owner of the document: the bundle proved its content (the
-    same as uploading it) — unless the import would launder a share (:func:`admission`),
-    which is refused before anything is written."""
-    from .ingest import ingest_limits
-
-    row = import_bundle(store, path, model_fingerprint=fingerprint, tokenizer=tokenizer,
-                        text_from_source=text_from_source(tokenizer), max_chars=ingest_limits().max_chars,
-                        admit=admission(store, owner), **bundle_limits())
-    add_owner(store, row["document_id"], owner, row.get("file_name"))
-    return row
-
-
-def admission(store, owner: str | None):
-    """The importer's last check (``import_bundle``'s ``admit``, given the verified document
-    id and whether a source file proved it), before anything is written:
-
-    * a document the importer reaches read-only stays read-only: the import is refused
-      (it would change nothing but their access);
-    * a bundle without its source whose text left this app in a grantee's export
-      (:func:`app.sharing.exported_from`) is for those who reach the shared document: its
-      owners import it, its grantees are told it is already theirs to read, anyone else is
-      refused — so an unshare or a delete ends what the share gave, re-imports included.
-
-    The refusals name nothing but what the importer can already see."""
-
-    def admit(document_id: str, proven_by_source: bool) -> None:
-        if not owner:
-            return
-        reached = _seen(store, owner, "d.id = ?", [document_id])
-        if not reached and not proven_by_source:  # a bundle without its source: where did its text come from?
-            origins = sharing.exported_from(store, document_id)
-            if not origins:
-                return
-            reached = _seen(store, owner, f"d.id IN ({', '.join('?' * len(origins))})", origins)
-            if not reached:
-                raise StoreError("refused: this bundle was exported from a document shared read-only with its "
-                                 "exporter; only that document's owner can share it with you")
-        if not reached or any(row["access"] == "owner" for row in reached):
-            return
-        raise StoreError(f"refused: {reached[0]['file_name']} is already in your library, shared with you "
-                         "read-only: importing it changes nothing")
-
-    return admit
