@@ -1,4 +1,4 @@
-"""Who is asking, and the app's MCP tools.
+"""The app's MCP tools, and how an MCP client says who it is (the checks: :mod:`app.access`).
 
 :class:`Access` is the one place that turns a request into the user key the library uses
 (``owner``): the login name with ``--auth``; the Hugging Face username when sign-in with
@@ -46,27 +46,24 @@ import base64
 import binascii
 import functools
 import hashlib
-import hmac
 import inspect
 import mimetypes
-import secrets
 import tempfile
-import threading
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from types import SimpleNamespace
-from urllib.parse import quote, unquote, unquote_to_bytes
+from urllib.parse import unquote, unquote_to_bytes
 
 import gradio as gr
 from gradio.data_classes import FileData
-from starlette.requests import Request
-from starlette.responses import FileResponse, PlainTextResponse, Response
 
 from storage.errors import StoreError
 
 from . import library, model_turns, reader
+
+# who is asking (app.access) and the download route (app.downloads); re-exported for callers
+from .access import LOG_IN, SIGN_IN, Access, SignInRequired, oauth_wanted  # noqa: F401
+from .downloads import Downloads
 from .settings import load_settings
 
 TOOLS = ("list_documents", "upload", "build_status", "ask", "export_bundle")
@@ -74,112 +71,6 @@ TOOLS = ("list_documents", "upload", "build_status", "ask", "export_bundle")
 # uploads a file with /upload_document, which is not a tool)
 ENDPOINTS = {"list_documents": "list_documents", "upload": "upload_data_url", "build_status": "build_status",
              "ask": "ask_document", "export_bundle": "export_bundle"}
-SIGN_IN = "sign in with Hugging Face to use your library"
-LOG_IN = "log in to use your library (MCP: send an --auth user's name and password as HTTP basic credentials)"
-WHOAMI_SECONDS = 300.0
-
-
-class SignInRequired(StoreError):
-    """The request carries no user where the app needs one."""
-
-
-def oauth_wanted() -> bool:
-    """Sign-in with Hugging Face: on a Space (``SPACE_ID`` set) or with ``HOMER_HF_OAUTH=1``
-    (``HOMER_HF_OAUTH=0`` turns it off on a Space)."""
-    settings = load_settings()
-    wanted = settings.server.hf_oauth
-    return bool(settings.space.space_id) if wanted is None else wanted
-
-
-class Access:
-    """Turns a request (and the signed-in Hugging Face profile) into the library's owner key.
-
-    ``login``: the app runs with ``--auth`` (``users``: its name → password pairs, for MCP
-    clients' basic credentials); ``oauth``: sign-in with Hugging Face is on (ignored with
-    ``login``: ``--auth`` wins). ``whoami``: resolves a Hugging Face token to its account
-    (``huggingface_hub.whoami`` by default; tests pass their own)."""
-
-    def __init__(self, login: bool = False, users: dict[str, str] | None = None, oauth: bool = False,
-                 whoami: Callable[[str], dict] | None = None):
-        self.login = bool(login)
-        self.users = dict(users or {})
-        self.oauth = bool(oauth) and not self.login
-        self._whoami = whoami
-        self._tokens: dict[str, tuple[float, str | None]] = {}
-        self._lock = threading.Lock()
-
-    @property
-    def team(self) -> bool:
-        """Documents are per user (and can be shared)."""
-        return self.login or self.oauth
-
-    def owner(self, request=None, profile=None) -> str | None:
-        """The user key for ``request``: None without login (every document is everyone's);
-        raises :class:`SignInRequired` when the app needs a user and the request has none."""
-        if self.login:
-            name = getattr(request, "username", None) or self._basic(request)
-            if not name:
-                raise SignInRequired(LOG_IN)
-            return name
-        if self.oauth:
-            name = getattr(profile, "username", None) or self._bearer(request)
-            if not name:
-                raise SignInRequired(SIGN_IN)
-            return name
-        return None
-
-    def signed_out(self, request=None, profile=None) -> bool:
-        try:
-            self.owner(request, profile)
-        except SignInRequired:
-            return True
-        return False
-
-    @staticmethod
-    def _authorization(request) -> tuple[str, str]:
-        headers = getattr(request, "headers", None) if request is not None else None
-        value = headers.get("authorization", "") if headers is not None else ""
-        scheme, _, credentials = str(value).strip().partition(" ")
-        return scheme.lower(), credentials.strip()
-
-    def _basic(self, request) -> str | None:
-        scheme, credentials = self._authorization(request)
-        if scheme != "basic" or not self.users:
-            return None
-        try:
-            user, sep, password = base64.b64decode(credentials, validate=True).decode("utf-8").partition(":")
-        except (binascii.Error, UnicodeDecodeError, ValueError):
-            return None
-        expected = self.users.get(user)
-        if not sep or expected is None or not hmac.compare_digest(password.encode(), expected.encode()):
-            return None
-        return user
-
-    def _bearer(self, request) -> str | None:
-        scheme, token = self._authorization(request)
-        if scheme != "bearer" or not token:
-            return None
-        key = hashlib.sha256(token.encode()).hexdigest()
-        now = time.monotonic()
-        with self._lock:
-            cached = self._tokens.get(key)
-        if cached and now - cached[0] < WHOAMI_SECONDS:
-            return cached[1]
-        try:
-            whoami = self._whoami
-            if whoami is None:
-                from huggingface_hub import whoami as hub_whoami
-
-                whoami = lambda value: hub_whoami(token=value)  # noqa: E731
-            info = whoami(token)
-            name = info.get("name") if isinstance(info, dict) and info.get("type", "user") == "user" else None
-        except Exception:  # an invalid or expired token, or the Hub unreachable: no user
-            name = None
-        with self._lock:
-            self._tokens[key] = (now, name)
-        return name
-
-
 def _upload_folders() -> list[Path]:
     """Where gradio writes the files a client uploads (``gradio_client``'s files included)."""
     folders = {load_settings().server.gradio_temp_dir or str(Path(tempfile.gettempdir()) / "gradio")}
@@ -255,100 +146,6 @@ def read_data_url(url: str, limit: int) -> tuple[bytes, str, str | None]:
     if base:
         raise StoreError("the data: URL's base64 is not valid (its length)")
     return b"".join(parts), media, name
-
-
-def _request_root(request, root_path: str = "") -> str:
-    """The app's public root URL as the client reached it (behind a proxy too: gradio's own
-    rules, the forwarded host and scheme), without a trailing slash."""
-    from gradio import route_utils
-
-    raw = getattr(request, "request", None) or request
-    url = getattr(raw, "url", None)
-    if url is None or not hasattr(raw, "headers"):
-        return root_path.rstrip("/")
-    return route_utils.get_root_url(raw, route_path=url.path, root_path=root_path or None)
-
-
-class Downloads:
-    """Bundles exported by the tools, each served to the user who exported it and nobody
-    else, at ``/homer/exports/<token>/<file name>`` (the token: 192 random bits, so a link
-    cannot be guessed; and the requester must still be its exporter).
-
-    The requester is found as the tools find their caller (:meth:`Access.owner`): HTTP basic
-    credentials of an ``--auth`` user or the app's login cookie; a Hugging Face token or the
-    signed-in session; anyone without login (every document is everyone's). A request
-    without them is answered 401, someone else's link or an unknown, expired or pruned one
-    404 (the same: nobody learns which links exist). Links live as long as the bundle file
-    (:data:`app.library.EXPORT_KEEP_SECONDS`) and within this process."""
-
-    ROUTE = "/homer/exports"
-
-    def __init__(self, access: Access, keep_seconds: float = library.EXPORT_KEEP_SECONDS):
-        self.access = access
-        self.keep_seconds = keep_seconds
-        self.root_path = ""
-        self._app = None
-        self._files: dict[str, tuple[str | None, Path, float]] = {}
-        self._lock = threading.Lock()
-
-    def add(self, owner: str | None, path: Path) -> str:
-        """Register an exported file; returns its link's path (under the app's root)."""
-        token = secrets.token_urlsafe(24)
-        now = time.time()
-        with self._lock:
-            self._files = {k: v for k, v in self._files.items() if now - v[2] <= self.keep_seconds}
-            self._files[token] = (owner, Path(path), now)
-        return f"{self.ROUTE}/{token}/{quote(Path(path).name)}"
-
-    def link(self, request, owner: str | None, path: Path) -> str:
-        return _request_root(request, self.root_path) + self.add(owner, path)
-
-    def mount(self, app, root_path: str = "") -> None:
-        """Add the download route to the running app (gradio builds its app at launch)."""
-        self._app = app
-        self.root_path = root_path or ""
-        app.add_api_route(self.ROUTE + "/{token}/{name}", self.serve, methods=["GET"], include_in_schema=False)
-
-    def _cookie_user(self, request) -> str | None:
-        """The user of the app's own login cookie (``--auth``), as gradio's routes read it."""
-        app = self._app
-        tokens, cookie_id = getattr(app, "tokens", None) or {}, getattr(app, "cookie_id", None)
-        if not cookie_id:
-            return None
-        token = request.cookies.get(f"access-token-{cookie_id}") or \
-            request.cookies.get(f"access-token-unsecure-{cookie_id}")
-        return tokens.get(token) if token else None
-
-    def _session_profile(self, request):
-        """The Hugging Face profile of a signed-in browser session (sign-in with Hugging Face)."""
-        if not self.access.oauth or "session" not in request.scope:
-            return None
-        try:
-            from gradio.oauth import _get_valid_oauth_info_from_session
-
-            info = _get_valid_oauth_info_from_session(request.session)
-            return gr.OAuthProfile(info["userinfo"]) if info else None
-        except Exception:  # no or a broken session: not signed in
-            return None
-
-    def requester(self, request) -> str | None:
-        """Who asks for a download; raises :class:`SignInRequired` when the app needs a user."""
-        asking = SimpleNamespace(headers=request.headers,
-                                 username=self._cookie_user(request) if self.access.login else None)
-        return self.access.owner(asking, self._session_profile(request))
-
-    def serve(self, token: str, name: str, request: Request) -> Response:
-        try:
-            user = self.requester(request)
-        except SignInRequired as exc:
-            headers = {"WWW-Authenticate": 'Basic realm="HOMER Chat"'} if self.access.login else None
-            return PlainTextResponse(str(exc), status_code=401, headers=headers)
-        with self._lock:
-            found = self._files.get(token)
-        if found is None or found[0] != user or found[1].name != name or not found[1].is_file() \
-                or time.time() - found[2] > self.keep_seconds:
-            return PlainTextResponse("no such export (or it expired): export the document again", status_code=404)
-        return FileResponse(found[1], filename=found[1].name, media_type="application/zip")
 
 
 def add_tools(store, queue, chat, model_name: str, access: Access, gpu: Callable | None = None,

@@ -15,8 +15,8 @@ from typing import TYPE_CHECKING
 
 import gradio as gr
 
+from ..access import Access, SignInRequired
 from ..chat import ChatService
-from ..mcp_tools import Access, SignInRequired
 from ..multi_document import SeveralDocuments
 from ..threads import Threads
 

@@ -17,7 +17,7 @@ import pandas as pd
 from storage.errors import StoreError
 
 from .. import answering, library
-from ..mcp_tools import SignInRequired
+from ..access import SignInRequired
 from .common import PageState, Services
 
 

@@ -9,7 +9,7 @@ import json
 import gradio as gr
 
 from .. import answering
-from ..mcp_tools import SignInRequired
+from ..access import SignInRequired
 from ..multi_document import WHOLE_LIBRARY, WHOLE_LIBRARY_LABEL
 from .common import PageState, Services
 
