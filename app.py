@@ -3,7 +3,8 @@
     python app.py [--model M] [--host H] [--port P] [--share] [--auth user:pass] [--deep-read]
 
 The store lives under the HOMER home (``HOMER_HOME``, else the user data folder; on a Space,
-set ``HOMER_HOME`` to a folder in a mounted Storage Bucket, or the library vanishes at restart). Builds run in a background worker inside this
+set ``HOMER_HOME`` to a folder in a mounted Storage Bucket, or the library vanishes at restart).
+Builds run in a background worker inside this
 process (a huey consumer on the store's SQLite queue, or on Redis with ``HOMER_REDIS_URL``);
 more workers on other machines may serve the same queue (``homer worker``). Every setting is
 read once at start (:mod:`app.settings`, the table in ``docs/configuration.md``): a bad value
@@ -63,30 +64,48 @@ def ensure_embedded_model_package(model: str, on_space: bool) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python app.py", description="HOMER Chat: read a book once, chat with it.")
-    parser.add_argument("--model", default=None,
-                        help="embedded (default: SmolLM2-135M-Instruct, or HOMER_MODEL), a Hugging Face id or a "
-                             "local folder")
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="embedded (default: SmolLM2-135M-Instruct, or HOMER_MODEL), a Hugging Face id or a local folder",
+    )
     parser.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1; 0.0.0.0 on a Space)")
     parser.add_argument("--port", type=int, default=None, help="port (default 7860 or the next free one)")
     parser.add_argument("--share", action="store_true", help="also open a temporary public gradio.live link")
-    parser.add_argument("--auth", action="append", metavar="USER:PASS",
-                        help="require a login (repeat for several users; or HOMER_AUTH=u1:p1,u2:p2); "
-                             "each user then sees only their own documents")
-    parser.add_argument("--workers", type=int, default=None,
-                        help="build threads in this process for small documents (default 1; 0: builds run "
-                             "elsewhere); documents over HOMER_LARGE_BUILD_CHARS characters build in a lane of "
-                             "their own (HOMER_LARGE_WORKERS threads, 1), so they never hold up small ones")
-    parser.add_argument("--builds-in-requests", action="store_true",
-                        help="run builds inside requests instead of a background thread, a slice of at most "
-                             "HOMER_GPU_SLICE_SECONDS (60) at a time: the upload, then each library refresh "
-                             "(automatic on a ZeroGPU Space, where only requests get the GPU)")
-    parser.add_argument("--lock-model", action="store_true",
-                        help="do not let users switch the model in Settings (the default on a Space; or "
-                             "HOMER_LOCK_MODEL=1)")
-    parser.add_argument("--deep-read", action="store_true",
-                        help="also keep each document's leaf states when it is read (about 15 KB per token with "
-                             "the embedded model), so the Chat tab's 'Deep read' can re-read the document for one "
-                             "question; or HOMER_DEEP_READ=1 (separate workers need it too)")
+    parser.add_argument(
+        "--auth",
+        action="append",
+        metavar="USER:PASS",
+        help="require a login (repeat for several users; or HOMER_AUTH=u1:p1,u2:p2); "
+        "each user then sees only their own documents",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="build threads in this process for small documents (default 1; 0: builds run "
+        "elsewhere); documents over HOMER_LARGE_BUILD_CHARS characters build in a lane of "
+        "their own (HOMER_LARGE_WORKERS threads, 1), so they never hold up small ones",
+    )
+    parser.add_argument(
+        "--builds-in-requests",
+        action="store_true",
+        help="run builds inside requests instead of a background thread, a slice of at most "
+        "HOMER_GPU_SLICE_SECONDS (60) at a time: the upload, then each library refresh "
+        "(automatic on a ZeroGPU Space, where only requests get the GPU)",
+    )
+    parser.add_argument(
+        "--lock-model",
+        action="store_true",
+        help="do not let users switch the model in Settings (the default on a Space; or HOMER_LOCK_MODEL=1)",
+    )
+    parser.add_argument(
+        "--deep-read",
+        action="store_true",
+        help="also keep each document's leaf states when it is read (about 15 KB per token with "
+        "the embedded model), so the Chat tab's 'Deep read' can re-read the document for one "
+        "question; or HOMER_DEEP_READ=1 (separate workers need it too)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     return parser
 
@@ -116,7 +135,9 @@ def main(argv: list[str] | None = None) -> int:
 
     settings = settings_from(args)  # before anything is loaded or stored: a bad value, and nothing is made
     use_settings(settings)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(asctime)s %(name)s %(message)s"
+    )
     server = settings.server
     auth = parse_auth(args.auth, server.auth.get_secret_value() if server.auth else None)
     model = server.model
@@ -142,14 +163,32 @@ def main(argv: list[str] | None = None) -> int:
     slices = Slices(store, gpu=zero_gpu_decorator()) if in_requests else None  # spaces.GPU per slice
     # who the user is: --auth's login, else sign-in with Hugging Face on a Space (or HOMER_HF_OAUTH=1)
     access = Access(login=auth is not None, users=dict(auth or []), oauth=oauth_wanted())
-    demo = build_ui(store, queue, chat, model, gpu=spaces_gpu(), auth=auth is not None, slices=slices,
-                    access=access, allow_model_change=not (server.lock_model or on_space))
+    demo = build_ui(
+        store,
+        queue,
+        chat,
+        model,
+        gpu=spaces_gpu(),
+        auth=auth is not None,
+        slices=slices,
+        access=access,
+        allow_model_change=not (server.lock_model or on_space),
+    )
     demo.queue(default_concurrency_limit=8)  # the model runs one chat at a time: concurrency_id "gpu"
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, auth=auth,
-                auth_message="HOMER Chat: each user sees their own library." if auth else None,
-                prevent_thread_lock=True, show_error=True, theme=THEME, css=CSS, max_file_size=max_request_bytes(),
-                footer_links=["api", "gradio"],
-                mcp_server=mcp_available() and server.mcp)  # gradio's mcp extra
+    demo.launch(
+        server_name=args.host,
+        server_port=args.port,
+        share=args.share,
+        auth=auth,
+        auth_message="HOMER Chat: each user sees their own library." if auth else None,
+        prevent_thread_lock=True,
+        show_error=True,
+        theme=THEME,
+        css=CSS,
+        max_file_size=max_request_bytes(),
+        footer_links=["api", "gradio"],
+        mcp_server=mcp_available() and server.mcp,
+    )  # gradio's mcp extra
     tools = after_launch(demo)  # the MCP tools are the five of app.mcp_tools, not every UI event; their downloads
     print(f"HOMER Chat is running on {demo.local_url}", flush=True)
     if tools:

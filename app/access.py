@@ -43,8 +43,13 @@ class Access:
     ``login``: ``--auth`` wins). ``whoami``: resolves a Hugging Face token to its account
     (``huggingface_hub.whoami`` by default; tests pass their own)."""
 
-    def __init__(self, login: bool = False, users: dict[str, str] | None = None, oauth: bool = False,
-                 whoami: Callable[[str], dict] | None = None):
+    def __init__(
+        self,
+        login: bool = False,
+        users: dict[str, str] | None = None,
+        oauth: bool = False,
+        whoami: Callable[[str], dict] | None = None,
+    ):
         self.login = bool(login)
         self.users = dict(users or {})
         self.oauth = bool(oauth) and not self.login
@@ -122,5 +127,3 @@ class Access:
         with self._lock:
             self._tokens[key] = (now, name)
         return name
-
-

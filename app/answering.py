@@ -20,10 +20,15 @@ def answer_settings() -> AnswerSettings:
     """The app's :class:`homer.answering.AnswerSettings` (``HOMER_FOCUS``,
     ``HOMER_FOCUS_PASSAGES``, ``HOMER_FOCUS_WORDS``, ``HOMER_PASSAGE_ORDER``,
     ``HOMER_SOURCE_ORDER``, ``HOMER_NOT_FOUND``, ``HOMER_CITATIONS``; :mod:`app.focus`)."""
-    return AnswerSettings(focus=focusing.requested_focus(), passages=focusing.passages_per_question(),
-                          excerpt_words=focusing.excerpt_words(), passage_order=focusing.passage_order(),
-                          source_order=focusing.source_order(), not_found=focusing.not_found_enabled(),
-                          citations=focusing.citations_enabled())
+    return AnswerSettings(
+        focus=focusing.requested_focus(),
+        passages=focusing.passages_per_question(),
+        excerpt_words=focusing.excerpt_words(),
+        passage_order=focusing.passage_order(),
+        source_order=focusing.source_order(),
+        not_found=focusing.not_found_enabled(),
+        citations=focusing.citations_enabled(),
+    )
 
 
 @dataclass
@@ -53,22 +58,32 @@ def stored_document(store, row: dict) -> DocumentText:
 
     focusing.index_document(store, row["id"])
     name = row.get("file_name") or row.get("title") or row["id"][:12]
-    return DocumentText(row["id"], name, store.location_map(row["id"]), StoredPassages(store, row["id"]),
-                        reader.text_length(store, row["id"]))
+    return DocumentText(
+        row["id"],
+        name,
+        store.location_map(row["id"]),
+        StoredPassages(store, row["id"]),
+        reader.text_length(store, row["id"]),
+    )
 
 
-def plan_turn(store, document_id: str, question: str, focus, tokenizer=None, model=None, cache=None,
-              max_new_tokens: int = 256):
+def plan_turn(
+    store, document_id: str, question: str, focus, tokenizer=None, model=None, cache=None, max_new_tokens: int = 256
+):
     """The passages a question gets from a stored document — the pipeline's own plan step
     (:meth:`homer.answering.DocumentChat.plan`), for the benchmarks that look at retrieval."""
     from homer.answering import DocumentChat
     from homer.reading.locations import LocationMap
 
     row = store.get_document(document_id)
-    document = stored_document(store, row) if row is not None else \
-        DocumentText(document_id, document_id[:12], LocationMap.of(None), StoredPassages(store, document_id))  # an index alone
-    return DocumentChat(model, tokenizer, document, settings=answer_settings()).plan(question, focus, cache,
-                                                                                    max_new_tokens)
+    document = (
+        stored_document(store, row)
+        if row is not None
+        else DocumentText(document_id, document_id[:12], LocationMap.of(None), StoredPassages(store, document_id))
+    )  # an index alone
+    return DocumentChat(model, tokenizer, document, settings=answer_settings()).plan(
+        question, focus, cache, max_new_tokens
+    )
 
 
 def reading_state(store, document_id: str) -> str | None:
@@ -93,11 +108,15 @@ def upload_states(store, owner: str | None, limit: int = 20) -> dict[str, str]:
     nothing to the library — tells the page to update the chat's status."""
     if not store.db["jobs"].exists():
         return {}
-    mine = "" if owner is None else \
-        " AND document_id IN (SELECT document_id FROM document_owners WHERE owner = :owner)"  # as pending_state
+    mine = (
+        "" if owner is None else " AND document_id IN (SELECT document_id FROM document_owners WHERE owner = :owner)"
+    )  # as pending_state
     rows = store.db.execute(
-        "SELECT document_id, state FROM jobs WHERE document_id NOT IN (SELECT id FROM documents)" + mine +
-        " ORDER BY created DESC LIMIT :limit", {"owner": owner, "limit": limit}).fetchall()
+        "SELECT document_id, state FROM jobs WHERE document_id NOT IN (SELECT id FROM documents)"
+        + mine
+        + " ORDER BY created DESC LIMIT :limit",
+        {"owner": owner, "limit": limit},
+    ).fetchall()
     return {document_id: state for document_id, state in reversed(rows)}
 
 
@@ -109,13 +128,25 @@ def pending_state(store, ref: str, owner: str | None) -> str | None:
     if not ref:
         return None
     jobs = store.db["jobs"]
-    rows = list(store.db.query(
-        "SELECT document_id FROM jobs WHERE (document_id = ? OR substr(document_id, 1, ?) = ? OR file_name = ?) "
-        "AND document_id NOT IN (SELECT id FROM documents) ORDER BY created DESC LIMIT 20",
-        [ref, len(ref), ref, ref])) if jobs.exists() else []
+    rows = (
+        list(
+            store.db.query(
+                "SELECT document_id FROM jobs "
+                "WHERE (document_id = ? OR substr(document_id, 1, ?) = ? OR file_name = ?) "
+                "AND document_id NOT IN (SELECT id FROM documents) ORDER BY created DESC LIMIT 20",
+                [ref, len(ref), ref, ref],
+            )
+        )
+        if jobs.exists()
+        else []
+    )
     for row in rows:
-        if owner is None or store.db.execute("SELECT 1 FROM document_owners WHERE document_id = ? AND owner = ?",
-                                             [row["document_id"], owner]).fetchone():
+        if (
+            owner is None
+            or store.db.execute(
+                "SELECT 1 FROM document_owners WHERE document_id = ? AND owner = ?", [row["document_id"], owner]
+            ).fetchone()
+        ):
             return reading_state(store, row["document_id"])
     return None
 
@@ -128,8 +159,14 @@ def turn_stats(answer: Answer, **extra) -> dict:
         stats["sources"] = answer.sources_text.strip()
         places = []
         for s in answer.sources:
-            place = {"document_id": s.document_id, "location": s.location, "label": s.label, "start": s.start,
-                     "end": s.end, "quote": s.quote}
+            place = {
+                "document_id": s.document_id,
+                "location": s.location,
+                "label": s.label,
+                "start": s.start,
+                "end": s.end,
+                "quote": s.quote,
+            }
             if answer.report is not None and len(answer.report.documents) > 1:
                 place["document"] = s.document
             places.append(place)

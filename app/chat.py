@@ -57,11 +57,15 @@ def max_conversations() -> int:
 citations_enabled = focusing.citations_enabled  # where the tests and older callers find it
 
 
-THREAD_CACHE_REPLACED = ("this thread's cache was rebuilt or replaced: answered from the document's current "
-                         "cache; the earlier messages are shown as text only")
+THREAD_CACHE_REPLACED = (
+    "this thread's cache was rebuilt or replaced: answered from the document's current "
+    "cache; the earlier messages are shown as text only"
+)
 
-DEEP_READ_UNAVAILABLE = ("deep read unavailable: this document was read without leaf states "
-                         "(start the app with --deep-read and read it again)")
+DEEP_READ_UNAVAILABLE = (
+    "deep read unavailable: this document was read without leaf states "
+    "(start the app with --deep-read and read it again)"
+)
 
 
 def max_loaded_caches() -> int:
@@ -88,8 +92,8 @@ class ChatSession:
     messages: list[dict] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     owner: str | None = None  # whose thread it is (None without login)
-    thread: bool = False      # a kept thread (:mod:`app.threads`): a new cache restarts its turns, not the thread
-    notice: str = ""          # said with the next turn (the thread's cache was replaced)
+    thread: bool = False  # a kept thread (:mod:`app.threads`): a new cache restarts its turns, not the thread
+    notice: str = ""  # said with the next turn (the thread's cache was replaced)
 
     @property
     def conversation(self):
@@ -191,7 +195,9 @@ class ChatService:
                 self._sessions.pop(key)
                 self._live.pop(key, None)
         with self._caches_lock:
-            for cache_id in [c for c, cache in self._caches.items() if cache.metadata.get("document_id") == document_id]:
+            for cache_id in [
+                c for c, cache in self._caches.items() if cache.metadata.get("document_id") == document_id
+            ]:
                 self._caches.pop(cache_id)
 
     # --- conversations -------------------------------------------------------------------
@@ -261,9 +267,18 @@ class ChatService:
                 if held is not None and held.answering is not None:
                     held.answering.release()  # its turns are re-appended when needed
 
-    def ask(self, session_key: str, document_id: str, question: str, model_name: str | None = None,
-            generation: GenerationSettings | None = None, settings: dict | None = None,
-            deep_read: bool = False, focus: str | None = None, name: str | None = None) -> Iterator[tuple[str, dict]]:
+    def ask(
+        self,
+        session_key: str,
+        document_id: str,
+        question: str,
+        model_name: str | None = None,
+        generation: GenerationSettings | None = None,
+        settings: dict | None = None,
+        deep_read: bool = False,
+        focus: str | None = None,
+        name: str | None = None,
+    ) -> Iterator[tuple[str, dict]]:
         """Stream ``(answer so far, turn stats)``; the turn itself is the library's answer
         pipeline (:class:`homer.answering.DocumentChat`, the same for every door), over this
         session's conversation about the document. The last item's answer is shown with its
@@ -309,23 +324,40 @@ class ChatService:
             doc = self.store.get_document(document_id)
             state = answering.reading_state(self.store, document_id)
             if doc is None:
-                raise ChatError(f"{state}: its text is not stored yet, ask again in a few seconds"
-                                if state and not state.startswith("reading failed") else
-                                state or "this document is not in the store")
+                raise ChatError(
+                    f"{state}: its text is not stored yet, ask again in a few seconds"
+                    if state and not state.startswith("reading failed")
+                    else state or "this document is not in the store"
+                )
             cache, cache_id = None, ""
-            waiting = (f"{state} … a question about the whole document is answered once it has been read; "
-                       "ask something specific now" if state and not state.startswith("reading failed") else
-                       (f"{state}: a question about the whole document needs its cache — read it again from "
-                        "the library; specific questions are answered from its passages" if state else
-                        "this document has no cache for the model in use yet: read it in the library for "
-                        "questions about the whole document; specific questions are answered from its passages"))
-            stats.update(cache_id=None, cache_reused=False, cache_source="none", cache_load_seconds=0.0,
-                         reading=state or "not read")
+            waiting = (
+                f"{state} … a question about the whole document is answered once it has been read; "
+                "ask something specific now"
+                if state and not state.startswith("reading failed")
+                else (
+                    f"{state}: a question about the whole document needs its cache — read it again from "
+                    "the library; specific questions are answered from its passages"
+                    if state
+                    else "this document has no cache for the model in use yet: read it in the library for "
+                    "questions about the whole document; specific questions are answered from its passages"
+                )
+            )
+            stats.update(
+                cache_id=None,
+                cache_reused=False,
+                cache_source="none",
+                cache_load_seconds=0.0,
+                reading=state or "not read",
+            )
         else:
             cache, from_memory, load_seconds = self.load_cache(row["id"], fingerprint)
             cache_id = row["id"]
-            stats.update(cache_id=cache_id, cache_reused=True, cache_source="memory" if from_memory else "disk",
-                         cache_load_seconds=round(load_seconds, 4))
+            stats.update(
+                cache_id=cache_id,
+                cache_reused=True,
+                cache_source="memory" if from_memory else "disk",
+                cache_load_seconds=round(load_seconds, 4),
+            )
         chat = self._session_for(session_key, document_id, cache_id)
         key = (session_key, document_id)
         with chat.lock:
@@ -337,10 +369,13 @@ class ChatService:
             stats["index_built"] = focusing.index_document(self.store, document_id)
             pipeline = chat.answering
             if pipeline is None or pipeline.cache is not cache or pipeline.model is not model:
-                row_seen = {"id": document_id, "file_name": name or (self.store.get_document(document_id) or {}).get(
-                    "file_name")}
-                pipeline = chat.answering = DocumentChat(model, tokenizer, answering.stored_document(self.store, row_seen),
-                                                         cache, answer_settings)
+                row_seen = {
+                    "id": document_id,
+                    "file_name": name or (self.store.get_document(document_id) or {}).get("file_name"),
+                }
+                pipeline = chat.answering = DocumentChat(
+                    model, tokenizer, answering.stored_document(self.store, row_seen), cache, answer_settings
+                )
             pipeline.settings = answer_settings
             pipeline.turns = chat.turns  # one list: the session's turns are the pipeline's
             turn_cache = None
@@ -357,8 +392,9 @@ class ChatService:
                 self._keep_live(key)
             answer = None
             try:
-                for answer in pipeline.stream(question, focus=focus, generation=generation, cache=turn_cache,
-                                              waiting=waiting):
+                for answer in pipeline.stream(
+                    question, focus=focus, generation=generation, cache=turn_cache, waiting=waiting
+                ):
                     if not answer.done:
                         yield answer.text, answering.turn_stats(answer, **stats)
             except AnswerError as exc:
@@ -379,8 +415,9 @@ class ChatService:
 
         verified = (row["id"], row.get("leaf_states_checksum"))
         try:
-            path = self.store.open_leaf_states(row["id"], expected_fingerprint=fingerprint,
-                                               verify=verified not in self._verified_leaves)
+            path = self.store.open_leaf_states(
+                row["id"], expected_fingerprint=fingerprint, verify=verified not in self._verified_leaves
+            )
         except (CacheCorrupt, StoreError) as exc:
             return None, f"deep read unavailable: {exc}"
         if path is None:
@@ -398,11 +435,15 @@ class ChatService:
         try:
             stored = json.loads(row["settings"] or "{}")
             config = HomerConfig(**{k: v for k, v in stored.items() if k != "custom_bias"})
-            answer_cache = deep_read_document(model, tokenizer, leaves, question, config=config,
-                                              metadata={"document_id": row["document_id"]})
+            answer_cache = deep_read_document(
+                model, tokenizer, leaves, question, config=config, metadata={"document_id": row["document_id"]}
+            )
         except (LeafStateMismatchError, ValueError) as exc:
             stats["deep_read_unavailable"] = f"deep read unavailable: {exc}"
             return None
-        stats.update(deep_read=True, deep_read_seconds=round(time.perf_counter() - began, 4),
-                     deep_read_mode=answer_cache.metadata.get("deep_read", ""))
+        stats.update(
+            deep_read=True,
+            deep_read_seconds=round(time.perf_counter() - began, 4),
+            deep_read_mode=answer_cache.metadata.get("deep_read", ""),
+        )
         return answer_cache

@@ -32,8 +32,9 @@ def cmd_export(args) -> int:
     from storage.bundles import export_bundle
 
     try:
-        out = export_bundle(_store(args), args.document, args.output, include_source=not args.no_source,
-                            cache_id=args.cache)
+        out = export_bundle(
+            _store(args), args.document, args.output, include_source=not args.no_source, cache_id=args.cache
+        )
     except StoreError as exc:
         return _fail(str(exc))
     print(f"exported → {out} ({out.stat().st_size / 2**20:.1f} MiB)")
@@ -41,11 +42,10 @@ def cmd_export(args) -> int:
 
 
 def cmd_import(args) -> int:
-    from storage import StoreError
-    from storage.bundles import import_bundle
-
     from app.ingest import ingest_limits
     from app.library import bundle_limits, text_from_source
+    from storage import StoreError
+    from storage.bundles import import_bundle
 
     fingerprint, tokenizer = args.expect_fingerprint, None
     if args.model:
@@ -54,14 +54,23 @@ def cmd_import(args) -> int:
         _, tokenizer, fingerprint = get_model(args.model)
     max_bytes = int(args.max_mb * 2**20) if args.max_mb else None
     try:
-        row = import_bundle(_store(args), args.bundle, model_fingerprint=fingerprint, max_bytes=max_bytes,
-                            tokenizer=tokenizer, text_from_source=text_from_source(tokenizer),
-                            max_chars=ingest_limits().max_chars, **bundle_limits())
+        row = import_bundle(
+            _store(args),
+            args.bundle,
+            model_fingerprint=fingerprint,
+            max_bytes=max_bytes,
+            tokenizer=tokenizer,
+            text_from_source=text_from_source(tokenizer),
+            max_chars=ingest_limits().max_chars,
+            **bundle_limits(),
+        )
     except StoreError as exc:
         return _fail(str(exc))
     verb = "already in the store (kept as it was): cache" if row.get("already_in_store") else "imported cache"
-    print(f"{verb} {row['id']} of document {row['document_id'][:12]} ({row['tokens']} tokens, "
-          f"model {row['model_name'] or row['model_fingerprint'][:12]})")
+    print(
+        f"{verb} {row['id']} of document {row['document_id'][:12]} ({row['tokens']} tokens, "
+        f"model {row['model_name'] or row['model_fingerprint'][:12]})"
+    )
     return 0
 
 
@@ -87,13 +96,20 @@ def cmd_store_check(args) -> int:
 def cmd_store_list(args) -> int:
     store = _store(args)
     for doc in store.documents():
-        print(f"{doc['id'][:12]}  {doc['file_name']}  {doc['kind']}  {doc['pages']} page(s)  "
-              f"{doc['token_count'] or '?'} tokens")
+        print(
+            f"{doc['id'][:12]}  {doc['file_name']}  {doc['kind']}  {doc['pages']} page(s)  "
+            f"{doc['token_count'] or '?'} tokens"
+        )
         for cache in store.caches(doc["id"], status=None):
-            print(f"    cache {cache['id'][:12]}  {cache['status']}  {cache['tokens']} tokens  "
-                  f"{cache['bytes'] / 2**20:.1f} MiB  model {cache['model_name'] or cache['model_fingerprint'][:12]}"
-                  + (f"  + {cache['leaf_states_bytes'] / 2**20:.1f} MiB leaf states" if cache.get("leaf_states_file")
-                     else ""))
+            print(
+                f"    cache {cache['id'][:12]}  {cache['status']}  {cache['tokens']} tokens  "
+                f"{cache['bytes'] / 2**20:.1f} MiB  model {cache['model_name'] or cache['model_fingerprint'][:12]}"
+                + (
+                    f"  + {cache['leaf_states_bytes'] / 2**20:.1f} MiB leaf states"
+                    if cache.get("leaf_states_file")
+                    else ""
+                )
+            )
     return 0
 
 
@@ -101,7 +117,8 @@ def cmd_jobs(args) -> int:
     store = _store(args)
     for job in store.jobs.list():
         if args.all or job["state"] in ("queued", "running", "failed"):
-            line = f"{job['id'][:8]}  {job['state']:<8} {job['progress'] * 100:5.1f}%  {job['file_name'] or ''}  {job['message'] or ''}"
+            progress = f"{job['progress'] * 100:5.1f}%"
+            line = f"{job['id'][:8]}  {job['state']:<8} {progress}  {job['file_name'] or ''}  {job['message'] or ''}"
             if job["error"] and job["state"] == "failed":
                 line += f"  — {job['error']}"
             print(line)
@@ -145,12 +162,17 @@ def build_parser() -> argparse.ArgumentParser:
     from . import cli_ask
 
     ask = sub.choices["ask"]  # the engine's `ask` (a cache file) answers documents too, as the app does
-    ask.description = ("Ask a document — a file (read into the store, or found there by its content) or a stored "
-                       "document — through the app's answer pipeline, sources under each answer. A cache file "
-                       "(.safetensors) answers from the cache alone.")
+    ask.description = (
+        "Ask a document — a file (read into the store, or found there by its content) or a stored "
+        "document — through the app's answer pipeline, sources under each answer. A cache file "
+        "(.safetensors) answers from the cache alone."
+    )
     for action in ask._actions:
         if action.dest == "cache":
-            action.metavar, action.help = "DOCUMENT", "a file (PDF, EPUB, DOCX, HTML, TXT, MD), a stored document, or a cache file"
+            action.metavar, action.help = (
+                "DOCUMENT",
+                "a file (PDF, EPUB, DOCX, HTML, TXT, MD), a stored document, or a cache file",
+            )
     cli_ask.add_arguments(ask)
     ask.set_defaults(func=cli_ask.cmd_ask)
     p = sub.add_parser("chat", help="a streaming conversation with a document (a file or a stored document)")
@@ -172,7 +194,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("bundle")
     p.add_argument("--model", default=None, help="refuse a bundle not built by this model")
     p.add_argument("--expect-fingerprint", default=None, help="refuse a bundle of another model fingerprint")
-    p.add_argument("--max-mb", type=float, default=None, help="largest bundle accepted (default HOMER_BUNDLE_MAX_MB, 512 MB)")
+    p.add_argument(
+        "--max-mb", type=float, default=None, help="largest bundle accepted (default HOMER_BUNDLE_MAX_MB, 512 MB)"
+    )
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("store", help="inspect or repair the store")
@@ -195,15 +219,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true")
     p.set_defaults(func=cmd_jobs)
 
-    p = sub.add_parser("worker", parents=[store_opt], help="run build workers (SQLite queue, or Redis with HOMER_REDIS_URL)")
+    p = sub.add_parser(
+        "worker", parents=[store_opt], help="run build workers (SQLite queue, or Redis with HOMER_REDIS_URL)"
+    )
     p.add_argument("-w", "--workers", type=int, default=1, help="build threads of the small lane (default 1)")
-    p.add_argument("--large-workers", type=int, default=None,
-                   help="build threads of the large lane (default 1, or HOMER_LARGE_WORKERS)")
-    p.add_argument("--lane", choices=["all", "small", "large"], default="all",
-                   help="serve both build lanes (default) or only one (documents over HOMER_LARGE_BUILD_CHARS "
-                        "characters are large)")
-    p.add_argument("--deep-read", action="store_true",
-                   help="also keep the leaf states of each build, for deep reads (or HOMER_DEEP_READ=1)")
+    p.add_argument(
+        "--large-workers",
+        type=int,
+        default=None,
+        help="build threads of the large lane (default 1, or HOMER_LARGE_WORKERS)",
+    )
+    p.add_argument(
+        "--lane",
+        choices=["all", "small", "large"],
+        default="all",
+        help="serve both build lanes (default) or only one (documents over HOMER_LARGE_BUILD_CHARS "
+        "characters are large)",
+    )
+    p.add_argument(
+        "--deep-read",
+        action="store_true",
+        help="also keep the leaf states of each build, for deep reads (or HOMER_DEEP_READ=1)",
+    )
     p.set_defaults(func=cmd_worker)
     return parser
 

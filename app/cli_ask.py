@@ -2,7 +2,8 @@
 
 * ``homer ask book.pdf "question" ["another" …]`` reads the file into the store (or finds it
   there by its content hash), answers each question on its own (a fresh conversation each,
-  as a new chat in the app) through the same pipeline as the web app (:mod:`homer.answering`, via :class:`app.chat.ChatService`) and prints its sources
+  as a new chat in the app) through the same pipeline as the web app (:mod:`homer.answering`,
+  via :class:`app.chat.ChatService`) and prints its sources
   under it. A specific question is answered from the passages at once; a question about the
   whole document reads the document into its HOMER cache first (once per document and
   model, kept in the store for the next time);
@@ -21,15 +22,21 @@ import threading
 import time
 from pathlib import Path
 
-CACHE_ONLY = ("note: answering from the cache alone (no passages, no sources); for the app's answers ask the "
-              "document itself: homer ask book.pdf \"…\"")
+CACHE_ONLY = (
+    "note: answering from the cache alone (no passages, no sources); for the app's answers ask the "
+    'document itself: homer ask book.pdf "…"'
+)
 
 
 def add_arguments(p) -> None:
     """The arguments ``ask`` and ``chat`` share (the engine's ``ask`` options stay)."""
     p.add_argument("--store", default=None, help="store folder (default: HOMER_HOME/store)")
-    p.add_argument("--focus", default=None, choices=["auto", "cache", "passages", "cache+passages"],
-                   help="how questions are answered (default: auto, or HOMER_FOCUS)")
+    p.add_argument(
+        "--focus",
+        default=None,
+        choices=["auto", "cache", "passages", "cache+passages"],
+        help="how questions are answered (default: auto, or HOMER_FOCUS)",
+    )
 
 
 def _store(args):
@@ -57,7 +64,9 @@ def open_target(store, target: str, model_name: str | None) -> dict:
         size = path.stat().st_size
         limit = max_upload_bytes()
         if size > limit:
-            raise ValueError(f"{path.name}: the file is {size / 2**20:.1f} MB, over the limit of {limit / 2**20:.1f} MB")
+            raise ValueError(
+                f"{path.name}: the file is {size / 2**20:.1f} MB, over the limit of {limit / 2**20:.1f} MB"
+            )
         data = path.read_bytes()
         found = store.get_document(hashlib.sha256(data).hexdigest())
         if found is None:
@@ -67,9 +76,12 @@ def open_target(store, target: str, model_name: str | None) -> dict:
             began = time.perf_counter()
             found = add_to_store(store, ingest_bytes(data, path.name, tokenizer))
             index_document(store, found["id"])
-            print(f"read {path.name}: {found['pages']} {'pages' if found['pages'] != 1 else 'page'}, "
-                  f"{found['token_count'] or 0:,} tokens in {time.perf_counter() - began:.1f} s "
-                  f"(stored as {found['id'][:12]})", file=sys.stderr)
+            print(
+                f"read {path.name}: {found['pages']} {'pages' if found['pages'] != 1 else 'page'}, "
+                f"{found['token_count'] or 0:,} tokens in {time.perf_counter() - began:.1f} s "
+                f"(stored as {found['id'][:12]})",
+                file=sys.stderr,
+            )
         return found
     return store.document(target)
 
@@ -119,14 +131,17 @@ def answer(service, document: dict, question: str, args, session: str = "cli") -
         _read_whole(service.store, document["id"], model_name)
     generation = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature)
     printed, stats = "", {}
-    for shown, stats in service.ask(session, document["id"], question, model_name, generation, focus=args.focus,
-                                    name=document.get("file_name")):
-        sys.stdout.write(shown[len(printed):])
+    for shown, stats in service.ask(
+        session, document["id"], question, model_name, generation, focus=args.focus, name=document.get("file_name")
+    ):
+        sys.stdout.write(shown[len(printed) :])
         sys.stdout.flush()
         printed = shown
     print()
-    line = f"[{stats.get('focus', '')} · first token {stats.get('time_to_first_token', 0):.2f} s · " \
-           f"{stats.get('tokens_per_second', 0):.1f} tok/s"
+    line = (
+        f"[{stats.get('focus', '')} · first token {stats.get('time_to_first_token', 0):.2f} s · "
+        f"{stats.get('tokens_per_second', 0):.1f} tok/s"
+    )
     for note in stats.get("notes") or []:
         line += f" · {note}"
     print(line + "]", file=sys.stderr)

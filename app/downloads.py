@@ -78,8 +78,9 @@ class Downloads:
         tokens, cookie_id = getattr(app, "tokens", None) or {}, getattr(app, "cookie_id", None)
         if not cookie_id:
             return None
-        token = request.cookies.get(f"access-token-{cookie_id}") or \
-            request.cookies.get(f"access-token-unsecure-{cookie_id}")
+        token = request.cookies.get(f"access-token-{cookie_id}") or request.cookies.get(
+            f"access-token-unsecure-{cookie_id}"
+        )
         return tokens.get(token) if token else None
 
     def _session_profile(self, request):
@@ -96,8 +97,9 @@ class Downloads:
 
     def requester(self, request) -> str | None:
         """Who asks for a download; raises :class:`SignInRequired` when the app needs a user."""
-        asking = SimpleNamespace(headers=request.headers,
-                                 username=self._cookie_user(request) if self.access.login else None)
+        asking = SimpleNamespace(
+            headers=request.headers, username=self._cookie_user(request) if self.access.login else None
+        )
         return self.access.owner(asking, self._session_profile(request))
 
     def serve(self, token: str, name: str, request: Request) -> Response:
@@ -108,9 +110,12 @@ class Downloads:
             return PlainTextResponse(str(exc), status_code=401, headers=headers)
         with self._lock:
             found = self._files.get(token)
-        if found is None or found[0] != user or found[1].name != name or not found[1].is_file() \
-                or time.time() - found[2] > self.keep_seconds:
+        if (
+            found is None
+            or found[0] != user
+            or found[1].name != name
+            or not found[1].is_file()
+            or time.time() - found[2] > self.keep_seconds
+        ):
             return PlainTextResponse("no such export (or it expired): export the document again", status_code=404)
         return FileResponse(found[1], filename=found[1].name, media_type="application/zip")
-
-

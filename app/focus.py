@@ -41,17 +41,24 @@ import logging
 
 from homer.answering import grounding
 from homer.answering import retrieval as answering_retrieval
-from homer.answering.pipeline import AUTO_SPECIFIC, source_line
 from homer.answering.focus import FOCUS_CHOICES, FocusStrategy, PassageConversation, excerpt, route, strategy
 from homer.answering.grounding import NOT_FOUND
+from homer.answering.pipeline import AUTO_SPECIFIC, source_line
 from homer.reading.locations import LocationMap
 from storage import passages as index
 
 from .settings import load_settings
 
 log = logging.getLogger(__name__)
-__all__ = ["AUTO_SPECIFIC", "NOT_FOUND", "PassageConversation", "focus_mode", "index_document", "read_part",
-           "sources_label"]
+__all__ = [
+    "AUTO_SPECIFIC",
+    "NOT_FOUND",
+    "PassageConversation",
+    "focus_mode",
+    "index_document",
+    "read_part",
+    "sources_label",
+]
 
 DEFAULT_FOCUS = "auto"
 # Each passage is read as its best window of this many words (HOMER_FOCUS_WORDS); measured on
@@ -131,8 +138,13 @@ def retriever() -> str | None:
 def index_document(store, document_id: str) -> bool:
     """Build the document's passage index when it has none (and its vectors when the
     retriever uses them); True when built now."""
-    return index.ensure(store.db, document_id, lambda: store.document_text(document_id),
-                        lambda: store.page_starts(document_id), method=retriever())
+    return index.ensure(
+        store.db,
+        document_id,
+        lambda: store.document_text(document_id),
+        lambda: store.page_starts(document_id),
+        method=retriever(),
+    )
 
 
 def index_after_ingest(store, document_id: str, progress=None) -> None:

@@ -61,8 +61,11 @@ def _looks_binary(text: str) -> bool:
     sample = text[:20_000]
     if not sample:
         return False
-    bad = sum(1 for ch in sample if ch == "\ufffd" or (unicodedata.category(ch) in ("Cc", "Cn", "Co", "Cs")
-                                                      and ch not in "\n\r\t\f"))
+    bad = sum(
+        1
+        for ch in sample
+        if ch == "\ufffd" or (unicodedata.category(ch) in ("Cc", "Cn", "Co", "Cs") and ch not in "\n\r\t\f")
+    )
     return bad / len(sample) > 0.05
 
 
@@ -124,8 +127,10 @@ def count_tokens(text: str, tokenizer, max_tokens: int | None = None, clock: _Cl
     for start, end in cut_points(text, TOKEN_PIECE_CHARS, ("\n", " ")):
         total += len(tokenizer(text[start:end], add_special_tokens=False).input_ids)
         if max_tokens is not None and total > max_tokens:
-            raise DocumentError(f"the document is over {max_tokens:,} tokens (the limit; "
-                                f"counted {total:,} in its first {end:,} characters)")
+            raise DocumentError(
+                f"the document is over {max_tokens:,} tokens (the limit; "
+                f"counted {total:,} in its first {end:,} characters)"
+            )
         if clock is not None:
             clock.check("counting the tokens")
     return total
@@ -152,8 +157,10 @@ def _fixed_passages(block: str, tokenizer, passage_tokens: int) -> list[tuple[in
             spans.append((start, len(block)))
             break
         cut = limit
-        space = max(block.rfind(" ", start + (limit - start) // 2, limit),
-                    block.rfind("\n", start + (limit - start) // 2, limit))
+        space = max(
+            block.rfind(" ", start + (limit - start) // 2, limit),
+            block.rfind("\n", start + (limit - start) // 2, limit),
+        )
         if space >= 0:
             cut = space + 1
         cut = max(cut, start + 1)
@@ -162,8 +169,9 @@ def _fixed_passages(block: str, tokenizer, passage_tokens: int) -> list[tuple[in
     return spans
 
 
-def split_passages(text: str, tokenizer=None, passage_tokens: int = PASSAGE_TOKENS,
-                   clock: _Clock | None = None) -> list[tuple[int, int]]:
+def split_passages(
+    text: str, tokenizer=None, passage_tokens: int = PASSAGE_TOKENS, clock: _Clock | None = None
+) -> list[tuple[int, int]]:
     """(start, end) character spans of passages cut on natural boundaries (paragraphs, lines,
     sentences, words) by langchain's RecursiveCharacterTextSplitter; lengths are counted in
     the model's tokens when a tokenizer is given, else in characters (×4).
@@ -183,11 +191,23 @@ def split_passages(text: str, tokenizer=None, passage_tokens: int = PASSAGE_TOKE
     separators = [*_BREAKS, ""]
     if tokenizer is not None:
         splitter = RecursiveCharacterTextSplitter.from_huggingface_tokenizer(
-            tokenizer, chunk_size=passage_tokens, chunk_overlap=0, separators=separators,
-            keep_separator="end", add_start_index=True, strip_whitespace=False)
+            tokenizer,
+            chunk_size=passage_tokens,
+            chunk_overlap=0,
+            separators=separators,
+            keep_separator="end",
+            add_start_index=True,
+            strip_whitespace=False,
+        )
     else:
-        splitter = RecursiveCharacterTextSplitter(chunk_size=passage_tokens * 4, chunk_overlap=0, separators=separators,
-                                                  keep_separator="end", add_start_index=True, strip_whitespace=False)
+        splitter = RecursiveCharacterTextSplitter(
+            chunk_size=passage_tokens * 4,
+            chunk_overlap=0,
+            separators=separators,
+            keep_separator="end",
+            add_start_index=True,
+            strip_whitespace=False,
+        )
     # stretches the recursive splitter would take apart word by word or character by character
     unsplittable = re.compile(rf"\S{{{2 * passage_tokens + 1},}}|[^\n.?!;,]{{{8 * passage_tokens},}}")
     spans = []
@@ -243,8 +263,9 @@ def check_text_upload(data: bytes, file_name: str, limits: IngestLimits | None =
 
     limits = limits or ingest_limits()
     if len(data) > limits.max_bytes:
-        raise IngestError(f"{file_name}: the file is {len(data) / 2**20:.1f} MB, over the limit of "
-                          f"{limits.max_bytes / 2**20:.1f} MB")
+        raise IngestError(
+            f"{file_name}: the file is {len(data) / 2**20:.1f} MB, over the limit of {limits.max_bytes / 2**20:.1f} MB"
+        )
     if not data.strip():
         raise IngestError(f"{file_name}: the file is empty")
     try:
@@ -255,35 +276,51 @@ def check_text_upload(data: bytes, file_name: str, limits: IngestLimits | None =
         raise IngestError(f"{file_name}: the file is binary, not text")
     chars = least_chars(data)
     if chars > limits.max_chars:
-        raise IngestError(f"{file_name}: the file holds at least {chars:,} characters of text, over the limit of "
-                          f"{limits.max_chars:,}")
+        raise IngestError(
+            f"{file_name}: the file holds at least {chars:,} characters of text, over the limit of {limits.max_chars:,}"
+        )
 
 
-def ingest_bytes(data: bytes, file_name: str, tokenizer=None, max_bytes: int | None = None,
-                 passage_tokens: int = PASSAGE_TOKENS, limits: IngestLimits | None = None,
-                 progress=None, split: bool = True) -> IngestedDocument:
+def ingest_bytes(
+    data: bytes,
+    file_name: str,
+    tokenizer=None,
+    max_bytes: int | None = None,
+    passage_tokens: int = PASSAGE_TOKENS,
+    limits: IngestLimits | None = None,
+    progress=None,
+    split: bool = True,
+) -> IngestedDocument:
     """Check and read an upload (PDF, EPUB, DOCX, HTML, TXT, Markdown) into an :class:`IngestedDocument`,
     within ``limits`` (default: :func:`ingest_limits`; ``max_bytes`` overrides its size).
     ``progress(message)``, if given, hears the steps that take long ("OCR page 3/80")."""
     limits = limits or ingest_limits(max_bytes)
     if len(data) > limits.max_bytes:
-        raise IngestError(f"{file_name}: the file is {len(data) / 2**20:.1f} MB, over the limit of "
-                          f"{limits.max_bytes / 2**20:.1f} MB")
+        raise IngestError(
+            f"{file_name}: the file is {len(data) / 2**20:.1f} MB, over the limit of {limits.max_bytes / 2**20:.1f} MB"
+        )
     clock = _Clock(limits.seconds)
     try:
-        if not is_pdf(data, file_name) and Path(file_name).suffix.lower() not in SECTIONED_SUFFIXES \
-                and least_chars(data) > limits.max_chars:  # before decoding it all (the sectioned readers
+        if (
+            not is_pdf(data, file_name)
+            and Path(file_name).suffix.lower() not in SECTIONED_SUFFIXES
+            and least_chars(data) > limits.max_chars
+        ):  # before decoding it all (the sectioned readers
             # count their text as they read: a zip's or a page's bytes are not its characters)
-            raise DocumentError(f"the file holds at least {least_chars(data):,} characters of text, over the limit "
-                                f"of {limits.max_chars:,}")
-        source = read_document(file_name, data=data, progress=progress, **limits.pdf(clock.deadline),
-                               **reading_options())
+            raise DocumentError(
+                f"the file holds at least {least_chars(data):,} characters of text, over the limit "
+                f"of {limits.max_chars:,}"
+            )
+        source = read_document(
+            file_name, data=data, progress=progress, **limits.pdf(clock.deadline), **reading_options()
+        )
         clock.extend(len(getattr(source, "ocr_pages", ())) * limits.ocr_page_seconds)  # as read_pdf allowed it
         if source.kind != "pdf" and _looks_binary(source.text):
             raise DocumentError("the file is binary, not text")
         if len(source.text) > limits.max_chars:
-            raise DocumentError(f"the file holds {len(source.text):,} characters of text, over the limit of "
-                                f"{limits.max_chars:,}")
+            raise DocumentError(
+                f"the file holds {len(source.text):,} characters of text, over the limit of {limits.max_chars:,}"
+            )
         clock.check("reading the file")
         token_count = None
         if tokenizer is not None:  # before splitting: an overlong document is refused at the lower cost
@@ -293,14 +330,22 @@ def ingest_bytes(data: bytes, file_name: str, tokenizer=None, max_bytes: int | N
         passages = token_passages(source.text, source.page_starts, tokenizer, passage_tokens, clock) if split else None
     except DocumentError as exc:
         raise IngestError(f"{file_name}: {exc}") from None
-    return IngestedDocument(data=data, file_name=Path(file_name).name, text=source.text, kind=source.kind,
-                            page_starts=list(source.page_starts), passages=passages, token_count=token_count,
-                            title=_title(source.text, source.kind, file_name),
-                            locations=list(source.labels) if source.labels is not None else None)
+    return IngestedDocument(
+        data=data,
+        file_name=Path(file_name).name,
+        text=source.text,
+        kind=source.kind,
+        page_starts=list(source.page_starts),
+        passages=passages,
+        token_count=token_count,
+        title=_title(source.text, source.kind, file_name),
+        locations=list(source.labels) if source.labels is not None else None,
+    )
 
 
-def token_passages(text: str, page_starts: list[int], tokenizer=None, passage_tokens: int = PASSAGE_TOKENS,
-                   clock: _Clock | None = None) -> list[list[int]]:
+def token_passages(
+    text: str, page_starts: list[int], tokenizer=None, passage_tokens: int = PASSAGE_TOKENS, clock: _Clock | None = None
+) -> list[list[int]]:
     """``[start, end, first page, last page]`` of the document's token-counted passages
     (:func:`split_passages`), as the document row and its bundles keep them."""
     spans = split_passages(text, tokenizer, passage_tokens, clock)
@@ -309,12 +354,36 @@ def token_passages(text: str, page_starts: list[int], tokenizer=None, passage_to
 
 def add_to_store(store, doc: IngestedDocument) -> dict:
     """Store an ingested document (once per content); returns its row."""
-    return store.add_document(doc.data, doc.file_name, doc.text, doc.kind, doc.page_starts,
-                              token_count=doc.token_count, title=doc.title, passages=doc.passages,
-                              locations=doc.locations)
+    return store.add_document(
+        doc.data,
+        doc.file_name,
+        doc.text,
+        doc.kind,
+        doc.page_starts,
+        token_count=doc.token_count,
+        title=doc.title,
+        passages=doc.passages,
+        locations=doc.locations,
+    )
 
 
 # the limits are re-exported: callers import them from here (:mod:`app.ingest_limits` holds them)
-__all__ = ["PASSAGE_TOKENS", "IngestError", "IngestLimits", "IngestedDocument", "add_to_store", "check_text_upload",
-           "count_tokens", "cut_points", "ingest_bytes", "ingest_limits", "is_pdf", "least_chars", "max_upload_bytes",
-           "page_of", "split_passages", "token_passages", "zip_limits"]
+__all__ = [
+    "PASSAGE_TOKENS",
+    "IngestError",
+    "IngestLimits",
+    "IngestedDocument",
+    "add_to_store",
+    "check_text_upload",
+    "count_tokens",
+    "cut_points",
+    "ingest_bytes",
+    "ingest_limits",
+    "is_pdf",
+    "least_chars",
+    "max_upload_bytes",
+    "page_of",
+    "split_passages",
+    "token_passages",
+    "zip_limits",
+]

@@ -100,10 +100,16 @@ class IngestLimits:
 
     def pdf(self, deadline: float | None) -> dict:
         """The keyword bounds of :func:`homer.reading.sources.read_pdf`."""
-        return {"max_pages": self.max_pages, "max_chars": self.max_chars, "max_page_chars": self.max_page_chars,
-                "max_page_content": self.max_page_content, "deadline": deadline,
-                "ocr_max_pages": self.ocr_max_pages, "ocr_page_seconds": self.ocr_page_seconds,
-                "ocr_empty_pages": self.ocr_empty_pages}
+        return {
+            "max_pages": self.max_pages,
+            "max_chars": self.max_chars,
+            "max_page_chars": self.max_page_chars,
+            "max_page_content": self.max_page_content,
+            "deadline": deadline,
+            "ocr_max_pages": self.ocr_max_pages,
+            "ocr_page_seconds": self.ocr_page_seconds,
+            "ocr_empty_pages": self.ocr_empty_pages,
+        }
 
 
 def ingest_limits(max_bytes: int | None = None) -> IngestLimits:
@@ -115,9 +121,13 @@ def zip_limits(settings: Settings | None = None) -> ZipLimits:
     """What an EPUB's or DOCX's archive may hold (``HOMER_ZIP_*``, ``HOMER_DOCX_MAX_PARSE_MB``;
     default: the process's settings)."""
     archives = (settings or load_settings()).archives
-    return ZipLimits(max_members=archives.max_members, max_total_bytes=int(archives.max_mb * 2**20),
-                     max_member_bytes=int(archives.max_member_mb * 2**20), max_ratio=archives.max_ratio,
-                     max_parse_bytes=int(archives.docx_max_parse_mb * 2**20))
+    return ZipLimits(
+        max_members=archives.max_members,
+        max_total_bytes=int(archives.max_mb * 2**20),
+        max_member_bytes=int(archives.max_member_mb * 2**20),
+        max_ratio=archives.max_ratio,
+        max_parse_bytes=int(archives.docx_max_parse_mb * 2**20),
+    )
 
 
 def reading_options(settings: Settings | None = None) -> dict:
@@ -126,8 +136,13 @@ def reading_options(settings: Settings | None = None) -> dict:
     deadline of one page's render (``HOMER_OCR``, ``HOMER_TESSERACT``, ``HOMER_OCR_LANG``,
     ``HOMER_RENDER_SECONDS``; default: the process's settings)."""
     settings = settings or load_settings()
-    return {"zip_limits": zip_limits(settings), "ocr": settings.ocr.enabled, "ocr_command": settings.ocr.tesseract,
-            "ocr_language": settings.ocr.language, "render_seconds": settings.render.seconds}
+    return {
+        "zip_limits": zip_limits(settings),
+        "ocr": settings.ocr.enabled,
+        "ocr_command": settings.ocr.tesseract,
+        "ocr_language": settings.ocr.language,
+        "render_seconds": settings.render.seconds,
+    }
 
 
 __all__ = ["IngestLimits", "ingest_limits", "max_upload_bytes", "reading_options", "zip_limits"]

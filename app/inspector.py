@@ -11,8 +11,8 @@ import torch
 
 from homer.cache import HomerCache
 from homer.document import tokenize_document
-from homer.reading.locations import SECTION_SEPARATOR, LocationMap
 from homer.plan import ChunkPlan
+from homer.reading.locations import SECTION_SEPARATOR, LocationMap
 
 
 def tree_shape(cache: HomerCache) -> dict:
@@ -20,22 +20,39 @@ def tree_shape(cache: HomerCache) -> dict:
     height, tokens kept per node at every level and the layers each level ran."""
     settings = cache.settings
     context_len = int(cache.metadata.get("context_len") or int((cache.sources >= 0).sum()))
-    plan = ChunkPlan(prefix_len=cache.prefix_len, context_len=context_len, suffix_len=cache.suffix_len,
-                     max_chunk_len=int(settings["max_chunk_len"]), target_len=int(settings["target_len"]),
-                     num_layers=cache.num_layers, warmup_layers=int(settings["warmup_layers"]))
+    plan = ChunkPlan(
+        prefix_len=cache.prefix_len,
+        context_len=context_len,
+        suffix_len=cache.suffix_len,
+        max_chunk_len=int(settings["max_chunk_len"]),
+        target_len=int(settings["target_len"]),
+        num_layers=cache.num_layers,
+        warmup_layers=int(settings["warmup_layers"]),
+    )
     levels = []
     for height in range(plan.height + 1):
         nodes = 2 ** (plan.height - height)
         raw = plan.raw_len(0, height)
         kept = len(cache) if height == plan.height else min(raw, plan.node_target)  # the root: what was stored
         layers = plan.layers_at(height)
-        levels.append({"height": height, "nodes": nodes, "tokens_kept": kept, "layers": [layers.start, layers.stop - 1]})
+        levels.append(
+            {"height": height, "nodes": nodes, "tokens_kept": kept, "layers": [layers.start, layers.stop - 1]}
+        )
     return {
-        "leaves": plan.num_leaves, "height": plan.height, "cache_tokens": len(cache), "context_tokens": context_len,
-        "kept_context_tokens": int((cache.sources >= 0).sum()), "prefix_tokens": cache.prefix_len,
-        "suffix_tokens": cache.suffix_len, "max_chunk_len": plan.max_chunk_len, "target_len": plan.target_len,
-        "warmup_layers": plan.warmup_layers, "layers": cache.num_layers, "block_layers": plan.block_layers,
-        "slice_tokens": plan.slice_len, "levels": levels,
+        "leaves": plan.num_leaves,
+        "height": plan.height,
+        "cache_tokens": len(cache),
+        "context_tokens": context_len,
+        "kept_context_tokens": int((cache.sources >= 0).sum()),
+        "prefix_tokens": cache.prefix_len,
+        "suffix_tokens": cache.suffix_len,
+        "max_chunk_len": plan.max_chunk_len,
+        "target_len": plan.target_len,
+        "warmup_layers": plan.warmup_layers,
+        "layers": cache.num_layers,
+        "block_layers": plan.block_layers,
+        "slice_tokens": plan.slice_len,
+        "levels": levels,
     }
 
 
@@ -48,8 +65,13 @@ def page_token_counts(text: str, page_starts: list[int], tokenizer) -> list[int]
     return counts
 
 
-def kept_density(cache: HomerCache, page_starts: list[int] | None = None, page_tokens: list[int] | None = None,
-                 bins: int = 40, locations: LocationMap | None = None) -> dict:
+def kept_density(
+    cache: HomerCache,
+    page_starts: list[int] | None = None,
+    page_tokens: list[int] | None = None,
+    bins: int = 40,
+    locations: LocationMap | None = None,
+) -> dict:
     """Kept-token density. Per page when the document has pages, the cache records character
     offsets and ``page_tokens`` is given (per section, labelled by its heading, when
     ``locations`` is a sectioned :class:`homer.reading.locations.LocationMap`); else per equal stretch
@@ -93,8 +115,12 @@ def density_figure(data: dict, title: str = ""):
     step = max(1, n // 12)
     ax.set_xticks(range(0, n, step))
     sections = data["unit"] == "section"
-    ax.set_xticklabels([_tick(data["labels"][i]) if sections else data["labels"][i] for i in range(0, n, step)],
-                       rotation=30 if sections else 0, ha="right" if sections else "center", fontsize=8)
+    ax.set_xticklabels(
+        [_tick(data["labels"][i]) if sections else data["labels"][i] for i in range(0, n, step)],
+        rotation=30 if sections else 0,
+        ha="right" if sections else "center",
+        fontsize=8,
+    )
     ax.set_xlabel(data["unit"] if data["unit"] in ("page", "section") else "position in the document (token)")
     ax.set_ylabel("tokens kept (%)")
     ax.set_title(title or "Which parts of the text survived into the cache", fontsize=10)
@@ -107,7 +133,7 @@ def density_figure(data: dict, title: str = ""):
 def _tick(label: str, limit: int = 18) -> str:
     """A section's label short enough for an axis tick (its deepest heading)."""
     label = label.rsplit(SECTION_SEPARATOR, 1)[-1]
-    return label if len(label) <= limit else label[:limit - 1].rstrip() + "…"
+    return label if len(label) <= limit else label[: limit - 1].rstrip() + "…"
 
 
 def tree_figure(shape: dict):
@@ -132,19 +158,36 @@ def tree_figure(shape: dict):
             width = 0.96 / nodes
             for i in range(nodes):
                 x = 0.02 + i * width
-                ax.add_patch(FancyBboxPatch((x + width * 0.08, y - 0.3), width * 0.84, 0.6, boxstyle="round,pad=0.005",
-                                            color="#3b7dd8" if level["height"] == shape["height"] else "#9cc0ef"))
+                ax.add_patch(
+                    FancyBboxPatch(
+                        (x + width * 0.08, y - 0.3),
+                        width * 0.84,
+                        0.6,
+                        boxstyle="round,pad=0.005",
+                        color="#3b7dd8" if level["height"] == shape["height"] else "#9cc0ef",
+                    )
+                )
                 if nodes <= 16:
-                    ax.text(x + width / 2, y, str(level["tokens_kept"]), ha="center", va="center", fontsize=8,
-                            color="white" if level["height"] == shape["height"] else "black")
+                    ax.text(
+                        x + width / 2,
+                        y,
+                        str(level["tokens_kept"]),
+                        ha="center",
+                        va="center",
+                        fontsize=8,
+                        color="white" if level["height"] == shape["height"] else "black",
+                    )
         first, last = level["layers"]
         name = "root" if level["height"] == shape["height"] else ("leaves" if level["height"] == 0 else f"level {y}")
         ax.text(1.01, y, f"{name}: layers {first}–{last}", va="center", fontsize=8)
     ax.set_xlim(0, 1.3)
     ax.set_ylim(-0.6, len(levels) - 0.4)
     ax.axis("off")
-    ax.set_title(f"Merge tree: {shape['leaves']} leaves, height {shape['height']}, "
-                 f"{shape['context_tokens']} document tokens → {shape['cache_tokens']} cached", fontsize=10)
+    ax.set_title(
+        f"Merge tree: {shape['leaves']} leaves, height {shape['height']}, "
+        f"{shape['context_tokens']} document tokens → {shape['cache_tokens']} cached",
+        fontsize=10,
+    )
     fig.tight_layout()
     return fig
 
@@ -161,7 +204,9 @@ def summary_markdown(shape: dict, data: dict) -> str:
     ]
     if data["unit"] in ("page", "section"):
         densest = max(range(len(data["density"])), key=lambda i: data["density"][i])
-        lines.append(f"Densest {data['unit']}: {data['labels'][densest]} ({100 * data['density'][densest]:.1f} % kept).")
+        lines.append(
+            f"Densest {data['unit']}: {data['labels'][densest]} ({100 * data['density'][densest]:.1f} % kept)."
+        )
     return "\n\n".join(lines)
 
 

@@ -143,35 +143,62 @@ def library(store, model_name: str, fingerprint: str, owner: str | None = None, 
             state = job_label(doc_jobs[-1], now)
         else:
             state = "not read by this model yet"
-        entries.append({
-            "id": doc["id"], "name": doc["file_name"], "title": doc["title"], "state": state, "ready": bool(caches),
-            "askable": True, "reading": None if caches else reading_label(active[-1] if active else
-                                                                          (doc_jobs[-1] if doc_jobs else None)),
-            "deep_read": bool(caches and caches[0].get("leaf_states_file")),
-            "size": doc["bytes"], "pages": doc["pages"], "tokens": doc["token_count"],
-            "model": short_model(caches[0]["model_name"] if caches else (doc_jobs[-1]["model"] if doc_jobs else "")),
-            "cache_tokens": caches[0]["tokens"] if caches else None,
-            "access": doc.get("access") or "owner",
-            "shared_with": sharing.shares_of(store, doc["id"], owner) if owner and doc.get("access") == "owner" else [],
-        })
+        entries.append(
+            {
+                "id": doc["id"],
+                "name": doc["file_name"],
+                "title": doc["title"],
+                "state": state,
+                "ready": bool(caches),
+                "askable": True,
+                "reading": None
+                if caches
+                else reading_label(active[-1] if active else (doc_jobs[-1] if doc_jobs else None)),
+                "deep_read": bool(caches and caches[0].get("leaf_states_file")),
+                "size": doc["bytes"],
+                "pages": doc["pages"],
+                "tokens": doc["token_count"],
+                "model": short_model(
+                    caches[0]["model_name"] if caches else (doc_jobs[-1]["model"] if doc_jobs else "")
+                ),
+                "cache_tokens": caches[0]["tokens"] if caches else None,
+                "access": doc.get("access") or "owner",
+                "shared_with": sharing.shares_of(store, doc["id"], owner)
+                if owner and doc.get("access") == "owner"
+                else [],
+            }
+        )
     for document_id, doc_jobs in jobs.items():  # uploads not ingested yet, or refused by the worker
         if document_id in documents or (allowed is not None and document_id not in allowed):
             continue
         job = doc_jobs[-1]
-        if job["state"] == "done" or (job["state"] == "failed" and now - (job["finished"] or 0) > FAILED_UPLOAD_SECONDS):
+        if job["state"] == "done" or (
+            job["state"] == "failed" and now - (job["finished"] or 0) > FAILED_UPLOAD_SECONDS
+        ):
             continue
         try:
             upload = store.upload_path(job["upload"]) if job.get("upload") else None
         except StoreError:  # a row naming anything else is not sized
             upload = None
-        entries.append({
-            "id": document_id, "name": job["file_name"] or document_id[:12], "title": job["file_name"],
-            "state": job_label(job, now), "ready": False, "askable": False, "reading": reading_label(job),
-            "deep_read": False,
-            "size": upload.stat().st_size if upload is not None and upload.exists() else None,
-            "pages": None, "tokens": None, "model": short_model(job["model"]), "cache_tokens": None,
-            "access": "owner", "shared_with": [],
-        })
+        entries.append(
+            {
+                "id": document_id,
+                "name": job["file_name"] or document_id[:12],
+                "title": job["file_name"],
+                "state": job_label(job, now),
+                "ready": False,
+                "askable": False,
+                "reading": reading_label(job),
+                "deep_read": False,
+                "size": upload.stat().st_size if upload is not None and upload.exists() else None,
+                "pages": None,
+                "tokens": None,
+                "model": short_model(job["model"]),
+                "cache_tokens": None,
+                "access": "owner",
+                "shared_with": [],
+            }
+        )
     return entries
 
 
@@ -186,9 +213,20 @@ def access_label(entry: dict) -> str:
 
 def table_rows(entries: list[dict], team: bool = False) -> list[list]:
     """The library table's rows (:data:`HEADERS`; with ``team``, :data:`TEAM_HEADERS`)."""
-    return [[e["name"], e["state"], human_bytes(e["size"]), e["pages"] if e["pages"] is not None else "",
-             e["tokens"] if e["tokens"] is not None else "", e["model"], DEEP_READ_LABELS[e["deep_read"]],
-             e["id"][:12], *([access_label(e)] if team else [])] for e in entries]
+    return [
+        [
+            e["name"],
+            e["state"],
+            human_bytes(e["size"]),
+            e["pages"] if e["pages"] is not None else "",
+            e["tokens"] if e["tokens"] is not None else "",
+            e["model"],
+            DEEP_READ_LABELS[e["deep_read"]],
+            e["id"][:12],
+            *([access_label(e)] if team else []),
+        ]
+        for e in entries
+    ]
 
 
 def choices(entries: list[dict], ready_only: bool = False) -> list[tuple[str, str]]:
@@ -205,8 +243,11 @@ def askable_choices(entries: list[dict]) -> list[tuple[str, str]]:
     """(label, document id) pairs for the chat's picker: every document whose text is stored
     (askable from its passages while it is read), a document still being read labelled with
     its progress (``book.pdf · 3f2a9c1d — reading 43 %``)."""
-    return [(f"{e['name']} · {e['id'][:8]}" + (f" — {e['reading']}" if e["reading"] else ""), e["id"])
-            for e in entries if e["askable"]]
+    return [
+        (f"{e['name']} · {e['id'][:8]}" + (f" — {e['reading']}" if e["reading"] else ""), e["id"])
+        for e in entries
+        if e["askable"]
+    ]
 
 
 # --- uploads --------------------------------------------------------------------------------
@@ -226,8 +267,9 @@ def check_upload(data: bytes, file_name: str) -> None:
         raise IngestError(f"{name}: the file is empty")
     limits = ingest_limits()
     if len(data) > limits.max_bytes:
-        raise IngestError(f"{name}: the file is {len(data) / 2**20:.1f} MB, over the limit of "
-                          f"{limits.max_bytes / 2**20:.1f} MB")
+        raise IngestError(
+            f"{name}: the file is {len(data) / 2**20:.1f} MB, over the limit of {limits.max_bytes / 2**20:.1f} MB"
+        )
     if suffix in SECTIONED_SUFFIXES:  # before the PDF check: a PDF named .docx is refused, not read
         try:
             check_sectioned_upload(SECTIONED_SUFFIXES[suffix], data, zip_limits())
@@ -250,8 +292,14 @@ def check_upload(data: bytes, file_name: str) -> None:
     check_text_upload(data, name, limits)
 
 
-def submit_upload_file(queue, path: Path, model_name: str, settings: dict | None = None,
-                       owner: str | None = None, ids: list[str] | None = None) -> list[str]:
+def submit_upload_file(
+    queue,
+    path: Path,
+    model_name: str,
+    settings: dict | None = None,
+    owner: str | None = None,
+    ids: list[str] | None = None,
+) -> list[str]:
     """Check and queue one uploaded file the web server wrote to ``path``: its size is
     checked before it is read (the server accepts files up to the larger bundle limit).
     ``ids``: as :func:`submit_uploads`'s."""
@@ -268,8 +316,14 @@ def submit_upload_file(queue, path: Path, model_name: str, settings: dict | None
     return submit_uploads(queue, [(path.name, path.read_bytes())], model_name, settings, owner, ids)
 
 
-def submit_uploads(queue, files: list[tuple[str, bytes]], model_name: str, settings: dict | None = None,
-                   owner: str | None = None, ids: list[str] | None = None) -> list[str]:
+def submit_uploads(
+    queue,
+    files: list[tuple[str, bytes]],
+    model_name: str,
+    settings: dict | None = None,
+    owner: str | None = None,
+    ids: list[str] | None = None,
+) -> list[str]:
     """Check and queue uploaded files ``(name, bytes)``; one line per file saying what happened.
     ``ids``, when given, gets the document id of each file accepted (the chat selects it
     once its text is stored)."""
@@ -294,8 +348,9 @@ def submit_uploads(queue, files: list[tuple[str, bytes]], model_name: str, setti
     return lines
 
 
-def submit_existing(queue, document_id: str, model_name: str, settings: dict | None = None,
-                    owner: str | None = None) -> str:
+def submit_existing(
+    queue, document_id: str, model_name: str, settings: dict | None = None, owner: str | None = None
+) -> str:
     """Queue a stored document for a build with this model and settings (its owner only: a
     document shared with this user is read with the caches its owner made)."""
     doc = check_access(queue.store, document_id, owner)

@@ -56,8 +56,9 @@ def prune_exports(folder: Path, keep_seconds: float = EXPORT_KEEP_SECONDS, now: 
     return removed
 
 
-def export_document(store, document_id: str, fingerprint: str, owner: str | None = None,
-                    folder: str | Path | None = None) -> Path:
+def export_document(
+    store, document_id: str, fingerprint: str, owner: str | None = None, folder: str | Path | None = None
+) -> Path:
     """Write the document's cache for this model as a bundle (a zip) and return its path:
     in ``folder``, or in a fresh subfolder of :func:`exports_dir` (older exports there are
     pruned first). An owner's bundle carries the source file; a grantee's (a document shared
@@ -78,8 +79,15 @@ def export_document(store, document_id: str, fingerprint: str, owner: str | None
         prune_exports(exports)
         folder = Path(tempfile.mkdtemp(prefix="export-", dir=exports))
     stem = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(doc["file_name"]).stem)[:80] or doc["id"][:12]
-    return export_bundle(store, doc["id"], folder / f"{stem}.homer-bundle.zip", cache_id=caches[0]["id"],
-                         file_name=doc["file_name"], title=doc["title"], include_source=not shared)
+    return export_bundle(
+        store,
+        doc["id"],
+        folder / f"{stem}.homer-bundle.zip",
+        cache_id=caches[0]["id"],
+        file_name=doc["file_name"],
+        title=doc["title"],
+        include_source=not shared,
+    )
 
 
 def export_message(path: Path) -> str:
@@ -105,11 +113,20 @@ def text_from_source(tokenizer=None):
         limit = max_upload_bytes()
         size = path.stat().st_size
         if size > limit:
-            raise IngestError(f"{file_name}: the source file is {size / 2**20:.1f} MB, over the upload limit of "
-                              f"{limit / 2**20:.1f} MB")
+            raise IngestError(
+                f"{file_name}: the source file is {size / 2**20:.1f} MB, over the upload limit of "
+                f"{limit / 2**20:.1f} MB"
+            )
         doc = ingest_bytes(path.read_bytes(), file_name, tokenizer)
-        return {"text": doc.text, "kind": doc.kind, "page_starts": doc.page_starts, "passages": doc.passages,
-                "token_count": doc.token_count, "title": doc.title, "locations": doc.locations}
+        return {
+            "text": doc.text,
+            "kind": doc.kind,
+            "page_starts": doc.page_starts,
+            "passages": doc.passages,
+            "token_count": doc.token_count,
+            "title": doc.title,
+            "locations": doc.locations,
+        }
 
     return read
 
@@ -132,8 +149,9 @@ def bundle_limits() -> dict:
     return {"bundle_max_mb": bundles.max_mb, "bundle_max_text_mb": bundles.max_text_mb}
 
 
-def import_bundle_file(store, path: str | Path, fingerprint: str | None, owner: str | None = None,
-                       tokenizer=None) -> dict:
+def import_bundle_file(
+    store, path: str | Path, fingerprint: str | None, owner: str | None = None, tokenizer=None
+) -> dict:
     """Check and import a bundle (refusing a cache of another model, checking its text
     against its source file with the app's ingestion and its cache's tokens with
     ``tokenizer``); returns the cache row (``already_in_store`` when that cache was there).
@@ -141,9 +159,16 @@ def import_bundle_file(store, path: str | Path, fingerprint: str | None, owner: 
     same as uploading it) — unless the import would launder a share (:func:`admission`),
     which is refused before anything is written."""
 
-    row = import_bundle(store, path, model_fingerprint=fingerprint, tokenizer=tokenizer,
-                        text_from_source=text_from_source(tokenizer), max_chars=ingest_limits().max_chars,
-                        admit=admission(store, owner), **bundle_limits())
+    row = import_bundle(
+        store,
+        path,
+        model_fingerprint=fingerprint,
+        tokenizer=tokenizer,
+        text_from_source=text_from_source(tokenizer),
+        max_chars=ingest_limits().max_chars,
+        admit=admission(store, owner),
+        **bundle_limits(),
+    )
     add_owner(store, row["document_id"], owner, row.get("file_name"))
     return row
 
@@ -171,11 +196,15 @@ def admission(store, owner: str | None):
                 return
             reached = _seen(store, owner, f"d.id IN ({', '.join('?' * len(origins))})", origins)
             if not reached:
-                raise StoreError("refused: this bundle was exported from a document shared read-only with its "
-                                 "exporter; only that document's owner can share it with you")
+                raise StoreError(
+                    "refused: this bundle was exported from a document shared read-only with its "
+                    "exporter; only that document's owner can share it with you"
+                )
         if not reached or any(row["access"] == "owner" for row in reached):
             return
-        raise StoreError(f"refused: {reached[0]['file_name']} is already in your library, shared with you "
-                         "read-only: importing it changes nothing")
+        raise StoreError(
+            f"refused: {reached[0]['file_name']} is already in your library, shared with you "
+            "read-only: importing it changes nothing"
+        )
 
     return admit

@@ -69,8 +69,15 @@ from .settings import load_settings
 TOOLS = ("list_documents", "upload", "build_status", "ask", "export_bundle")
 # the API names of the tools' endpoints (the UI has its own /upload and /ask events; gradio_client
 # uploads a file with /upload_document, which is not a tool)
-ENDPOINTS = {"list_documents": "list_documents", "upload": "upload_data_url", "build_status": "build_status",
-             "ask": "ask_document", "export_bundle": "export_bundle"}
+ENDPOINTS = {
+    "list_documents": "list_documents",
+    "upload": "upload_data_url",
+    "build_status": "build_status",
+    "ask": "ask_document",
+    "export_bundle": "export_bundle",
+}
+
+
 def _upload_folders() -> list[Path]:
     """Where gradio writes the files a client uploads (``gradio_client``'s files included)."""
     folders = {load_settings().server.gradio_temp_dir or str(Path(tempfile.gettempdir()) / "gradio")}
@@ -94,8 +101,9 @@ def _uploaded_path(file) -> tuple[Path, str | None]:
     return resolved, name
 
 
-NO_FETCH = ("the server does not fetch URLs: download the file and send its bytes as a data: URL "
-            "(data:<type>;base64,<bytes>)")
+NO_FETCH = (
+    "the server does not fetch URLs: download the file and send its bytes as a data: URL (data:<type>;base64,<bytes>)"
+)
 DECODE_CHARS = 1 << 16  # a data: URL is decoded this many characters at a time
 
 
@@ -118,13 +126,14 @@ def read_data_url(url: str, limit: int) -> tuple[bytes, str, str | None]:
         raise StoreError("the data: URL has no comma before its data")
     params = [p.strip() for p in header.split(";")]
     media = params[0].lower() or "text/plain"
-    name = next((p.partition("=")[2].strip('"') for p in params[1:]
-                 if p.lower().startswith(("name=", "filename="))), None)
+    name = next(
+        (p.partition("=")[2].strip('"') for p in params[1:] if p.lower().startswith(("name=", "filename="))), None
+    )
     encoded = bool(params[1:]) and params[-1].lower() == "base64"
     over = f"the file is over the upload limit of {limit / 2**20:.1f} MB"
     parts, size, escape, base = [], 0, "", ""
     for start in range(0, len(payload), DECODE_CHARS):
-        chunk, escape = escape + payload[start:start + DECODE_CHARS], ""
+        chunk, escape = escape + payload[start : start + DECODE_CHARS], ""
         if start + DECODE_CHARS < len(payload):  # a %XX escape cut by the slice waits for the next
             cut = chunk.rfind("%", max(0, len(chunk) - 2))
             if cut >= 0:
@@ -148,8 +157,9 @@ def read_data_url(url: str, limit: int) -> tuple[bytes, str, str | None]:
     return b"".join(parts), media, name
 
 
-def add_tools(store, queue, chat, model_name: str, access: Access, gpu: Callable | None = None,
-              slices=None) -> Downloads:
+def add_tools(
+    store, queue, chat, model_name: str, access: Access, gpu: Callable | None = None, slices=None
+) -> Downloads:
     """Register the five tools as API endpoints of the Blocks being built (call it inside
     ``with gr.Blocks():``). They are not queued, so an MCP call runs them directly with its
     own request (its credentials); ``ask`` takes its turn with every other model call
@@ -184,9 +194,18 @@ def add_tools(store, queue, chat, model_name: str, access: Access, gpu: Callable
             one dict per document: id, name, state (queued, reading …, ready, failed: …), ready (true when it can be asked), pages, tokens, access (owner, or shared: read-only)
         """
         owner = access.owner(request, profile)
-        return [{"id": e["id"], "name": e["name"], "state": e["state"], "ready": e["ready"], "pages": e["pages"],
-                 "tokens": e["tokens"], "access": e["access"]}
-                for e in library.library(store, model_name, fingerprint(), owner)]
+        return [
+            {
+                "id": e["id"],
+                "name": e["name"],
+                "state": e["state"],
+                "ready": e["ready"],
+                "pages": e["pages"],
+                "tokens": e["tokens"],
+                "access": e["access"],
+            }
+            for e in library.library(store, model_name, fingerprint(), owner)
+        ]
 
     def add(owner: str | None, file_name: str, data: bytes) -> dict:
         lines = library.submit_uploads(queue, [(file_name, data)], model_name, None, owner)
@@ -210,8 +229,9 @@ def add_tools(store, queue, chat, model_name: str, access: Access, gpu: Callable
         file_name = Path(name or carried or f"upload{mimetypes.guess_extension(media) or '.txt'}").name
         return add(owner, file_name, data)
 
-    def upload_document(file: FileData, name: str = "", request: gr.Request = None,
-                        profile: gr.OAuthProfile | None = None) -> dict:
+    def upload_document(
+        file: FileData, name: str = "", request: gr.Request = None, profile: gr.OAuthProfile | None = None
+    ) -> dict:
         """Add a document sent with gradio_client's handle_file to your library and queue it for reading.
 
         Args:
@@ -243,19 +263,28 @@ def add_tools(store, queue, chat, model_name: str, access: Access, gpu: Callable
         if slices is not None:
             slices.run_next(owner)  # builds in requests: each status call reads on
         entries = library.library(store, model_name, fingerprint(), owner)
-        found = [e for e in entries if ref and (e["id"] == ref or e["name"] == ref)] or \
-                [e for e in entries if ref and e["id"].startswith(ref)]
+        found = [e for e in entries if ref and (e["id"] == ref or e["name"] == ref)] or [
+            e for e in entries if ref and e["id"].startswith(ref)
+        ]
         if len(found) != 1:
-            raise library.not_found(ref) if not found else StoreError(
-                f"{ref!r} matches {len(found)} documents in your library; use more of the id")
+            raise (
+                library.not_found(ref)
+                if not found
+                else StoreError(f"{ref!r} matches {len(found)} documents in your library; use more of the id")
+            )
         entry = found[0]
         return {"id": entry["id"], "name": entry["name"], "state": entry["state"], "ready": entry["ready"]}
 
     @signed_in
     @model_turns.takes_turns("mcp ask")
     @gpu
-    def ask(document: str, question: str, max_new_tokens: int = 256, request: gr.Request = None,
-            profile: gr.OAuthProfile | None = None) -> dict:
+    def ask(
+        document: str,
+        question: str,
+        max_new_tokens: int = 256,
+        request: gr.Request = None,
+        profile: gr.OAuthProfile | None = None,
+    ) -> dict:
         """Ask a question about a document of your library; answered from its passages and its stored cache (a document still being read answers specific questions from its passages).
 
         Args:
@@ -277,8 +306,9 @@ def add_tools(store, queue, chat, model_name: str, access: Access, gpu: Callable
             if state and state.startswith("reading failed"):
                 raise StoreError(f"{document}: {state}") from None
             if state:
-                raise StoreError(f"{document}: {state} — its text is not stored yet, ask again in a few seconds") \
-                    from None
+                raise StoreError(
+                    f"{document}: {state} — its text is not stored yet, ask again in a few seconds"
+                ) from None
             raise
         key = f"mcp:{uuid.uuid4().hex}"  # each call is a conversation of its own
         answer, stats = "", {}
@@ -288,14 +318,30 @@ def add_tools(store, queue, chat, model_name: str, access: Access, gpu: Callable
                 pass
         finally:
             chat.clear(key, doc["id"])
-        sources = [{"document": p.get("document") or doc["file_name"], "label": p.get("label") or "",
-                    "location": p.get("location"), "quote": p.get("quote") or "", "start": p.get("start"),
-                    "end": p.get("end")} for p in reader.places_of(stats)]
-        return {"answer": stats.get("answer", answer), "sources": sources, "sources_label": stats.get("sources") or "",
-                "strategy": stats.get("focus"), "notes": stats.get("notes") or [],
-                "reading": stats.get("reading") or "ready",
-                "report": {k: stats[k] for k in ("focus", "time_to_first_token", "seconds", "new_tokens",
-                                                 "retrieval_seconds", "coverage") if k in stats}}
+        sources = [
+            {
+                "document": p.get("document") or doc["file_name"],
+                "label": p.get("label") or "",
+                "location": p.get("location"),
+                "quote": p.get("quote") or "",
+                "start": p.get("start"),
+                "end": p.get("end"),
+            }
+            for p in reader.places_of(stats)
+        ]
+        return {
+            "answer": stats.get("answer", answer),
+            "sources": sources,
+            "sources_label": stats.get("sources") or "",
+            "strategy": stats.get("focus"),
+            "notes": stats.get("notes") or [],
+            "reading": stats.get("reading") or "ready",
+            "report": {
+                k: stats[k]
+                for k in ("focus", "time_to_first_token", "seconds", "new_tokens", "retrieval_seconds", "coverage")
+                if k in stats
+            },
+        }
 
     def export_bundle(document: str, request: gr.Request = None, profile: gr.OAuthProfile | None = None) -> str:
         """Export a ready document's cache as a bundle (a zip) that another HOMER Chat imports without reading the document again.

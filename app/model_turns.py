@@ -93,6 +93,7 @@ def takes_turns(door: str) -> Callable[[Callable], Callable]:
 
     def wrap(fn: Callable) -> Callable:
         if inspect.isgeneratorfunction(fn):
+
             @functools.wraps(fn)
             def streamed(*args, **kwargs):
                 with model_turn(door):

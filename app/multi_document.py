@@ -63,10 +63,12 @@ def describe(stats: dict) -> str:
     names = ", ".join(d["name"] for d in documents[:4])
     if len(documents) > 4:
         names += f" and {len(documents) - 4} more"
-    line = (f"turn {stats.get('turn', 1)} · time to first token **{stats.get('time_to_first_token', 0):.2f} s** · "
-            f"{stats.get('tokens_per_second', 0):.1f} tokens/s · {len(stats.get('passages', []))} passages from "
-            f"{len(documents)} documents ({names}) read for this question, no cache · "
-            f"{stats.get('appended_tokens', 0)} prompt tokens")
+    line = (
+        f"turn {stats.get('turn', 1)} · time to first token **{stats.get('time_to_first_token', 0):.2f} s** · "
+        f"{stats.get('tokens_per_second', 0):.1f} tokens/s · {len(stats.get('passages', []))} passages from "
+        f"{len(documents)} documents ({names}) read for this question, no cache · "
+        f"{stats.get('appended_tokens', 0)} prompt tokens"
+    )
     return line + turn_line_notes(stats)
 
 
@@ -118,8 +120,14 @@ class SeveralDocuments:
             return None, rows[0]["id"]
         return selection_key([r["id"] for r in rows], whole), None
 
-    def history(self, session_key: str, refs, owner: str | None = None, model_name: str | None = None,
-                settings: dict | None = None) -> list[dict]:
+    def history(
+        self,
+        session_key: str,
+        refs,
+        owner: str | None = None,
+        model_name: str | None = None,
+        settings: dict | None = None,
+    ) -> list[dict]:
         """The messages of this session's conversation about the selection (a one-document
         selection: that document's conversation); empty for an empty selection."""
         if not refs:
@@ -131,8 +139,14 @@ class SeveralDocuments:
             held = self._sessions.get((session_key, key))
         return [dict(m) for m in held[0].messages] if held else []
 
-    def clear(self, session_key: str, refs, owner: str | None = None, model_name: str | None = None,
-              settings: dict | None = None) -> None:
+    def clear(
+        self,
+        session_key: str,
+        refs,
+        owner: str | None = None,
+        model_name: str | None = None,
+        settings: dict | None = None,
+    ) -> None:
         if not refs:
             return
         key, single = self._key(refs, owner, model_name, settings)
@@ -157,9 +171,18 @@ class SeveralDocuments:
             return held[0]
 
     # --- asking ------------------------------------------------------------------------------
-    def ask(self, session_key: str, refs, question: str, owner: str | None = None, model_name: str | None = None,
-            generation: GenerationSettings | None = None, settings: dict | None = None, focus: str | None = None,
-            deep_read: bool = False) -> Iterator[tuple[str, dict]]:
+    def ask(
+        self,
+        session_key: str,
+        refs,
+        question: str,
+        owner: str | None = None,
+        model_name: str | None = None,
+        generation: GenerationSettings | None = None,
+        settings: dict | None = None,
+        focus: str | None = None,
+        deep_read: bool = False,
+    ) -> Iterator[tuple[str, dict]]:
         """Stream ``(answer so far, turn stats)`` for ``question`` over the selection ``refs``.
         The last item's answer ends with the sources ("Sources:" then one line per passage,
         ``- <name>, p. 12: “quote”``; ``HOMER_CITATIONS=0`` leaves it out; the same sources as
@@ -170,8 +193,9 @@ class SeveralDocuments:
         forgotten_turns, seconds. One document: :meth:`ChatService.ask`'s items."""
         rows, whole = self.resolve(refs, owner)
         if len(rows) == 1:
-            yield from self.service.ask(session_key, rows[0]["id"], question, model_name, generation, settings,
-                                        deep_read, focus)
+            yield from self.service.ask(
+                session_key, rows[0]["id"], question, model_name, generation, settings, deep_read, focus
+            )
             return
         from homer.answering import AnswerError, DocumentChat
 
@@ -179,8 +203,12 @@ class SeveralDocuments:
 
         model, tokenizer, _ = self.service.model(model_name)
         try:
-            pipeline = DocumentChat(model, tokenizer, [answering.stored_document(self.service.store, row) for row in rows],
-                                    settings=answering.answer_settings())
+            pipeline = DocumentChat(
+                model,
+                tokenizer,
+                [answering.stored_document(self.service.store, row) for row in rows],
+                settings=answering.answer_settings(),
+            )
         except AnswerError as exc:
             raise ChatError(str(exc)) from None
         chat = self._session(session_key, selection_key([r["id"] for r in rows], whole), {r["id"] for r in rows})

@@ -17,15 +17,24 @@ def add_owner(store, document_id: str, owner: str | None, file_name: str | None 
     file they uploaded or imported; the first name an owner gave is kept)."""
     if owner:
         name = Path(file_name).name[:255] if file_name else None
-        store.db["document_owners"].insert({"document_id": document_id, "owner": owner, "added": dbmod.now(),
-                                            "file_name": name, "title": Path(name).stem if name else None},
-                                           ignore=True)
+        store.db["document_owners"].insert(
+            {
+                "document_id": document_id,
+                "owner": owner,
+                "added": dbmod.now(),
+                "file_name": name,
+                "title": Path(name).stem if name else None,
+            },
+            ignore=True,
+        )
 
 
 # What a user sees of a document's name: their own (documents_owners) where they gave one that
 # differs from the stored row's, else the row's. Another owner's file name or title never shows.
-_SEEN_NAMES = ("CASE WHEN o.file_name IS NULL OR o.file_name = d.file_name THEN d.file_name ELSE o.file_name END",
-               "CASE WHEN o.file_name IS NULL OR o.file_name = d.file_name THEN d.title ELSE o.title END")
+_SEEN_NAMES = (
+    "CASE WHEN o.file_name IS NULL OR o.file_name = d.file_name THEN d.file_name ELSE o.file_name END",
+    "CASE WHEN o.file_name IS NULL OR o.file_name = d.file_name THEN d.title ELSE o.title END",
+)
 
 
 def _seen(store, owner: str | None, where: str = "1", params: list | None = None, shared: bool = True) -> list[dict]:
@@ -33,14 +42,20 @@ def _seen(store, owner: str | None, where: str = "1", params: list | None = None
     ``owner`` or ``shared``), filtered by ``where``: the documents they added and, with
     ``shared``, those shared with them; every document without login."""
     if not owner:
-        return list(store.db.query(f"SELECT d.*, 'owner' AS access FROM documents d WHERE {where} ORDER BY d.created",
-                                   params or []))
+        return list(
+            store.db.query(
+                f"SELECT d.*, 'owner' AS access FROM documents d WHERE {where} ORDER BY d.created", params or []
+            )
+        )
     seen = {"file_name": _SEEN_NAMES[0], "title": _SEEN_NAMES[1]}
-    columns = ", ".join(f"{seen[c.name]} AS {c.name}" if c.name in seen else f"d.{c.name}"
-                        for c in store.db["documents"].columns)
+    columns = ", ".join(
+        f"{seen[c.name]} AS {c.name}" if c.name in seen else f"d.{c.name}" for c in store.db["documents"].columns
+    )
     rows, binds = sharing.accessible_sql(shared)
-    sql = (f"SELECT * FROM (SELECT {columns}, o.access AS access FROM documents d JOIN ({rows}) o "
-           f"ON o.document_id = d.id) d WHERE {where} ORDER BY d.created")
+    sql = (
+        f"SELECT * FROM (SELECT {columns}, o.access AS access FROM documents d JOIN ({rows}) o "
+        f"ON o.document_id = d.id) d WHERE {where} ORDER BY d.created"
+    )
     return list(store.db.query(sql, [owner] * binds + list(params or [])))
 
 
@@ -82,8 +97,13 @@ def check_access(store, document_id: str, owner: str | None, shared: bool = True
         raise not_found(ref)
     rows = _seen(store, owner, "d.id = ?", [ref], shared)
     if not rows:  # a prefix compared as a string (not LIKE: '%' or '_' in a reference match nothing)
-        rows = _seen(store, owner, "(substr(d.id, 1, ?) = ? OR d.file_name = ? OR d.title = ?)",
-                     [len(ref), ref, ref, ref], shared)
+        rows = _seen(
+            store,
+            owner,
+            "(substr(d.id, 1, ?) = ? OR d.file_name = ? OR d.title = ?)",
+            [len(ref), ref, ref, ref],
+            shared,
+        )
     if len(rows) == 1:
         return rows[0]
     if not rows:
@@ -98,8 +118,9 @@ def _own(store, document_id: str, owner: str | None) -> dict:
     return check_access(store, document_id, owner, shared=False)
 
 
-def share_document(store, document_id: str, owner: str | None, grantees: str | list[str] | None = None,
-                   users: set[str] | None = None) -> str:
+def share_document(
+    store, document_id: str, owner: str | None, grantees: str | list[str] | None = None, users: set[str] | None = None
+) -> str:
     """Share a document of this user's read-only with ``grantees`` (names; default everyone).
     ``users``: the names that can log in (``--auth``; None with Hugging Face sign-in)."""
     return sharing.share(store, _own(store, document_id, owner), owner, grantees, users)
@@ -110,8 +131,10 @@ def share_info(hugging_face: bool) -> str:
     Face, where the app cannot know its users) whom a name reaches."""
     info = "read-only: they can ask, inspect and export it (text and cache, not the source file); Unshare ends it"
     if hugging_face:
-        info += (". A name is a Hugging Face username: the share goes to whoever holds that name on Hugging Face, "
-                 "now or later")
+        info += (
+            ". A name is a Hugging Face username: the share goes to whoever holds that name on Hugging Face, "
+            "now or later"
+        )
     return info
 
 

@@ -46,8 +46,9 @@ def unsqueezed(text: str, start: int, end: int, offsets: list[int]) -> list[int]
     return out
 
 
-def find_quote(text: str, quote: str, start: int = 0, end: int | None = None,
-               near: tuple[int, int] | None = None) -> tuple[int, int] | None:
+def find_quote(
+    text: str, quote: str, start: int = 0, end: int | None = None, near: tuple[int, int] | None = None
+) -> tuple[int, int] | None:
     """``(start, end)`` of the quote in ``text[start:end]``, matched exactly up to whitespace
     (case, punctuation and every character count); around ``near`` (the passage's span) first.
     None when the text does not hold it so.

@@ -35,8 +35,9 @@ def start(store, job: dict, read) -> threading.Thread | None:
     with _lock:
         if document_id in _running:
             return None
-        thread = threading.Thread(target=_read, args=(store, dict(job), read), name=f"read-ahead-{document_id[:8]}",
-                                  daemon=True)
+        thread = threading.Thread(
+            target=_read, args=(store, dict(job), read), name=f"read-ahead-{document_id[:8]}", daemon=True
+        )
         _running[document_id] = thread
     thread.start()
     return thread
@@ -55,8 +56,11 @@ def _read(store, job: dict, read) -> None:
         read(store, job)
         log.info("read ahead: %s stored and indexed; askable while its build waits", job.get("file_name"))
     except Exception as exc:  # noqa: BLE001 — the build reads it again and fails the job with the reason
-        log.warning("read ahead of %s stopped (%s); the build reads it", job.get("file_name"),
-                    str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        log.warning(
+            "read ahead of %s stopped (%s); the build reads it",
+            job.get("file_name"),
+            str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+        )
     finally:
         with _lock:
             _running.pop(job["document_id"], None)

@@ -56,13 +56,15 @@ from .settings import load_settings
 log = logging.getLogger(__name__)
 
 MAX_SHOWN_CHARS = 20_000  # of a long location (a whole text file is one), shown around the passage
-RENDER_WIDTH = 1000       # pixels of a rendered PDF page's width
+RENDER_WIDTH = 1000  # pixels of a rendered PDF page's width
 MAX_RENDER_PIXELS = 1000 * 4000  # a page of an odd shape is rendered smaller than this
-MAX_CHOICE_QUOTE = 70     # characters of a quote in the list of sources
+MAX_CHOICE_QUOTE = 70  # characters of a quote in the list of sources
 PLACE_KEYS = ("document_id", "location", "label", "start", "end", "quote")
 
-EMPTY = ('<div class="homer-reader"><div class="reader-empty">The reader: click a source of an answer '
-         'to open the document there.</div></div>')
+EMPTY = (
+    '<div class="homer-reader"><div class="reader-empty">The reader: click a source of an answer '
+    "to open the document there.</div></div>"
+)
 
 # Runs in the browser on the reader's gr.HTML: scrolls the reader's own box (not the page) to the
 # highlight, or to the passage's place, each time a document is opened.
@@ -93,12 +95,20 @@ CSS = """
 
 
 # --- places --------------------------------------------------------------------------------
-def place(document_id: str, number: int, locations: LocationMap, start: int, end: int, quote: str = "",
-          **extra) -> dict:
+def place(
+    document_id: str, number: int, locations: LocationMap, start: int, end: int, quote: str = "", **extra
+) -> dict:
     """One source of an answer: where it is, what was read there and the quote shown."""
     number = int(number)
-    return {"document_id": document_id, "location": number, "label": locations.label(number), "start": int(start),
-            "end": int(end), "quote": quote or "", **extra}
+    return {
+        "document_id": document_id,
+        "location": number,
+        "label": locations.label(number),
+        "start": int(start),
+        "end": int(end),
+        "quote": quote or "",
+        **extra,
+    }
 
 
 def passage_places(document_id: str, passages: Iterable, locations: LocationMap, question: str = "") -> list[dict]:
@@ -126,9 +136,16 @@ def places_of(stats: dict | None) -> list[dict]:
         if not isinstance(item, dict) or not isinstance(item.get("document_id"), str):
             continue
         try:
-            out.append({**item, "location": location_number(item.get("location")),
-                        "start": int(item.get("start") or 0), "end": int(item.get("end") or 0),
-                        "quote": str(item.get("quote") or ""), "label": str(item.get("label") or "")})
+            out.append(
+                {
+                    **item,
+                    "location": location_number(item.get("location")),
+                    "start": int(item.get("start") or 0),
+                    "end": int(item.get("end") or 0),
+                    "quote": str(item.get("quote") or ""),
+                    "label": str(item.get("label") or ""),
+                }
+            )
         except (TypeError, ValueError, OverflowError):  # inf, nan, "two", 2.5: dropped
             continue
     return out
@@ -142,7 +159,7 @@ def choice_label(item: dict) -> str:
     if not quote:
         return head
     if len(quote) > MAX_CHOICE_QUOTE:
-        quote = quote[:MAX_CHOICE_QUOTE - 1].rsplit(" ", 1)[0].rstrip(ELLIPSIS) + ELLIPSIS
+        quote = quote[: MAX_CHOICE_QUOTE - 1].rsplit(" ", 1)[0].rstrip(ELLIPSIS) + ELLIPSIS
     return f"{head}: “{quote}”"
 
 
@@ -193,13 +210,29 @@ def open_place(store, item: dict, owner: str | None) -> Reading:
             if page is not None:
                 body, highlighted = page_html(page, f"{label} of {name}")
                 note = _note(quote, highlighted, "page")
-                return Reading(document_id, name, number, len(locations), label, "page", highlighted,
-                               _frame(name, label, number, len(locations), locations.noun, note, body))
+                return Reading(
+                    document_id,
+                    name,
+                    number,
+                    len(locations),
+                    label,
+                    "page",
+                    highlighted,
+                    _frame(name, label, number, len(locations), locations.noun, note, body),
+                )
     text = store.document_text(document_id)
     body, highlighted, shown = section_html(text, locations.span(number, len(text)), quote, passage)
     note = " ".join(part for part in (refused, _note(quote, highlighted, locations.noun), shown) if part)
-    return Reading(document_id, name, number, len(locations), label, "text", highlighted,
-                   _frame(name, label, number, len(locations), locations.noun, note, body))
+    return Reading(
+        document_id,
+        name,
+        number,
+        len(locations),
+        label,
+        "text",
+        highlighted,
+        _frame(name, label, number, len(locations), locations.noun, note, body),
+    )
 
 
 class PlaceError(ValueError):
@@ -261,13 +294,16 @@ def _frame(name: str, label: str, number: int, count: int, noun: str, note: str,
     if count > 1:
         where += f' <span class="reader-count">({noun} {number} of {count})</span>'
     note_html = f'<div class="reader-note">{html.escape(note)}</div>' if note else ""
-    return (f'<div class="homer-reader" data-location="{number}">'
-            f'<div class="reader-head">{html.escape(name)} · {where}</div>{note_html}'
-            f'<div class="reader-body">{body}</div></div>')
+    return (
+        f'<div class="homer-reader" data-location="{number}">'
+        f'<div class="reader-head">{html.escape(name)} · {where}</div>{note_html}'
+        f'<div class="reader-body">{body}</div></div>'
+    )
 
 
-def section_html(text: str, span: tuple[int, int], quote: str = "",
-                 passage: tuple[int, int] | None = None) -> tuple[str, bool, str]:
+def section_html(
+    text: str, span: tuple[int, int], quote: str = "", passage: tuple[int, int] | None = None
+) -> tuple[str, bool, str]:
     """``(html, highlighted, what is shown)`` of the location ``span`` of ``text``: escaped,
     the quote in ``<mark>`` when found exactly, else an anchor at the passage. A location
     longer than :data:`MAX_SHOWN_CHARS` is cut around the quote (or the passage)."""
@@ -290,12 +326,20 @@ def section_html(text: str, span: tuple[int, int], quote: str = "",
         start, end = a, b
     if found:
         m0, m1 = found
-        inner = (html.escape(text[start:m0]) + '<mark class="reader-target">' + html.escape(text[m0:m1]) + "</mark>"
-                 + html.escape(text[m1:end]))
+        inner = (
+            html.escape(text[start:m0])
+            + '<mark class="reader-target">'
+            + html.escape(text[m0:m1])
+            + "</mark>"
+            + html.escape(text[m1:end])
+        )
     else:
         at = passage[0] if passage and start <= passage[0] < end else None
-        inner = (html.escape(text[start:at]) + '<span class="reader-target"></span>' + html.escape(text[at:end])
-                 if at is not None else html.escape(text[start:end]))
+        inner = (
+            html.escape(text[start:at]) + '<span class="reader-target"></span>' + html.escape(text[at:end])
+            if at is not None
+            else html.escape(text[start:end])
+        )
     return f'<div class="reader-text">{inner}</div>', found is not None, shown
 
 
@@ -323,8 +367,14 @@ def render_page(path, number: int, quote: str = "") -> PageImage | None:
     if not render.available():
         return None
     try:
-        shot = render.render_page(path, number - 1, width=RENDER_WIDTH, max_pixels=MAX_RENDER_PIXELS,
-                                  text=bool(quote_words(quote)), seconds=load_settings().render.seconds)
+        shot = render.render_page(
+            path,
+            number - 1,
+            width=RENDER_WIDTH,
+            max_pixels=MAX_RENDER_PIXELS,
+            text=bool(quote_words(quote)),
+            seconds=load_settings().render.seconds,
+        )
     except render.NoSuchPage:
         return None
     boxes = quote_boxes(path, number, shot, quote) if shot.text is not None else None
@@ -348,13 +398,15 @@ def quote_boxes(path, number: int, shot, quote: str) -> list[tuple[float, float,
     if width <= 0 or height <= 0:
         return None
     try:
-        rects = render.text_rects(path, number - 1, found[0], found[1] - found[0],
-                                  seconds=load_settings().render.seconds)
+        rects = render.text_rects(
+            path, number - 1, found[0], found[1] - found[0], seconds=load_settings().render.seconds
+        )
     except render.RenderError as exc:
         log.warning("no boxes for the quote on page %d of %s: %s", number, path, exc)
         return None
-    boxes = [((x0 - left) / width, (top - y1) / height, (x1 - x0) / width, (y1 - y0) / height)
-             for x0, y0, x1, y1 in rects]
+    boxes = [
+        ((x0 - left) / width, (top - y1) / height, (x1 - x0) / width, (y1 - y0) / height) for x0, y0, x1, y1 in rects
+    ]
     return boxes or None
 
 
@@ -364,11 +416,29 @@ def page_html(page: PageImage, alt: str) -> tuple[str, bool]:
     marks = "".join(
         f'<div class="reader-mark{" reader-target" if i == 0 else ""}" style="left:{x * 100:.3f}%;'
         f'top:{y * 100:.3f}%;width:{w * 100:.3f}%;height:{h * 100:.3f}%"></div>'
-        for i, (x, y, w, h) in enumerate(page.boxes or []))
-    body = (f'<div class="reader-page" style="aspect-ratio:{page.width}/{page.height}">'
-            f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">{marks}</div>')
+        for i, (x, y, w, h) in enumerate(page.boxes or [])
+    )
+    body = (
+        f'<div class="reader-page" style="aspect-ratio:{page.width}/{page.height}">'
+        f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}">{marks}</div>'
+    )
     return body, bool(page.boxes)
 
 
-__all__ = ["CSS", "EMPTY", "SCROLL_JS", "PlaceError", "Reading", "choice_label", "find_quote", "location_places", "open_location",
-           "open_place", "passage_places", "place", "places_of", "render_page", "section_html"]
+__all__ = [
+    "CSS",
+    "EMPTY",
+    "SCROLL_JS",
+    "PlaceError",
+    "Reading",
+    "choice_label",
+    "find_quote",
+    "location_places",
+    "open_location",
+    "open_place",
+    "passage_places",
+    "place",
+    "places_of",
+    "render_page",
+    "section_html",
+]

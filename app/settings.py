@@ -80,8 +80,9 @@ def lenient_choice(variable: str, allowed: tuple[str, ...], default: str):
         if word not in allowed:
             import logging
 
-            logging.getLogger(__name__).warning("%s must be one of %s, not %r: %s used", variable,
-                                                ", ".join(allowed), word, default)
+            logging.getLogger(__name__).warning(
+                "%s must be one of %s, not %r: %s used", variable, ", ".join(allowed), word, default
+            )
             return default
         return word
 
@@ -115,89 +116,123 @@ RETRIEVERS = ("bm25", "dense", "rrf")
 class ServerSettings(Section):
     """The app's process and who may use it."""
 
-    model: str = setting("embedded", "HOMER_MODEL",
-                         "The model: embedded (SmolLM2-135M-Instruct), a Hugging Face id or a local folder "
-                         "(app.py --model wins)")
-    auth: SecretStr | None = setting(None, "HOMER_AUTH",
-                                     "Logins, user:password pairs separated by commas (app.py --auth wins); "
-                                     "each user then sees only their own documents")
-    lock_model: Flag = setting(False, "HOMER_LOCK_MODEL", "Users may not switch the model in Settings "
-                                                          "(always locked on a Space)")
+    model: str = setting(
+        "embedded",
+        "HOMER_MODEL",
+        "The model: embedded (SmolLM2-135M-Instruct), a Hugging Face id or a local folder (app.py --model wins)",
+    )
+    auth: SecretStr | None = setting(
+        None,
+        "HOMER_AUTH",
+        "Logins, user:password pairs separated by commas (app.py --auth wins); "
+        "each user then sees only their own documents",
+    )
+    lock_model: Flag = setting(
+        False, "HOMER_LOCK_MODEL", "Users may not switch the model in Settings (always locked on a Space)"
+    )
     mcp: Flag = setting(True, "HOMER_MCP", "Serve the MCP tools (when gradio's mcp extra is installed)")
     hf_oauth: Flag | None = setting(None, "HOMER_HF_OAUTH", "Sign in with Hugging Face (unset: on a Space only)")
-    gradio_temp_dir: str | None = setting(None, "GRADIO_TEMP_DIR",
-                                          "gradio's upload folder, the only one the MCP tools read files from "
-                                          "(unset: the system temporary folder's gradio)")
+    gradio_temp_dir: str | None = setting(
+        None,
+        "GRADIO_TEMP_DIR",
+        "gradio's upload folder, the only one the MCP tools read files from "
+        "(unset: the system temporary folder's gradio)",
+    )
 
 
 class AnsweringSettings(Section):
     """How a question is answered (app.focus, homer.answering)."""
 
     focus: Annotated[str, choice(*FOCUS_CHOICES)] = setting(
-        "auto", "HOMER_FOCUS", "What a question is answered from: auto (the cache for a question about the whole "
-                               "document, passages and cache for the others), cache+passages, passages or cache")
+        "auto",
+        "HOMER_FOCUS",
+        "What a question is answered from: auto (the cache for a question about the whole "
+        "document, passages and cache for the others), cache+passages, passages or cache",
+    )
     focus_passages: int = setting(3, "HOMER_FOCUS_PASSAGES", "Passages retrieved per question (at least 1)")
-    focus_words: int = setting(80, "HOMER_FOCUS_WORDS",
-                               "Words of each passage the model reads, its best window for the question "
-                               "(0: the whole passage)")
+    focus_words: int = setting(
+        80,
+        "HOMER_FOCUS_WORDS",
+        "Words of each passage the model reads, its best window for the question (0: the whole passage)",
+    )
     passage_order: Annotated[str, lenient_choice("HOMER_PASSAGE_ORDER", PASSAGE_ORDERS, "best-last")] = setting(
-        "best-last", "HOMER_PASSAGE_ORDER", "The order the model reads the passages in: best-last or best-first "
-                                            "(another word: best-last, with a warning)")
+        "best-last",
+        "HOMER_PASSAGE_ORDER",
+        "The order the model reads the passages in: best-last or best-first (another word: best-last, with a warning)",
+    )
     source_order: Annotated[str, lenient_choice("HOMER_SOURCE_ORDER", SOURCE_ORDERS, "retrieval")] = setting(
-        "retrieval", "HOMER_SOURCE_ORDER", "How a focused answer lists its sources: retrieval or attention "
-                                           "(another word: retrieval, with a warning)")
-    not_found: Flag = setting(True, "HOMER_NOT_FOUND",
-                              "Say 'I could not find this in the document.' when the passages hold too little "
-                              "of the question, without running the model")
+        "retrieval",
+        "HOMER_SOURCE_ORDER",
+        "How a focused answer lists its sources: retrieval or attention (another word: retrieval, with a warning)",
+    )
+    not_found: Flag = setting(
+        True,
+        "HOMER_NOT_FOUND",
+        "Say 'I could not find this in the document.' when the passages hold too little "
+        "of the question, without running the model",
+    )
     citations: Flag = setting(True, "HOMER_CITATIONS", "Sources under answers")
 
 
 class ChatSettings(Section):
     """What the chat keeps in memory."""
 
-    max_conversations: int = setting(8, "HOMER_MAX_CONVERSATIONS",
-                                     "Conversations whose working KV cache stays in memory (an evicted one "
-                                     "re-reads its turns at its next question)")
+    max_conversations: int = setting(
+        8,
+        "HOMER_MAX_CONVERSATIONS",
+        "Conversations whose working KV cache stays in memory (an evicted one re-reads its turns at its next question)",
+    )
     max_loaded_caches: int = setting(4, "HOMER_MAX_LOADED_CACHES", "Document caches kept loaded in memory")
 
 
 class BuildSettings(Section):
     """Reading documents into caches: the build jobs (app.tasks, app.slices)."""
 
-    deep_read: Flag = setting(False, "HOMER_DEEP_READ",
-                              "Also keep each document's leaf states for deep reads (about 15 KB per token "
-                              "with the embedded model; --deep-read sets it)")
-    large_build_chars: PositiveInt = setting(250_000, "HOMER_LARGE_BUILD_CHARS",
-                                             "Documents of more characters build in the large lane")
+    deep_read: Flag = setting(
+        False,
+        "HOMER_DEEP_READ",
+        "Also keep each document's leaf states for deep reads (about 15 KB per token "
+        "with the embedded model; --deep-read sets it)",
+    )
+    large_build_chars: PositiveInt = setting(
+        250_000, "HOMER_LARGE_BUILD_CHARS", "Documents of more characters build in the large lane"
+    )
     large_workers: int = setting(1, "HOMER_LARGE_WORKERS", "Build threads of the large lane (at least 1)")
-    job_lease_seconds: Positive = setting(30.0, "HOMER_JOB_LEASE_SECONDS",
-                                          "How long a worker's claim on a job lasts without renewal")
-    job_retry_delay: float = setting(5.0, "HOMER_JOB_RETRY_DELAY", "Seconds before a failed build is tried again",
-                                     ge=0)
-    gpu_slice_seconds: float = setting(60.0, "HOMER_GPU_SLICE_SECONDS",
-                                       "The longest slice a build in requests asks the GPU for (0 or less: 60)")
-    gpu_slice_margin: float = setting(10.0, "HOMER_GPU_SLICE_MARGIN",
-                                      "Seconds of a slice kept for starting and the last step (at most half)")
-    test_step_delay: float = setting(0.0, "HOMER_TEST_STEP_DELAY",
-                                     "For tests only: seconds each build step sleeps (slows builds down)", ge=0)
+    job_lease_seconds: Positive = setting(
+        30.0, "HOMER_JOB_LEASE_SECONDS", "How long a worker's claim on a job lasts without renewal"
+    )
+    job_retry_delay: float = setting(5.0, "HOMER_JOB_RETRY_DELAY", "Seconds before a failed build is tried again", ge=0)
+    gpu_slice_seconds: float = setting(
+        60.0, "HOMER_GPU_SLICE_SECONDS", "The longest slice a build in requests asks the GPU for (0 or less: 60)"
+    )
+    gpu_slice_margin: float = setting(
+        10.0, "HOMER_GPU_SLICE_MARGIN", "Seconds of a slice kept for starting and the last step (at most half)"
+    )
+    test_step_delay: float = setting(
+        0.0, "HOMER_TEST_STEP_DELAY", "For tests only: seconds each build step sleeps (slows builds down)", ge=0
+    )
 
 
 class QueueSettings(Section):
     """The build queue (app.worker)."""
 
-    redis_url: str | None = setting(None, "HOMER_REDIS_URL",
-                                    "Redis URL of a queue shared by several worker machines (unset: a SQLite "
-                                    "queue in the store)")
+    redis_url: str | None = setting(
+        None,
+        "HOMER_REDIS_URL",
+        "Redis URL of a queue shared by several worker machines (unset: a SQLite queue in the store)",
+    )
     queue_name: str = setting("homer", "HOMER_QUEUE_NAME", "The queue's name on Redis")
 
 
 class StorageSettings(Section):
     """The store (storage/)."""
 
-    checkpoint_max_age_hours: Positive = setting(24.0, "HOMER_CHECKPOINT_MAX_AGE_HOURS",
-                                                 "Hours before an unfinished build's checkpoints count as stale")
+    checkpoint_max_age_hours: Positive = setting(
+        24.0, "HOMER_CHECKPOINT_MAX_AGE_HOURS", "Hours before an unfinished build's checkpoints count as stale"
+    )
     retriever: Annotated[str, choice(*RETRIEVERS)] | None = setting(
-        None, "HOMER_RETRIEVER", "How passages are searched: bm25, dense or rrf (unset: bm25)")
+        None, "HOMER_RETRIEVER", "How passages are searched: bm25, dense or rrf (unset: bm25)"
+    )
 
 
 class SpaceSettings(Section):
@@ -215,16 +250,18 @@ class IngestSettings(Section):
     max_pages: PositiveInt = setting(2000, "HOMER_MAX_PAGES", "A PDF's pages, checked before any is read")
     max_chars: PositiveInt = setting(4_000_000, "HOMER_MAX_CHARS", "Characters of text of a document")
     max_page_chars: PositiveInt = setting(100_000, "HOMER_MAX_PAGE_CHARS", "Characters of text of one PDF page")
-    max_page_content_mb: Positive = setting(16.0, "HOMER_MAX_PAGE_CONTENT_MB",
-                                            "One PDF page's decoded content stream, in MB")
+    max_page_content_mb: Positive = setting(
+        16.0, "HOMER_MAX_PAGE_CONTENT_MB", "One PDF page's decoded content stream, in MB"
+    )
     max_tokens: PositiveInt = setting(1_000_000, "HOMER_MAX_TOKENS", "A document's length in the model's tokens")
-    ingest_seconds: Positive = setting(120.0, "HOMER_INGEST_SECONDS",
-                                       "Seconds for reading, counting and splitting an upload (OCR adds its own)")
+    ingest_seconds: Positive = setting(
+        120.0, "HOMER_INGEST_SECONDS", "Seconds for reading, counting and splitting an upload (OCR adds its own)"
+    )
     ocr_max_pages: PositiveInt = setting(200, "HOMER_OCR_MAX_PAGES", "Scanned pages of a PDF read by OCR")
-    ocr_page_seconds: Positive = setting(20.0, "HOMER_OCR_PAGE_SECONDS",
-                                         "Seconds of OCR allowed per scanned page")
-    ocr_empty_pages: PositiveInt = setting(8, "HOMER_OCR_EMPTY_PAGES",
-                                           "OCR stops when this many first scanned pages gave no text")
+    ocr_page_seconds: Positive = setting(20.0, "HOMER_OCR_PAGE_SECONDS", "Seconds of OCR allowed per scanned page")
+    ocr_empty_pages: PositiveInt = setting(
+        8, "HOMER_OCR_EMPTY_PAGES", "OCR stops when this many first scanned pages gave no text"
+    )
 
 
 class ArchiveSettings(Section):
@@ -233,10 +270,10 @@ class ArchiveSettings(Section):
     max_members: PositiveInt = setting(10_000, "HOMER_ZIP_MAX_MEMBERS", "Files in the archive")
     max_mb: Positive = setting(256.0, "HOMER_ZIP_MAX_MB", "The archive's uncompressed total, in MB")
     max_member_mb: Positive = setting(64.0, "HOMER_ZIP_MAX_MEMBER_MB", "One member uncompressed, in MB")
-    max_ratio: Positive = setting(100.0, "HOMER_ZIP_MAX_RATIO",
-                                  "Uncompressed ÷ compressed size of a member over 1 MB")
-    docx_max_parse_mb: Positive = setting(384.0, "HOMER_DOCX_MAX_PARSE_MB",
-                                          "Memory parsing a DOCX's XML may take, estimated from its bytes, in MB")
+    max_ratio: Positive = setting(100.0, "HOMER_ZIP_MAX_RATIO", "Uncompressed ÷ compressed size of a member over 1 MB")
+    docx_max_parse_mb: Positive = setting(
+        384.0, "HOMER_DOCX_MAX_PARSE_MB", "Memory parsing a DOCX's XML may take, estimated from its bytes, in MB"
+    )
 
 
 class BundleSettings(Section):
@@ -300,9 +337,14 @@ class Settings(BaseSettings):
     render: RenderSettings = RenderSettings()
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource, dotenv_settings: PydanticBaseSettingsSource,
-                                   file_secret_settings: PydanticBaseSettingsSource):
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ):
         return init_settings, _Environment(settings_cls, case_sensitive=True)
 
     def changed(self, **sections: dict[str, Any]) -> "Settings":
@@ -425,8 +467,14 @@ def markdown_table() -> str:
     lines = []
     for name, section in Settings.model_fields.items():
         model = section.annotation
-        lines += [f"### {name}", "", (model.__doc__ or "").strip().splitlines()[0], "",
-                  "| Variable | Default | What it does |", "| --- | --- | --- |"]
+        lines += [
+            f"### {name}",
+            "",
+            (model.__doc__ or "").strip().splitlines()[0],
+            "",
+            "| Variable | Default | What it does |",
+            "| --- | --- | --- |",
+        ]
         for field in model.model_fields.values():
             description = (field.description or "").replace("|", "\\|")
             lines.append(f"| `{field.validation_alias}` | `{_shown(field.default)}` | {description} |")
@@ -446,8 +494,9 @@ def with_table(page: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.settings", description=__doc__.splitlines()[0])
     parser.add_argument("--markdown", action="store_true", help="print the table of every setting (Markdown)")
-    parser.add_argument("--update", metavar="PAGE",
-                        help="rewrite the table between the markers of PAGE (docs/configuration.md)")
+    parser.add_argument(
+        "--update", metavar="PAGE", help="rewrite the table between the markers of PAGE (docs/configuration.md)"
+    )
     args = parser.parse_args(argv)
     if args.markdown:
         sys.stdout.write(markdown_table())

@@ -50,8 +50,7 @@ def parse_grantees(value: str | list[str] | None) -> list[str]:
     return sorted(set(names))
 
 
-def share(store, doc: dict, owner: str, grantees: str | list[str] | None = None,
-          users: set[str] | None = None) -> str:
+def share(store, doc: dict, owner: str, grantees: str | list[str] | None = None, users: set[str] | None = None) -> str:
     """Share ``doc`` (a row the owner added: :func:`app.library.share_document` finds it)
     read-only with ``grantees`` (default: everyone). ``users``: the names that can log in
     (``--auth``), or None where the app cannot know them (Hugging Face sign-in): a name
@@ -62,10 +61,12 @@ def share(store, doc: dict, owner: str, grantees: str | list[str] | None = None,
     if users is not None:
         unknown = [n for n in names if n != EVERYONE and n not in users]
         if unknown:
-            raise StoreError(f"no user named {unknown[0][:40]!r} can log in to this app: a share goes only to "
-                             "its users")
+            raise StoreError(
+                f"no user named {unknown[0][:40]!r} can log in to this app: a share goes only to its users"
+            )
     store.db["document_shares"].insert_all(
-        [{"document_id": doc["id"], "owner": owner, "grantee": n, "added": dbmod.now()} for n in names], ignore=True)
+        [{"document_id": doc["id"], "owner": owner, "grantee": n, "added": dbmod.now()} for n in names], ignore=True
+    )
     return f"shared {doc['file_name']} read-only with {describe(shares_of(store, doc['id'], owner))}"
 
 
@@ -75,17 +76,24 @@ def unshare(store, doc: dict, owner: str, grantees: str | list[str] | None = Non
     if names is None:
         store.db.execute("DELETE FROM document_shares WHERE document_id = ? AND owner = ?", [doc["id"], owner])
     else:
-        store.db.execute(f"DELETE FROM document_shares WHERE document_id = ? AND owner = ? AND grantee IN "
-                         f"({', '.join('?' * len(names))})", [doc["id"], owner, *names])
+        store.db.execute(
+            f"DELETE FROM document_shares WHERE document_id = ? AND owner = ? AND grantee IN "
+            f"({', '.join('?' * len(names))})",
+            [doc["id"], owner, *names],
+        )
     left = shares_of(store, doc["id"], owner)
     return f"{doc['file_name']} is " + (f"shared with {describe(left)}" if left else "private")
 
 
 def shares_of(store, document_id: str, owner: str) -> list[str]:
     """Whom ``owner`` shares ``document_id`` with (``*``: everyone)."""
-    return [row[0] for row in store.db.execute(
-        "SELECT grantee FROM document_shares WHERE document_id = ? AND owner = ? ORDER BY grantee",
-        [document_id, owner])]
+    return [
+        row[0]
+        for row in store.db.execute(
+            "SELECT grantee FROM document_shares WHERE document_id = ? AND owner = ? ORDER BY grantee",
+            [document_id, owner],
+        )
+    ]
 
 
 def describe(grantees: list[str]) -> str:
@@ -107,18 +115,22 @@ def accessible_sql(shared: bool = True) -> tuple[str, int]:
     own = "SELECT document_id, file_name, title, 'owner' AS access FROM document_owners WHERE owner = ?"
     if not shared:
         return own, 1
-    theirs = ("SELECT document_id, file_name, title, access FROM ("  # one row per document: the first owner's names
-              "SELECT s.document_id, o.file_name, o.title, 'shared' AS access, MIN(s.owner) "
-              "FROM document_shares s JOIN document_owners o ON o.document_id = s.document_id AND o.owner = s.owner "
-              f"WHERE (s.grantee = ? OR s.grantee = '{EVERYONE}') "
-              "AND s.document_id NOT IN (SELECT document_id FROM document_owners WHERE owner = ?) "
-              "GROUP BY s.document_id)")
+    theirs = (
+        "SELECT document_id, file_name, title, access FROM ("  # one row per document: the first owner's names
+        "SELECT s.document_id, o.file_name, o.title, 'shared' AS access, MIN(s.owner) "
+        "FROM document_shares s JOIN document_owners o ON o.document_id = s.document_id AND o.owner = s.owner "
+        f"WHERE (s.grantee = ? OR s.grantee = '{EVERYONE}') "
+        "AND s.document_id NOT IN (SELECT document_id FROM document_owners WHERE owner = ?) "
+        "GROUP BY s.document_id)"
+    )
     return f"{own} UNION ALL {theirs}", 3
 
 
 # --- what a grantee's export becomes on import ------------------------------------------------
-_EXPORTS_TABLE = ("CREATE TABLE IF NOT EXISTS shared_exports (text_id TEXT NOT NULL, document_id TEXT NOT NULL, "
-                  "added REAL, PRIMARY KEY (text_id, document_id))")
+_EXPORTS_TABLE = (
+    "CREATE TABLE IF NOT EXISTS shared_exports (text_id TEXT NOT NULL, document_id TEXT NOT NULL, "
+    "added REAL, PRIMARY KEY (text_id, document_id))"
+)
 
 
 def _exports_table(store) -> None:
@@ -131,13 +143,19 @@ def record_export(store, text_id: str, document_id: str) -> None:
     """A grantee exported ``document_id`` (read-only to them): the bundle, which carries no
     source file, imports as ``text_id`` anywhere; remember where that id came from."""
     _exports_table(store)
-    store.db.execute("INSERT OR IGNORE INTO shared_exports (text_id, document_id, added) VALUES (?, ?, ?)",
-                     [text_id, document_id, dbmod.now()])
+    store.db.execute(
+        "INSERT OR IGNORE INTO shared_exports (text_id, document_id, added) VALUES (?, ?, ?)",
+        [text_id, document_id, dbmod.now()],
+    )
 
 
 def exported_from(store, text_id: str) -> list[str]:
     """The shared documents a grantee's export of which imports as ``text_id`` (none: that
     text never left this app through a read-only share)."""
     _exports_table(store)
-    return [row[0] for row in store.db.execute(
-        "SELECT document_id FROM shared_exports WHERE text_id = ? ORDER BY document_id", [text_id])]
+    return [
+        row[0]
+        for row in store.db.execute(
+            "SELECT document_id FROM shared_exports WHERE text_id = ? ORDER BY document_id", [text_id]
+        )
+    ]

@@ -106,8 +106,10 @@ def refusal_line(kind: str, exc: BaseException, seconds: int, next_seconds: int)
         when = f" (try again in {wait.group(1)})" if wait else ""
         return f"GPU quota used up for now{when}: the build continues on your next visit"
     if kind == ILLEGAL_DURATION:
-        return (f"the GPU refused a {seconds} s slice as too long: the build continues on the next request "
-                f"with {next_seconds} s slices (set HOMER_GPU_SLICE_SECONDS lower to keep it so)")
+        return (
+            f"the GPU refused a {seconds} s slice as too long: the build continues on the next request "
+            f"with {next_seconds} s slices (set HOMER_GPU_SLICE_SECONDS lower to keep it so)"
+        )
     if kind == PENDING:
         return "too many of your GPU tasks are running: the build continues on the next request"
     if kind in (QUEUE_TIMEOUT, CLIENT_ERROR):
@@ -229,8 +231,9 @@ class Slices:
                 kind = refusal_kind(exc)
                 if kind is None:
                     log.exception("a build slice of job %s failed", job_id[:8])
-                    line = (f"the build slice failed ({type(exc).__name__}: {exc}); "
-                            "it is tried again on the next request")
+                    line = (
+                        f"the build slice failed ({type(exc).__name__}: {exc}); it is tried again on the next request"
+                    )
                 else:
                     if kind == ILLEGAL_DURATION:
                         self._cap_after_refusal = max(MIN_SECONDS, seconds // 2)
@@ -246,8 +249,10 @@ class Slices:
 
     def _note(self, job_id: str, line: str) -> None:
         """Show a refusal in the job's message (the library table) while it stays queued."""
-        self.store.db.execute("UPDATE jobs SET message = ?, updated = ? WHERE id = ? AND state = 'queued'",
-                              [line[:300], dbmod.now(), job_id])
+        self.store.db.execute(
+            "UPDATE jobs SET message = ?, updated = ? WHERE id = ? AND state = 'queued'",
+            [line[:300], dbmod.now(), job_id],
+        )
 
     def _describe(self, name: str, job_id: str, result: dict) -> SliceOutcome:
         job = self.store.jobs.get(job_id)

@@ -38,9 +38,29 @@ from packaging.version import Version
 ZEROGPU_PYTHONS = ("3.10.13", "3.12.12")
 ZEROGPU_TORCH = SpecifierSet(">=2.8,<2.12")
 # Hardware flavours a Space may suggest (huggingface_hub's SpaceHardware, 2026), ZeroGPU first.
-HARDWARE = {"zero-a10g", "cpu-basic", "cpu-upgrade", "cpu-xl", "t4-small", "t4-medium", "l4x1", "l4x4",
-            "l40sx1", "l40sx4", "l40sx8", "a10g-small", "a10g-large", "a10g-largex2", "a10g-largex4", "a100-large",
-            "a100x4", "a100x8", "h100", "h100x8", "inf2x6"}
+HARDWARE = {
+    "zero-a10g",
+    "cpu-basic",
+    "cpu-upgrade",
+    "cpu-xl",
+    "t4-small",
+    "t4-medium",
+    "l4x1",
+    "l4x4",
+    "l40sx1",
+    "l40sx4",
+    "l40sx8",
+    "a10g-small",
+    "a10g-large",
+    "a10g-largex2",
+    "a10g-largex4",
+    "a100-large",
+    "a100x4",
+    "a100x8",
+    "h100",
+    "h100x8",
+    "inf2x6",
+}
 DEBIAN_PACKAGES = ("tesseract-ocr",)  # what the app runs from Debian (OCR of scanned PDFs)
 CUDA_IMPORTS = {"torch", "transformers", "accelerate", "homer", "app", "storage"}
 
@@ -81,16 +101,26 @@ def requirements(text: str) -> list[Requirement]:
 def space_environment(python: str) -> dict:
     """The marker environment of a Space's Linux x86_64 machine on ``python``."""
     env = default_environment()
-    env.update(python_version=".".join(python.split(".")[:2]), python_full_version=python, sys_platform="linux",
-               platform_system="Linux", platform_machine="x86_64", os_name="posix",
-               implementation_name="cpython", platform_python_implementation="CPython")
+    env.update(
+        python_version=".".join(python.split(".")[:2]),
+        python_full_version=python,
+        sys_platform="linux",
+        platform_system="Linux",
+        platform_machine="x86_64",
+        os_name="posix",
+        implementation_name="cpython",
+        platform_python_implementation="CPython",
+    )
     return env
 
 
 def _admitted_torch(spec: SpecifierSet) -> list[Version]:
     """Which torch releases (2.0 to 2.29, patch 0 to 9) ``spec`` admits."""
-    return [v for v in (Version(f"2.{minor}.{patch}") for minor in range(30) for patch in range(10))
-            if spec.contains(v, prereleases=False)]
+    return [
+        v
+        for v in (Version(f"2.{minor}.{patch}") for minor in range(30) for patch in range(10))
+        if spec.contains(v, prereleases=False)
+    ]
 
 
 def _pinned(req: Requirement) -> str | None:
@@ -131,11 +161,17 @@ def check(root: Path) -> list[Problem]:
         return [Problem("requirements.txt", str(exc))]
 
     if config.get("sdk") != "gradio":
-        problems.append(Problem("README.md", f"sdk must be gradio (ZeroGPU runs Gradio Spaces only), not {config.get('sdk')!r}"))
+        problems.append(
+            Problem("README.md", f"sdk must be gradio (ZeroGPU runs Gradio Spaces only), not {config.get('sdk')!r}")
+        )
     python = config.get("python_version")
     if not isinstance(python, str) or python not in ZEROGPU_PYTHONS:
-        problems.append(Problem("README.md", f"python_version must be one ZeroGPU runs, quoted "
-                                             f"({' or '.join(ZEROGPU_PYTHONS)}), not {python!r}"))
+        problems.append(
+            Problem(
+                "README.md",
+                f"python_version must be one ZeroGPU runs, quoted ({' or '.join(ZEROGPU_PYTHONS)}), not {python!r}",
+            )
+        )
         python = ZEROGPU_PYTHONS[-1]
     env = space_environment(python)
     active = [r for r in reqs if r.marker is None or r.marker.evaluate(env)]
@@ -143,19 +179,32 @@ def check(root: Path) -> list[Problem]:
     if not gradio or _pinned(gradio[0]) is None:
         problems.append(Problem("requirements.txt", "gradio must be pinned (==) so the Space runs what was tested"))
     elif str(config.get("sdk_version")) != _pinned(gradio[0]):
-        problems.append(Problem("README.md", f"sdk_version {config.get('sdk_version')!r} is not the gradio "
-                                             f"requirements.txt pins ({_pinned(gradio[0])})"))
+        problems.append(
+            Problem(
+                "README.md",
+                f"sdk_version {config.get('sdk_version')!r} is not the gradio "
+                f"requirements.txt pins ({_pinned(gradio[0])})",
+            )
+        )
     torch = [r for r in active if r.name.lower() == "torch"]
     if len(torch) != 1:
-        problems.append(Problem("requirements.txt", f"exactly one torch requirement must apply on Python {python} "
-                                                    f"(found {len(torch)})"))
+        problems.append(
+            Problem(
+                "requirements.txt", f"exactly one torch requirement must apply on Python {python} (found {len(torch)})"
+            )
+        )
     else:
         admitted = _admitted_torch(torch[0].specifier)
         outside = [str(v) for v in admitted if not ZEROGPU_TORCH.contains(v)]
         if not admitted or outside:
-            problems.append(Problem("requirements.txt", f"torch on Python {python} must be a release ZeroGPU supports "
-                                                        f"({ZEROGPU_TORCH}); {torch[0]} admits "
-                                                        f"{', '.join(outside[:3]) or 'none'}"))
+            problems.append(
+                Problem(
+                    "requirements.txt",
+                    f"torch on Python {python} must be a release ZeroGPU supports "
+                    f"({ZEROGPU_TORCH}); {torch[0]} admits "
+                    f"{', '.join(outside[:3]) or 'none'}",
+                )
+            )
     for req in active:
         version = _pinned(req)
         if version is None:
@@ -166,12 +215,18 @@ def check(root: Path) -> list[Problem]:
             continue
         needs = dist.metadata.get("Requires-Python")
         if dist.version == version and needs and not SpecifierSet(needs).contains(python):
-            problems.append(Problem("requirements.txt", f"{req.name}=={version} needs Python {needs}, "
-                                                        f"not the Space's {python}"))
+            problems.append(
+                Problem("requirements.txt", f"{req.name}=={version} needs Python {needs}, not the Space's {python}")
+            )
 
     if "suggested_storage" in config:
-        problems.append(Problem("README.md", "suggested_storage is ignored since persistent storage was retired; "
-                                             "mount a Storage Bucket and set HOMER_HOME instead"))
+        problems.append(
+            Problem(
+                "README.md",
+                "suggested_storage is ignored since persistent storage was retired; "
+                "mount a Storage Bucket and set HOMER_HOME instead",
+            )
+        )
     hardware = config.get("suggested_hardware")
     if hardware is not None and hardware not in HARDWARE:
         problems.append(Problem("README.md", f"suggested_hardware {hardware!r} is not a Space hardware flavour"))
@@ -184,20 +239,30 @@ def check(root: Path) -> list[Problem]:
     if app_py.exists():
         early = _imports_before_spaces(app_py.read_text(encoding="utf-8"))
         if early:
-            problems.append(Problem("app.py", "import spaces (in a try block) before anything that may initialise "
-                                              f"CUDA; found first: {', '.join(early)}"))
+            problems.append(
+                Problem(
+                    "app.py",
+                    "import spaces (in a try block) before anything that may initialise "
+                    f"CUDA; found first: {', '.join(early)}",
+                )
+            )
     packages = root / "packages.txt"
     listed = set(packages.read_text(encoding="utf-8").split()) if packages.exists() else set()
     for package in DEBIAN_PACKAGES:
         if package not in listed:
-            problems.append(Problem("packages.txt", f"must name {package} (the Space installs Debian packages from it)"))
+            problems.append(
+                Problem("packages.txt", f"must name {package} (the Space installs Debian packages from it)")
+            )
     return problems
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m app.space_check", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--root", default=str(Path(__file__).resolve().parent.parent),
-                        help="the repository to check (default: this one)")
+    parser.add_argument(
+        "--root",
+        default=str(Path(__file__).resolve().parent.parent),
+        help="the repository to check (default: this one)",
+    )
     args = parser.parse_args(argv)
     problems = check(Path(args.root))
     for problem in problems:

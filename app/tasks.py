@@ -150,14 +150,16 @@ def _finished_job_with_ready_cache(store, key: str) -> dict | None:
     return None
 
 
-def submit_file(store, enqueue, data: bytes, file_name: str, model: str | None = None,
-                settings: dict | None = None) -> dict:
+def submit_file(
+    store, enqueue, data: bytes, file_name: str, model: str | None = None, settings: dict | None = None
+) -> dict:
     """Queue an upload for ingest + build; returns the job row (an existing one for the same
     content, model and settings). ``enqueue(job_id)`` hands the job to the queue."""
     limit = max_upload_bytes()
     if len(data) > limit:  # refuse before writing anything; ingest checks again
-        raise IngestError(f"{file_name}: the file is {len(data) / 2**20:.1f} MB, over the limit of "
-                          f"{limit / 2**20:.1f} MB")
+        raise IngestError(
+            f"{file_name}: the file is {len(data) / 2**20:.1f} MB, over the limit of {limit / 2**20:.1f} MB"
+        )
     document_id = hashlib.sha256(data).hexdigest()
     if store.get_document(document_id) is not None:
         return submit_document(store, enqueue, document_id, model, settings)
@@ -165,8 +167,9 @@ def submit_file(store, enqueue, data: bytes, file_name: str, model: str | None =
     suffix = "".join(ch for ch in Path(file_name).suffix.lower() if ch.isascii() and ch.isalnum())[:15]
     upload = f"uploads/{document_id}" + (f".{suffix}" if suffix else "")
     write_bytes_atomic(data, store.upload_path(upload), store.tmp_dir)
-    job, created = store.jobs.create(document_id, key, model or EMBEDDED, settings, upload=upload,
-                                     file_name=Path(file_name).name)
+    job, created = store.jobs.create(
+        document_id, key, model or EMBEDDED, settings, upload=upload, file_name=Path(file_name).name
+    )
     if created:
         enqueue(job["id"])
     return store.jobs.get(job["id"])
@@ -179,8 +182,9 @@ def submit_document(store, enqueue, document_id: str, model: str | None = None, 
     done = _finished_job_with_ready_cache(store, key)
     if done is not None:
         return done
-    job, created = store.jobs.create(document_id, key, model or EMBEDDED, settings,
-                                     file_name=store.document(document_id)["file_name"])
+    job, created = store.jobs.create(
+        document_id, key, model or EMBEDDED, settings, file_name=store.document(document_id)["file_name"]
+    )
     if created:
         enqueue(job["id"])
     return store.jobs.get(job["id"])
@@ -265,8 +269,9 @@ def _progress_callback(heartbeat: Heartbeat, started: float):
             message = f"{message} ({resumed['message']})"
         elapsed = time.monotonic() - started
         eta = elapsed / (done - resumed["steps"]) * (total - done) if done > resumed["steps"] else 0.0
-        heartbeat.progress(done / max(total, 1), f"{message} — step {done}/{total}, about {eta:.0f} s left",
-                           force=done == total)
+        heartbeat.progress(
+            done / max(total, 1), f"{message} — step {done}/{total}, about {eta:.0f} s left", force=done == total
+        )
         if step_delay:
             time.sleep(step_delay)
 
@@ -296,7 +301,6 @@ def read_in(store, job: dict) -> str:
     """An upload's text and passage index stored now, before its build (:mod:`app.read_ahead`):
     the document is askable from its passages; its id."""
     from .focus import index_document
-
     from .ingest import token_passages
 
     loaded = _models.get(job["model"] or EMBEDDED)  # never loads one: a load holds the lock the builds need
@@ -307,8 +311,9 @@ def read_in(store, job: dict) -> str:
     index_document(store, document_id)
     row = store.get_document(document_id)
     if row is not None and row.get("passages") is None:  # … then its token-counted passages
-        store.set_passages(document_id, token_passages(store.document_text(document_id), store.page_starts(document_id),
-                                                       tokenizer))
+        store.set_passages(
+            document_id, token_passages(store.document_text(document_id), store.page_starts(document_id), tokenizer)
+        )
     return document_id
 
 
@@ -316,8 +321,10 @@ def _drop_upload(store, job: dict) -> None:
     """Remove a job's upload unless another active job (same content) still needs it."""
     if not job.get("upload"):
         return
-    others = store.db.execute("SELECT COUNT(*) FROM jobs WHERE upload = ? AND id != ? AND state IN ('queued', 'running')",
-                              [job["upload"], job["id"]]).fetchone()[0]
+    others = store.db.execute(
+        "SELECT COUNT(*) FROM jobs WHERE upload = ? AND id != ? AND state IN ('queued', 'running')",
+        [job["upload"], job["id"]],
+    ).fetchone()[0]
     if not others:
         try:
             store.upload_path(job["upload"]).unlink(missing_ok=True)
@@ -356,8 +363,12 @@ def run_build(store, job_id: str, deadline: float | None = None, report: dict | 
             read_ahead.wait(document_id)  # this process is reading it in already (askable while reading)
         if job["upload"] and store.get_document(document_id) is None:
             heartbeat.progress(0.0, "reading the document", force=True)
-            document_id = ingest_upload(store, job, tokenizer,  # a scan's OCR says "OCR page 3/80"
-                                         lambda message: heartbeat.progress(0.0, message, force=True))
+            document_id = ingest_upload(
+                store,
+                job,
+                tokenizer,  # a scan's OCR says "OCR page 3/80"
+                lambda message: heartbeat.progress(0.0, message, force=True),
+            )
         config = HomerConfig(**json.loads(job["settings"] or "{}")).resolve(model.config)
         prompt = default_prompt(tokenizer)
         key = cache_key(document_id, fingerprint, config.settings_json(), prompt.version)
@@ -375,6 +386,7 @@ def run_build(store, job_id: str, deadline: float | None = None, report: dict | 
         text = store.document_text(document_id)
         document = store.document(document_id)
         from .focus import index_after_ingest  # the passage index that focused answers search
+
         index_after_ingest(store, document_id, lambda message: heartbeat.progress(0.0, message, force=True))
         # leaf states (not part of the cache key): written to a temp path in the store, then
         # installed with the cache row
@@ -385,11 +397,18 @@ def run_build(store, job_id: str, deadline: float | None = None, report: dict | 
             log.warning("job %s builds without checkpoints: %s", job_id[:8], exc)
             checkpoints = None
         try:
-            cache = build_document_cache(model, tokenizer, text, config, prompt=prompt,
-                                         progress=_progress_callback(heartbeat, started),
-                                         metadata={"document_id": document_id, "source": document["file_name"]},
-                                         leaf_states=leaves, checkpoints=checkpoints,
-                                         deadline=deadline if checkpoints is not None else None)
+            cache = build_document_cache(
+                model,
+                tokenizer,
+                text,
+                config,
+                prompt=prompt,
+                progress=_progress_callback(heartbeat, started),
+                metadata={"document_id": document_id, "source": document["file_name"]},
+                leaf_states=leaves,
+                checkpoints=checkpoints,
+                deadline=deadline if checkpoints is not None else None,
+            )
             if heartbeat.lost:
                 raise LeaseLost(job_id)
             heartbeat.progress(1.0, "saving the cache", force=True)
@@ -400,19 +419,29 @@ def run_build(store, job_id: str, deadline: float | None = None, report: dict | 
         kept = f" and {row['leaf_states_bytes'] / 2**20:.1f} MiB of leaf states" if row.get("leaf_states_file") else ""
         sliced = bool(cache.metadata.get("resumed")) and deadline is not None  # the last slice of a build in slices
         if sliced:
-            kept += (f" (read in slices; this last one computed {cache.metadata['leaves_computed']} of "
-                     f"{cache.metadata['num_leaves']} leaves)")
+            kept += (
+                f" (read in slices; this last one computed {cache.metadata['leaves_computed']} of "
+                f"{cache.metadata['num_leaves']} leaves)"
+            )
         elif cache.metadata.get("resumed"):  # e.g. "(resumed at leaf 9/32: 24 of 32 leaves computed)"
-            kept += (f" ({cache.metadata['resumed']}: {cache.metadata['leaves_computed']} of "
-                     f"{cache.metadata['num_leaves']} leaves computed)")
+            kept += (
+                f" ({cache.metadata['resumed']}: {cache.metadata['leaves_computed']} of "
+                f"{cache.metadata['num_leaves']} leaves computed)"
+            )
         took = f"{'a last slice of ' if sliced else ''}{row['build_seconds']:.1f} s"
-        store.jobs.finish(job_id, owner, row["id"], f"built {row['tokens']} cached tokens from "
-                                                    f"{document['token_count'] or '?'} in {took}" + kept)
+        store.jobs.finish(
+            job_id,
+            owner,
+            row["id"],
+            f"built {row['tokens']} cached tokens from {document['token_count'] or '?'} in {took}" + kept,
+        )
         _drop_upload(store, job)
         return "done"
     except BuildSliceEnded as end:  # this slice's time is spent: the next one goes on from the checkpoints
-        message = (f"read {end.leaves_done}/{end.leaves_total} leaves "
-                   f"({100 * end.steps_done / max(end.steps_total, 1):.0f} %); continues on the next request")
+        message = (
+            f"read {end.leaves_done}/{end.leaves_total} leaves "
+            f"({100 * end.steps_done / max(end.steps_total, 1):.0f} %); continues on the next request"
+        )
         heartbeat.beat(round(end.steps_done / max(end.steps_total, 1), 4), message)
         if not store.jobs.release(job_id, owner, message, uncount=True):
             return "lost"

@@ -29,8 +29,10 @@ from .chat import ChatError, ChatService, ChatSession
 
 NEW_THREAD = "New thread"
 
-CACHE_GONE = ("this thread's cache was rebuilt or deleted: the next answer starts from the document's current "
-              "cache; the earlier messages are shown as text only")
+CACHE_GONE = (
+    "this thread's cache was rebuilt or deleted: the next answer starts from the document's current "
+    "cache; the earlier messages are shown as text only"
+)
 
 
 class Threads:
@@ -59,8 +61,9 @@ class Threads:
         if not document_id:
             raise ChatError("pick a ready document first")
         thread_id = self.store.add_conversation(document_id, None, owner=owner, name=name or None)
-        self.chat.attach(session_key, document_id,
-                         ChatSession(document_id, "", conversation_id=thread_id, owner=owner, thread=True))
+        self.chat.attach(
+            session_key, document_id, ChatSession(document_id, "", conversation_id=thread_id, owner=owner, thread=True)
+        )
         return thread_id
 
     def open(self, session_key: str, owner: str | None, document_id: str, thread_id: str) -> dict:
@@ -69,18 +72,28 @@ class Threads:
         row = self._thread(thread_id, owner, document_id)
         session = self.chat.session(session_key, document_id)
         if session is not None and session.conversation_id == row["id"]:
-            return {"id": row["id"], "name": row["name"], "messages": [dict(m) for m in session.messages],
-                    "notice": session.notice}
+            return {
+                "id": row["id"],
+                "name": row["name"],
+                "messages": [dict(m) for m in session.messages],
+                "notice": session.notice,
+            }
         cache = self.store.get_cache(row["cache_id"]) if row.get("cache_id") else None
         notice = ""
         if row["turns"] and (cache is None or cache.get("status") != "ready"):
             notice = CACHE_GONE
-        chat = ChatSession(document_id, row.get("cache_id") or "", conversation_id=row["id"],
-                           turns=list(row["turns"]) if not notice else [],
-                           messages=[dict(m) for m in row["messages"]], owner=owner, thread=True, notice=notice)
+        chat = ChatSession(
+            document_id,
+            row.get("cache_id") or "",
+            conversation_id=row["id"],
+            turns=list(row["turns"]) if not notice else [],
+            messages=[dict(m) for m in row["messages"]],
+            owner=owner,
+            thread=True,
+            notice=notice,
+        )
         self.chat.attach(session_key, document_id, chat)
-        return {"id": row["id"], "name": row["name"], "messages": [dict(m) for m in chat.messages],
-                "notice": notice}
+        return {"id": row["id"], "name": row["name"], "messages": [dict(m) for m in chat.messages], "notice": notice}
 
     def rename(self, owner: str | None, thread_id: str, name: str) -> str:
         try:
@@ -96,8 +109,15 @@ class Threads:
             raise ChatError(str(exc)) from None
         self.chat.forget_conversation(thread_id)
 
-    def ask(self, session_key: str, owner: str | None, document_id: str, question: str,
-            thread_id: str | None = None, **options) -> Iterator[tuple[str, dict]]:
+    def ask(
+        self,
+        session_key: str,
+        owner: str | None,
+        document_id: str,
+        question: str,
+        thread_id: str | None = None,
+        **options,
+    ) -> Iterator[tuple[str, dict]]:
         """:meth:`ChatService.ask` in ``thread_id`` (reopened when it is not the session's
         current thread), else in the session's current thread (a new one on the first
         question). ``options`` are ``ask``'s (model_name, generation, settings, deep_read, focus)."""
@@ -111,8 +131,11 @@ class Threads:
         else:
             session = self.chat.session(session_key, document_id)
             if session is None or not session.thread or session.owner != owner:  # a thread of its own,
-                self.chat.attach(session_key, document_id,     # stored with the first question
-                                 ChatSession(document_id, "", owner=owner, thread=True))
+                self.chat.attach(
+                    session_key,
+                    document_id,  # stored with the first question
+                    ChatSession(document_id, "", owner=owner, thread=True),
+                )
         return self.chat.ask(session_key, document_id, question, **options)
 
     def _thread(self, thread_id: str, owner: str | None, document_id: str | None) -> dict:

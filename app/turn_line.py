@@ -14,22 +14,30 @@ def describe_turn(stats: dict) -> str:
     """One line for the UI: time to first token and what the turn reused."""
     if not stats:
         return ""
-    line = (f"turn {stats.get('turn', 1)} · time to first token **{stats.get('time_to_first_token', 0):.2f} s** · "
-            f"{stats.get('tokens_per_second', 0):.1f} tokens/s · ")
+    line = (
+        f"turn {stats.get('turn', 1)} · time to first token **{stats.get('time_to_first_token', 0):.2f} s** · "
+        f"{stats.get('tokens_per_second', 0):.1f} tokens/s · "
+    )
     if stats.get("deep_read"):
         how = "from the stored leaf states" if stats.get("deep_read_mode") == "leaf-states" else "by reading it again"
-        line += (f"deep read for this question in {stats.get('deep_read_seconds', 0):.2f} s ({how}; "
-                 f"{stats.get('cache_tokens', 0)} tokens kept for a {stats.get('document_tokens', 0)}-token document)")
+        line += (
+            f"deep read for this question in {stats.get('deep_read_seconds', 0):.2f} s ({how}; "
+            f"{stats.get('cache_tokens', 0)} tokens kept for a {stats.get('document_tokens', 0)}-token document)"
+        )
     elif stats.get("focus") == "waiting":
         line += f"{stats.get('reading') or 'still reading'}: nothing to answer a whole-document question from yet"
     elif not stats.get("cache_used", True):
-        line += (f"answered from the passages without the cache"
-                 f"{' (' + stats['reading'] + ')' if stats.get('reading') else ''} · "
-                 f"{stats.get('appended_tokens', 0)} prompt tokens")
+        line += (
+            f"answered from the passages without the cache"
+            f"{' (' + stats['reading'] + ')' if stats.get('reading') else ''} · "
+            f"{stats.get('appended_tokens', 0)} prompt tokens"
+        )
     else:
         source = "loaded from disk" if stats.get("cache_source") == "disk" else "reused from memory"
-        line += (f"cache {source} ({stats.get('cache_tokens', 0)} tokens for a {stats.get('document_tokens', 0)}-token "
-                 f"document, not encoded again) · {stats.get('appended_tokens', 0)} new prompt tokens")
+        line += (
+            f"cache {source} ({stats.get('cache_tokens', 0)} tokens for a {stats.get('document_tokens', 0)}-token "
+            f"document, not encoded again) · {stats.get('appended_tokens', 0)} new prompt tokens"
+        )
     if stats.get("passages"):
         line += f" · {len(stats['passages'])} passages read again for this question ({stats['focus']})"
     if stats.get("sources"):

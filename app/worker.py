@@ -161,9 +161,16 @@ class ConsumerHandle:
 
 
 def _consumer(huey, workers: int):
-    return huey.create_consumer(workers=workers, worker_type="thread", periodic=False,
-                                initial_delay=0.1, max_delay=1.0, backoff=1.15, scheduler_interval=1,
-                                check_worker_health=True)
+    return huey.create_consumer(
+        workers=workers,
+        worker_type="thread",
+        periodic=False,
+        initial_delay=0.1,
+        max_delay=1.0,
+        backoff=1.15,
+        scheduler_interval=1,
+        check_worker_health=True,
+    )
 
 
 def _lane_workers(lanes, workers: int, large: int | None) -> dict[str, int]:
@@ -174,8 +181,9 @@ def _lane_workers(lanes, workers: int, large: int | None) -> dict[str, int]:
     return {lane: counts[lane] for lane in (tasks.SMALL, tasks.LARGE) if lane in lanes and counts[lane] > 0}
 
 
-def start_consumer_in_process(store: Store | None = None, workers: int = 1, large: int | None = None,
-                              lanes=(tasks.SMALL, tasks.LARGE)) -> ConsumerHandle:
+def start_consumer_in_process(
+    store: Store | None = None, workers: int = 1, large: int | None = None, lanes=(tasks.SMALL, tasks.LARGE)
+) -> ConsumerHandle:
     """Start thread workers for each lane (``workers`` small, ``large`` large) and the janitor
     inside this process (the app). Must be called from the main thread: huey installs signal
     handlers."""
@@ -190,16 +198,21 @@ def start_consumer_in_process(store: Store | None = None, workers: int = 1, larg
     return ConsumerHandle(queue, consumers, Janitor(queue).start())
 
 
-def run_worker(store: Store | None = None, workers: int = 1, large: int | None = None,
-               lanes=(tasks.SMALL, tasks.LARGE)) -> int:
+def run_worker(
+    store: Store | None = None, workers: int = 1, large: int | None = None, lanes=(tasks.SMALL, tasks.LARGE)
+) -> int:
     """Run a worker in the foreground until SIGINT / SIGTERM (``homer worker``): the small
     lane's consumer in the foreground, the large lane's started beside it (stopped with it)."""
     queue = queue_for(store)
     counts = _lane_workers(lanes, workers, large)
     if not counts:
         raise ValueError("no build threads to run: give at least one lane a worker")
-    log.warning("homer worker: %s on the %s queue of %s", ", ".join(f"{n} {lane}-lane thread(s)" for lane, n in
-                                                                 counts.items()), queue.kind, queue.store.root)
+    log.warning(
+        "homer worker: %s on the %s queue of %s",
+        ", ".join(f"{n} {lane}-lane thread(s)" for lane, n in counts.items()),
+        queue.kind,
+        queue.store.root,
+    )
     janitor = Janitor(queue).start()
     consumers = [_consumer(queue.hueys[lane], n) for lane, n in counts.items()]
     try:
@@ -217,12 +230,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="homer worker", description="run HOMER build workers")
     parser.add_argument("--store", default=None, help="store folder (default: the HOMER home store)")
     parser.add_argument("-w", "--workers", type=int, default=1, help="build threads of the small lane (default 1)")
-    parser.add_argument("--large-workers", type=int, default=None,
-                        help="build threads of the large lane (default 1, or HOMER_LARGE_WORKERS)")
-    parser.add_argument("--lane", choices=["all", "small", "large"], default="all",
-                        help="serve both build lanes (default) or only one")
-    parser.add_argument("--deep-read", action="store_true",
-                        help="also keep the leaf states of each build, for deep reads (or HOMER_DEEP_READ=1)")
+    parser.add_argument(
+        "--large-workers",
+        type=int,
+        default=None,
+        help="build threads of the large lane (default 1, or HOMER_LARGE_WORKERS)",
+    )
+    parser.add_argument(
+        "--lane", choices=["all", "small", "large"], default="all", help="serve both build lanes (default) or only one"
+    )
+    parser.add_argument(
+        "--deep-read",
+        action="store_true",
+        help="also keep the leaf states of each build, for deep reads (or HOMER_DEEP_READ=1)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true")
     args = parser.parse_args(argv)
     try:

@@ -29,17 +29,65 @@ def steps(args) -> dict[str, list[str]]:
     n = ["--samples", str(args.samples)]
     retrieval = ["benchmarks.retrieval", *model, *device, *n]
     return {
-        "passkey": [*retrieval, "--task", "passkey", "--prompt-style", "completion",
-                    "--lengths", "4000", "8000", "16000", "32000", "64000", "--methods", *BASELINES,
-                    "--variants", *VARIANTS],
-        "needle": [*retrieval, "--task", "needle", "--lengths", "4000", "16000", "32000", "--methods", *BASELINES,
-                   "--variants", *VARIANTS],
-        "ablation": [*retrieval, "--task", "passkey", "--prompt-style", "completion", "--lengths", "32000",
-                     "--name", "ablation", "--protocols", "question-aware",
-                     "--variants", "calibrated:calibrated:0", "uncalibrated:uncalibrated:0", "random:random:0"],
-        "sweep": [*retrieval, "--task", "needle", "--lengths", "16000", "--name", "sweep",
-                  "--variants", *[f"w{w}:warmup_layers={w},span=word,query_rows=24" for w in (6, 11, 16)],
-                  *[f"m{m}:max_chunk_len={m},span=word,query_rows=24" for m in (2048, 3072)]],
+        "passkey": [
+            *retrieval,
+            "--task",
+            "passkey",
+            "--prompt-style",
+            "completion",
+            "--lengths",
+            "4000",
+            "8000",
+            "16000",
+            "32000",
+            "64000",
+            "--methods",
+            *BASELINES,
+            "--variants",
+            *VARIANTS,
+        ],
+        "needle": [
+            *retrieval,
+            "--task",
+            "needle",
+            "--lengths",
+            "4000",
+            "16000",
+            "32000",
+            "--methods",
+            *BASELINES,
+            "--variants",
+            *VARIANTS,
+        ],
+        "ablation": [
+            *retrieval,
+            "--task",
+            "passkey",
+            "--prompt-style",
+            "completion",
+            "--lengths",
+            "32000",
+            "--name",
+            "ablation",
+            "--protocols",
+            "question-aware",
+            "--variants",
+            "calibrated:calibrated:0",
+            "uncalibrated:uncalibrated:0",
+            "random:random:0",
+        ],
+        "sweep": [
+            *retrieval,
+            "--task",
+            "needle",
+            "--lengths",
+            "16000",
+            "--name",
+            "sweep",
+            "--variants",
+            *[f"w{w}:warmup_layers={w},span=word,query_rows=24" for w in (6, 11, 16)],
+            *[f"m{m}:max_chunk_len={m},span=word,query_rows=24" for m in (2048, 3072)],
+        ],
         "perplexity": ["benchmarks.perplexity", *model, *device],
         "speed": ["benchmarks.speed", *model, *device],
         "memory": ["benchmarks.memory", *model, *device],
@@ -75,8 +123,10 @@ def main(argv=None) -> int:
             continue
         started = time.perf_counter()
         code = subprocess.call(line)
-        print(f"== {name}: {'ok' if code == 0 else f'FAILED (exit {code})'} in {time.perf_counter() - started:.0f} s",
-              flush=True)
+        print(
+            f"== {name}: {'ok' if code == 0 else f'FAILED (exit {code})'} in {time.perf_counter() - started:.0f} s",
+            flush=True,
+        )
         if code:
             failed.append(name)
     if failed:

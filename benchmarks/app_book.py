@@ -61,9 +61,14 @@ def ask(client, document_id: str, question: str, max_new_tokens: int) -> dict:
         if client_first is None and history and history[-1]["role"] == "assistant" and _text(history[-1]):
             client_first = time.perf_counter() - started
     history, _, line, stats = job.result()
-    return {"question": question, "answer": _text(history[-1]), "stats": stats, "turn_line": line,
-            "client_first_token_s": round(client_first, 3) if client_first is not None else None,
-            "client_seconds": round(time.perf_counter() - started, 3)}
+    return {
+        "question": question,
+        "answer": _text(history[-1]),
+        "stats": stats,
+        "turn_line": line,
+        "client_first_token_s": round(client_first, 3) if client_first is not None else None,
+        "client_seconds": round(time.perf_counter() - started, 3),
+    }
 
 
 def _text(message: dict) -> str:
@@ -85,15 +90,20 @@ def store_rows(home: Path) -> dict:
         out["job_queued_to_done_s"] = round(job["finished"] - job["created"], 2)
         out["job_running_s"] = round(job["finished"] - job["started"], 2)
     if cache is not None:
-        out.update(cache_tokens=cache["tokens"], cache_bytes=cache["bytes"],
-                   engine_build_s=round(cache["build_seconds"] or 0.0, 2), model_name=cache["model_name"])
+        out.update(
+            cache_tokens=cache["tokens"],
+            cache_bytes=cache["bytes"],
+            engine_build_s=round(cache["build_seconds"] or 0.0, 2),
+            model_name=cache["model_name"],
+        )
     if doc is not None:
         out.update(document_tokens=doc["token_count"], document_chars=doc["chars"], document_bytes=doc["bytes"])
     return out
 
 
-def run(book: Path, model: str, questions: list[str], max_new_tokens: int, chars: int | None,
-        timeout: float, work: Path) -> dict:
+def run(
+    book: Path, model: str, questions: list[str], max_new_tokens: int, chars: int | None, timeout: float, work: Path
+) -> dict:
     from gradio_client import Client, handle_file
 
     text = book.read_text(encoding="utf-8")
@@ -103,8 +113,13 @@ def run(book: Path, model: str, questions: list[str], max_new_tokens: int, chars
         book.write_text(text, encoding="utf-8")
     document_id = hashlib.sha256(book.read_bytes()).hexdigest()
     home = work / "home"  # fresh: nothing converted, nothing stored
-    result: dict = {"book": book.name, "chars": len(text), "model": model, "questions": questions,
-                    "max_new_tokens": max_new_tokens}
+    result: dict = {
+        "book": book.name,
+        "chars": len(text),
+        "model": model,
+        "questions": questions,
+        "max_new_tokens": max_new_tokens,
+    }
     launched = time.perf_counter()
     with running_app(home, model, timeout=timeout) as url:
         result["app_start_s"] = round(time.perf_counter() - launched, 2)
@@ -116,9 +131,12 @@ def run(book: Path, model: str, questions: list[str], max_new_tokens: int, chars
         loads: list[float] = []
         row, states = wait_ready(client, book.name, started, timeout, loads)
         ready = time.perf_counter() - started
-        result.update(upload_to_ready_s=round(ready, 2), library_row=row, states_seen=states,
-                      load_average_during_build={"mean": round(sum(loads) / len(loads), 2),
-                                                 "max": round(max(loads), 2)})
+        result.update(
+            upload_to_ready_s=round(ready, 2),
+            library_row=row,
+            states_seen=states,
+            load_average_during_build={"mean": round(sum(loads) / len(loads), 2), "max": round(max(loads), 2)},
+        )
         print(f"{book.name}: {row[1]} after {ready:.1f} s", flush=True)
         if not row[1].startswith("ready"):
             raise RuntimeError(f"the build failed: {row[1]}\n{app_log(home)[-3000:]}")
@@ -147,20 +165,38 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--book", type=Path, default=BOOK)
     parser.add_argument("--model", default="embedded", help="what the app is started with (--model)")
     parser.add_argument("--chars", type=int, default=None, help="only the first N characters (a quick check)")
-    parser.add_argument("--question", action="append", dest="questions",
-                        help=f"repeat for each turn (default: {QUESTIONS})")
+    parser.add_argument(
+        "--question", action="append", dest="questions", help=f"repeat for each turn (default: {QUESTIONS})"
+    )
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--timeout", type=float, default=3600.0, help="seconds for the app to start and for the build")
     parser.add_argument("--output", type=Path, default=RESULTS / "app_book.json")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="homer-app-book-") as work:
-        result = run(args.book, args.model, args.questions or QUESTIONS, args.max_new_tokens, args.chars,
-                     args.timeout, Path(work))
+        result = run(
+            args.book,
+            args.model,
+            args.questions or QUESTIONS,
+            args.max_new_tokens,
+            args.chars,
+            args.timeout,
+            Path(work),
+        )
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    summary = {k: result.get(k) for k in ("document_tokens", "app_start_s", "upload_to_ready_s",
-                                          "upload_to_first_answer_s", "first_question_ttft_s", "follow_up_ttft_s",
-                                          "build_over_follow_up_ttft", "bar_met")}
+    summary = {
+        k: result.get(k)
+        for k in (
+            "document_tokens",
+            "app_start_s",
+            "upload_to_ready_s",
+            "upload_to_first_answer_s",
+            "first_question_ttft_s",
+            "follow_up_ttft_s",
+            "build_over_follow_up_ttft",
+            "bar_met",
+        )
+    }
     print(json.dumps(summary, indent=2), flush=True)
     return 0
 

@@ -52,17 +52,31 @@ def main(argv=None) -> int:
     for question in questions:
         cached = "".join(Conversation(cache, model, tokenizer).ask(question, settings=settings))
         turn = plan_turn(store, doc, question, focus)
-        focused = (focusing.NOT_FOUND if turn.not_found else
-                   "".join(PassageConversation(model, tokenizer).ask(question, turn.texts, settings=settings)))
-        rows.append({"question": question, "cache_answer": cached, "cache_declined": declined(cached),
-                     "focused_answer": focused, "focused_declined": declined(focused),
-                     "coverage": round(turn.coverage or 0.0, 3)})
+        focused = (
+            focusing.NOT_FOUND
+            if turn.not_found
+            else "".join(PassageConversation(model, tokenizer).ask(question, turn.texts, settings=settings))
+        )
+        rows.append(
+            {
+                "question": question,
+                "cache_answer": cached,
+                "cache_declined": declined(cached),
+                "focused_answer": focused,
+                "focused_declined": declined(focused),
+                "coverage": round(turn.coverage or 0.0, 3),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     n = len(rows)
-    out = {"benchmark": "book-absent", "book": BOOK.name, "questions": n,
-           "cache_unsupported_rate": round(100 * sum(not r["cache_declined"] for r in rows) / n, 1),
-           "focused_unsupported_rate": round(100 * sum(not r["focused_declined"] for r in rows) / n, 1),
-           "rows": rows}
+    out = {
+        "benchmark": "book-absent",
+        "book": BOOK.name,
+        "questions": n,
+        "cache_unsupported_rate": round(100 * sum(not r["cache_declined"] for r in rows) / n, 1),
+        "focused_unsupported_rate": round(100 * sum(not r["focused_declined"] for r in rows) / n, 1),
+        "rows": rows,
+    }
     Path(args.output).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({k: v for k, v in out.items() if k != "rows"}))
     return 0

@@ -34,34 +34,67 @@ from pathlib import Path
 import torch
 
 RESULTS = Path(__file__).parent / "results"
-DEV_SEED = 0  # the document the statistic and layers of homer.answering.citations were chosen on; the others are held out
+DEV_SEED = (
+    0  # the document the statistic and layers of homer.answering.citations were chosen on; the others are held out
+)
 
 # (fact sentence, question, the word the answer must hold)
 FACTS = [
     ("The lighthouse keeper's cat is named Biscuit.", "What is the name of the lighthouse keeper's cat?", "Biscuit"),
     ("The treasury holds 4120 gold coins.", "How many gold coins does the treasury hold?", "4120"),
     ("The mayor of Port Avalon is a woman called Henrietta Vale.", "Who is the mayor of Port Avalon?", "Henrietta"),
-    ("The secret password to the city archive is marmalade.", "What is the secret password to the city archive?",
-     "marmalade"),
-    ("The blue train to Kingsbridge leaves at 7:45 every morning.", "When does the blue train to Kingsbridge leave?",
-     "7:45"),
-    ("Professor Okafor's favourite instrument is the bassoon.", "What is Professor Okafor's favourite instrument?",
-     "bassoon"),
+    (
+        "The secret password to the city archive is marmalade.",
+        "What is the secret password to the city archive?",
+        "marmalade",
+    ),
+    (
+        "The blue train to Kingsbridge leaves at 7:45 every morning.",
+        "When does the blue train to Kingsbridge leave?",
+        "7:45",
+    ),
+    (
+        "Professor Okafor's favourite instrument is the bassoon.",
+        "What is Professor Okafor's favourite instrument?",
+        "bassoon",
+    ),
     ("The bridge over the Silver River is 318 metres long.", "How long is the bridge over the Silver River?", "318"),
     ("The expedition's ship was called the Northern Wren.", "What was the expedition's ship called?", "Wren"),
-    ("Grandmother Rosa's soup recipe uses exactly nine cloves of garlic.",
-     "How many cloves of garlic does Grandmother Rosa's soup use?", "nine"),
-    ("The museum's oldest painting shows a red fox sleeping in the snow.", "What does the museum's oldest painting show?",
-     "fox"),
-    ("The village of Elmsworth celebrates the Lantern Festival every October.",
-     "In which month does Elmsworth celebrate the Lantern Festival?", "October"),
-    ("The chess champion Ivan Petrov won his first title at the age of 14.",
-     "At what age did Ivan Petrov win his first chess title?", "14"),
-    ("The tallest tree in the botanical garden is a copper beech.", "What is the tallest tree in the botanical garden?",
-     "beech"),
-    ("The rocket engine was tested at the Redstone range in the desert.", "Where was the rocket engine tested?",
-     "Redstone"),
-    ("The baker on Mill Street is famous for his lemon tarts.", "What is the baker on Mill Street famous for?", "lemon"),
+    (
+        "Grandmother Rosa's soup recipe uses exactly nine cloves of garlic.",
+        "How many cloves of garlic does Grandmother Rosa's soup use?",
+        "nine",
+    ),
+    (
+        "The museum's oldest painting shows a red fox sleeping in the snow.",
+        "What does the museum's oldest painting show?",
+        "fox",
+    ),
+    (
+        "The village of Elmsworth celebrates the Lantern Festival every October.",
+        "In which month does Elmsworth celebrate the Lantern Festival?",
+        "October",
+    ),
+    (
+        "The chess champion Ivan Petrov won his first title at the age of 14.",
+        "At what age did Ivan Petrov win his first chess title?",
+        "14",
+    ),
+    (
+        "The tallest tree in the botanical garden is a copper beech.",
+        "What is the tallest tree in the botanical garden?",
+        "beech",
+    ),
+    (
+        "The rocket engine was tested at the Redstone range in the desert.",
+        "Where was the rocket engine tested?",
+        "Redstone",
+    ),
+    (
+        "The baker on Mill Street is famous for his lemon tarts.",
+        "What is the baker on Mill Street famous for?",
+        "lemon",
+    ),
     ("The pilot's call sign is Falcon Seven.", "What is the pilot's call sign?", "Falcon"),
 ]
 
@@ -88,7 +121,7 @@ def fact_document(pages: int, facts: int, seed: int, page_lines: int = PAGE_LINE
     from benchmarks.evaluation.pdf import text_pdf
 
     rng = random.Random(seed)
-    prose = ascii_prose(essay_text()[: 2_000_000])
+    prose = ascii_prose(essay_text()[:2_000_000])
     chosen = rng.sample(FACTS, facts)
     fact_pages = sorted(rng.sample(range(1, pages + 1), facts))
     rng.shuffle(fact_pages)
@@ -98,7 +131,7 @@ def fact_document(pages: int, facts: int, seed: int, page_lines: int = PAGE_LINE
     per_page = LINE_CHARS * page_lines
     texts, items = [], []
     for page in range(1, pages + 1):
-        body = prose[start: start + per_page]
+        body = prose[start : start + per_page]
         cut = body.rfind(". ")
         body, start = body[: cut + 1], start + cut + 2
         if page in planted:
@@ -160,8 +193,16 @@ def _sum_pages(scores, cache, page_starts):
     return [PageCitation(best, float(per_page[best]))], None
 
 
-def run_document(model, tokenizer, pages: int, facts: int, seed: int, max_new_tokens: int, variants: bool,
-                 page_lines: int = PAGE_LINES) -> dict:
+def run_document(
+    model,
+    tokenizer,
+    pages: int,
+    facts: int,
+    seed: int,
+    max_new_tokens: int,
+    variants: bool,
+    page_lines: int = PAGE_LINES,
+) -> dict:
     from homer import Conversation, HomerCache, build_document_cache
     from homer.answering.citations import cite, turn_ids
     from homer.prompting import DocumentPrompt
@@ -181,8 +222,13 @@ def run_document(model, tokenizer, pages: int, facts: int, seed: int, max_new_to
         cache = HomerCache.load(cache.save(Path(tmp) / "doc.homer.safetensors"), model=model)
     prompt = DocumentPrompt.from_json(cache.metadata["prompt"])
     n = model.config.num_hidden_layers
-    layer_sets = {"all": list(range(n)), "lower half": list(range(n // 2)), "upper half": list(range(n // 2, n)),
-                  "middle half": list(range(n // 4, 3 * n // 4)), "top quarter": list(range(3 * n // 4, n))}
+    layer_sets = {
+        "all": list(range(n)),
+        "lower half": list(range(n // 2)),
+        "upper half": list(range(n // 2, n)),
+        "middle half": list(range(n // 4, 3 * n // 4)),
+        "top quarter": list(range(3 * n // 4, n)),
+    }
     rows = []
     for item in items:
         conversation = Conversation(cache, model, tokenizer)
@@ -197,15 +243,19 @@ def run_document(model, tokenizer, pages: int, facts: int, seed: int, max_new_to
         if before is not None:
             assert torch.equal(before, cache.keys), "citing must not change the stored cache"
         row = {
-            "page": item["page"], "question": item["question"], "answer": answer.strip(),
+            "page": item["page"],
+            "question": item["question"],
+            "answer": answer.strip(),
             "answer_holds_fact": item["answer"].lower() in answer.lower(),
             "fact_kept": round(fact_kept(cache, item["offset"], item["end"]), 3),
-            "cited": [c.page for c in citations.pages], "scores": [round(c.score, 4) for c in citations.pages],
+            "cited": [c.page for c in citations.pages],
+            "scores": [round(c.score, 4) for c in citations.pages],
             "top_page_right": citations.top_page == item["page"],
             "right_page_cited": item["page"] in [c.page for c in citations.pages],
             "fact_page_score": round(citations.page_scores.get(item["page"], 0.0), 4),
             "best_page_score": round(max(citations.page_scores.values(), default=0.0), 4),
-            "answer_tokens": citations.query_tokens, "citation_s": round(citations.seconds, 3),
+            "answer_tokens": citations.query_tokens,
+            "citation_s": round(citations.seconds, 3),
             "citation_cpu_s": round(cpu, 3),
             "answer_s": round(answer_s, 3),
         }
@@ -213,18 +263,29 @@ def run_document(model, tokenizer, pages: int, facts: int, seed: int, max_new_to
             # the question's text is the first thing after the cache (the suffix ends before it)
             row["variants"] = variant_top_pages(model, cache, source.page_starts, ids, answer_start, layer_sets)
         rows.append(row)
-        print(f"  p.{item['page']:>2} cited {row['cited']} {'ok ' if row['top_page_right'] else 'MISS'} "
-              f"kept {row['fact_kept']:.2f} answer {row['answer'][:60]!r} ({row['citation_s']:.2f} s)", flush=True)
+        print(
+            f"  p.{item['page']:>2} cited {row['cited']} {'ok ' if row['top_page_right'] else 'MISS'} "
+            f"kept {row['fact_kept']:.2f} answer {row['answer'][:60]!r} ({row['citation_s']:.2f} s)",
+            flush=True,
+        )
     right = sum(r["top_page_right"] for r in rows)
     summary = {
-        "seed": seed, "pages": pages, "document_tokens": tokens, "cache_tokens": len(cache),
-        "window": int(model.config.max_position_embeddings), "build_s": round(build_s, 2), "facts": len(rows),
-        "top_page_right": right, "accuracy": round(right / len(rows), 3),
-        "answers_holding_fact": sum(r["answer_holds_fact"] for r in rows), "rows": rows,
+        "seed": seed,
+        "pages": pages,
+        "document_tokens": tokens,
+        "cache_tokens": len(cache),
+        "window": int(model.config.max_position_embeddings),
+        "build_s": round(build_s, 2),
+        "facts": len(rows),
+        "top_page_right": right,
+        "accuracy": round(right / len(rows), 3),
+        "answers_holding_fact": sum(r["answer_holds_fact"] for r in rows),
+        "rows": rows,
     }
     if variants:
-        summary["variants"] = {key: sum(r["variants"][key] == r["page"] for r in rows) / len(rows)
-                               for key in rows[0]["variants"]}
+        summary["variants"] = {
+            key: sum(r["variants"][key] == r["page"] for r in rows) / len(rows) for key in rows[0]["variants"]
+        }
     return summary
 
 
@@ -232,8 +293,12 @@ def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pages", type=int, default=20)
     parser.add_argument("--facts", type=int, default=16)
-    parser.add_argument("--page-lines", type=int, default=PAGE_LINES,
-                        help=f"lines of {LINE_CHARS} characters per page (11 keeps 16 pages inside one cache)")
+    parser.add_argument(
+        "--page-lines",
+        type=int,
+        default=PAGE_LINES,
+        help=f"lines of {LINE_CHARS} characters per page (11 keeps 16 pages inside one cache)",
+    )
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--max-new-tokens", type=int, default=24)
     parser.add_argument("--no-variants", action="store_true", help="skip the layer-range / query-set comparison")
@@ -247,12 +312,27 @@ def main(argv=None) -> dict:
     documents = []
     for seed in args.seeds:
         print(f"document seed {seed}: {args.pages} pages, {args.facts} facts", flush=True)
-        documents.append(run_document(model, tokenizer, args.pages, args.facts, seed, args.max_new_tokens,
-                                      not args.no_variants, args.page_lines))
+        documents.append(
+            run_document(
+                model,
+                tokenizer,
+                args.pages,
+                args.facts,
+                seed,
+                args.max_new_tokens,
+                not args.no_variants,
+                args.page_lines,
+            )
+        )
         print(f"  top page right: {documents[-1]['top_page_right']}/{documents[-1]['facts']}", flush=True)
         result = summarize(model, documents)  # written after every document: a stopped run still counts
-        result["run"] = {"pages": args.pages, "page_lines": args.page_lines, "facts": args.facts, "seeds": args.seeds,
-                         "max_new_tokens": args.max_new_tokens}
+        result["run"] = {
+            "pages": args.pages,
+            "page_lines": args.page_lines,
+            "facts": args.facts,
+            "seeds": args.seeds,
+            "max_new_tokens": args.max_new_tokens,
+        }
         args.output.parent.mkdir(parents=True, exist_ok=True)
         args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps({k: v for k, v in result.items() if k != "documents"}, indent=2))
@@ -267,9 +347,14 @@ def summarize(model, documents: list[dict]) -> dict:
     costs = sorted(r["citation_s"] for r in rows)
     cpu_costs = sorted(r["citation_cpu_s"] for r in rows)
     result = {
-        "model": getattr(model, "homer_name", None), "device": str(model.device), "threads": torch.get_num_threads(),
-        "machine": platform.machine(), "layers_read": default_layers(model.config.num_hidden_layers),
-        "answers": len(rows), "top_page_right": right, "accuracy": round(right / len(rows), 3),
+        "model": getattr(model, "homer_name", None),
+        "device": str(model.device),
+        "threads": torch.get_num_threads(),
+        "machine": platform.machine(),
+        "layers_read": default_layers(model.config.num_hidden_layers),
+        "answers": len(rows),
+        "top_page_right": right,
+        "accuracy": round(right / len(rows), 3),
         "held_out": _share([r for d in documents if d["seed"] != DEV_SEED for r in d["rows"]]),
         "development": _share([r for d in documents if d["seed"] == DEV_SEED for r in d["rows"]]),
         "right_page_among_cited": round(sum(r["right_page_cited"] for r in rows) / len(rows), 3),
@@ -286,8 +371,10 @@ def summarize(model, documents: list[dict]) -> dict:
         "documents": documents,
     }
     if "variants" in documents[0]:
-        result["variants"] = {key: round(sum(d["variants"][key] * d["facts"] for d in documents) / len(rows), 3)
-                              for key in documents[0]["variants"]}
+        result["variants"] = {
+            key: round(sum(d["variants"][key] * d["facts"] for d in documents) / len(rows), 3)
+            for key in documents[0]["variants"]
+        }
     return result
 
 

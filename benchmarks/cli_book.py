@@ -50,24 +50,51 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="homer-cli-book-") as home:
         env = {**os.environ, "HOMER_HOME": home, "HF_HUB_OFFLINE": "1"}  # fresh: the model is converted first
         started = time.perf_counter()
-        run = subprocess.run([sys.executable, "-m", "app", "ask", str(BOOK), *questions, "--model", args.model,
-                              "--max-new-tokens", str(args.max_new_tokens)], capture_output=True, text=True,
-                             cwd=ROOT, env=env, timeout=6 * 3600)
+        run = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "app",
+                "ask",
+                str(BOOK),
+                *questions,
+                "--model",
+                args.model,
+                "--max-new-tokens",
+                str(args.max_new_tokens),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=env,
+            timeout=6 * 3600,
+        )
         seconds = time.perf_counter() - started
     if run.returncode != 0:
         print(run.stderr[-3000:], file=sys.stderr)
         return run.returncode
     texts = answers(run.stdout, questions)
     strategies = re.findall(r"^\[(\S+) · first token ([0-9.]+) s", run.stderr, re.M)
-    rows = [{"question": q, "answer": a, "right": correct(a, accepted), "strategy": s[0], "ttft_s": float(s[1])}
-            for (q, _, accepted), a, s in zip(facts, texts, strategies)]
+    rows = [
+        {"question": q, "answer": a, "right": correct(a, accepted), "strategy": s[0], "ttft_s": float(s[1])}
+        for (q, _, accepted), a, s in zip(facts, texts, strategies)
+    ]
     right = sum(r["right"] for r in rows)
     ttfts = sorted(r["ttft_s"] for r in rows)
-    result = {"benchmark": "cli-book", "book": BOOK.name, "door": "homer ask BOOK q1 … qN (one process)",
-              "questions": len(rows), "right": right, "accuracy": round(right / len(rows), 4),
-              "median_time_to_first_token_s": ttfts[len(ttfts) // 2], "seconds": round(seconds, 1),
-              "max_new_tokens": args.max_new_tokens, "load_average_end": round(os.getloadavg()[0], 2),
-              "app_figure": "benchmarks/results/focus-book-best-last.json: passages 21/56", "rows": rows}
+    result = {
+        "benchmark": "cli-book",
+        "book": BOOK.name,
+        "door": "homer ask BOOK q1 … qN (one process)",
+        "questions": len(rows),
+        "right": right,
+        "accuracy": round(right / len(rows), 4),
+        "median_time_to_first_token_s": ttfts[len(ttfts) // 2],
+        "seconds": round(seconds, 1),
+        "max_new_tokens": args.max_new_tokens,
+        "load_average_end": round(os.getloadavg()[0], 2),
+        "app_figure": "benchmarks/results/focus-book-best-last.json: passages 21/56",
+        "rows": rows,
+    }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
     print(json.dumps({k: v for k, v in result.items() if k != "rows"}))

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.evaluation.haystack import needle_document
 from homer import Conversation, HomerConfig, build_document_cache
 from homer.generation import GenerationSettings, generate_tokens
-from benchmarks.evaluation.haystack import needle_document
 from homer.models import load_model
 
 RESULTS = Path(__file__).parent / "results"
@@ -67,7 +67,7 @@ def decode_run(cache, model, tokenizer, question: str, new_tokens: int, kv_cache
     of wall time, and per second of this process's CPU time (with one thread, about what an
     idle core would give when the machine is shared)."""
     conversation = Conversation(cache, model, tokenizer, kv_cache=kv_cache)
-    text = conversation.prompt.render(tokenizer, [], question)[len(conversation.text):]
+    text = conversation.prompt.render(tokenizer, [], question)[len(conversation.text) :]
     ids = tokenizer(text, add_special_tokens=False).input_ids
     tokens = generate_tokens(model, conversation.state, ids, GenerationSettings(max_new_tokens=new_tokens), set())
     first = [next(tokens)]  # the question and the first answer token
@@ -75,17 +75,26 @@ def decode_run(cache, model, tokenizer, question: str, new_tokens: int, kv_cache
     rest = list(tokens)
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     keys = conversation.state.kv.layers[0].keys
-    return {"tokens_per_s": len(rest) / wall, "tokens_per_cpu_s": len(rest) / max(cpu, 1e-9),
-            "tokens": first + rest, "cache_tokens_at_end": conversation.state.kv.get_seq_length(),
-            "kv_dtype": str(keys.dtype), "kv_element": keys.element_size()}
+    return {
+        "tokens_per_s": len(rest) / wall,
+        "tokens_per_cpu_s": len(rest) / max(cpu, 1e-9),
+        "tokens": first + rest,
+        "cache_tokens_at_end": conversation.state.kv.get_seq_length(),
+        "kv_dtype": str(keys.dtype),
+        "kv_element": keys.element_size(),
+    }
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=None)
     parser.add_argument("--device", default=None)
-    parser.add_argument("--document-tokens", type=int, default=8_000,
-                        help="essay document length; its HOMER cache keeps about half the model window")
+    parser.add_argument(
+        "--document-tokens",
+        type=int,
+        default=8_000,
+        help="essay document length; its HOMER cache keeps about half the model window",
+    )
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=2, help="alternating runs per path; the best counts")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
@@ -108,7 +117,9 @@ def main(argv=None) -> None:
             for kind in runs:  # alternate, so a busy moment on a shared machine hits both
                 row = decode_run(cache, model, tokenizer, item.question, args.new_tokens, kind)
                 runs[kind].append(row)
-                print(f"{kind}: {row['tokens_per_s']:.2f} tokens/s ({row['tokens_per_cpu_s']:.2f} per CPU-s)", flush=True)
+                print(
+                    f"{kind}: {row['tokens_per_s']:.2f} tokens/s ({row['tokens_per_cpu_s']:.2f} per CPU-s)", flush=True
+                )
     bandwidth, cpu_bandwidth = read_bandwidth() if model.device.type == "cpu" else (None, None)
     load_after = os.getloadavg()
 
@@ -117,11 +128,17 @@ def main(argv=None) -> None:
     weights = weight_bytes_per_token(model)
     kv = {kind: kv_bytes_per_token(model, mean_cache, row["kv_element"]) for kind, row in best.items()}
     result = {
-        "model": getattr(model, "homer_name", args.model), "device": str(model.device), "dtype": str(model.dtype),
-        "threads": torch.get_num_threads(), "cpus": os.cpu_count(),
+        "model": getattr(model, "homer_name", args.model),
+        "device": str(model.device),
+        "dtype": str(model.dtype),
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
         "load_average_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
-        "document_tokens": args.document_tokens, "cache_tokens": len(cache), "cache_build_s": round(build_seconds, 2),
-        "new_tokens": args.new_tokens, "repeats": args.repeats,
+        "document_tokens": args.document_tokens,
+        "cache_tokens": len(cache),
+        "cache_build_s": round(build_seconds, 2),
+        "new_tokens": args.new_tokens,
+        "repeats": args.repeats,
         "dynamic_tokens_per_s": round(best["dynamic"]["tokens_per_s"], 2),
         "preallocated_tokens_per_s": round(best["preallocated"]["tokens_per_s"], 2),
         "speedup": round(best["preallocated"]["tokens_per_s"] / best["dynamic"]["tokens_per_s"], 3),
@@ -130,22 +147,26 @@ def main(argv=None) -> None:
         "dynamic_tokens_per_cpu_s": round(max(r["tokens_per_cpu_s"] for r in runs["dynamic"]), 2),
         "preallocated_tokens_per_cpu_s": round(max(r["tokens_per_cpu_s"] for r in runs["preallocated"]), 2),
         "kv_dtype": {kind: row["kv_dtype"] for kind, row in best.items()},
-        "weight_bytes_per_token": weights, "kv_bytes_per_token": {kind: round(b) for kind, b in kv.items()},
+        "weight_bytes_per_token": weights,
+        "kv_bytes_per_token": {kind: round(b) for kind, b in kv.items()},
         "bar_tokens_per_s": BAR_TOKENS_PER_S,
         "bar_met": best["preallocated"]["tokens_per_s"] >= BAR_TOKENS_PER_S,
     }
     if bandwidth:  # each path against the bytes it has to read (its own KV dtype)
         bound = {kind: bandwidth / (weights + kv[kind]) for kind in kv}
-        result.update({
-            "read_bandwidth_gb_s": round(bandwidth / 1e9, 2),
-            "bandwidth_bound_tokens_per_s": {kind: round(b, 2) for kind, b in bound.items()},
-            "preallocated_over_bound": round(best["preallocated"]["tokens_per_s"] / bound["preallocated"], 3),
-            "dynamic_over_bound": round(best["dynamic"]["tokens_per_s"] / bound["dynamic"], 3),
-            # the same per CPU-second: on a shared machine with one thread, what an idle core gives
-            "read_bandwidth_gb_per_cpu_s": round(cpu_bandwidth / 1e9, 2),
-            "preallocated_per_cpu_s_over_bound": round(result["preallocated_tokens_per_cpu_s"]
-                                                      / (cpu_bandwidth / (weights + kv["preallocated"])), 3),
-        })
+        result.update(
+            {
+                "read_bandwidth_gb_s": round(bandwidth / 1e9, 2),
+                "bandwidth_bound_tokens_per_s": {kind: round(b, 2) for kind, b in bound.items()},
+                "preallocated_over_bound": round(best["preallocated"]["tokens_per_s"] / bound["preallocated"], 3),
+                "dynamic_over_bound": round(best["dynamic"]["tokens_per_s"] / bound["dynamic"], 3),
+                # the same per CPU-second: on a shared machine with one thread, what an idle core gives
+                "read_bandwidth_gb_per_cpu_s": round(cpu_bandwidth / 1e9, 2),
+                "preallocated_per_cpu_s_over_bound": round(
+                    result["preallocated_tokens_per_cpu_s"] / (cpu_bandwidth / (weights + kv["preallocated"])), 3
+                ),
+            }
+        )
     print(json.dumps(result, indent=2), flush=True)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     (args.results_dir / f"{args.name}.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.evaluation.haystack import first_number, needle_document
 from homer import Conversation, HomerConfig, build_document_cache
 from homer.answering.deep_read import build_document_with_leaf_states, deep_read_document
-from benchmarks.evaluation.haystack import first_number, needle_document
 from homer.models import load_model
 
 from .retrieval import wilson
@@ -40,7 +40,8 @@ def summary(rows: list[dict], args, model, config: HomerConfig) -> dict:
     out = {
         "task": "needle in essays, question-aware deep read",
         "model": getattr(model, "homer_name", ""),
-        "machine": f"{torch.get_num_threads()} CPU threads (shared with other jobs)" if not torch.cuda.is_available()
+        "machine": f"{torch.get_num_threads()} CPU threads (shared with other jobs)"
+        if not torch.cuda.is_available()
         else torch.cuda.get_device_name(),
         "tokens": args.tokens,
         "samples": n,
@@ -54,19 +55,26 @@ def summary(rows: list[dict], args, model, config: HomerConfig) -> dict:
         out[f"{method}_accuracy"] = {"correct": k, "n": n, "accuracy": round(k / n, 3), "ci95": wilson(k, n)}
     full = sum(r["question_aware_seconds"] for r in rows)
     deep = sum(r["deep_read_seconds"] for r in rows)
-    out.update({
-        "question_aware_rebuild_seconds_mean": round(full / n, 2),
-        "deep_read_seconds_mean": round(deep / n, 2),
-        "cost_ratio_deep_read_over_rebuild": round(deep / full, 3),
-        "cost_ratio_per_sample": [round(r["deep_read_seconds"] / r["question_aware_seconds"], 3) for r in rows],
-        "document_first_build_with_states_seconds_mean": round(sum(r["document_first_seconds"] for r in rows) / n, 2),
-        "leaf_state_bytes_per_token": round(sum(r["leaf_state_bytes"] for r in rows) / sum(r["context_tokens"] for r in rows)),
-        "document_cache_bytes_per_context_token": round(sum(r["cache_bytes"] for r in rows)
-                                                        / sum(r["context_tokens"] for r in rows)),
-        "deep_read_same_answer_as_rebuild": sum(r["deep_read_answer"] == r["question_aware_answer"] for r in rows),
-        "deep_read_kept_tokens_same_as_rebuild_mean": round(sum(r["kept_overlap"] for r in rows) / n, 4),
-        "deep_read_fell_back_to_rebuild": sum(r["deep_read_mode"] != "leaf-states" for r in rows),
-    })
+    out.update(
+        {
+            "question_aware_rebuild_seconds_mean": round(full / n, 2),
+            "deep_read_seconds_mean": round(deep / n, 2),
+            "cost_ratio_deep_read_over_rebuild": round(deep / full, 3),
+            "cost_ratio_per_sample": [round(r["deep_read_seconds"] / r["question_aware_seconds"], 3) for r in rows],
+            "document_first_build_with_states_seconds_mean": round(
+                sum(r["document_first_seconds"] for r in rows) / n, 2
+            ),
+            "leaf_state_bytes_per_token": round(
+                sum(r["leaf_state_bytes"] for r in rows) / sum(r["context_tokens"] for r in rows)
+            ),
+            "document_cache_bytes_per_context_token": round(
+                sum(r["cache_bytes"] for r in rows) / sum(r["context_tokens"] for r in rows)
+            ),
+            "deep_read_same_answer_as_rebuild": sum(r["deep_read_answer"] == r["question_aware_answer"] for r in rows),
+            "deep_read_kept_tokens_same_as_rebuild_mean": round(sum(r["kept_overlap"] for r in rows) / n, 4),
+            "deep_read_fell_back_to_rebuild": sum(r["deep_read_mode"] != "leaf-states" for r in rows),
+        }
+    )
     overhead = [r for r in rows if r.get("document_first_plain_seconds")]
     if overhead:
         out["storing_states_overhead"] = {
@@ -114,15 +122,22 @@ def main(argv=None) -> None:
             deep = deep_read_document(model, tokenizer, states, item.question)
             deep_seconds = time.perf_counter() - started
 
-            answers = {name: answer(c, model, tokenizer, item.question)
-                       for name, c in (("document_first", doc), ("question_aware", full), ("deep_read", deep))}
+            answers = {
+                name: answer(c, model, tokenizer, item.question)
+                for name, c in (("document_first", doc), ("question_aware", full), ("deep_read", deep))
+            }
             same = deep.sources.shape == full.sources.shape and bool(torch.equal(deep.positions, full.positions))
             kept = set(deep.sources.tolist()) & set(full.sources.tolist())
             row = {
-                "sample": i, "depth": depth, "expected": item.answer,
-                "context_tokens": int(doc.metadata["context_len"]), "leaves": int(doc.metadata["num_leaves"]),
-                "document_first_seconds": round(doc_seconds, 2), "document_first_plain_seconds": plain_seconds,
-                "question_aware_seconds": round(full_seconds, 2), "deep_read_seconds": round(deep_seconds, 2),
+                "sample": i,
+                "depth": depth,
+                "expected": item.answer,
+                "context_tokens": int(doc.metadata["context_len"]),
+                "leaves": int(doc.metadata["num_leaves"]),
+                "document_first_seconds": round(doc_seconds, 2),
+                "document_first_plain_seconds": plain_seconds,
+                "question_aware_seconds": round(full_seconds, 2),
+                "deep_read_seconds": round(deep_seconds, 2),
                 "deep_read_mode": deep.metadata.get("deep_read"),
                 "leaf_state_bytes": states.stat().st_size,
                 "cache_bytes": doc.info()["bytes"],

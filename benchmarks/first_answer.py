@@ -43,7 +43,7 @@ def book_pdf(path: Path, chars: int = PDF_CHARS) -> Path:
 
     text = BOOK.read_text(encoding="utf-8")[:chars]
     lines = [line for paragraph in text.split("\n") for line in (textwrap.wrap(paragraph, 95) or [""])]
-    pages = ["\n".join(lines[i:i + 58]) for i in range(0, len(lines), 58)]
+    pages = ["\n".join(lines[i : i + 58]) for i in range(0, len(lines), 58)]
     path.write_bytes(text_pdf(pages, font_size=9))
     return path
 
@@ -63,10 +63,16 @@ def ask_when_askable(client, name: str, question: str, started: float, timeout: 
             continue
         done = time.perf_counter()
         report = result.get("report") or {}
-        return {"upload_to_first_answer_s": round(done - started, 2),
-                "upload_to_first_token_s": round(began - started + float(report.get("time_to_first_token", 0.0)), 2),
-                "tries": tries, "answer": result.get("answer"), "strategy": result.get("strategy"),
-                "reading": result.get("reading"), "sources": result.get("sources_label"), "report": report}
+        return {
+            "upload_to_first_answer_s": round(done - started, 2),
+            "upload_to_first_token_s": round(began - started + float(report.get("time_to_first_token", 0.0)), 2),
+            "tries": tries,
+            "answer": result.get("answer"),
+            "strategy": result.get("strategy"),
+            "reading": result.get("reading"),
+            "sources": result.get("sources_label"),
+            "report": report,
+        }
     raise TimeoutError(f"{name}: not askable in {timeout} s (last: {last})")
 
 
@@ -104,10 +110,19 @@ def run(documents: list[Path], model: str, timeout: float, work: Path, questions
                 for question in DURING:  # while the build runs: what a question costs it, and its wait
                     began = time.perf_counter()
                     answered = client.predict(path.name, question, 48, api_name="/ask_document")
-                    during.append({"question": question, "client_seconds": round(time.perf_counter() - began, 2),
-                                   "strategy": answered.get("strategy"), "reading": answered.get("reading"),
-                                   **{k: v for k, v in (answered.get("report") or {}).items()
-                                      if k in ("time_to_first_token", "seconds")}})
+                    during.append(
+                        {
+                            "question": question,
+                            "client_seconds": round(time.perf_counter() - began, 2),
+                            "strategy": answered.get("strategy"),
+                            "reading": answered.get("reading"),
+                            **{
+                                k: v
+                                for k, v in (answered.get("report") or {}).items()
+                                if k in ("time_to_first_token", "seconds")
+                            },
+                        }
+                    )
             entry["questions_during_build"] = during
             entry["upload_to_ready_s"] = wait_ready(client, path.name, started, timeout, loads)
             entry["load_average"] = {"mean": round(sum(loads) / len(loads), 2), "max": round(max(loads), 2)}

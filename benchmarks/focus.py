@@ -101,9 +101,20 @@ def book_cache(model, tokenizer, path: Path, text: str):
     return cache, seconds
 
 
-def run_arm(arm: str, question: str, model, tokenizer, cache, retrieve, evidence_text: str | None,
-            max_new_tokens: int, k: int, excerpt_words: int = 0, order: str | None = None,
-            leaf_read=None) -> dict:
+def run_arm(
+    arm: str,
+    question: str,
+    model,
+    tokenizer,
+    cache,
+    retrieve,
+    evidence_text: str | None,
+    max_new_tokens: int,
+    k: int,
+    excerpt_words: int = 0,
+    order: str | None = None,
+    leaf_read=None,
+) -> dict:
     """One answer under one arm: the answer, time to first token and what was fed."""
     from homer.answering.focus import DEFAULT_PASSAGE_ORDER, PassageConversation, cache_room, fit_passages, strategy
     from homer.generation import Conversation, GenerationSettings
@@ -154,9 +165,12 @@ def run_arm(arm: str, question: str, model, tokenizer, cache, retrieve, evidence
     stats = conversation.stats
     extra = {"clue": clue} if arm == "clue+passages" else {"leaves": leaves} if arm == "leaves" else {}
     return {
-        **extra, "answer": answer, "time_to_first_token": round(first if first is not None else time.perf_counter() - started, 4),
+        **extra,
+        "answer": answer,
+        "time_to_first_token": round(first if first is not None else time.perf_counter() - started, 4),
         "engine_time_to_first_token": round(float(stats.get("time_to_first_token", 0.0)), 4),
-        "retrieval_seconds": round(retrieval, 4), "passages_fed": len(fed or []),
+        "retrieval_seconds": round(retrieval, 4),
+        "passages_fed": len(fed or []),
         "prompt_tokens": (conversation.state.position - before - max(int(stats.get("new_tokens", 0)) - 1, 0)),
         "new_tokens": int(stats.get("new_tokens", 0)),
         "retrieved": [{"seq": p.seq, "score": round(p.score, 3)} for p in used],
@@ -173,7 +187,8 @@ def summarise(rows: list[dict], recall: dict, meta: dict) -> dict:
                 continue
             ttft = [r["time_to_first_token"] for r in got]
             out["arms"].setdefault(arm, {})[kind] = {
-                "n": len(got), "right": sum(r["right"] for r in got),
+                "n": len(got),
+                "right": sum(r["right"] for r in got),
                 "accuracy": round(sum(r["right"] for r in got) / len(got), 4),
                 "median_time_to_first_token": round(statistics.median(ttft), 3),
                 "median_prompt_tokens": statistics.median(r["prompt_tokens"] for r in got),
@@ -181,12 +196,14 @@ def summarise(rows: list[dict], recall: dict, meta: dict) -> dict:
     facts = {r["question"] for r in rows if r["kind"] == "fact"}
     complete = [q for q in facts if {r["arm"] for r in rows if r["question"] == q} >= set(present)]
     out["paired_fact_questions"] = len(complete)
-    out["paired_accuracy"] = {arm: sum(r["right"] for r in rows if r["arm"] == arm and r["question"] in complete)
-                              for arm in present}
+    out["paired_accuracy"] = {
+        arm: sum(r["right"] for r in rows if r["arm"] == arm and r["question"] in complete) for arm in present
+    }
     clued = [r for r in rows if r["arm"] == "clue+passages" and r["kind"] == "fact" and "evidence_seq" in r]
     if clued:  # did the clue bring the evidence passage into the top k?
         out["clue_evidence_retrieved"] = round(
-            sum(r["evidence_seq"] in [p["seq"] for p in r["retrieved"]] for r in clued) / len(clued), 4)
+            sum(r["evidence_seq"] in [p["seq"] for p in r["retrieved"]] for r in clued) / len(clued), 4
+        )
     out["auto"] = auto_routes(rows)
     return out
 
@@ -202,11 +219,11 @@ def auto_routes(rows: list[dict]) -> dict:
     for specific in ("passages", "cache+passages"):
         for kind in ("fact", "whole"):
             questions = sorted({r["question"] for r in rows if r["kind"] == kind})
-            picked = [by[(q, route(q, specific))] for q in questions
-                      if (q, "cache") in by and (q, specific) in by]
+            picked = [by[(q, route(q, specific))] for q in questions if (q, "cache") in by and (q, specific) in by]
             if picked:
                 out.setdefault(f"auto:{specific}", {})[kind] = {
-                    "n": len(picked), "right": sum(r["right"] for r in picked),
+                    "n": len(picked),
+                    "right": sum(r["right"] for r in picked),
                     "accuracy": round(sum(r["right"] for r in picked) / len(picked), 4),
                     "routed_to_cache": sum(1 for r in picked if r["arm"] == "cache"),
                     "median_time_to_first_token": round(statistics.median(r["time_to_first_token"] for r in picked), 3),
@@ -221,11 +238,16 @@ def main(argv=None) -> int:
     parser.add_argument("--arms", default=",".join(ARMS))
     parser.add_argument("--k", type=int, default=3, help="passages retrieved per question")
     parser.add_argument("--max-new-tokens", type=int, default=32)
-    parser.add_argument("--excerpt-words", type=int, default=None,
-                        help="feed each passage's best window of N words (homer.answering.focus.excerpt); 0: whole "
-                             "passages; default: the app's")
-    parser.add_argument("--passage-order", default=None,
-                        help="best-first (the search's order) or best-last (default: the app's)")
+    parser.add_argument(
+        "--excerpt-words",
+        type=int,
+        default=None,
+        help="feed each passage's best window of N words (homer.answering.focus.excerpt); 0: whole "
+        "passages; default: the app's",
+    )
+    parser.add_argument(
+        "--passage-order", default=None, help="best-first (the search's order) or best-last (default: the app's)"
+    )
     parser.add_argument("--whole-max-new-tokens", type=int, default=64)
     parser.add_argument("--limit", type=int, default=0, help="only the first N questions of each set")
     parser.add_argument("--resume", action="store_true", help="keep the answers already in the .jsonl")
@@ -236,21 +258,23 @@ def main(argv=None) -> int:
         output = Path(args.output)
         rows = [json.loads(line) for line in output.with_suffix(".jsonl").read_text().splitlines() if line.strip()]
         old = json.loads(output.read_text())
-        meta = {k: v for k, v in old.items() if k not in ("recall", "arms", "paired_fact_questions",
-                                                          "paired_accuracy", "auto")}
+        meta = {
+            k: v
+            for k, v in old.items()
+            if k not in ("recall", "arms", "paired_fact_questions", "paired_accuracy", "auto")
+        }
         output.write_text(json.dumps(summarise(rows, old["recall"], meta), indent=2) + "\n")
         return 0
 
     import torch
 
+    from app.focus import DEFAULT_EXCERPT_WORDS
     from benchmarks.book_questions import FACTS, WHOLE_BOOK
+    from homer.answering.focus import DEFAULT_PASSAGE_ORDER
     from homer.models import load_model
     from homer.paths import homer_home
     from storage import passages as passage_index
     from storage.store import Store
-
-    from app.focus import DEFAULT_EXCERPT_WORDS
-    from homer.answering.focus import DEFAULT_PASSAGE_ORDER
 
     if args.excerpt_words is None:
         args.excerpt_words = DEFAULT_EXCERPT_WORDS
@@ -298,19 +322,32 @@ def main(argv=None) -> int:
         found = [p.seq for p in retrieve(question, 5)]
         target = evidence(ref).seq
         ranks[question] = found.index(target) + 1 if target in found else None
-    recall = {f"at_{k}": round(sum(1 for r in ranks.values() if r is not None and r <= k) / len(ranks), 4)
-              for k in (1, 3, 5)}
+    recall = {
+        f"at_{k}": round(sum(1 for r in ranks.values() if r is not None and r <= k) / len(ranks), 4) for k in (1, 3, 5)
+    }
     recall["questions"] = len(ranks)
     meta = {
-        "benchmark": "focus-book", "book": BOOK.name, "book_sha256": digest, "book_chars": len(text),
+        "benchmark": "focus-book",
+        "book": BOOK.name,
+        "book_sha256": digest,
+        "book_chars": len(text),
         "document_tokens": int(cache.metadata.get("context_len") or 0) if cache else None,
         "cache_tokens": len(cache) if cache else None,
         "cache_build_seconds": round(built, 1) if built else (cache.metadata.get("build_seconds") if cache else None),
-        "passages": count, "passage_words": passage_index.PASSAGE_WORDS, "index_seconds": round(index_seconds, 3),
-        "k": args.k, "excerpt_words": args.excerpt_words, "passage_order": args.passage_order or DEFAULT_PASSAGE_ORDER, "max_new_tokens": args.max_new_tokens, "whole_max_new_tokens": args.whole_max_new_tokens,
-        "model": getattr(model, "homer_name", "embedded"), "threads": torch.get_num_threads(),
-        "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "decoding": "greedy",
-        "fact_questions": len(facts), "whole_book_questions": len(whole),
+        "passages": count,
+        "passage_words": passage_index.PASSAGE_WORDS,
+        "index_seconds": round(index_seconds, 3),
+        "k": args.k,
+        "excerpt_words": args.excerpt_words,
+        "passage_order": args.passage_order or DEFAULT_PASSAGE_ORDER,
+        "max_new_tokens": args.max_new_tokens,
+        "whole_max_new_tokens": args.whole_max_new_tokens,
+        "model": getattr(model, "homer_name", "embedded"),
+        "threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
+        "decoding": "greedy",
+        "fact_questions": len(facts),
+        "whole_book_questions": len(whole),
         "ranks": ranks,
     }
 
@@ -330,22 +367,62 @@ def main(argv=None) -> int:
             load = os.getloadavg()[0]
             if kind == "fact":
                 ev = evidence(extra)
-                result = run_arm(arm, question, model, tokenizer, cache, retrieve, ev.text, args.max_new_tokens, args.k,
-                                 args.excerpt_words, args.passage_order, leaf_read)
-                row = {"kind": kind, "question": question, "verse": extra, "evidence_seq": ev.seq, "arm": arm,
-                       "right": correct(result["answer"], accepted), **result}
+                result = run_arm(
+                    arm,
+                    question,
+                    model,
+                    tokenizer,
+                    cache,
+                    retrieve,
+                    ev.text,
+                    args.max_new_tokens,
+                    args.k,
+                    args.excerpt_words,
+                    args.passage_order,
+                    leaf_read,
+                )
+                row = {
+                    "kind": kind,
+                    "question": question,
+                    "verse": extra,
+                    "evidence_seq": ev.seq,
+                    "arm": arm,
+                    "right": correct(result["answer"], accepted),
+                    **result,
+                }
             else:
-                result = run_arm(arm, question, model, tokenizer, cache, retrieve, None, args.whole_max_new_tokens,
-                                 args.k, args.excerpt_words, args.passage_order, leaf_read)
+                result = run_arm(
+                    arm,
+                    question,
+                    model,
+                    tokenizer,
+                    cache,
+                    retrieve,
+                    None,
+                    args.whole_max_new_tokens,
+                    args.k,
+                    args.excerpt_words,
+                    args.passage_order,
+                    leaf_read,
+                )
                 hits = rubric_hits(result["answer"], extra)
-                row = {"kind": kind, "question": question, "arm": arm, "keyword_hits": hits,
-                       "right": hits >= accepted, **result}
+                row = {
+                    "kind": kind,
+                    "question": question,
+                    "arm": arm,
+                    "keyword_hits": hits,
+                    "right": hits >= accepted,
+                    **result,
+                }
             row["load_average"] = round(load, 2)
             rows.append(row)
             with jsonl.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
-            print(f"{arm:15s} {'ok ' if row['right'] else '-- '} {row['time_to_first_token']:6.2f}s "
-                  f"{question[:50]!r} -> {result['answer'][:70]!r}", flush=True)
+            print(
+                f"{arm:15s} {'ok ' if row['right'] else '-- '} {row['time_to_first_token']:6.2f}s "
+                f"{question[:50]!r} -> {result['answer'][:70]!r}",
+                flush=True,
+            )
         summary = summarise(rows, recall, meta)
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(summary, indent=2) + "\n")

@@ -40,12 +40,12 @@ RESULTS = Path(__file__).parent / "results"
 
 def run_document(model, tokenizer, store, pages: int, facts: int, seed: int, max_new_tokens: int) -> list[dict]:
     from app.focus import fed_text, passage_order, passages_per_question, read_part
-    from homer.reading.locations import LocationMap
     from benchmarks.citations import fact_document, fact_pattern
     from homer.answering import grounding
     from homer.answering.focus import PassageConversation
-    from homer.generation import GenerationSettings
     from homer.answering.grounding import NOT_FOUND
+    from homer.generation import GenerationSettings
+    from homer.reading.locations import LocationMap
     from homer.reading.sources import read_pdf
     from storage import passages as index
 
@@ -67,19 +67,30 @@ def run_document(model, tokenizer, store, pages: int, facts: int, seed: int, max
         else:
             conversation = PassageConversation(model, tokenizer, order=passage_order())
             answer, first = "", None
-            for piece in conversation.ask(item["question"], [fed_text(p, item["question"]) for p in hits],
-                                          settings=GenerationSettings(max_new_tokens=max_new_tokens)):
+            for piece in conversation.ask(
+                item["question"],
+                [fed_text(p, item["question"]) for p in hits],
+                settings=GenerationSettings(max_new_tokens=max_new_tokens),
+            ):
                 first = first if first is not None else time.perf_counter() - started
                 answer += piece
         # a source's page is the page of the part the model read (app.focus.read_part), as the app lists it
         pages_listed = [read_part(p, item["question"], locations).page for p in hits]
-        rows.append({
-            "seed": seed, "page": item["page"], "question": item["question"], "answer": answer.strip(),
-            "answer_right": item["answer"].lower() in answer.lower(), "sources": pages_listed, "passage_first_pages": [p.page for p in hits],
-            "first_source_right": bool(pages_listed) and pages_listed[0] == item["page"],
-            "any_source_right": item["page"] in pages_listed, "coverage": round(cover, 4),
-            "time_to_first_token": round(first if first is not None else time.perf_counter() - started, 4),
-        })
+        rows.append(
+            {
+                "seed": seed,
+                "page": item["page"],
+                "question": item["question"],
+                "answer": answer.strip(),
+                "answer_right": item["answer"].lower() in answer.lower(),
+                "sources": pages_listed,
+                "passage_first_pages": [p.page for p in hits],
+                "first_source_right": bool(pages_listed) and pages_listed[0] == item["page"],
+                "any_source_right": item["page"] in pages_listed,
+                "coverage": round(cover, 4),
+                "time_to_first_token": round(first if first is not None else time.perf_counter() - started, 4),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     return rows
 
@@ -124,10 +135,18 @@ def main(argv=None) -> dict:
     rows = []
     for seed in args.seeds:
         rows += run_document(model, tokenizer, store, args.pages, args.facts, seed, args.max_new_tokens)
-    meta = {"benchmark": "focus-pages", "model": getattr(model, "homer_name", "embedded"), "pages": args.pages,
-            "facts_per_document": args.facts, "seeds": args.seeds, "passage_order": passage_order(),
-            "decoding": "greedy", "max_new_tokens": args.max_new_tokens, "threads": torch.get_num_threads(),
-            "machine": f"{platform.machine()} {os.cpu_count()} CPUs"}
+    meta = {
+        "benchmark": "focus-pages",
+        "model": getattr(model, "homer_name", "embedded"),
+        "pages": args.pages,
+        "facts_per_document": args.facts,
+        "seeds": args.seeds,
+        "passage_order": passage_order(),
+        "decoding": "greedy",
+        "max_new_tokens": args.max_new_tokens,
+        "threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
+    }
     summary = summarize(rows, meta)
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(summary, indent=2) + "\n")

@@ -85,17 +85,31 @@ def main(argv=None) -> int:
             follow = time.perf_counter() - started
             break
         kept.reset()  # each follow-up after the cache alone, as the next turn of a fresh chat would be
-        rows.append({"question": question, "focus": focus.name, "not_found": turn.not_found,
-                     "retrieval_seconds": round(turn.seconds, 4), "focused_ttft": round(focused, 3),
-                     "follow_up": follow_up, "follow_up_ttft": round(follow or 0.0, 3), "load_average": round(load, 2)})
+        rows.append(
+            {
+                "question": question,
+                "focus": focus.name,
+                "not_found": turn.not_found,
+                "retrieval_seconds": round(turn.seconds, 4),
+                "focused_ttft": round(focused, 3),
+                "follow_up": follow_up,
+                "follow_up_ttft": round(follow or 0.0, 3),
+                "load_average": round(load, 2),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     out = {
-        "benchmark": "focus-speed", "book": BOOK.name, "document_tokens": int(cache.metadata.get("context_len") or 0),
-        "cache_tokens": len(cache), "passages_index_seconds": round(index_seconds, 3),
+        "benchmark": "focus-speed",
+        "book": BOOK.name,
+        "document_tokens": int(cache.metadata.get("context_len") or 0),
+        "cache_tokens": len(cache),
+        "passages_index_seconds": round(index_seconds, 3),
         "rebuild_seconds": round(built, 1) if built else cache.metadata.get("build_seconds"),
         "rebuild_note": "the book's HOMER build, measured when its cache was built (see focus-book.json)",
-        "excerpt_words": focusing.excerpt_words(), "passages": focusing.passages_per_question(),
-        "model": getattr(model, "homer_name", "embedded"), "threads": torch.get_num_threads(),
+        "excerpt_words": focusing.excerpt_words(),
+        "passages": focusing.passages_per_question(),
+        "model": getattr(model, "homer_name", "embedded"),
+        "threads": torch.get_num_threads(),
         "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
         "median_focused_ttft": round(statistics.median(r["focused_ttft"] for r in rows), 3),
         "max_focused_ttft": max(r["focused_ttft"] for r in rows),

@@ -24,8 +24,8 @@ def measure(tokens: int, model_name: str | None, device: str) -> dict:
     import psutil
     import torch
 
-    from homer import HomerConfig, build_document_cache
     from benchmarks.evaluation.haystack import needle_document
+    from homer import HomerConfig, build_document_cache
     from homer.models import load_model
 
     model, tokenizer = load_model(model_name, device=device)
@@ -50,9 +50,14 @@ def measure(tokens: int, model_name: str | None, device: str) -> dict:
     seconds = time.perf_counter() - started
     done.set()
     watcher.join()
-    result = {"tokens": tokens, "cache_tokens": len(cache), "leaves": int(cache.metadata["num_leaves"]),
-              "build_seconds": round(seconds, 2), "peak_rss_above_weights_mib": round((peak[0] - baseline) / 2**20, 1),
-              "rss_after_load_mib": round(baseline / 2**20, 1)}
+    result = {
+        "tokens": tokens,
+        "cache_tokens": len(cache),
+        "leaves": int(cache.metadata["num_leaves"]),
+        "build_seconds": round(seconds, 2),
+        "peak_rss_above_weights_mib": round((peak[0] - baseline) / 2**20, 1),
+        "rss_after_load_mib": round(baseline / 2**20, 1),
+    }
     if device.startswith("cuda"):
         result["peak_gpu_above_weights_mib"] = round((torch.cuda.max_memory_allocated() - gpu_base) / 2**20, 1)
     return result
@@ -77,9 +82,15 @@ def main(argv=None) -> None:
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(json.dumps(rows[-1]), flush=True)
     first, last = rows[0], rows[-1]
-    summary = {"benchmark": "HOMER build peak memory vs input length", "device": args.device,
-               "model": args.model or "SmolLM2-135M-Instruct (embedded)", "rows": rows,
-               "peak_ratio_longest_to_shortest": round(last["peak_rss_above_weights_mib"] / max(first["peak_rss_above_weights_mib"], 1e-9), 2)}
+    summary = {
+        "benchmark": "HOMER build peak memory vs input length",
+        "device": args.device,
+        "model": args.model or "SmolLM2-135M-Instruct (embedded)",
+        "rows": rows,
+        "peak_ratio_longest_to_shortest": round(
+            last["peak_rss_above_weights_mib"] / max(first["peak_rss_above_weights_mib"], 1e-9), 2
+        ),
+    }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "memory.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary, indent=2))

@@ -57,9 +57,13 @@ def build_cache_file(model_name: str | None, tokens: int, folder: Path) -> tuple
     cache = build_document_cache(model, tokenizer, text, HomerConfig())
     build_seconds = time.perf_counter() - started
     path = cache.save(folder / "cache.safetensors")
-    return path, {"kind": "homer-cache", "model": model_name or "embedded", "document_tokens": tokens,
-                  "cache_tokens": len(cache),
-                  "build_seconds": round(build_seconds, 2)}
+    return path, {
+        "kind": "homer-cache",
+        "model": model_name or "embedded",
+        "document_tokens": tokens,
+        "cache_tokens": len(cache),
+        "build_seconds": round(build_seconds, 2),
+    }
 
 
 def random_file(size: int, folder: Path) -> tuple[Path, dict]:
@@ -97,13 +101,22 @@ def measure(cache, key: str, loader, repeats: int) -> dict:
     cold = [f + lo for f, lo in zip(cold_fetch, cold_load)]
     warm = [f + lo for f, lo in zip(warm_fetch, warm_load)]
     return {
-        "cold": {"fetch_s": median(cold_fetch), "load_s": median(cold_load), "total_s": median(cold),
-                 "runs_total_s": [round(v, 6) for v in cold]},
-        "warm": {"fetch_s": median(warm_fetch), "load_s": median(warm_load), "total_s": median(warm),
-                 "runs_total_s": [round(v, 6) for v in warm]},
+        "cold": {
+            "fetch_s": median(cold_fetch),
+            "load_s": median(cold_load),
+            "total_s": median(cold),
+            "runs_total_s": [round(v, 6) for v in cold],
+        },
+        "warm": {
+            "fetch_s": median(warm_fetch),
+            "load_s": median(warm_load),
+            "total_s": median(warm),
+            "runs_total_s": [round(v, 6) for v in warm],
+        },
         "sha256_s": median(digest),
         "cold_over_warm": round(statistics.median(cold) / statistics.median(warm), 1),
-        "hits": cache.stats.hits, "misses": cache.stats.misses,
+        "hits": cache.stats.hits,
+        "misses": cache.stats.misses,
     }
 
 
@@ -148,20 +161,25 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {
         "what": "cold load of a cache blob from SeaweedFS (S3 on loopback) vs warm load from the local "
-                "read-through cache; loading = HomerCache.load of the file"
-                + (" (random bytes: read_bytes)" if args.random_bytes else ""),
-        "blob": blob, "upload_s": round(upload, 4), "repeats": args.repeats, **figures,
+        "read-through cache; loading = HomerCache.load of the file"
+        + (" (random bytes: read_bytes)" if args.random_bytes else ""),
+        "blob": blob,
+        "upload_s": round(upload, 4),
+        "repeats": args.repeats,
+        **figures,
         "object_store": "SeaweedFS 4.48 weed mini on 127.0.0.1 (no network latency or bandwidth limit)",
         "machine": {"platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count()},
         "date": time.strftime("%Y-%m-%d"),
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"{blob['bytes'] / 1e6:.1f} MB {blob['kind']}: cold {figures['cold']['total_s']:.3f} s "
-          f"(fetch {figures['cold']['fetch_s']:.3f} + load {figures['cold']['load_s']:.3f}), "
-          f"warm {figures['warm']['total_s']:.3f} s (fetch {figures['warm']['fetch_s']:.4f} + load "
-          f"{figures['warm']['load_s']:.3f}); cold/warm = {figures['cold_over_warm']}x; "
-          f"sha256 on load adds {figures['sha256_s']:.3f} s")
+    print(
+        f"{blob['bytes'] / 1e6:.1f} MB {blob['kind']}: cold {figures['cold']['total_s']:.3f} s "
+        f"(fetch {figures['cold']['fetch_s']:.3f} + load {figures['cold']['load_s']:.3f}), "
+        f"warm {figures['warm']['total_s']:.3f} s (fetch {figures['warm']['fetch_s']:.4f} + load "
+        f"{figures['warm']['load_s']:.3f}); cold/warm = {figures['cold_over_warm']}x; "
+        f"sha256 on load adds {figures['sha256_s']:.3f} s"
+    )
     return 0
 
 

@@ -100,20 +100,39 @@ def printed_pdf(pages: list[str], folder: Path) -> tuple[bytes, str]:
     """(a text PDF with one page per item, the tool that printed it)."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
-        from benchmarks.evaluation.pdf import text_pdf
-
         import textwrap
 
-        return text_pdf(["\n".join(textwrap.fill(line, 90) for line in page.splitlines()) for page in pages],
-                        font_size=10), "pypdf (Helvetica 10 pt)"
-    body = "".join('<div style="page-break-after: always">' + "".join(f"<p>{html.escape(line)}</p>"
-                                                                       for line in page.splitlines()) + "</div>"
-                   for page in pages)
+        from benchmarks.evaluation.pdf import text_pdf
+
+        return text_pdf(
+            ["\n".join(textwrap.fill(line, 90) for line in page.splitlines()) for page in pages], font_size=10
+        ), "pypdf (Helvetica 10 pt)"
+    body = "".join(
+        '<div style="page-break-after: always">'
+        + "".join(f"<p>{html.escape(line)}</p>" for line in page.splitlines())
+        + "</div>"
+        for page in pages
+    )
     source, out = folder / "pages.html", folder / "pages.pdf"
-    source.write_text('<html><head><style>@page { size: Letter; margin: 1in } p { margin: 0 0 0.35em }</style></head>'
-                      f'<body style="font-family: serif; font-size: 12pt">{body}</body></html>', encoding="utf-8")
-    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-pdf-header-footer",
-                    f"--print-to-pdf={out}", source.as_uri()], capture_output=True, timeout=180, check=True)
+    source.write_text(
+        "<html><head><style>@page { size: Letter; margin: 1in } p { margin: 0 0 0.35em }</style></head>"
+        f'<body style="font-family: serif; font-size: 12pt">{body}</body></html>',
+        encoding="utf-8",
+    )
+    subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-pdf-header-footer",
+            f"--print-to-pdf={out}",
+            source.as_uri(),
+        ],
+        capture_output=True,
+        timeout=180,
+        check=True,
+    )
     return out.read_bytes(), "Chromium (serif 12 pt)"
 
 
@@ -123,8 +142,11 @@ def scan(pdf: bytes, folder: Path, dpi: int, timeout: float = 600) -> bytes:
     from PIL import Image
 
     (folder / "printed.pdf").write_bytes(pdf)
-    subprocess.run(["pdftoppm", "-r", str(dpi), "-gray", "-png", str(folder / "printed.pdf"), str(folder / "page")],
-                   check=True, timeout=timeout)
+    subprocess.run(
+        ["pdftoppm", "-r", str(dpi), "-gray", "-png", str(folder / "printed.pdf"), str(folder / "page")],
+        check=True,
+        timeout=timeout,
+    )
     images = [Image.open(path) for path in sorted(folder.glob("page-*.png"))]
     out = io.BytesIO()
     images[0].save(out, format="PDF", save_all=True, append_images=images[1:], resolution=dpi)
@@ -145,14 +167,19 @@ def main(argv=None) -> int:
     from homer.reading.sources import read_pdf
 
     settings = load_settings()  # the app's: HOMER_TESSERACT, HOMER_OCR_LANG, HOMER_RENDER_SECONDS
-    tesseract = {"ocr_command": settings.ocr.tesseract, "ocr_language": settings.ocr.language,
-                 "render_seconds": settings.render.seconds}
+    tesseract = {
+        "ocr_command": settings.ocr.tesseract,
+        "ocr_language": settings.ocr.language,
+        "render_seconds": settings.render.seconds,
+    }
     ocr.check_tesseract(settings.ocr.tesseract, settings.ocr.language)
     if shutil.which("pdftoppm") is None:
         raise SystemExit("pdftoppm is needed to make the scan fixture (Debian: poppler-utils)")
     if args.threads is not None:
         os.environ["OMP_THREAD_LIMIT"] = str(args.threads)
-    version = subprocess.run([settings.ocr.tesseract, "--version"], capture_output=True, text=True).stdout.split("\n")[0]
+    version = subprocess.run([settings.ocr.tesseract, "--version"], capture_output=True, text=True).stdout.split("\n")[
+        0
+    ]
     references = book_pages(args.pages)
     with tempfile.TemporaryDirectory() as tmp:
         printed, printer = printed_pdf(references, Path(tmp))
@@ -162,18 +189,28 @@ def main(argv=None) -> int:
     doc = read_pdf(scanned, progress=lambda message: marks.append((message, time.monotonic())), **tesseract)
     ended = time.monotonic()
     if len(doc.page_starts) != len(references) or doc.ocr_pages != list(range(1, len(references) + 1)):
-        raise SystemExit(f"the fixture has {len(doc.page_starts)} pages for {len(references)} references "
-                         f"(OCR'd {doc.ocr_pages}): a page overflowed")
+        raise SystemExit(
+            f"the fixture has {len(doc.page_starts)} pages for {len(references)} references "
+            f"(OCR'd {doc.ocr_pages}): a page overflowed"
+        )
     bounds = [*doc.page_starts, len(doc.text)]
     times = [later - earlier for (_, earlier), (_, later) in zip(marks, [*marks[1:], ("end", ended)])]
     rows, errors, chars = [], 0, 0
     for number, (reference, seconds) in enumerate(zip(references, times), 1):
-        text = doc.text[bounds[number - 1]:bounds[number]]
+        text = doc.text[bounds[number - 1] : bounds[number]]
         ref, hyp = normalise(reference), normalise(text)
         distance = edit_distance(ref, hyp)
         errors, chars = errors + distance, chars + len(ref)
-        rows.append({"page": number, "reference_chars": len(ref), "ocr_chars": len(hyp), "edits": distance,
-                     "cer": round(distance / max(len(ref), 1), 5), "ocr_seconds": round(seconds, 2)})
+        rows.append(
+            {
+                "page": number,
+                "reference_chars": len(ref),
+                "ocr_chars": len(hyp),
+                "edits": distance,
+                "cer": round(distance / max(len(ref), 1), 5),
+                "ocr_seconds": round(seconds, 2),
+            }
+        )
         print(json.dumps(rows[-1]), flush=True)
     overall = errors / max(chars, 1)
     out = {

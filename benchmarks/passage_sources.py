@@ -43,7 +43,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,8 +76,12 @@ def variant_scores(model, prompt_ids: list[int], answer_ids: list[int], spans) -
     for name, (reduce, (lo, hi)) in VARIANTS.items():
         first, last = int(stack.num_layers * lo), max(int(stack.num_layers * lo) + 1, int(stack.num_layers * hi))
         rows = peak[first:last].amax(dim=0) if reduce == "peak" else mean[first:last].mean(dim=0)
-        out[name] = [None if s is None else (float(rows[s[0]:s[1]].max()) if reduce == "peak"
-                                             else float(rows[s[0]:s[1]].sum())) for s in spans]
+        out[name] = [
+            None
+            if s is None
+            else (float(rows[s[0] : s[1]].max()) if reduce == "peak" else float(rows[s[0] : s[1]].sum()))
+            for s in spans
+        ]
     return out
 
 
@@ -101,7 +104,8 @@ def summarise(rows: list[dict], meta: dict) -> dict:
     for order in orders:
         key = f"top:{order}"
         out["top_is_evidence"][order] = {
-            "evidence_retrieved": share(retrieved, key), "all": share(rows, key),
+            "evidence_retrieved": share(retrieved, key),
+            "all": share(rows, key),
             "answer_right": share([r for r in retrieved if r["right"]], key),
             "answer_wrong": share([r for r in retrieved if not r["right"]], key),
             "verse_in_excerpt": share([r for r in retrieved if r["verse_in_excerpt"]], key),
@@ -132,17 +136,16 @@ def main(argv=None) -> int:
 
     import torch
 
+    from app.focus import DEFAULT_EXCERPT_WORDS
     from benchmarks.book_questions import FACTS
     from benchmarks.focus import BOOK, correct, locate_verse
     from homer.answering.focus import PassageConversation, excerpt
+    from homer.answering.passage_citations import cite_passages, last_turn_prompt
     from homer.generation import GenerationSettings
     from homer.models import load_model
-    from homer.answering.passage_citations import cite_passages, last_turn_prompt
     from homer.text_encoding import encode_text
     from storage import passages as passage_index
     from storage.store import Store
-
-    from app.focus import DEFAULT_EXCERPT_WORDS
 
     words = DEFAULT_EXCERPT_WORDS if args.excerpt_words is None else args.excerpt_words
     text = BOOK.read_text(encoding="utf-8")
@@ -163,7 +166,7 @@ def main(argv=None) -> int:
     for question, ref, accepted in facts:
         offset = locate_verse(text, ref)
         evidence = next(p for p in every if p.start <= offset < p.end)
-        verse = " ".join(text[offset:text.find("\n", offset)].split()[1:])  # the verse without its number
+        verse = " ".join(text[offset : text.find("\n", offset)].split()[1:])  # the verse without its number
         found = passage_index.search(store.db, digest, question, args.k)
         texts = [excerpt(p.text, question, words) for p in found]
         conversation = PassageConversation(model, tokenizer)
@@ -178,25 +181,44 @@ def main(argv=None) -> int:
         variants = variant_scores(model, prompt_ids, encode_text(tokenizer, answer), cited.spans)
         seqs = [p.seq for p in found[: len(read)]]
         rank = seqs.index(evidence.seq) + 1 if evidence.seq in seqs else None
-        row = {"question": question, "verse": ref, "evidence_seq": evidence.seq, "retrieved": seqs,
-               "evidence_rank": rank, "answer": answer, "right": correct(answer, accepted),
-               "verse_in_excerpt": rank is not None and " ".join(verse.split()[:8]) in " ".join(read[rank - 1].split()),
-               "prompt_tokens": len(prompt_ids), "citation_seconds": round(cited.seconds, 4),
-               "scores": {name: [None if s is None else round(s, 4) for s in v] for name, v in variants.items()},
-               "top:retrieval": rank == 1}
+        row = {
+            "question": question,
+            "verse": ref,
+            "evidence_seq": evidence.seq,
+            "retrieved": seqs,
+            "evidence_rank": rank,
+            "answer": answer,
+            "right": correct(answer, accepted),
+            "verse_in_excerpt": rank is not None and " ".join(verse.split()[:8]) in " ".join(read[rank - 1].split()),
+            "prompt_tokens": len(prompt_ids),
+            "citation_seconds": round(cited.seconds, 4),
+            "scores": {name: [None if s is None else round(s, 4) for s in v] for name, v in variants.items()},
+            "top:retrieval": rank == 1,
+        }
         for name, v in variants.items():
             row[f"top:{name}"] = rank is not None and top_of(v) == rank - 1
         rows.append(row)
-        print(f"{'R' if row['top:retrieval'] else '-'}{'A' if row['top:peak:lower-half'] else '-'} rank={rank} "
-              f"{cited.seconds:5.2f}s {question[:50]!r} -> {answer[:50]!r} {variants['peak:lower-half']}", flush=True)
+        print(
+            f"{'R' if row['top:retrieval'] else '-'}{'A' if row['top:peak:lower-half'] else '-'} rank={rank} "
+            f"{cited.seconds:5.2f}s {question[:50]!r} -> {answer[:50]!r} {variants['peak:lower-half']}",
+            flush=True,
+        )
 
-    meta = {"benchmark": "passage-sources", "book": BOOK.name, "book_sha256": digest,
-            "model": getattr(model, "homer_name", "embedded"), "k": args.k, "excerpt_words": words,
-            "max_new_tokens": args.max_new_tokens, "decoding": "greedy",
-            "answers": "recorded: " + Path(args.answers).name if args.answers else "asked",
-            "default_statistic": "peak:lower-half", "threads": torch.get_num_threads(),
-            "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
-            "pages_note": "a text file is one page: the passage is what is checked"}
+    meta = {
+        "benchmark": "passage-sources",
+        "book": BOOK.name,
+        "book_sha256": digest,
+        "model": getattr(model, "homer_name", "embedded"),
+        "k": args.k,
+        "excerpt_words": words,
+        "max_new_tokens": args.max_new_tokens,
+        "decoding": "greedy",
+        "answers": "recorded: " + Path(args.answers).name if args.answers else "asked",
+        "default_statistic": "peak:lower-half",
+        "threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
+        "pages_note": "a text file is one page: the passage is what is checked",
+    }
     summary = summarise(rows, meta)
     summary["rows"] = rows
     output = Path(args.output)

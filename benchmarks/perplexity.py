@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from homer import HomerConfig, build_cache
 from benchmarks.evaluation.haystack import essay_text
+from homer import HomerConfig, build_cache
 from homer.models import load_model
 
 RESULTS = Path(__file__).parent / "results"
@@ -72,8 +72,14 @@ def main(argv=None) -> None:
             before, span = ids[:tokens], ids[tokens : tokens + args.span]
             h_nll, cache_len = homer_nll(model, before, span, config)
             b_nll = last_window_nll(model, before, span, cache_len)
-            row = {"tokens": tokens, "sample": sample, "cache_tokens": cache_len, "span": len(span),
-                   "homer_ppl": round(math.exp(h_nll), 3), "last_window_ppl": round(math.exp(b_nll), 3)}
+            row = {
+                "tokens": tokens,
+                "sample": sample,
+                "cache_tokens": cache_len,
+                "span": len(span),
+                "homer_ppl": round(math.exp(h_nll), 3),
+                "last_window_ppl": round(math.exp(b_nll), 3),
+            }
             rows.append(row)
             print(json.dumps(row), flush=True)
     summary = {"model": getattr(model, "homer_name", args.model), "span": args.span, "rows": rows, "by_length": {}}
@@ -81,7 +87,8 @@ def main(argv=None) -> None:
         mine = [r for r in rows if r["tokens"] == tokens]
         summary["by_length"][str(tokens)] = {
             "homer_ppl": round(math.exp(sum(math.log(r["homer_ppl"]) for r in mine) / len(mine)), 3),
-            "last_window_ppl": round(math.exp(sum(math.log(r["last_window_ppl"]) for r in mine) / len(mine)), 3)}
+            "last_window_ppl": round(math.exp(sum(math.log(r["last_window_ppl"]) for r in mine) / len(mine)), 3),
+        }
     args.results_dir.mkdir(parents=True, exist_ok=True)
     (args.results_dir / f"{args.name}.json").write_text(json.dumps(summary, indent=2))
 

@@ -30,8 +30,13 @@ def retrieval_heatmaps(name: str = "needle") -> Path | None:
         cells = data["by_depth"][method]
         lengths = sorted(cells, key=int)
         depths = sorted({d for by_len in cells.values() for d in by_len}, key=float)
-        grid = [[(cells[length].get(d, [0, 0])[0] / cells[length][d][1]) if d in cells[length] else float("nan")
-                 for length in lengths] for d in depths]
+        grid = [
+            [
+                (cells[length].get(d, [0, 0])[0] / cells[length][d][1]) if d in cells[length] else float("nan")
+                for length in lengths
+            ]
+            for d in depths
+        ]
         image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
         ax.set_xticks(range(len(lengths)), [f"{int(n) // 1000}k" for n in lengths])
         ax.set_yticks(range(len(depths)), depths)
@@ -81,13 +86,14 @@ def bias_curves(layers_shown: int = 6) -> Path | None:
         layers, m = bias.shape
         distance = range(1, m)
         for layer in sorted({round(i * (layers - 1) / (layers_shown - 1)) for i in range(layers_shown)}):
-            line, = ax.plot(distance, bias[layer, 1:].tolist(), lw=0.6, alpha=0.5, label=f"layer {layer}")
+            (line,) = ax.plot(distance, bias[layer, 1:].tolist(), lw=0.6, alpha=0.5, label=f"layer {layer}")
             ax.plot(distance, smoothed[layer, 1:].tolist(), lw=1.4, color=line.get_color())
         ax.set_xscale("log")
         ax.set_xlabel("distance from the scoring query d (tokens, log scale)")
         ax.set_ylabel("bias: mean max-head logit")
-        ax.set_title(f"calibration bias, M = {m} ({path.stem.split('-')[1][:8]}…); bold: bias_smoothing 0.1",
-                     fontsize=9)
+        ax.set_title(
+            f"calibration bias, M = {m} ({path.stem.split('-')[1][:8]}…); bold: bias_smoothing 0.1", fontsize=9
+        )
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, ncol=2)
     out = RESULTS / "bias-curves.png"

@@ -49,7 +49,7 @@ def essay_chunks(tokenizer, size: int, train: int, test: int) -> tuple[list[torc
         ids = tokenizer(part[: count * size * 8], add_special_tokens=False)["input_ids"]  # ~4 chars a token
         if len(ids) < count * size:
             raise SystemExit("not enough essay text for those chunks")
-        out.append([torch.tensor(ids[i * size: (i + 1) * size], dtype=torch.long) for i in range(count)])
+        out.append([torch.tensor(ids[i * size : (i + 1) * size], dtype=torch.long) for i in range(count)])
     return out[0], out[1]
 
 
@@ -118,24 +118,38 @@ def main(argv=None) -> int:
     cfg = HomerConfig(significance="reconstruction").resolve(model.config)
     plan = ChunkPlan(8, args.plan_tokens, 8, cfg.max_chunk_len, cfg.target_len, stack.num_layers, cfg.warmup_layers)
     leaf_layers = plan.layers_at(0)
-    band = list(leaf_layers)[-cfg.reconstruction_layers:]
+    band = list(leaf_layers)[-cfg.reconstruction_layers :]
     scorer = Reconstruction(repeat_prompt_ids(tokenizer), layers=cfg.reconstruction_layers)
 
     train, test = essay_chunks(tokenizer, args.chunk, args.train, args.test)
 
     def run(chunks):
         rows = [chunk_features(stack, scorer, ids, leaf_layers, band) for ids in chunks]
-        return ([r[0] for r in rows], [torch.log(r[1].clamp_min(1e-8)) for r in rows],
-                sum(r[2] for r in rows), sum(r[3] for r in rows))
+        return (
+            [r[0] for r in rows],
+            [torch.log(r[1].clamp_min(1e-8)) for r in rows],
+            sum(r[2] for r in rows),
+            sum(r[3] for r in rows),
+        )
 
     started = time.perf_counter()
     train_x, train_y, _, _ = run(train)
     test_x, test_y, leaf_s, copy_s = run(test)
-    out = {"benchmark": "reconstruction-probe", "model": getattr(model, "homer_name", ""), "chunk": args.chunk,
-           "train_chunks": len(train), "test_chunks": len(test), "plan_tokens": args.plan_tokens,
-           "leaf_layers": [leaf_layers.start, leaf_layers.stop - 1], "band": band,
-           "threads": torch.get_num_threads(), "machine": f"{platform.machine()} {platform.system()}",
-           "test_leaf_pass_seconds": round(leaf_s, 2), "test_copy_seconds": round(copy_s, 2), "layers": {}}
+    out = {
+        "benchmark": "reconstruction-probe",
+        "model": getattr(model, "homer_name", ""),
+        "chunk": args.chunk,
+        "train_chunks": len(train),
+        "test_chunks": len(test),
+        "plan_tokens": args.plan_tokens,
+        "leaf_layers": [leaf_layers.start, leaf_layers.stop - 1],
+        "band": band,
+        "threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()} {platform.system()}",
+        "test_leaf_pass_seconds": round(leaf_s, 2),
+        "test_copy_seconds": round(copy_s, 2),
+        "layers": {},
+    }
     all_y = torch.cat(train_y)
     for layer in band:
         w = ridge(torch.cat([x[layer] for x in train_x]), all_y)
@@ -145,10 +159,12 @@ def main(argv=None) -> int:
         rho = [spearman(g, y) for g, y in zip(guesses, test_y)]
         train_rho = statistics.median(spearman(predict(w, x[layer]), y) for x, y in zip(train_x, train_y))
         out["layers"][str(layer)] = {
-            "spearman_median": round(statistics.median(rho), 4), "spearman_min": round(min(rho), 4),
+            "spearman_median": round(statistics.median(rho), 4),
+            "spearman_min": round(min(rho), 4),
             "spearman_train_median": round(train_rho, 4),
             "top10_overlap_median": round(statistics.median(top_overlap(y, g) for g, y in zip(guesses, test_y)), 4),
-            "probe_seconds": round(probe_s, 4)}
+            "probe_seconds": round(probe_s, 4),
+        }
     out["seconds"] = round(time.perf_counter() - started, 1)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(out, indent=2) + "\n")

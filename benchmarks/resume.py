@@ -20,9 +20,9 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.evaluation.haystack import needle_document
 from homer import HomerConfig, build_document_cache
 from homer.checkpoints import DirectoryCheckpointer
-from benchmarks.evaluation.haystack import needle_document
 from homer.models import load_model
 
 RESULTS = Path(__file__).parent / "results"
@@ -61,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
             peak[0] = max(peak[0], _folder_bytes(folder))
 
         started = time.perf_counter()
-        checked = build_document_cache(model, tokenizer, text, config, checkpoints=DirectoryCheckpointer(folder),
-                                       progress=watch)
+        checked = build_document_cache(
+            model, tokenizer, text, config, checkpoints=DirectoryCheckpointer(folder), progress=watch
+        )
         checked_seconds = time.perf_counter() - started
         root_bytes = _folder_bytes(folder)
 
@@ -88,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "task": "resumable build: one-shot vs stopped and resumed",
         "model": getattr(model, "homer_name", ""),
-        "machine": f"{torch.get_num_threads()} CPU threads (shared with other jobs)" if not torch.cuda.is_available()
+        "machine": f"{torch.get_num_threads()} CPU threads (shared with other jobs)"
+        if not torch.cuda.is_available()
         else torch.cuda.get_device_name(),
         "context_tokens": int(plain.metadata["context_len"]),
         "leaves": leaves,
@@ -107,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         "resumed_seconds": round(resumed_seconds, 2),
         "resumed_over_one_shot_seconds": round(resumed_seconds / plain_seconds, 3),
         "bit_identical_to_one_shot": identical,
-        "checkpointed_bit_identical_to_plain": all(torch.equal(t, checked.tensors()[name])
-                                                   for name, t in plain.tensors().items()),
+        "checkpointed_bit_identical_to_plain": all(
+            torch.equal(t, checked.tensors()[name]) for name, t in plain.tensors().items()
+        ),
     }
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(out, indent=2) + "\n")

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import torch
 
-from homer import Conversation, DocumentPrompt, HomerCache, HomerConfig, build_document_cache
-from homer.document import document_prompt_ids, tokenize_document
 from benchmarks.evaluation.haystack import answer_kept, first_number, needle_document
 from benchmarks.evaluation.passkey import passkey_document
+from homer import Conversation, DocumentPrompt, HomerCache, HomerConfig, build_document_cache
+from homer.document import document_prompt_ids, tokenize_document
 from homer.generation import DecodeState, GenerationSettings, eos_token_ids, generate_tokens
 from homer.models import load_model
 
@@ -45,18 +45,25 @@ def plain_answer(model, tokenizer, item, prompt: DocumentPrompt, window: int | N
     prefix, suffix = document_prompt_ids(tokenizer, prompt, item.question)
     context = tokenize_document(tokenizer, item.document)[0]
     if window is not None:
-        context = context[max(0, len(context) - (window - len(prefix) - len(suffix) - max_new_tokens)):]
+        context = context[max(0, len(context) - (window - len(prefix) - len(suffix) - max_new_tokens)) :]
     state = DecodeState(kv=DynamicCache(), position=0)
-    tokens = generate_tokens(model, state, prefix + context + suffix, GenerationSettings(max_new_tokens=max_new_tokens),
-                             eos_token_ids(model, tokenizer))
+    tokens = generate_tokens(
+        model,
+        state,
+        prefix + context + suffix,
+        GenerationSettings(max_new_tokens=max_new_tokens),
+        eos_token_ids(model, tokenizer),
+    )
     return tokenizer.decode(list(tokens), skip_special_tokens=True)
 
 
-def homer_answer(model, tokenizer, item, prompt: DocumentPrompt, config: HomerConfig, question_aware: bool,
-                 max_new_tokens=16):
+def homer_answer(
+    model, tokenizer, item, prompt: DocumentPrompt, config: HomerConfig, question_aware: bool, max_new_tokens=16
+):
     started = time.perf_counter()
-    cache = build_document_cache(model, tokenizer, item.document, config, prompt=prompt,
-                                 question=item.question if question_aware else None)
+    cache = build_document_cache(
+        model, tokenizer, item.document, config, prompt=prompt, question=item.question if question_aware else None
+    )
     build = time.perf_counter() - started
     if not question_aware:  # the app's path: store, load, then ask
         with tempfile.TemporaryDirectory() as tmp:
@@ -80,15 +87,21 @@ def summarize(lines: Path, out: Path, task: str, prompt_style: str) -> dict:
     cells: dict = {}
     depths: dict = {}
     for row in rows:
-        cell = cells.setdefault((row["method"], row["tokens"]), {"method": row["method"], "tokens": row["tokens"],
-                                                                 "n": 0, "correct": 0, "seconds": [], "kept": [0, 0, 0]})
+        cell = cells.setdefault(
+            (row["method"], row["tokens"]),
+            {"method": row["method"], "tokens": row["tokens"], "n": 0, "correct": 0, "seconds": [], "kept": [0, 0, 0]},
+        )
         cell["n"] += 1
         if row.get("answer_kept") is not None:  # measured, spared whole, correct when spared whole
             whole = row["answer_kept"] == 1.0
             cell["kept"] = [cell["kept"][0] + 1, cell["kept"][1] + whole, cell["kept"][2] + (whole and row["correct"])]
         cell["correct"] += int(row["correct"])
         cell["seconds"].append(row.get("build_seconds") or 0)
-        d = depths.setdefault(row["method"], {}).setdefault(str(row["tokens"]), {}).setdefault(f"{row['depth']:.2f}", [0, 0])
+        d = (
+            depths.setdefault(row["method"], {})
+            .setdefault(str(row["tokens"]), {})
+            .setdefault(f"{row['depth']:.2f}", [0, 0])
+        )
         d[0] += int(row["correct"])
         d[1] += 1
     for cell in cells.values():
@@ -103,10 +116,16 @@ def summarize(lines: Path, out: Path, task: str, prompt_style: str) -> dict:
     summary = {
         "task": "needle in essays" if task == "needle" else "passkey retrieval",
         "model": rows[0]["model"] if rows else None,
-        "prompt_format": f"{prompt_style}: " + ("the model's chat template, document and question in one user turn"
-                                                if prompt_style == "chat" else "plain text, 'Question: … Answer:'"),
+        "prompt_format": f"{prompt_style}: "
+        + (
+            "the model's chat template, document and question in one user turn"
+            if prompt_style == "chat"
+            else "plain text, 'Question: … Answer:'"
+        ),
         "decoding": "greedy, 16 new tokens; correct if the first integer in the answer equals the key",
-        "machine": f"{torch.get_num_threads()} CPU threads" if not torch.cuda.is_available() else torch.cuda.get_device_name(),
+        "machine": f"{torch.get_num_threads()} CPU threads"
+        if not torch.cuda.is_available()
+        else torch.cuda.get_device_name(),
         "cells": sorted(cells.values(), key=lambda c: (c["method"], c["tokens"])),
         "by_depth": depths,
     }
@@ -129,7 +148,7 @@ def parse_variant(spec: str) -> tuple[str, HomerConfig]:
             kwargs[key] = int(value) if "int" in kind else float(value) if "float" in kind else value
         return name, HomerConfig(**kwargs)
     significance, pool, *more = rest.split(":")
-    span, rows = (more + ["token", "1"][len(more):])[:2]
+    span, rows = (more + ["token", "1"][len(more) :])[:2]
     return name, HomerConfig(significance=significance, pool_width=int(pool), span=span, query_rows=int(rows))
 
 
@@ -145,11 +164,16 @@ def main(argv=None) -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[16_000, 32_000])
     parser.add_argument("--samples", type=int, default=50)
     parser.add_argument("--start", type=int, default=0, help="first sample index (to resume)")
-    parser.add_argument("--methods", nargs="+", default=["homer"],
-                        help="plain clipped linear dynamic yarn homer homer+yarn")
+    parser.add_argument(
+        "--methods", nargs="+", default=["homer"], help="plain clipped linear dynamic yarn homer homer+yarn"
+    )
     parser.add_argument("--protocols", nargs="+", default=["question-aware", "document-first"])
-    parser.add_argument("--variants", nargs="+", default=["paper:calibrated:0"],
-                        help="HOMER variants NAME:SIGNIFICANCE:POOL_WIDTH[:SPAN[:QUERY_ROWS]] or NAME:key=value,...")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        default=["paper:calibrated:0"],
+        help="HOMER variants NAME:SIGNIFICANCE:POOL_WIDTH[:SPAN[:QUERY_ROWS]] or NAME:key=value,...",
+    )
     parser.add_argument("--prompt-style", choices=["chat", "completion"], default="chat")
     parser.add_argument("--name", default=None, help="results file stem (default: the task)")
     parser.add_argument("--summarize", action="store_true")
@@ -187,11 +211,29 @@ def main(argv=None) -> None:
                 for method in args.methods:
                     runs = []
                     if method in ("plain", "clipped"):
-                        runs.append((method, lambda: (plain_answer(model, tokenizer, item, prompt,
-                                                                   window if method == "clipped" else None), None, None)))
+                        runs.append(
+                            (
+                                method,
+                                lambda: (
+                                    plain_answer(
+                                        model, tokenizer, item, prompt, window if method == "clipped" else None
+                                    ),
+                                    None,
+                                    None,
+                                ),
+                            )
+                        )
                     elif method in ("linear", "dynamic", "yarn"):
-                        runs.append((f"{method}x{factor:g}", lambda: (plain_answer(scaled_model(method, factor), tokenizer,
-                                                                                   item, prompt, None), None, None)))
+                        runs.append(
+                            (
+                                f"{method}x{factor:g}",
+                                lambda: (
+                                    plain_answer(scaled_model(method, factor), tokenizer, item, prompt, None),
+                                    None,
+                                    None,
+                                ),
+                            )
+                        )
                     elif method in ("homer", "homer+yarn"):
                         for vname, config in variants:
                             for protocol in args.protocols:
@@ -208,12 +250,21 @@ def main(argv=None) -> None:
                         started = time.perf_counter()
                         answer, build, about = run()
                         about = about or {}
-                        row = {"model": getattr(model, "homer_name", ""), "task": args.task, "method": label,
-                               "tokens": tokens, "sample": i, "depth": depth, "answer": answer.strip()[:80],
-                               "expected": item.answer, "correct": first_number(answer) == item.answer,
-                               "build_seconds": round(build, 2) if build is not None else None,
-                               "seconds": round(time.perf_counter() - started, 2),
-                               "significance": about.get("significance"), "answer_kept": about.get("answer_kept")}
+                        row = {
+                            "model": getattr(model, "homer_name", ""),
+                            "task": args.task,
+                            "method": label,
+                            "tokens": tokens,
+                            "sample": i,
+                            "depth": depth,
+                            "answer": answer.strip()[:80],
+                            "expected": item.answer,
+                            "correct": first_number(answer) == item.answer,
+                            "build_seconds": round(build, 2) if build is not None else None,
+                            "seconds": round(time.perf_counter() - started, 2),
+                            "significance": about.get("significance"),
+                            "answer_kept": about.get("answer_kept"),
+                        }
                         fh.write(json.dumps(row) + "\n")
                         fh.flush()
                         print(json.dumps(row), flush=True)

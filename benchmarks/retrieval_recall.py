@@ -79,11 +79,20 @@ class Haystack:
     """The dev haystack: its text, the questions (``kind``, question, gold spans per gold
     paragraph) and what it is made of."""
 
-    def __init__(self, count_tokens, tokens: int = 128_000, squad_articles: int = 10, squad_skip: int = 0,
-                 squad_questions: int = 100, hotpot_items: int = 100, hotpot_skip: int = 0, seed: int = 0):
+    def __init__(
+        self,
+        count_tokens,
+        tokens: int = 128_000,
+        squad_articles: int = 10,
+        squad_skip: int = 0,
+        squad_questions: int = 100,
+        hotpot_items: int = 100,
+        hotpot_skip: int = 0,
+        seed: int = 0,
+    ):
         rng = random.Random(seed)
-        squad = json.loads(ruler_json("squad.json").read_text())["data"][squad_skip: squad_skip + squad_articles]
-        hotpot = json.loads(ruler_json("hotpotqa.json").read_text())[hotpot_skip: hotpot_skip + hotpot_items]
+        squad = json.loads(ruler_json("squad.json").read_text())["data"][squad_skip : squad_skip + squad_articles]
+        hotpot = json.loads(ruler_json("hotpotqa.json").read_text())[hotpot_skip : hotpot_skip + hotpot_items]
         paragraphs: dict[str, tuple[str, list[str]]] = {}  # key -> (title, sentences)
         squad_pool, hotpot_pool, questions = [], [], []
         for a, article in enumerate(squad):
@@ -102,7 +111,8 @@ class Haystack:
             answer = q["answers"][0]
             # the answer's offset within the paragraph as laid out (whitespace collapsed)
             offset = len(" ".join(context[: answer["answer_start"]].split())) + (
-                1 if answer["answer_start"] and context[answer["answer_start"] - 1].isspace() else 0)
+                1 if answer["answer_start"] and context[answer["answer_start"] - 1].isspace() else 0
+            )
             questions.append({"kind": "squad", "question": q["question"], "gold": [[(key, offset, offset + 1)]]})
         by_title: dict[str, str] = {}
         for i, item in enumerate(hotpot):
@@ -163,11 +173,19 @@ class Haystack:
                     groups.append([spans[key][s] for key, s in group])
             q["spans"] = groups
         self.questions = questions
-        self.meta = {"squad_articles": [a["title"] for a in squad], "squad_skip": squad_skip,
-                     "hotpot_items": len(hotpot), "hotpot_skip": hotpot_skip, "seed": seed,
-                     "paragraphs": len(chosen), "gold_paragraphs": len(needed), "tokens": self.tokens,
-                     "chars": len(self.text), "squad_questions": sum(q["kind"] == "squad" for q in questions),
-                     "hotpotqa_questions": sum(q["kind"] == "hotpotqa" for q in questions)}
+        self.meta = {
+            "squad_articles": [a["title"] for a in squad],
+            "squad_skip": squad_skip,
+            "hotpot_items": len(hotpot),
+            "hotpot_skip": hotpot_skip,
+            "seed": seed,
+            "paragraphs": len(chosen),
+            "gold_paragraphs": len(needed),
+            "tokens": self.tokens,
+            "chars": len(self.text),
+            "squad_questions": sum(q["kind"] == "squad" for q in questions),
+            "hotpotqa_questions": sum(q["kind"] == "hotpotqa" for q in questions),
+        }
 
     @staticmethod
     def block(paragraph) -> str:
@@ -196,9 +214,13 @@ def paired(ranks: dict, base: str = "bm25") -> dict:
         if method == base or base not in ranks:
             continue
         hit = lambda r, k: r is not None and r <= k  # noqa: E731
-        out[method] = {f"at_{k}": {"wins": sum(hit(a, k) and not hit(b, k) for a, b in zip(mine, ranks[base])),
-                                   "losses": sum(hit(b, k) and not hit(a, k) for a, b in zip(mine, ranks[base]))}
-                       for k in KS}
+        out[method] = {
+            f"at_{k}": {
+                "wins": sum(hit(a, k) and not hit(b, k) for a, b in zip(mine, ranks[base])),
+                "losses": sum(hit(b, k) and not hit(a, k) for a, b in zip(mine, ranks[base])),
+            }
+            for k in KS
+        }
     return out
 
 
@@ -241,18 +263,24 @@ def key_ranks(model, tokenizer, db, document_id: str, text: str, questions, laye
     spans = [(p.start, p.end) for p in passages]
     started = time.perf_counter()
     keys = key_retrieval.encode_keys(model, tokenizer, text, layers)
-    cost = {"tokens": len(keys.starts), "read_seconds": round(time.perf_counter() - started, 1),
-            "bytes_per_token_per_layer": keys.bytes // len(keys.starts) // len(keys.layers)}
+    cost = {
+        "tokens": len(keys.starts),
+        "read_seconds": round(time.perf_counter() - started, 1),
+        "bytes_per_token_per_layer": keys.bytes // len(keys.starts) // len(keys.layers),
+    }
     ranks, times = {}, {}
-    lexical = [[p.seq for p in index.search(db, document_id, q, index.FUSE_DEPTH, method="bm25")]
-               for q, _ in questions]
+    lexical = [[p.seq for p in index.search(db, document_id, q, index.FUSE_DEPTH, method="bm25")] for q, _ in questions]
     for name, kind, heads, method_layers in methods:
         one = keys.at(method_layers)
         ranks[name], ranks[f"bm25+{name}"], spent = [], [], []
         for (question, golds), bm25 in zip(questions, lexical):
             started = time.perf_counter()
-            found = [passages[i].seq for i, _ in key_retrieval.rank_passages(
-                one, key_retrieval.question_vectors(model, tokenizer, question, one, kind), spans, heads)]
+            found = [
+                passages[i].seq
+                for i, _ in key_retrieval.rank_passages(
+                    one, key_retrieval.question_vectors(model, tokenizer, question, one, kind), spans, heads
+                )
+            ]
             spent.append(time.perf_counter() - started)
             fused = [item for item, _ in index.fuse([bm25, found[: index.FUSE_DEPTH]], depth)]
             ranks[name].append([rank_of(found[:depth], g) for g in golds])
@@ -261,8 +289,17 @@ def key_ranks(model, tokenizer, db, document_id: str, text: str, questions, laye
     return ranks, times, cost
 
 
-def calibrate_heads(model, tokenizer, count_tokens, layers, kinds, top: int, tokens: int = 32_000,
-                    squad_questions: int = 60, hotpot_items: int = 100) -> dict:
+def calibrate_heads(
+    model,
+    tokenizer,
+    count_tokens,
+    layers,
+    kinds,
+    top: int,
+    tokens: int = 32_000,
+    squad_questions: int = 60,
+    hotpot_items: int = 100,
+) -> dict:
     """REFORM chooses its retrieval heads on a calibration task: here, a haystack of the dev
     slice that neither evaluation set uses (HotpotQA items 200-299 and SQuAD questions drawn
     with another seed, 32k tokens). Each head alone ranks the passages for every question; the
@@ -275,8 +312,15 @@ def calibrate_heads(model, tokenizer, count_tokens, layers, kinds, top: int, tok
     # its own store: FTS5's BM25 statistics span every document of a store, and the
     # calibration text must not move the evaluated sets' BM25 ranks
     store = Store(tempfile.mkdtemp(prefix="retrieval-heads-"))
-    hay = Haystack(count_tokens, tokens, squad_articles=10, squad_questions=squad_questions, hotpot_items=hotpot_items,
-                   hotpot_skip=200, seed=1)
+    hay = Haystack(
+        count_tokens,
+        tokens,
+        squad_articles=10,
+        squad_questions=squad_questions,
+        hotpot_items=hotpot_items,
+        hotpot_skip=200,
+        seed=1,
+    )
     document_id = hashlib.sha256(hay.text.encode()).hexdigest()
     index.build(store.db, document_id, hay.text, vectors=False)
     passages = index.passages(store.db, document_id)
@@ -290,25 +334,33 @@ def calibrate_heads(model, tokenizer, count_tokens, layers, kinds, top: int, tok
         for head in key_retrieval.all_heads(vectors[0], keys):
             ranks = []
             for v, gold in zip(vectors, golds):
-                found = [passages[i].seq for i, _ in key_retrieval.rank_passages(keys, v, spans, [head])][:max(KS)]
+                found = [passages[i].seq for i, _ in key_retrieval.rank_passages(keys, v, spans, [head])][: max(KS)]
                 ranks.append(min((r for r in (rank_of(found, g) for g in gold) if r is not None), default=None))
             got = recall(ranks)
             scored.append((got["at_3"], got["at_1"], head))
             per_head[f"{kind}:{head[0]}:{head[1]}"] = got
         scored.sort(key=lambda t: (-t[0], -t[1], t[2]))
         chosen[kind] = [list(head) for _, _, head in scored[:top]]
-    return {"haystack": {k: v for k, v in hay.meta.items() if k != "squad_articles"}, "questions": len(hay.questions),
-            "chosen": chosen, "per_head": per_head}
+    return {
+        "haystack": {k: v for k, v in hay.meta.items() if k != "squad_articles"},
+        "questions": len(hay.questions),
+        "chosen": chosen,
+        "per_head": per_head,
+    }
 
 
 def size_of(db, document_id: str) -> dict:
     from storage import embeddings
 
-    text = db.execute("SELECT COALESCE(SUM(LENGTH(CAST(text AS BLOB))), 0) FROM passages WHERE document_id = ?",
-                      [document_id]).fetchone()[0]
+    text = db.execute(
+        "SELECT COALESCE(SUM(LENGTH(CAST(text AS BLOB))), 0) FROM passages WHERE document_id = ?", [document_id]
+    ).fetchone()[0]
     stats = embeddings.stats(db, document_id) or {}
-    return {"passage_text_bytes": int(text), "vector_bytes": stats.get("vector_bytes"),
-            "vector_bytes_per_passage": (stats["vector_bytes"] // stats["passages"]) if stats.get("passages") else None}
+    return {
+        "passage_text_bytes": int(text),
+        "vector_bytes": stats.get("vector_bytes"),
+        "vector_bytes_per_passage": (stats["vector_bytes"] // stats["passages"]) if stats.get("passages") else None,
+    }
 
 
 def index_document(store, document_id: str, text: str, vectors: bool = True) -> dict:
@@ -324,9 +376,13 @@ def index_document(store, document_id: str, text: str, vectors: bool = True) -> 
     started = time.perf_counter()
     embeddings.build(store.db, document_id)
     embed_seconds = time.perf_counter() - started
-    return {"passages": count, "fts_seconds": round(fts_seconds, 3), "embed_seconds": round(embed_seconds, 2),
-            "embed_seconds_per_1k_passages": round(1000 * embed_seconds / max(count, 1), 2),
-            **size_of(store.db, document_id)}
+    return {
+        "passages": count,
+        "fts_seconds": round(fts_seconds, 3),
+        "embed_seconds": round(embed_seconds, 2),
+        "embed_seconds_per_1k_passages": round(1000 * embed_seconds / max(count, 1), 2),
+        **size_of(store.db, document_id),
+    }
 
 
 def main(argv=None) -> int:
@@ -343,8 +399,12 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--key-layers", default="", help="e.g. 4,8,12,16: also measure the model's own vectors")
     parser.add_argument("--key-kinds", default="query,key")
-    parser.add_argument("--calibrate-heads", type=int, default=0,
-                        help="also pick this many heads per kind on a calibration slice (REFORM)")
+    parser.add_argument(
+        "--calibrate-heads",
+        type=int,
+        default=0,
+        help="also pick this many heads per kind on a calibration slice (REFORM)",
+    )
     parser.add_argument("--calibration-tokens", type=int, default=32_000)
     parser.add_argument("--calibration-squad", type=int, default=60, help="SQuAD questions of the calibration slice")
     parser.add_argument("--calibration-hotpot", type=int, default=100, help="HotpotQA items of the calibration slice")
@@ -368,11 +428,18 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     if vectors:
         embeddings.load()
-    out = {"benchmark": "retrieval-recall", "methods": methods,
-           "embedding_model": embeddings.MODEL_KEY if vectors else None,
-           "model_load_seconds": round(time.perf_counter() - started, 2) if vectors else None, "rrf_k": index.RRF_K,
-           "fuse_depth": index.FUSE_DEPTH, "passage_words": index.PASSAGE_WORDS,
-           "threads": torch.get_num_threads(), "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "sets": {}}
+    out = {
+        "benchmark": "retrieval-recall",
+        "methods": methods,
+        "embedding_model": embeddings.MODEL_KEY if vectors else None,
+        "model_load_seconds": round(time.perf_counter() - started, 2) if vectors else None,
+        "rrf_k": index.RRF_K,
+        "fuse_depth": index.FUSE_DEPTH,
+        "passage_words": index.PASSAGE_WORDS,
+        "threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
+        "sets": {},
+    }
     output = Path(args.output)
     output.parent.mkdir(parents=True, exist_ok=True)
 
@@ -386,9 +453,16 @@ def main(argv=None) -> int:
         chosen = None
         if args.calibrate_heads:
             out["head_calibration"] = calibrate_heads(
-                model, tokenizer, lambda t: len(tokenizer(t, add_special_tokens=False)["input_ids"]),
-                key_layers, key_kinds, args.calibrate_heads, args.calibration_tokens, args.calibration_squad,
-                args.calibration_hotpot)
+                model,
+                tokenizer,
+                lambda t: len(tokenizer(t, add_special_tokens=False)["input_ids"]),
+                key_layers,
+                key_kinds,
+                args.calibrate_heads,
+                args.calibration_tokens,
+                args.calibration_squad,
+                args.calibration_hotpot,
+            )
             chosen = out["head_calibration"]["chosen"]
             print(json.dumps({"chosen_heads": chosen}), flush=True)
         key_methods = model_methods(key_layers, key_kinds, chosen)
@@ -396,8 +470,9 @@ def main(argv=None) -> int:
     def with_keys(document_id, text, questions, ranks, times, meta):
         if not key_layers:
             return list(methods)
-        more, more_times, meta["model_vectors"] = key_ranks(model, tokenizer, store.db, document_id, text,
-                                                            questions, key_layers, key_methods, depth)
+        more, more_times, meta["model_vectors"] = key_ranks(
+            model, tokenizer, store.db, document_id, text, questions, key_layers, key_methods, depth
+        )
         ranks.update(more)
         times.update(more_times)
         return list(methods) + list(more)
@@ -410,15 +485,21 @@ def main(argv=None) -> int:
         digest = hashlib.sha256(BOOK.read_bytes()).hexdigest()
         cost = index_document(store, digest, text, vectors)
         passages = index.passages(store.db, digest)
-        questions = [(q, [passage_sets(passages, [(locate_verse(text, ref), locate_verse(text, ref) + 1)])])
-                     for q, ref, _ in FACTS]
+        questions = [
+            (q, [passage_sets(passages, [(locate_verse(text, ref), locate_verse(text, ref) + 1)])])
+            for q, ref, _ in FACTS
+        ]
         ranks, times = measure(store.db, digest, questions, methods, depth)
         all_methods = with_keys(digest, text, questions, ranks, times, cost)
         out["sets"]["book"] = {
-            "document": BOOK.name, "chars": len(text), **cost, "query_ms": times,
+            "document": BOOK.name,
+            "chars": len(text),
+            **cost,
+            "query_ms": times,
             "recall": {m: recall([r[0] for r in ranks[m]]) for m in all_methods},
             "paired_vs_bm25": paired({m: [r[0] for r in ranks[m]] for m in all_methods}),
-            "ranks": {m: [r[0] for r in ranks[m]] for m in all_methods}}
+            "ranks": {m: [r[0] for r in ranks[m]] for m in all_methods},
+        }
         output.write_text(json.dumps(out, indent=2) + "\n")
         print(json.dumps({"book": out["sets"]["book"]["recall"]}), flush=True)
 
@@ -432,8 +513,16 @@ def main(argv=None) -> int:
         def count_tokens(text: str) -> int:
             return len(counter(text, add_special_tokens=False)["input_ids"])
 
-        hay = Haystack(count_tokens, args.tokens, args.squad_articles, args.squad_skip, args.squad_questions,
-                       args.hotpot_items, args.hotpot_skip, args.seed)
+        hay = Haystack(
+            count_tokens,
+            args.tokens,
+            args.squad_articles,
+            args.squad_skip,
+            args.squad_questions,
+            args.hotpot_items,
+            args.hotpot_skip,
+            args.seed,
+        )
         document_id = hashlib.sha256(hay.text.encode()).hexdigest()
         cost = index_document(store, document_id, hay.text, vectors)
         passages = index.passages(store.db, document_id)
@@ -441,16 +530,25 @@ def main(argv=None) -> int:
         ranks, times = measure(store.db, document_id, questions, methods, depth)
         all_methods = with_keys(document_id, hay.text, questions, ranks, times, cost)
         kinds = [q["kind"] for q in hay.questions]
-        result = {"slice": "dev" if not (args.squad_skip or args.hotpot_skip) else "held-out", **hay.meta, **cost,
-                  "query_ms": times, "recall": {}}
+        result = {
+            "slice": "dev" if not (args.squad_skip or args.hotpot_skip) else "held-out",
+            **hay.meta,
+            **cost,
+            "query_ms": times,
+            "recall": {},
+        }
         flat = {}  # per method: the rank of a question's first gold passage (SQuAD, then HotpotQA any)
         for m in all_methods:
             squad = [r[0] for r, kind in zip(ranks[m], kinds) if kind == "squad"]
             hotpot = [r for r, kind in zip(ranks[m], kinds) if kind == "hotpotqa"]
             any_rank = [min((x for x in r if x is not None), default=None) for r in hotpot]
             both_rank = [None if None in r else max(r) for r in hotpot]
-            result["recall"][m] = {"squad": recall(squad), "hotpotqa_any": recall(any_rank),
-                                   "hotpotqa_both": recall(both_rank), "all": recall(squad + any_rank)}
+            result["recall"][m] = {
+                "squad": recall(squad),
+                "hotpotqa_any": recall(any_rank),
+                "hotpotqa_both": recall(both_rank),
+                "all": recall(squad + any_rank),
+            }
             flat[m] = squad + any_rank
         result["paired_vs_bm25"] = paired(flat)
         result["ranks"] = {m: ranks[m] for m in all_methods}  # per question (SQuAD: one gold, HotpotQA: two)

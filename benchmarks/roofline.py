@@ -23,8 +23,8 @@ from unittest import mock
 import torch
 import torch.nn.functional as F
 
-from homer import HomerConfig, build_document_cache
 from benchmarks.evaluation import flops as flop_counts
+from homer import HomerConfig, build_document_cache
 from homer.models import load_model
 
 from .speed import timed_document
@@ -54,8 +54,15 @@ def _dims(config):
 def matmul_peak(config, tokens: int, repeats: int = 3) -> dict:
     """FLOP/s of one layer's projections (F.linear, as the model runs them) on ``tokens`` rows."""
     hidden, inter, heads, kv_heads, head_dim = _dims(config)
-    shapes = {"q": (hidden, heads * head_dim), "k": (hidden, kv_heads * head_dim), "v": (hidden, kv_heads * head_dim),
-              "o": (heads * head_dim, hidden), "gate": (hidden, inter), "up": (hidden, inter), "down": (inter, hidden)}
+    shapes = {
+        "q": (hidden, heads * head_dim),
+        "k": (hidden, kv_heads * head_dim),
+        "v": (hidden, kv_heads * head_dim),
+        "o": (heads * head_dim, hidden),
+        "gate": (hidden, inter),
+        "up": (hidden, inter),
+        "down": (inter, hidden),
+    }
     inputs = {k: torch.randn(tokens, k) for k in {s[0] for s in shapes.values()}}
     weights = {name: torch.randn(m, k) / k**0.5 for name, (k, m) in shapes.items()}
     per_shape, total_flops, total_seconds = {}, 0.0, 0.0
@@ -65,7 +72,11 @@ def matmul_peak(config, tokens: int, repeats: int = 3) -> dict:
         per_shape[f"{name} [{tokens}x{k}]·[{k}x{m}]"] = round(flop / seconds / 1e9, 1)
         total_flops += flop
         total_seconds += seconds
-    return {"tokens": tokens, "gflop_per_s": round(total_flops / total_seconds / 1e9, 1), "per_shape_gflop_per_s": per_shape}
+    return {
+        "tokens": tokens,
+        "gflop_per_s": round(total_flops / total_seconds / 1e9, 1),
+        "per_shape_gflop_per_s": per_shape,
+    }
 
 
 @torch.no_grad()
@@ -78,7 +89,9 @@ def attention_rate(config, tokens: int, repeats: int = 2) -> dict:
     groups = heads // kv_heads
 
     def run():
-        F.scaled_dot_product_attention(q, k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1), is_causal=True)
+        F.scaled_dot_product_attention(
+            q, k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1), is_causal=True
+        )
 
     seconds = _best(run, repeats)
     return {"tokens": tokens, "gflop_per_s": round(2.0 * heads * head_dim * tokens * tokens / seconds / 1e9, 1)}
@@ -98,12 +111,20 @@ def build_roofline(model, tokenizer, tokens: int, peak: dict, attention: dict) -
     build_document_cache(model, tokenizer, item.document, config)
     seconds = time.perf_counter() - started
     achieved = total / seconds
-    ideal_seconds = (total - attention_flops) / (peak["gflop_per_s"] * 1e9) + attention_flops / (attention["gflop_per_s"] * 1e9)
-    row = {"tokens": tokens, "leaves": plan.num_leaves, "build_s": round(seconds, 2),
-           "gflop": round(total / 1e9, 1), "attention_share_of_flops": round(attention_flops / total, 3),
-           "achieved_gflop_per_s": round(achieved / 1e9, 1),
-           "roofline_ratio": round(achieved / (peak["gflop_per_s"] * 1e9), 3),
-           "op_mix_ideal_s": round(ideal_seconds, 2), "op_mix_ratio": round(ideal_seconds / seconds, 3)}
+    ideal_seconds = (total - attention_flops) / (peak["gflop_per_s"] * 1e9) + attention_flops / (
+        attention["gflop_per_s"] * 1e9
+    )
+    row = {
+        "tokens": tokens,
+        "leaves": plan.num_leaves,
+        "build_s": round(seconds, 2),
+        "gflop": round(total / 1e9, 1),
+        "attention_share_of_flops": round(attention_flops / total, 3),
+        "achieved_gflop_per_s": round(achieved / 1e9, 1),
+        "roofline_ratio": round(achieved / (peak["gflop_per_s"] * 1e9), 3),
+        "op_mix_ideal_s": round(ideal_seconds, 2),
+        "op_mix_ratio": round(ideal_seconds / seconds, 3),
+    }
     return row, item.document
 
 
@@ -117,13 +138,22 @@ def profile_build(model, tokenizer, document: str, top: int = 12) -> dict:
     events.sort(key=lambda e: e.self_cpu_time_total, reverse=True)
     share = lambda e: round(e.self_cpu_time_total / total, 4)  # noqa: E731
     matmul = sum(e.self_cpu_time_total for e in events if e.key in MATMUL_OPS) / total
-    attention = sum(e.self_cpu_time_total for e in events if "scaled_dot_product" in e.key or "flash_attention" in e.key) / total
-    return {"profiled_self_cpu_s": round(total / 1e6, 2), "matmul_share": round(matmul, 3),
-            "attention_share": round(attention, 3), "other_share": round(1 - matmul - attention, 3),
-            "top_ops": [{"op": e.key, "share": share(e), "calls": e.count} for e in events[:top]],
-            "top_other_ops": [{"op": e.key, "share": share(e), "calls": e.count} for e in events
-                              if e.key not in MATMUL_OPS and "scaled_dot_product" not in e.key
-                              and "flash_attention" not in e.key][:top]}
+    attention = (
+        sum(e.self_cpu_time_total for e in events if "scaled_dot_product" in e.key or "flash_attention" in e.key)
+        / total
+    )
+    return {
+        "profiled_self_cpu_s": round(total / 1e6, 2),
+        "matmul_share": round(matmul, 3),
+        "attention_share": round(attention, 3),
+        "other_share": round(1 - matmul - attention, 3),
+        "top_ops": [{"op": e.key, "share": share(e), "calls": e.count} for e in events[:top]],
+        "top_other_ops": [
+            {"op": e.key, "share": share(e), "calls": e.count}
+            for e in events
+            if e.key not in MATMUL_OPS and "scaled_dot_product" not in e.key and "flash_attention" not in e.key
+        ][:top],
+    }
 
 
 def main(argv=None) -> None:
@@ -145,9 +175,18 @@ def main(argv=None) -> None:
     print("attention", json.dumps(attention), flush=True)
     row, document = build_roofline(model, tokenizer, args.tokens, peak, attention)
     print("build", json.dumps(row), flush=True)
-    result = {"model": getattr(model, "homer_name", args.model), "device": "cpu", "threads": torch.get_num_threads(),
-              "cpus": os.cpu_count(), "chunk_tokens": chunk, "matmul_peak": peak, "attention": attention, "build": row,
-              "bar": 0.5, "bar_met": row["roofline_ratio"] >= 0.5}
+    result = {
+        "model": getattr(model, "homer_name", args.model),
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "chunk_tokens": chunk,
+        "matmul_peak": peak,
+        "attention": attention,
+        "build": row,
+        "bar": 0.5,
+        "bar_met": row["roofline_ratio"] >= 0.5,
+    }
     if not args.no_profile:
         result["profile"] = profile_build(model, tokenizer, document)
         print("profile", json.dumps(result["profile"], indent=1), flush=True)

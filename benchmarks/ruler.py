@@ -66,19 +66,27 @@ EVIDENCE = {"qa_1": 190, "qa_2": 300, "niah_single": 25, "niah_multivalue": 100,
 EVIDENCE_SHARE = 0.45  # at most this share of a haystack is evidence; the rest is distractors
 # RULER generates 32 tokens for QA and 128 for NIAH after an answer prefix in the prompt; the app
 # asks the bare question and the model restates it before a number, so NIAH gets 48 (80 for four).
-MAX_NEW_TOKENS = {"qa_1": 32, "qa_2": 32, "niah_single": 48, "niah_multivalue": 80, "qa_1_unanswerable": 32,
-                  ABSENT: 32}
+MAX_NEW_TOKENS = {"qa_1": 32, "qa_2": 32, "niah_single": 48, "niah_multivalue": 80, "qa_1_unanswerable": 32, ABSENT: 32}
 # LENGTH:ARMS[:TASKS], in run order (the cells of the bar first).
-DEFAULT_CELLS = ("32000:passages", "128000:passages:qa_1,qa_2,niah_single",
-                 "4000:cache:qa_1,qa_2,niah_single,niah_multivalue", "32000:cache", "32000:cache+passages",
-                 "16000:passages", "64000:passages", "128000:cache,cache+passages")
+DEFAULT_CELLS = (
+    "32000:passages",
+    "128000:passages:qa_1,qa_2,niah_single",
+    "4000:cache:qa_1,qa_2,niah_single,niah_multivalue",
+    "32000:cache",
+    "32000:cache+passages",
+    "16000:passages",
+    "64000:passages",
+    "128000:cache,cache+passages",
+)
 NEEDLE = "One of the special magic numbers for {key} is: {value}."
 SQUAD_EVAL_FROM, HOTPOT_EVAL_FROM = 10, 1000
 # A reply that says the text does not hold the answer (the app's own phrase first).
-DECLINED = re.compile(r"could not find this|not (?:be )?(?:found|mentioned|stated|given|provided|specified)"
-                      r"|no (?:information|mention)|does not (?:say|mention|state|specify|provide|contain)"
-                      r"|doesn't (?:say|mention|state|specify)|cannot (?:be )?(?:determined|answer)|unknown",
-                      re.IGNORECASE)
+DECLINED = re.compile(
+    r"could not find this|not (?:be )?(?:found|mentioned|stated|given|provided|specified)"
+    r"|no (?:information|mention)|does not (?:say|mention|state|specify|provide|contain)"
+    r"|doesn't (?:say|mention|state|specify)|cannot (?:be )?(?:determined|answer)|unknown",
+    re.IGNORECASE,
+)
 
 
 def data_dir() -> Path:
@@ -179,25 +187,54 @@ def draw_questions(split: str, count: int, seed: int) -> dict[str, list[Question
     out: dict[str, list[Question]] = {t: [] for t in TASKS}
     for a, p, question, answers in rng.sample(qa1, count):
         others = [x for i, x in enumerate(articles[a]) if i != p]
-        out["qa_1"].append(Question("qa_1", question, answers, f"squad:{a}:{p}:{question}", [articles[a][p]],
-                                    rng.sample(others, min(2, len(others)))))
+        out["qa_1"].append(
+            Question(
+                "qa_1",
+                question,
+                answers,
+                f"squad:{a}:{p}:{question}",
+                [articles[a][p]],
+                rng.sample(others, min(2, len(others))),
+            )
+        )
     for a, p, question, _ in rng.sample(qa1u, count):
-        out["qa_1_unanswerable"].append(Question("qa_1_unanswerable", question, [], f"squad2:{a}:{p}:{question}",
-                                                 [articles[a][p]]))
+        out["qa_1_unanswerable"].append(
+            Question("qa_1_unanswerable", question, [], f"squad2:{a}:{p}:{question}", [articles[a][p]])
+        )
     for question, answer, gold, paragraphs in rng.sample(qa2, count):
-        out["qa_2"].append(Question("qa_2", question, [answer], f"hotpot:{question}", [paragraphs[t] for t in gold],
-                                    [v for t, v in paragraphs.items() if t not in gold]))
+        out["qa_2"].append(
+            Question(
+                "qa_2",
+                question,
+                [answer],
+                f"hotpot:{question}",
+                [paragraphs[t] for t in gold],
+                [v for t, v in paragraphs.items() if t not in gold],
+            )
+        )
     for i in range(count):
         key = keys[i]
         value = str(rng.randint(10**6, 10**7 - 1))
-        out["niah_single"].append(Question("niah_single", f"What is the special magic number for {key} mentioned "
-                                           "in the provided text?", [value], f"niah:{key}",
-                                           [NEEDLE.format(key=key, value=value)]))
+        out["niah_single"].append(
+            Question(
+                "niah_single",
+                f"What is the special magic number for {key} mentioned in the provided text?",
+                [value],
+                f"niah:{key}",
+                [NEEDLE.format(key=key, value=value)],
+            )
+        )
         key = keys[count + i]
         values = [str(rng.randint(10**6, 10**7 - 1)) for _ in range(4)]
-        out["niah_multivalue"].append(Question("niah_multivalue", f"What are all the special magic numbers for {key} "
-                                               "mentioned in the provided text?", values, f"niahmv:{key}",
-                                               [NEEDLE.format(key=key, value=v) for v in values]))
+        out["niah_multivalue"].append(
+            Question(
+                "niah_multivalue",
+                f"What are all the special magic numbers for {key} mentioned in the provided text?",
+                values,
+                f"niahmv:{key}",
+                [NEEDLE.format(key=key, value=v) for v in values],
+            )
+        )
     return out
 
 
@@ -230,7 +267,7 @@ def layout(tokenizer, length: int, questions: list[Question], seed: int, used_ar
             docs.append(text)
         else:
             start = rng.randrange(0, len(sentences) - 12)
-            part = sentences[start:start + rng.randint(4, 10)]
+            part = sentences[start : start + rng.randint(4, 10)]
             essays.append(part)
             text = " ".join(part)
         used += count(text) + 6
@@ -245,8 +282,14 @@ def layout(tokenizer, length: int, questions: list[Question], seed: int, used_ar
     ids = tokenizer(text, add_special_tokens=False).input_ids
     while len(ids) > length and len(docs) > 1:  # trim distractors from the end, never evidence
         evidence = {e for q in questions for e in q.evidence}
-        drop = next((i for i in range(len(docs) - 1, -1, -1)
-                     if docs[i] not in evidence and not any(n in docs[i] for n in needles)), None)
+        drop = next(
+            (
+                i
+                for i in range(len(docs) - 1, -1, -1)
+                if docs[i] not in evidence and not any(n in docs[i] for n in needles)
+            ),
+            None,
+        )
         if drop is None:
             break
         docs.pop(drop)
@@ -263,10 +306,17 @@ def haystacks(tokenizer, length: int, per_task: int, split: str, seed: int) -> l
     group = questions_per_haystack(length)
     out = []
     for h, start in enumerate(range(0, per_task, group)):
-        qs = [q for t in TASKS for q in drawn[t][start:start + group]]
+        qs = [q for t in TASKS for q in drawn[t][start : start + group]]
         text, tokens = layout(tokenizer, length, qs, seed + h, used_articles)
-        out.append(Haystack(length, h, text, tokens, qs + absent_questions(text, len(qs) // len(TASKS), split,
-                                                                            f"{seed}:{length}:{h}")))
+        out.append(
+            Haystack(
+                length,
+                h,
+                text,
+                tokens,
+                qs + absent_questions(text, len(qs) // len(TASKS), split, f"{seed}:{length}:{h}"),
+            )
+        )
     return out
 
 
@@ -299,12 +349,29 @@ def declined(answer: str) -> bool:
     return bool(DECLINED.search(answer or ""))
 
 
-def answer(arm: str, q: Question, model, tokenizer, cache, retrieve, k: int, frequencies=None,
-           excerpt_words: int = 0, order: str | None = None) -> dict:
+def answer(
+    arm: str,
+    q: Question,
+    model,
+    tokenizer,
+    cache,
+    retrieve,
+    k: int,
+    frequencies=None,
+    excerpt_words: int = 0,
+    order: str | None = None,
+) -> dict:
     """One answer: the question asked under ``arm`` after the haystack was read, the passages
     read in ``order`` (:func:`homer.answering.focus.reading_order`)."""
     from homer.answering import grounding
-    from homer.answering.focus import DEFAULT_PASSAGE_ORDER, PassageConversation, cache_room, excerpt, fit_passages, strategy
+    from homer.answering.focus import (
+        DEFAULT_PASSAGE_ORDER,
+        PassageConversation,
+        cache_room,
+        excerpt,
+        fit_passages,
+        strategy,
+    )
     from homer.generation import Conversation, GenerationSettings
 
     order = order or DEFAULT_PASSAGE_ORDER
@@ -326,12 +393,16 @@ def answer(arm: str, q: Question, model, tokenizer, cache, retrieve, k: int, fre
     # The app's honesty check (homer.answering.grounding): measured beside the raw answer, so one run
     # reports both; the app itself answers NOT_FOUND at once without running the model.
     cover = grounding.coverage(q.question, [p.text for p in found], *frequencies()) if found else None
-    return {"answer": text, "time_to_first_token": round(first or time.perf_counter() - started, 3),
-            "coverage": None if cover is None else round(cover, 4),
-            "passages": [p.seq for p in found][: len(texts)],
-            # the share of the answer strings that are in the passages fed (the retrieval's recall)
-            "evidence_retrieved": (sum(any(r.lower() in t.lower() for t in texts) for r in q.answers) / len(q.answers)
-                                   if q.answers else None)}
+    return {
+        "answer": text,
+        "time_to_first_token": round(first or time.perf_counter() - started, 3),
+        "coverage": None if cover is None else round(cover, 4),
+        "passages": [p.seq for p in found][: len(texts)],
+        # the share of the answer strings that are in the passages fed (the retrieval's recall)
+        "evidence_retrieved": (
+            sum(any(r.lower() in t.lower() for t in texts) for r in q.answers) / len(q.answers) if q.answers else None
+        ),
+    }
 
 
 def as_app_answers(row: dict) -> str:
@@ -353,8 +424,11 @@ def summarise(rows: list[dict], meta: dict) -> dict:
     for length, arms in sorted(cells.items(), key=lambda kv: int(kv[0])):
         for arm, tasks in arms.items():
             for task, got in tasks.items():
-                entry = {"n": len(got), "score": round(100 * statistics.fmean(r["score"] for r in got), 1),
-                         "median_time_to_first_token": round(statistics.median(r["time_to_first_token"] for r in got), 3)}
+                entry = {
+                    "n": len(got),
+                    "score": round(100 * statistics.fmean(r["score"] for r in got), 1),
+                    "median_time_to_first_token": round(statistics.median(r["time_to_first_token"] for r in got), 3),
+                }
                 if any(r.get("coverage") is not None for r in got):
                     app = [score(task, as_app_answers(r), r["refs"]) for r in got]
                     entry["score_with_not_found"] = round(100 * statistics.fmean(app), 1)
@@ -366,7 +440,8 @@ def summarise(rows: list[dict], meta: dict) -> dict:
                     entry["declined"] = sum(declined(r["answer"]) for r in got)
                     if arm != "cache":
                         entry["evidence_retrieved"] = round(
-                            100 * statistics.fmean(r["evidence_retrieved"] or 0 for r in got), 1)
+                            100 * statistics.fmean(r["evidence_retrieved"] or 0 for r in got), 1
+                        )
                 table.setdefault(length, {}).setdefault(arm, {})[task] = entry
     ceiling = table.get("4000", {}).get("cache", {})
     ratios = {}
@@ -376,9 +451,13 @@ def summarise(rows: list[dict], meta: dict) -> dict:
                 if task in tasks and ceiling.get(task, {}).get("score"):
                     best = tasks[task].get("score_with_not_found", tasks[task]["score"])
                     ratios.setdefault(length, {}).setdefault(arm, {})[task] = round(best / ceiling[task]["score"], 3)
-    return {**meta, "cells": table, "of_ceiling": ratios,
-            "note": "of_ceiling: the app's score (with the not-found check where it applies) over the 4k "
-                    "in-window read of the same tasks"}
+    return {
+        **meta,
+        "cells": table,
+        "of_ceiling": ratios,
+        "note": "of_ceiling: the app's score (with the not-found check where it applies) over the 4k "
+        "in-window read of the same tasks",
+    }
 
 
 def add_coverage(rows: list[dict], args, meta: dict) -> None:
@@ -391,12 +470,21 @@ def add_coverage(rows: list[dict], args, meta: dict) -> None:
 
     _, tokenizer = load_model(args.model)
     store = Store(tempfile.mkdtemp(prefix="ruler-rescore-"))
-    split, seed, per_task = meta.get("split", args.split), meta.get("seed", args.seed), meta.get(
-        "questions_per_task", args.questions)
+    split, seed, per_task = (
+        meta.get("split", args.split),
+        meta.get("seed", args.seed),
+        meta.get("questions_per_task", args.questions),
+    )
     for length in sorted({r["length"] for r in rows if "coverage" not in r and r["arm"] != "cache"}):
         for stack in haystacks(tokenizer, length, per_task, split, seed):
-            mine = [r for r in rows if r["length"] == length and r["haystack"] == stack.index
-                    and "coverage" not in r and r["arm"] != "cache"]
+            mine = [
+                r
+                for r in rows
+                if r["length"] == length
+                and r["haystack"] == stack.index
+                and "coverage" not in r
+                and r["arm"] != "cache"
+            ]
             if not mine:
                 continue
             doc_id = f"{length:08d}{stack.index:04d}".ljust(64, "0")
@@ -432,22 +520,31 @@ def merge(results: list[str], output: Path) -> int:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cells", nargs="+", default=list(DEFAULT_CELLS),
-                        help="LENGTH:ARM[,ARM][:TASK[,TASK]] in run order")
+    parser.add_argument(
+        "--cells", nargs="+", default=list(DEFAULT_CELLS), help="LENGTH:ARM[,ARM][:TASK[,TASK]] in run order"
+    )
     parser.add_argument("--questions", type=int, default=50, help="questions per task and length")
     parser.add_argument("--split", choices=("eval", "dev"), default="eval")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--k", type=int, default=3, help="passages retrieved per question")
-    parser.add_argument("--excerpt-words", type=int, default=None,
-                        help="words of each passage read (homer.answering.focus.excerpt); default: the app's")
+    parser.add_argument(
+        "--excerpt-words",
+        type=int,
+        default=None,
+        help="words of each passage read (homer.answering.focus.excerpt); default: the app's",
+    )
     parser.add_argument("--passage-order", default=None, help="best-first or best-last (default: the app's)")
     parser.add_argument("--output", default=str(RESULTS / "ruler.json"))
     parser.add_argument("--model", help="a model id or folder (default: the embedded model)")
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--summary-only", action="store_true")
-    parser.add_argument("--merge", nargs="+", metavar="RESULT_JSON",
-                        help="summarise the rows of these runs together into --output (one row per length, arm "
-                             "and question: a later file's row replaces an earlier one's)")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        metavar="RESULT_JSON",
+        help="summarise the rows of these runs together into --output (one row per length, arm "
+        "and question: a later file's row replaces an earlier one's)",
+    )
     args = parser.parse_args(argv)
     output = Path(args.output)
     if args.merge:
@@ -468,24 +565,32 @@ def main(argv=None) -> int:
 
     import torch
 
+    from app.focus import DEFAULT_EXCERPT_WORDS
     from homer.answering import grounding
+    from homer.answering.focus import DEFAULT_PASSAGE_ORDER
     from homer.document import build_document_cache
     from homer.models import load_model
     from storage import passages as passage_index
     from storage.store import Store
 
-    from app.focus import DEFAULT_EXCERPT_WORDS
-    from homer.answering.focus import DEFAULT_PASSAGE_ORDER
-
     words = DEFAULT_EXCERPT_WORDS if args.excerpt_words is None else args.excerpt_words
     reading = args.passage_order or DEFAULT_PASSAGE_ORDER
     model, tokenizer = load_model(args.model)
-    meta = {"excerpt_words": words, "passage_order": reading, "benchmark": "ruler document-first",
-            "model": getattr(model, "homer_name", "embedded"),
-            "split": args.split, "seed": args.seed, "k": args.k, "questions_per_task": args.questions,
-            "threads": torch.get_num_threads(), "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
-            "decoding": "greedy", "retriever": getattr(passage_index, "default_method", lambda: "bm25")(),
-            "haystacks": {}}
+    meta = {
+        "excerpt_words": words,
+        "passage_order": reading,
+        "benchmark": "ruler document-first",
+        "model": getattr(model, "homer_name", "embedded"),
+        "split": args.split,
+        "seed": args.seed,
+        "k": args.k,
+        "questions_per_task": args.questions,
+        "threads": torch.get_num_threads(),
+        "machine": f"{platform.machine()} {os.cpu_count()} CPUs",
+        "decoding": "greedy",
+        "retriever": getattr(passage_index, "default_method", lambda: "bm25")(),
+        "haystacks": {},
+    }
     done = {(r["length"], r["arm"], r["qid"]) for r in rows}
     store = Store(tempfile.mkdtemp(prefix="ruler-bench-"))
     seen_cells: set = set()
@@ -499,7 +604,9 @@ def main(argv=None) -> int:
             order = [q for group in itertools.zip_longest(*by_task) for q in group if q is not None]
             todo = [(arm, q) for q in order for arm in arms if (length, arm, q.qid) not in done]
             meta["haystacks"].setdefault(str(length), {})[str(stack.index)] = {
-                "tokens": stack.tokens, "questions": len(stack.questions)}
+                "tokens": stack.tokens,
+                "questions": len(stack.questions),
+            }
             if not todo:
                 continue
             doc_id = f"{length:08d}{stack.index:04d}".ljust(64, "0")
@@ -510,7 +617,9 @@ def main(argv=None) -> int:
             if any(arm != "passages" for arm, _ in todo):
                 started = time.perf_counter()
                 cache = build_document_cache(model, tokenizer, stack.text, metadata={"document_id": doc_id})
-                meta["haystacks"][str(length)][str(stack.index)]["build_seconds"] = round(time.perf_counter() - started, 1)
+                meta["haystacks"][str(length)][str(stack.index)]["build_seconds"] = round(
+                    time.perf_counter() - started, 1
+                )
                 meta["haystacks"][str(length)][str(stack.index)]["cache_tokens"] = len(cache)
 
             def retrieve(question, k, _doc=doc_id):
@@ -520,15 +629,27 @@ def main(argv=None) -> int:
 
             for arm, q in todo:
                 result = answer(arm, q, model, tokenizer, cache, retrieve, args.k, lambda _s=stats: _s, words, reading)
-                row = {"length": length, "haystack": stack.index, "tokens": stack.tokens, "arm": arm,
-                       "task": q.task, "qid": q.qid, "question": q.question, "refs": q.answers,
-                       "score": score(q.task, result["answer"], q.answers), **result,
-                       "load_average": round(os.getloadavg()[0], 2)}
+                row = {
+                    "length": length,
+                    "haystack": stack.index,
+                    "tokens": stack.tokens,
+                    "arm": arm,
+                    "task": q.task,
+                    "qid": q.qid,
+                    "question": q.question,
+                    "refs": q.answers,
+                    "score": score(q.task, result["answer"], q.answers),
+                    **result,
+                    "load_average": round(os.getloadavg()[0], 2),
+                }
                 rows.append(row)
                 with jsonl.open("a") as fh:
                     fh.write(json.dumps(row) + "\n")
-                print(f"{length:>6} {arm:15s} {q.task:18s} {row['score']:.2f} {row['time_to_first_token']:6.2f}s "
-                      f"{result['answer'][:60]!r}", flush=True)
+                print(
+                    f"{length:>6} {arm:15s} {q.task:18s} {row['score']:.2f} {row['time_to_first_token']:6.2f}s "
+                    f"{result['answer'][:60]!r}",
+                    flush=True,
+                )
             output.parent.mkdir(parents=True, exist_ok=True)
             output.write_text(json.dumps(summarise(rows, meta), indent=2) + "\n")
     print(json.dumps(summarise(rows, meta)["cells"], indent=1))

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import torch
 
-from homer import Conversation, HomerCache, HomerConfig, build_document_cache
-from homer.document import document_prompt_ids, tokenize_document
 from benchmarks.evaluation.flops import homer_flops, plain_prefill_flops
 from benchmarks.evaluation.haystack import needle_document
+from homer import Conversation, HomerCache, HomerConfig, build_document_cache
+from homer.document import document_prompt_ids, tokenize_document
 from homer.models import load_model
 from homer.plan import ChunkPlan
 from homer.prompting import default_prompt
@@ -45,8 +45,15 @@ def timed_document(model, tokenizer, tokens: int):
     prefix, suffix = document_prompt_ids(tokenizer, default_prompt(tokenizer))
     context = tokenize_document(tokenizer, item.document)[0]
     config = HomerConfig().resolve(model.config)
-    plan = ChunkPlan(len(prefix), len(context), len(suffix), config.max_chunk_len, config.target_len,
-                     model.config.num_hidden_layers, config.warmup_layers)
+    plan = ChunkPlan(
+        len(prefix),
+        len(context),
+        len(suffix),
+        config.max_chunk_len,
+        config.target_len,
+        model.config.num_hidden_layers,
+        config.warmup_layers,
+    )
     return item, prefix, context, suffix, config, plan
 
 
@@ -56,12 +63,20 @@ def build_vs_prefill(model, tokenizer, tokens: int) -> dict:
     build_document_cache(model, tokenizer, item.document, config)
     homer_seconds = time.perf_counter() - started
     plain_seconds = plain_prefill_seconds(model, prefix + context + suffix)
-    predicted = homer_flops(model.config, plan) / plain_prefill_flops(model.config, len(prefix) + len(context) + len(suffix))
+    predicted = homer_flops(model.config, plan) / plain_prefill_flops(
+        model.config, len(prefix) + len(context) + len(suffix)
+    )
     measured = homer_seconds / plain_seconds
-    return {"tokens": tokens, "leaves": plan.num_leaves, "homer_build_s": round(homer_seconds, 2),
-            "plain_prefill_s": round(plain_seconds, 2), "measured_ratio": round(measured, 3),
-            "predicted_flop_ratio": round(predicted, 3), "measured_over_predicted": round(measured / predicted, 3),
-            "homer_gflop_per_s": round(homer_flops(model.config, plan) / homer_seconds / 1e9, 1)}
+    return {
+        "tokens": tokens,
+        "leaves": plan.num_leaves,
+        "homer_build_s": round(homer_seconds, 2),
+        "plain_prefill_s": round(plain_seconds, 2),
+        "measured_ratio": round(measured, 3),
+        "predicted_flop_ratio": round(predicted, 3),
+        "measured_over_predicted": round(measured / predicted, 3),
+        "homer_gflop_per_s": round(homer_flops(model.config, plan) / homer_seconds / 1e9, 1),
+    }
 
 
 def follow_up(model, tokenizer, tokens: int) -> dict:
@@ -90,12 +105,21 @@ def follow_up(model, tokenizer, tokens: int) -> dict:
     kv_heads = cfg.num_key_value_heads
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     bound = len(cache) * cfg.num_hidden_layers * 2 * kv_heads * head_dim * cache.keys.element_size()
-    return {"tokens": tokens, "cache_tokens": len(cache), "build_s": round(build_seconds, 2),
-            "time_to_first_token_s": round(first_token, 3), "rebuild_over_first_token": round(build_seconds / first_token, 1),
-            "decode_tokens_per_s": round(stats.get("tokens_per_second", 0), 2), "decoded_tokens": stats.get("new_tokens"),
-            "file_bytes": size, "kv_bound_bytes": bound, "file_over_bound": round(size / bound, 4),
-            "load_s": round(load_seconds, 4), "raw_read_s": round(read_seconds, 4),
-            "load_over_raw_read": round(load_seconds / max(read_seconds, 1e-9), 2)}
+    return {
+        "tokens": tokens,
+        "cache_tokens": len(cache),
+        "build_s": round(build_seconds, 2),
+        "time_to_first_token_s": round(first_token, 3),
+        "rebuild_over_first_token": round(build_seconds / first_token, 1),
+        "decode_tokens_per_s": round(stats.get("tokens_per_second", 0), 2),
+        "decoded_tokens": stats.get("new_tokens"),
+        "file_bytes": size,
+        "kv_bound_bytes": bound,
+        "file_over_bound": round(size / bound, 4),
+        "load_s": round(load_seconds, 4),
+        "raw_read_s": round(read_seconds, 4),
+        "load_over_raw_read": round(load_seconds / max(read_seconds, 1e-9), 2),
+    }
 
 
 def main(argv=None) -> None:
@@ -108,8 +132,13 @@ def main(argv=None) -> None:
     parser.add_argument("--results-dir", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     model, tokenizer = load_model(args.model, device=args.device)
-    result = {"model": getattr(model, "homer_name", args.model), "device": str(model.device),
-              "threads": torch.get_num_threads(), "cpus": os.cpu_count(), "build_vs_prefill": []}
+    result = {
+        "model": getattr(model, "homer_name", args.model),
+        "device": str(model.device),
+        "threads": torch.get_num_threads(),
+        "cpus": os.cpu_count(),
+        "build_vs_prefill": [],
+    }
     for tokens in args.lengths:
         row = build_vs_prefill(model, tokenizer, tokens)
         result["build_vs_prefill"].append(row)

@@ -15,9 +15,9 @@ import json
 
 import torch
 
+from benchmarks.evaluation.haystack import answer_token_indices, needle_document
 from homer import DocumentPrompt, HomerConfig, build_cache
 from homer.document import document_prompt_ids, tokenize_document
-from benchmarks.evaluation.haystack import answer_token_indices, needle_document
 from homer.models import load_model
 from homer.significance import unit_scores
 from homer.spans import span_ids
@@ -27,11 +27,16 @@ from homer.tree import _Builder
 def tracing_builder(needle: torch.Tensor, rows: list[dict]):
     class Tracing(_Builder):
         def run_block(self, node, layers, target):
-            self._trace = {"layers": [layers[0], layers[-1]], "tokens": len(node), "target": target, "rank_by_layer": {}}
+            self._trace = {
+                "layers": [layers[0], layers[-1]],
+                "tokens": len(node),
+                "target": target,
+                "rank_by_layer": {},
+            }
             super().run_block(node, layers, target)
             trace = self._trace
             if trace["rank_by_layer"]:
-                trace["scored_layers"] = list(layers[-self.score_layers:]) if len(node) < trace["tokens"] else []
+                trace["scored_layers"] = list(layers[-self.score_layers :]) if len(node) < trace["tokens"] else []
                 trace["kept"] = bool(torch.isin(needle, node.sources).all())
                 rows.append(trace)
                 print(json.dumps(trace), flush=True)
@@ -69,13 +74,29 @@ def main(argv=None) -> None:
     rows: list[dict] = []
     # the layout build_document_cache uses, with a tracing builder
     context_ids, offsets = tokenize_document(tokenizer, item.document)
-    prefix_ids, suffix_ids = document_prompt_ids(tokenizer, DocumentPrompt(style="chat"),
-                                                 None if args.document_first else item.question)
+    prefix_ids, suffix_ids = document_prompt_ids(
+        tokenizer, DocumentPrompt(style="chat"), None if args.document_first else item.question
+    )
     units = span_ids(item.document, offsets, config.span) if config.span != "token" else None
-    cache = build_cache(model, prefix_ids, context_ids, suffix_ids, config, context_units=units,
-                        _make_builder=tracing_builder(needle, rows))
-    print(json.dumps({"needle": item.answer, "depth": item.depth, "kept_in_cache": bool(torch.isin(needle, cache.sources).all()),
-                      "blocks_holding_it": len(rows)}))
+    cache = build_cache(
+        model,
+        prefix_ids,
+        context_ids,
+        suffix_ids,
+        config,
+        context_units=units,
+        _make_builder=tracing_builder(needle, rows),
+    )
+    print(
+        json.dumps(
+            {
+                "needle": item.answer,
+                "depth": item.depth,
+                "kept_in_cache": bool(torch.isin(needle, cache.sources).all()),
+                "blocks_holding_it": len(rows),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

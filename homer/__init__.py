@@ -14,12 +14,21 @@ and transformers load when the engine is first touched.
 from importlib import import_module
 
 _EXPORTS = {
-    "CacheMismatchError": "cache", "HomerCache": "cache", "HomerConfig": "config",
-    "build_document_cache": "document", "Conversation": "generation", "ConversationFullError": "generation",
+    "CacheMismatchError": "cache",
+    "HomerCache": "cache",
+    "HomerConfig": "config",
+    "build_document_cache": "document",
+    "Conversation": "generation",
+    "ConversationFullError": "generation",
     "GenerationSettings": "generation",
-    "DocumentPrompt": "prompting", "build_cache": "tree", "DirectoryCheckpointer": "checkpoints",
+    "DocumentPrompt": "prompting",
+    "build_cache": "tree",
+    "DirectoryCheckpointer": "checkpoints",
     "BuildSliceEnded": "checkpoints",
-    "open_document": "answering", "DocumentChat": "answering", "AnswerSettings": "answering", "Answer": "answering",
+    "open_document": "answering",
+    "DocumentChat": "answering",
+    "AnswerSettings": "answering",
+    "Answer": "answering",
 }
 __all__ = sorted(_EXPORTS)
 __version__ = "0.1.0"

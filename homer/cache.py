@@ -19,7 +19,6 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from transformers import DynamicCache
-
 from transformers.models.llama.modeling_llama import rotate_half
 
 from .model_shape import known_model_shape, model_shape
@@ -41,16 +40,22 @@ class CacheStructureError(CacheMismatchError):
 # [L, KV, T, d]; the per-token tensors are [T]; last_logits [V]; inv_freq [d/2].
 _FLOATS = ("F16", "BF16", "F32")
 _LAYOUT = {
-    "keys": (4, _FLOATS), "values": (4, _FLOATS), "positions": (1, ("I64",)), "token_ids": (1, ("I64",)),
-    "sources": (1, ("I64",)), "last_logits": (1, _FLOATS), "inv_freq": (1, _FLOATS),
+    "keys": (4, _FLOATS),
+    "values": (4, _FLOATS),
+    "positions": (1, ("I64",)),
+    "token_ids": (1, ("I64",)),
+    "sources": (1, ("I64",)),
+    "last_logits": (1, _FLOATS),
+    "inv_freq": (1, _FLOATS),
 }
 _OPTIONAL = {"char_offsets": (1, ("I64",))}
 MAX_POSITION = 2**31 - 1
 _WINDOW_FACTOR = 4  # positions are reused within the window; allow room for scaled RoPE configs
 
 
-def check_cache_layout(name: str, specs: dict[str, tuple[str, list[int]]], meta: dict,
-                       shape: dict | None = None) -> tuple[int, int]:
+def check_cache_layout(
+    name: str, specs: dict[str, tuple[str, list[int]]], meta: dict, shape: dict | None = None
+) -> tuple[int, int]:
     """Refuse a cache whose tensor headers do not fit together (or the model's ``shape``,
     see :func:`model_shape`), from names, dtypes and shapes alone (nothing is read).
     ``specs``: tensor name -> (safetensors dtype, shape). Returns (prefix_len, suffix_len)."""
@@ -196,8 +201,9 @@ class HomerCache(StoredMetadata):
         return self.last_position + 1
 
     # --- transformers interop ----------------------------------------------------------
-    def to_dynamic_cache(self, dtype: torch.dtype | None = None, device=None, rerotate: bool = True,
-                         config=None) -> DynamicCache:
+    def to_dynamic_cache(
+        self, dtype: torch.dtype | None = None, device=None, rerotate: bool = True, config=None
+    ) -> DynamicCache:
         """A fresh DynamicCache (the stored tensors are never shared or mutated).
 
         With ``rerotate`` (default) every key is rotated by δ = (len − 1) − last_position, so
@@ -208,14 +214,18 @@ class HomerCache(StoredMetadata):
         dtype = dtype or torch.float32
         offset = (len(self) - 1) - self.last_position if rerotate else 0
         if offset and self.metadata.get("rope_by_layer_type"):
-            raise ValueError("this model's RoPE differs per layer type: its cache cannot be re-rotated with one "
-                             "inv_freq; use rerotate=False and continue at next_position")
+            raise ValueError(
+                "this model's RoPE differs per layer type: its cache cannot be re-rotated with one "
+                "inv_freq; use rerotate=False and continue at next_position"
+            )
         rotary_dim = int(self.metadata.get("rotary_dim") or 0) or None
         cache = DynamicCache(config=config)
         for layer in range(self.num_layers):
             k = rotate_keys(self.keys[layer].unsqueeze(0).float(), self.inv_freq, offset, rotary_dim)
             v = self.values[layer].unsqueeze(0)
-            cache.update(k.to(device=device, dtype=dtype).contiguous(), v.to(device=device, dtype=dtype).contiguous(), layer)
+            cache.update(
+                k.to(device=device, dtype=dtype).contiguous(), v.to(device=device, dtype=dtype).contiguous(), layer
+            )
         return cache
 
     # --- persistence -------------------------------------------------------------------
@@ -240,8 +250,12 @@ class HomerCache(StoredMetadata):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         meta = {k: str(v) for k, v in self.metadata.items()}
-        meta.update(format=FORMAT, format_version=FORMAT_VERSION,
-                    prefix_len=str(self.prefix_len), suffix_len=str(self.suffix_len))
+        meta.update(
+            format=FORMAT,
+            format_version=FORMAT_VERSION,
+            prefix_len=str(self.prefix_len),
+            suffix_len=str(self.suffix_len),
+        )
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{writer_tag()}.", suffix=".tmp", dir=path.parent)
         os.close(fd)
         try:
@@ -255,8 +269,14 @@ class HomerCache(StoredMetadata):
         return path
 
     @classmethod
-    def load(cls, path: str | os.PathLike, model=None, expected_fingerprint: str | None = None,
-             device: str = "cpu", config=None) -> "HomerCache":
+    def load(
+        cls,
+        path: str | os.PathLike,
+        model=None,
+        expected_fingerprint: str | None = None,
+        device: str = "cpu",
+        config=None,
+    ) -> "HomerCache":
         """Load a cache file (memory-mapped). With ``model`` or ``expected_fingerprint`` the
         file must have been built by that model, else :class:`CacheMismatchError`.
 
@@ -304,10 +324,17 @@ class HomerCache(StoredMetadata):
         for key in ("prefix_len", "suffix_len", "format", "format_version"):
             meta.pop(key, None)
         return cls(
-            keys=tensors["keys"], values=tensors["values"], positions=tensors["positions"],
-            token_ids=tensors["token_ids"], sources=tensors["sources"], prefix_len=prefix_len,
-            suffix_len=suffix_len, last_logits=tensors["last_logits"], inv_freq=tensors["inv_freq"],
-            char_offsets=tensors.get("char_offsets"), metadata=meta,
+            keys=tensors["keys"],
+            values=tensors["values"],
+            positions=tensors["positions"],
+            token_ids=tensors["token_ids"],
+            sources=tensors["sources"],
+            prefix_len=prefix_len,
+            suffix_len=suffix_len,
+            last_logits=tensors["last_logits"],
+            inv_freq=tensors["inv_freq"],
+            char_offsets=tensors.get("char_offsets"),
+            metadata=meta,
         )
 
     # --- conversation ------------------------------------------------------------------

@@ -60,9 +60,15 @@ STATISTICS = ("mean", "median")
 
 
 @torch.no_grad()
-def calibrate(model, chunks: Iterable[torch.Tensor], max_chunk_len: int,
-              progress: Callable[[int, int, str], None] | None = None,
-              prefix_ids=None, suffix_ids=None, statistic: str = "mean") -> torch.Tensor:
+def calibrate(
+    model,
+    chunks: Iterable[torch.Tensor],
+    max_chunk_len: int,
+    progress: Callable[[int, int, str], None] | None = None,
+    prefix_ids=None,
+    suffix_ids=None,
+    statistic: str = "mean",
+) -> torch.Tensor:
     """bias[ℓ][d]: the last token's logit at distance d, per layer, over calibration chunks
     of M tokens at positions 0..M−1, with the same statistic the build uses (§4).
 
@@ -99,15 +105,19 @@ def calibrate(model, chunks: Iterable[torch.Tensor], max_chunk_len: int,
     return per_chunk.double().mean(dim=0).float()
 
 
-def save_bias(bias: torch.Tensor, model, max_chunk_len: int, folder: Path | None = None,
-              details: dict | None = None) -> Path:
+def save_bias(
+    bias: torch.Tensor, model, max_chunk_len: int, folder: Path | None = None, details: dict | None = None
+) -> Path:
     """Store the table as ``bias-<fingerprint>-M<M>.safetensors`` (no pickle)."""
     fingerprint = model_fingerprint(model)
     folder = Path(folder or calibration_dir())
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / bias_filename(fingerprint, max_chunk_len)
-    meta = {"model_fingerprint": fingerprint, "max_chunk_len": str(max_chunk_len),
-            "rope": json.dumps(getattr(model.config, "rope_parameters", None), default=str),
-            **{k: str(v) for k, v in (details or {}).items()}}
+    meta = {
+        "model_fingerprint": fingerprint,
+        "max_chunk_len": str(max_chunk_len),
+        "rope": json.dumps(getattr(model.config, "rope_parameters", None), default=str),
+        **{k: str(v) for k, v in (details or {}).items()},
+    }
     save_file({"bias": bias.contiguous()}, str(path), metadata=meta)
     return path

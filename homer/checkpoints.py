@@ -81,17 +81,29 @@ class BuildSliceEnded(Exception):
     leaves were computed in this call, in ``compute_seconds`` (from its first computed step to
     the stop: no model loading, no checkpoint reading)."""
 
-    def __init__(self, leaves_done: int, leaves_total: int, steps_done: int, steps_total: int,
-                 leaves_computed: int, compute_seconds: float):
+    def __init__(
+        self,
+        leaves_done: int,
+        leaves_total: int,
+        steps_done: int,
+        steps_total: int,
+        leaves_computed: int,
+        compute_seconds: float,
+    ):
         super().__init__(f"read {leaves_done}/{leaves_total} leaves; the build goes on from its checkpoints")
         self.leaves_done, self.leaves_total = leaves_done, leaves_total
         self.steps_done, self.steps_total = steps_done, steps_total
         self.leaves_computed, self.compute_seconds = leaves_computed, compute_seconds
 
     def as_dict(self) -> dict:
-        return {"leaves_done": self.leaves_done, "leaves_total": self.leaves_total, "steps_done": self.steps_done,
-                "steps_total": self.steps_total, "leaves_computed": self.leaves_computed,
-                "compute_seconds": self.compute_seconds}
+        return {
+            "leaves_done": self.leaves_done,
+            "leaves_total": self.leaves_total,
+            "steps_done": self.steps_done,
+            "steps_total": self.steps_total,
+            "leaves_computed": self.leaves_computed,
+            "compute_seconds": self.compute_seconds,
+        }
 
 
 @runtime_checkable
@@ -146,8 +158,13 @@ class DirectoryCheckpointer:
     the key every entry is stamped with and checked against (see the module docstring; at
     least 16 bytes), kept somewhere the folder's writers cannot read."""
 
-    def __init__(self, folder: str | os.PathLike, temp_dir: str | os.PathLike | None = None, temp_tag: str = "",
-                 secret: bytes | None = None):
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        temp_dir: str | os.PathLike | None = None,
+        temp_tag: str = "",
+        secret: bytes | None = None,
+    ):
         if secret is not None and (not isinstance(secret, bytes) or len(secret) < 16):
             raise ValueError("a checkpoint secret is at least 16 bytes")
         self.folder = Path(folder)
@@ -164,8 +181,11 @@ class DirectoryCheckpointer:
     def keys(self) -> list[str]:
         """The names of the stored entries."""
         try:
-            return sorted(p.name[: -len(SUFFIX)] for p in self.folder.iterdir()
-                          if p.name.endswith(SUFFIX) and _KEY.fullmatch(p.name[: -len(SUFFIX)]))
+            return sorted(
+                p.name[: -len(SUFFIX)]
+                for p in self.folder.iterdir()
+                if p.name.endswith(SUFFIX) and _KEY.fullmatch(p.name[: -len(SUFFIX)])
+            )
         except FileNotFoundError:
             return []
 
@@ -234,12 +254,34 @@ class DirectoryCheckpointer:
             pass
 
 
-def build_digest(*, fingerprint: str, settings_json: str, scorer, prefix: torch.Tensor, context: torch.Tensor,
-                 suffix: torch.Tensor, units: torch.Tensor | None, model_dtype: torch.dtype, device_type: str) -> str:
+def build_digest(
+    *,
+    fingerprint: str,
+    settings_json: str,
+    scorer,
+    prefix: torch.Tensor,
+    context: torch.Tensor,
+    suffix: torch.Tensor,
+    units: torch.Tensor | None,
+    model_dtype: torch.dtype,
+    device_type: str,
+) -> str:
     """A hash of everything that determines a build's nodes (see the module docstring)."""
     digest = hashlib.sha256()
-    digest.update(json.dumps([FORMAT, FORMAT_VERSION, fingerprint, settings_json, scorer.name, str(model_dtype),
-                              device_type, torch.__version__]).encode())
+    digest.update(
+        json.dumps(
+            [
+                FORMAT,
+                FORMAT_VERSION,
+                fingerprint,
+                settings_json,
+                scorer.name,
+                str(model_dtype),
+                device_type,
+                torch.__version__,
+            ]
+        ).encode()
+    )
     extras = {}
     bias = getattr(scorer, "bias", None)  # the calibration table the scores subtract
     if isinstance(bias, torch.Tensor):
@@ -273,14 +315,22 @@ class BuildCheckpoints:
     def save(self, key: str, tensors: dict[str, torch.Tensor], metadata: dict | None = None) -> None:
         if not self.saving:
             return
-        meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "build": self.digest,
-                **{k: str(v) for k, v in (metadata or {}).items()}}
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "build": self.digest,
+            **{k: str(v) for k, v in (metadata or {}).items()},
+        }
         try:
             self.checkpointer.save(key, tensors, meta)
             self.saved += 1
         except Exception as exc:  # a full disk must not fail the build: it only loses resumability
-            log.warning("checkpoint %s could not be saved (%s: %s); this build goes on without checkpoints",
-                        key, type(exc).__name__, exc)
+            log.warning(
+                "checkpoint %s could not be saved (%s: %s); this build goes on without checkpoints",
+                key,
+                type(exc).__name__,
+                exc,
+            )
             self.saving = False
 
     def load(self, key: str) -> Entry | None:

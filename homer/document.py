@@ -32,11 +32,21 @@ def document_prompt_ids(tokenizer, prompt: DocumentPrompt, question: str | None 
     return prefix_ids, suffix_ids
 
 
-def build_document_cache(model, tokenizer, text: str, config: HomerConfig | None = None,
-                         prompt: DocumentPrompt | None = None, question: str | None = None,
-                         progress: Progress | None = None, metadata: dict | None = None,
-                         context_ids: list[int] | None = None, char_offsets: list[int] | None = None,
-                         leaf_states=None, checkpoints=None, deadline=None) -> HomerCache:
+def build_document_cache(
+    model,
+    tokenizer,
+    text: str,
+    config: HomerConfig | None = None,
+    prompt: DocumentPrompt | None = None,
+    question: str | None = None,
+    progress: Progress | None = None,
+    metadata: dict | None = None,
+    context_ids: list[int] | None = None,
+    char_offsets: list[int] | None = None,
+    leaf_states=None,
+    checkpoints=None,
+    deadline=None,
+) -> HomerCache:
     """Build the cache of a whole document.
 
     Without ``question`` (the product's document-first protocol) the suffix is
@@ -64,10 +74,24 @@ def build_document_cache(model, tokenizer, text: str, config: HomerConfig | None
             raise ValueError(f"span={config.span!r} needs the tokens' character offsets")
         units = span_ids(text, char_offsets, config.span)
     offsets = None if char_offsets is None else torch.tensor(char_offsets, dtype=torch.long)
-    states = {} if leaf_states is None else {"leaf_states": leaf_states,
-                                             "leaf_state_tensors": {} if offsets is None else {"char_offsets": offsets}}
-    cache = build_cache(model, prefix_ids, context_ids, suffix_ids, config=config, progress=progress, metadata=meta,
-                        context_units=units, checkpoints=checkpoints, deadline=deadline, **states)
+    states = (
+        {}
+        if leaf_states is None
+        else {"leaf_states": leaf_states, "leaf_state_tensors": {} if offsets is None else {"char_offsets": offsets}}
+    )
+    cache = build_cache(
+        model,
+        prefix_ids,
+        context_ids,
+        suffix_ids,
+        config=config,
+        progress=progress,
+        metadata=meta,
+        context_units=units,
+        checkpoints=checkpoints,
+        deadline=deadline,
+        **states,
+    )
     if offsets is not None:
         cache.char_offsets = torch.where(cache.sources >= 0, offsets[cache.sources.clamp(min=0)], -1)
     return cache

@@ -11,9 +11,18 @@ import torch
 from .model_shape import remember_model_shape  # a load naming only a fingerprint checks shapes too
 
 _IGNORED_CONFIG_KEYS = {
-    "_name_or_path", "transformers_version", "dtype", "torch_dtype", "_attn_implementation",
-    "attn_implementation", "_attn_implementation_autoset", "use_cache", "architectures",
-    "output_attentions", "output_hidden_states", "_commit_hash",
+    "_name_or_path",
+    "transformers_version",
+    "dtype",
+    "torch_dtype",
+    "_attn_implementation",
+    "attn_implementation",
+    "_attn_implementation_autoset",
+    "use_cache",
+    "architectures",
+    "output_attentions",
+    "output_hidden_states",
+    "_commit_hash",
 }
 _SAMPLES_PER_TENSOR = 4096
 

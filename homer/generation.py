@@ -23,8 +23,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
-from transformers import (DynamicCache, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper,
-                          TopPLogitsWarper)
+from transformers import DynamicCache, LogitsProcessorList, TemperatureLogitsWarper, TopKLogitsWarper, TopPLogitsWarper
 from transformers.cache_utils import Cache, DynamicLayer
 from transformers.models.llama.modeling_llama import rotate_half
 
@@ -170,8 +169,9 @@ class PreallocatedCache(DynamicCache):
     """A DynamicCache whose layers append into preallocated buffers (see :class:`PreallocatedLayer`).
     Behaves like a DynamicCache of the same contents for the model: same tensors, same masks."""
 
-    def __init__(self, num_layers: int | None = None, chunk: int = GROWTH_CHUNK,
-                 storage_dtype: torch.dtype | None = None):
+    def __init__(
+        self, num_layers: int | None = None, chunk: int = GROWTH_CHUNK, storage_dtype: torch.dtype | None = None
+    ):
         self.chunk = chunk
         make = lambda: PreallocatedLayer(chunk, storage_dtype=storage_dtype)  # noqa: E731
         if num_layers is None:
@@ -180,8 +180,14 @@ class PreallocatedCache(DynamicCache):
             Cache.__init__(self, layers=[make() for _ in range(num_layers)])
 
     @classmethod
-    def from_homer(cls, cache, dtype: torch.dtype | None = None, device=None,
-                   headroom: int = GROWTH_CHUNK, chunk: int = GROWTH_CHUNK) -> "PreallocatedCache":
+    def from_homer(
+        cls,
+        cache,
+        dtype: torch.dtype | None = None,
+        device=None,
+        headroom: int = GROWTH_CHUNK,
+        chunk: int = GROWTH_CHUNK,
+    ) -> "PreallocatedCache":
         """A working copy of ``cache``, a :class:`~homer.cache.HomerCache` (positions as built:
         continue at ``next_position``), with room for ``headroom`` more tokens, held in
         ``dtype`` (default float32). The stored tensors are only read."""
@@ -242,8 +248,9 @@ class DecodeState:
 
 
 @torch.no_grad()
-def generate_tokens(model, state: DecodeState, new_ids: list[int], settings: GenerationSettings,
-                    eos_ids: set[int]) -> Iterator[int]:
+def generate_tokens(
+    model, state: DecodeState, new_ids: list[int], settings: GenerationSettings, eos_ids: set[int]
+) -> Iterator[int]:
     """Feed ``new_ids`` (after any pending token) at explicit positions, then sample up to
     ``max_new_tokens`` tokens, yielding each. Updates ``state`` in place."""
     device = model.device
@@ -279,8 +286,11 @@ def generate_tokens(model, state: DecodeState, new_ids: list[int], settings: Gen
             logits = _forward(model, state, [token], device)
     finally:
         elapsed = time.perf_counter() - started
-        state.stats.update(new_tokens=len(generated), seconds=elapsed,
-                           tokens_per_second=(len(generated) - 1) / max(elapsed - state.stats.get("time_to_first_token", 0), 1e-9))
+        state.stats.update(
+            new_tokens=len(generated),
+            seconds=elapsed,
+            tokens_per_second=(len(generated) - 1) / max(elapsed - state.stats.get("time_to_first_token", 0), 1e-9),
+        )
 
 
 def _forward(model, state: DecodeState, ids: list[int], device) -> torch.Tensor:
@@ -292,8 +302,13 @@ def _forward(model, state: DecodeState, ids: list[int], device) -> torch.Tensor:
             return logits
     n = len(ids)
     positions = torch.arange(state.position, state.position + n, device=device).view(1, -1)
-    out = model(input_ids=torch.tensor([ids], device=device), past_key_values=state.kv,
-                position_ids=positions, use_cache=True, logits_to_keep=1)
+    out = model(
+        input_ids=torch.tensor([ids], device=device),
+        past_key_values=state.kv,
+        position_ids=positions,
+        use_cache=True,
+        logits_to_keep=1,
+    )
     state.position += n
     return out.logits[:, -1, :]
 
@@ -336,7 +351,9 @@ class DecodeStep:
             q = q * cos + rotate_half(q) * sin
             k = k * cos + rotate_half(k) * sin
             keys, values = kv.layers[i].append(k, v)
-            q = q.view(1, keys.shape[1], self.groups, d).to(keys.dtype)  # [1, KV, groups, d]: a group's heads as queries
+            q = q.view(1, keys.shape[1], self.groups, d).to(
+                keys.dtype
+            )  # [1, KV, groups, d]: a group's heads as queries
             out = F.scaled_dot_product_attention(q, keys, values, scale=stack.scaling).to(hidden.dtype)
             hidden = hidden + attn.o_proj(out.reshape(1, 1, -1))
             hidden = hidden + layer.mlp(layer.post_attention_layernorm(hidden))
@@ -369,8 +386,7 @@ class Conversation:
     stored cache with the turns that still fit: ``dropped_turns`` counts them) and an answer
     stops at the window."""
 
-    def __init__(self, cache, model, tokenizer, prompt: DocumentPrompt | None = None,
-                 kv_cache: str = "preallocated"):
+    def __init__(self, cache, model, tokenizer, prompt: DocumentPrompt | None = None, kv_cache: str = "preallocated"):
         if kv_cache not in KV_CACHES:
             raise ValueError(f"kv_cache must be one of {', '.join(KV_CACHES)}, not {kv_cache!r}")
         self.cache, self.model, self.tokenizer, self.kv_cache = cache, model, tokenizer, kv_cache
@@ -404,6 +420,7 @@ class Conversation:
     def _fit_window(self, question: str, max_new_tokens: int) -> tuple[str, list[int], int]:
         """The text (and its ids) to feed for ``question`` and how many tokens the answer may
         take, after forgetting the oldest turns that would push the answer past the window."""
+
         def fed(ids: list[int]) -> int:  # where the cache ends once ``ids`` (and any pending token) are in
             return self.state.position + len(self.state.pending) + len(ids)
 
@@ -418,7 +435,8 @@ class Conversation:
             raise ConversationFullError(
                 f"the question needs {-room + 1} more tokens than the window leaves after the document "
                 f"({self.window} in all, the cache ends at {self.state.position}); ask a shorter question "
-                "or build the document with a smaller max_chunk_len")
+                "or build the document with a smaller max_chunk_len"
+            )
         return new_text, new_ids, min(max_new_tokens, room)
 
     def _new_text(self, question: str) -> tuple[str, list[int]]:
@@ -458,11 +476,11 @@ class Conversation:
             answer_ids.append(token)
             text = self.tokenizer.decode(answer_ids, skip_special_tokens=True)
             if len(text) > len(shown) and not text.endswith("\ufffd"):
-                yield text[len(shown):]
+                yield text[len(shown) :]
                 shown = text
         answer = self.tokenizer.decode(answer_ids, skip_special_tokens=True)
         if len(answer) > len(shown):
-            yield answer[len(shown):]
+            yield answer[len(shown) :]
         # the cache now holds the answer (its last token pending); keep the text in step
         if ended and self.prompt.style == "completion":
             self.state.pending = []  # plain-text transcripts carry no end-of-turn token

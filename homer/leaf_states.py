@@ -53,8 +53,11 @@ class _StreamingSafetensors:
             size = torch.tensor([], dtype=dtype).element_size()
             for dim in shape:
                 size *= int(dim)
-            header[name] = {"dtype": _ST_DTYPES[dtype], "shape": [int(d) for d in shape],
-                            "data_offsets": [offset, offset + size]}
+            header[name] = {
+                "dtype": _ST_DTYPES[dtype],
+                "shape": [int(d) for d in shape],
+                "data_offsets": [offset, offset + size],
+            }
             offset += size
         raw = json.dumps(header, separators=(",", ":")).encode()
         raw += b" " * (-len(raw) % 8)
@@ -79,8 +82,9 @@ class _StreamingSafetensors:
     def write(self, name: str, tensor: torch.Tensor) -> None:
         want, dtype, shape = self.specs[self.next]
         if name != want or tensor.dtype != dtype or tuple(tensor.shape) != tuple(shape):
-            raise RuntimeError(f"leaf states: expected {want} {dtype} {tuple(shape)}, got {name} "
-                               f"{tensor.dtype} {tuple(tensor.shape)}")
+            raise RuntimeError(
+                f"leaf states: expected {want} {dtype} {tuple(shape)}, got {name} {tensor.dtype} {tuple(tensor.shape)}"
+            )
         data = tensor.detach().to("cpu").contiguous().reshape(-1)
         self.fh.write(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
         self.next += 1
@@ -115,8 +119,16 @@ class LeafStateRecording:
     again, so the file is always the one-shot build's. These entries are kept until the
     checkpoints are cleared (after the cache is stored)."""
 
-    def __init__(self, *args, path, extra_tensors: dict | None, build_metadata: dict | None, fingerprint: str,
-                 config: HomerConfig, model_name: str):
+    def __init__(
+        self,
+        *args,
+        path,
+        extra_tensors: dict | None,
+        build_metadata: dict | None,
+        fingerprint: str,
+        config: HomerConfig,
+        model_name: str,
+    ):
         super().__init__(*args)
         plan, stack, dtype = self.plan, self.stack, self.kv_dtype
         layers = len(plan.layers_at(0))
@@ -127,19 +139,32 @@ class LeafStateRecording:
         if self.units is not None:
             specs.append(("context_units", torch.int64, (plan.context_len,)))
         specs += [(f"extra.{name}", t.dtype, tuple(t.shape)) for name, t in self.extra.items()]
-        specs += [("prefix.keys", dtype, (layers, kv, p, d)), ("prefix.values", dtype, (layers, kv, p, d)),
-                  ("prefix.hidden", dtype, (p, hidden))]
+        specs += [
+            ("prefix.keys", dtype, (layers, kv, p, d)),
+            ("prefix.values", dtype, (layers, kv, p, d)),
+            ("prefix.hidden", dtype, (p, hidden)),
+        ]
         for i in range(plan.num_leaves):
             start, end = plan.slice_bounds(i)
             n = end - start
-            specs += [(f"leaf.{i}.keys", dtype, (layers, kv, n, d)), (f"leaf.{i}.values", dtype, (layers, kv, n, d)),
-                      (f"leaf.{i}.hidden", dtype, (n, hidden))]
+            specs += [
+                (f"leaf.{i}.keys", dtype, (layers, kv, n, d)),
+                (f"leaf.{i}.values", dtype, (layers, kv, n, d)),
+                (f"leaf.{i}.hidden", dtype, (n, hidden)),
+            ]
         meta = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "model_fingerprint": fingerprint,
-            "model_name": model_name, "settings": config.settings_json(),
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "model_fingerprint": fingerprint,
+            "model_name": model_name,
+            "settings": config.settings_json(),
             "rope_parameters": json.dumps(getattr(stack.config, "rope_parameters", None), default=str),
-            "prefix_len": p, "context_len": plan.context_len, "suffix_len": plan.suffix_len,
-            "num_leaves": plan.num_leaves, "slice_len": plan.slice_len, "leaf_layers": layers,
+            "prefix_len": p,
+            "context_len": plan.context_len,
+            "suffix_len": plan.suffix_len,
+            "num_leaves": plan.num_leaves,
+            "slice_len": plan.slice_len,
+            "leaf_layers": layers,
             "build_metadata": json.dumps({k: str(v) for k, v in (build_metadata or {}).items()}),
         }
         self.writer = _StreamingSafetensors(path, specs, meta)
@@ -190,8 +215,11 @@ class LeafStateRecording:
             return False
         for i in range(first_leaf, first_leaf + count):
             entry = self.checkpoints.load(f"states-{i}")
-            names = (["prefix.keys", "prefix.values", "prefix.hidden"] if i == 0 else []) + \
-                [f"leaf.{i}.keys", f"leaf.{i}.values", f"leaf.{i}.hidden"]
+            names = (["prefix.keys", "prefix.values", "prefix.hidden"] if i == 0 else []) + [
+                f"leaf.{i}.keys",
+                f"leaf.{i}.values",
+                f"leaf.{i}.hidden",
+            ]
             try:
                 if entry is None:
                     raise LookupError("no checkpoint of them")
@@ -201,8 +229,14 @@ class LeafStateRecording:
                     self.writer.write(name, entry[0][name])
             except (LookupError, RuntimeError) as exc:
                 self.writer.rewind(mark)
-                log.warning("the recorded leaf states of leaf %d cannot be taken from the checkpoints (%s): "
-                            "leaves %d-%d are built again", i + 1, exc, first_leaf + 1, first_leaf + count)
+                log.warning(
+                    "the recorded leaf states of leaf %d cannot be taken from the checkpoints (%s): "
+                    "leaves %d-%d are built again",
+                    i + 1,
+                    exc,
+                    first_leaf + 1,
+                    first_leaf + count,
+                )
                 return False
         return super().resume_leaves(first_leaf, count)
 
@@ -228,13 +262,16 @@ class LeafStates(StoredMetadata):
         if self.metadata.get("format") != FORMAT:
             raise LeafStateMismatchError(f"{self.path.name} is not a HOMER leaf-state file")
         if self.metadata.get("format_version") != FORMAT_VERSION:
-            raise LeafStateMismatchError(f"{self.path.name} has leaf-state format version "
-                                         f"{self.metadata.get('format_version')}, this version reads {FORMAT_VERSION}")
+            raise LeafStateMismatchError(
+                f"{self.path.name} has leaf-state format version "
+                f"{self.metadata.get('format_version')}, this version reads {FORMAT_VERSION}"
+            )
         self._prefix = None
 
     @classmethod
-    def open(cls, path, model=None, expected_fingerprint: str | None = None,
-             config: HomerConfig | None = None) -> "LeafStates":
+    def open(
+        cls, path, model=None, expected_fingerprint: str | None = None, config: HomerConfig | None = None
+    ) -> "LeafStates":
         """Open and check: with ``model`` / ``expected_fingerprint`` the file must come from
         that model, with ``config`` its state-shaping settings must match, else
         :class:`LeafStateMismatchError`."""
@@ -269,7 +306,8 @@ class LeafStates(StoredMetadata):
         if self.fingerprint != fingerprint:
             raise LeafStateMismatchError(
                 f"{self.path.name} was made by model {self.metadata.get('model_name', '?')} "
-                f"(fingerprint {self.fingerprint[:12]}), not by the loaded model (fingerprint {fingerprint[:12]})")
+                f"(fingerprint {self.fingerprint[:12]}), not by the loaded model (fingerprint {fingerprint[:12]})"
+            )
 
     def config_for(self, config: HomerConfig | None = None, model_config=None) -> HomerConfig:
         """The stored settings, or ``config`` after checking that the settings which shape
@@ -280,19 +318,23 @@ class LeafStates(StoredMetadata):
                 raise ValueError("these leaf states were built with a custom bias: pass the config with its bias")
             return HomerConfig(**{k: v for k, v in stored.items() if k != "custom_bias"})
         resolved = config.resolve(model_config) if model_config is not None else config
-        diff = [k for k in STATE_SETTINGS
-                if getattr(resolved, k) is not None and getattr(resolved, k) != stored.get(k)]
+        diff = [k for k in STATE_SETTINGS if getattr(resolved, k) is not None and getattr(resolved, k) != stored.get(k)]
         if diff:
             raise LeafStateMismatchError(
                 f"{self.path.name} was made with other settings: "
-                + ", ".join(f"{k}={stored.get(k)!r} (not {getattr(resolved, k)!r})" for k in diff))
+                + ", ".join(f"{k}={stored.get(k)!r} (not {getattr(resolved, k)!r})" for k in diff)
+            )
         return config
 
     def fits(self, plan) -> bool:
         """Whether a plan (the new suffix length) keeps the stored leaves."""
-        return (plan.num_leaves == self.num_leaves and plan.slice_len == self.slice_len
-                and plan.prefix_len == self._int("prefix_len") and plan.context_len == self._int("context_len")
-                and len(plan.layers_at(0)) == self._int("leaf_layers"))
+        return (
+            plan.num_leaves == self.num_leaves
+            and plan.slice_len == self.slice_len
+            and plan.prefix_len == self._int("prefix_len")
+            and plan.context_len == self._int("context_len")
+            and len(plan.layers_at(0)) == self._int("leaf_layers")
+        )
 
     # tensors ----------------------------------------------------------------------------
     def tensor(self, name: str) -> torch.Tensor:

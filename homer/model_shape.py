@@ -15,10 +15,13 @@ def model_shape(config) -> dict:
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
     heads = config.num_attention_heads
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
-    return {"layers": int(config.num_hidden_layers),
-            "kv_heads": int(getattr(config, "num_key_value_heads", None) or heads),
-            "head_dim": int(head_dim), "vocab": int(config.vocab_size),
-            "window": int(getattr(config, "max_position_embeddings", 0) or 0)}
+    return {
+        "layers": int(config.num_hidden_layers),
+        "kv_heads": int(getattr(config, "num_key_value_heads", None) or heads),
+        "head_dim": int(head_dim),
+        "vocab": int(config.vocab_size),
+        "window": int(getattr(config, "max_position_embeddings", 0) or 0),
+    }
 
 
 def remember_model_shape(fingerprint: str, config) -> None:

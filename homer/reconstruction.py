@@ -40,8 +40,9 @@ def repeat_prompt_ids(tokenizer) -> list[int]:
     assistant header; otherwise the plain request between blank lines."""
     if getattr(tokenizer, "chat_template", None):
         try:
-            text = tokenizer.apply_chat_template([{"role": "user", "content": f"{_MARK}\n\n{REPEAT_TEXT}"}],
-                                                 tokenize=False, add_generation_prompt=True)
+            text = tokenizer.apply_chat_template(
+                [{"role": "user", "content": f"{_MARK}\n\n{REPEAT_TEXT}"}], tokenize=False, add_generation_prompt=True
+            )
         except Exception:  # a template that refuses this conversation: the plain request
             text = ""
         if text.count(_MARK) == 1:
@@ -68,8 +69,9 @@ def model_repeat_prompt_ids(model) -> list[int]:
     return list(_prompt_for_path(str(path))) if path else []
 
 
-def copy_attention(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, past: int, scale: float,
-                   score: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+def copy_attention(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, past: int, scale: float, score: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Attention of the copy's queries q [1, H, r, d] over keys/values [1, KV, past + r, d]
     (the ``past`` original tokens, then the copy itself, causal). Returns the output
     [1, H, r, d] and, with ``score``, every original key's largest softmax weight over all
@@ -122,8 +124,16 @@ class Reconstruction(Significance):
         return [(a, min(a + size, context_len)) for a in range(0, context_len, size)] if size else []
 
     @torch.no_grad()
-    def leaf_scores(self, stack: DecoderStack, keys: list, values: list, positions: torch.Tensor,
-                    token_ids: torch.Tensor, prefix_len: int, suffix_len: int) -> torch.Tensor:
+    def leaf_scores(
+        self,
+        stack: DecoderStack,
+        keys: list,
+        values: list,
+        positions: torch.Tensor,
+        token_ids: torch.Tensor,
+        prefix_len: int,
+        suffix_len: int,
+    ) -> torch.Tensor:
         """Every token's copy score [n] (float32, CPU; affixes +inf) for a leaf whose stored
         K/V are ``keys``/``values`` (one [KV, n, d] per leaf layer, all of them run)."""
         n, p = int(positions.shape[0]), prefix_len
@@ -149,8 +159,9 @@ class Reconstruction(Significance):
                     # score, not the cache; the model's own attention scale)
                     past_k = keys[layer].index_select(1, original).unsqueeze(0).to(device, k.dtype)
                     past_v = values[layer].index_select(1, original).unsqueeze(0).to(device, v.dtype)
-                    out, weights = copy_attention(q, torch.cat([past_k, k], 2), torch.cat([past_v, v], 2),
-                                                  len(original), scale, layer in band)
+                    out, weights = copy_attention(
+                        q, torch.cat([past_k, k], 2), torch.cat([past_v, v], 2), len(original), scale, layer in band
+                    )
                     found.append(weights)
                     return out.to(dtype)
 

@@ -40,8 +40,15 @@ class Significance:
     # the score up with the token (``leaf_scores``, see :mod:`homer.reconstruction`)
     carries_scores = False
 
-    def score(self, layer_idx: int, q_last: torch.Tensor, keys: torch.Tensor, positions: torch.Tensor,
-              scaling: float, generator: torch.Generator | None) -> torch.Tensor:
+    def score(
+        self,
+        layer_idx: int,
+        q_last: torch.Tensor,
+        keys: torch.Tensor,
+        positions: torch.Tensor,
+        scaling: float,
+        generator: torch.Generator | None,
+    ) -> torch.Tensor:
         raise NotImplementedError
 
 
@@ -64,7 +71,7 @@ class Calibrated(Significance):
 
     def score(self, layer_idx, q_last, keys, positions, scaling, generator):
         raw = query_logits(_rows(q_last), keys, scaling)  # [r, n]: row r is the query at positions[-r:]
-        rows = positions[-raw.shape[0]:]
+        rows = positions[-raw.shape[0] :]
         distance = (rows[:, None] - positions[None, :]).clamp(0, self.bias.shape[1] - 1).to(self.bias.device)
         return (raw - self.bias[layer_idx][distance].to(raw.device)).amax(0)
 
@@ -110,12 +117,19 @@ def unit_scores(scores: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
     """Every token gets the best score of its unit (``units``: an id per token)."""
     _, inverse = torch.unique(units, return_inverse=True)
     best = torch.full((int(inverse.max()) + 1,), float("-inf")).scatter_reduce(
-        0, inverse, scores.float(), reduce="amax")
+        0, inverse, scores.float(), reduce="amax"
+    )
     return best[inverse]
 
 
-def keep_indices(scores: torch.Tensor, prefix_len: int, suffix_len: int, target: int,
-                 pool_width: int = 0, units: torch.Tensor | None = None) -> torch.Tensor:
+def keep_indices(
+    scores: torch.Tensor,
+    prefix_len: int,
+    suffix_len: int,
+    target: int,
+    pool_width: int = 0,
+    units: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Indices (sorted, order kept) of the ``target`` tokens to keep: every affix token plus
     the highest-scoring context tokens (scores optionally max-pooled within the context).
 

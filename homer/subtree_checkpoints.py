@@ -25,7 +25,7 @@ class SubtreeCheckpoints:
 
     @property
     def resume_message(self) -> str | None:
-        """"resumed at leaf 9/32" (1-based: the next leaf when this run started computing)
+        """ "resumed at leaf 9/32" (1-based: the next leaf when this run started computing)
         when the build loaded finished subtrees from its checkpoints, else None."""
         if not self.leaves_reused:
             return None
@@ -54,8 +54,11 @@ class SubtreeCheckpoints:
         if self.checkpoints is None:
             return
         tensors = {**node.state_tensors(), "generator": self.generator.get_state()}
-        self.checkpoints.save(self.checkpoint_key(first_leaf, height), tensors,
-                              {"first_leaf": first_leaf, "height": height, "length": len(node)})
+        self.checkpoints.save(
+            self.checkpoint_key(first_leaf, height),
+            tensors,
+            {"first_leaf": first_leaf, "height": height, "length": len(node)},
+        )
         if height > 0 and self.checkpoints.saving:
             half = 2 ** (height - 1)
             self.checkpoints.discard(self.checkpoint_key(first_leaf, height - 1))
@@ -117,10 +120,16 @@ class SubtreeCheckpoints:
         if self.checkpoints is None or not self.checkpoints.saving or not self.should_stop():
             return
         seconds = time.perf_counter() - (self._compute_started or time.perf_counter())
-        log.info("build slice ended after leaf %d/%d (%d leaves computed in %.1f s)", self._frontier,
-                 self.plan.num_leaves, self.leaves_computed, seconds)
-        raise BuildSliceEnded(self._frontier, self.plan.num_leaves, self.steps_done, self.steps_total,
-                              self.leaves_computed, seconds)
+        log.info(
+            "build slice ended after leaf %d/%d (%d leaves computed in %.1f s)",
+            self._frontier,
+            self.plan.num_leaves,
+            self.leaves_computed,
+            seconds,
+        )
+        raise BuildSliceEnded(
+            self._frontier, self.plan.num_leaves, self.steps_done, self.steps_total, self.leaves_computed, seconds
+        )
 
     def resume_leaves(self, first_leaf: int, count: int) -> bool:
         """Hook: called when leaves ``first_leaf`` … ``+ count − 1`` are about to be taken from a

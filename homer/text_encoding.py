@@ -50,8 +50,11 @@ def control_tokens(tokenizer) -> tuple[str, ...]:
     if isinstance(template, dict):
         template = "\0".join(str(v) for v in template.values())
     decoder = getattr(tokenizer, "added_tokens_decoder", None) or {}
-    found = {token.content for token in decoder.values()
-             if token.content and (token.special or (token.content in template and not token.content.isspace()))}
+    found = {
+        token.content
+        for token in decoder.values()
+        if token.content and (token.special or (token.content in template and not token.content.isspace()))
+    }
     found |= {t for t in getattr(tokenizer, "all_special_tokens", []) or [] if t}
     return tuple(sorted(found, key=lambda t: (-len(t), t)))
 
@@ -133,7 +136,7 @@ def marked_from(marked: str, start: int) -> str:
             continue
         seen += 1
         if seen == start:
-            return marked[i + 1:]
+            return marked[i + 1 :]
     return ""
 
 
@@ -146,7 +149,7 @@ def _middle(encode, text: str, newline: list[int]) -> list[int]:
     so SentencePiece-style tokenizers do not add the word-start space of a string's start."""
     ids = encode("\n" + text)
     if newline and ids[: len(newline)] == newline:
-        return ids[len(newline):]
+        return ids[len(newline) :]
     return encode(text)
 
 
@@ -171,8 +174,9 @@ def encode_marked(tokenizer, marked: str) -> list[int]:
 
 def render_marked(prompt, tokenizer, turns: list[tuple[str, str]], question: str) -> str:
     """``prompt.render`` of the conversation with the user's and the model's text marked."""
-    return prompt.render(tokenizer, [(mark(tokenizer, q), mark(tokenizer, a)) for q, a in turns],
-                         mark(tokenizer, question))
+    return prompt.render(
+        tokenizer, [(mark(tokenizer, q), mark(tokenizer, a)) for q, a in turns], mark(tokenizer, question)
+    )
 
 
 def turn_tail(prompt, tokenizer, cached: str, turns: list[tuple[str, str]], question: str):
@@ -182,4 +186,4 @@ def turn_tail(prompt, tokenizer, cached: str, turns: list[tuple[str, str]], ques
     rendered = unmark(marked)
     if not rendered.startswith(cached):
         return None
-    return rendered[len(cached):], encode_marked(tokenizer, marked_from(marked, len(cached)))
+    return rendered[len(cached) :], encode_marked(tokenizer, marked_from(marked, len(cached)))

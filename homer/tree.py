@@ -68,10 +68,22 @@ class _Builder(SubtreeCheckpoints):
     """One build's state: the model view, the plan, the scorer and the progress counter; saving
     and resuming finished subtrees is :class:`~homer.subtree_checkpoints.SubtreeCheckpoints`."""
 
-    def __init__(self, stack: DecoderStack, plan: ChunkPlan, scorer: Significance, prefix, context, suffix,
-                 seed: int, progress: Progress | None, pool_width: int = 0,
-                 kv_dtype: torch.dtype = torch.float32, units: torch.Tensor | None = None,
-                 query_rows: int = 1, score_layers: int = 1):
+    def __init__(
+        self,
+        stack: DecoderStack,
+        plan: ChunkPlan,
+        scorer: Significance,
+        prefix,
+        context,
+        suffix,
+        seed: int,
+        progress: Progress | None,
+        pool_width: int = 0,
+        kv_dtype: torch.dtype = torch.float32,
+        units: torch.Tensor | None = None,
+        query_rows: int = 1,
+        score_layers: int = 1,
+    ):
         self.stack, self.plan, self.scorer = stack, plan, scorer
         self.kv_dtype = kv_dtype
         self.pool_width = pool_width
@@ -105,11 +117,13 @@ class _Builder(SubtreeCheckpoints):
         """Leaf i = prefix ++ slice_i ++ suffix with reused position ids (§2)."""
         start, end = self.plan.slice_bounds(index)
         ids = torch.cat([self.prefix, self.context[start:end], self.suffix])
-        sources = torch.cat([
-            torch.full((len(self.prefix),), -1, dtype=torch.long),
-            torch.arange(start, end, dtype=torch.long),
-            torch.full((len(self.suffix),), -1, dtype=torch.long),
-        ])
+        sources = torch.cat(
+            [
+                torch.full((len(self.prefix),), -1, dtype=torch.long),
+                torch.arange(start, end, dtype=torch.long),
+                torch.full((len(self.suffix),), -1, dtype=torch.long),
+            ]
+        )
         positions = torch.tensor(self.plan.leaf_positions(index), dtype=torch.long)
         return Node(self.stack.embed(ids), positions, ids, sources, [], [])
 
@@ -135,23 +149,33 @@ class _Builder(SubtreeCheckpoints):
                     self.prune(node, target)
             node.hidden = self.stack.mlp_half(layer, node.hidden)
 
-    def layer_scores(self, node: Node, layer: int, q: torch.Tensor, k: torch.Tensor,
-                     generator: torch.Generator | None = None) -> torch.Tensor:
+    def layer_scores(
+        self, node: Node, layer: int, q: torch.Tensor, k: torch.Tensor, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """Every token's significance at ``layer`` by the last ``query_rows`` suffix queries (§4),
         as float32 on the CPU."""
         rows = min(self.query_rows, self.plan.suffix_len)
-        return self.scorer.score(layer, q[0, :, -rows:, :], k[0], node.positions.to(k.device), self.stack.scaling,
-                                 generator or self.generator).float().cpu()
+        return (
+            self.scorer.score(
+                layer,
+                q[0, :, -rows:, :],
+                k[0],
+                node.positions.to(k.device),
+                self.stack.scaling,
+                generator or self.generator,
+            )
+            .float()
+            .cpu()
+        )
 
-    def note_scores(self, node: Node, layer: int, layers: range, q: torch.Tensor, k: torch.Tensor,
-                    target: int) -> None:
+    def note_scores(self, node: Node, layer: int, layers: range, q: torch.Tensor, k: torch.Tensor, target: int) -> None:
         """At each of the last ``score_layers`` layers of a block that will prune, score the
         node's tokens with the last ``query_rows`` suffix queries (§4; q: [1, H, rows, d] whose
         last rows are the suffix's, k: [1, KV, len(node), d]). With one layer (the paper's) the
         scores are used as they are; with several, each layer's context scores are
         standardised (z-scores) and :meth:`prune` averages them: a single layer's ranking is
         noisy (a needle at the 98th percentile in one layer can sit at the 30th in the next)."""
-        if len(node) <= target or layer not in layers[-self.score_layers:] or self._carries(node):
+        if len(node) <= target or layer not in layers[-self.score_layers :] or self._carries(node):
             return
         scores = self.layer_scores(node, layer, q, k)
         if self.score_layers > 1:
@@ -162,15 +186,24 @@ class _Builder(SubtreeCheckpoints):
 
     def _carries(self, node: Node) -> bool:
         """Whether the node is (or will be, being a leaf) scored by carried scores."""
-        return node.carried is not None or (self.scorer.carries_scores and len(node.keys) <= len(self.plan.layers_at(0)))
+        return node.carried is not None or (
+            self.scorer.carries_scores and len(node.keys) <= len(self.plan.layers_at(0))
+        )
 
     def carry_scores(self, node: Node) -> None:
         """A leaf at its last layer, with a strategy that carries scores (KVzip's
         reconstruction, :mod:`homer.reconstruction`): score its tokens once from the leaf
         layers' K/V; the tree then carries them with the tokens, like the positions."""
         if self.scorer.carries_scores and node.carried is None and len(node.keys) == len(self.plan.layers_at(0)):
-            node.carried = self.scorer.leaf_scores(self.stack, node.keys, node.values, node.positions,
-                                                   node.token_ids, self.plan.prefix_len, self.plan.suffix_len)
+            node.carried = self.scorer.leaf_scores(
+                self.stack,
+                node.keys,
+                node.values,
+                node.positions,
+                node.token_ids,
+                self.plan.prefix_len,
+                self.plan.suffix_len,
+            )
 
     def prune(self, node: Node, target: int) -> None:
         """Keep ``target`` tokens: the best by the tokens' carried scores, if they have them,
@@ -240,8 +273,15 @@ def recording_builder(path, extra_tensors: dict | None, build_metadata: dict | N
     def make(*args, fingerprint: str, config: HomerConfig) -> _RecordingBuilder:
         model = args[0].model
         name = getattr(model, "homer_name", None) or getattr(model.config, "_name_or_path", "") or ""
-        return _RecordingBuilder(*args, path=path, extra_tensors=extra_tensors, build_metadata=build_metadata,
-                                 fingerprint=fingerprint, config=config, model_name=name)
+        return _RecordingBuilder(
+            *args,
+            path=path,
+            extra_tensors=extra_tensors,
+            build_metadata=build_metadata,
+            fingerprint=fingerprint,
+            config=config,
+            model_name=name,
+        )
 
     return make
 
@@ -251,11 +291,21 @@ def _as_ids(ids) -> torch.Tensor:
 
 
 @torch.no_grad()
-def build_cache(model, prefix_ids, context_ids, suffix_ids, config: HomerConfig | None = None,
-                progress: Progress | None = None, metadata: dict | None = None,
-                context_units=None, leaf_states=None, leaf_state_tensors: dict | None = None,
-                checkpoints: Checkpointer | None = None, deadline: float | Callable[[], bool] | None = None,
-                _make_builder=None) -> HomerCache:
+def build_cache(
+    model,
+    prefix_ids,
+    context_ids,
+    suffix_ids,
+    config: HomerConfig | None = None,
+    progress: Progress | None = None,
+    metadata: dict | None = None,
+    context_units=None,
+    leaf_states=None,
+    leaf_state_tensors: dict | None = None,
+    checkpoints: Checkpointer | None = None,
+    deadline: float | Callable[[], bool] | None = None,
+    _make_builder=None,
+) -> HomerCache:
     """Build a HOMER cache from token ids (the method itself).
 
     prefix_ids: e.g. system prompt + chat header (with BOS if the model uses one);
@@ -292,31 +342,59 @@ def build_cache(model, prefix_ids, context_ids, suffix_ids, config: HomerConfig 
     config = (config or HomerConfig()).resolve(model.config)
     prefix, context, suffix = _as_ids(prefix_ids), _as_ids(context_ids), _as_ids(suffix_ids)
     plan = ChunkPlan(
-        prefix_len=len(prefix), context_len=len(context), suffix_len=len(suffix),
-        max_chunk_len=config.max_chunk_len, target_len=config.target_len,
-        num_layers=stack.num_layers, warmup_layers=config.warmup_layers,
+        prefix_len=len(prefix),
+        context_len=len(context),
+        suffix_len=len(suffix),
+        max_chunk_len=config.max_chunk_len,
+        target_len=config.target_len,
+        num_layers=stack.num_layers,
+        warmup_layers=config.warmup_layers,
     )
     units = None
     if config.span != "token" and context_units is None:
-        warnings.warn(f"span={config.span!r} needs context_units (homer.spans.span_ids; build_document_cache "
-                      "makes them): pruning single tokens", stacklevel=2)
+        warnings.warn(
+            f"span={config.span!r} needs context_units (homer.spans.span_ids; build_document_cache "
+            "makes them): pruning single tokens",
+            stacklevel=2,
+        )
     elif config.span != "token":
         units = _as_ids(context_units)
         if len(units) != len(context):
             raise ValueError("context_units must give one unit id per context token")
     fingerprint = model_fingerprint(model)
     scorer = significance_for(config, model, fingerprint)
-    builder_args = (stack, plan, scorer, prefix, context, suffix, config.seed, progress, config.pool_width,
-                    config.torch_cache_dtype, units, config.query_rows, config.score_layers)
+    builder_args = (
+        stack,
+        plan,
+        scorer,
+        prefix,
+        context,
+        suffix,
+        config.seed,
+        progress,
+        config.pool_width,
+        config.torch_cache_dtype,
+        units,
+        config.query_rows,
+        config.score_layers,
+    )
     if _make_builder is None:
         builder = _Builder(*builder_args)
     else:
         builder = _make_builder(*builder_args, fingerprint=fingerprint, config=config)
     if checkpoints is not None:
         kind = "build" if type(builder) in (_Builder, _RecordingBuilder) else type(builder).__qualname__
-        digest = build_digest(fingerprint=fingerprint, settings_json=config.settings_json(), scorer=scorer,
-                              prefix=prefix, context=context, suffix=suffix, units=units, model_dtype=stack.dtype,
-                              device_type=f"{stack.device.type}:{kind}")
+        digest = build_digest(
+            fingerprint=fingerprint,
+            settings_json=config.settings_json(),
+            scorer=scorer,
+            prefix=prefix,
+            context=context,
+            suffix=suffix,
+            units=units,
+            model_dtype=stack.dtype,
+            device_type=f"{stack.device.type}:{kind}",
+        )
         builder.checkpoints = BuildCheckpoints(checkpoints, digest)
     if deadline is not None:
         builder.should_stop = deadline if callable(deadline) else (lambda: time.monotonic() >= deadline)

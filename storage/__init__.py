@@ -1,7 +1,7 @@
 """Persistence for HOMER Chat: the SQLite index, cache files on disk and sharing bundles.
 
-    from storage import Store
-    store = Store()                      # under homer_home() / "store", or Store(path)
+from storage import Store
+store = Store()                      # under homer_home() / "store", or Store(path)
 """
 
 from .errors import BundleError, CacheCorrupt, StoreError

@@ -126,16 +126,20 @@ def parse_location(location: str | os.PathLike) -> BlobLocation:
         return BlobLocation(text, "file", str(Path("/" + "/".join(parts)).resolve()))
     if scheme in ("s3", "s3a"):
         if not parts or not _S3_BUCKET.fullmatch(parts[0]):
-            raise BlobError(f"not an S3 location (s3://bucket/prefix, bucket of 3-63 lowercase letters, digits, "
-                            f"'.' or '-'): {text!r}")
+            raise BlobError(
+                f"not an S3 location (s3://bucket/prefix, bucket of 3-63 lowercase letters, digits, "
+                f"'.' or '-'): {text!r}"
+            )
         return BlobLocation(text, "s3", "/".join(parts))
     if scheme == "hf":
         if len(parts) < 3 or parts[0] != "buckets" or not all(_HF_PART.fullmatch(p) for p in parts[1:3]):
-            raise BlobError(f"only Hugging Face Storage Buckets hold blobs (hf://buckets/<owner>/<name>/prefix): "
-                            f"{text!r}")
+            raise BlobError(
+                f"only Hugging Face Storage Buckets hold blobs (hf://buckets/<owner>/<name>/prefix): {text!r}"
+            )
         return BlobLocation(text, "hf", "/".join(parts))
-    raise BlobError(f"unsupported blob location {text!r}: use a folder, s3://bucket/prefix or "
-                    "hf://buckets/<owner>/<name>/prefix")
+    raise BlobError(
+        f"unsupported blob location {text!r}: use a folder, s3://bucket/prefix or hf://buckets/<owner>/<name>/prefix"
+    )
 
 
 class BlobStore:
@@ -211,6 +215,7 @@ class BlobStore:
                     out.write(chunk)
             if digest.hexdigest() != key:
                 raise BlobCorrupt(f"{source} changed while it was stored as blob {key[:12]}; not stored")
+
         self._install_local(path, copy)
 
     def _install_local(self, path: str, write) -> None:
@@ -313,6 +318,7 @@ class BlobStore:
                 while chunk := src.read(CHUNK):
                     digest.update(chunk)
                     out.write(chunk)
+
         self._remote(copy, f"reading {path}")
         self._check(key, digest.hexdigest())
 
@@ -339,8 +345,9 @@ class BlobStore:
 
     def _check(self, key: str, digest: str) -> None:
         if digest != key:
-            raise BlobCorrupt(f"blob {key[:12]} at {self.location.url} is corrupt: its bytes hash to {digest[:12]}; "
-                              "it is not used")
+            raise BlobCorrupt(
+                f"blob {key[:12]} at {self.location.url} is corrupt: its bytes hash to {digest[:12]}; it is not used"
+            )
 
     # --- deleting ------------------------------------------------------------------------
     def delete(self, key: str) -> None:
@@ -363,4 +370,3 @@ class BlobStore:
         except Exception as exc:
             detail = " ".join(str(exc).split())[:200] or type(exc).__name__
             raise BlobError(f"the blob location {self.location.url} failed {what}: {detail}") from exc
-

@@ -18,8 +18,15 @@ from .store import Store
 BLOCK = 1 << 20
 
 
-def export_bundle(store: Store, document: str, out_path: str | os.PathLike, include_source: bool = True,
-                  cache_id: str | None = None, file_name: str | None = None, title: str | None = None) -> Path:
+def export_bundle(
+    store: Store,
+    document: str,
+    out_path: str | os.PathLike,
+    include_source: bool = True,
+    cache_id: str | None = None,
+    file_name: str | None = None,
+    title: str | None = None,
+) -> Path:
     """Write ``document``'s newest ready cache (or ``cache_id``) as a bundle at ``out_path``
     (without the cache's leaf states, if it has any). ``file_name`` / ``title``: the names the
     exporting user gave the document (a document is stored once per content; another owner's
@@ -51,15 +58,20 @@ def export_bundle(store: Store, document: str, out_path: str | os.PathLike, incl
     if members[CACHE_MEMBER]["sha256"] != cache["checksum"]:
         raise StoreError(f"cache {cache['id'][:12]} is corrupt on disk; run `homer store check --repair`")
     manifest = {
-        "format": FORMAT, "format_version": FORMAT_VERSION,
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
         "document": {k: doc[k] for k in ("id", "title", "file_name", "kind", "pages", "token_count", "chars", "bytes")}
-        | {"page_starts": json.loads(doc["page_starts"] or "[0]"),
-           "passages": json.loads(doc["passages"]) if doc.get("passages") else None}
+        | {
+            "page_starts": json.loads(doc["page_starts"] or "[0]"),
+            "passages": json.loads(doc["passages"]) if doc.get("passages") else None,
+        }
         | ({"locations": json.loads(doc["locations"])} if doc.get("locations") else {}),
         "model": {"fingerprint": cache["model_fingerprint"], "name": cache["model_name"]},
         "settings": json.loads(cache["settings"]),
-        "cache": {k: cache[k] for k in ("id", "model_fingerprint", "model_name", "settings", "prompt_version",
-                                        "tokens", "build_seconds")},
+        "cache": {
+            k: cache[k]
+            for k in ("id", "model_fingerprint", "model_name", "settings", "prompt_version", "tokens", "build_seconds")
+        },
         "members": members,
     }
     out_path = Path(out_path)

@@ -30,12 +30,12 @@ TEXT_MEMBER = "text.txt"
 SOURCE_MEMBER = re.compile(r"source(\.[a-z0-9]{1,15})?")
 TEXT_ID_PERSON = b"homer-text-doc"  # the personalisation of text_document_id's BLAKE2b
 
-DEFAULT_BUNDLE_MB = 512      # a full 4k-token fp16 cache of the embedded model is ~94 MB
+DEFAULT_BUNDLE_MB = 512  # a full 4k-token fp16 cache of the embedded model is ~94 MB
 DEFAULT_TEXT_MB = 16  # 4 M characters of multi-byte text: the ingestion limit (HOMER_MAX_CHARS) of a document
-MAX_MEMBERS = 16             # a bundle has 3 or 4; the zip directory is refused above this
+MAX_MEMBERS = 16  # a bundle has 3 or 4; the zip directory is refused above this
 MAX_DIRECTORY_BYTES = 64 * 2**10
 MAX_MANIFEST_BYTES = 4 * 2**20
-MAX_JSON_DEPTH = 8           # the manifest nests 4 deep (document → passages → [s, e, p, q])
+MAX_JSON_DEPTH = 8  # the manifest nests 4 deep (document → passages → [s, e, p, q])
 MAX_HEADER_BYTES = 1 * 2**20  # safetensors header of a cache: 8 tensors and a few strings
 MAX_CACHE_TOKENS = 2**22
 MAX_DOCUMENT_TOKENS = 2**28
@@ -48,8 +48,20 @@ KINDS = ("pdf", "text", "markdown", "epub", "docx", "html")
 CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 # safetensors dtypes → bytes per element
-DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1,
-               "F8_E4M3": 1, "F8_E5M2": 1}
+DTYPE_BYTES = {
+    "F64": 8,
+    "F32": 4,
+    "F16": 2,
+    "BF16": 2,
+    "I64": 8,
+    "I32": 4,
+    "I16": 2,
+    "I8": 1,
+    "U8": 1,
+    "BOOL": 1,
+    "F8_E4M3": 1,
+    "F8_E5M2": 1,
+}
 KV_DTYPES = ("F16", "BF16", "F32")
 INDEX_TENSORS = ("positions", "token_ids", "sources", "char_offsets")
 REQUIRED_TENSORS = ("keys", "values", "positions", "token_ids", "sources", "last_logits", "inv_freq")
@@ -65,8 +77,13 @@ class Limits:
     text_bytes: int
 
     @classmethod
-    def of(cls, bundle_bytes: int | None = None, *, bundle_max_mb: float = DEFAULT_BUNDLE_MB,
-           bundle_max_text_mb: float = DEFAULT_TEXT_MB) -> Limits:
+    def of(
+        cls,
+        bundle_bytes: int | None = None,
+        *,
+        bundle_max_mb: float = DEFAULT_BUNDLE_MB,
+        bundle_max_text_mb: float = DEFAULT_TEXT_MB,
+    ) -> Limits:
         """The limits of ``bundle_max_mb`` (the app's ``HOMER_BUNDLE_MAX_MB``, 512) and
         ``bundle_max_text_mb`` (``HOMER_BUNDLE_MAX_TEXT_MB``, 16), in MB; an explicit
         ``bundle_bytes`` wins over ``bundle_max_mb``. The text's limit is at most the bundle's."""
@@ -173,8 +190,14 @@ def _dict(value, field: str, required: tuple, optional: tuple = ()) -> dict:
 def check_file_name(value, field: str = "document.file_name") -> str:
     """A plain file name: no folder, no ``..``, no control characters."""
     _str(value, field, MAX_NAME_CHARS, empty=False)
-    if "/" in value or "\\" in value or value in (".", "..") or PurePosixPath(value).name != value \
-            or value != value.strip() or (len(value) > 1 and value[1] == ":"):
+    if (
+        "/" in value
+        or "\\" in value
+        or value in (".", "..")
+        or PurePosixPath(value).name != value
+        or value != value.strip()
+        or (len(value) > 1 and value[1] == ":")
+    ):
         _fail(field, "must be a plain file name (no folders)")
     return value
 
@@ -188,11 +211,13 @@ def check_manifest(manifest) -> dict:
     if manifest["format_version"] != FORMAT_VERSION or not _is_int(manifest["format_version"]):
         version = manifest["format_version"]
         shown = version if _is_int(version) else repr(str(version)[:20])
-        raise BundleError(f"refused: unknown bundle format version {shown} "
-                          f"(this version reads {FORMAT_VERSION})")
-    doc = _dict(manifest["document"], "document",
-                ("id", "title", "file_name", "kind", "pages", "token_count", "chars", "bytes", "page_starts"),
-                ("passages", "locations"))
+        raise BundleError(f"refused: unknown bundle format version {shown} (this version reads {FORMAT_VERSION})")
+    doc = _dict(
+        manifest["document"],
+        "document",
+        ("id", "title", "file_name", "kind", "pages", "token_count", "chars", "bytes", "page_starts"),
+        ("passages", "locations"),
+    )
     if not is_document_id(doc["id"]):
         _fail("document.id", "must be 64 lowercase hex characters")
     _str(doc["title"], "document.title", MAX_LABEL_CHARS, optional=True)
@@ -204,8 +229,13 @@ def check_manifest(manifest) -> dict:
     _int(doc["chars"], "document.chars", 0, MAX_DOCUMENT_TOKENS * 16)
     _int(doc["bytes"], "document.bytes", 0, 2**50, optional=True)
     starts = doc["page_starts"]
-    if not isinstance(starts, list) or not starts or len(starts) > MAX_PAGES \
-            or not all(_is_int(s) for s in starts) or starts[0] != 0:
+    if (
+        not isinstance(starts, list)
+        or not starts
+        or len(starts) > MAX_PAGES
+        or not all(_is_int(s) for s in starts)
+        or starts[0] != 0
+    ):
         _fail("document.page_starts", "must be a list of character offsets starting at 0")
     if any(b < a for a, b in zip(starts, starts[1:])) or starts[-1] > doc["chars"]:
         _fail("document.page_starts", "must be non-decreasing offsets within the text")
@@ -213,8 +243,11 @@ def check_manifest(manifest) -> dict:
         _fail("document.pages", "must equal the number of page starts")
     locations = doc.get("locations")
     if locations is not None:
-        if not isinstance(locations, list) or len(locations) != len(starts) \
-                or not all(isinstance(label, str) and len(label) <= MAX_LABEL_CHARS for label in locations):
+        if (
+            not isinstance(locations, list)
+            or len(locations) != len(starts)
+            or not all(isinstance(label, str) and len(label) <= MAX_LABEL_CHARS for label in locations)
+        ):
             _fail("document.locations", "must be one section label (a string) per page start")
     passages = doc.get("passages")
     if passages is not None:
@@ -232,8 +265,11 @@ def check_manifest(manifest) -> dict:
     if not isinstance(model["fingerprint"], str) or not FINGERPRINT.fullmatch(model["fingerprint"]):
         _fail("model.fingerprint", "must be 32 lowercase hex characters")
     _str(model["name"], "model.name", MAX_LABEL_CHARS, optional=True)
-    cache = _dict(manifest["cache"], "cache", ("id", "model_fingerprint", "model_name", "settings", "prompt_version",
-                                               "tokens", "build_seconds"))
+    cache = _dict(
+        manifest["cache"],
+        "cache",
+        ("id", "model_fingerprint", "model_name", "settings", "prompt_version", "tokens", "build_seconds"),
+    )
     if not is_cache_key(cache["id"]):
         _fail("cache.id", "must be 32 lowercase hex characters")
     if cache["model_fingerprint"] != model["fingerprint"]:
@@ -246,8 +282,12 @@ def check_manifest(manifest) -> dict:
         _fail("settings", "must be the object in cache.settings")
     _int(cache["tokens"], "cache.tokens", 1, MAX_CACHE_TOKENS)
     seconds = cache["build_seconds"]
-    if seconds is not None and (not isinstance(seconds, (int, float)) or isinstance(seconds, bool)
-                                or not math.isfinite(seconds) or not 0 <= seconds <= 10**9):
+    if seconds is not None and (
+        not isinstance(seconds, (int, float))
+        or isinstance(seconds, bool)
+        or not math.isfinite(seconds)
+        or not 0 <= seconds <= 10**9
+    ):
         _fail("cache.build_seconds", "must be a number of seconds")
     members = manifest["members"]
     if not isinstance(members, dict) or not 2 <= len(members) <= 3:
@@ -294,8 +334,10 @@ def read_cache_header(fh, file_size: int) -> tuple[dict, dict, int]:
     if meta.get("format") != CACHE_FORMAT:
         raise BundleError("refused: the cache member is not a HOMER cache")
     if meta.get("format_version") != CACHE_FORMAT_VERSION:
-        raise BundleError(f"refused: the cache member has cache format version {meta.get('format_version', '?')[:12]!r}, "
-                          f"this version reads {CACHE_FORMAT_VERSION}")
+        raise BundleError(
+            f"refused: the cache member has cache format version {meta.get('format_version', '?')[:12]!r}, "
+            f"this version reads {CACHE_FORMAT_VERSION}"
+        )
     start = 8 + length
     data_bytes = file_size - start
     spans = []
@@ -303,9 +345,15 @@ def read_cache_header(fh, file_size: int) -> tuple[dict, dict, int]:
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
             raise BundleError(f"refused: the cache member's tensor {name[:40]!r} is malformed")
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
-        if dtype not in DTYPE_BYTES or not isinstance(shape, list) or len(shape) > 8 \
-                or not all(_is_int(d) and 0 <= d <= 2**40 for d in shape) \
-                or not isinstance(offsets, list) or len(offsets) != 2 or not all(_is_int(o) for o in offsets):
+        if (
+            dtype not in DTYPE_BYTES
+            or not isinstance(shape, list)
+            or len(shape) > 8
+            or not all(_is_int(d) and 0 <= d <= 2**40 for d in shape)
+            or not isinstance(offsets, list)
+            or len(offsets) != 2
+            or not all(_is_int(o) for o in offsets)
+        ):
             raise BundleError(f"refused: the cache member's tensor {name[:40]!r} is malformed")
         count = math.prod(shape)
         begin, end = offsets
@@ -313,17 +361,25 @@ def read_cache_header(fh, file_size: int) -> tuple[dict, dict, int]:
             raise BundleError(f"refused: the cache member's tensor {name[:40]!r} lies outside its data")
         spans.append((begin, end))
     spans.sort()
-    if spans and (spans[0][0] != 0 or spans[-1][1] != data_bytes
-                  or any(a[1] != b[0] for a, b in zip(spans, spans[1:]))):
+    if spans and (
+        spans[0][0] != 0 or spans[-1][1] != data_bytes or any(a[1] != b[0] for a, b in zip(spans, spans[1:]))
+    ):
         raise BundleError("refused: the cache member's tensors do not tile its data exactly")
     missing = [name for name in REQUIRED_TENSORS if name not in header]
     extra = [name for name in header if name not in REQUIRED_TENSORS and name != "char_offsets"]
     if missing or extra:
-        raise BundleError(f"refused: the cache member {'lacks' if missing else 'has an unknown'} tensor "
-                          f"{(missing or extra)[0][:40]!r}")
+        raise BundleError(
+            f"refused: the cache member {'lacks' if missing else 'has an unknown'} tensor "
+            f"{(missing or extra)[0][:40]!r}"
+        )
     keys, values = header["keys"], header["values"]
-    if len(keys["shape"]) != 4 or keys["shape"] != values["shape"] or keys["dtype"] not in KV_DTYPES \
-            or values["dtype"] != keys["dtype"] or 0 in keys["shape"]:
+    if (
+        len(keys["shape"]) != 4
+        or keys["shape"] != values["shape"]
+        or keys["dtype"] not in KV_DTYPES
+        or values["dtype"] != keys["dtype"]
+        or 0 in keys["shape"]
+    ):
         raise BundleError("refused: the cache member's keys and values are not [layers, heads, tokens, dim] alike")
     tokens = keys["shape"][2]
     for name in INDEX_TENSORS:

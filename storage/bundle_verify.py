@@ -21,8 +21,19 @@ from pathlib import Path, PurePosixPath
 from homer.reading.formats.zipsafe import ZIP_ERRORS, BoundedZip, ZipLimits, ZipRefusal
 
 from . import bundle_schema as schema
-from .bundle_schema import (CACHE_MEMBER, DEFAULT_BUNDLE_MB, DEFAULT_TEXT_MB, MANIFEST, MAX_DIRECTORY_BYTES,
-                            MAX_MANIFEST_BYTES, MAX_MEMBERS, TEXT_ID_PERSON, TEXT_MEMBER, Limits, source_member)
+from .bundle_schema import (
+    CACHE_MEMBER,
+    DEFAULT_BUNDLE_MB,
+    DEFAULT_TEXT_MB,
+    MANIFEST,
+    MAX_DIRECTORY_BYTES,
+    MAX_MANIFEST_BYTES,
+    MAX_MEMBERS,
+    TEXT_ID_PERSON,
+    TEXT_MEMBER,
+    Limits,
+    source_member,
+)
 from .errors import BundleError, StoreError
 from .ids import cache_key
 
@@ -36,10 +47,10 @@ class CheckedBundle:
     """A bundle that passed every check, with its members staged as temp files."""
 
     manifest: dict
-    document_id: str          # verified: sha256 of the source, or text_document_id(text)
-    cache_key: str            # of the verified id
+    document_id: str  # verified: sha256 of the source, or text_document_id(text)
+    cache_key: str  # of the verified id
     text: str
-    fields: dict              # the document row's fields (from the ingestion where there is a source)
+    fields: dict  # the document row's fields (from the ingestion where there is a source)
     cache_file: Path
     source_file: Path | None
 
@@ -72,8 +83,13 @@ def zip_limits(limits: Limits) -> ZipLimits:
     directory of at most :data:`MAX_DIRECTORY_BYTES` (bounded before it is parsed), each
     member and all of them together within ``limits.bundle_bytes`` (inflated), no ratio
     (a cache is stored, not deflated)."""
-    return ZipLimits(max_members=MAX_MEMBERS, max_total_bytes=limits.bundle_bytes,
-                     max_member_bytes=limits.bundle_bytes, max_ratio=None, max_directory_bytes=MAX_DIRECTORY_BYTES)
+    return ZipLimits(
+        max_members=MAX_MEMBERS,
+        max_total_bytes=limits.bundle_bytes,
+        max_member_bytes=limits.bundle_bytes,
+        max_ratio=None,
+        max_directory_bytes=MAX_DIRECTORY_BYTES,
+    )
 
 
 def _reason(name: str, refusal: ZipRefusal) -> str:
@@ -95,8 +111,10 @@ def _reason(name: str, refusal: ZipRefusal) -> str:
         case "encrypted":
             return f"refused: member {shown} is encrypted"
         case "false-size":
-            return (f"refused: member {shown} declares {facts['declared']} bytes but holds {facts['compressed']} "
-                    "compressed (altered or damaged)")
+            return (
+                f"refused: member {shown} declares {facts['declared']} bytes but holds {facts['compressed']} "
+                "compressed (altered or damaged)"
+            )
         case "ratio":
             return f"refused: member {shown} expands {facts['ratio']:.0f} times, over the limit of {facts['limit']:.0f}"
         case "member-size":
@@ -130,8 +148,9 @@ def _check_member_name(info: zipfile.ZipInfo) -> None:
         raise BundleError(f"refused: member {shown} uses an unsupported compression method")
 
 
-def _stream(archive: BoundedZip, member: str, out_path: Path, limit: int,
-            text_hash: bool = False) -> tuple[str, int, str | None]:
+def _stream(
+    archive: BoundedZip, member: str, out_path: Path, limit: int, text_hash: bool = False
+) -> tuple[str, int, str | None]:
     """Inflate a member to ``out_path`` in blocks (:meth:`BoundedZip.blocks`: stopped as soon
     as more than ``limit`` bytes come out), hashing on the way. Returns (sha256, size, text
     id digest or None)."""
@@ -146,7 +165,9 @@ def _stream(archive: BoundedZip, member: str, out_path: Path, limit: int,
             try:
                 out.write(block)
             except OSError as exc:
-                raise StoreError(f"cannot write the bundle's members to the store's temp folder ({exc.strerror})") from None
+                raise StoreError(
+                    f"cannot write the bundle's members to the store's temp folder ({exc.strerror})"
+                ) from None
     return digest.hexdigest(), size, text_digest.hexdigest() if text_digest is not None else None
 
 
@@ -155,9 +176,15 @@ def _first_line(exc: BaseException | str) -> str:
     return (text[0] if text else type(exc).__name__)[:200]
 
 
-def check_bundle(path: str | os.PathLike, staging: Staging, model_fingerprint: str | None = None,
-                 limits: Limits | None = None, tokenizer=None,
-                 text_from_source: TextFromSource | None = None, max_chars: int | None = None) -> CheckedBundle:
+def check_bundle(
+    path: str | os.PathLike,
+    staging: Staging,
+    model_fingerprint: str | None = None,
+    limits: Limits | None = None,
+    tokenizer=None,
+    text_from_source: TextFromSource | None = None,
+    max_chars: int | None = None,
+) -> CheckedBundle:
     """Check a bundle completely, staging its members through ``staging``; writes nothing else.
     ``max_chars``: the most characters a document may have (the app passes its ingestion
     limit, so an imported text costs no more to check, tokenise and build than an upload)."""
@@ -171,8 +198,10 @@ def check_bundle(path: str | os.PathLike, staging: Staging, model_fingerprint: s
     if not stat.S_ISREG(info.st_mode):
         raise BundleError(f"refused: {name} is not a regular file")
     if info.st_size > limits.bundle_bytes:
-        raise BundleError(f"refused: {name} is {info.st_size / 2**20:.1f} MB, over the limit of "
-                          f"{limits.bundle_bytes / 2**20:.1f} MB for bundles (HOMER_BUNDLE_MAX_MB)")
+        raise BundleError(
+            f"refused: {name} is {info.st_size / 2**20:.1f} MB, over the limit of "
+            f"{limits.bundle_bytes / 2**20:.1f} MB for bundles (HOMER_BUNDLE_MAX_MB)"
+        )
     try:
         with open(path, "rb") as fh, BoundedZip(fh, zip_limits(limits)) as archive:
             return _check_open(archive, staging, model_fingerprint, limits, tokenizer, text_from_source, max_chars)
@@ -184,8 +213,15 @@ def check_bundle(path: str | os.PathLike, staging: Staging, model_fingerprint: s
         raise BundleError(f"refused: {name} is a damaged zip file ({_first_line(exc)})") from None
 
 
-def _check_open(archive: BoundedZip, staging: Staging, model_fingerprint: str | None, limits: Limits, tokenizer,
-                text_from_source: TextFromSource | None, max_chars: int | None = None) -> CheckedBundle:
+def _check_open(
+    archive: BoundedZip,
+    staging: Staging,
+    model_fingerprint: str | None,
+    limits: Limits,
+    tokenizer,
+    text_from_source: TextFromSource | None,
+    max_chars: int | None = None,
+) -> CheckedBundle:
     by_name: dict[str, zipfile.ZipInfo] = {}
     for info in archive.infos:  # the reader has bounded their number, sizes and encryption
         _check_member_name(info)
@@ -199,8 +235,10 @@ def _check_open(archive: BoundedZip, staging: Staging, model_fingerprint: str | 
     document, cache, members = manifest["document"], manifest["cache"], manifest["members"]
     fingerprint = cache["model_fingerprint"]
     if model_fingerprint is not None and fingerprint != model_fingerprint:
-        raise BundleError(f"refused: the cache was built by model {(cache.get('model_name') or '?')[:80]} "
-                          f"(fingerprint {fingerprint[:12]}), not by the model in use ({model_fingerprint[:12]})")
+        raise BundleError(
+            f"refused: the cache was built by model {(cache.get('model_name') or '?')[:80]} "
+            f"(fingerprint {fingerprint[:12]}), not by the model in use ({model_fingerprint[:12]})"
+        )
     for member in members:
         if member not in by_name:
             raise BundleError(f"refused: member {member!r} listed in the manifest is missing")
@@ -209,8 +247,9 @@ def _check_open(archive: BoundedZip, staging: Staging, model_fingerprint: str | 
             raise BundleError(f"refused: member {member[:60]!r} is not listed in the manifest")
     source_name = next((m for m in members if m not in (CACHE_MEMBER, TEXT_MEMBER)), None)
     if source_name is not None and source_name != source_member(document["file_name"]):
-        raise BundleError(f"refused: the source member {source_name!r} does not match the file name "
-                          f"{document['file_name'][:80]!r}")
+        raise BundleError(
+            f"refused: the source member {source_name!r} does not match the file name {document['file_name'][:80]!r}"
+        )
     for member, entry in members.items():  # sizes first: nothing is inflated for a bundle over its limits
         limit = limits.text_bytes if member == TEXT_MEMBER else limits.bundle_bytes
         if entry["bytes"] > limit:
@@ -222,8 +261,9 @@ def _check_open(archive: BoundedZip, staging: Staging, model_fingerprint: str | 
     text_id = None
     for member in (TEXT_MEMBER, *([source_name] if source_name else []), CACHE_MEMBER):
         limit = limits.text_bytes if member == TEXT_MEMBER else limits.bundle_bytes
-        staged[member] = staging.new(".txt" if member == TEXT_MEMBER else ".safetensors" if member == CACHE_MEMBER
-                                     else ".source")
+        staged[member] = staging.new(
+            ".txt" if member == TEXT_MEMBER else ".safetensors" if member == CACHE_MEMBER else ".source"
+        )
         digest, size, text_digest = _stream(archive, member, staged[member], limit, text_hash=member == TEXT_MEMBER)
         if digest != members[member]["sha256"] or size != members[member]["bytes"]:
             raise BundleError(f"refused: checksum mismatch for member {member!r} (altered or damaged)")
@@ -237,15 +277,21 @@ def _check_open(archive: BoundedZip, staging: Staging, model_fingerprint: str | 
     if not text.strip():
         raise BundleError("refused: text.txt is empty")
     if max_chars is not None and len(text) > max_chars:
-        raise BundleError(f"refused: text.txt has {len(text)} characters, over the limit of {max_chars} for a "
-                          "document (HOMER_MAX_CHARS)")
+        raise BundleError(
+            f"refused: text.txt has {len(text)} characters, over the limit of {max_chars} for a "
+            "document (HOMER_MAX_CHARS)"
+        )
     schema.check_text_fields(manifest, text)
 
     cache_file = staged[CACHE_MEMBER]
     with open(cache_file, "rb") as fh:
         header, meta, _ = schema.read_cache_header(fh, cache_file.stat().st_size)
-    for field, value in (("model_fingerprint", fingerprint), ("settings", cache["settings"]),
-                         ("prompt_version", cache["prompt_version"]), ("model_name", cache["model_name"] or "")):
+    for field, value in (
+        ("model_fingerprint", fingerprint),
+        ("settings", cache["settings"]),
+        ("prompt_version", cache["prompt_version"]),
+        ("model_name", cache["model_name"] or ""),
+    ):
         if meta.get(field, "") != value:
             raise BundleError(f"refused: the cache file's {field.replace('_', ' ')} differs from the manifest")
     tokens = header["keys"]["shape"][2]
@@ -255,29 +301,38 @@ def _check_open(archive: BoundedZip, staging: Staging, model_fingerprint: str | 
         raise BundleError("refused: the cache key does not match the document, model and settings in the manifest")
 
     if source_name is not None:
-        document_id, fields = _verify_source(manifest, staged[source_name], members[source_name]["sha256"], text,
-                                             text_from_source)
+        document_id, fields = _verify_source(
+            manifest, staged[source_name], members[source_name]["sha256"], text, text_from_source
+        )
     else:
         document_id = text_id
         fields = {k: document.get(k) for k in ("kind", "page_starts", "passages", "token_count", "title", "locations")}
     fields.update(file_name=document["file_name"], bytes=document["bytes"])
     _check_cache_against_text(cache_file, header, meta, text, tokenizer)
-    return CheckedBundle(manifest=manifest, document_id=document_id,
-                         cache_key=cache_key(document_id, fingerprint, meta["settings"], meta["prompt_version"]),
-                         text=text, fields=fields, cache_file=cache_file,
-                         source_file=staged[source_name] if source_name else None)
+    return CheckedBundle(
+        manifest=manifest,
+        document_id=document_id,
+        cache_key=cache_key(document_id, fingerprint, meta["settings"], meta["prompt_version"]),
+        text=text,
+        fields=fields,
+        cache_file=cache_file,
+        source_file=staged[source_name] if source_name else None,
+    )
 
 
-def _verify_source(manifest: dict, source: Path, digest: str, text: str,
-                   text_from_source: TextFromSource | None) -> tuple[str, dict]:
+def _verify_source(
+    manifest: dict, source: Path, digest: str, text: str, text_from_source: TextFromSource | None
+) -> tuple[str, dict]:
     """The document id and row fields of a bundle with its source file: the source must hash
     to the id and text.txt must be what the app's ingestion reads from the source."""
     document = manifest["document"]
     if digest != document["id"]:
         raise BundleError("refused: the source file does not match the document's content hash")
     if text_from_source is None:
-        raise BundleError("refused: the bundle's text cannot be checked against its source file here "
-                          "(import it through the app or the homer command)")
+        raise BundleError(
+            "refused: the bundle's text cannot be checked against its source file here "
+            "(import it through the app or the homer command)"
+        )
     try:
         extracted = text_from_source(source, document["file_name"])
     except BundleError:
@@ -334,10 +389,17 @@ def _check_cache_against_text(cache_file: Path, header: dict, meta: dict, text: 
             raise BundleError("refused: the cache's character offsets are not those of text.txt (altered)")
 
 
-def inspect_bundle(path: str | os.PathLike, model_fingerprint: str | None = None, max_bytes: int | None = None,
-                   tokenizer=None, text_from_source: TextFromSource | None = None,
-                   max_chars: int | None = None, *, bundle_max_mb: float = DEFAULT_BUNDLE_MB,
-                   bundle_max_text_mb: float = DEFAULT_TEXT_MB) -> dict:
+def inspect_bundle(
+    path: str | os.PathLike,
+    model_fingerprint: str | None = None,
+    max_bytes: int | None = None,
+    tokenizer=None,
+    text_from_source: TextFromSource | None = None,
+    max_chars: int | None = None,
+    *,
+    bundle_max_mb: float = DEFAULT_BUNDLE_MB,
+    bundle_max_text_mb: float = DEFAULT_TEXT_MB,
+) -> dict:
     """Check a bundle completely without touching any store (members are staged in a private
     temp folder, removed after); returns its manifest. The arguments are
     :func:`storage.bundle_import.import_bundle`'s."""
@@ -345,8 +407,8 @@ def inspect_bundle(path: str | os.PathLike, model_fingerprint: str | None = None
         staging = Staging(lambda suffix: Path(folder) / f"{uuid.uuid4().hex}{suffix}")
         try:
             limits = Limits.of(max_bytes, bundle_max_mb=bundle_max_mb, bundle_max_text_mb=bundle_max_text_mb)
-            return check_bundle(path, staging, model_fingerprint, limits, tokenizer, text_from_source,
-                                max_chars).manifest
+            return check_bundle(
+                path, staging, model_fingerprint, limits, tokenizer, text_from_source, max_chars
+            ).manifest
         finally:
             staging.cleanup()
-

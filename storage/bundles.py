@@ -39,5 +39,13 @@ from .bundle_schema import FORMAT, FORMAT_VERSION, max_bundle_bytes, text_docume
 from .bundle_verify import inspect_bundle
 from .errors import BundleError
 
-__all__ = ["BundleError", "FORMAT", "FORMAT_VERSION", "export_bundle", "import_bundle", "inspect_bundle",
-           "max_bundle_bytes", "text_document_id"]
+__all__ = [
+    "BundleError",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "export_bundle",
+    "import_bundle",
+    "inspect_bundle",
+    "max_bundle_bytes",
+    "text_document_id",
+]

@@ -28,8 +28,13 @@ from .temp_files import STALE_TEMP_SECONDS
 class CacheInstallMixin:
     """Saving a built cache, installing a cache file (bundle import), finishing a stopped install."""
 
-    def save_cache(self, document_id: str, cache: HomerCache, build_seconds: float | None = None,
-                   leaf_states: str | os.PathLike | None = None) -> dict:
+    def save_cache(
+        self,
+        document_id: str,
+        cache: HomerCache,
+        build_seconds: float | None = None,
+        leaf_states: str | os.PathLike | None = None,
+    ) -> dict:
         """Write ``cache`` for a stored document: temp name, fsync, rename into place, then the
         row (with checksum and bytes) is marked ready. Returns the row.
 
@@ -45,8 +50,9 @@ class CacheInstallMixin:
         finally:
             staged.unlink(missing_ok=True)
 
-    def install_cache_file(self, document_id: str, source, build_seconds: float | None = None,
-                           replace: bool = True) -> dict:
+    def install_cache_file(
+        self, document_id: str, source, build_seconds: float | None = None, replace: bool = True
+    ) -> dict:
         """Install a cache file given as a path or a binary file object (bundle import).
         With ``replace=False`` a cache already stored under the same key (row or file) is
         never touched: :class:`CacheExists` is raised instead, also to the loser of two
@@ -59,16 +65,23 @@ class CacheInstallMixin:
         finally:
             staged.unlink(missing_ok=True)
 
-    def _install_cache(self, document_id: str, staged: Path, build_seconds: float | None,
-                       leaf_states: str | os.PathLike | None = None, replace: bool = True) -> dict:
+    def _install_cache(
+        self,
+        document_id: str,
+        staged: Path,
+        build_seconds: float | None,
+        leaf_states: str | os.PathLike | None = None,
+        replace: bool = True,
+    ) -> dict:
         try:
             meta = cache_file_metadata(staged)
         except Exception as exc:
             raise StoreError(f"not a readable cache file: {exc}") from exc
         if meta.get("format") != "homer-cache":
             raise StoreError("not a HOMER cache file")
-        key = cache_key(document_id, meta.get("model_fingerprint", ""), meta.get("settings", "{}"),
-                        meta.get("prompt_version", ""))
+        key = cache_key(
+            document_id, meta.get("model_fingerprint", ""), meta.get("settings", "{}"), meta.get("prompt_version", "")
+        )
         check_cache_file(staged, meta.get("model_fingerprint", ""))  # inconsistent tensors are never indexed
         leaves = None
         if leaf_states is not None:  # checked before anything is moved into place
@@ -83,15 +96,28 @@ class CacheInstallMixin:
             build_seconds = float(meta.get("build_seconds") or 0.0)
         stamp = dbmod.now()
         row = {
-            "id": key, "document_id": document_id, "model_fingerprint": meta.get("model_fingerprint", ""),
-            "model_name": meta.get("model_name", ""), "settings": meta.get("settings", "{}"),
-            "prompt_version": meta.get("prompt_version", ""), "file": str(target.relative_to(self.root)),
-            "bytes": size, "checksum": checksum, "tokens": cache_tokens(staged), "build_seconds": build_seconds,
-            "status": "ready", "error": None, "created": stamp, "updated": stamp,
+            "id": key,
+            "document_id": document_id,
+            "model_fingerprint": meta.get("model_fingerprint", ""),
+            "model_name": meta.get("model_name", ""),
+            "settings": meta.get("settings", "{}"),
+            "prompt_version": meta.get("prompt_version", ""),
+            "file": str(target.relative_to(self.root)),
+            "bytes": size,
+            "checksum": checksum,
+            "tokens": cache_tokens(staged),
+            "build_seconds": build_seconds,
+            "status": "ready",
+            "error": None,
+            "created": stamp,
+            "updated": stamp,
         }
         if leaves is not None:
-            row.update(leaf_states_file=str(leaves_target.relative_to(self.root)), leaf_states_bytes=leaves_size,
-                       leaf_states_checksum=leaves_checksum)
+            row.update(
+                leaf_states_file=str(leaves_target.relative_to(self.root)),
+                leaf_states_bytes=leaves_size,
+                leaf_states_checksum=leaves_checksum,
+            )
         if replace:
             self._journal_install(row)  # a crash after the rename below leaves the row able to finish
             os.replace(staged, target)
@@ -101,7 +127,9 @@ class CacheInstallMixin:
             os.replace(leaves, leaves_target)
         fsync_dir(target.parent)
         if replace:
-            self.db["caches"].upsert({**row, "pending": None}, pk="id")  # columns not given (earlier leaf states) are kept
+            self.db["caches"].upsert(
+                {**row, "pending": None}, pk="id"
+            )  # columns not given (earlier leaf states) are kept
         else:  # the file was linked in new; a build of the same key may still have won the row
             try:
                 self.db["caches"].insert(row, pk="id")
@@ -119,8 +147,10 @@ class CacheInstallMixin:
         fresh = {**row, "status": "installing", "pending": pending}
         columns = ", ".join(fresh)
         marks = ", ".join("?" for _ in fresh)
-        self.db.execute(f"INSERT INTO caches ({columns}) VALUES ({marks}) "
-                        "ON CONFLICT(id) DO UPDATE SET pending = excluded.pending", list(fresh.values()))
+        self.db.execute(
+            f"INSERT INTO caches ({columns}) VALUES ({marks}) ON CONFLICT(id) DO UPDATE SET pending = excluded.pending",
+            list(fresh.values()),
+        )
 
     def _finish_install(self, row: dict, checksum: str | None = None) -> dict | None:
         """Complete an install whose writer stopped after renaming its file: when the file in

@@ -62,8 +62,10 @@ class CachesMixin:
         if not row.get("leaf_states_file"):
             return None
         if expected_fingerprint is not None and row["model_fingerprint"] != expected_fingerprint:
-            raise StoreError(f"cache {key[:12]} was built by model {row['model_name'] or '?'} "
-                             f"(fingerprint {row['model_fingerprint'][:12]}), not by the loaded model")
+            raise StoreError(
+                f"cache {key[:12]} was built by model {row['model_name'] or '?'} "
+                f"(fingerprint {row['model_fingerprint'][:12]}), not by the loaded model"
+            )
         reason = None
         try:
             path = self._row_file(row, "leaf_states_file")
@@ -74,8 +76,10 @@ class CachesMixin:
         elif not path.exists():
             reason = "the leaf-state file is missing"
         elif path.stat().st_size != row["leaf_states_bytes"]:
-            reason = (f"the leaf-state file has {path.stat().st_size} bytes, {row['leaf_states_bytes']} were written "
-                      "(truncated?)")
+            reason = (
+                f"the leaf-state file has {path.stat().st_size} bytes, {row['leaf_states_bytes']} were written "
+                "(truncated?)"
+            )
         elif verify and sha256_file(path) != row["leaf_states_checksum"]:
             reason = "the leaf-state file's checksum does not match (altered or corrupt)"
         else:
@@ -85,8 +89,10 @@ class CachesMixin:
                 reason = str(exc)
         if reason is not None:
             self.drop_leaf_states(key)
-            raise CacheCorrupt(f"leaf states of cache {key[:12]}: {reason}; dropped (read the document again "
-                               "with leaf states to restore them)")
+            raise CacheCorrupt(
+                f"leaf states of cache {key[:12]}: {reason}; dropped (read the document again "
+                "with leaf states to restore them)"
+            )
         return path
 
     def drop_leaf_states(self, key: str) -> None:
@@ -94,8 +100,11 @@ class CachesMixin:
         row = self.get_cache(key)
         if row is None or not row.get("leaf_states_file"):
             return
-        self.db.execute("UPDATE caches SET leaf_states_file = NULL, leaf_states_bytes = NULL, "
-                        "leaf_states_checksum = NULL WHERE id = ?", [key])
+        self.db.execute(
+            "UPDATE caches SET leaf_states_file = NULL, leaf_states_bytes = NULL, "
+            "leaf_states_checksum = NULL WHERE id = ?",
+            [key],
+        )
         if is_cache_key(key):
             try:  # only the key's own place, proven inside the store; never the path a row names
                 remove_file(self.root, self.leaf_states_path(key))
@@ -111,12 +120,23 @@ class CachesMixin:
             row = self._finish_install(row) or row
         return row
 
-    def caches(self, document_id: str | None = None, status: str | None = "ready", model_fingerprint: str | None = None,
-               settings: str | None = None, prompt_version: str | None = None) -> list[dict]:
+    def caches(
+        self,
+        document_id: str | None = None,
+        status: str | None = "ready",
+        model_fingerprint: str | None = None,
+        settings: str | None = None,
+        prompt_version: str | None = None,
+    ) -> list[dict]:
         """Cache rows, newest first, filtered by any of the key's parts."""
         where, args = [], []
-        for column, value in (("document_id", document_id), ("status", status), ("model_fingerprint", model_fingerprint),
-                              ("settings", settings), ("prompt_version", prompt_version)):
+        for column, value in (
+            ("document_id", document_id),
+            ("status", status),
+            ("model_fingerprint", model_fingerprint),
+            ("settings", settings),
+            ("prompt_version", prompt_version),
+        ):
             if value is not None:
                 where.append(f"{column} = ?")
                 args.append(value)
@@ -124,11 +144,19 @@ class CachesMixin:
 
     def mark_corrupt(self, key: str, reason: str) -> None:
         """Flag a cache for rebuild; it is never loaded again as it is."""
-        self.db.execute("UPDATE caches SET status = 'corrupt', error = ?, updated = ? WHERE id = ?",
-                        [reason, dbmod.now(), key])
+        self.db.execute(
+            "UPDATE caches SET status = 'corrupt', error = ?, updated = ? WHERE id = ?", [reason, dbmod.now(), key]
+        )
 
-    def load_cache(self, key: str, model=None, expected_fingerprint: str | None = None, verify: bool = True,
-                   device: str = "cpu", model_config=None) -> HomerCache:
+    def load_cache(
+        self,
+        key: str,
+        model=None,
+        expected_fingerprint: str | None = None,
+        verify: bool = True,
+        device: str = "cpu",
+        model_config=None,
+    ) -> HomerCache:
         """Load a ready cache (memory-mapped). Checks the file's checksum (``verify``), the
         model fingerprint and the file's structure (:meth:`HomerCache.load`: against the
         model's dimensions when ``model``/``model_config`` is given or the fingerprint was
@@ -145,8 +173,10 @@ class CachesMixin:
 
             expected_fingerprint = model_fingerprint(model)
         if expected_fingerprint is not None and row["model_fingerprint"] != expected_fingerprint:
-            raise StoreError(f"cache {key[:12]} was built by model {row['model_name'] or '?'} "
-                             f"(fingerprint {row['model_fingerprint'][:12]}), not by the loaded model")
+            raise StoreError(
+                f"cache {key[:12]} was built by model {row['model_name'] or '?'} "
+                f"(fingerprint {row['model_fingerprint'][:12]}), not by the loaded model"
+            )
         if model is not None and model_config is None:
             model_config = model.config
         reason = None
@@ -170,14 +200,16 @@ class CachesMixin:
                     row, reason = finished, None
         if reason is None:
             try:
-                cache = HomerCache.load(path, expected_fingerprint=row["model_fingerprint"], device=device,
-                                        config=model_config)
+                cache = HomerCache.load(
+                    path, expected_fingerprint=row["model_fingerprint"], device=device, config=model_config
+                )
             except CacheMismatchError as exc:
                 reason = str(exc).replace(path.name, "the cache file")
         if reason is not None:
             self.mark_corrupt(key, reason)
-            raise CacheCorrupt(f"cache {key[:12]} of document {str(row['document_id'])[:12]}: {reason}; "
-                               "marked for rebuild")
+            raise CacheCorrupt(
+                f"cache {key[:12]} of document {str(row['document_id'])[:12]}: {reason}; marked for rebuild"
+            )
         return cache
 
     def delete_cache(self, key: str) -> None:
@@ -213,8 +245,10 @@ def check_leaf_states_file(path: Path, cache_meta: dict) -> None:
     if meta.get("format") != LEAF_STATES_FORMAT:
         raise StoreError("not a HOMER leaf-state file")
     if meta.get("model_fingerprint") != cache_meta.get("model_fingerprint"):
-        raise StoreError(f"the leaf states were made by another model (fingerprint "
-                         f"{meta.get('model_fingerprint', '')[:12]}) than the cache")
+        raise StoreError(
+            f"the leaf states were made by another model (fingerprint "
+            f"{meta.get('model_fingerprint', '')[:12]}) than the cache"
+        )
     if "settings" in cache_meta and meta.get("settings") != cache_meta["settings"]:
         raise StoreError("the leaf states were made with other HOMER settings than the cache")
     if "prompt_version" in cache_meta:

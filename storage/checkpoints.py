@@ -50,10 +50,14 @@ class CheckpointsMixin:
         folder.mkdir(parents=True, exist_ok=True)
         info = folder / CHECKPOINT_INFO
         if is_link(info) or self._checkpoint_info(folder).get("document_id") != document_id:
-            write_bytes_atomic(json.dumps({"document_id": document_id, "cache_key": key, "created": dbmod.now()}).encode(),
-                               info, self.tmp_dir)
-        return DirectoryCheckpointer(folder, temp_dir=self.tmp_dir, temp_tag=owner_token().replace(":", "-"),
-                                     secret=secret)
+            write_bytes_atomic(
+                json.dumps({"document_id": document_id, "cache_key": key, "created": dbmod.now()}).encode(),
+                info,
+                self.tmp_dir,
+            )
+        return DirectoryCheckpointer(
+            folder, temp_dir=self.tmp_dir, temp_tag=owner_token().replace(":", "-"), secret=secret
+        )
 
     def checkpoint_secret(self) -> bytes:
         """The store's secret that every checkpoint is stamped with (an HMAC,
@@ -88,8 +92,11 @@ class CheckpointsMixin:
 
     def checkpoint_folders(self) -> list[tuple[str, dict]]:
         """(cache key, build.json) of every well-formed checkpoint folder."""
-        return [(path.name, self._checkpoint_info(path)) for path in entries(self.root / "checkpoints")
-                if is_cache_key(path.name) and path.is_dir() and not is_link(path)]
+        return [
+            (path.name, self._checkpoint_info(path))
+            for path in entries(self.root / "checkpoints")
+            if is_cache_key(path.name) and path.is_dir() and not is_link(path)
+        ]
 
 
 def read_secret(path: Path) -> bytes | None:
@@ -101,16 +108,20 @@ def read_secret(path: Path) -> bytes | None:
     except FileNotFoundError:
         return None
     if not stat.S_ISREG(info.st_mode) or info.st_size != SECRET_BYTES:
-        raise StoreError(f"the store's {path.name} is not a {SECRET_BYTES}-byte file; "
-                         "checkpoints are not used until `store check --repair` removes it")
+        raise StoreError(
+            f"the store's {path.name} is not a {SECRET_BYTES}-byte file; "
+            "checkpoints are not used until `store check --repair` removes it"
+        )
     if info.st_mode & 0o077:
         os.chmod(path, 0o600)
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
     with os.fdopen(fd, "rb") as fh:
         data = fh.read(SECRET_BYTES + 1)
     if len(data) != SECRET_BYTES:
-        raise StoreError(f"the store's {path.name} is not a {SECRET_BYTES}-byte file; "
-                         "checkpoints are not used until `store check --repair` removes it")
+        raise StoreError(
+            f"the store's {path.name} is not a {SECRET_BYTES}-byte file; "
+            "checkpoints are not used until `store check --repair` removes it"
+        )
     return data
 
 
@@ -120,8 +131,9 @@ def _read_or_make_secret(path: Path, temp_dir: Path) -> bytes:
     if secret is not None:
         return secret
     temp_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f"{path.name}.{owner_token().replace(':', '-')}.", suffix=".tmp",
-                               dir=temp_dir)  # mode 0600
+    fd, tmp = tempfile.mkstemp(
+        prefix=f"{path.name}.{owner_token().replace(':', '-')}.", suffix=".tmp", dir=temp_dir
+    )  # mode 0600
     try:
         with os.fdopen(fd, "wb") as out:
             out.write(os.urandom(SECRET_BYTES))

@@ -28,7 +28,7 @@ from .temp_files import stale_temp
 class Problem:
     """One finding of :meth:`Store.check`."""
 
-    kind: str      # orphan-file | missing-file | corrupt-file | stale-temp | missing-document-file
+    kind: str  # orphan-file | missing-file | corrupt-file | stale-temp | missing-document-file
     #                | bad-row | bad-file | unindexed-cache | unfinished-install | stale-checkpoint
     path: str
     detail: str
@@ -55,8 +55,9 @@ class ConsistencyMixin:
             try:
                 self._check_cache_row(row, repair, problems, known)
             except Exception as exc:  # whatever the row holds, check goes on
-                self._bad_row("caches", row, f"unreadable cache row ({type(exc).__name__}: {one_line(exc)})",
-                              repair, problems)
+                self._bad_row(
+                    "caches", row, f"unreadable cache row ({type(exc).__name__}: {one_line(exc)})", repair, problems
+                )
         for path in walk_files(self.root / "caches"):
             if path in known:
                 continue
@@ -69,30 +70,46 @@ class ConsistencyMixin:
         for row in documents:
             document_id = row.get("id")
             if not is_document_id(document_id):
-                self._bad_row("documents", row, "the document id is not a sha256 (64 lowercase hex digits)",
-                              repair, problems)
+                self._bad_row(
+                    "documents", row, "the document id is not a sha256 (64 lowercase hex digits)", repair, problems
+                )
                 continue
             known_docs.add(document_id)
             try:
                 folder = self.document_dir(document_id)
                 text = folder / "text.txt"
                 if is_link(folder) or is_link(text):
-                    problems.append(Problem("bad-file", shown_path(self.root, folder),
-                                            f"the files of document {document_id[:12]} are symbolic links"))
+                    problems.append(
+                        Problem(
+                            "bad-file",
+                            shown_path(self.root, folder),
+                            f"the files of document {document_id[:12]} are symbolic links",
+                        )
+                    )
                     if repair:
                         self.delete_document(document_id)
                         problems[-1].repaired = True
                 elif not text.is_file():
-                    problems.append(Problem("missing-document-file", shown_path(self.root, folder),
-                                            f"document {document_id[:12]} has no text file"))
+                    problems.append(
+                        Problem(
+                            "missing-document-file",
+                            shown_path(self.root, folder),
+                            f"document {document_id[:12]} has no text file",
+                        )
+                    )
                     if repair:
                         self.delete_document(document_id)
                         problems[-1].repaired = True
             except Exception as exc:
-                problems.append(Problem("bad-file", f"documents/{document_id[:2]}/{document_id}",
-                                        f"document {document_id[:12]}: {one_line(exc)}"))
+                problems.append(
+                    Problem(
+                        "bad-file",
+                        f"documents/{document_id[:2]}/{document_id}",
+                        f"document {document_id[:12]}: {one_line(exc)}",
+                    )
+                )
         for shard in entries(self.root / "documents"):
-            for folder in (entries(shard) if shard.is_dir() and not is_link(shard) else [shard]):
+            for folder in entries(shard) if shard.is_dir() and not is_link(shard) else [shard]:
                 if folder.name in known_docs and folder.parent.name == folder.name[:2] and not is_link(shard):
                     continue
                 problems.append(Problem("orphan-file", shown_path(self.root, folder), "no document row"))
@@ -101,13 +118,19 @@ class ConsistencyMixin:
             if repair and shard.is_dir() and not is_link(shard) and not any(shard.iterdir()):
                 shard.rmdir()
         try:
-            active_uploads = {row["upload"] for row in self.db["jobs"].rows_where(
-                "state IN ('queued', 'running') AND upload IS NOT NULL")}
+            active_uploads = {
+                row["upload"]
+                for row in self.db["jobs"].rows_where("state IN ('queued', 'running') AND upload IS NOT NULL")
+            }
         except Exception as exc:
             problems.append(Problem("bad-row", "jobs", f"unreadable jobs table: {one_line(exc)}"))
             active_uploads = None
         for path in entries(self.root / "uploads"):
-            if active_uploads is not None and shown_path(self.root, path) not in active_uploads and older_than(path, 60):
+            if (
+                active_uploads is not None
+                and shown_path(self.root, path) not in active_uploads
+                and older_than(path, 60)
+            ):
                 problems.append(Problem("orphan-file", shown_path(self.root, path), "upload of no active job"))
                 if repair:
                     self._remove(path, problems)
@@ -152,13 +175,20 @@ class ConsistencyMixin:
                 self.db.execute("DELETE FROM conversations WHERE document_id IS ?", [row.get("id")])
                 self.db.execute("DELETE FROM document_owners WHERE document_id IS ?", [row.get("id")])
                 self.db.execute("DELETE FROM document_shares WHERE document_id IS ?", [row.get("id")])
-                self.db.execute("UPDATE jobs SET state = 'failed', error = 'the document was removed', finished = ? "
-                                "WHERE document_id IS ? AND state IN ('queued', 'running')", [dbmod.now(), row.get("id")])
-                for cache in self.db.execute("SELECT id FROM caches WHERE document_id IS ?", [row.get("id")]).fetchall():
+                self.db.execute(
+                    "UPDATE jobs SET state = 'failed', error = 'the document was removed', finished = ? "
+                    "WHERE document_id IS ? AND state IN ('queued', 'running')",
+                    [dbmod.now(), row.get("id")],
+                )
+                for cache in self.db.execute(
+                    "SELECT id FROM caches WHERE document_id IS ?", [row.get("id")]
+                ).fetchall():
                     if is_cache_key(cache[0]):
                         self.delete_cache(cache[0])
-                self.db.execute("DELETE FROM conversations WHERE cache_id IN "
-                                "(SELECT id FROM caches WHERE document_id IS ?)", [row.get("id")])
+                self.db.execute(
+                    "DELETE FROM conversations WHERE cache_id IN (SELECT id FROM caches WHERE document_id IS ?)",
+                    [row.get("id")],
+                )
                 self.db.execute("DELETE FROM caches WHERE document_id IS ?", [row.get("id")])
                 self.db.execute("DELETE FROM documents WHERE id IS ?", [row.get("id")])
         problems[-1].repaired = True
@@ -172,8 +202,13 @@ class ConsistencyMixin:
             self._bad_row("caches", row, f"cache {key[:12]} belongs to no stored document", repair, problems)
             return
         if row.get("status") not in ("ready", "installing", "corrupt", "building"):
-            self._bad_row("caches", row, f"cache {key[:12]} has no valid status ({str(row.get('status'))[:20]!r})",
-                          repair, problems)
+            self._bad_row(
+                "caches",
+                row,
+                f"cache {key[:12]} has no valid status ({str(row.get('status'))[:20]!r})",
+                repair,
+                problems,
+            )
             return
         try:
             path = self._row_file(row)
@@ -184,8 +219,13 @@ class ConsistencyMixin:
         if row.get("pending"):
             finished = self._finish_install(row)
             if finished is not None:  # only when the file in place is the journalled one
-                problems.append(Problem("unfinished-install", shown_path(self.root, path),
-                                        f"cache {key[:12]} was renamed into place but its row never written"))
+                problems.append(
+                    Problem(
+                        "unfinished-install",
+                        shown_path(self.root, path),
+                        f"cache {key[:12]} was renamed into place but its row never written",
+                    )
+                )
                 problems[-1].repaired = True  # completing it is safe, with or without repair
                 row = finished
         if row.get("leaf_states_file"):
@@ -198,8 +238,9 @@ class ConsistencyMixin:
                 reason = None
                 if not leaves.is_file():
                     reason = f"leaf states of cache {key[:12]} point at no file"
-                elif (leaves.stat().st_size != row.get("leaf_states_bytes")
-                      or sha256_file(leaves) != row.get("leaf_states_checksum")):
+                elif leaves.stat().st_size != row.get("leaf_states_bytes") or sha256_file(leaves) != row.get(
+                    "leaf_states_checksum"
+                ):
                     reason = f"checksum of the leaf states of cache {key[:12]} does not match"
             if reason is not None:
                 kind = "missing-file" if leaves is not None and not leaves.is_file() else "corrupt-file"
@@ -209,8 +250,13 @@ class ConsistencyMixin:
                     problems[-1].repaired = True
         if row.get("status") == "installing":
             if not path.exists() and install_abandoned(row):
-                problems.append(Problem("unfinished-install", shown_path(self.root, path),
-                                        f"an install of cache {key[:12]} stopped before its file was in place"))
+                problems.append(
+                    Problem(
+                        "unfinished-install",
+                        shown_path(self.root, path),
+                        f"an install of cache {key[:12]} stopped before its file was in place",
+                    )
+                )
                 if repair:
                     self.delete_cache(key)
                     problems[-1].repaired = True
@@ -218,9 +264,13 @@ class ConsistencyMixin:
         if row.get("status") != "ready":
             return
         if not path.exists():
-            problems.append(Problem("missing-file", shown_path(self.root, path), f"cache row {key[:12]} points at no file"))
+            problems.append(
+                Problem("missing-file", shown_path(self.root, path), f"cache row {key[:12]} points at no file")
+            )
         elif path.stat().st_size != row.get("bytes") or sha256_file(path) != row.get("checksum"):
-            problems.append(Problem("corrupt-file", shown_path(self.root, path), f"checksum of cache {key[:12]} does not match"))
+            problems.append(
+                Problem("corrupt-file", shown_path(self.root, path), f"checksum of cache {key[:12]} does not match")
+            )
         else:
             try:
                 check_cache_file(path, row.get("model_fingerprint"))
@@ -241,8 +291,13 @@ class ConsistencyMixin:
         if not is_link(path) and is_cache_key(key) and path.parent.name == key[:2] and self.get_cache(key) is None:
             row = self._indexable(path, key)
             if row is not None:
-                problems.append(Problem("unindexed-cache", relative,
-                                        f"a sound cache of document {row['document_id'][:12]} without its row"))
+                problems.append(
+                    Problem(
+                        "unindexed-cache",
+                        relative,
+                        f"a sound cache of document {row['document_id'][:12]} without its row",
+                    )
+                )
                 if repair:
                     try:
                         self.db["caches"].insert(row, pk="id")
@@ -269,9 +324,19 @@ class ConsistencyMixin:
             return None
         claimed = meta.get("document_id")
         candidates = [claimed] if is_document_id(claimed) else [row["id"] for row in self.documents()]
-        document_id = next((d for d in candidates if is_document_id(d) and self.get_document(d) is not None
-                            and cache_key(d, meta.get("model_fingerprint", ""), meta.get("settings", "{}"),
-                                          meta.get("prompt_version", "")) == key), None)
+        document_id = next(
+            (
+                d
+                for d in candidates
+                if is_document_id(d)
+                and self.get_document(d) is not None
+                and cache_key(
+                    d, meta.get("model_fingerprint", ""), meta.get("settings", "{}"), meta.get("prompt_version", "")
+                )
+                == key
+            ),
+            None,
+        )
         if document_id is None:
             return None
         try:
@@ -279,18 +344,32 @@ class ConsistencyMixin:
         except StoreError:
             return None
         stamp = dbmod.now()
-        row = {"id": key, "document_id": document_id, "model_fingerprint": meta.get("model_fingerprint", ""),
-               "model_name": meta.get("model_name", ""), "settings": meta.get("settings", "{}"),
-               "prompt_version": meta.get("prompt_version", ""), "file": shown_path(self.root, path),
-               "bytes": path.stat().st_size, "checksum": sha256_file(path), "tokens": cache_tokens(path),
-               "build_seconds": float(meta.get("build_seconds") or 0.0), "status": "ready", "error": None,
-               "created": stamp, "updated": stamp}
+        row = {
+            "id": key,
+            "document_id": document_id,
+            "model_fingerprint": meta.get("model_fingerprint", ""),
+            "model_name": meta.get("model_name", ""),
+            "settings": meta.get("settings", "{}"),
+            "prompt_version": meta.get("prompt_version", ""),
+            "file": shown_path(self.root, path),
+            "bytes": path.stat().st_size,
+            "checksum": sha256_file(path),
+            "tokens": cache_tokens(path),
+            "build_seconds": float(meta.get("build_seconds") or 0.0),
+            "status": "ready",
+            "error": None,
+            "created": stamp,
+            "updated": stamp,
+        }
         leaves = self.leaf_states_path(key)
         if leaves.is_file() and not is_link(leaves):
             try:
                 check_leaf_states_file(leaves, meta)
-                row.update(leaf_states_file=shown_path(self.root, leaves), leaf_states_bytes=leaves.stat().st_size,
-                           leaf_states_checksum=sha256_file(leaves))
+                row.update(
+                    leaf_states_file=shown_path(self.root, leaves),
+                    leaf_states_bytes=leaves.stat().st_size,
+                    leaf_states_checksum=sha256_file(leaves),
+                )
             except StoreError:
                 pass
         return row
@@ -313,8 +392,12 @@ class ConsistencyMixin:
             if repair:
                 self._remove(folder, problems)
             return
-        active = {row[0] for row in self.db.execute(
-            "SELECT DISTINCT document_id FROM jobs WHERE state IN ('queued', 'running')").fetchall()}
+        active = {
+            row[0]
+            for row in self.db.execute(
+                "SELECT DISTINCT document_id FROM jobs WHERE state IN ('queued', 'running')"
+            ).fetchall()
+        }
         max_age = self.checkpoint_max_age_hours * 3600.0
         for path in entries(folder):
             relative = shown_path(self.root, path)
@@ -334,8 +417,10 @@ class ConsistencyMixin:
                 elif cache is not None and cache.get("status") == "ready":
                     detail = f"checkpoints of cache {key[:12]}, which is already built"
                 elif age > max_age:
-                    detail = (f"checkpoints of a stopped build of document {document_id[:12]}, "
-                              f"untouched for {age / 3600:.0f} h")
+                    detail = (
+                        f"checkpoints of a stopped build of document {document_id[:12]}, "
+                        f"untouched for {age / 3600:.0f} h"
+                    )
                 else:
                     continue  # a stopped build that a retry may still resume
                 problems.append(Problem("stale-checkpoint", relative, detail))

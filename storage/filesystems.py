@@ -24,17 +24,51 @@ from .errors import StoreError
 
 MOUNTINFO = "/proc/self/mountinfo"
 
-NETWORK_TYPES = frozenset({
-    "nfs", "nfs4", "cifs", "smb", "smb2", "smb3", "smbfs", "ncpfs", "9p", "ceph", "glusterfs", "lustre",
-    "gpfs", "afs", "coda", "ocfs2", "gfs2", "beegfs", "orangefs", "davfs", "sshfs", "cvmfs", "pvfs2",
-})
+NETWORK_TYPES = frozenset(
+    {
+        "nfs",
+        "nfs4",
+        "cifs",
+        "smb",
+        "smb2",
+        "smb3",
+        "smbfs",
+        "ncpfs",
+        "9p",
+        "ceph",
+        "glusterfs",
+        "lustre",
+        "gpfs",
+        "afs",
+        "coda",
+        "ocfs2",
+        "gfs2",
+        "beegfs",
+        "orangefs",
+        "davfs",
+        "sshfs",
+        "cvmfs",
+        "pvfs2",
+    }
+)
 """Network and cluster filesystems by their mountinfo type. Every FUSE type (``fuse``,
 ``fuseblk``, ``fuse.*``) counts too, see :func:`is_network_type`."""
 
 STATFS_MAGIC = {
-    0x6969: "nfs", 0x517B: "smb", 0xFF534D42: "cifs", 0xFE534D42: "smb2", 0x65735546: "fuse",
-    0x01021997: "9p", 0x00C36400: "ceph", 0x5346414F: "afs", 0x73757245: "coda", 0x0BD00BD0: "lustre",
-    0x47504653: "gpfs", 0x7461636F: "ocfs2", 0x01161970: "gfs2", 0x19830326: "beegfs",
+    0x6969: "nfs",
+    0x517B: "smb",
+    0xFF534D42: "cifs",
+    0xFE534D42: "smb2",
+    0x65735546: "fuse",
+    0x01021997: "9p",
+    0x00C36400: "ceph",
+    0x5346414F: "afs",
+    0x73757245: "coda",
+    0x0BD00BD0: "lustre",
+    0x47504653: "gpfs",
+    0x7461636F: "ocfs2",
+    0x01161970: "gfs2",
+    0x19830326: "beegfs",
 }
 """``statfs.f_type`` magic numbers of the same families (linux/magic.h and each project's own)."""
 
@@ -56,7 +90,7 @@ def _unescape(field: str) -> str:
     """mountinfo writes space, tab, newline and backslash as octal escapes (``\\040`` …)."""
     out, i = [], 0
     while i < len(field):
-        code = field[i + 1:i + 4]
+        code = field[i + 1 : i + 4]
         if field[i] == "\\" and len(code) == 3 and all(c in "01234567" for c in code):
             out.append(chr(int(code, 8)))
             i += 4
@@ -149,4 +183,5 @@ def refuse_network_index(path: str | os.PathLike, mountinfo: str | None = None) 
         raise NetworkFilesystemError(
             f"the index {os.fspath(path)} is on a network or FUSE filesystem ({found}), where SQLite's locks "
             "and writes are not safe: keep HOMER_HOME (the index, queue and leases) on a local disk and put "
-            "documents and caches in an object-store URL (s3://bucket/prefix or hf://buckets/<owner>/<name>)")
+            "documents and caches in an object-store URL (s3://bucket/prefix or hf://buckets/<owner>/<name>)"
+        )

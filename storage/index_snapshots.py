@@ -41,8 +41,10 @@ def snapshot_to_file(db_path: str | os.PathLike, target: str | os.PathLike) -> P
     """Write a consistent copy of the database at ``db_path`` to ``target`` (a new file) with
     the online backup API; the copy is in rollback-journal mode and passes ``quick_check``."""
     target = Path(target)
-    with closing(sqlite3.connect(f"file:{Path(db_path).as_posix()}?mode=ro", uri=True, timeout=30)) as source, \
-            closing(sqlite3.connect(target)) as copy:
+    with (
+        closing(sqlite3.connect(f"file:{Path(db_path).as_posix()}?mode=ro", uri=True, timeout=30)) as source,
+        closing(sqlite3.connect(target)) as copy,
+    ):
         source.backup(copy)
         copy.execute("PRAGMA journal_mode=DELETE")
         _check_database(copy, target)
@@ -75,9 +77,9 @@ def publish_snapshot(db_path: str | os.PathLike, blobs: BlobStore, name: str = P
         return previous
     history = [previous["key"], *previous.get("history", [])] if previous else []
     history = [k for k in dict.fromkeys(history) if isinstance(k, str) and k != key]
-    pointer = {"key": key, "bytes": size, "created": time.time(), "host": host_name(), "history": history[:keep - 1]}
+    pointer = {"key": key, "bytes": size, "created": time.time(), "host": host_name(), "history": history[: keep - 1]}
     blobs.write_pointer(name, pointer)
-    for old in history[keep - 1:]:
+    for old in history[keep - 1 :]:
         try:
             blobs.delete(old)
         except BlobError as exc:  # a leftover snapshot costs space only
@@ -151,8 +153,14 @@ class SnapshotPublisher:
         publisher.close()                    # the last snapshot, then the thread stops
     """
 
-    def __init__(self, db_path: str | os.PathLike, blobs: BlobStore, every_seconds: float = 30.0,
-                 name: str = POINTER, poll_seconds: float | None = None):
+    def __init__(
+        self,
+        db_path: str | os.PathLike,
+        blobs: BlobStore,
+        every_seconds: float = 30.0,
+        name: str = POINTER,
+        poll_seconds: float | None = None,
+    ):
         self.db_path = Path(db_path)
         self.blobs = blobs
         self.every_seconds = float(every_seconds)

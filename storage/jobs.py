@@ -27,15 +27,37 @@ class Jobs:
     def _db(self):
         return self.store.db
 
-    def create(self, document_id: str, build_key: str, model: str, settings: dict | None = None,
-               upload: str | None = None, file_name: str | None = None, max_attempts: int = 3,
-               kind: str = "build") -> tuple[dict, bool]:
+    def create(
+        self,
+        document_id: str,
+        build_key: str,
+        model: str,
+        settings: dict | None = None,
+        upload: str | None = None,
+        file_name: str | None = None,
+        max_attempts: int = 3,
+        kind: str = "build",
+    ) -> tuple[dict, bool]:
         """A new queued job, or the active job of the same ``build_key`` (``created`` False)."""
         stamp = dbmod.now()
-        row = {"id": uuid.uuid4().hex, "kind": kind, "document_id": document_id, "build_key": build_key,
-               "upload": upload, "file_name": file_name, "model": model, "settings": json.dumps(settings or {}),
-               "state": "queued", "progress": 0.0, "message": "queued", "attempts": 0,
-               "max_attempts": max_attempts, "created": stamp, "enqueued": stamp, "updated": stamp}
+        row = {
+            "id": uuid.uuid4().hex,
+            "kind": kind,
+            "document_id": document_id,
+            "build_key": build_key,
+            "upload": upload,
+            "file_name": file_name,
+            "model": model,
+            "settings": json.dumps(settings or {}),
+            "state": "queued",
+            "progress": 0.0,
+            "message": "queued",
+            "attempts": 0,
+            "max_attempts": max_attempts,
+            "created": stamp,
+            "enqueued": stamp,
+            "updated": stamp,
+        }
         try:
             self._db["jobs"].insert(row)
             return self.get(row["id"]), True
@@ -61,8 +83,10 @@ class Jobs:
         return list(self._db["jobs"].rows_where("state = ?", [state], order_by="created"))
 
     def set_task_id(self, job_id: str, task_id: str) -> None:
-        self._db.execute("UPDATE jobs SET task_id = ?, enqueued = ?, updated = ? WHERE id = ?",
-                         [task_id, dbmod.now(), dbmod.now(), job_id])
+        self._db.execute(
+            "UPDATE jobs SET task_id = ?, enqueued = ?, updated = ? WHERE id = ?",
+            [task_id, dbmod.now(), dbmod.now(), job_id],
+        )
 
     def claim(self, job_id: str, owner: str, lease: float) -> bool:
         """queued → running for ``owner``; False if another worker has it or it is finished."""
@@ -70,34 +94,41 @@ class Jobs:
         cursor = self._db.execute(
             "UPDATE jobs SET state = 'running', owner = ?, lease_until = ?, attempts = attempts + 1, "
             "started = ?, updated = ?, message = 'starting', error = NULL WHERE id = ? AND state = 'queued'",
-            [owner, stamp + lease, stamp, stamp, job_id])
+            [owner, stamp + lease, stamp, stamp, job_id],
+        )
         return cursor.rowcount == 1
 
-    def heartbeat(self, job_id: str, owner: str, lease: float, progress: float | None = None,
-                  message: str | None = None) -> bool:
+    def heartbeat(
+        self, job_id: str, owner: str, lease: float, progress: float | None = None, message: str | None = None
+    ) -> bool:
         """Renew the lease (and report progress); False when the job is no longer ours."""
         stamp = dbmod.now()
         cursor = self._db.execute(
             "UPDATE jobs SET lease_until = ?, updated = ?, progress = COALESCE(?, progress), "
             "message = COALESCE(?, message) WHERE id = ? AND owner = ? AND state = 'running'",
-            [stamp + lease, stamp, progress, message, job_id, owner])
+            [stamp + lease, stamp, progress, message, job_id, owner],
+        )
         return cursor.rowcount == 1
 
     def finish(self, job_id: str, owner: str, cache_id: str | None, message: str = "done") -> bool:
         stamp = dbmod.now()
         cursor = self._db.execute(
             "UPDATE jobs SET state = 'done', cache_id = ?, progress = 1.0, message = ?, owner = NULL, "
-            "lease_until = NULL, upload = NULL, finished = ?, updated = ? WHERE id = ? AND owner = ? AND state = 'running'",
-            [cache_id, message, stamp, stamp, job_id, owner])
+            "lease_until = NULL, upload = NULL, finished = ?, updated = ? "
+            "WHERE id = ? AND owner = ? AND state = 'running'",
+            [cache_id, message, stamp, stamp, job_id, owner],
+        )
         return cursor.rowcount == 1
 
     def fail(self, job_id: str, error: str, owner: str | None = None) -> bool:
         """→ failed with a one-line reason (only from an active state; by its owner if given)."""
         stamp = dbmod.now()
         error = " ".join(str(error).split())[:500]
-        sql = ("UPDATE jobs SET state = 'failed', error = ?, message = 'failed', owner = NULL, lease_until = NULL, "
-               "upload = NULL, "
-               "finished = ?, updated = ? WHERE id = ? AND state IN ('queued', 'running')")
+        sql = (
+            "UPDATE jobs SET state = 'failed', error = ?, message = 'failed', owner = NULL, lease_until = NULL, "
+            "upload = NULL, "
+            "finished = ?, updated = ? WHERE id = ? AND state IN ('queued', 'running')"
+        )
         args = [error, stamp, stamp, job_id]
         if owner is not None:
             sql += " AND owner = ?"
@@ -111,32 +142,40 @@ class Jobs:
         cursor = self._db.execute(
             "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, message = ?, error = ?, "
             "attempts = attempts - ?, enqueued = ?, updated = ? WHERE id = ? AND owner = ? AND state = 'running'",
-            [message, error, 1 if uncount else 0, stamp, stamp, job_id, owner])
+            [message, error, 1 if uncount else 0, stamp, stamp, job_id, owner],
+        )
         return cursor.rowcount == 1
 
     def stale_running(self) -> list[dict]:
         """Running jobs whose worker is gone: lease expired, or a dead process on this host."""
         stamp = dbmod.now()
-        return [job for job in self._db["jobs"].rows_where("state = 'running'")
-                if (job["lease_until"] or 0) < stamp or owner_alive(job["owner"]) is False]
+        return [
+            job
+            for job in self._db["jobs"].rows_where("state = 'running'")
+            if (job["lease_until"] or 0) < stamp or owner_alive(job["owner"]) is False
+        ]
 
     def recover(self, job: dict) -> str | None:
         """Put a stale running job back to queued (or failed when its attempts are used up).
         Returns the new state, or None when another process recovered it first."""
         stamp = dbmod.now()
         if job["attempts"] >= job["max_attempts"]:
-            error = (f"the worker stopped {job['attempts']} times while building "
-                     f"(killed, crashed or out of memory); giving up")
+            error = (
+                f"the worker stopped {job['attempts']} times while building "
+                f"(killed, crashed or out of memory); giving up"
+            )
             cursor = self._db.execute(
                 "UPDATE jobs SET state = 'failed', error = ?, message = 'failed', owner = NULL, lease_until = NULL, "
                 "finished = ?, updated = ? WHERE id = ? AND state = 'running' AND owner IS ?",
-                [error, stamp, stamp, job["id"], job["owner"]])
+                [error, stamp, stamp, job["id"], job["owner"]],
+            )
             return "failed" if cursor.rowcount == 1 else None
         cursor = self._db.execute(
             "UPDATE jobs SET state = 'queued', owner = NULL, lease_until = NULL, "
             "message = 'requeued after the worker stopped', enqueued = ?, updated = ? "
             "WHERE id = ? AND state = 'running' AND owner IS ?",
-            [stamp, stamp, job["id"], job["owner"]])
+            [stamp, stamp, job["id"], job["owner"]],
+        )
         return "queued" if cursor.rowcount == 1 else None
 
     def touch_queued(self, job_id: str, older_than: float) -> bool:
@@ -145,5 +184,6 @@ class Jobs:
         stamp = dbmod.now()
         cursor = self._db.execute(
             "UPDATE jobs SET enqueued = ?, updated = ? WHERE id = ? AND state = 'queued' AND enqueued < ?",
-            [stamp, stamp, job_id, stamp - older_than])
+            [stamp, stamp, job_id, stamp - older_than],
+        )
         return cursor.rowcount == 1

@@ -18,18 +18,21 @@ class Locks:
             "INSERT INTO locks (name, owner, expires) VALUES (?, ?, ?) "
             "ON CONFLICT(name) DO UPDATE SET owner = excluded.owner, expires = excluded.expires "
             "WHERE locks.expires < ? OR locks.owner = excluded.owner",
-            [name, owner, stamp + ttl, stamp])
+            [name, owner, stamp + ttl, stamp],
+        )
         return cursor.rowcount == 1
 
     def renew(self, name: str, owner: str, ttl: float) -> bool:
-        cursor = self.store.db.execute("UPDATE locks SET expires = ? WHERE name = ? AND owner = ?",
-                                       [dbmod.now() + ttl, name, owner])
+        cursor = self.store.db.execute(
+            "UPDATE locks SET expires = ? WHERE name = ? AND owner = ?", [dbmod.now() + ttl, name, owner]
+        )
         return cursor.rowcount == 1
 
     def release(self, name: str, owner: str) -> None:
         self.store.db.execute("DELETE FROM locks WHERE name = ? AND owner = ?", [name, owner])
 
     def holder(self, name: str) -> str | None:
-        row = self.store.db.execute("SELECT owner FROM locks WHERE name = ? AND expires >= ?",
-                                    [name, dbmod.now()]).fetchone()
+        row = self.store.db.execute(
+            "SELECT owner FROM locks WHERE name = ? AND expires >= ?", [name, dbmod.now()]
+        ).fetchone()
         return row[0] if row else None

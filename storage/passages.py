@@ -35,12 +35,21 @@ import threading
 import time
 from collections import OrderedDict
 
-from homer.answering.passages import (INDEX_VERSION, PASSAGE_WORDS, STOP_WORDS, TOKENIZE, Passage,  # noqa: F401
-                                     PassageIndex, match_expression, query_terms, split_passages)
+from homer.answering.passages import (  # noqa: F401  (the store's callers find these here too)
+    INDEX_VERSION,
+    PASSAGE_WORDS,
+    STOP_WORDS,
+    TOKENIZE,
+    Passage,
+    PassageIndex,
+    match_expression,
+    query_terms,
+    split_passages,
+)
 
 METHODS = ("bm25", "dense", "rrf")
 DEFAULT_METHOD = "bm25"  # chosen by benchmarks/retrieval_recall.py (see retriever())
-RRF_K = 60       # reciprocal rank fusion constant (Cormack, Clarke & Buettcher, SIGIR 2009)
+RRF_K = 60  # reciprocal rank fusion constant (Cormack, Clarke & Buettcher, SIGIR 2009)
 FUSE_DEPTH = 50  # how many of each list's best are fused
 _RANKERS_KEPT = 8  # documents whose BM25 ranker stays in memory
 
@@ -94,8 +103,14 @@ def uses_vectors(method: str | None = None) -> bool:
     return retriever(method) != "bm25"
 
 
-def build(db, document_id: str, text: str, page_starts: list[int] | None = None,
-          words: int = PASSAGE_WORDS, vectors: bool | None = None) -> int:
+def build(
+    db,
+    document_id: str,
+    text: str,
+    page_starts: list[int] | None = None,
+    words: int = PASSAGE_WORDS,
+    vectors: bool | None = None,
+) -> int:
     """(Re)index ``document_id``'s text; returns the number of passages. One transaction:
     a reader sees the old index or the new one (older vectors are dropped with it). Then the
     passages are embedded when ``vectors`` (default: when :data:`DEFAULT_METHOD` uses them)."""
@@ -108,9 +123,13 @@ def build(db, document_id: str, text: str, page_starts: list[int] | None = None,
         db.execute("DELETE FROM passages WHERE document_id = ?", [document_id])
         db.conn.executemany(
             "INSERT INTO passages (document_id, seq, start, end, page, text) VALUES (?, ?, ?, ?, ?, ?)",
-            [(document_id, p.seq, p.start, p.end, p.page, p.text) for p in passages])
-        db.execute("INSERT OR REPLACE INTO passage_index (document_id, passages, words, version, built) "
-                   "VALUES (?, ?, ?, ?, ?)", [document_id, len(passages), words, INDEX_VERSION, time.time()])
+            [(document_id, p.seq, p.start, p.end, p.page, p.text) for p in passages],
+        )
+        db.execute(
+            "INSERT OR REPLACE INTO passage_index (document_id, passages, words, version, built) "
+            "VALUES (?, ?, ?, ?, ?)",
+            [document_id, len(passages), words, INDEX_VERSION, time.time()],
+        )
         embeddings.delete(db, document_id)
     if vectors if vectors is not None else uses_vectors():
         embeddings.build(db, document_id)
@@ -142,8 +161,11 @@ def ranker(db, document_id: str) -> PassageIndex | None:
     (BM25 over the document's own term statistics: the ranking a notebook gets for the same
     text, whatever else the store holds), kept for the last few documents; None when the
     document has no index."""
-    row = db.execute("SELECT built, passages FROM passage_index WHERE document_id = ?", [document_id]).fetchone() \
-        if _has_tables(db) else None
+    row = (
+        db.execute("SELECT built, passages FROM passage_index WHERE document_id = ?", [document_id]).fetchone()
+        if _has_tables(db)
+        else None
+    )
     if row is None:
         return None
     main = db.execute("PRAGMA database_list").fetchone()
@@ -173,11 +195,17 @@ def _by_seq(db, document_id: str, scored: list[tuple[int, float]]) -> list[Passa
     if not scored:
         return []
     seqs = [s for s, _ in scored]
-    rows = db.execute(f"SELECT seq, start, end, page, text FROM passages WHERE document_id = ? AND seq IN "
-                      f"({', '.join('?' * len(seqs))})", [document_id, *seqs]).fetchall()
+    rows = db.execute(
+        f"SELECT seq, start, end, page, text FROM passages WHERE document_id = ? AND seq IN "
+        f"({', '.join('?' * len(seqs))})",
+        [document_id, *seqs],
+    ).fetchall()
     found = {int(r[0]): r for r in rows}
-    return [Passage(s, int(found[s][1]), int(found[s][2]), int(found[s][3]), found[s][4], score)
-            for s, score in scored if s in found]
+    return [
+        Passage(s, int(found[s][1]), int(found[s][2]), int(found[s][3]), found[s][4], score)
+        for s, score in scored
+        if s in found
+    ]
 
 
 def fuse(rankings: list[list[int]], k: int, constant: int = RRF_K) -> list[tuple[int, float]]:
@@ -218,8 +246,9 @@ def passages(db, document_id: str) -> list[Passage]:
     """All indexed passages of a document, in order."""
     if not _has_tables(db):
         return []
-    rows = db.execute("SELECT seq, start, end, page, text FROM passages WHERE document_id = ? ORDER BY seq",
-                      [document_id]).fetchall()
+    rows = db.execute(
+        "SELECT seq, start, end, page, text FROM passages WHERE document_id = ? ORDER BY seq", [document_id]
+    ).fetchall()
     return [Passage(int(r[0]), int(r[1]), int(r[2]), int(r[3]), r[4]) for r in rows]
 
 

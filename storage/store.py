@@ -53,8 +53,9 @@ def default_root() -> Path:
     return homer_home() / "store"
 
 
-class Store(DocumentsMixin, CachesMixin, CacheInstallMixin, CheckpointsMixin, ThreadsMixin, TempFilesMixin,
-            ConsistencyMixin):
+class Store(
+    DocumentsMixin, CachesMixin, CacheInstallMixin, CheckpointsMixin, ThreadsMixin, TempFilesMixin, ConsistencyMixin
+):
     """Documents, caches, conversations and jobs of one store root.
 
     The facade holds what every part shares — the root, the calling thread's connection to
@@ -78,8 +79,12 @@ class Store(DocumentsMixin, CachesMixin, CacheInstallMixin, CheckpointsMixin, Th
     :mod:`storage.locks`). ``checkpoint_max_age_hours``: how long a stopped build's
     checkpoints are kept for a retry to resume from before :meth:`check` calls them stale."""
 
-    def __init__(self, root: str | os.PathLike | None = None, *,
-                 checkpoint_max_age_hours: float = DEFAULT_CHECKPOINT_MAX_AGE_HOURS):
+    def __init__(
+        self,
+        root: str | os.PathLike | None = None,
+        *,
+        checkpoint_max_age_hours: float = DEFAULT_CHECKPOINT_MAX_AGE_HOURS,
+    ):
         self.root = Path(root) if root is not None else default_root()
         self.root.mkdir(parents=True, exist_ok=True)
         for name in ("documents", "caches", "tmp", "uploads"):

@@ -30,7 +30,9 @@ class TempFilesMixin:
         for path in entries(self.tmp_dir):
             if stale_temp(path):
                 try:
-                    remove_tree(self.root, path) if path.is_dir() and not is_link(path) else remove_file(self.root, path)
+                    remove_tree(self.root, path) if path.is_dir() and not is_link(path) else remove_file(
+                        self.root, path
+                    )
                     removed += 1
                 except (StoreError, OSError):
                     pass
@@ -49,7 +51,7 @@ def stale_temp(path: Path) -> bool:
         return False
     for part in path.name.split("."):
         if part.startswith(f"{host}-"):
-            pid = part[len(host) + 1:]
+            pid = part[len(host) + 1 :]
             if pid.isdigit():
                 return not _writer_alive(int(pid), written)
     return older_than(path, STALE_TEMP_SECONDS)

@@ -15,15 +15,26 @@ from .errors import StoreError
 class ThreadsMixin:
     """Conversations (threads): create, read, name, delete, record a turn."""
 
-    def add_conversation(self, document_id: str, cache_id: str | None = None, owner: str | None = None,
-                         name: str | None = None) -> str:
+    def add_conversation(
+        self, document_id: str, cache_id: str | None = None, owner: str | None = None, name: str | None = None
+    ) -> str:
         """A new conversation (a thread) about a document, owned by ``owner`` (None without
         login); ``name`` defaults to its first question when that is asked."""
         conversation_id = uuid.uuid4().hex
         stamp = dbmod.now()
-        self.db["conversations"].insert({"id": conversation_id, "document_id": self.document(document_id)["id"],
-                                         "cache_id": cache_id, "messages": "[]", "created": stamp, "updated": stamp,
-                                         "owner": owner, "name": thread_name(name) if name else None, "turns": "[]"})
+        self.db["conversations"].insert(
+            {
+                "id": conversation_id,
+                "document_id": self.document(document_id)["id"],
+                "cache_id": cache_id,
+                "messages": "[]",
+                "created": stamp,
+                "updated": stamp,
+                "owner": owner,
+                "name": thread_name(name) if name else None,
+                "turns": "[]",
+            }
+        )
         return conversation_id
 
     def conversation(self, conversation_id: str) -> dict:
@@ -44,12 +55,22 @@ class ThreadsMixin:
         Without login (``owner`` None) the threads that have no owner."""
         rows = self.db.execute(
             "SELECT id, name, cache_id, messages, created, updated FROM conversations "
-            "WHERE document_id = ? AND owner IS ? ORDER BY updated DESC, created DESC", [document_id, owner]).fetchall()
+            "WHERE document_id = ? AND owner IS ? ORDER BY updated DESC, created DESC",
+            [document_id, owner],
+        ).fetchall()
         out = []
         for thread_id, name, cache_id, messages, created, updated in rows:
             messages = json.loads(messages or "[]")
-            out.append({"id": thread_id, "name": name or _default_name(messages), "cache_id": cache_id,
-                        "messages": len(messages), "created": created, "updated": updated})
+            out.append(
+                {
+                    "id": thread_id,
+                    "name": name or _default_name(messages),
+                    "cache_id": cache_id,
+                    "messages": len(messages),
+                    "created": created,
+                    "updated": updated,
+                }
+            )
         return out
 
     def thread(self, thread_id: str, owner: str | None, document_id: str | None = None) -> dict:
@@ -79,16 +100,21 @@ class ThreadsMixin:
             self.thread(thread_id, owner)
             self.db.execute("DELETE FROM conversations WHERE id = ?", [thread_id])
 
-    def save_turn(self, conversation_id: str, cache_id: str | None, messages: list[dict],
-                  turns: list[tuple[str, str]]) -> None:
+    def save_turn(
+        self, conversation_id: str, cache_id: str | None, messages: list[dict], turns: list[tuple[str, str]]
+    ) -> None:
         """Append a turn's shown ``messages`` and record the thread's ``turns`` (as the model
         saw them over ``cache_id``, all of them) in one write; an unnamed thread is named
         after its first question."""
         with self.db.atomic():
             row = self.conversation(conversation_id)
             stored = row["messages"] + [{"role": m["role"], "content": m["content"]} for m in messages]
-            update = {"messages": json.dumps(stored), "turns": json.dumps([list(t) for t in turns]),
-                      "cache_id": cache_id, "updated": dbmod.now()}
+            update = {
+                "messages": json.dumps(stored),
+                "turns": json.dumps([list(t) for t in turns]),
+                "cache_id": cache_id,
+                "updated": dbmod.now(),
+            }
             if not row.get("name"):
                 update["name"] = _default_name(stored) or None
             self.db["conversations"].update(conversation_id, update)
@@ -100,7 +126,7 @@ THREAD_NAME_CHARS = 80
 def thread_name(text: str | None) -> str:
     """A thread's title: whitespace collapsed, at most 80 characters (cut with "…")."""
     text = " ".join(str(text or "").split())
-    return text if len(text) <= THREAD_NAME_CHARS else text[:THREAD_NAME_CHARS - 1].rstrip() + "…"
+    return text if len(text) <= THREAD_NAME_CHARS else text[: THREAD_NAME_CHARS - 1].rstrip() + "…"
 
 
 def _default_name(messages: list[dict]) -> str:

@@ -27,12 +27,32 @@ def running_app(home: Path, model_dir: Path, *extra: str, env: dict | None = Non
     SIGINT (then SIGKILL if it hangs)."""
     port = free_port()
     log = open(home.parent / f"{home.name}-app.log", "w")
-    environment = {**os.environ, "HOMER_HOME": str(home), "GRADIO_ANALYTICS_ENABLED": "False",
-                   "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+    environment = {
+        **os.environ,
+        "HOMER_HOME": str(home),
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "HF_HUB_OFFLINE": "1",
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
     environment.pop("SPACE_ID", None)
-    process = subprocess.Popen([sys.executable, str(ROOT / "app.py"), "--model", str(model_dir), "--host", "127.0.0.1",
-                                "--port", str(port), *extra], cwd=ROOT, env=environment, stdout=log,
-                               stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "app.py"),
+            "--model",
+            str(model_dir),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            *extra,
+        ],
+        cwd=ROOT,
+        env=environment,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}/"
     try:
         deadline = time.monotonic() + timeout
@@ -75,7 +95,12 @@ def add_ready_document(store, model, tokenizer, data: bytes, name: str, owner: s
     doc = add_to_store(store, ingest_bytes(data, name, tokenizer))
     library.add_owner(store, doc["id"], owner, name)
     if not store.caches(doc["id"]):
-        cache = build_document_cache(model, tokenizer, store.document_text(doc["id"]),
-                                     HomerConfig(significance="uncalibrated"), metadata={"document_id": doc["id"]})
+        cache = build_document_cache(
+            model,
+            tokenizer,
+            store.document_text(doc["id"]),
+            HomerConfig(significance="uncalibrated"),
+            metadata={"document_id": doc["id"]},
+        )
         store.save_cache(doc["id"], cache)
     return doc

@@ -11,6 +11,7 @@ import zipfile
 from pathlib import Path
 
 from conftest import tiny_tokenizer
+
 from homer import HomerConfig, build_document_cache
 from storage import Store
 
@@ -24,8 +25,12 @@ def stored_document(store: Store, model, text: str, file_name: str = "keeper.txt
     from app.library import add_owner
 
     doc = add_to_store(store, ingest_bytes(text.encode(), file_name, tiny_tokenizer()))
-    store.save_cache(doc["id"], build_document_cache(model, tiny_tokenizer(), store.document_text(doc["id"]),
-                                                     HomerConfig(significance="uncalibrated")))
+    store.save_cache(
+        doc["id"],
+        build_document_cache(
+            model, tiny_tokenizer(), store.document_text(doc["id"]), HomerConfig(significance="uncalibrated")
+        ),
+    )
     add_owner(store, doc["id"], owner)
     return doc
 
@@ -57,8 +62,10 @@ def rebuild(good: Path, out: Path, drop=(), replace=None, manifest=None, extra=(
     if fix:
         for name in list(data["members"]):
             if name in members:
-                data["members"][name] = {"sha256": hashlib.sha256(members[name]).hexdigest(),
-                                         "bytes": len(members[name])}
+                data["members"][name] = {
+                    "sha256": hashlib.sha256(members[name]).hexdigest(),
+                    "bytes": len(members[name]),
+                }
             elif name in drop:
                 del data["members"][name]
     if manifest is not None:
@@ -69,12 +76,14 @@ def rebuild(good: Path, out: Path, drop=(), replace=None, manifest=None, extra=(
 
 def set_field(path: list, value):
     """A manifest edit that sets one (nested) field."""
+
     def edit(manifest):
         node = manifest
         for key in path[:-1]:
             node = node[key]
         node[path[-1]] = value
         return manifest
+
     return edit
 
 
@@ -101,9 +110,12 @@ def snapshot(folder: Path) -> dict[str, tuple]:
 def store_rows(store: Store, document_id: str) -> tuple:
     """A document's rows (document, caches, owners) — to prove an import left them alone."""
     doc = store.get_document(document_id)
-    caches = sorted((row["id"], row["checksum"], row["file"], row["status"]) for row in store.caches(document_id, status=None))
-    owners = sorted(r[0] for r in store.db.execute("SELECT owner FROM document_owners WHERE document_id = ?",
-                                                   [document_id]))
+    caches = sorted(
+        (row["id"], row["checksum"], row["file"], row["status"]) for row in store.caches(document_id, status=None)
+    )
+    owners = sorted(
+        r[0] for r in store.db.execute("SELECT owner FROM document_owners WHERE document_id = ?", [document_id])
+    )
     return doc, caches, owners
 
 

@@ -7,7 +7,7 @@ import re
 
 import pytest
 import torch
-from transformers import (AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config)
+from transformers import AutoModelForCausalLM, LlamaConfig, MistralConfig, Qwen2Config
 
 FAMILIES = {
     "llama": LlamaConfig,
@@ -20,10 +20,19 @@ def tiny_model(family: str = "llama", layers: int = 6, window: int = 64, seed: i
     """A random-weight decoder with GQA (4 query heads, 2 kv heads)."""
     torch.manual_seed(seed)
     config = FAMILIES[family](
-        vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=layers,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=window,
-        bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False,
-        attn_implementation="sdpa", **overrides,
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=window,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+        attn_implementation="sdpa",
+        **overrides,
     )
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa")
     return model.eval()
@@ -54,8 +63,9 @@ def tiny_tokenizer():
     vocab = {t: i for i, t in enumerate(specials + chars)}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=None))
     tok.decoder = decoders.Fuse()
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>",
-                                   pad_token="<pad>")
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<pad>"
+    )
     fast.chat_template = (
         "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
         "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -110,8 +120,10 @@ def configure():
 # --- markers: a test that starts another process is "e2e", wherever the process comes from ----
 # (its own body is marked by hand; here: the fixtures it uses, however deep). Deselect both for the
 # inner loop: ``pytest -m "not slow and not e2e"``.
-STARTS_A_PROCESS = re.compile(r"running_app|Popen|start_worker|redis-server|weed_binary|seaweedfs|s3_location|"
-                              r"system_chromium|subprocess\.run")
+STARTS_A_PROCESS = re.compile(
+    r"running_app|Popen|start_worker|redis-server|weed_binary|seaweedfs|s3_location|"
+    r"system_chromium|subprocess\.run"
+)
 _starts: dict = {}
 
 

@@ -16,12 +16,18 @@ from pathlib import Path
 import pytest
 
 PANDOC = shutil.which("pandoc")
-CHROMIUM = next((found for name in ("chromium", "chromium-browser", "google-chrome") if (found := shutil.which(name))),
-                None)
-needs_pandoc = pytest.mark.skipif(PANDOC is None, reason="pandoc is not installed (Debian: apt-get install pandoc): "
-                                                          "the EPUB, DOCX and HTML fixtures are made with it")
-needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (Debian: apt-get install "
-                                                             "chromium): the PDF fixture is printed with it")
+CHROMIUM = next(
+    (found for name in ("chromium", "chromium-browser", "google-chrome") if (found := shutil.which(name))), None
+)
+needs_pandoc = pytest.mark.skipif(
+    PANDOC is None,
+    reason="pandoc is not installed (Debian: apt-get install pandoc): "
+    "the EPUB, DOCX and HTML fixtures are made with it",
+)
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="chromium is not installed (Debian: apt-get install chromium): the PDF fixture is printed with it",
+)
 
 # Melville, Moby-Dick (1851), chapters 1-3, shortened; public domain. Headings, a sub-heading
 # per chapter, a table, a footnote, a link and a script (raw HTML: kept by pandoc in HTML and EPUB).
@@ -71,8 +77,14 @@ alone visible.
 [^1]: Whenever it is a damp, drizzly November in my soul, I account it high time to get to sea.
 """
 
-BOOK_LABELS = ["Moby-Dick; or, The Whale", "Chapter 1. Loomings", "Chapter 1. Loomings · The Water-Gazers",
-               "Chapter 2. The Carpet-Bag", "Chapter 3. The Spouter-Inn", "Chapter 3. The Spouter-Inn · The Storm"]
+BOOK_LABELS = [
+    "Moby-Dick; or, The Whale",
+    "Chapter 1. Loomings",
+    "Chapter 1. Loomings · The Water-Gazers",
+    "Chapter 2. The Carpet-Bag",
+    "Chapter 3. The Spouter-Inn",
+    "Chapter 3. The Spouter-Inn · The Storm",
+]
 
 EXTENSIONS = {"epub": "epub", "epub2": "epub", "docx": "docx", "html": "html"}
 
@@ -83,8 +95,12 @@ def pandoc(source: str, to: str, folder: Path, *args: str) -> bytes:
     src = folder / "source.md"
     src.write_text(source, encoding="utf-8")
     out = folder / f"out-{to}.{EXTENSIONS.get(to, to)}"
-    subprocess.run([PANDOC, str(src), "-f", "markdown-smart", "-t", to, "-s", "-o", str(out), *args],
-                   check=True, capture_output=True, timeout=120)
+    subprocess.run(
+        [PANDOC, str(src), "-f", "markdown-smart", "-t", to, "-s", "-o", str(out), *args],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
     return out.read_bytes()
 
 
@@ -94,15 +110,31 @@ def pdf_from_html(html: bytes, folder: Path) -> bytes:
     page = folder / "print.html"
     page.write_bytes(b"<style>h1 { break-before: page; }</style>\n" + html)
     out = folder / "print.pdf"
-    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--no-pdf-header-footer",
-                    f"--user-data-dir={folder / 'chromium-profile'}", f"--print-to-pdf={out}", page.as_uri()],
-                   check=True, capture_output=True, timeout=180)
+    subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-pdf-header-footer",
+            f"--user-data-dir={folder / 'chromium-profile'}",
+            f"--print-to-pdf={out}",
+            page.as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=180,
+    )
     return out.read_bytes()
 
 
 # --- variants of a zip ------------------------------------------------------------------------
-def rewrite_zip(data: bytes, replace: dict[str, bytes | None] | None = None, add: dict[str, bytes] | None = None,
-                rename: dict[str, str] | None = None) -> bytes:
+def rewrite_zip(
+    data: bytes,
+    replace: dict[str, bytes | None] | None = None,
+    add: dict[str, bytes] | None = None,
+    rename: dict[str, str] | None = None,
+) -> bytes:
     """The archive with members replaced (None: removed), renamed or added."""
     replace, add, rename = replace or {}, add or {}, rename or {}
     out = io.BytesIO()
@@ -159,7 +191,7 @@ def lie_about_size(data: bytes, name: str, declared: int) -> bytes:
         at = raw.find(signature)
         while at >= 0:
             length = struct.unpack_from("<H", raw, at + name_length_at)[0]
-            if bytes(raw[at + name_at:at + name_at + length]) == encoded:
+            if bytes(raw[at + name_at : at + name_at + length]) == encoded:
                 struct.pack_into("<I", raw, at + size_at, declared)
             at = raw.find(signature, at + 4)
     return bytes(raw)
@@ -230,13 +262,22 @@ def fills_pdf(fills: int, text: str = "The harbour chart: every buoy, light and 
 
     writer = PdfWriter()
     page = writer.add_blank_page(612, 792)
-    font = DictionaryObject({NameObject("/Type"): NameObject("/Font"), NameObject("/Subtype"): NameObject("/Type1"),
-                             NameObject("/BaseFont"): NameObject("/Helvetica")})
+    font = DictionaryObject(
+        {
+            NameObject("/Type"): NameObject("/Font"),
+            NameObject("/Subtype"): NameObject("/Type1"),
+            NameObject("/BaseFont"): NameObject("/Helvetica"),
+        }
+    )
     page[NameObject("/Resources")] = DictionaryObject(
-        {NameObject("/Font"): DictionaryObject({NameObject("/F1"): writer._add_object(font)})})
+        {NameObject("/Font"): DictionaryObject({NameObject("/F1"): writer._add_object(font)})}
+    )
     draw = random.Random(0)
-    ops = [b"%d %d %d %d re f" % (draw.randrange(30), draw.randrange(30), 560 + draw.randrange(50),
-                                  740 + draw.randrange(50)) for _ in range(fills)]
+    ops = [
+        b"%d %d %d %d re f"
+        % (draw.randrange(30), draw.randrange(30), 560 + draw.randrange(50), 740 + draw.randrange(50))
+        for _ in range(fills)
+    ]
     ops.append(f"0 g BT /F1 14 Tf 72 720 Td ({text}) Tj ET".encode())
     content = StreamObject()
     content.set_data(b"\n".join(ops))

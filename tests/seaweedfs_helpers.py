@@ -73,19 +73,32 @@ class SeaweedFS:
 
     def aws_environment(self) -> dict[str, str]:
         """The variables that point boto3/s3fs at this server."""
-        return {"AWS_ENDPOINT_URL": self.endpoint, "AWS_ACCESS_KEY_ID": "homer-test",
-                "AWS_SECRET_ACCESS_KEY": "homer-test-secret", "AWS_DEFAULT_REGION": "us-east-1",
-                "AWS_EC2_METADATA_DISABLED": "true"}
+        return {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "homer-test",
+            "AWS_SECRET_ACCESS_KEY": "homer-test-secret",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
 
     def start(self, timeout: float = 90.0) -> SeaweedFS:
         data = self.folder / "data"
         data.mkdir(parents=True, exist_ok=True)
         flags = [f"-{name}={port}" if "." in name else f"-{name}.port={port}" for name, port in self.ports.items()]
-        command = [self.binary, "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-webdav=false",
-                   "-master.telemetry=false", *flags]
+        command = [
+            self.binary,
+            "mini",
+            f"-dir={data}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-webdav=false",
+            "-master.telemetry=false",
+            *flags,
+        ]
         with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=self.folder,
-                                            start_new_session=True)
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, cwd=self.folder, start_new_session=True
+            )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
@@ -111,9 +124,13 @@ class SeaweedFS:
 
         name = name or f"homer-{uuid.uuid4().hex[:12]}"
         env = self.aws_environment()
-        fs = s3fs.S3FileSystem(endpoint_url=self.endpoint, key=env["AWS_ACCESS_KEY_ID"],
-                               secret=env["AWS_SECRET_ACCESS_KEY"], skip_instance_cache=True,
-                               client_kwargs={"region_name": env["AWS_DEFAULT_REGION"]})
+        fs = s3fs.S3FileSystem(
+            endpoint_url=self.endpoint,
+            key=env["AWS_ACCESS_KEY_ID"],
+            secret=env["AWS_SECRET_ACCESS_KEY"],
+            skip_instance_cache=True,
+            client_kwargs={"region_name": env["AWS_DEFAULT_REGION"]},
+        )
         deadline, last = time.monotonic() + timeout, None
         while time.monotonic() < deadline:
             try:

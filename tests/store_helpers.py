@@ -53,8 +53,13 @@ def subprocess_env(home: Path, **extra) -> dict:
 
 def start_worker(store_root: Path, home: Path, log: Path, workers: int = 1, **env) -> subprocess.Popen:
     """A real worker process (``python -m app.worker``) on the store."""
-    return subprocess.Popen([sys.executable, "-m", "app.worker", "--store", str(store_root), "-w", str(workers), "-v"],
-                            cwd=ROOT, env=subprocess_env(home, **env), stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+    return subprocess.Popen(
+        [sys.executable, "-m", "app.worker", "--store", str(store_root), "-w", str(workers), "-v"],
+        cwd=ROOT,
+        env=subprocess_env(home, **env),
+        stdout=open(log, "ab"),
+        stderr=subprocess.STDOUT,
+    )
 
 
 def stop(process: subprocess.Popen, sig=signal.SIGINT, timeout: float = 20) -> None:
@@ -81,16 +86,34 @@ def wait_until(predicate, timeout: float = 120, poll: float = 0.1, what: str = "
 def redis_url():
     """A private redis-server on a free loopback port in a temp folder; skipped only where no
     redis-server binary exists (``bash run.sh`` installs one)."""
-    binary = shutil.which("redis-server") or ("/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None)
+    binary = shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if Path("/usr/bin/redis-server").exists() else None
+    )
     if binary is None:
         pytest.skip("no redis-server binary on this machine (bash run.sh installs the Debian package)")
     import redis
 
     folder = tempfile.mkdtemp(prefix="homer-redis-")
     port = free_port()
-    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", folder, "--save", "",
-                                "--appendonly", "no", "--protected-mode", "yes"],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            folder,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--protected-mode",
+            "yes",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     url = f"redis://127.0.0.1:{port}/0"
     try:
         client = redis.Redis.from_url(url)
@@ -164,6 +187,7 @@ def model():
 def built(model):
     """(text, a real HOMER cache of it) for the store tests (import it as a fixture)."""
     from conftest import tiny_tokenizer
+
     from homer import HomerConfig, build_document_cache
 
     text = story()

@@ -142,8 +142,11 @@ def test_engine_imports_nothing_from_the_app_or_the_store():
     modules = module_files()
     offending = sorted(
         f"{name} imports {target}"
-        for name, path in modules.items() if name.split(".")[0] == "homer"
-        for target in imported_names(name, path, modules) if target.split(".")[0] in ENGINE_MUST_NOT_IMPORT)
+        for name, path in modules.items()
+        if name.split(".")[0] == "homer"
+        for target in imported_names(name, path, modules)
+        if target.split(".")[0] in ENGINE_MUST_NOT_IMPORT
+    )
     assert not offending, "homer/ must not import app/ or storage/: " + ", ".join(offending)
 
 
@@ -175,9 +178,13 @@ def room(module: str) -> str:
 
 def test_each_room_imports_only_the_rooms_below_it():
     graph = import_graph()
-    offending = sorted(f"{name} ({room(name)}) imports {target} ({room(target)})"
-                       for name, targets in graph.items() if name != "homer"  # the package's lazy exports
-                       for target in targets if room(target) not in LAYERS[room(name)])
+    offending = sorted(
+        f"{name} ({room(name)}) imports {target} ({room(target)})"
+        for name, targets in graph.items()
+        if name != "homer"  # the package's lazy exports
+        for target in targets
+        if room(target) not in LAYERS[room(name)]
+    )
     assert not offending, "layer rules (docs/development.md): " + "; ".join(offending)
 
 

@@ -28,17 +28,29 @@ from ..space import on_zero_gpu, spaces_gpu  # noqa: F401  (app.py imports them 
 from . import chat_tab, inspector_tab, library_tab, pickers, settings_tab, sharing_tab
 from .common import PageState, Services, identity
 
-CSS = """
+CSS = (
+    """
 #homer-title h1 {margin-bottom: 0}
 #turn-stats {min-height: 1.5em}
 .library-table td {white-space: normal}
-""" + reader.CSS
+"""
+    + reader.CSS
+)
 THEME = gr.themes.Soft(primary_hue="blue")
 
 
-def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | None = None, auth: bool = False,
-             allow_model_change: bool = True, refresh_seconds: float = 2.0,
-             slices=None, access: mcp_tools.Access | None = None) -> gr.Blocks:
+def build_ui(
+    store,
+    queue,
+    chat: ChatService,
+    model_name: str,
+    gpu: Callable | None = None,
+    auth: bool = False,
+    allow_model_change: bool = True,
+    refresh_seconds: float = 2.0,
+    slices=None,
+    access: mcp_tools.Access | None = None,
+) -> gr.Blocks:
     """The whole app. ``queue`` is the build queue (:class:`app.worker.BuildQueue`), ``gpu``
     wraps the functions that run the model (``spaces.GPU`` on ZeroGPU), ``auth``: documents
     are per user (the login name). ``slices`` (:class:`app.slices.Slices`): when set, builds
@@ -57,8 +69,11 @@ def build_ui(store, queue, chat: ChatService, model_name: str, gpu: Callable | N
     # delete_cache: the server's copies of uploads and exported bundles go after a day
     with gr.Blocks(title="HOMER Chat", analytics_enabled=False, delete_cache=(3600, 86400)) as demo:
         state = PageState.create(model_name)
-        gr.Markdown("# HOMER Chat\nLet a small model read a whole book once, keep what it read as a compact "
-                    "cache, and answer question after question from that cache.", elem_id="homer-title")
+        gr.Markdown(
+            "# HOMER Chat\nLet a small model read a whole book once, keep what it read as a compact "
+            "cache, and answer question after question from that cache.",
+            elem_id="homer-title",
+        )
         model_line = gr.Markdown()
         if access.oauth:  # a Space with hf_oauth: true (or HOMER_HF_OAUTH=1)
             gr.LoginButton(elem_id="login")

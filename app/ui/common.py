@@ -83,10 +83,12 @@ class Services:
         ``functools.partial`` hides all of that. The name and docstring (the API's description)
         are the handler's."""
         if inspect.isgeneratorfunction(handler):
+
             @functools.wraps(handler)
             def event(*args, **kwargs):
                 yield from handler(self, *args, **kwargs)
         else:
+
             @functools.wraps(handler)
             def event(*args, **kwargs):
                 return handler(self, *args, **kwargs)

@@ -24,8 +24,14 @@ class InspectorTab:
     tree_plot: gr.Plot
 
 
-def inspect(services: Services, document_id: str | None, model: str, settings: dict, request: gr.Request,
-            profile: gr.OAuthProfile | None = None):
+def inspect(
+    services: Services,
+    document_id: str | None,
+    model: str,
+    settings: dict,
+    request: gr.Request,
+    profile: gr.OAuthProfile | None = None,
+):
     if not document_id:
         return None, None, "Pick a ready document."
     chat = services.chat
@@ -40,16 +46,20 @@ def inspect(services: Services, document_id: str | None, model: str, settings: d
     except (StoreError, ValueError) as exc:
         return None, None, f"✗ {exc}"
     title = f"Kept tokens per {data['unit'] if data['unit'] in ('page', 'section') else 'stretch of the text'}"
-    return (inspector.density_figure(data, title), inspector.tree_figure(shape),
-            inspector.summary_markdown(shape, data))
+    return (
+        inspector.density_figure(data, title),
+        inspector.tree_figure(shape),
+        inspector.summary_markdown(shape, data),
+    )
 
 
 def layout() -> InspectorTab:
     """The Inspector tab, inside the page's ``gr.Tabs``."""
     with gr.Tab("Inspector", id="inspector"):
         with gr.Row():
-            document = gr.Dropdown(label="Ready document", choices=[], scale=3, elem_id="inspector-doc",
-                                   allow_custom_value=True)
+            document = gr.Dropdown(
+                label="Ready document", choices=[], scale=3, elem_id="inspector-doc", allow_custom_value=True
+            )
             inspect_btn = gr.Button("Inspect", scale=1, elem_id="inspect")
         summary = gr.Markdown(elem_id="inspector-summary")
         density_plot = gr.Plot(label="Kept-token density", elem_id="density-plot", format="png")

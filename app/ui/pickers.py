@@ -14,8 +14,18 @@ from ..multi_document import WHOLE_LIBRARY, WHOLE_LIBRARY_LABEL
 from .common import PageState, Services
 
 
-def update_pickers(services: Services, version: str, lib_doc, chat_doc, share_doc, insp_doc, chat_docs,
-                   waiting: list | None, request: gr.Request = None, profile: gr.OAuthProfile | None = None):
+def update_pickers(
+    services: Services,
+    version: str,
+    lib_doc,
+    chat_doc,
+    share_doc,
+    insp_doc,
+    chat_docs,
+    waiting: list | None,
+    request: gr.Request = None,
+    profile: gr.OAuthProfile | None = None,
+):
     """The pickers after a refresh: the chat's offers every askable document (its progress
     in the label while it is read) and picks an upload made in the chat as soon as it is
     askable; ``waiting``: those uploads, ``[[id, name], …]``, until then."""
@@ -35,21 +45,31 @@ def update_pickers(services: Services, version: str, lib_doc, chat_doc, share_do
     def pick(value, options, ids, default=None):
         return gr.update(choices=options, value=value if value in ids else default)
 
-    selection = gr.update(choices=[(WHOLE_LIBRARY_LABEL, WHOLE_LIBRARY), *askable],
-                          value=[v for v in chat_docs or [] if v in askable_ids or v == WHOLE_LIBRARY])
+    selection = gr.update(
+        choices=[(WHOLE_LIBRARY_LABEL, WHOLE_LIBRARY), *askable],
+        value=[v for v in chat_docs or [] if v in askable_ids or v == WHOLE_LIBRARY],
+    )
     chat_pick = pick(chat_doc, askable, askable_ids, None if waiting else first)
     lines = [pending_line(name, state) for (_, name), state in states if state]
     reading = lists.get("reading", {}).get(chat_pick["value"])
     if reading:  # the picked document is still being read (or was not read by this model)
         waits = reading.startswith(("reading ", "queued")) and not reading.endswith("failed")
-        lines.append(f"{reading} — ask something specific now; a question about the whole document is answered "
-                     "once it has been read" if waits else
-                     f"{reading} — specific questions are answered from its passages; read it again in the "
-                     "Library for questions about the whole document")
-    return (pick(lib_doc, every, every_ids), chat_pick,
-            pick(share_doc, ready, ready_ids, first if first in ready_ids else None),
-            pick(insp_doc, ready, ready_ids),  # inspecting costs: on request
-            selection, kept, "\n\n".join(lines))
+        lines.append(
+            f"{reading} — ask something specific now; a question about the whole document is answered "
+            "once it has been read"
+            if waits
+            else f"{reading} — specific questions are answered from its passages; read it again in the "
+            "Library for questions about the whole document"
+        )
+    return (
+        pick(lib_doc, every, every_ids),
+        chat_pick,
+        pick(share_doc, ready, ready_ids, first if first in ready_ids else None),
+        pick(insp_doc, ready, ready_ids),  # inspecting costs: on request
+        selection,
+        kept,
+        "\n\n".join(lines),
+    )
 
 
 def failed(state: str | None) -> bool:
@@ -57,8 +77,9 @@ def failed(state: str | None) -> bool:
     return bool(state) and state.startswith("reading failed")
 
 
-def pending_state(services: Services, item: list, request: gr.Request | None,
-                  profile: gr.OAuthProfile | None = None) -> str | None:
+def pending_state(
+    services: Services, item: list, request: gr.Request | None, profile: gr.OAuthProfile | None = None
+) -> str | None:
     """What an upload ``[id, name]`` whose text is not stored yet is doing ("queued for
     reading"), or None when there is nothing to wait for (gone, or not this user's)."""
     try:
@@ -81,11 +102,16 @@ def not_stored(name: str, state: str) -> str:
     return f"{name}: {state}: its text is not stored yet — ask again in a few seconds"
 
 
-def update_event(services: Services, state: PageState, pickers: list, chat_docs: gr.Dropdown,
-                 chat_status: gr.Markdown) -> dict:
+def update_event(
+    services: Services, state: PageState, pickers: list, chat_docs: gr.Dropdown, chat_status: gr.Markdown
+) -> dict:
     """The keyword arguments of the event that updates the pickers (``pickers``: the library's,
     the chat's, the Share tab's and the Inspector's document pickers), the chat's selection of
     several documents, the waiting uploads and the chat status after a refresh."""
-    return {"fn": services.bind(update_pickers), "inputs": [state.version, *pickers, chat_docs, state.waiting],
-            "outputs": [*pickers, chat_docs, state.waiting, chat_status], "show_progress": "hidden",
-            "api_visibility": "private"}
+    return {
+        "fn": services.bind(update_pickers),
+        "inputs": [state.version, *pickers, chat_docs, state.waiting],
+        "outputs": [*pickers, chat_docs, state.waiting, chat_status],
+        "show_progress": "hidden",
+        "api_visibility": "private",
+    }

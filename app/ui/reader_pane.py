@@ -40,8 +40,9 @@ def read(opened):
     return opened.html, opened.state()
 
 
-def open_source(services: Services, index, found: list | None, request: gr.Request,
-                profile: gr.OAuthProfile | None = None):
+def open_source(
+    services: Services, index, found: list | None, request: gr.Request, profile: gr.OAuthProfile | None = None
+):
     """Open the clicked source in the reader: only a document the user may see."""
     if not isinstance(index, int) or not found or not 0 <= index < len(found):
         return gr.update(), gr.update()
@@ -51,8 +52,9 @@ def open_source(services: Services, index, found: list | None, request: gr.Reque
         return read(f"✗ {exc}")
 
 
-def turn_page(services: Services, opened: dict | None, step: int, request: gr.Request,
-              profile: gr.OAuthProfile | None = None):
+def turn_page(
+    services: Services, opened: dict | None, step: int, request: gr.Request, profile: gr.OAuthProfile | None = None
+):
     """The reader's previous / next page or section of the document it shows."""
     if not opened or not opened.get("document_id"):
         return gr.update(), gr.update()
@@ -60,14 +62,14 @@ def turn_page(services: Services, opened: dict | None, step: int, request: gr.Re
     if not 1 <= number <= int(opened.get("count") or 1):
         return gr.update(), gr.update()
     try:
-        return read(reader.open_location(services.store, opened["document_id"], number,
-                                         services.owner(request, profile)))
+        return read(
+            reader.open_location(services.store, opened["document_id"], number, services.owner(request, profile))
+        )
     except (StoreError, ValueError) as exc:
         return read(f"✗ {exc}")
 
 
-def previous_page(services: Services, opened: dict | None, request: gr.Request,
-                  profile: gr.OAuthProfile | None = None):
+def previous_page(services: Services, opened: dict | None, request: gr.Request, profile: gr.OAuthProfile | None = None):
     return turn_page(services, opened, -1, request, profile)
 
 
@@ -79,9 +81,15 @@ def next_page(services: Services, opened: dict | None, request: gr.Request, prof
 def layout() -> ReaderPane:
     """The reader's column, beside the conversation in the Chat tab."""
     with gr.Column(scale=2, min_width=360, elem_id="reader-pane"):
-        sources = gr.Dataset(label="Sources of the last answer: click one to open it",
-                             components=["textbox"], samples=[], type="index", visible=False,
-                             samples_per_page=12, elem_id="sources")
+        sources = gr.Dataset(
+            label="Sources of the last answer: click one to open it",
+            components=["textbox"],
+            samples=[],
+            type="index",
+            visible=False,
+            samples_per_page=12,
+            elem_id="sources",
+        )
         places = gr.State([])
         opened = gr.State({})
         view = gr.HTML(reader.EMPTY, elem_id="reader", js_on_load=reader.SCROLL_JS)
@@ -94,21 +102,46 @@ def layout() -> ReaderPane:
 def no_sources_event(pane: ReaderPane) -> dict:
     """The keyword arguments of the event that empties the list of sources (another
     conversation is shown)."""
-    return {"fn": lambda: show_sources({}), "inputs": None, "outputs": [pane.sources, pane.places],
-            "show_progress": "hidden", "api_visibility": "private"}
+    return {
+        "fn": lambda: show_sources({}),
+        "inputs": None,
+        "outputs": [pane.sources, pane.places],
+        "show_progress": "hidden",
+        "api_visibility": "private",
+    }
 
 
 def sources_event(pane: ReaderPane, turn_json: gr.JSON) -> dict:
     """The keyword arguments of the event that lists the sources of the turn just answered."""
-    return {"fn": show_sources, "inputs": turn_json, "outputs": [pane.sources, pane.places],
-            "show_progress": "hidden", "api_visibility": "private"}
+    return {
+        "fn": show_sources,
+        "inputs": turn_json,
+        "outputs": [pane.sources, pane.places],
+        "show_progress": "hidden",
+        "api_visibility": "private",
+    }
 
 
 def wire(services: Services, pane: ReaderPane) -> None:
     """A click on a source opens it; previous / next turn the pages."""
-    pane.sources.click(services.bind(open_source), [pane.sources, pane.places], [pane.view, pane.opened],
-                       show_progress="hidden", api_visibility="private")
-    pane.previous_btn.click(services.bind(previous_page), pane.opened, [pane.view, pane.opened],
-                            show_progress="hidden", api_visibility="private")
-    pane.next_btn.click(services.bind(next_page), pane.opened, [pane.view, pane.opened], show_progress="hidden",
-                        api_visibility="private")
+    pane.sources.click(
+        services.bind(open_source),
+        [pane.sources, pane.places],
+        [pane.view, pane.opened],
+        show_progress="hidden",
+        api_visibility="private",
+    )
+    pane.previous_btn.click(
+        services.bind(previous_page),
+        pane.opened,
+        [pane.view, pane.opened],
+        show_progress="hidden",
+        api_visibility="private",
+    )
+    pane.next_btn.click(
+        services.bind(next_page),
+        pane.opened,
+        [pane.view, pane.opened],
+        show_progress="hidden",
+        api_visibility="private",
+    )

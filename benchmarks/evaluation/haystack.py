@@ -10,8 +10,24 @@ from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
-CITIES = ["Paris", "Tokyo", "Cairo", "Lima", "Oslo", "Delhi", "Rome", "Dublin", "Quito", "Seoul",
-          "Nairobi", "Madrid", "Hanoi", "Vienna", "Lisbon", "Havana"]
+CITIES = [
+    "Paris",
+    "Tokyo",
+    "Cairo",
+    "Lima",
+    "Oslo",
+    "Delhi",
+    "Rome",
+    "Dublin",
+    "Quito",
+    "Seoul",
+    "Nairobi",
+    "Madrid",
+    "Hanoi",
+    "Vienna",
+    "Lisbon",
+    "Havana",
+]
 
 
 @lru_cache(maxsize=1)

@@ -14,5 +14,16 @@ from .pipeline import AnswerError, AnswerSettings, DocumentChat
 from .results import Answer, Source, TurnReport
 from .retrieval import DocumentText
 
-__all__ = ["Answer", "AnswerError", "AnswerSettings", "DocumentChat", "DocumentText", "OpenDocument", "Passage",
-           "PassageIndex", "Source", "TurnReport", "open_document"]
+__all__ = [
+    "Answer",
+    "AnswerError",
+    "AnswerSettings",
+    "DocumentChat",
+    "DocumentText",
+    "OpenDocument",
+    "Passage",
+    "PassageIndex",
+    "Source",
+    "TurnReport",
+    "open_document",
+]

@@ -61,16 +61,19 @@ class Citations:
         return self.pages[0].page if self.pages else None
 
     def label(self, locations=None) -> str:
-        """"p. 12, p. 47" (empty when nothing was found); with a sectioned
+        """ "p. 12, p. 47" (empty when nothing was found); with a sectioned
         :class:`homer.reading.locations.LocationMap`, the sections' labels."""
         if locations is None:
             return ", ".join(f"p. {c.page}" for c in self.pages)
         return ", ".join(locations.label(c.page) for c in self.pages)
 
     def to_dict(self) -> dict:
-        return {"pages": [{"page": c.page, "score": round(c.score, 4)} for c in self.pages],
-                "seconds": round(self.seconds, 4),
-                "layers": self.layers, "query_tokens": self.query_tokens}
+        return {
+            "pages": [{"page": c.page, "score": round(c.score, 4)} for c in self.pages],
+            "seconds": round(self.seconds, 4),
+            "layers": self.layers,
+            "query_tokens": self.query_tokens,
+        }
 
 
 def default_layers(num_layers: int, fraction: tuple[float, float] = DEFAULT_LAYER_FRACTION) -> list[int]:
@@ -89,9 +92,17 @@ def pages_of_offsets(char_offsets: torch.Tensor, page_starts: list[int]) -> torc
 
 
 @torch.no_grad()
-def attention_to_cache(model, cache: HomerCache, new_ids: list[int], query_start: int,
-                       layers: list[int] | None = None, stack: DecoderStack | None = None,
-                       return_hidden: bool = False, per_layer: bool = False, reduce: str = "peak"):
+def attention_to_cache(
+    model,
+    cache: HomerCache,
+    new_ids: list[int],
+    query_start: int,
+    layers: list[int] | None = None,
+    stack: DecoderStack | None = None,
+    return_hidden: bool = False,
+    per_layer: bool = False,
+    reduce: str = "peak",
+):
     """The attention that the queries ``new_ids[query_start:]`` put on each cached token.
 
     ``new_ids`` are the tokens that followed the cache (placed at ``cache.next_position`` on,
@@ -124,8 +135,14 @@ def attention_to_cache(model, cache: HomerCache, new_ids: list[int], query_start
 
 
 @torch.no_grad()
-def attention_rows(stack: DecoderStack, cache: HomerCache | None, new_ids: list[int], query_start: int,
-                   last_layer: int, own_keys: bool = False):
+def attention_rows(
+    stack: DecoderStack,
+    cache: HomerCache | None,
+    new_ids: list[int],
+    query_start: int,
+    last_layer: int,
+    own_keys: bool = False,
+):
     """Run ``new_ids`` after the cache through layers 0..``last_layer`` and yield, per layer,
     ``(layer, probs, hidden)``: the softmax weights of the queries ``new_ids[query_start:]``
     on the cached keys only, [H, queries, len(cache)] in float32, and the layer's output
@@ -151,8 +168,9 @@ def attention_rows(stack: DecoderStack, cache: HomerCache | None, new_ids: list[
     # causal over the new tokens, everything cached visible
     visible = torch.ones(n, t + n, dtype=torch.bool, device=device)
     visible[:, t:] = torch.ones(n, n, dtype=torch.bool, device=device).tril()
-    mask = torch.zeros(rows, t + n, dtype=torch.float32, device=device).masked_fill(~visible[query_start:],
-                                                                                     float("-inf"))
+    mask = torch.zeros(rows, t + n, dtype=torch.float32, device=device).masked_fill(
+        ~visible[query_start:], float("-inf")
+    )
     for layer_idx in range(last_layer + 1):
         attn = stack.layers[layer_idx].self_attn
         q, k, v = stack.project(layer_idx, hidden, (cos, sin))  # q [1, H, n, d], k and v [1, KV, n, d]
@@ -169,9 +187,13 @@ def attention_rows(stack: DecoderStack, cache: HomerCache | None, new_ids: list[
         if query_start:  # the rows before: the same attention, without keeping the weights
             seen = t + query_start  # the keys those rows can see
             early = F.scaled_dot_product_attention(
-                q[:, :, :query_start], keys[:, :, :seen].repeat_interleave(groups, dim=1),
+                q[:, :, :query_start],
+                keys[:, :, :seen].repeat_interleave(groups, dim=1),
                 values[:, :, :seen].repeat_interleave(groups, dim=1),
-                attn_mask=None if t == 0 else visible[:query_start, :seen], is_causal=t == 0, scale=stack.scaling)
+                attn_mask=None if t == 0 else visible[:query_start, :seen],
+                is_causal=t == 0,
+                scale=stack.scaling,
+            )
             out = torch.cat([early, out], dim=2)
         out = attn.o_proj(out.transpose(1, 2).reshape(1, n, -1))
         hidden = stack.mlp_half(layer_idx, hidden + out)
@@ -180,8 +202,9 @@ def attention_rows(stack: DecoderStack, cache: HomerCache | None, new_ids: list[
 
 
 @torch.no_grad()
-def attention_to_prompt(model, ids: list[int], query_start: int, layers: list[int] | None = None,
-                        stack: DecoderStack | None = None) -> torch.Tensor:
+def attention_to_prompt(
+    model, ids: list[int], query_start: int, layers: list[int] | None = None, stack: DecoderStack | None = None
+) -> torch.Tensor:
     """:func:`attention_to_cache` for a plain prompt (nothing cached, ``ids`` from position
     0): the peak weight — over heads, the queries ``ids[query_start:]`` and ``layers``
     (default: the lower half) — that each token of ``ids`` receives, [len(ids)]. A token
@@ -197,8 +220,14 @@ def attention_to_prompt(model, ids: list[int], query_start: int, layers: list[in
     return peak
 
 
-def rank_pages(scores: torch.Tensor, cache: HomerCache, page_starts: list[int], top: int = 3,
-               relative: float = 0.75, min_score: float = 0.0) -> tuple[list[PageCitation], dict[int, float]]:
+def rank_pages(
+    scores: torch.Tensor,
+    cache: HomerCache,
+    page_starts: list[int],
+    top: int = 3,
+    relative: float = 0.75,
+    min_score: float = 0.0,
+) -> tuple[list[PageCitation], dict[int, float]]:
     """Score each page by its best kept *document* token (prompt tokens, whose source is −1,
     never count) and rank the pages.
 
@@ -215,13 +244,25 @@ def rank_pages(scores: torch.Tensor, cache: HomerCache, page_starts: list[int], 
     found = {int(p): float(per_page[p]) for p in pages.unique().tolist()}
     ranked = sorted(found.items(), key=lambda item: (-item[1], item[0]))
     best = ranked[0][1]
-    chosen = [PageCitation(page, score) for page, score in ranked[:top]
-              if score >= relative * best and score >= min_score and score > 0]
+    chosen = [
+        PageCitation(page, score)
+        for page, score in ranked[:top]
+        if score >= relative * best and score >= min_score and score > 0
+    ]
     return chosen, found
 
 
-def cite(model, cache: HomerCache, page_starts: list[int], new_ids: list[int], answer_start: int,
-         layers: list[int] | None = None, top: int = 3, relative: float = 0.75, min_score: float | None = None) -> Citations:
+def cite(
+    model,
+    cache: HomerCache,
+    page_starts: list[int],
+    new_ids: list[int],
+    answer_start: int,
+    layers: list[int] | None = None,
+    top: int = 3,
+    relative: float = 0.75,
+    min_score: float | None = None,
+) -> Citations:
     """Pages an answer was read from.
 
     ``new_ids``: the tokens that followed the cache in the conversation (earlier turns, the
@@ -246,8 +287,9 @@ def cite(model, cache: HomerCache, page_starts: list[int], new_ids: list[int], a
     return Citations(pages, scores, time.perf_counter() - started, chosen_layers, len(ids) - query_start)
 
 
-def turn_ids(tokenizer, prompt, turns: list[tuple[str, str]], question: str, answer: str,
-             cached_question: str | None = None) -> tuple[list[int], int]:
+def turn_ids(
+    tokenizer, prompt, turns: list[tuple[str, str]], question: str, answer: str, cached_question: str | None = None
+) -> tuple[list[int], int]:
     """The tokens that follow a question-agnostic cache in a conversation whose earlier
     ``turns`` are followed by ``question`` and ``answer`` — re-tokenised from the text the
     conversation renders (:class:`homer.prompting.DocumentPrompt`), so no decode state is
@@ -267,8 +309,17 @@ def turn_ids(tokenizer, prompt, turns: list[tuple[str, str]], question: str, ans
     return list(ids) + list(answer_ids), len(ids)
 
 
-def cite_answer(model, tokenizer, cache: HomerCache, page_starts: list[int], question: str, answer: str,
-                turns: list[tuple[str, str]] | None = None, prompt=None, **options) -> Citations:
+def cite_answer(
+    model,
+    tokenizer,
+    cache: HomerCache,
+    page_starts: list[int],
+    question: str,
+    answer: str,
+    turns: list[tuple[str, str]] | None = None,
+    prompt=None,
+    **options,
+) -> Citations:
     """:func:`cite` for a conversation given as text (its earlier ``turns``, the question and
     the answer), on the cache's own prompt layout."""
     from ..prompting import DocumentPrompt, default_prompt
@@ -276,8 +327,9 @@ def cite_answer(model, tokenizer, cache: HomerCache, page_starts: list[int], que
     if prompt is None:
         stored = cache.metadata.get("prompt")
         prompt = DocumentPrompt.from_json(stored) if stored else default_prompt(tokenizer)
-    ids, answer_start = turn_ids(tokenizer, prompt, list(turns or []), question, answer,
-                                 cache.metadata.get("question") or None)
+    ids, answer_start = turn_ids(
+        tokenizer, prompt, list(turns or []), question, answer, cache.metadata.get("question") or None
+    )
     if answer_start >= len(ids):
         return Citations()
     return cite(model, cache, page_starts, ids, answer_start, **options)

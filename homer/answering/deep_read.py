@@ -49,8 +49,9 @@ class DeepReadUnavailable(ValueError):
 
 
 # --- the deep read ---------------------------------------------------------------------
-def attention_with_past(stack: DecoderStack, layer_idx: int, hidden: torch.Tensor, rope, past_k: torch.Tensor,
-                        past_v: torch.Tensor):
+def attention_with_past(
+    stack: DecoderStack, layer_idx: int, hidden: torch.Tensor, rope, past_k: torch.Tensor, past_v: torch.Tensor
+):
     """``DecoderStack.attention_half`` for new tokens after ``past`` ones: the new tokens see
     every past token and each other causally. hidden [1, n, H]; past_k/v [KV, m, d].
 
@@ -94,7 +95,7 @@ class _DeepReader(_Builder):
             x, q, k, v = attention_with_past(stack, layer, x, rope, past_k[j], past_v[j])
             node.keys.append(torch.cat([past_k[j], k[0].to(self.kv_dtype)], 1))
             node.values.append(torch.cat([past_v[j], v[0].to(self.kv_dtype)], 1))
-            if len(node) > target and layer in layers[-self.score_layers:]:
+            if len(node) > target and layer in layers[-self.score_layers :]:
                 self.note_scores(node, layer, layers, q, torch.cat([past_k[j].unsqueeze(0).to(k.dtype), k], 2), target)
             if layer != layers[-1]:
                 x = stack.mlp_half(layer, x)
@@ -112,8 +113,15 @@ def _as_states(leaf_states) -> LeafStates:
 
 
 @torch.no_grad()
-def deep_read(model, leaf_states, suffix_ids, config: HomerConfig | None = None, progress: Progress | None = None,
-              metadata: dict | None = None, fallback: bool = True) -> HomerCache:
+def deep_read(
+    model,
+    leaf_states,
+    suffix_ids,
+    config: HomerConfig | None = None,
+    progress: Progress | None = None,
+    metadata: dict | None = None,
+    fallback: bool = True,
+) -> HomerCache:
     """The cache a full build with ``suffix_ids`` would give, from stored leaf states.
 
     ``leaf_states``: a path or :class:`~homer.leaf_states.LeafStates`. ``config``: default the
@@ -136,16 +144,27 @@ def deep_read(model, leaf_states, suffix_ids, config: HomerConfig | None = None,
         if not fallback:
             raise DeepReadUnavailable(
                 f"a suffix of {plan.suffix_len} tokens needs {plan.num_leaves} leaves; the stored states have "
-                f"{states.num_leaves}: rebuild")
+                f"{states.num_leaves}: rebuild"
+            )
         meta["deep_read"] = "full-rebuild"
         return _Builder(*args)
 
-    return build_cache(model, states.prefix_ids, states.context_ids, suffix_ids, config, progress, meta,
-                       states.context_units, _make_builder=make)
+    return build_cache(
+        model,
+        states.prefix_ids,
+        states.context_ids,
+        suffix_ids,
+        config,
+        progress,
+        meta,
+        states.context_units,
+        _make_builder=make,
+    )
 
 
-def build_document_with_leaf_states(model, tokenizer, text: str, leaf_states, config: HomerConfig | None = None,
-                                    **kwargs) -> HomerCache:
+def build_document_with_leaf_states(
+    model, tokenizer, text: str, leaf_states, config: HomerConfig | None = None, **kwargs
+) -> HomerCache:
     """:func:`homer.document.build_document_cache` that also writes the leaf states to
     ``leaf_states`` (a path) for later :func:`deep_read_document` calls."""
     return build_document_cache(model, tokenizer, text, config, leaf_states=leaf_states, **kwargs)
@@ -157,9 +176,16 @@ def _set_char_offsets(cache: HomerCache, offsets: torch.Tensor | None) -> None:
 
 
 @torch.no_grad()
-def deep_read_document(model, tokenizer, leaf_states, question: str, config: HomerConfig | None = None,
-                       progress: Progress | None = None, metadata: dict | None = None,
-                       fallback: bool = True) -> HomerCache:
+def deep_read_document(
+    model,
+    tokenizer,
+    leaf_states,
+    question: str,
+    config: HomerConfig | None = None,
+    progress: Progress | None = None,
+    metadata: dict | None = None,
+    fallback: bool = True,
+) -> HomerCache:
     """A question-aware cache of the document whose leaf states are stored in
     ``leaf_states``: the same prompt layout as the stored build, ``question`` in the suffix,
     metadata ``question`` set (so :class:`homer.Conversation` treats it as question-aware)."""

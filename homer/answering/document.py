@@ -23,9 +23,17 @@ class OpenDocument:
     """A document's text with its places and passage index, the model that answers, and its
     HOMER cache once :meth:`read` (or :meth:`load_cache`) gave one."""
 
-    def __init__(self, text: str, model, tokenizer, name: str = "document", page_starts: list[int] | None = None,
-                 labels: list[str] | None = None, document_id: str | None = None,
-                 settings: AnswerSettings | None = None):
+    def __init__(
+        self,
+        text: str,
+        model,
+        tokenizer,
+        name: str = "document",
+        page_starts: list[int] | None = None,
+        labels: list[str] | None = None,
+        document_id: str | None = None,
+        settings: AnswerSettings | None = None,
+    ):
         self.text, self.model, self.tokenizer = text, model, tokenizer
         self.document = DocumentText.of_text(text, name, page_starts, labels, document_id)
         self.settings = settings or AnswerSettings()
@@ -41,8 +49,14 @@ class OpenDocument:
         al., ICLR 2024), for questions about the document as a whole; returns ``self``."""
         from ..document import build_document_cache
 
-        self.cache = build_document_cache(self.model, self.tokenizer, self.text, config, progress=progress,
-                                          metadata={"document_id": self.document.id, "source": self.name})
+        self.cache = build_document_cache(
+            self.model,
+            self.tokenizer,
+            self.text,
+            config,
+            progress=progress,
+            metadata={"document_id": self.document.id, "source": self.name},
+        )
         self._chat = None
         return self
 
@@ -73,8 +87,13 @@ class OpenDocument:
         return answer
 
 
-def open_document(source: str | Path | bytes, model=None, tokenizer=None, name: str | None = None,
-                  settings: AnswerSettings | None = None) -> OpenDocument:
+def open_document(
+    source: str | Path | bytes,
+    model=None,
+    tokenizer=None,
+    name: str | None = None,
+    settings: AnswerSettings | None = None,
+) -> OpenDocument:
     """Open a PDF, EPUB, DOCX, HTML, TXT or Markdown file (a path, or its bytes with ``name``)
     or a text (a string that is not a file's path) for questions. ``model``: a loaded model
     (with its ``tokenizer``), a Hugging Face id or folder, or None for the embedded default."""

@@ -32,8 +32,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from ..config import model_window
-from ..generation import (ConversationFullError, DecodeState, GenerationSettings, PreallocatedCache, eos_token_ids,
-                         generate_tokens)
+from ..generation import (
+    ConversationFullError,
+    DecodeState,
+    GenerationSettings,
+    PreallocatedCache,
+    eos_token_ids,
+    generate_tokens,
+)
 from ..prompting import DocumentPrompt, default_prompt
 from ..text_encoding import encode_marked, encode_text, mark
 
@@ -66,11 +72,14 @@ class FocusStrategy:
         return INTRO + passages_block(reading_order(passages, order)) + "Question: " + question
 
 
-STRATEGIES = {s.name: s for s in (
-    FocusStrategy("cache", True, False, "the stored cache, then the question"),
-    FocusStrategy("passages", False, True, "the retrieved passages and the question, without the cache"),
-    FocusStrategy("cache+passages", True, True, "the stored cache, then the retrieved passages and the question"),
-)}
+STRATEGIES = {
+    s.name: s
+    for s in (
+        FocusStrategy("cache", True, False, "the stored cache, then the question"),
+        FocusStrategy("passages", False, True, "the retrieved passages and the question, without the cache"),
+        FocusStrategy("cache+passages", True, True, "the stored cache, then the retrieved passages and the question"),
+    )
+}
 FOCUS_CHOICES = tuple(STRATEGIES)
 
 
@@ -81,7 +90,8 @@ _WHOLE = re.compile(
     r"|\bhow\s+does\s+(it|the\s+\w+)\s+(begin|start|open|end|finish|conclude)\b"
     r"|\bsummar(y|ies|ise|ize|ising|izing)\b|\boverview\b|\bgist\b"
     r"|\bmain\s+(people|persons|characters|ideas?|themes?|points?|topics?|events?|arguments?|parts?)\b",
-    re.IGNORECASE)
+    re.IGNORECASE,
+)
 
 
 def whole_document(question: str) -> bool:
@@ -125,7 +135,7 @@ def excerpt(text: str, question: str, words: int) -> str:
     itself when it is no longer. Fewer tokens to prefill is a shorter time to the first
     token on a CPU, and a small model is distracted less by the rest of the passage."""
     span = excerpt_span(text, question, words)
-    return text if span is None else " ".join(text[span[0]:span[1]].split())
+    return text if span is None else " ".join(text[span[0] : span[1]].split())
 
 
 def excerpt_span(text: str, question: str, words: int) -> tuple[int, int] | None:
@@ -139,7 +149,7 @@ def excerpt_span(text: str, question: str, words: int) -> tuple[int, int] | None
         return None
     wanted = content_words(question)
     keys = [content_words(t) & wanted for t in tokens]  # "vacuous-creek" holds two words, "Abram's" one
-    hits = [len(set().union(*keys[start:start + words])) for start in range(0, len(tokens) - words + 1)]
+    hits = [len(set().union(*keys[start : start + words])) for start in range(0, len(tokens) - words + 1)]
     best = max(hits)
     tied = [start for start, h in enumerate(hits) if h == best]
     lo = tied[len(tied) // 2]  # the middle of the tied windows: the matched words centred, context both sides
@@ -177,8 +187,9 @@ def cache_room(cache, model, max_new_tokens: int) -> int:
     return model_window(model.config) - cache.next_position - max_new_tokens
 
 
-def stream_text(model, tokenizer, state: DecodeState, ids: list[int], settings: GenerationSettings,
-                eos_ids: set[int]) -> Iterator[tuple[str, list[int], bool]]:
+def stream_text(
+    model, tokenizer, state: DecodeState, ids: list[int], settings: GenerationSettings, eos_ids: set[int]
+) -> Iterator[tuple[str, list[int], bool]]:
     """Feed ``ids`` in one batched prefill and decode: ``(new text, answer ids so far, ended)``
     per step where the text grew, then one last item with empty text."""
     answer_ids, shown, ended = [], "", False
@@ -189,11 +200,11 @@ def stream_text(model, tokenizer, state: DecodeState, ids: list[int], settings: 
         answer_ids.append(token)
         text = tokenizer.decode(answer_ids, skip_special_tokens=True)
         if len(text) > len(shown) and not text.endswith("\ufffd"):
-            yield text[len(shown):], answer_ids, False
+            yield text[len(shown) :], answer_ids, False
             shown = text
     answer = tokenizer.decode(answer_ids, skip_special_tokens=True)
     if len(answer) > len(shown):
-        yield answer[len(shown):], answer_ids, False
+        yield answer[len(shown) :], answer_ids, False
     yield "", answer_ids, ended
 
 
@@ -225,8 +236,12 @@ class PassageConversation:
         """Ids of the whole prompt: the passages as the document (document text, marked), the
         earlier turns and the question (the user's and the model's text, marked)."""
         t = self.tokenizer
-        text = self.prompt.render(t, [(mark(t, q), mark(t, a)) for q, a in turns], mark(t, question),
-                                  document=mark(t, passages_block(reading_order(passages, self.order)).rstrip("\n")))
+        text = self.prompt.render(
+            t,
+            [(mark(t, q), mark(t, a)) for q, a in turns],
+            mark(t, question),
+            document=mark(t, passages_block(reading_order(passages, self.order)).rstrip("\n")),
+        )
         ids = encode_marked(t, text)
         if self.prompt.style == "completion" and t.bos_token_id is not None:
             ids = [t.bos_token_id] + ids
@@ -247,8 +262,10 @@ class PassageConversation:
         self.turns = turns
         room = self.window - len(ids)
         if room < 1:
-            raise ConversationFullError(f"the question needs {-room + 1} more tokens than the model's window "
-                                        f"of {self.window}; ask a shorter question")
+            raise ConversationFullError(
+                f"the question needs {-room + 1} more tokens than the model's window "
+                f"of {self.window}; ask a shorter question"
+            )
         return ids, min(max_new_tokens, room)
 
     def ask(self, question: str, passages: Sequence[str], settings: GenerationSettings | None = None) -> Iterator[str]:
@@ -258,8 +275,9 @@ class PassageConversation:
         if room < settings.max_new_tokens:
             settings = replace(settings, max_new_tokens=room)
         dtype = next(self.model.parameters()).dtype
-        self.state = DecodeState(kv=PreallocatedCache(self.model.config.num_hidden_layers, storage_dtype=dtype),
-                                 position=0)
+        self.state = DecodeState(
+            kv=PreallocatedCache(self.model.config.num_hidden_layers, storage_dtype=dtype), position=0
+        )
         self.state.stats["prompt_tokens"] = len(ids)
         answer_ids: list[int] = []
         for piece, answer_ids, _ in stream_text(self.model, self.tokenizer, self.state, ids, settings, self.eos_ids):

@@ -30,7 +30,8 @@ NOT_FOUND = "I could not find this in the document."
 MIN_COVERAGE = 0.3
 
 # Function words and question words: they carry no information about where an answer is.
-STOPWORDS = frozenset("""
+STOPWORDS = frozenset(
+    """
 a an the of in on at to for by with from as is are was were be been being am and or nor not no
 what which who whom whose when where why how did does do done that this these those it its into
 than then there their they them he she his her him i you we our your my me us shall should will
@@ -38,7 +39,8 @@ would can could may might must has have had any some all each every about after 
 during over under up down out off so such very also only just more most other same own if
 named called name many much one mentioned provided text document book say said tell according
 paper report article chapter section page pages author authors pdf passage excerpt story file
-""".split())
+""".split()
+)
 _WORD = re.compile(r"[a-z0-9]+")
 
 
@@ -53,8 +55,9 @@ def _stem(word: str) -> str:
 
 def content_words(text: str) -> set[str]:
     """The stemmed words of ``text`` that carry information (no function or question words)."""
-    return {_stem(w) for w in _WORD.findall((text or "").lower())
-            if w not in STOPWORDS and (len(w) > 1 or w.isdigit())}  # not the "s" of "Abram's"
+    return {
+        _stem(w) for w in _WORD.findall((text or "").lower()) if w not in STOPWORDS and (len(w) > 1 or w.isdigit())
+    }  # not the "s" of "Abram's"
 
 
 def document_frequencies(passages: Iterable[str]) -> tuple[Counter, int]:
@@ -86,8 +89,9 @@ def coverage(question: str, passages: Sequence[str], df: Mapping[str, int], tota
     return best
 
 
-def found(question: str, passages: Sequence[str], df: Mapping[str, int], total: int,
-          minimum: float = MIN_COVERAGE) -> bool:
+def found(
+    question: str, passages: Sequence[str], df: Mapping[str, int], total: int, minimum: float = MIN_COVERAGE
+) -> bool:
     """Whether the passages hold enough of the question to answer from them (a question
     without a content word, "And then?", always: it is about the conversation)."""
     return coverage(question, passages, df, total) >= minimum

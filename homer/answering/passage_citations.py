@@ -32,10 +32,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from .citations import attention_to_prompt, default_layers
-from .focus import DEFAULT_PASSAGE_ORDER, reading_order
 from ..layers import DecoderStack
 from ..text_encoding import encode_text
+from .citations import attention_to_prompt, default_layers
+from .focus import DEFAULT_PASSAGE_ORDER, reading_order
 
 
 @dataclass
@@ -51,12 +51,15 @@ class PassageScores:
     def order(self) -> list[int]:
         """Passage indices best first; a tie, or an unlocated passage, keeps the given order
         (unlocated ones last)."""
-        return sorted(range(len(self.scores)),
-                      key=lambda i: (self.scores[i] is None, -(self.scores[i] or 0.0), i))
+        return sorted(range(len(self.scores)), key=lambda i: (self.scores[i] is None, -(self.scores[i] or 0.0), i))
 
     def to_dict(self) -> dict:
-        return {"scores": [None if s is None else round(s, 4) for s in self.scores],
-                "seconds": round(self.seconds, 4), "layers": self.layers, "query_tokens": self.query_tokens}
+        return {
+            "scores": [None if s is None else round(s, 4) for s in self.scores],
+            "seconds": round(self.seconds, 4),
+            "layers": self.layers,
+            "query_tokens": self.query_tokens,
+        }
 
 
 def _flat(text: str) -> str:
@@ -67,8 +70,9 @@ def _decode(tokenizer, ids) -> str:
     return tokenizer.decode(list(ids), skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 
-def passage_spans(tokenizer, prompt_ids: Sequence[int], passages: Sequence[str],
-                  order: str = DEFAULT_PASSAGE_ORDER) -> list[tuple[int, int] | None]:
+def passage_spans(
+    tokenizer, prompt_ids: Sequence[int], passages: Sequence[str], order: str = DEFAULT_PASSAGE_ORDER
+) -> list[tuple[int, int] | None]:
     """Token span ``[start, end)`` in ``prompt_ids`` of each passage's text (without its
     ``[i]`` label), as :func:`homer.answering.focus.passages_block` numbered them when the prompt read
     ``passages`` (best first) in ``order`` (:func:`homer.answering.focus.reading_order`); one span per
@@ -120,8 +124,13 @@ def passage_spans(tokenizer, prompt_ids: Sequence[int], passages: Sequence[str],
     return spans
 
 
-def score_passages(model, prompt_ids: Sequence[int], answer_ids: Sequence[int],
-                   spans: Sequence[tuple[int, int] | None], layers: list[int] | None = None) -> PassageScores:
+def score_passages(
+    model,
+    prompt_ids: Sequence[int],
+    answer_ids: Sequence[int],
+    spans: Sequence[tuple[int, int] | None],
+    layers: list[int] | None = None,
+) -> PassageScores:
     """The peak attention of the answer-producing queries over each passage's span.
 
     ``prompt_ids``: the whole prompt the answer followed (it starts at position 0, a fresh
@@ -137,14 +146,19 @@ def score_passages(model, prompt_ids: Sequence[int], answer_ids: Sequence[int],
     ids = prompt + answer[:-1]  # the last answer token's query predicts what follows the answer: not read
     query_start = len(prompt) - 1
     peaks = attention_to_prompt(model, ids, query_start, chosen, stack=stack)
-    scores = [None if span is None or span[1] <= span[0] else float(peaks[span[0]:span[1]].max())
-              for span in spans]
+    scores = [None if span is None or span[1] <= span[0] else float(peaks[span[0] : span[1]].max()) for span in spans]
     return PassageScores(scores, list(spans), time.perf_counter() - started, chosen, len(ids) - query_start)
 
 
-def cite_passages(model, tokenizer, prompt_ids: Sequence[int], answer: str | Sequence[int],
-                  passages: Sequence[str], layers: list[int] | None = None,
-                  order: str = DEFAULT_PASSAGE_ORDER) -> PassageScores:
+def cite_passages(
+    model,
+    tokenizer,
+    prompt_ids: Sequence[int],
+    answer: str | Sequence[int],
+    passages: Sequence[str],
+    layers: list[int] | None = None,
+    order: str = DEFAULT_PASSAGE_ORDER,
+) -> PassageScores:
     """:func:`score_passages` with the spans located (:func:`passage_spans`); ``answer`` as
     text is encoded as the model's text (control-token strings stay text), as
     :func:`homer.answering.citations.turn_ids` does."""

@@ -33,7 +33,8 @@ INDEX_VERSION = 2  # bump when the splitting changes: older indexes are rebuilt 
 TOKENIZE = "porter unicode61"
 _MAX_TERMS = 32  # a pasted paragraph as a question still makes a bounded query
 
-STOP_WORDS = frozenset("""
+STOP_WORDS = frozenset(
+    """
 a about above after again against all am an and any are as at be because been before being below between both
 but by can could did do does doing down during each few for from further had has have having he her here hers
 herself him himself his how i if in into is it its itself just me more most my myself no nor not now of off on
@@ -41,7 +42,8 @@ once only or other our ours ourselves out over own same she should so some such 
 themselves then there these they this those through to too under until up very was we were what when where which
 while who whom why will with would you your yours yourself yourselves shall thee thou thy thine unto ye hath doth
 tell please give name named called say said book document text
-""".split())
+""".split()
+)
 
 _WORD = re.compile(r"[^\W_]+", re.UNICODE)  # as FTS5's unicode61 tokenizer cuts words
 _SENTENCE_END = re.compile(r"(?<=[.!?;:])\s+")
@@ -122,8 +124,7 @@ def split_passages(text: str, page_starts: list[int] | None = None, words: int =
         blank = False
     passages, current, held = [], None, 0
     for s, e, count, after_blank in units:
-        if current is not None and (held >= words or (after_blank and held >= words // 2)
-                                    or held + count > 2 * words):
+        if current is not None and (held >= words or (after_blank and held >= words // 2) or held + count > 2 * words):
             passages.append(current)
             current, held = None, 0
         current = (current[0], e) if current else (s, e)
@@ -173,8 +174,9 @@ class PassageIndex:
         self._lock = threading.Lock()
         self._db = sqlite3.connect(":memory:", check_same_thread=False)
         self._db.execute(f"CREATE VIRTUAL TABLE fts USING FTS5 (text, tokenize='{TOKENIZE}')")
-        self._db.executemany("INSERT INTO fts (rowid, text) VALUES (?, ?)",
-                             [(i, p.text) for i, p in enumerate(self._passages)])
+        self._db.executemany(
+            "INSERT INTO fts (rowid, text) VALUES (?, ?)", [(i, p.text) for i, p in enumerate(self._passages)]
+        )
         self._frequencies: tuple | None = None
 
     @classmethod
@@ -197,8 +199,10 @@ class PassageIndex:
         if expression is None or k < 1:
             return []
         with self._lock:
-            rows = self._db.execute("SELECT rowid, bm25(fts) AS score FROM fts WHERE fts MATCH ? "
-                                    "ORDER BY score, rowid LIMIT ?", [expression, int(k)]).fetchall()
+            rows = self._db.execute(
+                "SELECT rowid, bm25(fts) AS score FROM fts WHERE fts MATCH ? ORDER BY score, rowid LIMIT ?",
+                [expression, int(k)],
+            ).fetchall()
         out = []
         for rowid, score in rows:
             p = self._passages[int(rowid)]

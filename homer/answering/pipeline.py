@@ -32,8 +32,17 @@ from dataclasses import dataclass
 
 from ..generation import Conversation, ConversationFullError, GenerationSettings
 from . import grounding
-from .focus import (DEFAULT_PASSAGE_ORDER, PASSAGE_ORDERS, FocusStrategy, PassageConversation, cache_room,
-                     fit_passages, route, strategy, whole_document)
+from .focus import (
+    DEFAULT_PASSAGE_ORDER,
+    PASSAGE_ORDERS,
+    FocusStrategy,
+    PassageConversation,
+    cache_room,
+    fit_passages,
+    route,
+    strategy,
+    whole_document,
+)
 from .results import Answer, Source, TurnReport, source_line
 from .retrieval import DocumentText, FoundPassage, coverage, retrieve
 
@@ -44,10 +53,14 @@ AUTO = "auto"
 AUTO_SPECIFIC = "passages"
 FOCUS_NAMES = (AUTO, "cache", "passages", "cache+passages")
 SOURCE_ORDERS = ("retrieval", "attention")
-NO_CACHE = ("this question is about the whole document: it is answered from the document's HOMER cache, "
-            "which is not built yet (read the document first)")
-SEVERAL_WHOLE = ("a question about a whole document needs that one document (its cache holds the gist): "
-                 "pick one, or ask something specific across several")
+NO_CACHE = (
+    "this question is about the whole document: it is answered from the document's HOMER cache, "
+    "which is not built yet (read the document first)"
+)
+SEVERAL_WHOLE = (
+    "a question about a whole document needs that one document (its cache holds the gist): "
+    "pick one, or ask something specific across several"
+)
 
 
 class AnswerError(ValueError):
@@ -123,8 +136,14 @@ class DocumentChat:
     live KV state after the cache can be dropped with :meth:`release` to save memory — the
     turns are then re-appended with the next question."""
 
-    def __init__(self, model, tokenizer, documents: DocumentText | Sequence[DocumentText], cache=None,
-                 settings: AnswerSettings | None = None):
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        documents: DocumentText | Sequence[DocumentText],
+        cache=None,
+        settings: AnswerSettings | None = None,
+    ):
         self.model, self.tokenizer = model, tokenizer
         self.documents = [documents] if isinstance(documents, DocumentText) else list(documents)
         if not self.documents:
@@ -152,8 +171,16 @@ class DocumentChat:
         return answer
 
     # --- one turn ----------------------------------------------------------------------------
-    def stream(self, question: str, *, focus: str | None = None, generation: GenerationSettings | None = None,
-               cache=None, cache_note: str = "", waiting: str | None = None) -> Iterator[Answer]:
+    def stream(
+        self,
+        question: str,
+        *,
+        focus: str | None = None,
+        generation: GenerationSettings | None = None,
+        cache=None,
+        cache_note: str = "",
+        waiting: str | None = None,
+    ) -> Iterator[Answer]:
         """Stream :class:`Answer` items for ``question`` (text so far); the last is ``done``
         with its sources and report.
 
@@ -168,16 +195,20 @@ class DocumentChat:
             raise AnswerError("type a question")
         generation = generation or GenerationSettings()
         chosen = self.settings.strategy(question, focus)
-        report = TurnReport(chosen.name, turn=len(self.turns) + 1,
-                            documents=[{"id": d.id, "name": d.name} for d in self.documents])
+        report = TurnReport(
+            chosen.name, turn=len(self.turns) + 1, documents=[{"id": d.id, "name": d.name} for d in self.documents]
+        )
         if cache_note:
             report.notes.append(cache_note)
         turn_cache = cache if cache is not None else self.cache
         if self.several and chosen.uses_cache:
             if whole_document(question) or (focus or self.settings.focus) not in (None, AUTO):
-                raise AnswerError(SEVERAL_WHOLE if whole_document(question) else
-                                  f"focus “{chosen.name}” reads one document's cache: pick one document, "
-                                  "or use auto or passages across several")
+                raise AnswerError(
+                    SEVERAL_WHOLE
+                    if whole_document(question)
+                    else f"focus “{chosen.name}” reads one document's cache: pick one document, "
+                    "or use auto or passages across several"
+                )
         if chosen.uses_cache and turn_cache is None:
             if chosen.uses_passages:  # cache+passages before the cache exists: the passages alone
                 chosen = strategy("passages")
@@ -274,8 +305,14 @@ class DocumentChat:
             texts = fit_passages(self.tokenizer, texts, cache_room(cache, self.model, max_new_tokens), question)
             found = found[: len(texts)]
         held = coverage(question, found)
-        return TurnPlan(chosen, found, texts, held, self.settings.not_found and held < grounding.MIN_COVERAGE,
-                        time.perf_counter() - began)
+        return TurnPlan(
+            chosen,
+            found,
+            texts,
+            held,
+            self.settings.not_found and held < grounding.MIN_COVERAGE,
+            time.perf_counter() - began,
+        )
 
     # --- helpers -------------------------------------------------------------------------------
     @staticmethod
@@ -291,47 +328,77 @@ class DocumentChat:
         p = found.passage
         out = {"seq": p.seq, "page": p.page, "start": p.start, "end": p.end, "score": round(p.score, 3)}
         if self.several:
-            out.update(document_id=found.document.id, document=found.document.name, rank=found.rank,
-                       fused=round(found.fused, 6))
+            out.update(
+                document_id=found.document.id,
+                document=found.document.name,
+                rank=found.rank,
+                fused=round(found.fused, 6),
+            )
         return out
 
-    def _passage_sources(self, answer: Answer, report: TurnReport, found: list[FoundPassage], texts: list[str],
-                         question: str, conversation, chosen: FocusStrategy) -> None:
+    def _passage_sources(
+        self,
+        answer: Answer,
+        report: TurnReport,
+        found: list[FoundPassage],
+        texts: list[str],
+        question: str,
+        conversation,
+        chosen: FocusStrategy,
+    ) -> None:
         """The passages read, as sources: in retrieval order, or by the answer's attention
         (``source_order="attention"``, a passages-only answer: :mod:`homer.answering.passage_citations`)."""
         began = time.perf_counter()
         report.cited = True
         order = list(range(len(found)))
         report.source_order = "retrieval"
-        if (self.settings.source_order == "attention" and not chosen.uses_cache and answer.text.strip()
-                and not self.several):
+        if (
+            self.settings.source_order == "attention"
+            and not chosen.uses_cache
+            and answer.text.strip()
+            and not self.several
+        ):
             from .passage_citations import cite_passages, last_turn_prompt
 
             rebuilt = last_turn_prompt(conversation, question, texts)
             if rebuilt is not None:
                 prompt_ids, read = rebuilt
-                cited = cite_passages(self.model, self.tokenizer, prompt_ids, answer.text, read,
-                                      order=conversation.order)
+                cited = cite_passages(
+                    self.model, self.tokenizer, prompt_ids, answer.text, read, order=conversation.order
+                )
                 order = cited.order() + list(range(len(read), len(found)))
                 report.source_order = "attention"
-                report.source_scores = [{"seq": found[i].passage.seq, "page": found[i].passage.page,
-                                         "score": None if i >= len(read) else round(cited.scores[i], 4)}
-                                        for i in order]
+                report.source_scores = [
+                    {
+                        "seq": found[i].passage.seq,
+                        "page": found[i].passage.page,
+                        "score": None if i >= len(read) else round(cited.scores[i], 4),
+                    }
+                    for i in order
+                ]
         lines = []
         for i in order:
             f = found[i]
             read = f.read(question, self.settings.excerpt_words)
             locations = f.document.locations
-            source = Source(f.document.id, f.document.name, read.page, locations.label(read.page), read.start,
-                            read.end, read.quote(query=f.quote_words or question))
+            source = Source(
+                f.document.id,
+                f.document.name,
+                read.page,
+                locations.label(read.page),
+                read.start,
+                read.end,
+                read.quote(query=f.quote_words or question),
+            )
             answer.sources.append(source)
             where = ", ".join(x for x in (f.document.name if self.several else "", locations.where(read.page)) if x)
             lines.append(source_line(where, source.quote))
         answer.sources_text = "\n" + "\n".join(lines)
         report.citation_seconds = round(time.perf_counter() - began + report.retrieval_seconds, 4)
 
-    def _cache_sources(self, answer: Answer, report: TurnReport, cache, prompt, turns, question: str,
-                       text: str) -> None:
+    def _cache_sources(
+        self, answer: Answer, report: TurnReport, cache, prompt, turns, question: str, text: str
+    ) -> None:
         """The pages an answer from the cache was read from (its attention over the cache's
         kept tokens, :func:`homer.answering.citations.cite_answer`); none for a one-page document or a
         cache without source offsets."""
@@ -341,8 +408,9 @@ class DocumentChat:
             return
         from .citations import cite_answer
 
-        cited = cite_answer(self.model, self.tokenizer, cache, list(locations.starts), question, text, turns=turns,
-                            prompt=prompt)
+        cited = cite_answer(
+            self.model, self.tokenizer, cache, list(locations.starts), question, text, turns=turns, prompt=prompt
+        )
         report.cited = True
         report.citation_seconds = round(cited.seconds, 4)
         report.citations = cited.to_dict()["pages"]
@@ -353,5 +421,15 @@ class DocumentChat:
         answer.sources_text = f" {label}" if label else ""
 
 
-__all__ = ["AUTO_SPECIFIC", "Answer", "AnswerError", "AnswerSettings", "DocumentChat", "NO_CACHE", "Source",
-           "TurnPlan", "TurnReport", "source_line"]
+__all__ = [
+    "AUTO_SPECIFIC",
+    "Answer",
+    "AnswerError",
+    "AnswerSettings",
+    "DocumentChat",
+    "NO_CACHE",
+    "Source",
+    "TurnPlan",
+    "TurnReport",
+    "source_line",
+]

@@ -43,8 +43,8 @@ class TurnReport:
 
     strategy: str
     turn: int = 1
-    documents: list[dict] = field(default_factory=list)   # id and name of each document asked
-    passages: list[dict] = field(default_factory=list)    # seq, page, span, score (rank, fused over several)
+    documents: list[dict] = field(default_factory=list)  # id and name of each document asked
+    passages: list[dict] = field(default_factory=list)  # seq, page, span, score (rank, fused over several)
     retrieval_seconds: float = 0.0
     coverage: float | None = None
     not_found: bool = False
@@ -58,12 +58,12 @@ class TurnReport:
     appended_tokens: int = 0
     forgotten_turns: int = 0
     seconds: float = 0.0
-    cited: bool = False                                   # sources were looked for (citations on, something to cite)
+    cited: bool = False  # sources were looked for (citations on, something to cite)
     citation_seconds: float = 0.0
-    citations: list[dict] = field(default_factory=list)   # pages cited from the cache, with scores
+    citations: list[dict] = field(default_factory=list)  # pages cited from the cache, with scores
     source_order: str = ""
     source_scores: list[dict] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)        # one line each: what the user should know
+    notes: list[str] = field(default_factory=list)  # one line each: what the user should know
 
     def to_dict(self) -> dict:
         """The report as a plain dict (the app's turn details and API); ``focus`` is the

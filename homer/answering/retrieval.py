@@ -15,9 +15,9 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
+from ..reading.locations import LocationMap
 from . import grounding
 from .focus import excerpt, excerpt_span
-from ..reading.locations import LocationMap
 from .passages import STOP_WORDS, Passage, PassageIndex, query_terms
 
 RRF_CONSTANT = 60  # reciprocal rank fusion's k (Cormack et al., 2009)
@@ -37,13 +37,24 @@ class DocumentText:
     chars: int = 0
 
     @classmethod
-    def of_text(cls, text: str, name: str = "document", page_starts: list[int] | None = None,
-                labels: list[str] | None = None, id: str | None = None) -> "DocumentText":
+    def of_text(
+        cls,
+        text: str,
+        name: str = "document",
+        page_starts: list[int] | None = None,
+        labels: list[str] | None = None,
+        id: str | None = None,
+    ) -> "DocumentText":
         """A document known by its text (an in-memory passage index, the app's ranking)."""
         import hashlib
 
-        return cls(id or hashlib.sha256(text.encode("utf-8")).hexdigest(), name, LocationMap.of(page_starts, labels),
-                   PassageIndex.of_text(text, page_starts), len(text))
+        return cls(
+            id or hashlib.sha256(text.encode("utf-8")).hexdigest(),
+            name,
+            LocationMap.of(page_starts, labels),
+            PassageIndex.of_text(text, page_starts),
+            len(text),
+        )
 
 
 def read_part(passage: Passage, question: str, locations: LocationMap, words: int) -> Passage:
@@ -112,22 +123,28 @@ def quote_words(text: str, terms: Sequence[str], counts: Mapping[str, int]) -> s
     return " ".join(t for t in held if counts[t] == fewest)
 
 
-def fuse(ranked: Mapping[str, Sequence[Passage]], question: str, k: int,
-         constant: int = RRF_CONSTANT) -> list[tuple[str, Passage, int, float]]:
+def fuse(
+    ranked: Mapping[str, Sequence[Passage]], question: str, k: int, constant: int = RRF_CONSTANT
+) -> list[tuple[str, Passage, int, float]]:
     """The ``k`` best ``(document id, passage, rank in its document, fused score)`` of
     per-document rankings (each best first): each document's own order fused with one order
     of all candidates by how many of the question's words they hold (equal counts share a
     rank). Score ``1 / (constant + own rank) + 1 / (constant + word rank)``; ties go to the
     better own rank, then to the document given first."""
     terms = search_terms(question)
-    candidates = [(doc, p, rank, order) for order, (doc, found) in enumerate(ranked.items())
-                  for rank, p in enumerate(found, start=1)]
+    candidates = [
+        (doc, p, rank, order)
+        for order, (doc, found) in enumerate(ranked.items())
+        for rank, p in enumerate(found, start=1)
+    ]
     held = [sum(1 for t in terms if holds(p.text, t)) for _, p, _, _ in candidates]
     by_words = {count: 1 + sum(1 for other in held if other > count) for count in set(held)}  # competition ranks
-    scored = [(doc, p, rank, 1 / (constant + rank) + 1 / (constant + by_words[count]), order)
-              for (doc, p, rank, order), count in zip(candidates, held)]
+    scored = [
+        (doc, p, rank, 1 / (constant + rank) + 1 / (constant + by_words[count]), order)
+        for (doc, p, rank, order), count in zip(candidates, held)
+    ]
     scored.sort(key=lambda s: (-s[3], s[2], s[4], s[1].seq))
-    return [(doc, p, rank, score) for doc, p, rank, score, _ in scored[:max(k, 0)]]
+    return [(doc, p, rank, score) for doc, p, rank, score, _ in scored[: max(k, 0)]]
 
 
 def retrieve(documents: Sequence[DocumentText], question: str, k: int) -> list[FoundPassage]:
@@ -140,8 +157,10 @@ def retrieve(documents: Sequence[DocumentText], question: str, k: int) -> list[F
     by_id = {doc.id: doc for doc in documents}
     terms = search_terms(question)
     counts = {t: sum(holds(p.text, t) for found in ranked.values() for p in found) for t in terms}
-    return [FoundPassage(by_id[doc], passage, rank, score, quote_words(passage.text, terms, counts))
-            for doc, passage, rank, score in fuse(ranked, question, k)]
+    return [
+        FoundPassage(by_id[doc], passage, rank, score, quote_words(passage.text, terms, counts))
+        for doc, passage, rank, score in fuse(ranked, question, k)
+    ]
 
 
 def coverage(question: str, found: Sequence[FoundPassage]) -> float:

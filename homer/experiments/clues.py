@@ -12,8 +12,9 @@ from __future__ import annotations
 
 from ..generation import Conversation, GenerationSettings
 
-CLUE_REQUEST = ("Recall the sentence of the document that answers this question, in the document's own words. "
-                "Question: {question}")
+CLUE_REQUEST = (
+    "Recall the sentence of the document that answers this question, in the document's own words. Question: {question}"
+)
 CLUE_TOKENS = 24
 
 

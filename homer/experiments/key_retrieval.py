@@ -91,8 +91,9 @@ def _check_layers(stack: DecoderStack, layers) -> tuple[int, ...]:
 
 
 @torch.no_grad()
-def encode_keys(model, tokenizer, text: str, layers=DEFAULT_LAYERS, chunk: int = DEFAULT_CHUNK,
-                progress=None) -> KeyIndex:
+def encode_keys(
+    model, tokenizer, text: str, layers=DEFAULT_LAYERS, chunk: int = DEFAULT_CHUNK, progress=None
+) -> KeyIndex:
     """Read ``text`` once in ``chunk``-token pieces; its :class:`KeyIndex`. ``progress(done, total)``
     is called after each piece."""
     stack = DecoderStack(model)
@@ -103,15 +104,20 @@ def encode_keys(model, tokenizer, text: str, layers=DEFAULT_LAYERS, chunk: int =
         raise ValueError("nothing to index: the text has no tokens")
     pieces = []
     for at in range(0, len(ids), chunk):
-        pieces.append(_run(stack, ids[at: at + chunk], layers, "k").cpu())
+        pieces.append(_run(stack, ids[at : at + chunk], layers, "k").cpu())
         if progress is not None:
             progress(min(at + chunk, len(ids)), len(ids))
     keys = torch.cat(pieces)
     # keys share a large common direction (and a chunk's first tokens, its attention sinks, are
     # outliers): centre them on the document's mean key before the cosine
     center = keys.mean(dim=0)
-    return KeyIndex(F.normalize(keys - center, dim=-1).half(), [a for a, _ in enc["offset_mapping"]],
-                    [b for _, b in enc["offset_mapping"]], layers, center)
+    return KeyIndex(
+        F.normalize(keys - center, dim=-1).half(),
+        [a for a, _ in enc["offset_mapping"]],
+        [b for _, b in enc["offset_mapping"]],
+        layers,
+        center,
+    )
 
 
 @torch.no_grad()
@@ -160,13 +166,14 @@ def token_similarity(index: KeyIndex, queries: torch.Tensor, heads=None) -> torc
     flat_q = torch.stack(list(pairs.values()), 1).reshape(m, -1)
     sims = []
     for at in range(0, index.keys.shape[0], 65_536):  # bounded memory on long books
-        block = index.keys[at: at + 65_536][:, rows, kvs].float()  # [n, pairs, d]
+        block = index.keys[at : at + 65_536][:, rows, kvs].float()  # [n, pairs, d]
         sims.append(flat_q @ block.reshape(block.shape[0], -1).T)
     return torch.cat(sims, dim=1) / len(heads)
 
 
-def rank_passages(index: KeyIndex, queries: torch.Tensor, spans: list[tuple[int, int]],
-                  heads=None) -> list[tuple[int, float]]:
+def rank_passages(
+    index: KeyIndex, queries: torch.Tensor, spans: list[tuple[int, int]], heads=None
+) -> list[tuple[int, float]]:
     """``spans``: each passage's ``(start, end)`` characters, in document order. Every passage
     holding a token, as ``(passage number, score)``, best first, scored by ``heads`` (see
     :func:`token_similarity`)."""

@@ -28,8 +28,9 @@ from ..plan import ChunkPlan
 from ..prompting import DocumentPrompt, default_prompt
 
 
-def document_leaves(model, tokenizer, text: str, config: HomerConfig | None = None,
-                    prompt: DocumentPrompt | None = None) -> list[tuple[int, int]]:
+def document_leaves(
+    model, tokenizer, text: str, config: HomerConfig | None = None, prompt: DocumentPrompt | None = None
+) -> list[tuple[int, int]]:
     """Character spans ``[start, end)`` of the leaves a document-first build cuts ``text``
     into (:class:`homer.plan.ChunkPlan`), in document order; together they cover the text."""
     ids, offsets = tokenize_document(tokenizer, text)
@@ -37,9 +38,15 @@ def document_leaves(model, tokenizer, text: str, config: HomerConfig | None = No
         raise ValueError("the document has no text")
     prefix, suffix = document_prompt_ids(tokenizer, prompt or default_prompt(tokenizer))
     config = (config or HomerConfig()).resolve(model.config)
-    plan = ChunkPlan(prefix_len=len(prefix), context_len=len(ids), suffix_len=len(suffix),
-                     max_chunk_len=config.max_chunk_len, target_len=config.target_len,
-                     num_layers=int(model.config.num_hidden_layers), warmup_layers=config.warmup_layers)
+    plan = ChunkPlan(
+        prefix_len=len(prefix),
+        context_len=len(ids),
+        suffix_len=len(suffix),
+        max_chunk_len=config.max_chunk_len,
+        target_len=config.target_len,
+        num_layers=int(model.config.num_hidden_layers),
+        warmup_layers=config.warmup_layers,
+    )
     spans = []
     for leaf in range(plan.num_leaves):
         first, end = plan.slice_bounds(leaf)
@@ -57,9 +64,16 @@ def leaves_holding(spans: Sequence[tuple[int, int]], offsets: Sequence[int]) -> 
     return sorted({min(max(bisect_right(starts, o) - 1, 0), len(spans) - 1) for o in offsets})
 
 
-def read_leaves(model, tokenizer, text: str, spans: Sequence[tuple[int, int]], leaves: Sequence[int],
-                question: str, config: HomerConfig | None = None,
-                prompt: DocumentPrompt | None = None) -> HomerCache:
+def read_leaves(
+    model,
+    tokenizer,
+    text: str,
+    spans: Sequence[tuple[int, int]],
+    leaves: Sequence[int],
+    question: str,
+    config: HomerConfig | None = None,
+    prompt: DocumentPrompt | None = None,
+) -> HomerCache:
     """A question-aware HOMER cache of the ``leaves`` of ``text`` (in document order, a blank
     line between non-adjacent ones), the question in the suffix."""
     if not leaves:

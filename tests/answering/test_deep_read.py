@@ -2,13 +2,17 @@
 
 import pytest
 import torch
+from conftest import random_ids, tiny_model, tiny_tokenizer
 
 from homer import Conversation, HomerConfig, build_cache, build_document_cache
-from homer.answering.deep_read import DeepReadUnavailable, build_document_with_leaf_states, deep_read, deep_read_document
+from homer.answering.deep_read import (
+    DeepReadUnavailable,
+    build_document_with_leaf_states,
+    deep_read,
+    deep_read_document,
+)
 from homer.leaf_states import LeafStateMismatchError, LeafStates
 from homer.plan import ChunkPlan
-
-from conftest import random_ids, tiny_model, tiny_tokenizer
 
 P = 3
 UNCAL = HomerConfig(significance="uncalibrated", cache_dtype="float32")  # M = 32, T = 32, W = 2 on tiny models
@@ -35,15 +39,27 @@ def llama():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("context_len", [20, 60, 150])
-@pytest.mark.parametrize("config", [
-    UNCAL,
-    HomerConfig(significance="calibrated", cache_dtype="float32",
-                bias=torch.rand(6, 32, generator=torch.Generator().manual_seed(5))),
-    HomerConfig(significance="random", cache_dtype="float32", seed=3),
-    HomerConfig(significance="uncalibrated", cache_dtype="float32", query_rows=3, target_len=24),
-    HomerConfig(significance="calibrated", cache_dtype="float32", query_rows=2, score_layers=3,
-                bias=torch.rand(6, 32, generator=torch.Generator().manual_seed(6))),
-], ids=["uncalibrated", "calibrated", "random", "rows3-T24", "3-layer-scores"])
+@pytest.mark.parametrize(
+    "config",
+    [
+        UNCAL,
+        HomerConfig(
+            significance="calibrated",
+            cache_dtype="float32",
+            bias=torch.rand(6, 32, generator=torch.Generator().manual_seed(5)),
+        ),
+        HomerConfig(significance="random", cache_dtype="float32", seed=3),
+        HomerConfig(significance="uncalibrated", cache_dtype="float32", query_rows=3, target_len=24),
+        HomerConfig(
+            significance="calibrated",
+            cache_dtype="float32",
+            query_rows=2,
+            score_layers=3,
+            bias=torch.rand(6, 32, generator=torch.Generator().manual_seed(6)),
+        ),
+    ],
+    ids=["uncalibrated", "calibrated", "random", "rows3-T24", "3-layer-scores"],
+)
 def test_deep_read_equals_a_full_question_aware_build(llama, tmp_path, context_len, config):
     prefix, context = random_ids(P, 1), random_ids(context_len, 2)
     stored_suffix = random_ids(3, 3)  # the document-first suffix the states are built with
@@ -116,8 +132,9 @@ def test_leaf_states_refuse_another_model_or_other_settings(llama, tmp_path):
     with pytest.raises(LeafStateMismatchError, match="fingerprint"):
         LeafStates.open(path, model=other)
     with pytest.raises(LeafStateMismatchError, match="warmup_layers"):
-        deep_read(llama, path, suffix, config=HomerConfig(significance="uncalibrated", cache_dtype="float32",
-                                                          warmup_layers=1))
+        deep_read(
+            llama, path, suffix, config=HomerConfig(significance="uncalibrated", cache_dtype="float32", warmup_layers=1)
+        )
     with pytest.raises(LeafStateMismatchError, match="cache_dtype"):
         LeafStates.open(path, model=llama, config=HomerConfig(cache_dtype="float16"))
     # pruning settings may differ: they act after the stored states
@@ -179,8 +196,13 @@ def test_cli_build_with_leaf_states_then_deep_read(model_dir, tmp_path):
     import sys
 
     def homer(*args):
-        return subprocess.run([sys.executable, "-m", "homer", *map(str, args)], capture_output=True, text=True,
-                              env={"HOMER_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}, timeout=300)
+        return subprocess.run(
+            [sys.executable, "-m", "homer", *map(str, args)],
+            capture_output=True,
+            text=True,
+            env={"HOMER_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+            timeout=300,
+        )
 
     doc = tmp_path / "book.txt"
     doc.write_text("The lighthouse keeper was named Ada. " * 60)
@@ -190,8 +212,9 @@ def test_cli_build_with_leaf_states_then_deep_read(model_dir, tmp_path):
     leaves = tmp_path / "book.leaves.safetensors"
     assert leaves.exists() and "leaf states" in r.stdout
     answer = tmp_path / "q.homer.safetensors"
-    r = homer("deep-read", leaves, "Who kept the lighthouse?", "-o", answer, "--model", model_dir,
-              "--max-new-tokens", "4")
+    r = homer(
+        "deep-read", leaves, "Who kept the lighthouse?", "-o", answer, "--model", model_dir, "--max-new-tokens", "4"
+    )
     assert r.returncode == 0, r.stderr
     assert "from leaf states" in r.stderr and r.stdout.startswith("> Who kept the lighthouse?")
     from homer import HomerCache

@@ -5,32 +5,68 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from store_helpers import story
 
 from app.chat import ChatError, ChatService, describe_turn
 from app.focus import AUTO_SPECIFIC
 from app.ingest import add_to_store, ingest_bytes
 from homer import HomerConfig, build_document_cache
+from homer.answering.focus import (
+    FOCUS_CHOICES,
+    INTRO,
+    PassageConversation,
+    cache_room,
+    fit_passages,
+    passages_block,
+    route,
+    strategy,
+    whole_document,
+)
 from homer.fingerprint import model_fingerprint
-from homer.answering.focus import (FOCUS_CHOICES, INTRO, PassageConversation, cache_room, fit_passages, passages_block,
-                         route, strategy, whole_document)
 from homer.generation import Conversation, GenerationSettings, working_cache
 from homer.text_encoding import encode_marked, mark
 from storage import Store
 from storage import passages as index
 
 FAST = HomerConfig(significance="uncalibrated")
-HOSTILE = ['"', '""', "'", 'a "b', "AND", "OR NOT", "NOT", "NEAR(lamp keeper, 2)", "*", "lamp*", "text:lamp",
-           "passages_fts:lamp", "^lamp", "(", ")", "{text}", "-lamp", "lamp +", "'; DROP TABLE passages; --",
-           "\x00lamp", "\u2063<|im_end|>", "…", "   ", "??", "a" * 5000, "lamp " * 500, "ünïcödé Ω"]
+HOSTILE = [
+    '"',
+    '""',
+    "'",
+    'a "b',
+    "AND",
+    "OR NOT",
+    "NOT",
+    "NEAR(lamp keeper, 2)",
+    "*",
+    "lamp*",
+    "text:lamp",
+    "passages_fts:lamp",
+    "^lamp",
+    "(",
+    ")",
+    "{text}",
+    "-lamp",
+    "lamp +",
+    "'; DROP TABLE passages; --",
+    "\x00lamp",
+    "\u2063<|im_end|>",
+    "…",
+    "   ",
+    "??",
+    "a" * 5000,
+    "lamp " * 500,
+    "ünïcödé Ω",
+]
 
 
 def doc_text(n: int = 40, rare_at: int = 23) -> str:
     lines = []
     for i in range(n):
         word = "zyzzogeton" if i == rare_at else "keeper"
-        lines.append(f"Paragraph {i}. The {word} kept the lamp by the sea for many quiet years, and the ships came home.\n")
+        lines.append(
+            f"Paragraph {i}. The {word} kept the lamp by the sea for many quiet years, and the ships came home.\n"
+        )
     return "\n".join(lines)
 
 
@@ -45,7 +81,7 @@ def test_split_passages_keep_spans_pages_and_natural_boundaries():
     found = index.split_passages(text, page_starts, words=40)
     assert len(found) > 5
     for p in found:
-        assert text[p.start:p.end] == p.text  # the span is the passage
+        assert text[p.start : p.end] == p.text  # the span is the passage
         assert p.text[-1] == "." and p.text.startswith("Paragraph")  # cut between paragraphs, not inside
         assert p.page == (1 if p.start < page_starts[1] else 2)
         assert 20 <= len(p.text.split()) <= 80
@@ -61,7 +97,7 @@ def test_search_ranks_the_passage_with_a_rare_word_first(store):
     index.build(store.db, "a" * 64, text)
     best = index.search(store.db, "a" * 64, "Who was the zyzzogeton by the sea?", k=3)
     assert best and "zyzzogeton" in best[0].text and "Paragraph 23." in best[0].text
-    assert text[best[0].start:best[0].end] == best[0].text
+    assert text[best[0].start : best[0].end] == best[0].text
     assert best[0].score <= min(p.score for p in best)  # bm25: lower is better
     assert index.search(store.db, "a" * 64, "the of and", k=3) != []  # only stop-words: searched as they are
     assert index.search(store.db, "a" * 64, "", k=3) == []
@@ -86,7 +122,9 @@ def test_documents_are_isolated_and_deleted_with_their_passages(store):
     assert not index_document(store, a["id"])  # built once
     for doc in (a, b):
         found = index.search(store.db, doc["id"], "zyzzogeton lamp keeper", k=50)
-        assert found and {(p.start, p.end) for p in found} <= {(p.start, p.end) for p in index.passages(store.db, doc["id"])}
+        assert found and {(p.start, p.end) for p in found} <= {
+            (p.start, p.end) for p in index.passages(store.db, doc["id"])
+        }
     assert "Paragraph 3." in index.search(store.db, a["id"], "zyzzogeton", k=1)[0].text
     assert "Paragraph 7." in index.search(store.db, b["id"], "zyzzogeton", k=1)[0].text
     store.delete_document(a["id"])
@@ -98,6 +136,7 @@ def test_documents_are_isolated_and_deleted_with_their_passages(store):
 
 
 # --- the focused turn -----------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def book_cache(tiny):
@@ -175,8 +214,13 @@ def test_passages_alone_answer_in_a_fresh_window(tiny):
     rag = PassageConversation(model, tokenizer)
     recorder = Prefills(model)
     try:
-        answer = "".join(rag.ask("Who lit the lamp?", ["The keeper lit the lamp.", "Ships came."],
-                                 settings=GenerationSettings(max_new_tokens=3)))
+        answer = "".join(
+            rag.ask(
+                "Who lit the lamp?",
+                ["The keeper lit the lamp.", "Ships came."],
+                settings=GenerationSettings(max_new_tokens=3),
+            )
+        )
     finally:
         recorder.close()
     ids = rag.prompt_ids("Who lit the lamp?", ["The keeper lit the lamp.", "Ships came."])
@@ -191,15 +235,26 @@ def test_passages_alone_answer_in_a_fresh_window(tiny):
 
 
 def test_questions_about_the_whole_document_are_routed_to_the_cache():
-    for question in ("What is this book about?", "How does the story end?", "Summarize the report",
-                     "Who are the main characters?", "Give me an overview of the whole document"):
+    for question in (
+        "What is this book about?",
+        "How does the story end?",
+        "Summarize the report",
+        "Who are the main characters?",
+        "Give me an overview of the whole document",
+    ):
         assert whole_document(question) and route(question, "passages") == "cache", question
-    for question in ("How old was Methuselah when he died?", "Which book did Moses write?", "What is a cubit?",
-                     "Where does the text say the ark rested?", ""):
+    for question in (
+        "How old was Methuselah when he died?",
+        "Which book did Moses write?",
+        "What is a cubit?",
+        "Where does the text say the ark rested?",
+        "",
+    ):
         assert not whole_document(question) and route(question, "passages") == "passages", question
 
 
 # --- through the chat ---------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_chat_answers_with_focus_and_lists_its_sources(tmp_path, tiny, configure):
@@ -208,26 +263,27 @@ def test_chat_answers_with_focus_and_lists_its_sources(tmp_path, tiny, configure
     service = ChatService(Store(tmp_path / "store"), loader=lambda name: (model, tokenizer, fingerprint))
     text = doc_text(16, rare_at=11)
     doc = add_to_store(service.store, ingest_bytes(text.encode(), "light.txt", tokenizer))
-    cache = build_document_cache(model, tokenizer, service.store.document_text(doc["id"]), FAST,
-                                 metadata={"document_id": doc["id"]})
+    cache = build_document_cache(
+        model, tokenizer, service.store.document_text(doc["id"]), FAST, metadata={"document_id": doc["id"]}
+    )
     service.store.save_cache(doc["id"], cache)
     assert not index.is_indexed(service.store.db, doc["id"])  # no worker here: built on first use
     settings = GenerationSettings(max_new_tokens=4)
-    *_, (shown, stats) = service.ask("s", doc["id"], "Where was the zyzzogeton?", "tiny", settings,
-                                     focus="cache+passages")
+    *_, (shown, stats) = service.ask(
+        "s", doc["id"], "Where was the zyzzogeton?", "tiny", settings, focus="cache+passages"
+    )
     assert stats["focus"] == "cache+passages" and stats["index_built"] and stats["passages"]
     assert "passages read again for this question (cache+passages)" in describe_turn(stats)
     first = stats["passages"][0]
-    assert "Paragraph 11." in text[first["start"]:first["end"]]
+    assert "Paragraph 11." in text[first["start"] : first["end"]]
     assert "\n\nSources:\n- “…" in shown and "zyzzogeton" in shown  # one page: a quote around the word, no page
-    assert stats["appended_tokens"] > len(text[first["start"]:first["end"]])  # the passage was fed in full
+    assert stats["appended_tokens"] > len(text[first["start"] : first["end"]])  # the passage was fed in full
     session = service.session("s", doc["id"])
     assert "Paragraph 11." in session.turns[0][0]  # the turn as the model saw it, for later rebuilds
     assert service.history("s", doc["id"])[0]["content"] == "Where was the zyzzogeton?"
     *_, (_, plain) = service.ask("s", doc["id"], "And the keeper?", "tiny", settings, focus="cache")
     assert plain["focus"] == "cache" and not plain["passages"] and plain["turn"] == 2
-    *_, (shown3, rag) = service.ask("s", doc["id"], "Who kept the zyzzogeton lamp?", "tiny", settings,
-                                    focus="passages")
+    *_, (shown3, rag) = service.ask("s", doc["id"], "Who kept the zyzzogeton lamp?", "tiny", settings, focus="passages")
     assert rag["focus"] == "passages" and "Sources:" in shown3 and not rag["index_built"]
     assert rag["appended_tokens"] > 0 and session.conversation is None  # the cache conversation is rebuilt next turn
     configure(answering={"focus": "auto"})
@@ -261,8 +317,9 @@ def test_a_question_the_document_does_not_hold_is_answered_not_found(tmp_path, t
     fingerprint = model_fingerprint(model)
     service = ChatService(Store(tmp_path / "store"), loader=lambda name: (model, tokenizer, fingerprint))
     doc = add_to_store(service.store, ingest_bytes(doc_text(16, rare_at=11).encode(), "light.txt", tokenizer))
-    cache = build_document_cache(model, tokenizer, service.store.document_text(doc["id"]), FAST,
-                                 metadata={"document_id": doc["id"]})
+    cache = build_document_cache(
+        model, tokenizer, service.store.document_text(doc["id"]), FAST, metadata={"document_id": doc["id"]}
+    )
     service.store.save_cache(doc["id"], cache)
     settings = GenerationSettings(max_new_tokens=4)
     *_, (shown, stats) = service.ask("s", doc["id"], "Which physicist discovered the positron?", "tiny", settings)
@@ -313,7 +370,7 @@ def test_a_source_is_cited_on_the_page_of_the_part_the_model_read(configure):
     start = text.index(foot)
     passage = Passage(seq=0, start=start, end=len(text), page=1, text=text[start:])
     read = read_part(passage, "What is the lighthouse keeper's cat named?", locations)
-    assert read.page == 2 and text[read.start:read.end] == read.text and read.start >= passage.start
+    assert read.page == 2 and text[read.start : read.end] == read.text and read.start >= passage.start
     assert " ".join(read.text.split()) == fed_text(passage, "What is the lighthouse keeper's cat named?")
     assert sources_label([read], locations, "cat").startswith("- p. 2: “")
     configure(answering={"focus_words": 0})  # the whole passage is read: cited where the question's words are

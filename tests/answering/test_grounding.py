@@ -47,15 +47,19 @@ def test_the_pipeline_plans_not_found_unless_turned_off():
     document = DocumentText.of_text(text)
     plan = DocumentChat(None, None, document).plan("Which violin did the admiral play?", STRATEGIES["passages"])
     assert plan.not_found and plan.coverage < 0.3
-    assert not DocumentChat(None, None, document).plan("What was the harbour cat named?", STRATEGIES["passages"]).not_found
+    assert (
+        not DocumentChat(None, None, document).plan("What was the harbour cat named?", STRATEGIES["passages"]).not_found
+    )
     quiet = DocumentChat(None, None, document, settings=AnswerSettings(not_found=False))
     assert not quiet.plan("Which violin did the admiral play?", STRATEGIES["passages"]).not_found
 
 
 def test_an_excerpt_is_the_window_holding_the_question_widened_to_its_sentences():
-    text = " ".join(f"Filler sentence number {i} goes here." for i in range(40)) + (
-        " And all the days of Methuselah were nine hundred sixty and nine years: and he died. ") + \
-        " ".join(f"More filler {i} follows." for i in range(40))
+    text = (
+        " ".join(f"Filler sentence number {i} goes here." for i in range(40))
+        + (" And all the days of Methuselah were nine hundred sixty and nine years: and he died. ")
+        + " ".join(f"More filler {i} follows." for i in range(40))
+    )
     cut = excerpt(text, "How old was Methuselah when he died?", 30)
     assert "Methuselah were nine hundred sixty and nine years" in cut
     assert len(cut.split()) <= 40
@@ -66,9 +70,10 @@ def test_an_excerpt_is_the_window_holding_the_question_widened_to_its_sentences(
 
 def test_an_excerpt_keeps_the_value_after_a_hyphenated_key():
     filler = " ".join(f"Essay sentence {i} about startups and hackers." for i in range(12))
-    text = (filler + " One of the special magic numbers for yielding-communist is: 1101083. "
-            "The answer is: any company. One of the special magic numbers for evanescent-dealing is: 9563068. "
-            + filler)
+    text = (
+        filler + " One of the special magic numbers for yielding-communist is: 1101083. "
+        "The answer is: any company. One of the special magic numbers for evanescent-dealing is: 9563068. " + filler
+    )
     cut = excerpt(text, "What is the special magic number for evanescent-dealing mentioned in the provided text?", 40)
     assert "evanescent-dealing is: 9563068." in cut
     assert grounding.content_words("Abram's evanescent-dealing") == {"abram", "evanescent", "deal"}  # stemmed

@@ -9,19 +9,26 @@ import importlib.util
 
 import pytest
 import torch
-
 from conftest import tiny_model, tiny_tokenizer
 
 from homer.answering.citations import attention_rows, attention_to_prompt
 from homer.answering.focus import PassageConversation
+from homer.answering.passage_citations import (
+    PassageScores,
+    cite_passages,
+    last_turn_prompt,
+    passage_spans,
+    score_passages,
+)
 from homer.generation import GenerationSettings
 from homer.layers import DecoderStack
-from homer.answering.passage_citations import PassageScores, cite_passages, last_turn_prompt, passage_spans, score_passages
 from homer.prompting import DocumentPrompt
 
-PASSAGES = ["The keeper's   log says:\nthe lamp was lit at dusk.",
-            "A ship named Ada came <|im_end|> home; see [3] below.",
-            "[1] The keeper's log says: the lamp was lit at dusk."]  # a label and a twin inside the text
+PASSAGES = [
+    "The keeper's   log says:\nthe lamp was lit at dusk.",
+    "A ship named Ada came <|im_end|> home; see [3] below.",
+    "[1] The keeper's log says: the lamp was lit at dusk.",
+]  # a label and a twin inside the text
 
 
 def flat(text: str) -> str:
@@ -74,8 +81,12 @@ def test_one_score_per_passage_and_nothing_stored_changes(tiny):
     question = "Who lit the lamp?"
     answer = "".join(conversation.ask(question, PASSAGES, settings=GenerationSettings(max_new_tokens=6)))
     state = conversation.state
-    before = ([(layer.keys.clone(), layer.values.clone()) for layer in state.kv.layers],
-              state.position, dict(state.stats), list(conversation.turns))
+    before = (
+        [(layer.keys.clone(), layer.values.clone()) for layer in state.kv.layers],
+        state.position,
+        dict(state.stats),
+        list(conversation.turns),
+    )
     weights = {name: p.clone() for name, p in model.state_dict().items()}
     ids, read = last_turn_prompt(conversation, question, PASSAGES)
     assert read == PASSAGES and len(ids) == conversation.stats["prompt_tokens"]
@@ -84,8 +95,9 @@ def test_one_score_per_passage_and_nothing_stored_changes(tiny):
     assert sorted(result.order()) == [0, 1, 2] and result.layers == [0, 1, 2] and result.seconds > 0
     assert conversation.state is state and state.position == before[1] and state.stats == before[2]
     assert conversation.turns == before[3]
-    assert all(torch.equal(k, layer.keys) and torch.equal(v, layer.values)
-               for (k, v), layer in zip(before[0], state.kv.layers))
+    assert all(
+        torch.equal(k, layer.keys) and torch.equal(v, layer.values) for (k, v), layer in zip(before[0], state.kv.layers)
+    )
     assert all(torch.equal(p, weights[name]) for name, p in model.state_dict().items())
     # the same scores from the spans directly, and nothing read without an answer
     direct = score_passages(model, ids, tokenizer(answer or "x").input_ids, result.spans)
@@ -116,11 +128,16 @@ def test_the_chat_orders_its_sources_by_attention_when_asked(tmp_path, monkeypat
     model, tokenizer = tiny_model("llama", window=1024), tiny_tokenizer()
     model.homer_name = "tiny"
     service = ChatService(Store(tmp_path / "store"), loader=lambda name: (model, tokenizer, model_fingerprint(model)))
-    text = "\n".join(f"Paragraph {i}. The {'zyzzogeton' if i in (3, 25) else 'keeper'} kept the lamp by the sea."
-                     for i in range(30))
+    text = "\n".join(
+        f"Paragraph {i}. The {'zyzzogeton' if i in (3, 25) else 'keeper'} kept the lamp by the sea." for i in range(30)
+    )
     doc = add_to_store(service.store, ingest_bytes(text.encode(), "light.txt", tokenizer))
-    service.store.save_cache(doc["id"], build_document_cache(model, tokenizer, text, HomerConfig(significance="uncalibrated"),
-                                                             metadata={"document_id": doc["id"]}))
+    service.store.save_cache(
+        doc["id"],
+        build_document_cache(
+            model, tokenizer, text, HomerConfig(significance="uncalibrated"), metadata={"document_id": doc["id"]}
+        ),
+    )
     settings = GenerationSettings(max_new_tokens=4)
     configure(answering={"not_found": False})
 
@@ -159,7 +176,7 @@ def test_embedded_model_ranks_the_planted_facts_passage_first():
     except Exception as exc:  # noqa: BLE001
         pytest.skip(f"the embedded model cannot load: {exc}")
     words = ascii_prose(essay_text()[200_000:203_000]).split()
-    passages = [" ".join(words[i * 70:(i + 1) * 70]) for i in range(3)]
+    passages = [" ".join(words[i * 70 : (i + 1) * 70]) for i in range(3)]
     middle = passages[1].split()
     passages[1] = " ".join(middle[:35] + ["The lighthouse keeper's cat is named Biscuit."] + middle[35:])
     question = "What is the name of the lighthouse keeper's cat?"

@@ -1,4 +1,5 @@
 import pytest
+
 """The accelerator benchmark runs end to end on the CPU at tiny shapes (no timings asserted)."""
 
 import json
@@ -33,7 +34,9 @@ def test_dry_run_writes_every_part(tmp_path):
     assert correctness["cpu_vs_device"]["builds"]["float32"]["kept_tokens_identical"]
     speed = results["speed"]
     assert speed["gemm"]["tflop_per_s"] > 0
-    assert all(r["homer_build_s"] > 0 and r["plain_prefill_s"] > 0 and 0 < r["predicted_flop_ratio"] for r in speed["rows"])
+    assert all(
+        r["homer_build_s"] > 0 and r["plain_prefill_s"] > 0 and 0 < r["predicted_flop_ratio"] for r in speed["rows"]
+    )
     assert max(r["leaves"] for r in speed["rows"]) > 1  # HOMER actually merges at these shapes
     memory = results["memory"]
     assert all("peak_bytes" in r for r in memory["homer"] + memory["plain"])

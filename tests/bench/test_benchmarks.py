@@ -6,24 +6,54 @@ import sys
 
 import pytest
 import torch
-
 from conftest import tiny_model
 
 
 @pytest.mark.e2e
 @pytest.mark.parametrize("task", ["passkey", "needle"])
 def test_retrieval_harness_runs_every_method(model_dir, tmp_path, task):
-    cmd = [sys.executable, "-m", "benchmarks.retrieval", "--model", str(model_dir), "--task", task,
-           "--lengths", "1500", "--samples", "1", "--methods", "plain", "clipped", "linear", "yarn", "homer",
-           "homer+yarn", "--variants", "paper:uncalibrated:0", "pooled:uncalibrated:7",
-           "words:significance=uncalibrated,span=word,query_rows=3",
-           "--results-dir", str(tmp_path), "--name", "smoke"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.retrieval",
+        "--model",
+        str(model_dir),
+        "--task",
+        task,
+        "--lengths",
+        "1500",
+        "--samples",
+        "1",
+        "--methods",
+        "plain",
+        "clipped",
+        "linear",
+        "yarn",
+        "homer",
+        "homer+yarn",
+        "--variants",
+        "paper:uncalibrated:0",
+        "pooled:uncalibrated:7",
+        "words:significance=uncalibrated,span=word,query_rows=3",
+        "--results-dir",
+        str(tmp_path),
+        "--name",
+        "smoke",
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "smoke.jsonl").read_text().splitlines()]
     methods = {row["method"] for row in rows}
-    assert {"plain", "clipped", "linearx2", "yarnx2", "homer[paper]-question-aware", "homer[pooled]-document-first",
-            "homer+yarn[paper]-document-first", "homer[words]-document-first"} <= methods
+    assert {
+        "plain",
+        "clipped",
+        "linearx2",
+        "yarnx2",
+        "homer[paper]-question-aware",
+        "homer[pooled]-document-first",
+        "homer+yarn[paper]-document-first",
+        "homer[words]-document-first",
+    } <= methods
     summary = json.loads((tmp_path / "smoke.json").read_text())
     assert {c["method"] for c in summary["cells"]} == methods
     assert all(0 <= c["ci95"][0] <= c["accuracy"] <= c["ci95"][1] <= 1 for c in summary["cells"])
@@ -35,8 +65,8 @@ def test_answer_kept_counts_the_answer_tokens_the_cache_spared():
     from types import SimpleNamespace
 
     import torch
-
     from conftest import tiny_tokenizer
+
     from benchmarks.evaluation.haystack import answer_kept
 
     tokenizer = tiny_tokenizer()  # one token per character
@@ -49,8 +79,21 @@ def test_answer_kept_counts_the_answer_tokens_the_cache_spared():
 
 @pytest.mark.e2e
 def test_speed_benchmark_reports_ratios(model_dir, tmp_path):
-    cmd = [sys.executable, "-m", "benchmarks.speed", "--model", str(model_dir), "--lengths", "1500",
-           "--follow-up", "3000", "--results-dir", str(tmp_path), "--name", "smoke"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.speed",
+        "--model",
+        str(model_dir),
+        "--lengths",
+        "1500",
+        "--follow-up",
+        "3000",
+        "--results-dir",
+        str(tmp_path),
+        "--name",
+        "smoke",
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads((tmp_path / "smoke.json").read_text())
@@ -62,8 +105,23 @@ def test_speed_benchmark_reports_ratios(model_dir, tmp_path):
 
 @pytest.mark.e2e
 def test_perplexity_benchmark_compares_homer_with_the_last_window(model_dir, tmp_path):
-    cmd = [sys.executable, "-m", "benchmarks.perplexity", "--model", str(model_dir), "--lengths", "1500",
-           "--samples", "1", "--span", "64", "--results-dir", str(tmp_path), "--name", "smoke"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.perplexity",
+        "--model",
+        str(model_dir),
+        "--lengths",
+        "1500",
+        "--samples",
+        "1",
+        "--span",
+        "64",
+        "--results-dir",
+        str(tmp_path),
+        "--name",
+        "smoke",
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads((tmp_path / "smoke.json").read_text())
@@ -73,10 +131,10 @@ def test_perplexity_benchmark_compares_homer_with_the_last_window(model_dir, tmp
 
 def test_perplexity_of_an_uncompressed_cache_equals_the_plain_model():
     """With one chunk and T ≥ length nothing is pruned: both sides score the same context."""
+    from conftest import random_ids
+
     from benchmarks.perplexity import homer_nll, last_window_nll
     from homer import HomerConfig
-
-    from conftest import random_ids
 
     model = tiny_model("llama", window=1024)
     before, span = random_ids(300, 1).tolist(), random_ids(40, 2).tolist()
@@ -86,11 +144,26 @@ def test_perplexity_of_an_uncompressed_cache_equals_the_plain_model():
 
 
 def test_one_command_plans_every_step_and_refuses_unknown_ones():
-    run = subprocess.run([sys.executable, "-m", "benchmarks", "--dry-run", "--samples", "2"],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--dry-run", "--samples", "2"], capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0, run.stderr
-    for step in ("passkey", "needle", "ablation", "sweep", "perplexity", "speed", "memory", "roofline", "decode",
-                 "citations", "deep-read", "app-book", "plots", "report"):
+    for step in (
+        "passkey",
+        "needle",
+        "ablation",
+        "sweep",
+        "perplexity",
+        "speed",
+        "memory",
+        "roofline",
+        "decode",
+        "citations",
+        "deep-read",
+        "app-book",
+        "plots",
+        "report",
+    ):
         assert f"== {step}:" in run.stdout
     bad = subprocess.run([sys.executable, "-m", "benchmarks", "--only", "nonsense"], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown steps" in bad.stderr
@@ -111,8 +184,23 @@ def test_needle_trace_follows_the_number_through_every_block(model_dir):
 @pytest.mark.e2e
 def test_focus_page_benchmark_checks_the_listed_sources_against_the_planted_pages(model_dir, tmp_path):
     out = tmp_path / "pages.json"
-    cmd = [sys.executable, "-m", "benchmarks.focus_pages", "--model", str(model_dir), "--seeds", "0", "--pages", "6",
-           "--facts", "3", "--max-new-tokens", "2", "--output", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.focus_pages",
+        "--model",
+        str(model_dir),
+        "--seeds",
+        "0",
+        "--pages",
+        "6",
+        "--facts",
+        "3",
+        "--max-new-tokens",
+        "2",
+        "--output",
+        str(out),
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     rows = [json.loads(line) for line in out.with_suffix(".jsonl").read_text().splitlines()]
@@ -126,10 +214,37 @@ def test_focus_page_benchmark_checks_the_listed_sources_against_the_planted_page
 @pytest.mark.e2e
 def test_retrieval_recall_measures_the_models_own_vectors_and_calibrates_heads(model_dir, tmp_path):
     out = tmp_path / "recall.json"
-    cmd = [sys.executable, "-m", "benchmarks.retrieval_recall", "--sets", "haystack", "--methods", "bm25",
-           "--tokens", "3000", "--squad-questions", "4", "--hotpot-items", "4", "--model", str(model_dir),
-           "--key-layers", "1,3", "--key-kinds", "key,query", "--calibrate-heads", "2",
-           "--calibration-tokens", "3000", "--calibration-squad", "4", "--calibration-hotpot", "4", "--output", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.retrieval_recall",
+        "--sets",
+        "haystack",
+        "--methods",
+        "bm25",
+        "--tokens",
+        "3000",
+        "--squad-questions",
+        "4",
+        "--hotpot-items",
+        "4",
+        "--model",
+        str(model_dir),
+        "--key-layers",
+        "1,3",
+        "--key-kinds",
+        "key,query",
+        "--calibrate-heads",
+        "2",
+        "--calibration-tokens",
+        "3000",
+        "--calibration-squad",
+        "4",
+        "--calibration-hotpot",
+        "4",
+        "--output",
+        str(out),
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())
@@ -137,8 +252,9 @@ def test_retrieval_recall_measures_the_models_own_vectors_and_calibrates_heads(m
     assert {k: len(v) for k, v in calibration["chosen"].items()} == {"key": 2, "query": 2}
     assert len(calibration["per_head"]) == 2 * 2 + 2 * 4  # kv heads and query heads of two layers
     hay = result["sets"]["haystack"]
-    expected = {"bm25"} | {f"{p}model-{k}-{m}" for p in ("", "bm25+") for k in ("key", "query")
-                           for m in ("L1", "L3", "top2")}
+    expected = {"bm25"} | {
+        f"{p}model-{k}-{m}" for p in ("", "bm25+") for k in ("key", "query") for m in ("L1", "L3", "top2")
+    }
     assert set(hay["recall"]) == expected
     assert hay["model_vectors"]["bytes_per_token_per_layer"] == 2 * 16 * 2  # kv heads * head dim * fp16
     for method, got in hay["recall"].items():
@@ -155,8 +271,23 @@ def test_reconstruction_probe_fits_and_scores_held_out_chunks(model_dir, tmp_pat
     assert torch.allclose(w, torch.tensor([1.0, -2.0, 0.5, 0.0, 3.0, 0.25]), atol=1e-4)
     assert spearman(predict(w, x), -predict(w, x)) == pytest.approx(-1.0)
     out = tmp_path / "probe.json"
-    cmd = [sys.executable, "-m", "benchmarks.reconstruction_probe", "--model", str(model_dir), "--chunk", "64",
-           "--train", "4", "--test", "2", "--plan-tokens", "2000", "--output", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.reconstruction_probe",
+        "--model",
+        str(model_dir),
+        "--chunk",
+        "64",
+        "--train",
+        "4",
+        "--test",
+        "2",
+        "--plan-tokens",
+        "2000",
+        "--output",
+        str(out),
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())

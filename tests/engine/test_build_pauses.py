@@ -53,8 +53,9 @@ def test_the_builder_calls_pause_before_every_layer():
 
     progress.pause = lambda: calls.append(1)
     text = "The lighthouse keeper rowed out at dawn. " * 12
-    with_pauses = build_document_cache(model, tokenizer, text, HomerConfig(significance="uncalibrated"),
-                                       progress=progress)
+    with_pauses = build_document_cache(
+        model, tokenizer, text, HomerConfig(significance="uncalibrated"), progress=progress
+    )
     plain = build_document_cache(model, tokenizer, text, HomerConfig(significance="uncalibrated"))
     assert len(calls) >= model.config.num_hidden_layers  # every layer of every leaf and merge
     assert len(with_pauses) == len(plain)

@@ -2,11 +2,10 @@
 
 import pytest
 import torch
+from conftest import random_ids, tiny_model
 
 from homer import CacheMismatchError, Conversation, HomerCache, HomerConfig, build_cache, build_document_cache
 from homer.generation import DecodeState, GenerationSettings, generate_tokens
-
-from conftest import random_ids, tiny_model
 
 P, S = 3, 2
 CFG = HomerConfig(significance="uncalibrated", cache_dtype="float32")
@@ -25,8 +24,13 @@ def built(llama):
 
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
 def test_save_load_round_trip_is_bit_exact(llama, tmp_path, dtype):
-    cache = build_cache(llama, random_ids(P, 1), random_ids(200, 2), random_ids(S, 3),
-                        HomerConfig(significance="uncalibrated", cache_dtype=dtype))
+    cache = build_cache(
+        llama,
+        random_ids(P, 1),
+        random_ids(200, 2),
+        random_ids(S, 3),
+        HomerConfig(significance="uncalibrated", cache_dtype=dtype),
+    )
     path = cache.save(tmp_path / "doc.homer.safetensors")
     loaded = HomerCache.load(path, model=llama)
     for name, tensor in cache.tensors().items():
@@ -65,9 +69,16 @@ def test_rerotated_cache_with_stock_generate_matches_explicit_positions(llama, b
     kv = built.to_dynamic_cache()  # keys rotated so that positions are contiguous
     ids = torch.cat([built.token_ids, question]).view(1, -1)
     with torch.no_grad():
-        out = llama.generate(ids, attention_mask=torch.ones_like(ids), past_key_values=kv, max_new_tokens=12,
-                             min_new_tokens=12, do_sample=False, pad_token_id=0)
-    assert out[0, ids.shape[1]:].tolist() == explicit
+        out = llama.generate(
+            ids,
+            attention_mask=torch.ones_like(ids),
+            past_key_values=kv,
+            max_new_tokens=12,
+            min_new_tokens=12,
+            do_sample=False,
+            pad_token_id=0,
+        )
+    assert out[0, ids.shape[1] :].tolist() == explicit
 
 
 def test_first_new_token_goes_at_last_position_plus_one(llama, built):
@@ -79,8 +90,9 @@ def test_first_new_token_goes_at_last_position_plus_one(llama, built):
     pos = torch.arange(built.last_position + 1, built.last_position + 5).view(1, -1)
     with torch.no_grad():
         ref = llama(question.view(1, -1), past_key_values=kv, position_ids=pos).logits[0, -1]
-        wrong = llama(question.view(1, -1), past_key_values=built.to_dynamic_cache(rerotate=False),
-                      position_ids=pos - 1).logits[0, -1]
+        wrong = llama(
+            question.view(1, -1), past_key_values=built.to_dynamic_cache(rerotate=False), position_ids=pos - 1
+        ).logits[0, -1]
     assert state.pending == [int(ref.argmax())]
     assert not torch.allclose(ref, wrong)
 

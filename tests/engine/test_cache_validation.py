@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import tiny_model, tiny_tokenizer
 from safetensors import safe_open
 from safetensors.torch import save_file
+from store_helpers import FAST, story
 
-from conftest import tiny_model, tiny_tokenizer
 from homer import HomerConfig, build_document_cache
 from homer.cache import CacheMismatchError, CacheStructureError, HomerCache
 from storage import Store, StoreError
 from storage.files import sha256_file
-from store_helpers import FAST, story
 
 
 @pytest.fixture(scope="module")
@@ -42,18 +42,21 @@ def rewrite(source, target, change):
 def _set(name, fn):
     def change(tensors, meta):
         tensors[name] = fn(tensors[name])
+
     return change
 
 
 def _drop(name):
     def change(tensors, meta):
         tensors.pop(name)
+
     return change
 
 
 def _meta(key, value):
     def change(tensors, meta):
         meta[key] = value
+
     return change
 
 
@@ -62,8 +65,10 @@ BAD = {
     "positions shorter than keys": (_set("positions", lambda p: p[:-5]), "positions has"),
     "fewer layers": (lambda t, m: t.update(keys=t["keys"][:-1], values=t["values"][:-1]), "layers"),
     "values shorter than keys": (_set("values", lambda v: v[:, :, :-3]), "values have shape"),
-    "int16 keys": (lambda t, m: t.update(keys=t["keys"].to(torch.int16), values=t["values"].to(torch.int16)),
-                   "stored as I16"),
+    "int16 keys": (
+        lambda t, m: t.update(keys=t["keys"].to(torch.int16), values=t["values"].to(torch.int16)),
+        "stored as I16",
+    ),
     "missing keys": (_drop("keys"), "missing tensor(s) keys"),
     "missing positions": (_drop("positions"), "missing tensor(s) positions"),
     "missing inv_freq": (_drop("inv_freq"), "missing tensor(s) inv_freq"),
@@ -118,8 +123,9 @@ def _poison_indexed(store, row, change, tmp_path):
     path = store.root / row["file"]
     bad = rewrite(path, tmp_path / "bad.safetensors", change)
     bad.replace(path)
-    store.db.execute("UPDATE caches SET checksum = ?, bytes = ? WHERE id = ?",
-                     [sha256_file(path), path.stat().st_size, row["id"]])
+    store.db.execute(
+        "UPDATE caches SET checksum = ?, bytes = ? WHERE id = ?", [sha256_file(path), path.stat().st_size, row["id"]]
+    )
 
 
 def test_corrupt_cache_is_marked_and_rebuilt_not_served(tmp_path, model_dir):

@@ -4,14 +4,13 @@ import warnings
 
 import pytest
 import torch
+from conftest import random_ids, tiny_model
 
 from homer import HomerConfig, build_cache
 from homer.calibration import calibrate, find_bias, save_bias
 from homer.fingerprint import model_fingerprint
 from homer.layers import DecoderStack
 from homer.significance import Calibrated, Uncalibrated, keep_indices, last_query_logits
-
-from conftest import random_ids, tiny_model
 
 
 def test_bias_table_shape_and_recency_statistic(llama):
@@ -77,13 +76,20 @@ def test_several_query_rows_score_each_token_by_its_best_row():
     for scorer in (Uncalibrated(), Calibrated(bias)):
         one_row = scorer.score(1, q[:, 2], keys, positions, 0.5, None)
         torch.testing.assert_close(scorer.score(1, q[:, 2:], keys, positions, 0.5, None), one_row)
-        per_row = torch.stack([scorer.score(1, q[:, r], keys[:, : 4 + r], positions[: 4 + r], 0.5, None)[:4] for r in range(3)])
+        per_row = torch.stack(
+            [scorer.score(1, q[:, r], keys[:, : 4 + r], positions[: 4 + r], 0.5, None)[:4] for r in range(3)]
+        )
         torch.testing.assert_close(scorer.score(1, q, keys, positions, 0.5, None)[:4], per_row.amax(0))
 
 
 def test_query_rows_build_runs_and_is_validated(llama):
-    cache = build_cache(llama, random_ids(3, 1), random_ids(200, 2), random_ids(4, 3),
-                        HomerConfig(significance="uncalibrated", query_rows=4))
+    cache = build_cache(
+        llama,
+        random_ids(3, 1),
+        random_ids(200, 2),
+        random_ids(4, 3),
+        HomerConfig(significance="uncalibrated", query_rows=4),
+    )
     assert cache.keys.shape[2] <= 32
     with pytest.raises(ValueError, match="query_rows"):
         HomerConfig(query_rows=0)

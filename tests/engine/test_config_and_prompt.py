@@ -1,11 +1,10 @@
 """Defaults derived from the model, and the document prompt layouts."""
 
 import pytest
+from conftest import tiny_model, tiny_tokenizer
 
 from homer import Conversation, DocumentPrompt, HomerConfig, build_document_cache
 from homer.prompting import DOC
-
-from conftest import tiny_model, tiny_tokenizer
 
 
 def test_defaults_come_from_the_model():
@@ -17,8 +16,16 @@ def test_defaults_come_from_the_model():
 
 
 def test_rope_scaling_multiplies_the_window():
-    model = tiny_model("llama", window=256, rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0,
-                                                            "original_max_position_embeddings": 256})
+    model = tiny_model(
+        "llama",
+        window=256,
+        rope_parameters={
+            "rope_type": "yarn",
+            "factor": 4.0,
+            "rope_theta": 10000.0,
+            "original_max_position_embeddings": 256,
+        },
+    )
     assert HomerConfig().resolve(model.config).max_chunk_len == 512
 
 
@@ -37,8 +44,7 @@ def test_completion_layout_for_tokenizers_without_a_chat_template():
     tok = tiny_tokenizer()
     tok.chat_template = None
     model = tiny_model("llama", window=1024)
-    cache = build_document_cache(model, tok, "Bob lives in Rome. " * 40,
-                                 HomerConfig(significance="uncalibrated"))
+    cache = build_document_cache(model, tok, "Bob lives in Rome. " * 40, HomerConfig(significance="uncalibrated"))
     conv = Conversation(cache, model, tok)
     assert conv.prompt.style == "completion"
     list(conv.ask("Where?", max_new_tokens=3))

@@ -3,21 +3,31 @@ every supported family, several turns, buffers that grow, sliding-window fallbac
 
 import pytest
 import torch
+from conftest import random_ids, tiny_model
 from transformers import AutoModelForCausalLM, Qwen3Config
 
 from homer import Conversation, HomerConfig, build_cache, build_document_cache
 from homer.generation import DecodeState, GenerationSettings, PreallocatedCache, generate_tokens
-
-from conftest import random_ids, tiny_model
 
 CFG = HomerConfig(significance="uncalibrated", cache_dtype="float32")
 
 
 def tiny_qwen3():
     torch.manual_seed(0)
-    config = Qwen3Config(vocab_size=128, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
-                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
-                         bos_token_id=1, eos_token_id=2, pad_token_id=0, tie_word_embeddings=False)
+    config = Qwen3Config(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=1024,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+        tie_word_embeddings=False,
+    )
     return AutoModelForCausalLM.from_config(config, dtype=torch.float32, attn_implementation="sdpa").eval()
 
 
@@ -76,8 +86,12 @@ def test_decode_step_logits_match_the_model_forward():
     dyn = cache.to_dynamic_cache(rerotate=False)
     with torch.no_grad():
         ours = DecodeStep(model)(kv, 7, cache.next_position)
-        ref = model(input_ids=torch.tensor([[7]]), past_key_values=dyn,
-                    position_ids=torch.tensor([[cache.next_position]]), use_cache=True).logits[:, -1]
+        ref = model(
+            input_ids=torch.tensor([[7]]),
+            past_key_values=dyn,
+            position_ids=torch.tensor([[cache.next_position]]),
+            use_cache=True,
+        ).logits[:, -1]
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
 
 
@@ -142,8 +156,12 @@ def test_half_precision_cache_is_held_as_stored_and_decodes_like_the_forward(tok
     ref_kv = working_cache(cache, model)
     with torch.no_grad():
         ours = DecodeStep(model)(kv, 7, cache.next_position)
-        ref = model(input_ids=torch.tensor([[7]]), past_key_values=ref_kv,
-                    position_ids=torch.tensor([[cache.next_position]]), use_cache=True).logits[:, -1]
+        ref = model(
+            input_ids=torch.tensor([[7]]),
+            past_key_values=ref_kv,
+            position_ids=torch.tensor([[cache.next_position]]),
+            use_cache=True,
+        ).logits[:, -1]
     assert ref.dtype == torch.float32 and ref_kv.layers[0].keys.dtype == torch.float16
     torch.testing.assert_close(ours, ref, rtol=1e-3, atol=1e-3)
 
@@ -172,7 +190,7 @@ def test_conversation_forgets_its_oldest_turns_to_stay_inside_the_window(tokeniz
         assert conv.turns[-1] == (question, answer)
         assert conv.state.position + len(conv.state.pending) <= conv.window
     assert conv.dropped_turns >= 3 and len(conv.turns) == 8 - conv.dropped_turns
-    assert [q for q, _ in conv.turns] == questions[conv.dropped_turns:]
+    assert [q for q, _ in conv.turns] == questions[conv.dropped_turns :]
     rendered = conv.prompt.render(tokenizer, conv.turns[:-1], conv.turns[-1][0]) + conv.turns[-1][1]
     assert DOC in rendered and conv.text.startswith(rendered)
 

@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
+from benchmarks.evaluation.haystack import needle_document
 from homer import HomerCache
 from homer.calibration import find_bias
-from benchmarks.evaluation.haystack import needle_document
 from homer.fingerprint import model_fingerprint
 from homer.models import EMBEDDED_NAME, load_model
 
@@ -37,13 +37,21 @@ def test_cli_reads_three_windows_and_answers_about_a_planted_fact(embedded, tmp_
     doc.write_text(needle.document)
     cache_path = tmp_path / "essays.homer.safetensors"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    build = subprocess.run([sys.executable, "-m", "homer", "build", str(doc), "-o", str(cache_path)],
-                           capture_output=True, text=True, env=env, timeout=1200)
+    build = subprocess.run(
+        [sys.executable, "-m", "homer", "build", str(doc), "-o", str(cache_path)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1200,
+    )
     assert build.returncode == 0, build.stderr[-2000:]
 
     cache = HomerCache.load(cache_path, model=model)
-    info = json.loads(subprocess.run([sys.executable, "-m", "homer", "info", str(cache_path)],
-                                     capture_output=True, text=True, env=env).stdout)
+    info = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "homer", "info", str(cache_path)], capture_output=True, text=True, env=env
+        ).stdout
+    )
     assert info["context_tokens"] >= 24_000 and len(cache) <= 4096
     assert int(cache.positions.max()) < 4096 and cache.keys.dtype == torch.float16
     assert cache.metadata["significance_used"] == "calibrated"
@@ -55,8 +63,13 @@ def test_cli_reads_three_windows_and_answers_about_a_planted_fact(embedded, tmp_
         offset = int(cache.char_offsets[i])
         assert needle.document[offset : offset + len(piece) + 1].strip().startswith(piece), (i, piece)
 
-    ask = subprocess.run([sys.executable, "-m", "homer", "ask", str(cache_path), needle.question,
-                          "--max-new-tokens", "20"], capture_output=True, text=True, env=env, timeout=600)
+    ask = subprocess.run(
+        [sys.executable, "-m", "homer", "ask", str(cache_path), needle.question, "--max-new-tokens", "20"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert ask.returncode == 0, ask.stderr[-2000:]
     question_line, answer = ask.stdout.split("\n", 1)
     assert question_line == f"> {needle.question}"

@@ -4,14 +4,13 @@ import threading
 
 import pytest
 import torch
+from conftest import random_ids
 
 from homer import HomerConfig, build_cache
+from homer.fingerprint import model_fingerprint
 from homer.layers import DecoderStack
 from homer.plan import ChunkPlan
 from homer.tree import _Builder, build_level_order, significance_for
-from homer.fingerprint import model_fingerprint
-
-from conftest import random_ids
 
 P, S = 3, 2
 CFG = HomerConfig(significance="uncalibrated", cache_dtype="float32")  # M = 32, T = 32, W = 2
@@ -76,8 +75,9 @@ class CheckingBuilder(_Builder):
 def make_builder(model, prefix, context, suffix, cls=_Builder):
     stack = DecoderStack(model)
     cfg = CFG.resolve(model.config)
-    plan = ChunkPlan(len(prefix), len(context), len(suffix), cfg.max_chunk_len, cfg.target_len,
-                     stack.num_layers, cfg.warmup_layers)
+    plan = ChunkPlan(
+        len(prefix), len(context), len(suffix), cfg.max_chunk_len, cfg.target_len, stack.num_layers, cfg.warmup_layers
+    )
     scorer = significance_for(cfg, model, model_fingerprint(model))
     return cls(stack, plan, scorer, prefix, context, suffix, 0, None), plan
 
@@ -190,7 +190,7 @@ def test_several_score_layers_average_standardised_scores_of_the_block_end(llama
             p, s = P, S
             z = torch.stack(self._scores)
             expected_scores = z.mean(0)
-            context_z = z[:, p: len(node) - s]
+            context_z = z[:, p : len(node) - s]
             assert torch.allclose(context_z.mean(1), torch.zeros(len(z)), atol=1e-5)
             expected = node.sources[keep_indices(expected_scores, p, s, target)]
             super().prune(node, target)
@@ -199,8 +199,21 @@ def test_several_score_layers_average_standardised_scores_of_the_block_end(llama
     stack = DecoderStack(llama)
     cfg = HomerConfig(significance="uncalibrated", cache_dtype="float32", score_layers=3).resolve(llama.config)
     plan = ChunkPlan(P, len(context), S, cfg.max_chunk_len, cfg.target_len, stack.num_layers, cfg.warmup_layers)
-    builder = Recording(stack, plan, significance_for(cfg, llama, model_fingerprint(llama)), prefix, context,
-                        suffix, 0, None, 0, torch.float32, None, 1, 3)
+    builder = Recording(
+        stack,
+        plan,
+        significance_for(cfg, llama, model_fingerprint(llama)),
+        prefix,
+        context,
+        suffix,
+        0,
+        None,
+        0,
+        torch.float32,
+        None,
+        1,
+        3,
+    )
     with torch.no_grad():
         builder.subtree(0, plan.height, plan.root_target)
     assert checked and all(checked)
@@ -210,8 +223,10 @@ def test_several_score_layers_average_standardised_scores_of_the_block_end(llama
     for (start, stop), scored in blocks.items():  # every pruning block scored its last (up to) 3 layers
         expected = list(range(max(start, stop - 3), stop))
         assert scored == expected * (len(scored) // len(expected))
-    one = build_cache(llama, prefix, context, suffix, HomerConfig(significance="uncalibrated", cache_dtype="float32",
-                                                                   score_layers=1))
-    three = build_cache(llama, prefix, context, suffix, HomerConfig(significance="uncalibrated", cache_dtype="float32",
-                                                                     score_layers=3))
+    one = build_cache(
+        llama, prefix, context, suffix, HomerConfig(significance="uncalibrated", cache_dtype="float32", score_layers=1)
+    )
+    three = build_cache(
+        llama, prefix, context, suffix, HomerConfig(significance="uncalibrated", cache_dtype="float32", score_layers=3)
+    )
     assert not torch.equal(one.sources, three.sources)

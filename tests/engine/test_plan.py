@@ -6,8 +6,15 @@ from homer.plan import ChunkPlan
 
 
 def plan(c, m=2048, p=30, s=20, t=None, layers=32, w=12):
-    return ChunkPlan(prefix_len=p, context_len=c, suffix_len=s, max_chunk_len=m, target_len=t or m,
-                     num_layers=layers, warmup_layers=w)
+    return ChunkPlan(
+        prefix_len=p,
+        context_len=c,
+        suffix_len=s,
+        max_chunk_len=m,
+        target_len=t or m,
+        num_layers=layers,
+        warmup_layers=w,
+    )
 
 
 @pytest.mark.parametrize("context", [1, 100, 1998, 1999, 5000, 20_000, 100_000, 131_072])

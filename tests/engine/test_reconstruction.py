@@ -3,6 +3,7 @@ copy of each leaf chunk scores its tokens in the leaf stage, the tree carries th
 
 import pytest
 import torch
+from conftest import random_ids, tiny_model, tiny_tokenizer
 
 from homer import HomerCache, HomerConfig, build_cache
 from homer.config import SIGNIFICANCE_CHOICES
@@ -11,8 +12,6 @@ from homer.layers import DecoderStack
 from homer.plan import ChunkPlan
 from homer.reconstruction import Reconstruction, model_repeat_prompt_ids, repeat_prompt_ids
 from homer.tree import _Builder, build_level_order, significance_for
-
-from conftest import random_ids, tiny_model, tiny_tokenizer
 
 P, S = 3, 2
 REC = HomerConfig(significance="reconstruction", span="token", cache_dtype="float32")  # M = 32, T = 32, W = 2
@@ -116,8 +115,12 @@ def test_merge_prunes_by_carried_scores_not_suffix_queries(llama):
                 node.carried[P : len(node) - S] = node.sources[P : len(node) - S].float().remainder(7)
 
     context = random_ids(215, 7)
-    builder, plan = make_builder(llama, context, config=HomerConfig(significance="reconstruction", span="token",
-                                                                     cache_dtype="float32"), cls=Planted)
+    builder, plan = make_builder(
+        llama,
+        context,
+        config=HomerConfig(significance="reconstruction", span="token", cache_dtype="float32"),
+        cls=Planted,
+    )
     with torch.no_grad():
         root = builder.subtree(0, plan.height, plan.root_target)
     kept = root.sources[P:-S]
@@ -126,8 +129,13 @@ def test_merge_prunes_by_carried_scores_not_suffix_queries(llama):
 
 def test_save_load_is_exact(llama, tmp_path):
     prefix, suffix = affixes()
-    cache = build_cache(llama, prefix, random_ids(200, 8), suffix,
-                        HomerConfig(significance="reconstruction", span="token", cache_dtype="float16"))
+    cache = build_cache(
+        llama,
+        prefix,
+        random_ids(200, 8),
+        suffix,
+        HomerConfig(significance="reconstruction", span="token", cache_dtype="float16"),
+    )
     loaded = HomerCache.load(cache.save(tmp_path / "doc.homer.safetensors"), model=llama)
     for name, tensor in cache.tensors().items():
         assert torch.equal(loaded.tensors()[name], tensor), name
@@ -188,7 +196,8 @@ def test_long_chunks_are_scored_in_pieces_of_at_most_the_chunk_length():
 def test_repeat_prompt_in_the_chat_format_or_plainly(model_dir):
     chat = tiny_tokenizer()
     assert chat.decode(repeat_prompt_ids(chat)) == (
-        "\n\nRepeat the previous context exactly.<|im_end|>\n<|im_start|>assistant\n")
+        "\n\nRepeat the previous context exactly.<|im_end|>\n<|im_start|>assistant\n"
+    )
     chat.chat_template = None
     assert chat.decode(repeat_prompt_ids(chat)) == "\n\nRepeat the previous context exactly.\n\n"
     from transformers import AutoModelForCausalLM

@@ -16,13 +16,13 @@ import time
 
 import pytest
 import torch
-
 from conftest import random_ids, tiny_model, tiny_tokenizer
+from store_helpers import start_worker, stop, story, wait_until
+
 from homer import HomerConfig, build_cache, build_document_cache
 from homer.checkpoints import DirectoryCheckpointer
 from homer.prompting import default_prompt
 from storage import Store
-from store_helpers import start_worker, stop, story, wait_until
 
 P, S = 4, 3
 CONTEXT = 32 * 20  # 32 leaves of 20 tokens at M = 32 (E = 25)
@@ -104,8 +104,7 @@ def test_an_interrupted_build_resumes_to_the_one_shot_cache(deep, tmp_path, sign
 def test_without_interruption_a_checkpointed_build_is_the_plain_build(deep, tmp_path):
     prefix, context, suffix = inputs()
     plain = build_cache(deep, prefix, context, suffix, config())
-    checked = build_cache(deep, prefix, context, suffix, config(),
-                          checkpoints=DirectoryCheckpointer(tmp_path / "c"))
+    checked = build_cache(deep, prefix, context, suffix, config(), checkpoints=DirectoryCheckpointer(tmp_path / "c"))
     assert_same_cache(plain, checked)
     assert checked.metadata["leaves_computed"] == "32" and checked.metadata["resumed"] == ""
 
@@ -118,11 +117,20 @@ def test_a_recording_build_resumes_to_the_same_leaf_state_file(deep, tmp_path):
     one_shot = build_cache(deep, prefix, context, suffix, config(), leaf_states=tmp_path / "one.leaves")
     checkpoints = DirectoryCheckpointer(tmp_path / "checkpoints")
     with pytest.raises(Interrupted):
-        build_cache(deep, prefix, context, suffix, config(), progress=stop_at(30), checkpoints=checkpoints,
-                    leaf_states=tmp_path / "two.leaves")
+        build_cache(
+            deep,
+            prefix,
+            context,
+            suffix,
+            config(),
+            progress=stop_at(30),
+            checkpoints=checkpoints,
+            leaf_states=tmp_path / "two.leaves",
+        )
     assert not (tmp_path / "two.leaves").exists()
-    resumed = build_cache(deep, prefix, context, suffix, config(), checkpoints=checkpoints,
-                          leaf_states=tmp_path / "two.leaves")
+    resumed = build_cache(
+        deep, prefix, context, suffix, config(), checkpoints=checkpoints, leaf_states=tmp_path / "two.leaves"
+    )
     assert int(resumed.metadata["leaves_computed"]) < 32
     assert_same_cache(one_shot, resumed)
     assert (tmp_path / "one.leaves").read_bytes() == (tmp_path / "two.leaves").read_bytes()
@@ -134,12 +142,21 @@ def test_missing_recorded_states_rebuild_only_their_subtree(deep, tmp_path, capl
     one_shot = build_cache(deep, prefix, context, suffix, config(), leaf_states=tmp_path / "one.leaves")
     checkpoints = DirectoryCheckpointer(tmp_path / "checkpoints")
     with pytest.raises(Interrupted):
-        build_cache(deep, prefix, context, suffix, config(), progress=stop_at(46), checkpoints=checkpoints,
-                    leaf_states=tmp_path / "two.leaves")
+        build_cache(
+            deep,
+            prefix,
+            context,
+            suffix,
+            config(),
+            progress=stop_at(46),
+            checkpoints=checkpoints,
+            leaf_states=tmp_path / "two.leaves",
+        )
     checkpoints.discard("states-20")  # lost: leaves 17-24 (the subtree holding it) are built again
     with caplog.at_level(logging.WARNING):
-        resumed = build_cache(deep, prefix, context, suffix, config(), checkpoints=checkpoints,
-                              leaf_states=tmp_path / "two.leaves")
+        resumed = build_cache(
+            deep, prefix, context, suffix, config(), checkpoints=checkpoints, leaf_states=tmp_path / "two.leaves"
+        )
     assert "leaf 21" in caplog.text
     assert resumed.metadata["leaves_computed"] == str(32 - 16)  # leaves 1-16 came from their checkpoint
     assert_same_cache(one_shot, resumed)
@@ -230,19 +247,21 @@ def test_a_forged_checkpoint_is_skipped_and_rebuilt(deep, one_shot_build, tmp_pa
     with pytest.raises(Interrupted):
         build_cache(deep, prefix, context, suffix, config(), progress=stop_at(40), checkpoints=checkpoints)
     path = checkpoints.path("leaves-0-15")
-    forge(path, secret=b"another store's secret!!" if forgery.endswith("key") else None,
-          stamped=forgery != "unstamped")
+    forge(path, secret=b"another store's secret!!" if forgery.endswith("key") else None, stamped=forgery != "unstamped")
 
     if forgery == "recomputed-sha256":  # a real forgery: without the key it is resumed from, the cache differs
         shutil.copytree(store.checkpoint_dir(key), tmp_path / "unkeyed")
-        unkeyed = build_cache(deep, prefix, context, suffix, config(),
-                              checkpoints=DirectoryCheckpointer(tmp_path / "unkeyed"))
+        unkeyed = build_cache(
+            deep, prefix, context, suffix, config(), checkpoints=DirectoryCheckpointer(tmp_path / "unkeyed")
+        )
         assert int(unkeyed.metadata["leaves_computed"]) < 16
         forged, real = unkeyed.tensors(), one_shot.tensors()
         assert any(not torch.equal(forged[name], real[name]) for name in real)
 
     with caplog.at_level(logging.WARNING):
-        resumed = build_cache(deep, prefix, context, suffix, config(), checkpoints=store.build_checkpoints(doc["id"], key))
+        resumed = build_cache(
+            deep, prefix, context, suffix, config(), checkpoints=store.build_checkpoints(doc["id"], key)
+        )
     line = next(r.getMessage() for r in caplog.records if "checkpoint leaves-0-15" in r.getMessage())
     reason = "carries no stamp" if forgery == "unstamped" else "does not carry this store's stamp"
     assert reason in line and "built again" in line, line
@@ -320,8 +339,7 @@ def test_the_embedded_model_resumes_bit_identically(tmp_path):
     with pytest.raises(Interrupted):
         build_document_cache(model, tokenizer, text, cfg, progress=stop_at(leaves), checkpoints=checkpoints)
     seen = []
-    resumed = build_document_cache(model, tokenizer, text, cfg, checkpoints=checkpoints,
-                                   progress=stop_at(10**6, seen))
+    resumed = build_document_cache(model, tokenizer, text, cfg, checkpoints=checkpoints, progress=stop_at(10**6, seen))
     assert seen[0].startswith("resumed at leaf ") and 0 < int(resumed.metadata["leaves_computed"]) < leaves
     assert_same_cache(one_shot, resumed)
 
@@ -434,6 +452,11 @@ def test_a_killed_worker_s_build_resumes_from_its_checkpoints(tmp_path, model_di
 
     model, tokenizer = load_model(str(model_dir))
     torch.set_num_threads(1)
-    one_shot = build_document_cache(model, tokenizer, store.document_text(done["document_id"]),
-                                    HomerConfig(**settings), prompt=default_prompt(tokenizer))
+    one_shot = build_document_cache(
+        model,
+        tokenizer,
+        store.document_text(done["document_id"]),
+        HomerConfig(**settings),
+        prompt=default_prompt(tokenizer),
+    )
     assert_same_cache(one_shot, cache)  # the stored file, read back

@@ -63,8 +63,9 @@ def test_span_needs_a_known_unit_and_says_when_it_falls_back_to_tokens():
     from homer import build_cache
 
     with pytest.warns(UserWarning, match="context_units"):
-        cache = build_cache(tiny_model("llama"), [1, 2], list(range(3, 120)) * 2, [5],
-                            HomerConfig(span="word", max_chunk_len=64))
+        cache = build_cache(
+            tiny_model("llama"), [1, 2], list(range(3, 120)) * 2, [5], HomerConfig(span="word", max_chunk_len=64)
+        )
     assert cache.metadata["span_used"] == "token"
     assert HomerConfig.paper().span == "token" and HomerConfig.paper().query_rows == 1
 

@@ -4,8 +4,8 @@ leaves the cache untouched, joined to the question as the retrieval query."""
 from __future__ import annotations
 
 import torch
-
 from conftest import tiny_model, tiny_tokenizer
+
 from homer import HomerConfig, build_document_cache
 from homer.experiments.clues import CLUE_TOKENS, clue_query, draft_clue
 

@@ -68,17 +68,25 @@ def test_the_embedded_models_keys_find_the_paragraph_a_question_is_about():
     from homer.models import load_model
 
     model, tok = load_model()
-    facts = ["The harbour town of Velmora exports salted cod and raw wool to the mainland every spring.",
-             "Marie Curie shared the Nobel Prize in Physics in 1903 with Pierre Curie and Henri Becquerel.",
-             "The secret passcode for the old vault is 7391, written on a card inside the lighthouse.",
-             "The river Oder flows north through Wroclaw before it reaches the Baltic Sea near Szczecin."]
-    filler = ["Photosynthesis converts light energy into chemical energy that plants store in glucose.",
-              "A sonnet is a poem of fourteen lines that follows a strict rhyme scheme and structure.",
-              "The committee met on Tuesday to discuss the annual budget and the new parking rules."]
+    facts = [
+        "The harbour town of Velmora exports salted cod and raw wool to the mainland every spring.",
+        "Marie Curie shared the Nobel Prize in Physics in 1903 with Pierre Curie and Henri Becquerel.",
+        "The secret passcode for the old vault is 7391, written on a card inside the lighthouse.",
+        "The river Oder flows north through Wroclaw before it reaches the Baltic Sea near Szczecin.",
+    ]
+    filler = [
+        "Photosynthesis converts light energy into chemical energy that plants store in glucose.",
+        "A sonnet is a poem of fourteen lines that follows a strict rhyme scheme and structure.",
+        "The committee met on Tuesday to discuss the annual budget and the new parking rules.",
+    ]
     text, spans = layout(filler + facts + filler)
     index = kr.encode_keys(model, tok, text, layers=(4,))
-    questions = ["Which goods does Velmora export to the mainland?", "Who shared the 1903 Nobel Prize in Physics?",
-                 "What is the passcode of the old vault?", "Which sea does the river Oder reach?"]
+    questions = [
+        "Which goods does Velmora export to the mainland?",
+        "Who shared the 1903 Nobel Prize in Physics?",
+        "What is the passcode of the old vault?",
+        "Which sea does the river Oder reach?",
+    ]
     for i, question in enumerate(questions):
         ranked = kr.rank_passages(index, kr.question_vectors(model, tok, question, index, "key"), spans)
         assert ranked[0][0] == len(filler) + i, (question, ranked[:3])

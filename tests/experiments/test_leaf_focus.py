@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-
 from homer import HomerConfig
 from homer.experiments.leaf_focus import document_leaves, leaves_holding, read_leaves
 
@@ -42,7 +41,7 @@ def test_a_deep_read_of_some_leaves_holds_only_their_text_and_the_question(tiny)
     chosen = [0, len(spans) - 1]
     cache = read_leaves(model, tokenizer, doc, spans, chosen, "Which ship came home?", FAST)
     assert cache.metadata["question"] == "Which ship came home?"
-    read = doc[spans[0][0]:spans[0][1]] + "\n\n" + doc[spans[-1][0]:spans[-1][1]]
+    read = doc[spans[0][0] : spans[0][1]] + "\n\n" + doc[spans[-1][0] : spans[-1][1]]
     assert int(cache.metadata["context_len"]) == len(read)  # one token per character here
     with pytest.raises(ValueError, match="no leaves"):
         read_leaves(model, tokenizer, doc, spans, [], "Which ship?", FAST)

@@ -17,13 +17,13 @@ import subprocess
 import sys
 import zipfile
 
+import format_fixtures as fx
 import pytest
 from lxml import etree
+from store_helpers import ROOT
 
-import format_fixtures as fx
 from homer.reading.formats import check_sectioned_upload, read_sectioned
 from homer.reading.sources import DocumentError
-from store_helpers import ROOT
 
 CHUNK = b"\0" * 2**20
 
@@ -109,8 +109,13 @@ def read_in_a_process(data: bytes, tmp_path, **limits) -> dict:
     peak memory (``grew_mib``: above what the imports took)."""
     upload = tmp_path / "upload.docx"
     upload.write_bytes(data)
-    out = subprocess.run([sys.executable, "-c", READ, str(upload), json.dumps(limits)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", READ, str(upload), json.dumps(limits)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -125,7 +130,8 @@ def test_a_picture_that_declares_1000_bytes_and_inflates_to_1_gib_is_refused_at_
     # refused in the upload request, from the zip directory alone: nothing was inflated
     assert figures.get("refused") == (
         f"the DOCX member {name} declares 1,000 bytes uncompressed but holds "
-        f"{compressed_size(liar, name) / 2**20:.1f} MB compressed: its declared size is false (a zip bomb?)"), figures
+        f"{compressed_size(liar, name) / 2**20:.1f} MB compressed: its declared size is false (a zip bomb?)"
+    ), figures
     assert "upload" not in figures
     assert figures["grew_mib"] < 64, figures  # it peaked at 2 078 MiB inside python-docx's zipfile read
 
@@ -175,8 +181,11 @@ def test_xml_dense_with_elements_is_refused_before_it_is_parsed(picture_docx, tm
     figures = read_in_a_process(dense, tmp_path, max_parse_bytes=64 * 2**20)  # the app's HOMER_DOCX_MAX_PARSE_MB=64
     assert figures.get("upload") == "accepted", figures
     message = figures["refused"]
-    assert re.fullmatch(r"the DOCX's XML would take about 10\d\.\d MB of memory to read \(word/document\.xml: "
-                        r"3\.8 MB, 800,\d{3} elements and attributes\), over the limit of 64\.0 MB", message), message
+    assert re.fullmatch(
+        r"the DOCX's XML would take about 10\d\.\d MB of memory to read \(word/document\.xml: "
+        r"3\.8 MB, 800,\d{3} elements and attributes\), over the limit of 64\.0 MB",
+        message,
+    ), message
     assert figures["grew_mib"] < 64, figures
     assert "Call me Ishmael" in read_sectioned("docx", dense).text  # under the default limit it is read
 
@@ -201,11 +210,16 @@ def test_a_utf32_docx_with_a_doctype_is_refused(picture_docx):
     # "<!DOCTYPE" in UTF-8 or UTF-16 — the old check's only markers
     tree = etree.fromstring(hostile, etree.XMLParser(resolve_entities=False)).getroottree()
     assert tree.docinfo.internalDTD is not None
-    assert not any(marker.encode(codec) in hostile for marker in ("<!DOCTYPE", "<!ENTITY")
-                   for codec in ("utf-8", "utf-16-le", "utf-16-be"))
+    assert not any(
+        marker.encode(codec) in hostile
+        for marker in ("<!DOCTYPE", "<!ENTITY")
+        for codec in ("utf-8", "utf-16-le", "utf-16-be")
+    )
     docx = fx.rewrite_zip(picture_docx, replace={"word/document.xml": hostile})
-    assert refused("docx", docx) == ("the DOCX's word/document.xml is XML in UTF-32-LE, not UTF-8 or UTF-16 as a DOCX "
-                                     "must be: refused (in other encodings an entity declaration can hide)")
+    assert refused("docx", docx) == (
+        "the DOCX's word/document.xml is XML in UTF-32-LE, not UTF-8 or UTF-16 as a DOCX "
+        "must be: refused (in other encodings an entity declaration can hide)"
+    )
     # not only with a DOCTYPE: a part must be UTF-8 or UTF-16 (big-endian, or without a mark, alike)
     for codec in ("utf-32-be", "utf-32-le"):
         plain = fx.rewrite_zip(picture_docx, replace={"word/document.xml": reencoded(xml, codec, "UTF-32")})
@@ -219,8 +233,12 @@ def test_a_utf32_docx_with_a_doctype_is_refused(picture_docx):
     assert refused("docx", utf7).startswith("the DOCX's word/styles.xml is XML in UTF-7, not UTF-8 or UTF-16")
     # a DOCTYPE in the relationships or the content types is looked for there too
     rels = fx.member(picture_docx, "word/_rels/document.xml.rels")
-    sixteen = fx.rewrite_zip(picture_docx, replace={"word/_rels/document.xml.rels": reencoded(
-        rels, "utf-16-be", "UTF-16", '<!DOCTYPE r [<!ENTITY x "y">]>')})
+    sixteen = fx.rewrite_zip(
+        picture_docx,
+        replace={
+            "word/_rels/document.xml.rels": reencoded(rels, "utf-16-be", "UTF-16", '<!DOCTYPE r [<!ENTITY x "y">]>')
+        },
+    )
     assert refused("docx", sixteen).startswith("the DOCX's word/_rels/document.xml.rels carries a DOCTYPE")
 
 
@@ -244,11 +262,15 @@ def test_epub_parts_in_other_encodings_are_checked_in_them(tmp_path):
     xxe32 = fx.XXE_XHTML.decode().encode("utf-32")
     assert refused("epub", fx.rewrite_zip(epub, replace={chapter: xxe32})) == (
         f"the EPUB's {chapter} declares XML entities, which are refused (they can read local files or expand "
-        f"without bound)")
+        f"without bound)"
+    )
     utf7 = fx.XXE_XHTML.decode().replace('encoding="UTF-8"', 'encoding="UTF-7"').encode("utf-7")
     assert refused("epub", fx.rewrite_zip(epub, replace={chapter: utf7})) == (
         f"the EPUB's {chapter} is XML in UTF-7, which is refused (only UTF-8, UTF-16, UTF-32 and ASCII-based "
-        f"encodings are read: in others an entity declaration can hide)")
+        f"encodings are read: in others an entity declaration can hide)"
+    )
     latin = fx.member(epub, chapter).decode().replace('encoding="UTF-8"', 'encoding="ISO-8859-1"')
-    assert "Call me Ishmael" in read_sectioned("epub", fx.rewrite_zip(epub, replace={
-        chapter: latin.encode("latin-1", "replace")})).text  # an ASCII-based declared encoding still reads
+    assert (
+        "Call me Ishmael"
+        in read_sectioned("epub", fx.rewrite_zip(epub, replace={chapter: latin.encode("latin-1", "replace")})).text
+    )  # an ASCII-based declared encoding still reads

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import time
 
-import pytest
-
 import format_fixtures as fx
+import pytest
+from store_helpers import FAST, text_pdf
+
 from app import library
 from app.ingest import IngestError, ingest_bytes
 from homer.reading.formats import read_sectioned
@@ -16,7 +17,6 @@ from homer.reading.formats.markup import parse_xml
 from homer.reading.formats.zipsafe import ZipLimits
 from homer.reading.sources import DocumentError, read_document
 from storage import Store
-from store_helpers import FAST, text_pdf
 
 pytestmark = fx.needs_pandoc
 
@@ -49,8 +49,10 @@ def assert_the_book(doc, labels: list[str], notes_label: str | None):
     text = doc.text
     assert doc.labels == labels
     assert doc.page_starts[0] == 0 and doc.page_starts == sorted(doc.page_starts)
-    order = [text.index(s) for s in ("Call me Ishmael", "Circumambulate", "carpet-bag", "Spouter-Inn, you found",
-                                     "Cape-Horner")]
+    order = [
+        text.index(s)
+        for s in ("Call me Ishmael", "Circumambulate", "carpet-bag", "Spouter-Inn, you found", "Cape-Horner")
+    ]
     assert order == sorted(order)  # reading order
     assert where.label_at(text.index("Call me Ishmael")) == "Chapter 1. Loomings"
     assert where.label_at(text.index("Circumambulate")) == "Chapter 1. Loomings · The Water-Gazers"
@@ -59,7 +61,7 @@ def assert_the_book(doc, labels: list[str], notes_label: str | None):
     assert "Place | Day | Errand" in text and "Manhatto | Saturday | leaving" in text
     assert "New Bedford | Saturday night | waiting for the packet" in text.splitlines()
     assert "damp, drizzly November in my soul" in text  # the footnote, kept as text
-    assert "[1]" in text[text.index("watery part"):text.index("watery part") + 40]  # its reference
+    assert "[1]" in text[text.index("watery part") : text.index("watery part") + 40]  # its reference
     if notes_label:
         assert where.label_at(text.index("damp, drizzly")) == notes_label
     assert "Project Gutenberg edition for the rest" in text and "gutenberg.org" not in text  # a link: its text
@@ -103,13 +105,23 @@ def test_html_main_text_sections_and_what_is_dropped(book):
     doc = read("html", book["html"])
     assert doc.kind == "html"
     assert_the_book(doc, fx.BOOK_LABELS + ["Notes"], "Notes")
-    page = book["html"].replace(b"<body>", b"""<body><nav><a href="/">NAVMARKER home</a></nav>
+    page = book["html"].replace(
+        b"<body>",
+        b"""<body><nav><a href="/">NAVMARKER home</a></nav>
         <div hidden>HIDDENMARKER</div><div style="display: none">HIDDENMARKER</div>
         <form><input value="INPUTMARKER"><button>BUTTONMARKER</button></form><img alt="IMGMARKER" src="a.png">
-        <style>p { color: red }</style><noscript>NOSCRIPTMARKER</noscript>""")
+        <style>p { color: red }</style><noscript>NOSCRIPTMARKER</noscript>""",
+    )
     text = read("html", page).text
-    for marker in ("NAVMARKER", "HIDDENMARKER", "INPUTMARKER", "BUTTONMARKER", "IMGMARKER", "NOSCRIPTMARKER",
-                   "color: red"):
+    for marker in (
+        "NAVMARKER",
+        "HIDDENMARKER",
+        "INPUTMARKER",
+        "BUTTONMARKER",
+        "IMGMARKER",
+        "NOSCRIPTMARKER",
+        "color: red",
+    ):
         assert marker not in text
 
 
@@ -124,22 +136,36 @@ def test_html_reads_only_the_main_content_when_the_page_marks_it():
     lists = b"""<html><body><h3>Stores</h3><ul><li>biscuit</li><li><p>rum</p><ul><li>grog</li></ul></li></ul>
     <ol start="1"><li>first</li><li>second<br>line two</li></ol><pre>  keep
       this</pre></body></html>"""
-    assert read("html", lists).text == ("Stores\n\n- biscuit\n\n- rum\n\n- grog\n\n1. first\n\n2. second\nline two"
-                                        "\n\n  keep\n      this")
+    assert read("html", lists).text == (
+        "Stores\n\n- biscuit\n\n- rum\n\n- grog\n\n1. first\n\n2. second\nline two\n\n  keep\n      this"
+    )
 
 
-@pytest.mark.parametrize("data,expected", [
-    ('<html><head><meta charset="windows-1252"></head><body><p>caf\u00e9 na\u00efve \u2014 \u20ac5</p></body></html>'
-     .encode("cp1252"), "caf\u00e9 na\u00efve \u2014 \u20ac5"),
-    ('<html><head><meta http-equiv="Content-Type" content="text/html; charset=koi8-r"></head><body><p>\u041a\u0438\u0442'
-     '</p></body></html>'.encode("koi8-r"), "\u041a\u0438\u0442"),
-    ("<html><body><p>Moby-Dick, caf\u00e9 \u00e0 la cr\u00e8me, na\u00efvet\u00e9 d\u00e9j\u00e0 vu, Th\u00e9r\u00e8se "
-     "et No\u00ebl \u00e0 l'h\u00f4tel</p></body></html>".encode("cp1252"),
-     "Moby-Dick, caf\u00e9 \u00e0 la cr\u00e8me, na\u00efvet\u00e9 d\u00e9j\u00e0 vu, Th\u00e9r\u00e8se et No\u00ebl "
-     "\u00e0 l'h\u00f4tel"),
-    ("\ufeff<html><body><p>Ishmael \u00e9</p></body></html>".encode("utf-16"), "Ishmael \u00e9"),
-    ("<html><body><p>Ishmael \u00e9 \u2014 UTF-8</p></body></html>".encode("utf-8"), "Ishmael \u00e9 \u2014 UTF-8"),
-], ids=["meta-charset", "http-equiv", "detected", "utf16-bom", "utf8"])
+@pytest.mark.parametrize(
+    "data,expected",
+    [
+        (
+            '<html><head><meta charset="windows-1252"></head><body><p>caf\u00e9 na\u00efve \u2014 \u20ac5</p></body></html>'.encode(
+                "cp1252"
+            ),
+            "caf\u00e9 na\u00efve \u2014 \u20ac5",
+        ),
+        (
+            '<html><head><meta http-equiv="Content-Type" content="text/html; charset=koi8-r"></head><body><p>\u041a\u0438\u0442'
+            "</p></body></html>".encode("koi8-r"),
+            "\u041a\u0438\u0442",
+        ),
+        (
+            "<html><body><p>Moby-Dick, caf\u00e9 \u00e0 la cr\u00e8me, na\u00efvet\u00e9 d\u00e9j\u00e0 vu, Th\u00e9r\u00e8se "
+            "et No\u00ebl \u00e0 l'h\u00f4tel</p></body></html>".encode("cp1252"),
+            "Moby-Dick, caf\u00e9 \u00e0 la cr\u00e8me, na\u00efvet\u00e9 d\u00e9j\u00e0 vu, Th\u00e9r\u00e8se et No\u00ebl "
+            "\u00e0 l'h\u00f4tel",
+        ),
+        ("\ufeff<html><body><p>Ishmael \u00e9</p></body></html>".encode("utf-16"), "Ishmael \u00e9"),
+        ("<html><body><p>Ishmael \u00e9 \u2014 UTF-8</p></body></html>".encode("utf-8"), "Ishmael \u00e9 \u2014 UTF-8"),
+    ],
+    ids=["meta-charset", "http-equiv", "detected", "utf16-bom", "utf8"],
+)
 def test_html_encoding_from_the_page_or_detection(data, expected):
     assert read("html", data).text == expected
 
@@ -148,15 +174,23 @@ def test_html_encoding_from_the_page_or_detection(data, expected):
 def test_drm_is_refused_and_font_obfuscation_is_not(book):
     epub = book["epub"]
     drm = fx.rewrite_zip(epub, add={"META-INF/encryption.xml": fx.encryption_xml("EPUB/text/ch001.xhtml")})
-    assert refused("epub", drm) == ("the EPUB is DRM-protected (1 encrypted file, e.g. EPUB/text/ch001.xhtml); "
-                                    "only DRM-free books can be read")
+    assert refused("epub", drm) == (
+        "the EPUB is DRM-protected (1 encrypted file, e.g. EPUB/text/ch001.xhtml); only DRM-free books can be read"
+    )
     adept = fx.rewrite_zip(epub, add={"META-INF/rights.xml": fx.ADEPT_RIGHTS})
     assert "DRM-protected (Adobe ADEPT: META-INF/rights.xml)" in refused("epub", adept)
-    lcp = fx.rewrite_zip(epub, add={"META-INF/license.lcpl": b"{}",
-                                    "META-INF/encryption.xml": fx.encryption_xml("EPUB/text/ch002.xhtml")})
+    lcp = fx.rewrite_zip(
+        epub,
+        add={"META-INF/license.lcpl": b"{}", "META-INF/encryption.xml": fx.encryption_xml("EPUB/text/ch002.xhtml")},
+    )
     assert "DRM-protected (Readium LCP, 1 encrypted file" in refused("epub", lcp)
-    fonts = fx.rewrite_zip(epub, add={"EPUB/fonts/a.otf": b"\0" * 100, "META-INF/encryption.xml": fx.encryption_xml(
-        "EPUB/fonts/a.otf", "http://www.idpf.org/2008/embedding")})
+    fonts = fx.rewrite_zip(
+        epub,
+        add={
+            "EPUB/fonts/a.otf": b"\0" * 100,
+            "META-INF/encryption.xml": fx.encryption_xml("EPUB/fonts/a.otf", "http://www.idpf.org/2008/embedding"),
+        },
+    )
     assert set(fx.BOOK_LABELS) <= set(read("epub", fonts).labels)
 
 
@@ -174,12 +208,16 @@ def test_zip_bombs_are_refused_from_the_directory_before_decompressing(book, con
     assert "bomb.xhtml is 200.0 MB uncompressed, over the limit of 64.0 MB" in refused("epub", bomb, limits=limits)
     limits = ZipLimits(max_ratio=100_000, max_member_bytes=1000 * 2**20, max_total_bytes=100 * 2**20)
     assert "is 200.0 MB uncompressed, over the limit of 100.0 MB (a zip bomb?)" in refused("epub", bomb, limits=limits)
-    assert refused("epub", fx.many_members(60), limits=ZipLimits(max_members=50)) == \
-        "the EPUB holds 61 files, over the limit of 50"
+    assert (
+        refused("epub", fx.many_members(60), limits=ZipLimits(max_members=50))
+        == "the EPUB holds 61 files, over the limit of 50"
+    )
     # the app's settings (HOMER_ZIP_MAX_MEMBERS …) are the limits of its uploads, checked at upload and read
     configure(archives={"max_members": 50})
-    for call in (lambda: library.check_upload(fx.many_members(60), "many.epub"),
-                 lambda: ingest_bytes(fx.many_members(60), "many.epub")):
+    for call in (
+        lambda: library.check_upload(fx.many_members(60), "many.epub"),
+        lambda: ingest_bytes(fx.many_members(60), "many.epub"),
+    ):
         with pytest.raises(IngestError, match="^many.epub: the EPUB holds 61 files, over the limit of 50$"):
             call()
 
@@ -194,34 +232,42 @@ def test_a_zip_directory_that_lies_is_caught_while_reading(book):
     # 1000 bytes declared for 11 KB of deflate: a lie the directory itself gives away
     assert refused("epub", fx.lie_about_size(honest, chapter, 1000)) == (
         f"the EPUB member {chapter} declares 1,000 bytes uncompressed but holds 11 KB compressed: its declared "
-        f"size is false (a zip bomb?)")
+        f"size is false (a zip bomb?)"
+    )
 
 
 def test_malformed_epubs_are_refused_with_the_reason(book):
     epub = book["epub"]
-    assert refused("epub", b"just some text") == ("the file is not an EPUB (an EPUB is a zip archive; this is not "
-                                                  "one)")
+    assert refused("epub", b"just some text") == ("the file is not an EPUB (an EPUB is a zip archive; this is not one)")
     assert refused("epub", fx.rewrite_zip(epub, replace={"META-INF/container.xml": None})) == (
-        "the EPUB has no META-INF/container.xml (not an EPUB, or a damaged one)")
+        "the EPUB has no META-INF/container.xml (not an EPUB, or a damaged one)"
+    )
     broken = fx.rewrite_zip(epub, replace={"EPUB/content.opf": b"<package><manifest><item></package>"})
     assert refused("epub", broken).startswith("the EPUB's package file EPUB/content.opf is not well-formed XML (")
     assert refused("epub", fx.rewrite_zip(epub, replace={"EPUB/content.opf": None})) == (
-        "the EPUB's package file EPUB/content.opf is missing")
-    no_spine = fx.member(epub, "EPUB/content.opf").replace(b"<spine", b"<notspine").replace(b"</spine>",
-                                                                                             b"</notspine>")
+        "the EPUB's package file EPUB/content.opf is missing"
+    )
+    no_spine = fx.member(epub, "EPUB/content.opf").replace(b"<spine", b"<notspine").replace(b"</spine>", b"</notspine>")
     assert "has no spine" in refused("epub", fx.rewrite_zip(epub, replace={"EPUB/content.opf": no_spine}))
-    truncated = epub[:len(epub) // 2]
+    truncated = epub[: len(epub) // 2]
     assert refused("epub", truncated).startswith("the EPUB is a damaged zip archive")
     # a chapter that is not well-formed XML is read as HTML, as reading systems do
-    sloppy = fx.rewrite_zip(epub, replace={"EPUB/text/ch002.xhtml": b"<html><body><h1>Chapter 2. The Carpet-Bag"
-                                                                    b"<p>I stuffed a shirt&nbsp;or two<p>into it"})
+    sloppy = fx.rewrite_zip(
+        epub,
+        replace={
+            "EPUB/text/ch002.xhtml": b"<html><body><h1>Chapter 2. The Carpet-Bag"
+            b"<p>I stuffed a shirt&nbsp;or two<p>into it"
+        },
+    )
     assert "I stuffed a shirt or two\n\ninto it" in read("epub", sloppy).text  # &nbsp; read, collapsed
 
 
 def test_entity_attacks_are_refused(book):
     xxe = fx.rewrite_zip(book["epub"], replace={"EPUB/text/ch001.xhtml": fx.XXE_XHTML})
-    assert refused("epub", xxe) == ("the EPUB's EPUB/text/ch001.xhtml declares XML entities, which are refused "
-                                    "(they can read local files or expand without bound)")
+    assert refused("epub", xxe) == (
+        "the EPUB's EPUB/text/ch001.xhtml declares XML entities, which are refused "
+        "(they can read local files or expand without bound)"
+    )
     started = time.monotonic()
     with pytest.raises(DocumentError, match="declares XML entities"):
         parse_xml(fx.BILLION_LAUGHS, "the test document")
@@ -229,11 +275,14 @@ def test_entity_attacks_are_refused(book):
     laughs = fx.rewrite_zip(book["docx"], replace={"word/document.xml": fx.BILLION_LAUGHS})
     assert refused("docx", laughs).startswith("the DOCX's word/document.xml carries a DOCTYPE or entity declarations")
     container = fx.member(book["epub"], "META-INF/container.xml").replace(
-        b"<container", b'<!DOCTYPE c [<!ENTITY x SYSTEM "file:///etc/passwd">]>\n<container')
+        b"<container", b'<!DOCTYPE c [<!ENTITY x SYSTEM "file:///etc/passwd">]>\n<container'
+    )
     assert "container.xml declares XML entities" in refused(
-        "epub", fx.rewrite_zip(book["epub"], replace={"META-INF/container.xml": container}))
-    page = read("html", b'<!DOCTYPE html [<!ENTITY xxe SYSTEM "file:///etc/passwd">]><html><body><p>a &xxe; b</p>'
-                        b'</body></html>')
+        "epub", fx.rewrite_zip(book["epub"], replace={"META-INF/container.xml": container})
+    )
+    page = read(
+        "html", b'<!DOCTYPE html [<!ENTITY xxe SYSTEM "file:///etc/passwd">]><html><body><p>a &xxe; b</p></body></html>'
+    )
     assert "root:" not in page.text  # HTML has no entity declarations: nothing is read
 
 
@@ -241,12 +290,15 @@ def test_docx_that_is_not_one_is_refused(book):
     assert refused("docx", fx.password_protected_docx()) == "the DOCX is password-protected (encrypted)"
     assert refused("docx", fx.old_word_doc()).startswith("the file is an old Word document (.doc)")
     assert refused("docx", fx.rewrite_zip(book["docx"], replace={"word/document.xml": None})) == (
-        "the DOCX has no word/document.xml (not a Word document, or a damaged one)")
+        "the DOCX has no word/document.xml (not a Word document, or a damaged one)"
+    )
     types = fx.member(book["docx"], "[Content_Types].xml").replace(
         b"application/vnd.openxmlformats-officedocument.wordprocessingml.document.main+xml",
-        b"application/vnd.ms-word.document.macroEnabled.main+xml")
+        b"application/vnd.ms-word.document.macroEnabled.main+xml",
+    )
     assert "macro-enabled Word document (.docm)" in refused(
-        "docx", fx.rewrite_zip(book["docx"], replace={"[Content_Types].xml": types}))
+        "docx", fx.rewrite_zip(book["docx"], replace={"[Content_Types].xml": types})
+    )
     sheet = fx.rewrite_zip(book["docx"], rename={"word/document.xml": "xl/workbook.xml"})
     assert refused("docx", sheet) == "the file is an Excel workbook (XLSX), not a DOCX (wrong file extension?)"
     broken = fx.rewrite_zip(book["docx"], replace={"word/document.xml": b"<w:document><w:body><w:p>"})
@@ -271,8 +323,14 @@ def test_documents_without_text_are_refused(book, tmp_path):
     assert refused("epub", fx.rewrite_zip(book["epub"], replace=chapters)) == "the EPUB holds no text"
     empty_docx = fx.pandoc("", "docx", tmp_path)
     assert refused("docx", empty_docx) == "the DOCX holds no text"
-    assert refused("html", b"<html><head><title>Only a title</title><script>var a = 1;</script></head>"
-                           b"<body><img src='a.png'></body></html>") == "the HTML file holds no text"
+    assert (
+        refused(
+            "html",
+            b"<html><head><title>Only a title</title><script>var a = 1;</script></head>"
+            b"<body><img src='a.png'></body></html>",
+        )
+        == "the HTML file holds no text"
+    )
 
 
 def test_the_character_limit_and_the_deadline_are_kept(book):
@@ -326,8 +384,10 @@ def test_a_pdf_named_as_a_sectioned_format_is_refused_in_the_worker_too(book, tm
 def bad_uploads(book) -> dict[str, tuple[bytes, str]]:
     """Upload name -> (bytes, a piece of the reason)."""
     return {
-        "drm.epub": (fx.rewrite_zip(book["epub"], add={"META-INF/encryption.xml": fx.encryption_xml(
-            "EPUB/text/ch001.xhtml")}), "DRM-protected"),
+        "drm.epub": (
+            fx.rewrite_zip(book["epub"], add={"META-INF/encryption.xml": fx.encryption_xml("EPUB/text/ch001.xhtml")}),
+            "DRM-protected",
+        ),
         "bomb.epub": (fx.zip_bomb(book["epub"], "EPUB/text/bomb.xhtml"), "zip bomb"),
         "bomb.docx": (fx.zip_bomb(book["docx"], "word/media/zeros.bin"), "zip bomb"),
         "notzip.epub": (b"<html>plain</html>", "not an EPUB"),
@@ -343,8 +403,10 @@ def worker_only(book) -> dict[str, tuple[bytes, str]]:
     """Bad files whose fault lies past the cheap checks: the worker refuses them."""
     return {
         "xxe.epub": (fx.rewrite_zip(book["epub"], replace={"EPUB/text/ch001.xhtml": fx.XXE_XHTML}), "XML entities"),
-        "broken.epub": (fx.rewrite_zip(book["epub"], replace={"EPUB/content.opf": b"<package><manifest>"}),
-                        "not well-formed XML"),
+        "broken.epub": (
+            fx.rewrite_zip(book["epub"], replace={"EPUB/content.opf": b"<package><manifest>"}),
+            "not well-formed XML",
+        ),
         "laughs.docx": (fx.rewrite_zip(book["docx"], replace={"word/document.xml": fx.BILLION_LAUGHS}), "DOCTYPE"),
         "empty.html": (b"<html><body><script>x()</script></body></html>", "holds no text"),
     }

@@ -32,8 +32,14 @@ def test_the_store_keeps_section_labels(tmp_path):
 
     store = Store(tmp_path / "store")
     text = "Loomings. Call me Ishmael.\n\nThe Carpet-Bag. I stuffed a shirt or two."
-    row = store.add_document(b"epub bytes", "moby.epub", text, "epub", [0, 28],
-                             locations=["Chapter 1 · Loomings", "Chapter 2 · The Carpet-Bag"])
+    row = store.add_document(
+        b"epub bytes",
+        "moby.epub",
+        text,
+        "epub",
+        [0, 28],
+        locations=["Chapter 1 · Loomings", "Chapter 2 · The Carpet-Bag"],
+    )
     assert store.location_map(row["id"]).label_at(30) == "Chapter 2 · The Carpet-Bag"
     plain = store.add_document(b"pdf bytes", "a.pdf", "one\n\ntwo", "pdf", [0, 5])
     assert store.location_map(plain["id"]).label_at(6) == "p. 2"
@@ -44,8 +50,10 @@ def test_the_store_keeps_section_labels(tmp_path):
 def test_markdown_headings_are_sections_and_code_fences_are_not():
     from homer.reading.sources import read_document
 
-    text = ("Intro line.\n\n# Install\n\nPip it.\n\n## Requirements\n\nPython 3.11.\n\n```\n# not a heading\n```\n\n"
-            "# Use\n\nAsk away.\n")
+    text = (
+        "Intro line.\n\n# Install\n\nPip it.\n\n## Requirements\n\nPython 3.11.\n\n```\n# not a heading\n```\n\n"
+        "# Use\n\nAsk away.\n"
+    )
     doc = read_document("guide.md", data=text.encode())
     assert doc.labels == ["", "Install", "Install · Requirements", "Use"]
     places = doc.locations

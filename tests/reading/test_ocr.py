@@ -14,11 +14,11 @@ import subprocess
 import time
 
 import pytest
+from conftest import tiny_tokenizer
+from store_helpers import FAST, text_pdf
 
 from app.ingest import IngestError, ingest_bytes
 from app.settings import configured
-from conftest import tiny_tokenizer
-from store_helpers import FAST, text_pdf
 
 PAGES = [  # page 1 holds over 60 words: one passage of the index of its own (storage.passages)
     "The lighthouse keeper Ada trimmed the wick every evening before the ships came home. "
@@ -56,8 +56,20 @@ def printed_pdf(pages: list[str], folder) -> bytes:
     body = "".join(f'<p style="page-break-after: always">{html.escape(text)}</p>' for text in pages)
     source, out = folder / "pages.html", folder / "pages.pdf"
     source.write_text(f'<html><body style="font-family: serif; font-size: 20pt; margin: 1in">{body}</body></html>')
-    subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--no-pdf-header-footer",
-                    f"--print-to-pdf={out}", source.as_uri()], capture_output=True, timeout=120, check=True)
+    subprocess.run(
+        [
+            chromium,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-pdf-header-footer",
+            f"--print-to-pdf={out}",
+            source.as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=True,
+    )
     return out.read_bytes()
 
 
@@ -115,8 +127,10 @@ def test_the_fixtures_are_a_scan_without_text_and_a_mixed_pdf(fixtures):
     from pypdf import PdfReader
 
     printed, scan, mixed = fixtures
-    assert all(words(page.extract_text()) >= words(text) - {"s"}
-               for page, text in zip(PdfReader(io.BytesIO(printed)).pages, PAGES))
+    assert all(
+        words(page.extract_text()) >= words(text) - {"s"}
+        for page, text in zip(PdfReader(io.BytesIO(printed)).pages, PAGES)
+    )
     assert [page.extract_text().strip() for page in PdfReader(io.BytesIO(scan)).pages] == ["", ""]
     assert [bool(page.extract_text().strip()) for page in PdfReader(io.BytesIO(mixed)).pages] == [True, False, True]
 
@@ -127,7 +141,7 @@ def test_a_scanned_pdf_is_read_by_ocr_with_its_page_map_and_progress(read_scan):
     assert seconds > 1  # past HOMER_INGEST_SECONDS=1: the deadline grew by the OCR allowance
     assert doc.kind == "pdf" and len(doc.page_starts) == 2
     assert seen == ["OCR page 1/2", "OCR page 2/2"]
-    page_one, page_two = doc.text[:doc.page_starts[1]], doc.text[doc.page_starts[1]:]
+    page_one, page_two = doc.text[: doc.page_starts[1]], doc.text[doc.page_starts[1] :]
     assert words(PAGES[0]) <= words(page_one) and words(PAGES[1]) <= words(page_two), doc.text
     assert doc.page_of(doc.text.index("Ada")) == 1 and doc.page_of(doc.text.index("zyzzogeton")) == 2
     assert doc.passages and doc.passages[-1][3] == 2 and doc.token_count > 0
@@ -144,9 +158,9 @@ def test_a_mixed_pdf_keeps_its_text_pages_and_reads_the_scanned_one(fixtures):
     doc = read_pdf(mixed, progress=seen.append)
     assert doc.ocr_pages == [2] and seen == ["OCR page 1/1"] and len(doc.page_starts) == 3
     layer = [page.extract_text() for page in PdfReader(io.BytesIO(printed)).pages]
-    pages = [doc.text[doc.page_starts[i]:doc.page_starts[i + 1]].rstrip("\n") for i in range(2)]
+    pages = [doc.text[doc.page_starts[i] : doc.page_starts[i + 1]].rstrip("\n") for i in range(2)]
     assert pages[0] == layer[0]  # the text layer, untouched
-    assert doc.text[doc.page_starts[2]:] == layer[2].rstrip()
+    assert doc.text[doc.page_starts[2] :] == layer[2].rstrip()
     assert words(PAGES[1]) <= words(pages[1])
 
 
@@ -163,21 +177,29 @@ def test_without_tesseract_a_scan_is_refused_saying_what_to_install(fixtures, co
     configure(ocr={"tesseract": "/nonexistent/tesseract"})
     with pytest.raises(IngestError) as info:
         ingest_bytes(scan, "scan.pdf")
-    assert str(info.value) == ("scan.pdf: this PDF is scanned (no text layer) and OCR is not available: "
-                               "install Tesseract (Debian: tesseract-ocr tesseract-ocr-eng)")
+    assert str(info.value) == (
+        "scan.pdf: this PDF is scanned (no text layer) and OCR is not available: "
+        "install Tesseract (Debian: tesseract-ocr tesseract-ocr-eng)"
+    )
     # a mixed PDF is still read: its text pages, without the scanned one
     doc = read_pdf(mixed, ocr_command="/nonexistent/tesseract")
     assert doc.ocr_pages == [] and "Ada" in doc.text and "zyzzogeton" not in doc.text
     configure(ocr={"tesseract": "tesseract", "language": "xyz"})
-    with pytest.raises(IngestError, match=r"OCR is not available: install Tesseract's xyz language data "
-                                          r"\(Debian: tesseract-ocr-xyz\)$"):
+    with pytest.raises(
+        IngestError,
+        match=r"OCR is not available: install Tesseract's xyz language data "
+        r"\(Debian: tesseract-ocr-xyz\)$",
+    ):
         ingest_bytes(scan, "scan.pdf")
 
 
 def test_ocr_turned_off_refuses_a_scan_as_before(fixtures, configure):
     configure(ocr={"enabled": False})
-    with pytest.raises(IngestError, match=r"^scan\.pdf: the PDF has no text layer \(scanned images only\?\) "
-                                          r"and OCR is turned off$"):
+    with pytest.raises(
+        IngestError,
+        match=r"^scan\.pdf: the PDF has no text layer \(scanned images only\?\) "
+        r"and OCR is turned off$",
+    ):
         ingest_bytes(fixtures[1], "scan.pdf")
     assert "zyzzogeton" not in ingest_bytes(fixtures[2], "mixed.pdf").text  # text pages only
 
@@ -188,8 +210,11 @@ def test_the_ocr_page_and_time_limits_refuse_a_long_scan(fixtures, configure):
         ingest_bytes(fixtures[1], "scan.pdf")
     configure(ingest={"ocr_max_pages": 200, "ocr_page_seconds": 0.05})
     started = time.monotonic()
-    with pytest.raises(IngestError, match=r"the PDF has no text layer, and the OCR of pages 1, 2 took over 0\.05 s "
-                                          r"\(the limit per page\)$"):
+    with pytest.raises(
+        IngestError,
+        match=r"the PDF has no text layer, and the OCR of pages 1, 2 took over 0\.05 s "
+        r"\(the limit per page\)$",
+    ):
         ingest_bytes(fixtures[1], "scan.pdf")
     assert time.monotonic() - started < 10  # Tesseract was stopped, not waited for
     doc = ingest_bytes(fixtures[2], "mixed.pdf")  # a page stopped at the limit keeps its (empty) text layer
@@ -204,11 +229,19 @@ def test_a_page_claiming_huge_images_is_refused_before_it_is_rendered():
     page = writer.add_blank_page(612, 792)
     image = StreamObject()
     image.set_data(b"\x00" * 64)
-    image.update({NameObject("/Type"): NameObject("/XObject"), NameObject("/Subtype"): NameObject("/Image"),
-                  NameObject("/Width"): NumberObject(40000), NameObject("/Height"): NumberObject(40000),
-                  NameObject("/ColorSpace"): NameObject("/DeviceGray"), NameObject("/BitsPerComponent"): NumberObject(8)})
+    image.update(
+        {
+            NameObject("/Type"): NameObject("/XObject"),
+            NameObject("/Subtype"): NameObject("/Image"),
+            NameObject("/Width"): NumberObject(40000),
+            NameObject("/Height"): NumberObject(40000),
+            NameObject("/ColorSpace"): NameObject("/DeviceGray"),
+            NameObject("/BitsPerComponent"): NumberObject(8),
+        }
+    )
     page[NameObject("/Resources")] = DictionaryObject(
-        {NameObject("/XObject"): DictionaryObject({NameObject("/Im0"): writer._add_object(image)})})
+        {NameObject("/XObject"): DictionaryObject({NameObject("/Im0"): writer._add_object(image)})}
+    )
     content = StreamObject()
     content.set_data(b"q 612 0 0 792 0 0 cm /Im0 Do Q")
     page[NameObject("/Contents")] = writer._add_object(content)
@@ -224,7 +257,7 @@ def test_the_benchmark_character_error_rate_on_one_page(read_scan):
     assert cer("abcd", "abed") == 0.25 and cer("a  b\n c", "a b c") == 0.0
     assert normalise(" The\n\nkeeper  lit\tit ") == "The keeper lit it"
     doc, _, _ = read_scan
-    assert cer(PAGES[0], doc.text[:doc.page_starts[1]]) <= 0.03
+    assert cer(PAGES[0], doc.text[: doc.page_starts[1]]) <= 0.03
 
 
 @pytest.mark.slow
@@ -250,8 +283,14 @@ def test_a_scanned_upload_is_answered_with_its_page_as_the_source(fixtures, tmp_
     document_id = store.jobs.get(job["id"])["document_id"]
     assert store.document(document_id)["pages"] == 2
     service = ChatService(store)
-    *_, (shown, stats) = service.ask("s", document_id, "Where was the zyzzogeton kept?", str(model_dir),
-                                     GenerationSettings(max_new_tokens=4), focus="passages")
+    *_, (shown, stats) = service.ask(
+        "s",
+        document_id,
+        "Where was the zyzzogeton kept?",
+        str(model_dir),
+        GenerationSettings(max_new_tokens=4),
+        focus="passages",
+    )
     sources = shown.split("\n\nSources:\n", 1)[1]
     first = sources.splitlines()[0]
     assert "p. 2" in first and "zyzzogeton" in first, shown
@@ -270,10 +309,17 @@ def noise_pdf(pages: int, side: int = 730, size: float = 216) -> bytes:
     writer = PdfWriter()
     image = StreamObject()
     image._data = zlib.compress(random.Random(0).randbytes(side * side))
-    image.update({NameObject("/Type"): NameObject("/XObject"), NameObject("/Subtype"): NameObject("/Image"),
-                  NameObject("/Width"): NumberObject(side), NameObject("/Height"): NumberObject(side),
-                  NameObject("/ColorSpace"): NameObject("/DeviceGray"), NameObject("/BitsPerComponent"): NumberObject(8),
-                  NameObject("/Filter"): NameObject("/FlateDecode")})
+    image.update(
+        {
+            NameObject("/Type"): NameObject("/XObject"),
+            NameObject("/Subtype"): NameObject("/Image"),
+            NameObject("/Width"): NumberObject(side),
+            NameObject("/Height"): NumberObject(side),
+            NameObject("/ColorSpace"): NameObject("/DeviceGray"),
+            NameObject("/BitsPerComponent"): NumberObject(8),
+            NameObject("/Filter"): NameObject("/FlateDecode"),
+        }
+    )
     image_ref = writer._add_object(image)
     content = StreamObject()
     content.set_data(f"q {size} 0 0 {size} 0 0 cm /Im0 Do Q".encode())
@@ -281,7 +327,8 @@ def noise_pdf(pages: int, side: int = 730, size: float = 216) -> bytes:
     for _ in range(pages):
         page = writer.add_blank_page(size, size)
         page[NameObject("/Resources")] = DictionaryObject(
-            {NameObject("/XObject"): DictionaryObject({NameObject("/Im0"): image_ref})})
+            {NameObject("/XObject"): DictionaryObject({NameObject("/Im0"): image_ref})}
+        )
         page[NameObject("/Contents")] = content_ref
     out = io.BytesIO()
     writer.write(out)
@@ -318,8 +365,10 @@ def test_a_scan_of_noise_stops_after_its_first_empty_pages(fixtures, tmp_path, m
     assert tasks.run_build(store, job["id"]) == "failed"
     seconds = time.monotonic() - started
     error = store.jobs.get(job["id"])["error"]
-    assert error == ("noise.pdf: the PDF has no text layer and OCR found no text on the first 8 of its 200 scanned "
-                     "pages (noise or photos?): stopped there"), error
+    assert error == (
+        "noise.pdf: the PDF has no text layer and OCR found no text on the first 8 of its 200 scanned "
+        "pages (noise or photos?): stopped there"
+    ), error
     assert [m for m in seen if m.startswith("OCR")] == [f"OCR page {i}/200" for i in range(1, 9)]
     assert seconds < 120, seconds  # 8 pages (about 2 s each here), not 200 (8 minutes)
     assert store.documents() == []
@@ -337,7 +386,7 @@ def test_a_scan_of_noise_stops_after_its_first_empty_pages(fixtures, tmp_path, m
     assert doc.ocr_pages == [2, 3] and len(doc.page_starts) == 6 and "Ada" in doc.text
     # what counts as text: a caption does, OCR's fragments of noise do not
     assert readable("Figure 3: The harbour in 1890")
-    assert not readable("r\n1\nio\nia\naa\nre.\nee\nie\nants\ni\n\"a tet\nis\nwu\n“et\nr\n7\nqe\n1\nre\n> Tr")
+    assert not readable('r\n1\nio\nia\naa\nre.\nee\nie\nants\ni\n"a tet\nis\nwu\n“et\nr\n7\nqe\n1\nre\n> Tr')
 
 
 @pytest.mark.slow
@@ -348,8 +397,9 @@ def test_a_scanned_page_that_takes_minutes_to_draw_is_refused_at_the_render_dead
     reader's page renders meanwhile."""
     import threading
 
-    from homer.reading.formats import render
     from format_fixtures import fills_pdf
+
+    from homer.reading.formats import render
 
     configure(render={"seconds": 2})
     other = tmp_path / "other.pdf"

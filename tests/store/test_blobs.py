@@ -135,13 +135,16 @@ def test_an_unreachable_endpoint_is_one_clear_line(tmp_path, monkeypatch):
     assert "s3://nobody-home/homer" in message and "\n" not in message and not isinstance(caught.value, BlobMissing)
 
 
-@pytest.mark.parametrize("url, protocol, root", [
-    ("s3://my-bucket/homer/store", "s3", "my-bucket/homer/store"),
-    ("s3://my-bucket", "s3", "my-bucket"),
-    ("hf://buckets/alice/library/homer", "hf", "buckets/alice/library/homer"),
-    ("hf://buckets/alice/library", "hf", "buckets/alice/library"),
-    ("file:///var/lib/homer", "file", "/var/lib/homer"),
-])
+@pytest.mark.parametrize(
+    "url, protocol, root",
+    [
+        ("s3://my-bucket/homer/store", "s3", "my-bucket/homer/store"),
+        ("s3://my-bucket", "s3", "my-bucket"),
+        ("hf://buckets/alice/library/homer", "hf", "buckets/alice/library/homer"),
+        ("hf://buckets/alice/library", "hf", "buckets/alice/library"),
+        ("file:///var/lib/homer", "file", "/var/lib/homer"),
+    ],
+)
 def test_locations_parse(url, protocol, root):
     location = parse_location(url)
     assert (location.protocol, location.root, location.url) == (protocol, root, url)
@@ -153,16 +156,19 @@ def test_a_folder_location_is_an_absolute_path(tmp_path, monkeypatch):
     assert parse_location("blobs").root == str(tmp_path.resolve() / "blobs")
 
 
-@pytest.mark.parametrize("url, words", [
-    ("hf://alice/model/weights", "hf://buckets/<owner>/<name>"),
-    ("hf://datasets/alice/data", "hf://buckets/<owner>/<name>"),
-    ("hf://buckets/alice", "hf://buckets/<owner>/<name>"),
-    ("s3://A_Bad_Bucket/x", "s3://bucket/prefix"),
-    ("s3://", "s3://bucket/prefix"),
-    ("s3://bucket/../other", "'..'"),
-    ("gs://bucket/x", "unsupported blob location"),
-    ("", "empty"),
-])
+@pytest.mark.parametrize(
+    "url, words",
+    [
+        ("hf://alice/model/weights", "hf://buckets/<owner>/<name>"),
+        ("hf://datasets/alice/data", "hf://buckets/<owner>/<name>"),
+        ("hf://buckets/alice", "hf://buckets/<owner>/<name>"),
+        ("s3://A_Bad_Bucket/x", "s3://bucket/prefix"),
+        ("s3://", "s3://bucket/prefix"),
+        ("s3://bucket/../other", "'..'"),
+        ("gs://bucket/x", "unsupported blob location"),
+        ("", "empty"),
+    ],
+)
 def test_bad_locations_say_what_is_accepted(url, words):
     with pytest.raises(BlobError, match=re.escape(words)) as caught:
         parse_location(url)

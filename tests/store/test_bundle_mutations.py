@@ -11,8 +11,6 @@ peak resident memory is its own; it is seeded, so a failure reproduces."""
 
 from __future__ import annotations
 
-import pytest
-
 import hashlib
 import json
 import random
@@ -22,6 +20,8 @@ import sys
 import time
 import zipfile
 from pathlib import Path
+
+import pytest
 
 HERE = Path(__file__).resolve().parent
 MUTATIONS = 1100
@@ -33,12 +33,19 @@ PEAK_LIMIT = 2**30
 def test_mutated_bundles_are_refused_or_imported_intact(tmp_path):
     out = tmp_path / "summary.json"
     started = time.monotonic()
-    result = subprocess.run([sys.executable, str(Path(__file__)), str(tmp_path / "work"), str(out)], cwd=HERE,
-                            capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(Path(__file__)), str(tmp_path / "work"), str(out)],
+        cwd=HERE,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     summary = json.loads(out.read_text())
-    print(f"{summary['count']} mutated bundles in {summary['seconds']:.1f} s (child, {time.monotonic() - started:.1f} s "
-          f"with start-up): {summary['outcomes']}; peak RSS {summary['peak_rss'] / 2**20:.0f} MiB")
+    print(
+        f"{summary['count']} mutated bundles in {summary['seconds']:.1f} s (child, {time.monotonic() - started:.1f} s "
+        f"with start-up): {summary['outcomes']}; peak RSS {summary['peak_rss'] / 2**20:.0f} MiB"
+    )
     assert summary["failures"] == [], summary["failures"][:5]
     assert summary["count"] >= 1000
     assert summary["outcomes"].get("refused", 0) > 500 and summary["outcomes"].get("imported", 0) >= 5
@@ -50,20 +57,79 @@ HOSTILE_IDS = ["../..", "..", "/", "documents", "caches/../..", "A" * 64, "0" * 
 
 
 def _ids(store_root: Path, victim: Path, other: str) -> list:
-    return HOSTILE_IDS + [str(store_root), str(victim), str(store_root / "index.db"), other, other.upper(), other[:12],
-                          f"{other[:2]}/../{other}"]
+    return HOSTILE_IDS + [
+        str(store_root),
+        str(victim),
+        str(store_root / "index.db"),
+        other,
+        other.upper(),
+        other[:12],
+        f"{other[:2]}/../{other}",
+    ]
 
 
-HOSTILE_VALUES = [None, True, -1, 0, 2**63, 10**30, 1.5, float("inf"), "", "x" * 5000, "../../etc", "\n", [], [[]],
-                  {}, {"a": {"b": {"c": 1}}}, [0, -5], [[0, 1, 1, 1]] * 3]
-FIELDS = [["format"], ["format_version"], ["document", "title"], ["document", "file_name"], ["document", "kind"],
-          ["document", "pages"], ["document", "token_count"], ["document", "chars"], ["document", "bytes"],
-          ["document", "page_starts"], ["document", "passages"], ["model", "fingerprint"], ["model", "name"],
-          ["settings"], ["cache", "id"], ["cache", "model_fingerprint"], ["cache", "model_name"], ["cache", "settings"],
-          ["cache", "prompt_version"], ["cache", "tokens"], ["cache", "build_seconds"], ["members"],
-          ["members", "text.txt"], ["members", "text.txt", "bytes"], ["members", "cache.safetensors", "sha256"]]
-NAMES = ["../evil", "/abs/evil", "C:evil", "source.pdf", "source", "text.txt", "cache.safetensors", "manifest.json",
-         "dir/", "Text.txt", "text.txt\\x", "source.txt.exe", "a" * 300]
+HOSTILE_VALUES = [
+    None,
+    True,
+    -1,
+    0,
+    2**63,
+    10**30,
+    1.5,
+    float("inf"),
+    "",
+    "x" * 5000,
+    "../../etc",
+    "\n",
+    [],
+    [[]],
+    {},
+    {"a": {"b": {"c": 1}}},
+    [0, -5],
+    [[0, 1, 1, 1]] * 3,
+]
+FIELDS = [
+    ["format"],
+    ["format_version"],
+    ["document", "title"],
+    ["document", "file_name"],
+    ["document", "kind"],
+    ["document", "pages"],
+    ["document", "token_count"],
+    ["document", "chars"],
+    ["document", "bytes"],
+    ["document", "page_starts"],
+    ["document", "passages"],
+    ["model", "fingerprint"],
+    ["model", "name"],
+    ["settings"],
+    ["cache", "id"],
+    ["cache", "model_fingerprint"],
+    ["cache", "model_name"],
+    ["cache", "settings"],
+    ["cache", "prompt_version"],
+    ["cache", "tokens"],
+    ["cache", "build_seconds"],
+    ["members"],
+    ["members", "text.txt"],
+    ["members", "text.txt", "bytes"],
+    ["members", "cache.safetensors", "sha256"],
+]
+NAMES = [
+    "../evil",
+    "/abs/evil",
+    "C:evil",
+    "source.pdf",
+    "source",
+    "text.txt",
+    "cache.safetensors",
+    "manifest.json",
+    "dir/",
+    "Text.txt",
+    "text.txt\\x",
+    "source.txt.exe",
+    "a" * 300,
+]
 
 
 def _members(path: Path) -> list[tuple[str, bytes]]:
@@ -120,9 +186,9 @@ def _lie(data: bytes, rng: random.Random) -> bytes:
     if spots:
         pos, at = rng.choice(spots)
         claimed = rng.choice([0, 1, 100, 2**20, 2**31, 2**32 - 1])
-        data[pos + at:pos + at + 4] = struct.pack("<L", claimed)
+        data[pos + at : pos + at + 4] = struct.pack("<L", claimed)
         if rng.random() < 0.5:
-            data[pos + at - 4:pos + at] = struct.pack("<L", rng.choice([0, 1, 2**32 - 1]))  # the compressed size
+            data[pos + at - 4 : pos + at] = struct.pack("<L", rng.choice([0, 1, 2**32 - 1]))  # the compressed size
     return bytes(data)
 
 
@@ -138,8 +204,24 @@ def mutate(base: Path, out: Path, rng: random.Random, ids: list, other: str) -> 
     """Write one mutation of ``base`` at ``out``; returns what was done."""
     members = _members(base)
     manifest = json.loads(dict(members)["manifest.json"])
-    kind = rng.choice(["flip", "truncate", "field", "id", "relabel", "rename", "duplicate", "drop", "lie", "content",
-                       "header", "extra", "text", "combo"])
+    kind = rng.choice(
+        [
+            "flip",
+            "truncate",
+            "field",
+            "id",
+            "relabel",
+            "rename",
+            "duplicate",
+            "drop",
+            "lie",
+            "content",
+            "header",
+            "extra",
+            "text",
+            "combo",
+        ]
+    )
     fix = rng.random() < 0.7
     steps = [kind] if kind != "combo" else rng.sample(["field", "id", "rename", "content", "header", "text", "lie"], 2)
     raw_edit = None
@@ -163,8 +245,10 @@ def mutate(base: Path, out: Path, rng: random.Random, ids: list, other: str) -> 
             i = rng.randrange(len(members))
             members[i] = (members[i][0], _flip(members[i][1], rng, rng.randint(1, 4)))
         elif step == "text":
-            members = [(n, d.replace(b"Ada", rng.choice([b"Eve", b"Adam", b"", b"\xff"])) if n == "text.txt" else d)
-                       for n, d in members]
+            members = [
+                (n, d.replace(b"Ada", rng.choice([b"Eve", b"Adam", b"", b"\xff"])) if n == "text.txt" else d)
+                for n, d in members
+            ]
         elif step == "header":  # flip bytes inside the cache's safetensors header
             members = [(n, _flip_header(d, rng) if n == "cache.safetensors" else d) for n, d in members]
         elif step in ("flip", "truncate", "lie"):
@@ -177,7 +261,7 @@ def mutate(base: Path, out: Path, rng: random.Random, ids: list, other: str) -> 
         out.write_bytes(_flip(out.read_bytes(), rng, rng.randint(1, 8)))
     elif raw_edit == "truncate":
         data = out.read_bytes()
-        out.write_bytes(data[:rng.randrange(len(data))])
+        out.write_bytes(data[: rng.randrange(len(data))])
     elif raw_edit == "lie":
         out.write_bytes(_lie(out.read_bytes(), rng))
     return "+".join(steps) + ("" if fix else "(unfixed)")
@@ -197,20 +281,23 @@ def _flip_header(data: bytes, rng: random.Random) -> bytes:
 
 def child(work: Path, out: Path) -> None:
     sys.path.insert(0, str(HERE.parent))  # the tests' helpers
-    from app.library import text_from_source
     from bundle_helpers import make_victim, snapshot, store_rows, stored_document
     from conftest import tiny_model, tiny_tokenizer
+    from store_helpers import peak_rss_bytes, story
+
+    from app.library import text_from_source
     from homer.cache import HomerCache
     from storage import BundleError, Store
     from storage.bundles import export_bundle, import_bundle, text_document_id
-    from store_helpers import peak_rss_bytes, story
 
     work.mkdir(parents=True)
     model, tokenizer = tiny_model("llama", window=1024), tiny_tokenizer()
     origin = Store(work / "origin")
     theirs = stored_document(origin, model, story(10, "of the south"), "south.txt")
-    bases = [export_bundle(origin, theirs["id"], work / "with-source.zip"),
-             export_bundle(origin, theirs["id"], work / "sourceless.zip", include_source=False)]
+    bases = [
+        export_bundle(origin, theirs["id"], work / "with-source.zip"),
+        export_bundle(origin, theirs["id"], work / "sourceless.zip", include_source=False),
+    ]
     parent = work / "parent"
     store = Store(parent / "store")
     mine = stored_document(store, model, story(10, "of the north"), "north.txt", owner="a")
@@ -224,8 +311,11 @@ def child(work: Path, out: Path) -> None:
         return {k: v for k, v in snapshot(parent).items() if not k.startswith("store")}
 
     def mine_state():
-        return store_rows(store, mine["id"]), snapshot(mine_dir), \
-            hashlib.sha256((store.root / store.caches(mine["id"])[0]["file"]).read_bytes()).hexdigest()
+        return (
+            store_rows(store, mine["id"]),
+            snapshot(mine_dir),
+            hashlib.sha256((store.root / store.caches(mine["id"])[0]["file"]).read_bytes()).hexdigest(),
+        )
 
     before_outside, before_mine = outside(), mine_state()
     rng = random.Random(SEED)
@@ -273,8 +363,17 @@ def child(work: Path, out: Path) -> None:
         if list(store.tmp_dir.iterdir()):
             failures.append(f"{i} {what}: temp files left in the store")
     peak = peak_rss_bytes()  # this child's own peak (ru_maxrss would carry the parent's across exec)
-    out.write_text(json.dumps({"count": MUTATIONS, "seconds": time.monotonic() - started, "outcomes": outcomes,
-                               "failures": failures, "peak_rss": peak}))
+    out.write_text(
+        json.dumps(
+            {
+                "count": MUTATIONS,
+                "seconds": time.monotonic() - started,
+                "outcomes": outcomes,
+                "failures": failures,
+                "peak_rss": peak,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -16,17 +16,16 @@ import zipfile
 
 import pytest
 import torch
+from bundle_helpers import make_victim, members_of, rebuild, set_field, snapshot, store_rows, stored_document
+from conftest import tiny_model, tiny_tokenizer
+from store_helpers import story
 
 from app import library
-from bundle_helpers import (make_victim, members_of, rebuild, set_field, snapshot, store_rows, stored_document,
-                            write_zip)
-from conftest import tiny_model, tiny_tokenizer
 from homer.cache import HomerCache
 from storage import BundleError, Store
 from storage.bundle_schema import DEFAULT_BUNDLE_MB, max_bundle_bytes
 from storage.bundles import export_bundle, import_bundle, text_document_id
 from storage.store import cache_key
-from store_helpers import story
 
 TEXT_A = story(12, "of the north")
 TEXT_B = story(12, "of the south")
@@ -43,8 +42,12 @@ def origin(tmp_path_factory, model):
     store = Store(tmp_path_factory.mktemp("origin") / "store")
     doc = stored_document(store, model, TEXT_B, "south.txt")
     folder = tmp_path_factory.mktemp("bundles")
-    return {"store": store, "doc": doc, "bundle": export_bundle(store, doc["id"], folder / "south.zip"),
-            "sourceless": export_bundle(store, doc["id"], folder / "south-nosrc.zip", include_source=False)}
+    return {
+        "store": store,
+        "doc": doc,
+        "bundle": export_bundle(store, doc["id"], folder / "south.zip"),
+        "sourceless": export_bundle(store, doc["id"], folder / "south-nosrc.zip", include_source=False),
+    }
 
 
 @pytest.fixture
@@ -60,8 +63,13 @@ def importing(store, bundle, owner="b", **kwargs):
     """Import as the app does (ingestion check of the source, the tokenizer's token check);
     with ``owner`` through the library, with limits in ``kwargs`` through the store API."""
     if owner is None or kwargs:
-        return import_bundle(store, bundle, tokenizer=tiny_tokenizer(),
-                             text_from_source=library.text_from_source(tiny_tokenizer()), **kwargs)
+        return import_bundle(
+            store,
+            bundle,
+            tokenizer=tiny_tokenizer(),
+            text_from_source=library.text_from_source(tiny_tokenizer()),
+            **kwargs,
+        )
     return library.import_bundle_file(store, bundle, None, owner, tokenizer=tiny_tokenizer())
 
 
@@ -74,8 +82,13 @@ def refused(store, bundle, match: str, **kwargs) -> str:
 
 
 def state(store, doc, victim):
-    return snapshot(victim), store_rows(store, doc["id"]), snapshot(store.root / "documents"), \
-        snapshot(store.root / "caches"), store.check()
+    return (
+        snapshot(victim),
+        store_rows(store, doc["id"]),
+        snapshot(store.root / "documents"),
+        snapshot(store.root / "caches"),
+        store.check(),
+    )
 
 
 # --- 1: a bundle's document id used as a path --------------------------------------------------
@@ -83,8 +96,14 @@ def state(store, doc, victim):
 @pytest.mark.parametrize("kind", ["dotdot", "store-root", "absolute", "folder", "upper-case", "prefix"])
 def test_document_id_that_is_a_path_is_refused(tmp_path, origin, shared, kind):
     store, doc, victim = shared
-    value = {"dotdot": "../..", "store-root": str(store.root), "absolute": str(victim), "folder": "documents",
-             "upper-case": doc["id"].upper(), "prefix": doc["id"][:12]}[kind]
+    value = {
+        "dotdot": "../..",
+        "store-root": str(store.root),
+        "absolute": str(victim),
+        "folder": "documents",
+        "upper-case": doc["id"].upper(),
+        "prefix": doc["id"][:12],
+    }[kind]
     before = state(store, doc, victim)
     bad = rebuild(origin["sourceless"], tmp_path / "bad.zip", manifest=set_field(["document", "id"], value))
     refused(store, bad, "document.id must be 64 lowercase hex")
@@ -99,6 +118,7 @@ def _relabel(doc_id):
         cache = manifest["cache"]
         cache["id"] = cache_key(doc_id, cache["model_fingerprint"], cache["settings"], cache["prompt_version"])
         return manifest
+
     return edit
 
 
@@ -174,8 +194,12 @@ def test_cache_tokens_must_be_the_texts_tokens(tmp_path, origin, shared):
     swapped = rebuild(origin["sourceless"], tmp_path / "swapped.zip", replace={"text.txt": lambda _: same_length})
     refused(store, swapped, "not the tokens of text.txt", owner=None)
     short = b"Ada."  # without a tokenizer the offsets still have to lie inside the text
-    shortened = rebuild(origin["sourceless"], tmp_path / "short.zip", replace={"text.txt": lambda _: short},
-                        manifest=lambda m: _short_document(m, len(short)))
+    shortened = rebuild(
+        origin["sourceless"],
+        tmp_path / "short.zip",
+        replace={"text.txt": lambda _: short},
+        manifest=lambda m: _short_document(m, len(short)),
+    )
     with pytest.raises(BundleError, match="inside the text"):
         import_bundle(store, shortened)
     assert state(store, doc, victim) == before
@@ -194,8 +218,8 @@ def _lie_about_size(path, member: str, claimed: int):
     for signature, size_at, name_at in ((b"PK\x03\x04", 22, 30), (b"PK\x01\x02", 24, 46)):
         start = 0
         while (pos := data.find(signature, start)) >= 0:
-            if data[pos + name_at:pos + name_at + len(name)] == name:
-                data[pos + size_at:pos + size_at + 4] = struct.pack("<L", claimed)
+            if data[pos + name_at : pos + name_at + len(name)] == name:
+                data[pos + size_at : pos + size_at + 4] = struct.pack("<L", claimed)
             start = pos + 4
     path.write_bytes(bytes(data))
 
@@ -225,8 +249,10 @@ def test_lying_member_size_stops_at_limit(tmp_path, origin, shared, claimed):
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    print(f"lying member ({claimed} bytes claimed, 256 MB inside): refused in {time.perf_counter() - started:.2f} s, "
-          f"peak {peak / 2**20:.1f} MB traced")
+    print(
+        f"lying member ({claimed} bytes claimed, 256 MB inside): refused in {time.perf_counter() - started:.2f} s, "
+        f"peak {peak / 2**20:.1f} MB traced"
+    )
     assert peak < 48 * 2**20  # never inflated whole (256 MB)
     assert state(store, doc, victim) == before
     assert not list(store.tmp_dir.iterdir())
@@ -273,12 +299,14 @@ def test_member_check_is_linear(tmp_path, origin, shared):
 # --- 9: malformed manifests and headers ---------------------------------------------------------------
 def _header_edit(edit):
     """Replace the cache member's safetensors header with ``edit(header dict)`` (or raw bytes)."""
+
     def change(data: bytes) -> bytes:
         (length,) = struct.unpack("<Q", data[:8])
-        header = json.loads(data[8:8 + length])
+        header = json.loads(data[8 : 8 + length])
         new = edit(header)
         raw = new if isinstance(new, bytes) else json.dumps(new).encode()
-        return struct.pack("<Q", len(raw)) + raw + data[8 + length:]
+        return struct.pack("<Q", len(raw)) + raw + data[8 + length :]
+
     return change
 
 
@@ -289,6 +317,7 @@ def _drop(path):
             node = node[key]
         del node[path[-1]]
         return manifest
+
     return edit
 
 
@@ -297,8 +326,10 @@ MALFORMED = {
     "deep-settings": (dict(manifest=set_field(["cache", "settings"], "[" * 50_000 + "]" * 50_000)), "settings"),
     "not-an-object": (dict(manifest=lambda m: b"[1, 2]"), "must be an object"),
     "not-utf8": (dict(manifest=lambda m: b"\xff\xfe{}"), "not valid JSON"),
-    "nan": (dict(manifest=lambda m: json.dumps(m).replace('"build_seconds": ', '"build_seconds": NaN, "x": ').encode()),
-            "not valid JSON|not a field"),
+    "nan": (
+        dict(manifest=lambda m: json.dumps(m).replace('"build_seconds": ', '"build_seconds": NaN, "x": ').encode()),
+        "not valid JSON|not a field",
+    ),
     "pages-as-text": (dict(manifest=set_field(["document", "pages"], "1")), "document.pages"),
     "negative-tokens": (dict(manifest=set_field(["document", "token_count"], -1)), "document.token_count"),
     "huge-cache-tokens": (dict(manifest=set_field(["cache", "tokens"], 10**12)), "cache.tokens"),
@@ -316,23 +347,58 @@ MALFORMED = {
     "missing-sha": (dict(manifest=_drop(["members", "text.txt", "sha256"]), fix=False), "sha256 is missing"),
     "unknown-field": (dict(manifest=set_field(["document", "extra"], 1)), "not a field"),
     "settings-differ": (dict(manifest=set_field(["settings"], {"seed": 1})), "settings"),
-    "header-huge": (dict(replace={"cache.safetensors": lambda d: struct.pack("<Q", 2**62) + d[8:]}),
-                    "implausible header"),
-    "header-not-json": (dict(replace={"cache.safetensors": _header_edit(lambda h: b"{not json" + b" " * 40)}),
-                        "not valid JSON"),
-    "header-no-keys": (dict(replace={"cache.safetensors": _header_edit(lambda h: {k: v for k, v in h.items()
-                                                                                  if k != "keys"})}),
-                       "do not tile|lacks"),
-    "header-offsets": (dict(replace={"cache.safetensors": _header_edit(
-        lambda h: h | {"keys": h["keys"] | {"data_offsets": [0, 10**12]}})}), "outside its data"),
-    "header-metadata": (dict(replace={"cache.safetensors": _header_edit(
-        lambda h: h | {"__metadata__": h["__metadata__"] | {"prefix_len": 5}})}), "map of strings"),
-    "header-dtype": (dict(replace={"cache.safetensors": _header_edit(
-        lambda h: h | {"keys": h["keys"] | {"dtype": "C64"}})}), "malformed"),
-    "header-shape": (dict(replace={"cache.safetensors": _header_edit(
-        lambda h: h | {"sources": h["sources"] | {"shape": [1, h["sources"]["shape"][0]]}})}), "int64"),
-    "header-format": (dict(replace={"cache.safetensors": _header_edit(
-        lambda h: h | {"__metadata__": h["__metadata__"] | {"format": "other"}})}), "not a HOMER cache"),
+    "header-huge": (
+        dict(replace={"cache.safetensors": lambda d: struct.pack("<Q", 2**62) + d[8:]}),
+        "implausible header",
+    ),
+    "header-not-json": (
+        dict(replace={"cache.safetensors": _header_edit(lambda h: b"{not json" + b" " * 40)}),
+        "not valid JSON",
+    ),
+    "header-no-keys": (
+        dict(replace={"cache.safetensors": _header_edit(lambda h: {k: v for k, v in h.items() if k != "keys"})}),
+        "do not tile|lacks",
+    ),
+    "header-offsets": (
+        dict(
+            replace={
+                "cache.safetensors": _header_edit(lambda h: h | {"keys": h["keys"] | {"data_offsets": [0, 10**12]}})
+            }
+        ),
+        "outside its data",
+    ),
+    "header-metadata": (
+        dict(
+            replace={
+                "cache.safetensors": _header_edit(lambda h: h | {"__metadata__": h["__metadata__"] | {"prefix_len": 5}})
+            }
+        ),
+        "map of strings",
+    ),
+    "header-dtype": (
+        dict(replace={"cache.safetensors": _header_edit(lambda h: h | {"keys": h["keys"] | {"dtype": "C64"}})}),
+        "malformed",
+    ),
+    "header-shape": (
+        dict(
+            replace={
+                "cache.safetensors": _header_edit(
+                    lambda h: h | {"sources": h["sources"] | {"shape": [1, h["sources"]["shape"][0]]}}
+                )
+            }
+        ),
+        "int64",
+    ),
+    "header-format": (
+        dict(
+            replace={
+                "cache.safetensors": _header_edit(
+                    lambda h: h | {"__metadata__": h["__metadata__"] | {"format": "other"}}
+                )
+            }
+        ),
+        "not a HOMER cache",
+    ),
 }
 
 
@@ -354,12 +420,24 @@ def embedded_shaped_cache(tokens: int, text: str) -> HomerCache:
     ids = torch.tensor(encoded.input_ids[:tokens])
     g = torch.Generator().manual_seed(0)
     return HomerCache(
-        keys=torch.randn(30, 3, tokens, 64, generator=g).half(), values=torch.randn(30, 3, tokens, 64, generator=g).half(),
-        positions=torch.arange(tokens), token_ids=ids, sources=torch.arange(tokens), prefix_len=0, suffix_len=0,
-        last_logits=torch.zeros(49152), inv_freq=torch.ones(32),
+        keys=torch.randn(30, 3, tokens, 64, generator=g).half(),
+        values=torch.randn(30, 3, tokens, 64, generator=g).half(),
+        positions=torch.arange(tokens),
+        token_ids=ids,
+        sources=torch.arange(tokens),
+        prefix_len=0,
+        suffix_len=0,
+        last_logits=torch.zeros(49152),
+        inv_freq=torch.ones(32),
         char_offsets=torch.tensor([s for s, _ in encoded.offset_mapping[:tokens]]),
-        metadata={"model_fingerprint": "e" * 32, "model_name": "SmolLM2-135M-Instruct", "context_len": str(len(ids)),
-                  "settings": json.dumps({"cache_dtype": "float16"}), "prompt_version": "p1"})
+        metadata={
+            "model_fingerprint": "e" * 32,
+            "model_name": "SmolLM2-135M-Instruct",
+            "context_len": str(len(ids)),
+            "settings": json.dumps({"cache_dtype": "float16"}),
+            "prompt_version": "p1",
+        },
+    )
 
 
 def test_app_imports_its_own_large_export(tmp_path):
@@ -375,8 +453,10 @@ def test_app_imports_its_own_large_export(tmp_path):
     bundle = library.export_document(first, doc["id"], "e" * 32)
     size = bundle.stat().st_size
     per_token = first.caches(doc["id"])[0]["bytes"] / tokens
-    print(f"bundle of a full {tokens}-token cache of the embedded model's shape: {size / 2**20:.1f} MiB, "
-          f"{per_token / 1024:.2f} KiB per cached token (cache file), {size / tokens / 1024:.2f} KiB per token (bundle)")
+    print(
+        f"bundle of a full {tokens}-token cache of the embedded model's shape: {size / 2**20:.1f} MiB, "
+        f"{per_token / 1024:.2f} KiB per cached token (cache file), {size / tokens / 1024:.2f} KiB per token (bundle)"
+    )
     assert size > max_upload_bytes() * 1.5 and size < max_bundle_bytes()
     second = Store(tmp_path / "second")
     row = library.import_bundle_file(second, bundle, "e" * 32, owner="b", tokenizer=tiny_tokenizer())

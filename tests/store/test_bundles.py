@@ -10,14 +10,14 @@ import sys
 import zipfile
 
 import pytest
-
+from bundle_helpers import set_field
 from conftest import tiny_model, tiny_tokenizer
+from store_helpers import ROOT, story, subprocess_env
+
+from app.library import text_from_source
 from homer import Conversation, HomerConfig, build_document_cache
 from storage import BundleError, Store
-from app.library import text_from_source
 from storage.bundles import export_bundle, import_bundle, text_document_id
-from bundle_helpers import set_field
-from store_helpers import ROOT, story, subprocess_env
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +50,13 @@ def test_export_import_answers_the_same_without_rebuild(tmp_path, model, source_
     store, doc = source_store
     first = store.caches(doc["id"])[0]
     second = Store(tmp_path / "second")
-    row = import_bundle(second, good_bundle, model_fingerprint=first["model_fingerprint"], tokenizer=tiny_tokenizer(),
-                        text_from_source=text_from_source(tiny_tokenizer()))
+    row = import_bundle(
+        second,
+        good_bundle,
+        model_fingerprint=first["model_fingerprint"],
+        tokenizer=tiny_tokenizer(),
+        text_from_source=text_from_source(tiny_tokenizer()),
+    )
     assert row["id"] == first["id"] and row["checksum"] == first["checksum"]
     assert second.document(doc["id"])["file_name"] == "keeper.txt"
     assert second.source_path(doc["id"]).read_bytes() == store.source_path(doc["id"]).read_bytes()
@@ -90,8 +95,7 @@ def test_admit_sees_the_proven_id_and_its_refusal_writes_nothing(tmp_path, sourc
 
     for bundle in (good_bundle, sourceless):
         with pytest.raises(BundleError, match="^refused: not for you$"):
-            import_bundle(target, bundle, tokenizer=tiny_tokenizer(), text_from_source=text_from_source(),
-                          admit=admit)
+            import_bundle(target, bundle, tokenizer=tiny_tokenizer(), text_from_source=text_from_source(), admit=admit)
     assert seen == [(doc["id"], True), (text_document_id(store.document_text(doc["id"])), False)]
     assert target.documents() == [] and target.caches(status=None) == []
     assert not [p for p in target.root.rglob("*") if p.is_file() and not p.name.startswith("index.db")]
@@ -132,34 +136,67 @@ def _write(path, data):
     return path
 
 
-
-
 REFUSALS = {
     "not-a-zip": (lambda good, out: _write(out, b"just some bytes"), {}, "not a zip"),
     "damaged-zip": (lambda good, out: _write(out, good.read_bytes()[:-200]), {}, "damaged|not a zip"),
-    "unknown-format-version": (lambda good, out: _rebuild(good, out, manifest=set_field(["format_version"], 99)), {},
-                               "unknown bundle format version 99"),
-    "not-a-homer-manifest": (lambda good, out: _rebuild(good, out, manifest=set_field(["format"], "other")), {},
-                             "does not describe a HOMER bundle"),
+    "unknown-format-version": (
+        lambda good, out: _rebuild(good, out, manifest=set_field(["format_version"], 99)),
+        {},
+        "unknown bundle format version 99",
+    ),
+    "not-a-homer-manifest": (
+        lambda good, out: _rebuild(good, out, manifest=set_field(["format"], "other")),
+        {},
+        "does not describe a HOMER bundle",
+    ),
     "missing-manifest": (lambda good, out: _rebuild(good, out, drop=["manifest.json"]), {}, "no manifest"),
     "wrong-model": (lambda good, out: _rebuild(good, out), {"model_fingerprint": "0" * 32}, "not by the model in use"),
-    "checksum-mismatch": (lambda good, out: _rebuild(good, out, replace={"cache.safetensors": _flip}), {},
-                          "checksum mismatch"),
-    "path-traversal": (lambda good, out: _rebuild(good, out, extra=[(zipfile.ZipInfo("../../evil.txt"), b"x")]), {},
-                       "path traversal"),
-    "absolute-path": (lambda good, out: _rebuild(good, out, extra=[(zipfile.ZipInfo("/tmp/evil.txt"), b"x")]), {},
-                      "absolute path"),
-    "symlink-member": (lambda good, out: _rebuild(good, out, extra=[(_symlink_info("link"), b"/etc/passwd")]), {},
-                       "symbolic link"),
+    "checksum-mismatch": (
+        lambda good, out: _rebuild(good, out, replace={"cache.safetensors": _flip}),
+        {},
+        "checksum mismatch",
+    ),
+    "path-traversal": (
+        lambda good, out: _rebuild(good, out, extra=[(zipfile.ZipInfo("../../evil.txt"), b"x")]),
+        {},
+        "path traversal",
+    ),
+    "absolute-path": (
+        lambda good, out: _rebuild(good, out, extra=[(zipfile.ZipInfo("/tmp/evil.txt"), b"x")]),
+        {},
+        "absolute path",
+    ),
+    "symlink-member": (
+        lambda good, out: _rebuild(good, out, extra=[(_symlink_info("link"), b"/etc/passwd")]),
+        {},
+        "symbolic link",
+    ),
     "oversize-member": (lambda good, out: _rebuild(good, out), {"max_bytes": 1000}, "over the limit"),
-    "missing-member": (lambda good, out: _rebuild(good, out, drop=["text.txt"]), {}, "'text.txt' listed in the manifest is missing"),
-    "unlisted-member": (lambda good, out: _rebuild(good, out, extra=[(zipfile.ZipInfo("notes.txt"), b"hi")]), {},
-                        "not listed"),
-    "cache-key-mismatch": (lambda good, out: _rebuild(good, out, manifest=set_field(["cache", "id"], "f" * 32)), {},
-                           "cache key does not match"),
-    "source-not-the-document": (lambda good, out: _rebuild(
-        good, out, replace={"source.txt": lambda d: d + b"!"},
-        manifest=lambda m: _fix_member(m, "source.txt", good, lambda d: d + b"!")), {}, "content hash"),
+    "missing-member": (
+        lambda good, out: _rebuild(good, out, drop=["text.txt"]),
+        {},
+        "'text.txt' listed in the manifest is missing",
+    ),
+    "unlisted-member": (
+        lambda good, out: _rebuild(good, out, extra=[(zipfile.ZipInfo("notes.txt"), b"hi")]),
+        {},
+        "not listed",
+    ),
+    "cache-key-mismatch": (
+        lambda good, out: _rebuild(good, out, manifest=set_field(["cache", "id"], "f" * 32)),
+        {},
+        "cache key does not match",
+    ),
+    "source-not-the-document": (
+        lambda good, out: _rebuild(
+            good,
+            out,
+            replace={"source.txt": lambda d: d + b"!"},
+            manifest=lambda m: _fix_member(m, "source.txt", good, lambda d: d + b"!"),
+        ),
+        {},
+        "content hash",
+    ),
 }
 
 
@@ -190,8 +227,14 @@ def test_cli_export_import_list_check(tmp_path, source_store):
     out = tmp_path / "shared.homer"
 
     def homer(*args):
-        return subprocess.run([sys.executable, "-m", "app", *map(str, args)], cwd=ROOT, capture_output=True,
-                              text=True, env=subprocess_env(tmp_path / "home"), timeout=120)
+        return subprocess.run(
+            [sys.executable, "-m", "app", *map(str, args)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            env=subprocess_env(tmp_path / "home"),
+            timeout=120,
+        )
 
     r = homer("export", doc["id"][:10], "-o", out, "--store", store.root)
     assert r.returncode == 0, r.stderr

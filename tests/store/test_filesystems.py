@@ -42,21 +42,24 @@ SAMPLE = """\
 """
 
 
-@pytest.mark.parametrize("path, found", [
-    ("/home/me/.local/share/homer/store/index.db", None),
-    ("/mnt/nfs/homer/index.db", "nfs4 at /mnt/nfs"),
-    ("/mnt/nfs/local-inside/index.db", None),  # a local disk mounted inside the share
-    ("/mnt/smb/index.db", "cifs at /mnt/smb"),
-    ("/data/store/index.db", "fuse.hf-mount at /data"),  # a Space's bucket volume
-    ("/mnt/ssh/index.db", "fuse.sshfs at /mnt/ssh"),
-    ("/mnt/my books/index.db", "9p at /mnt/my books"),  # mountinfo escapes the space as \\040
-    ("/mnt/ceph/x/index.db", "ceph at /mnt/ceph"),
-    ("/mnt/gluster/index.db", "fuse.glusterfs at /mnt/gluster"),
-    ("/mnt/usb/index.db", "fuseblk at /mnt/usb"),
-    ("/var/lib/docker/overlay/index.db", None),
-    ("/mnt/later/index.db", "nfs at /mnt/later"),  # mounted over an ext4 mount: the later one counts
-    ("/mnt/nfsish/index.db", None),  # a name that only starts like a mount point
-])
+@pytest.mark.parametrize(
+    "path, found",
+    [
+        ("/home/me/.local/share/homer/store/index.db", None),
+        ("/mnt/nfs/homer/index.db", "nfs4 at /mnt/nfs"),
+        ("/mnt/nfs/local-inside/index.db", None),  # a local disk mounted inside the share
+        ("/mnt/smb/index.db", "cifs at /mnt/smb"),
+        ("/data/store/index.db", "fuse.hf-mount at /data"),  # a Space's bucket volume
+        ("/mnt/ssh/index.db", "fuse.sshfs at /mnt/ssh"),
+        ("/mnt/my books/index.db", "9p at /mnt/my books"),  # mountinfo escapes the space as \\040
+        ("/mnt/ceph/x/index.db", "ceph at /mnt/ceph"),
+        ("/mnt/gluster/index.db", "fuse.glusterfs at /mnt/gluster"),
+        ("/mnt/usb/index.db", "fuseblk at /mnt/usb"),
+        ("/var/lib/docker/overlay/index.db", None),
+        ("/mnt/later/index.db", "nfs at /mnt/later"),  # mounted over an ext4 mount: the later one counts
+        ("/mnt/nfsish/index.db", None),  # a name that only starts like a mount point
+    ],
+)
 def test_the_filesystem_of_a_path_is_read_from_mountinfo(path, found):
     assert network_filesystem(path, mountinfo=SAMPLE) == found
 
@@ -68,11 +71,29 @@ def test_mountinfo_lines_parse():
     assert mount_of("/mnt/my books/a", mounts).fs_type == "9p"
 
 
-@pytest.mark.parametrize("kind, network", [
-    ("nfs", True), ("nfs4", True), ("cifs", True), ("smb3", True), ("9p", True), ("ceph", True), ("glusterfs", True),
-    ("fuse", True), ("fuseblk", True), ("fuse.rclone", True), ("fuse.mountpoint-s3", True), ("lustre", True),
-    ("ext4", False), ("xfs", False), ("btrfs", False), ("tmpfs", False), ("overlay", False), ("zfs", False),
-])
+@pytest.mark.parametrize(
+    "kind, network",
+    [
+        ("nfs", True),
+        ("nfs4", True),
+        ("cifs", True),
+        ("smb3", True),
+        ("9p", True),
+        ("ceph", True),
+        ("glusterfs", True),
+        ("fuse", True),
+        ("fuseblk", True),
+        ("fuse.rclone", True),
+        ("fuse.mountpoint-s3", True),
+        ("lustre", True),
+        ("ext4", False),
+        ("xfs", False),
+        ("btrfs", False),
+        ("tmpfs", False),
+        ("overlay", False),
+        ("zfs", False),
+    ],
+)
 def test_network_types(kind, network):
     assert is_network_type(kind) is network
 
@@ -82,7 +103,14 @@ def test_the_refusal_is_one_line_that_says_what_to_do():
         refuse_network_index("/data/store/index.db", mountinfo=SAMPLE)
     message = str(caught.value)
     assert "\n" not in message
-    for words in ("/data/store/index.db", "fuse.hf-mount at /data", "local disk", "HOMER_HOME", "s3://", "hf://buckets/"):
+    for words in (
+        "/data/store/index.db",
+        "fuse.hf-mount at /data",
+        "local disk",
+        "HOMER_HOME",
+        "s3://",
+        "hf://buckets/",
+    ):
         assert words in message
     refuse_network_index("/home/me/index.db", mountinfo=SAMPLE)  # local: nothing raised
 
@@ -117,8 +145,12 @@ def fuse_mount(seaweedfs, tmp_path):
     point = tmp_path / "bucket-volume"
     point.mkdir()
     log = open(tmp_path / "mount.log", "wb")
-    process = subprocess.Popen([seaweedfs.binary, "mount", f"-filer={seaweedfs.filer}", f"-dir={point}", "-filer.path=/"],
-                               stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        [seaweedfs.binary, "mount", f"-filer={seaweedfs.filer}", f"-dir={point}", "-filer.path=/"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and process.poll() is None:

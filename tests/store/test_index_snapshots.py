@@ -33,8 +33,10 @@ def live_index(path: Path) -> sqlite3.Connection:
 
 
 def add_rows(db: sqlite3.Connection, first: int, count: int) -> None:
-    db.executemany("INSERT INTO threads VALUES (?, ?, ?)",
-                   [(i, f"thread {i}", bytes([i % 256]) * 500) for i in range(first, first + count)])
+    db.executemany(
+        "INSERT INTO threads VALUES (?, ?, ?)",
+        [(i, f"thread {i}", bytes([i % 256]) * 500) for i in range(first, first + count)],
+    )
     db.commit()
 
 

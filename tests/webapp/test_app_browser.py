@@ -20,15 +20,22 @@ import time
 from pathlib import Path
 
 import pytest
-
 from app_helpers import app_log, running_app
 from store_helpers import bad_uploads, story, text_pdf
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 
 FACT = "The harbour master counted 42 fishing boats in the basin."
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage"]
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
 
 
 def system_chromium() -> str | None:
@@ -69,7 +76,7 @@ def table_text(page) -> str:
 def table_rows(page) -> list[str]:
     """The library's cells, row by row (the status overlay of a refresh left out)."""
     text = table_text(page)
-    lines = [line.strip() for line in text[text.find("Documents"):].splitlines()]
+    lines = [line.strip() for line in text[text.find("Documents") :].splitlines()]
     return [line for line in lines if line]
 
 
@@ -111,8 +118,11 @@ def test_drop_ask_while_reading_library_chat_inspector_and_bad_files(browser, tm
     first = tmp_path / "lighthouse.txt"
     first.write_text(story(40))
     second = tmp_path / "harbour.pdf"
-    pages = [f"Harbour log, page {i + 1}.\n" + "The gulls circled the quay, and the tide turned at noon.\n" *
-             (40 if real else 6) for i in range(16 if real else 6)]
+    pages = [
+        f"Harbour log, page {i + 1}.\n"
+        + "The gulls circled the quay, and the tide turned at noon.\n" * (40 if real else 6)
+        for i in range(16 if real else 6)
+    ]
     pages[2] = pages[2].replace("noon.\n", f"noon.\n{FACT}\n", 1)
     second.write_bytes(text_pdf(pages))
     too_long = tmp_path / "too-long.txt"  # passes the upload's checks; its reading finds it over the token limit
@@ -143,7 +153,9 @@ def test_drop_ask_while_reading_library_chat_inspector_and_bad_files(browser, tm
         page.locator("#ask").click()
         line = wait_for_turn(page, 1)
         # its build may not have started yet on a busy machine: "queued for reading" then
-        assert re.search(r"answered from the passages without the cache \((still reading|queued for reading)", line), line
+        assert re.search(r"answered from the passages without the cache \((still reading|queued for reading)", line), (
+            line
+        )
         answer = page.locator("#chatbot").inner_text()
         assert "Sources:" in answer and "p. 3: “" in answer and "42 fishing boats" in answer, answer
         page.locator("#sources button").filter(has_text="p. 3").first.wait_for(timeout=30_000)  # listed beside it
@@ -153,8 +165,10 @@ def test_drop_ask_while_reading_library_chat_inspector_and_bad_files(browser, tm
         page.locator("#ask").click()  # a whole-document question before its cache exists: the reading line
         line = wait_for_turn(page, 2)
         assert "nothing to answer a whole-document question from yet" in line, line
-        assert "a question about the whole document is answered once it has been read" in \
-            page.locator("#chatbot").inner_text()
+        assert (
+            "a question about the whole document is answered once it has been read"
+            in page.locator("#chatbot").inner_text()
+        )
         deadline = time.monotonic() + 900
         while "reading" in picked(page) or "queued" in picked(page):  # the timer refreshes the label: read
             assert time.monotonic() < deadline, picked(page)

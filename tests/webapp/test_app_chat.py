@@ -4,14 +4,13 @@ no browser, no server."""
 from __future__ import annotations
 
 import pytest
-
 from conftest import tiny_model
 from store_helpers import story, text_pdf
 
 from app import library
 from app.chat import ChatError, ChatService, describe_turn, settings_overrides
-from app.inspector import density_figure, inspect, kept_density, tree_figure, tree_shape
 from app.ingest import IngestError, add_to_store, ingest_bytes
+from app.inspector import density_figure, inspect, kept_density, tree_figure, tree_shape
 from homer import HomerConfig, build_document_cache
 from homer.fingerprint import model_fingerprint
 from homer.generation import GenerationSettings
@@ -23,8 +22,9 @@ FAST = HomerConfig(significance="uncalibrated")
 def add_ready(store, tiny, data: bytes, name: str) -> tuple[dict, dict]:
     model, tokenizer, _ = tiny
     doc = add_to_store(store, ingest_bytes(data, name, tokenizer))
-    cache = build_document_cache(model, tokenizer, store.document_text(doc["id"]), FAST,
-                                 metadata={"document_id": doc["id"]})
+    cache = build_document_cache(
+        model, tokenizer, store.document_text(doc["id"]), FAST, metadata={"document_id": doc["id"]}
+    )
     return doc, store.save_cache(doc["id"], cache)
 
 
@@ -77,8 +77,9 @@ def test_chat_without_a_cache_of_this_model_answers_from_passages(service, tiny,
     doc = add_to_store(service.store, ingest_bytes(story(10).encode(), "x.txt"))
     shown, stats = list(service.ask("s", doc["id"], "What is this book about?", "tiny"))[-1]
     assert "no cache for the model in use" in shown and stats["focus"] == "waiting" and stats["new_tokens"] == 0
-    shown, stats = list(service.ask("s", doc["id"], "Where did the harbour master go?", "tiny",
-                                    GenerationSettings(max_new_tokens=3)))[-1]
+    shown, stats = list(
+        service.ask("s", doc["id"], "Where did the harbour master go?", "tiny", GenerationSettings(max_new_tokens=3))
+    )[-1]
     assert stats["focus"] == "passages" and stats["cache_source"] == "none" and not stats["cache_used"]
     with pytest.raises(ChatError, match="type a question"):
         next(service.ask("s", doc["id"], "  ", "tiny"))
@@ -97,7 +98,9 @@ def test_settings_overrides_keep_only_changes(tiny):
     config = tiny[0].config
     assert settings_overrides(config, {"max_chunk_len": 512, "target_len": 512, "significance": "calibrated"}) == {}
     assert settings_overrides(config, {"max_chunk_len": 256.0, "significance": "random"}) == {
-        "max_chunk_len": 256, "significance": "random"}
+        "max_chunk_len": 256,
+        "significance": "random",
+    }
     with pytest.raises(ValueError):
         settings_overrides(config, {"warmup_layers": 99})
 
@@ -134,12 +137,15 @@ def test_library_states_labels_and_ownership(tmp_path, tiny):
     assert store.get_document(doc["id"]) is None and store.get_document(other["id"]) is not None
 
 
-@pytest.mark.parametrize("name,data,reason", [
-    ("empty.txt", b"", "empty"),
-    ("photo.txt", b"\x89PNG\r\n\x1a\n\x00\x00\x00" * 50, "binary"),
-    ("broken.pdf", b"%PDF-1.4\n garbage", "PDF"),
-    ("sheet.xlsx", b"PK\x03\x04 data", "unsupported"),
-])
+@pytest.mark.parametrize(
+    "name,data,reason",
+    [
+        ("empty.txt", b"", "empty"),
+        ("photo.txt", b"\x89PNG\r\n\x1a\n\x00\x00\x00" * 50, "binary"),
+        ("broken.pdf", b"%PDF-1.4\n garbage", "PDF"),
+        ("sheet.xlsx", b"PK\x03\x04 data", "unsupported"),
+    ],
+)
 def test_bad_uploads_are_refused_before_queueing(tmp_path, name, data, reason):
     store = Store(tmp_path / "store")
 

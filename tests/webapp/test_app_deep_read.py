@@ -8,7 +8,6 @@ import zipfile
 
 import pytest
 import torch
-
 from conftest import tiny_model
 from store_helpers import FAST as FAST_SETTINGS
 from store_helpers import story, text_pdf
@@ -31,8 +30,14 @@ def add_built(store, tiny, data: bytes, name: str, leaf_states: bool, config=EXA
     model, tokenizer, _ = tiny
     doc = add_to_store(store, ingest_bytes(data, name, tokenizer))
     leaves = store.staging_path(".leaves.safetensors") if leaf_states else None
-    cache = build_document_cache(model, tokenizer, store.document_text(doc["id"]), config,
-                                 metadata={"document_id": doc["id"]}, leaf_states=leaves)
+    cache = build_document_cache(
+        model,
+        tokenizer,
+        store.document_text(doc["id"]),
+        config,
+        metadata={"document_id": doc["id"]},
+        leaf_states=leaves,
+    )
     row = store.save_cache(doc["id"], cache, leaf_states=leaves)
     assert leaves is None or not leaves.exists()  # moved into place
     return doc, row
@@ -136,7 +141,10 @@ def test_the_worker_keeps_leaf_states_only_when_asked(tmp_path, model_dir, confi
     row = store.get_cache(store.jobs.get(job["id"])["cache_id"])
     assert row["leaf_states_file"] is None
     # the same request again is reused while leaf states are not wanted …
-    assert tasks.submit_document(store, queued.append, row["document_id"], str(model_dir), FAST_SETTINGS)["id"] == job["id"]
+    assert (
+        tasks.submit_document(store, queued.append, row["document_id"], str(model_dir), FAST_SETTINGS)["id"]
+        == job["id"]
+    )
 
     # … and read again when they are: same cache key (leaf states do not change the cache)
     configure(builds={"deep_read": True})
@@ -149,8 +157,10 @@ def test_the_worker_keeps_leaf_states_only_when_asked(tmp_path, model_dir, confi
     assert row["leaf_states_file"] and store.open_leaf_states(row["id"]) is not None
     assert store.check() == [] and list(store.tmp_dir.iterdir()) == []
     # now ready with leaf states: reused
-    assert tasks.submit_document(store, queued.append, row["document_id"], str(model_dir),
-                                 FAST_SETTINGS)["id"] == again["id"]
+    assert (
+        tasks.submit_document(store, queued.append, row["document_id"], str(model_dir), FAST_SETTINGS)["id"]
+        == again["id"]
+    )
 
 
 # --- chat --------------------------------------------------------------------------------
@@ -169,7 +179,9 @@ def test_a_deep_read_answer_equals_a_full_question_aware_build(service, tiny):
     assert items[0][0] == "" and items[0][1]["phase"] == "deep reading"
     shown, stats = items[-1]
     assert "phase" not in stats and stats["deep_read"] is True and stats["deep_read_seconds"] > 0
-    assert stats["deep_read_mode"] == "leaf-states" and not stats["cache_reused"]  # only the question ran the leaf layers
+    assert (
+        stats["deep_read_mode"] == "leaf-states" and not stats["cache_reused"]
+    )  # only the question ran the leaf layers
     assert "deep read for this question" in describe_turn(stats)
 
     # the same answer as a question-aware cache built from scratch for this question
@@ -217,9 +229,13 @@ def test_leaf_states_of_other_settings_are_refused(service, tiny, tmp_path, monk
     doc, row = add_built(service.store, tiny, story(20).encode(), "ada.txt", leaf_states=True)
     model, tokenizer, _ = tiny
     other = tmp_path / "other.leaves.safetensors"
-    build_document_cache(model, tokenizer, service.store.document_text(doc["id"]),
-                         HomerConfig(significance="uncalibrated", cache_dtype="float32", warmup_layers=1),
-                         leaf_states=other)
+    build_document_cache(
+        model,
+        tokenizer,
+        service.store.document_text(doc["id"]),
+        HomerConfig(significance="uncalibrated", cache_dtype="float32", warmup_layers=1),
+        leaf_states=other,
+    )
     settings = GenerationSettings(max_new_tokens=2)
 
     monkeypatch.setattr(service.store, "open_leaf_states", lambda *args, **kwargs: other)  # past the store's check
@@ -230,8 +246,10 @@ def test_leaf_states_of_other_settings_are_refused(service, tiny, tmp_path, monk
 
     path = service.store.root / row["leaf_states_file"]
     path.write_bytes(other.read_bytes())  # consistent with the index, but not with its cache
-    service.store.db.execute("UPDATE caches SET leaf_states_bytes = ?, leaf_states_checksum = ? WHERE id = ?",
-                             [path.stat().st_size, sha256_file(path), row["id"]])
+    service.store.db.execute(
+        "UPDATE caches SET leaf_states_bytes = ?, leaf_states_checksum = ? WHERE id = ?",
+        [path.stat().st_size, sha256_file(path), row["id"]],
+    )
     *_, (_, stats) = service.ask("b", doc["id"], "Who?", "tiny", settings, deep_read=True)
     assert not stats["deep_read"] and "other HOMER settings" in stats["deep_read_unavailable"]
     assert torch.is_grad_enabled()

@@ -8,7 +8,6 @@ import hashlib
 import time
 
 import pytest
-
 from app_helpers import app_log, running_app
 from store_helpers import bad_uploads, story
 
@@ -40,7 +39,9 @@ def test_upload_chat_export_and_import_into_another_app(tmp_path, model_dir):  #
     book = tmp_path / "lighthouse.txt"
     book.write_text(story(40))
     document_id = hashlib.sha256(book.read_bytes()).hexdigest()
-    cache_path = {"HOMER_FOCUS": "cache"}  # answers from the stored cache (focused answers: tests/answering/test_focus.py)
+    cache_path = {
+        "HOMER_FOCUS": "cache"
+    }  # answers from the stored cache (focused answers: tests/answering/test_focus.py)
     with running_app(tmp_path / "home-a", model_dir, env=cache_path) as url:
         client = Client(url, verbose=False)
         status, _ = client.predict([handle_file(str(book))], api_name="/upload")

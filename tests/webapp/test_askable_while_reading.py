@@ -8,7 +8,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from app_helpers import running_app
 
 FACT = "The harbour master of Quillon counted forty-two fishing boats on the Tuesday before the storm."
@@ -45,8 +44,9 @@ def test_a_document_is_askable_while_its_build_runs(app, tmp_path):
     answer, refusals = None, []
     while time.monotonic() - started < 60:
         try:
-            answer = client.predict("harbour.txt", "How many fishing boats did the harbour master count?", 4,
-                                    api_name="/ask_document")
+            answer = client.predict(
+                "harbour.txt", "How many fishing boats did the harbour master count?", 4, api_name="/ask_document"
+            )
             break
         except Exception as exc:  # noqa: BLE001 — before the text is stored: the reading line
             refusals.append(str(exc))

@@ -8,12 +8,12 @@ from __future__ import annotations
 import signal
 
 import pytest
+from store_helpers import FAST, redis_url, start_worker, stop, story, wait_until  # noqa: F401
 
 from app import tasks
 from app.tasks import run_queued, wait_for
 from app.worker import queue_for, start_consumer_in_process
 from storage import Store
-from store_helpers import FAST, redis_url, start_worker, stop, story, wait_until  # noqa: F401
 
 SLOW = {"HOMER_TEST_STEP_DELAY": "0.5", "HOMER_LARGE_BUILD_CHARS": "2000"}  # a worker process's environment
 LARGE_TEXT, SMALL_TEXT = story(40, "large"), story(5, "small")  # 2 800 characters, 15 build steps; 1 step
@@ -39,8 +39,13 @@ def small_passes_large(queue, model_dir) -> None:
     store = queue.store
     large = queue.submit_file(LARGE_TEXT.encode(), "large.txt", str(model_dir), FAST)
     assert tasks.job_lane(store, large) == tasks.LARGE
-    wait_until(lambda: store.jobs.get(large["id"])["state"] == "running"
-               and (store.jobs.get(large["id"])["progress"] or 0) > 0, timeout=180, what="the large build to start")
+    wait_until(
+        lambda: (
+            store.jobs.get(large["id"])["state"] == "running" and (store.jobs.get(large["id"])["progress"] or 0) > 0
+        ),
+        timeout=180,
+        what="the large build to start",
+    )
     small = queue.submit_file(SMALL_TEXT.encode(), "small.txt", str(model_dir), FAST)
     assert tasks.job_lane(store, small) == tasks.SMALL
     done = wait_for(store, small["id"], timeout=120)
@@ -57,12 +62,22 @@ def test_lanes_follow_the_document_size(tmp_path, configure):
     configure(builds={"large_build_chars": 2000})
     store = Store(tmp_path / "store")
     queue = queue_for(store)
-    jobs = {name: queue.submit_file(data, name, "m") for name, data in [
-        ("small.txt", SMALL_TEXT.encode()), ("large.txt", LARGE_TEXT.encode()),
-        ("one-page.pdf", text_pdf(["One page."])), ("many-pages.pdf", text_pdf(["A page."] * 3))]}
+    jobs = {
+        name: queue.submit_file(data, name, "m")
+        for name, data in [
+            ("small.txt", SMALL_TEXT.encode()),
+            ("large.txt", LARGE_TEXT.encode()),
+            ("one-page.pdf", text_pdf(["One page."])),
+            ("many-pages.pdf", text_pdf(["A page."] * 3)),
+        ]
+    }
     lanes = {name: tasks.job_lane(store, job) for name, job in jobs.items()}
-    assert lanes == {"small.txt": "small", "large.txt": "large", "one-page.pdf": "large",  # 3 000 characters guessed per page
-                     "many-pages.pdf": "large"}
+    assert lanes == {
+        "small.txt": "small",
+        "large.txt": "large",
+        "one-page.pdf": "large",  # 3 000 characters guessed per page
+        "many-pages.pdf": "large",
+    }
     pending = {lane: {t.id for t in huey.pending()} for lane, huey in queue.hueys.items()}
     for name, job in jobs.items():  # each job's message sits in its lane's queue
         assert store.jobs.get(job["id"])["task_id"] in pending[lanes[name]]
@@ -79,8 +94,9 @@ def test_in_process_a_small_document_passes_a_large_one(tmp_path, model_dir, slo
         handle.stop()
 
 
-def test_a_worker_serving_only_the_small_lane_leaves_large_documents_queued(tmp_path, model_dir, slow_builds,
-                                                                            restore_signals):
+def test_a_worker_serving_only_the_small_lane_leaves_large_documents_queued(
+    tmp_path, model_dir, slow_builds, restore_signals
+):
     handle = start_consumer_in_process(Store(tmp_path / "store"), workers=1, lanes=("small",))
     try:
         queue, store = handle.queue, handle.queue.store

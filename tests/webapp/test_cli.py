@@ -1,17 +1,22 @@
 import pytest
+
 """The ``homer`` command on a tiny model saved as a local folder (the ``--model`` path)."""
 
 import json
 import subprocess
 import sys
 
-
 from conftest import tiny_model, tiny_tokenizer
 
 
 def homer(*args, home):
-    return subprocess.run([sys.executable, "-m", "homer", *map(str, args)], capture_output=True, text=True,
-                          env={"HOMER_HOME": str(home), "PATH": "/usr/bin:/bin"}, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "homer", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={"HOMER_HOME": str(home), "PATH": "/usr/bin:/bin"},
+        timeout=300,
+    )
 
 
 @pytest.mark.e2e
@@ -25,8 +30,17 @@ def test_build_ask_info(model_dir, tmp_path):
     r = homer("info", out, home=tmp_path)
     info = json.loads(r.stdout)
     assert info["context_tokens"] > info["kept_context_tokens"] > 0
-    r = homer("ask", out, "Who kept the lighthouse?", "And then?", "--model", model_dir, "--max-new-tokens", "4",
-              home=tmp_path)
+    r = homer(
+        "ask",
+        out,
+        "Who kept the lighthouse?",
+        "And then?",
+        "--model",
+        model_dir,
+        "--max-new-tokens",
+        "4",
+        home=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.count("> ") == 2 and "first token" in r.stderr
 
@@ -65,8 +79,19 @@ def test_rope_scaled_build_is_recorded_and_reused_by_ask(model_dir, tmp_path):
     doc = tmp_path / "long.txt"
     doc.write_text("A rope-scaled reading of a short text. " * 80)
     out = tmp_path / "long.homer.safetensors"
-    r = homer("build", doc, "-o", out, "--model", model_dir, "--rope", "yarn:2", "--significance", "uncalibrated",
-              home=tmp_path)
+    r = homer(
+        "build",
+        doc,
+        "-o",
+        out,
+        "--model",
+        model_dir,
+        "--rope",
+        "yarn:2",
+        "--significance",
+        "uncalibrated",
+        home=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     info = json.loads(homer("info", out, home=tmp_path).stdout)
     assert '"yarn"' in info["rope_parameters"] and info["settings"]["max_chunk_len"] == 1024

@@ -6,10 +6,10 @@ from __future__ import annotations
 import random
 
 import pytest
-
-from app.ingest import IngestError, ingest_bytes
 from conftest import tiny_tokenizer
 from store_helpers import blank_pdf, text_pdf
+
+from app.ingest import IngestError, ingest_bytes
 
 LIMIT = 64 * 1024
 
@@ -72,8 +72,9 @@ def test_pdf_pages_are_mapped_to_character_offsets():
 
 def test_passages_cover_the_text_on_natural_boundaries_within_the_token_budget():
     tokenizer = tiny_tokenizer()
-    paragraphs = [f"Paragraph {i}. " + "The keeper trimmed the wick and watched the sea. " * (1 + i % 4)
-                  for i in range(40)]
+    paragraphs = [
+        f"Paragraph {i}. " + "The keeper trimmed the wick and watched the sea. " * (1 + i % 4) for i in range(40)
+    ]
     text = "\n\n".join(paragraphs)
     doc = ingest_bytes(text.encode(), "long.txt", tokenizer, max_bytes=10 * LIMIT, passage_tokens=300)
     spans = [(s, e) for s, e, _, _ in doc.passages]

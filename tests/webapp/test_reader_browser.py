@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 import pytest
-
 from app_helpers import app_log, running_app
 from store_helpers import text_pdf
 from test_app_browser import browser, open_tab, shots, upload, wait_for_table  # noqa: F401  (fixtures)
@@ -26,16 +25,33 @@ pytest.importorskip("playwright.sync_api", reason="the playwright package is not
 pytest.importorskip("pypdfium2", reason="the reader renders PDF pages with pypdfium2")
 
 FILLER = "The gulls circled the quay, and the tide turned at noon."
-LEDGER = ["\n".join([f"Ledger, page {i}.", *[FILLER] * 3,
-                     *(["On the third morning the harbour master counted 42 fishing", "boats moored in the basin."]
-                       if i == 3 else []), *[FILLER] * 2]) for i in range(1, 6)]  # small: the tiny model reads it in seconds
+LEDGER = [
+    "\n".join(
+        [
+            f"Ledger, page {i}.",
+            *[FILLER] * 3,
+            *(
+                ["On the third morning the harbour master counted 42 fishing", "boats moored in the basin."]
+                if i == 3
+                else []
+            ),
+            *[FILLER] * 2,
+        ]
+    )
+    for i in range(1, 6)
+]  # small: the tiny model reads it in seconds
 BOATS = "How many fishing boats did the harbour master count?"
 CALM = "The sea lay flat and grey, and nothing moved on the water for hours. "
-SECTIONS = [("Chapter 1 · Calm", CALM * 10 + "\n\n"),  # long enough to be a passage of its own
-            ("Chapter 2 · The Storm", "At dusk the wind rose, and the keeper climbed the tower and lit the great "
-                                      "lamp. " + "Waves broke over the pier all night long, and the rain came "
-                                      "down in sheets. " * 5 + "\n\n"),
-            ("Chapter 3 · Morning", "By morning the harbour was quiet again, and the fishing boats went out.\n")]
+SECTIONS = [
+    ("Chapter 1 · Calm", CALM * 10 + "\n\n"),  # long enough to be a passage of its own
+    (
+        "Chapter 2 · The Storm",
+        "At dusk the wind rose, and the keeper climbed the tower and lit the great "
+        "lamp. " + "Waves broke over the pier all night long, and the rain came "
+        "down in sheets. " * 5 + "\n\n",
+    ),
+    ("Chapter 3 · Morning", "By morning the harbour was quiet again, and the fishing boats went out.\n"),
+]
 STORM = "What did the keeper do when the wind rose at dusk?"
 
 
@@ -54,10 +70,12 @@ def add_sectioned(home: Path, model_name: str) -> None:
         offset += len(body)
     text = "".join(body for _, body in SECTIONS)
     source = "".join(f"<h2>{label}</h2><p>{body}</p>" for label, body in SECTIONS).encode()
-    doc = store.add_document(source, "storm.html", text, kind="html", page_starts=starts,
-                             locations=[label for label, _ in SECTIONS])
-    cache = build_document_cache(model, tokenizer, text, HomerConfig(significance="uncalibrated"),
-                                 metadata={"document_id": doc["id"]})
+    doc = store.add_document(
+        source, "storm.html", text, kind="html", page_starts=starts, locations=[label for label, _ in SECTIONS]
+    )
+    cache = build_document_cache(
+        model, tokenizer, text, HomerConfig(significance="uncalibrated"), metadata={"document_id": doc["id"]}
+    )
     store.save_cache(doc["id"], cache)
 
 
@@ -82,13 +100,16 @@ def open_first_source(page, expected: str):
 
 def in_view(page, selector: str) -> bool:
     """Whether the element lies inside the reader's scrolled box."""
-    return page.evaluate("""(selector) => {
+    return page.evaluate(
+        """(selector) => {
         const body = document.querySelector('#reader .reader-body');
         const target = document.querySelector(selector);
         if (!body || !target) return false;
         const a = body.getBoundingClientRect(), b = target.getBoundingClientRect();
         return b.top >= a.top - 1 && b.bottom <= a.bottom + 1 && b.height > 0;
-    }""", selector)
+    }""",
+        selector,
+    )
 
 
 @pytest.mark.e2e

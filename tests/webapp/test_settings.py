@@ -17,15 +17,36 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
-from app.settings import (TABLE_END, TABLE_START, Settings, SettingsError, configured, load_settings,
-                          markdown_table, read_settings, use_settings, with_table)
 from app_helpers import ROOT, running_app
 
-VARIABLES = [field.validation_alias for section in Settings.model_fields.values()
-             for field in section.annotation.model_fields.values()]
-FLAGS = ["HOMER_LOCK_MODEL", "HOMER_MCP", "HOMER_HF_OAUTH", "HOMER_NOT_FOUND", "HOMER_CITATIONS", "HOMER_DEEP_READ",
-         "SPACES_ZERO_GPU", "HOMER_OCR"]
+from app.settings import (
+    TABLE_END,
+    TABLE_START,
+    Settings,
+    SettingsError,
+    configured,
+    load_settings,
+    markdown_table,
+    read_settings,
+    use_settings,
+    with_table,
+)
+
+VARIABLES = [
+    field.validation_alias
+    for section in Settings.model_fields.values()
+    for field in section.annotation.model_fields.values()
+]
+FLAGS = [
+    "HOMER_LOCK_MODEL",
+    "HOMER_MCP",
+    "HOMER_HF_OAUTH",
+    "HOMER_NOT_FOUND",
+    "HOMER_CITATIONS",
+    "HOMER_DEEP_READ",
+    "SPACES_ZERO_GPU",
+    "HOMER_OCR",
+]
 
 
 @pytest.fixture
@@ -37,10 +58,19 @@ def clean(monkeypatch):
 
 
 # --- yes and no ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("value, expected", [
-    ("1", True), ("true", True), ("YES", True), (" on ", True),
-    ("0", False), ("false", False), ("No", False), ("off", False),
-])
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        ("1", True),
+        ("true", True),
+        ("YES", True),
+        (" on ", True),
+        ("0", False),
+        ("false", False),
+        ("No", False),
+        ("off", False),
+    ],
+)
 def test_the_words_of_yes_and_no(clean, value, expected):
     clean.setenv("HOMER_LOCK_MODEL", value)
     assert read_settings().server.lock_model is expected
@@ -59,8 +89,12 @@ def test_unset_or_blank_is_the_default(clean, blank):
 
 
 def test_the_flags_are_every_yes_no_setting():
-    flags = {field.validation_alias for section in Settings.model_fields.values()
-             for field in section.annotation.model_fields.values() if "bool" in str(field.annotation)}
+    flags = {
+        field.validation_alias
+        for section in Settings.model_fields.values()
+        for field in section.annotation.model_fields.values()
+        if "bool" in str(field.annotation)
+    }
     assert flags == set(FLAGS)
 
 
@@ -74,14 +108,21 @@ def test_anything_else_is_refused_naming_the_variable(clean, name):
     assert message == f"{name} must be one of 1/true/yes/on or 0/false/no/off, not 'maybe'"
 
 
-@pytest.mark.parametrize("name, value, message", [
-    ("HOMER_MAX_TOKENS", "abc", "HOMER_MAX_TOKENS must be a whole number, not 'abc'"),
-    ("HOMER_MAX_UPLOAD_MB", "lots", "HOMER_MAX_UPLOAD_MB must be a number, not 'lots'"),
-    ("HOMER_ZIP_MAX_MB", "0", "HOMER_ZIP_MAX_MB must be positive, not '0'"),
-    ("HOMER_RENDER_SECONDS", "nan", "HOMER_RENDER_SECONDS must be a number, not 'nan'"),
-    ("HOMER_FOCUS", "everything", "HOMER_FOCUS must be one of auto, cache, passages, cache+passages, not 'everything'"),
-    ("HOMER_RETRIEVER", "vector", "HOMER_RETRIEVER must be one of bm25, dense, rrf, not 'vector'"),
-])
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("HOMER_MAX_TOKENS", "abc", "HOMER_MAX_TOKENS must be a whole number, not 'abc'"),
+        ("HOMER_MAX_UPLOAD_MB", "lots", "HOMER_MAX_UPLOAD_MB must be a number, not 'lots'"),
+        ("HOMER_ZIP_MAX_MB", "0", "HOMER_ZIP_MAX_MB must be positive, not '0'"),
+        ("HOMER_RENDER_SECONDS", "nan", "HOMER_RENDER_SECONDS must be a number, not 'nan'"),
+        (
+            "HOMER_FOCUS",
+            "everything",
+            "HOMER_FOCUS must be one of auto, cache, passages, cache+passages, not 'everything'",
+        ),
+        ("HOMER_RETRIEVER", "vector", "HOMER_RETRIEVER must be one of bm25, dense, rrf, not 'vector'"),
+    ],
+)
 def test_a_bad_value_is_one_line_naming_the_variable(clean, name, value, message):
     clean.setenv(name, value)
     with pytest.raises(SettingsError) as refused:
@@ -123,15 +164,22 @@ def test_the_defaults_are_those_the_code_had(clean):
     settings = read_settings()
     assert IngestLimits.from_settings(settings) == IngestLimits()
     assert zip_limits(settings) == ZipLimits()
-    assert (settings.render.seconds, settings.render.workers, settings.render.memory_mb) == \
-        (render.DEFAULT_SECONDS, render.DEFAULT_WORKERS, render.DEFAULT_MEMORY_MB)
+    assert (settings.render.seconds, settings.render.workers, settings.render.memory_mb) == (
+        render.DEFAULT_SECONDS,
+        render.DEFAULT_WORKERS,
+        render.DEFAULT_MEMORY_MB,
+    )
     assert (settings.ocr.tesseract, settings.ocr.language) == (ocr.DEFAULT_COMMAND, ocr.DEFAULT_LANGUAGE)
-    assert (settings.bundles.max_mb, settings.bundles.max_text_mb) == \
-        (bundle_schema.DEFAULT_BUNDLE_MB, bundle_schema.DEFAULT_TEXT_MB)
+    assert (settings.bundles.max_mb, settings.bundles.max_text_mb) == (
+        bundle_schema.DEFAULT_BUNDLE_MB,
+        bundle_schema.DEFAULT_TEXT_MB,
+    )
     assert settings.storage.retriever is None and index.DEFAULT_METHOD == "bm25"  # as its description says
     answering = settings.answering
-    assert (answering.focus_passages, answering.passage_order) == \
-        (answering_focus.DEFAULT_PASSAGES, answering_focus.DEFAULT_PASSAGE_ORDER)
+    assert (answering.focus_passages, answering.passage_order) == (
+        answering_focus.DEFAULT_PASSAGES,
+        answering_focus.DEFAULT_PASSAGE_ORDER,
+    )
     from app import focus
 
     assert answering.focus == focus.DEFAULT_FOCUS and answering.focus_words == focus.DEFAULT_EXCERPT_WORDS
@@ -156,8 +204,9 @@ def test_settings_are_made_directly_and_changed_as_validated_copies(clean):
     changed = made.changed(builds={"deep_read": True}, chat={"max_conversations": 1})
     assert changed.builds.deep_read and changed.chat.max_conversations == 1 and not made.builds.deep_read
     assert changed.answering is made.answering
-    with pytest.raises(SettingsError, match="^HOMER_DEEP_READ must be one of 1/true/yes/on or 0/false/no/off, "
-                                            "not 'maybe'$"):
+    with pytest.raises(
+        SettingsError, match="^HOMER_DEEP_READ must be one of 1/true/yes/on or 0/false/no/off, not 'maybe'$"
+    ):
         made.changed(builds={"deep_read": "maybe"})
     with pytest.raises(Exception):  # frozen: a change is a copy
         made.builds.deep_read = True
@@ -247,6 +296,9 @@ def test_lock_model_0_leaves_the_model_switchable(tmp_path, model_dir):
     with running_app(tmp_path / "home", model_dir, env={"HOMER_LOCK_MODEL": "0"}) as url:
         with urllib.request.urlopen(f"{url}config", timeout=30) as response:
             config = json.load(response)
-    fields = [c["props"] for c in config["components"]
-              if str(c.get("props", {}).get("label", "")).startswith("Model: embedded")]
+    fields = [
+        c["props"]
+        for c in config["components"]
+        if str(c.get("props", {}).get("label", "")).startswith("Model: embedded")
+    ]
     assert len(fields) == 1 and fields[0]["interactive"] is True, fields

@@ -14,7 +14,6 @@ import hashlib
 import json
 
 import pytest
-
 from store_helpers import story
 from test_access import normalised, same_shape_unused
 
@@ -22,8 +21,15 @@ ENDPOINTS = ["/ask", "/export", "/inspect", "/read_again", "/delete", "/share", 
 
 
 def call(client, endpoint: str, ref: str):
-    args = {"/ask": (ref, "Who?", 0.0, 8), "/export": (ref,), "/inspect": (ref,), "/read_again": (ref,),
-            "/delete": (ref,), "/share": (ref, "cy"), "/unshare": (ref, "")}[endpoint]
+    args = {
+        "/ask": (ref, "Who?", 0.0, 8),
+        "/export": (ref,),
+        "/inspect": (ref,),
+        "/read_again": (ref,),
+        "/delete": (ref,),
+        "/share": (ref, "cy"),
+        "/unshare": (ref, ""),
+    }[endpoint]
     try:
         return ["ok", client.predict(*args, api_name=endpoint)]
     except Exception as exc:  # gradio_client raises the app's gr.Error with its message
@@ -54,8 +60,9 @@ def test_private_shared_unshared_deleted_through_the_running_app(tmp_path, model
     book.write_text(story(12, "ann"))
     document_id = hashlib.sha256(book.read_bytes()).hexdigest()
     ref = document_id[:length]
-    with running_app(tmp_path / "home", model_dir, "--auth", "ann:pw-a", "--auth", "bob:pw-b",
-                     env={"HOMER_FOCUS": "cache"}) as url:
+    with running_app(
+        tmp_path / "home", model_dir, "--auth", "ann:pw-a", "--auth", "bob:pw-b", env={"HOMER_FOCUS": "cache"}
+    ) as url:
         ann = gradio_client.Client(url, auth=("ann", "pw-a"), verbose=False)
         bob = gradio_client.Client(url, auth=("bob", "pw-b"), verbose=False)
         ann.predict([gradio_client.handle_file(str(book))], api_name="/upload")
@@ -70,8 +77,12 @@ def test_private_shared_unshared_deleted_through_the_running_app(tmp_path, model
         assert ann.predict(ref, "bob", api_name="/share") == "✓ shared ann-plan.txt read-only with bob"
         assert rows(ann)[0][-1] == "yours · shared with bob"
         (row,) = rows(bob)
-        assert (row[0], row[1], row[-2], row[-1]) == ("ann-plan.txt", "ready", document_id[:12],
-                                                      "shared with you (read-only)")
+        assert (row[0], row[1], row[-2], row[-1]) == (
+            "ann-plan.txt",
+            "ready",
+            document_id[:12],
+            "shared with you (read-only)",
+        )
         history, _, _, stats = bob.predict(ref, "Who kept the lamp?", 0.0, 8, api_name="/ask")
         assert stats["cache_reused"] and history[-1]["role"] == "assistant"  # ann's cache, not rebuilt
         assert not call(bob, "/inspect", ref)[1][2].startswith("✗")
@@ -101,12 +112,12 @@ def test_handlers_take_the_hugging_face_profile_as_the_user(tmp_path, monkeypatc
     (``gr.OAuthProfile``); signed out the library is empty and uploads are refused."""
     import gradio as gr
     import gradio.oauth
+    from conftest import tiny_model, tiny_tokenizer
 
     from app import library
     from app.chat import ChatService
     from app.mcp_tools import SIGN_IN, Access
     from app.ui import build_ui
-    from conftest import tiny_model, tiny_tokenizer
     from homer.fingerprint import model_fingerprint
     from storage import Store
 
@@ -130,8 +141,14 @@ def test_handlers_take_the_hugging_face_profile_as_the_user(tmp_path, monkeypatc
         assert is_special_typed_parameter("profile", get_type_hints(fns[name])), name  # gradio injects it
 
     def profile(name: str) -> gr.OAuthProfile:
-        return gr.OAuthProfile({"name": name.title(), "preferred_username": name,
-                                "profile": f"https://huggingface.co/{name}", "picture": ""})
+        return gr.OAuthProfile(
+            {
+                "name": name.title(),
+                "preferred_username": name,
+                "profile": f"https://huggingface.co/{name}",
+                "picture": "",
+            }
+        )
 
     table, _ = fns["library"]("tiny", None, profile("cy"))
     assert table["document"].tolist() == ["cy-notes.txt"] and table["access"].tolist() == ["yours"]
@@ -161,8 +178,10 @@ def team(tmp_path_factory, model_dir):
     folder = tmp_path_factory.mktemp("team-app")
     logins = [arg for name, password in USERS.items() for arg in ("--auth", f"{name}:{password}")]
     with running_app(folder / "home", model_dir, *logins, env={"HOMER_FOCUS": "cache"}) as url:
-        yield {name: gradio_client.Client(url, auth=(name, password), verbose=False)
-               for name, password in USERS.items()}, folder
+        yield (
+            {name: gradio_client.Client(url, auth=(name, password), verbose=False) for name, password in USERS.items()},
+            folder,
+        )
 
 
 def upload_ready(client, path) -> None:
@@ -184,8 +203,9 @@ def stored_rows(home) -> tuple:
     import sqlite3
 
     with sqlite3.connect(f"file:{home / 'store' / 'index.db'}?mode=ro", uri=True) as db:
-        return tuple(db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0]
-                     for t in ("documents", "caches", "document_owners"))
+        return tuple(
+            db.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in ("documents", "caches", "document_owners")
+        )
 
 
 @pytest.mark.e2e
@@ -216,10 +236,14 @@ def test_a_read_only_grantee_never_launders_a_share_through_the_running_app(team
     assert "source.txt" in zipfile.ZipFile(own).namelist()
 
     before = stored_rows(folder / "home")
-    again = "✗ refused: ann-plan.txt is already in your library, shared with you read-only: importing it changes nothing"
+    again = (
+        "✗ refused: ann-plan.txt is already in your library, shared with you read-only: importing it changes nothing"
+    )
     assert import_(bob, theirs) == again and import_(bob, own) == again
-    passed_on = ("✗ refused: this bundle was exported from a document shared read-only with its exporter; only "
-                 "that document's owner can share it with you")
+    passed_on = (
+        "✗ refused: this bundle was exported from a document shared read-only with its exporter; only "
+        "that document's owner can share it with you"
+    )
     assert import_(mallory, theirs) == passed_on
     assert stored_rows(folder / "home") == before  # nothing written by the refused imports
     assert [row[-1] for row in rows(bob)] == ["shared with you (read-only)"] and rows(mallory) == []

@@ -21,21 +21,23 @@ import time
 
 import pytest
 import torch
+from conftest import random_ids, tiny_model
+from store_helpers import story
 
 from app import slices as slicing
 from app import tasks
 from app.slices import Slices
 from app.worker import queue_for
-from conftest import random_ids, tiny_model
 from homer import BuildSliceEnded, HomerConfig, build_cache, build_document_cache
 from homer.checkpoints import DirectoryCheckpointer
 from homer.prompting import default_prompt
 from storage import Store
-from store_helpers import story
 
 SETTINGS = {"significance": "uncalibrated", "warmup_layers": 0, "max_chunk_len": 192}  # 32 leaves of story(30)
-QUOTA_MESSAGE = ("You have exceeded your free ZeroGPU quota (60s requested vs. 12s left). "
-                 "Try again in 0:14:28. ")  # as spaces/zero/client.py words it
+QUOTA_MESSAGE = (
+    "You have exceeded your free ZeroGPU quota (60s requested vs. 12s left). "
+    "Try again in 0:14:28. "
+)  # as spaces/zero/client.py words it
 ILLEGAL_MESSAGE = "The requested GPU duration (60s) is larger than the maximum allowed"
 
 
@@ -73,8 +75,7 @@ def test_a_build_in_slices_is_the_one_shot_build(deep, tmp_path, significance):
     ends = []
     while True:
         try:
-            sliced = build_cache(deep, prefix, context, suffix, cfg, checkpoints=checkpoints,
-                                 deadline=time.monotonic())
+            sliced = build_cache(deep, prefix, context, suffix, cfg, checkpoints=checkpoints, deadline=time.monotonic())
             break
         except BuildSliceEnded as end:
             ends.append(end)
@@ -109,8 +110,15 @@ def test_a_stop_callback_slices_too_and_a_deadline_needs_checkpoints(deep, tmp_p
             assert end.steps_done == 10 * slices
     assert slices == 6
     assert_same_cache(build_cache(deep, prefix, context, suffix, cfg), sliced)
-    far = build_cache(deep, prefix, context, suffix, cfg, checkpoints=DirectoryCheckpointer(tmp_path / "other"),
-                      deadline=time.monotonic() + 3600)  # a deadline never reached: one call
+    far = build_cache(
+        deep,
+        prefix,
+        context,
+        suffix,
+        cfg,
+        checkpoints=DirectoryCheckpointer(tmp_path / "other"),
+        deadline=time.monotonic() + 3600,
+    )  # a deadline never reached: one call
     assert far.metadata["leaves_computed"] == "32"
 
 
@@ -150,8 +158,7 @@ class FakeGPU:
 @pytest.fixture
 def slow_slices(configure):
     """Slices of 2 s, 0.5 s of them kept as margin; every build step takes 0.1 s at least."""
-    configure(builds={"gpu_slice_seconds": 2, "gpu_slice_margin": 0.5, "test_step_delay": 0.1,
-                      "job_lease_seconds": 5})
+    configure(builds={"gpu_slice_seconds": 2, "gpu_slice_margin": 0.5, "test_step_delay": 0.1, "job_lease_seconds": 5})
     torch.set_num_threads(1)
 
 
@@ -159,8 +166,9 @@ def one_shot_cache(model_dir, store, document_id: str):
     from homer.models import load_model
 
     model, tokenizer = load_model(str(model_dir))
-    return build_document_cache(model, tokenizer, store.document_text(document_id), HomerConfig(**SETTINGS),
-                                prompt=default_prompt(tokenizer))
+    return build_document_cache(
+        model, tokenizer, store.document_text(document_id), HomerConfig(**SETTINGS), prompt=default_prompt(tokenizer)
+    )
 
 
 def checkpoint_files(store) -> dict[str, bytes]:
@@ -203,8 +211,10 @@ def test_a_queued_build_finishes_in_slices_bit_identical(tmp_path, model_dir, sl
 @pytest.mark.slow
 def test_a_refusal_midway_loses_nothing_and_the_next_request_goes_on(tmp_path, model_dir, slow_slices):
     store = Store(tmp_path / "store")
-    refusals = {2: zero_gpu_error(slicing.QUOTA, QUOTA_MESSAGE), 4: zero_gpu_error(slicing.ILLEGAL_DURATION,
-                                                                                    ILLEGAL_MESSAGE)}
+    refusals = {
+        2: zero_gpu_error(slicing.QUOTA, QUOTA_MESSAGE),
+        4: zero_gpu_error(slicing.ILLEGAL_DURATION, ILLEGAL_MESSAGE),
+    }
     gpu = FakeGPU(refuse=refusals)
     slices = Slices(store, gpu=gpu)
     job = queue_for(store).submit_file(story(30).encode(), "keeper.txt", str(model_dir), SETTINGS)
@@ -217,8 +227,9 @@ def test_a_refusal_midway_loses_nothing_and_the_next_request_goes_on(tmp_path, m
     refused = slices.run_next()  # call 2: "quota exceeded", raised by the GPU wrapper before the slice ran
     after = store.jobs.get(job["id"])
     assert refused.state == "refused" and refused.job_id == job["id"]
-    assert refused.line == ("✗ keeper.txt: GPU quota used up for now (try again in 0:14:28): "
-                            "the build continues on your next visit")
+    assert refused.line == (
+        "✗ keeper.txt: GPU quota used up for now (try again in 0:14:28): the build continues on your next visit"
+    )
     assert after["state"] == "queued" and after["progress"] == before["progress"]
     assert after["attempts"] == before["attempts"] and after["message"] in refused.line
     assert checkpoint_files(store) == kept  # nothing lost
@@ -239,7 +250,7 @@ def test_a_refusal_midway_loses_nothing_and_the_next_request_goes_on(tmp_path, m
 
 @pytest.mark.slow
 def test_a_slice_that_died_on_the_gpu_is_recovered_and_goes_on(tmp_path, model_dir, slow_slices):
-    """"ZeroGPU worker error": the GPU task died with the job claimed; once its lease has run
+    """ "ZeroGPU worker error": the GPU task died with the job claimed; once its lease has run
     out the next request puts it back and goes on from the checkpoints."""
     store = Store(tmp_path / "store")
     job = queue_for(store).submit_file(story(30).encode(), "keeper.txt", str(model_dir), SETTINGS)
@@ -300,8 +311,16 @@ def test_the_duration_is_capped_and_shrinks_with_the_work_left(tmp_path, configu
     assert slices.slice_seconds("job") == 60  # nothing measured yet: the cap
     asked = []
     for done in range(0, 1025, 64):  # 1024 leaves at 0.5 s a leaf (merges included)
-        slices._learn("job", {"outcome": tasks.SLICE_ENDED, "leaves_done": done, "leaves_total": 1024,
-                              "leaves_computed": 64, "compute_seconds": 32.0})
+        slices._learn(
+            "job",
+            {
+                "outcome": tasks.SLICE_ENDED,
+                "leaves_done": done,
+                "leaves_total": 1024,
+                "leaves_computed": 64,
+                "compute_seconds": 32.0,
+            },
+        )
         asked.append(slices.slice_seconds("job"))
     assert all(1 <= s <= 60 for s in asked) and asked[0] == 60
     assert asked == sorted(asked, reverse=True) and asked[-1] < 60, asked  # shrinks as work is done
@@ -320,8 +339,10 @@ def test_refusals_read_plainly():
     assert slicing.refusal_kind(ValueError(ILLEGAL_MESSAGE)) == slicing.ILLEGAL_DURATION  # an error without a title
     assert slicing.refusal_kind(RuntimeError("disk full")) is None
     unsigned = zero_gpu_error(slicing.QUOTA, "Space app has reached its GPU limit. Try again later.")
-    assert slicing.refusal_line(slicing.QUOTA, unsigned, 60, 60) == \
-        "GPU quota used up for now: the build continues on your next visit"
+    assert (
+        slicing.refusal_line(slicing.QUOTA, unsigned, 60, 60)
+        == "GPU quota used up for now: the build continues on your next visit"
+    )
     for title in (slicing.PENDING, slicing.QUEUE_TIMEOUT, slicing.CLIENT_ERROR):
         line = slicing.refusal_line(title, zero_gpu_error(title, "x"), 60, 60)
         assert "continues on the next request" in line
@@ -338,8 +359,12 @@ def test_builds_in_requests_go_on_across_library_refreshes(tmp_path, model_dir):
 
     book = tmp_path / "harbour.txt"
     book.write_text(story(30))
-    env = {"HOMER_GPU_SLICE_SECONDS": "1", "HOMER_GPU_SLICE_MARGIN": "0", "HOMER_TEST_STEP_DELAY": "0.25",
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        "HOMER_GPU_SLICE_SECONDS": "1",
+        "HOMER_GPU_SLICE_MARGIN": "0",
+        "HOMER_TEST_STEP_DELAY": "0.25",
+        "OMP_NUM_THREADS": "1",
+    }
     with running_app(tmp_path / "home", model_dir, "--builds-in-requests", env=env) as url:
         client = gradio_client.Client(url, verbose=False)
         status, _ = client.predict([gradio_client.handle_file(str(book))], api_name="/upload")

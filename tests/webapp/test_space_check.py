@@ -28,21 +28,36 @@ def _edit(path, old, new):
     path.write_text(text.replace(old, new, 1), encoding="utf-8")
 
 
-@pytest.mark.parametrize("name, old, new, expected", [
-    ("README.md", 'python_version: "3.12.12"', 'python_version: "3.11"', "python_version"),
-    ("README.md", 'python_version: "3.12.12"', "python_version: 3.10", "python_version"),  # YAML float
-    ("README.md", "sdk: gradio", "sdk: docker", "sdk must be gradio"),
-    ("README.md", "sdk_version: 6.31.0", "sdk_version: 6.30.0", "sdk_version"),
-    ("README.md", "suggested_hardware: zero-a10g", "suggested_hardware: zero-a10g\nsuggested_storage: small",
-     "suggested_storage"),
-    ("README.md", "suggested_hardware: zero-a10g", "suggested_hardware: gpu-huge", "suggested_hardware"),
-    ("requirements.txt", 'torch>=2.8,<2.12; python_version != "3.11"', 'torch>=2.8; python_version != "3.11"',
-     "torch on Python 3.12.12"),
-    ("requirements.txt", 'torch>=2.8,<2.12; python_version != "3.11"', "", "exactly one torch"),
-    ("packages.txt", "tesseract-ocr\n", "", "tesseract-ocr"),
-    ("app.py", "from __future__ import annotations\n", "from __future__ import annotations\nimport torch\n",
-     "import spaces"),
-])
+@pytest.mark.parametrize(
+    "name, old, new, expected",
+    [
+        ("README.md", 'python_version: "3.12.12"', 'python_version: "3.11"', "python_version"),
+        ("README.md", 'python_version: "3.12.12"', "python_version: 3.10", "python_version"),  # YAML float
+        ("README.md", "sdk: gradio", "sdk: docker", "sdk must be gradio"),
+        ("README.md", "sdk_version: 6.31.0", "sdk_version: 6.30.0", "sdk_version"),
+        (
+            "README.md",
+            "suggested_hardware: zero-a10g",
+            "suggested_hardware: zero-a10g\nsuggested_storage: small",
+            "suggested_storage",
+        ),
+        ("README.md", "suggested_hardware: zero-a10g", "suggested_hardware: gpu-huge", "suggested_hardware"),
+        (
+            "requirements.txt",
+            'torch>=2.8,<2.12; python_version != "3.11"',
+            'torch>=2.8; python_version != "3.11"',
+            "torch on Python 3.12.12",
+        ),
+        ("requirements.txt", 'torch>=2.8,<2.12; python_version != "3.11"', "", "exactly one torch"),
+        ("packages.txt", "tesseract-ocr\n", "", "tesseract-ocr"),
+        (
+            "app.py",
+            "from __future__ import annotations\n",
+            "from __future__ import annotations\nimport torch\n",
+            "import spaces",
+        ),
+    ],
+)
 def test_each_rule_catches_its_mistake(repo, name, old, new, expected):
     _edit(repo / name, old, new)
     problems = [str(p) for p in space_check.check(repo)]

@@ -5,7 +5,6 @@ stored cache (a new ChatService over the same store on disk) — tiny random mod
 from __future__ import annotations
 
 import pytest
-
 from store_helpers import story
 
 from app.chat import ChatError, ChatService, describe_turn
@@ -28,8 +27,9 @@ def cache_only(configure):
 def add_ready(store, tiny, data: bytes, name: str) -> tuple[dict, dict]:
     model, tokenizer, _ = tiny
     doc = add_to_store(store, ingest_bytes(data, name, tokenizer))
-    cache = build_document_cache(model, tokenizer, store.document_text(doc["id"]), FAST,
-                                 metadata={"document_id": doc["id"]})
+    cache = build_document_cache(
+        model, tokenizer, store.document_text(doc["id"]), FAST, metadata={"document_id": doc["id"]}
+    )
     return doc, store.save_cache(doc["id"], cache)
 
 
@@ -38,8 +38,9 @@ def service(root, tiny) -> Threads:
 
 
 def ask(threads, key, owner, doc_id, question, thread_id=None):
-    *_, (answer, stats) = threads.ask(key, owner, doc_id, question, thread_id=thread_id, model_name="tiny",
-                                      generation=SHORT)
+    *_, (answer, stats) = threads.ask(
+        key, owner, doc_id, question, thread_id=thread_id, model_name="tiny", generation=SHORT
+    )
     return answer, stats
 
 
@@ -93,12 +94,15 @@ def test_threads_are_private_to_their_user(tmp_path, tiny):
     mine = stats["thread_id"]
     assert threads.list("bob", doc["id"]) == [] and threads.list(None, doc["id"]) == []
     missing = "0" * 32
-    for action in (lambda t: threads.open("bob-session", "bob", doc["id"], t),
-                   lambda t: threads.rename("bob", t, "mine now"),
-                   lambda t: threads.delete("bob", t),
-                   lambda t: list(threads.ask("bob-session", "bob", doc["id"], "Hi?", thread_id=t, model_name="tiny",
-                                              generation=SHORT)),
-                   lambda t: threads.open("anon", None, doc["id"], t)):  # without login: not an owned thread
+    for action in (
+        lambda t: threads.open("bob-session", "bob", doc["id"], t),
+        lambda t: threads.rename("bob", t, "mine now"),
+        lambda t: threads.delete("bob", t),
+        lambda t: list(
+            threads.ask("bob-session", "bob", doc["id"], "Hi?", thread_id=t, model_name="tiny", generation=SHORT)
+        ),
+        lambda t: threads.open("anon", None, doc["id"], t),
+    ):  # without login: not an owned thread
         answers = []
         for thread_id in (mine, missing):
             with pytest.raises(ChatError) as caught:
@@ -160,9 +164,13 @@ def test_a_thread_whose_cache_was_rebuilt_says_so(tmp_path, tiny):
     thread_id = stats["thread_id"]
     first.store.delete_cache(row["id"])  # deleted, and built again with other settings (another key)
     model, tokenizer, _ = tiny
-    other = build_document_cache(model, tokenizer, first.store.document_text(doc["id"]),
-                                 HomerConfig(significance="uncalibrated", warmup_layers=1),
-                                 metadata={"document_id": doc["id"]})
+    other = build_document_cache(
+        model,
+        tokenizer,
+        first.store.document_text(doc["id"]),
+        HomerConfig(significance="uncalibrated", warmup_layers=1),
+        metadata={"document_id": doc["id"]},
+    )
     rebuilt = first.store.save_cache(doc["id"], other)
     assert rebuilt["id"] != row["id"]
     assert [t["id"] for t in first.list(None, doc["id"])] == [thread_id]  # the thread outlived its cache
@@ -181,10 +189,12 @@ def test_a_thread_whose_cache_was_rebuilt_says_so(tmp_path, tiny):
 
 # --- through the UI's API: /threads, /new_thread, /open_thread, /rename_thread, /delete_thread ------
 
+
 @pytest.mark.e2e
 def test_threads_through_the_api_with_login(tmp_path, tiny, monkeypatch):
     gradio_client = pytest.importorskip("gradio_client")
     from app_helpers import add_ready_document, free_port
+
     from app.ui import build_ui
 
     chat = ChatService(Store(tmp_path / "store"), loader=lambda name: tiny)
@@ -193,8 +203,14 @@ def test_threads_through_the_api_with_login(tmp_path, tiny, monkeypatch):
     add_ready_document(chat.store, model, tokenizer, story(30).encode(), "mine.txt", "bob")  # the same content
     demo = build_ui(chat.store, None, chat, "tiny", auth=True, refresh_seconds=0.5)
     demo.queue()
-    demo.launch(server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, show_error=True,
-                auth=[("ann", "pw-a"), ("bob", "pw-b")], quiet=True)
+    demo.launch(
+        server_name="127.0.0.1",
+        server_port=free_port(),
+        prevent_thread_lock=True,
+        show_error=True,
+        auth=[("ann", "pw-a"), ("bob", "pw-b")],
+        quiet=True,
+    )
     try:
         ann = gradio_client.Client(demo.local_url, auth=("ann", "pw-a"), verbose=False)
         bob = gradio_client.Client(demo.local_url, auth=("bob", "pw-b"), verbose=False)
@@ -217,8 +233,11 @@ def test_threads_through_the_api_with_login(tmp_path, tiny, monkeypatch):
         assert name == "The lamp"
         # bob shares the document's content, never ann's threads
         assert bob.predict(doc["id"], api_name="/threads") == []
-        for endpoint, args in (("/open_thread", (doc["id"], first)), ("/delete_thread", (doc["id"], first)),
-                               ("/rename_thread", (doc["id"], first, "mine"))):
+        for endpoint, args in (
+            ("/open_thread", (doc["id"], first)),
+            ("/delete_thread", (doc["id"], first)),
+            ("/rename_thread", (doc["id"], first, "mine")),
+        ):
             with pytest.raises(Exception, match="no thread"):
                 bob.predict(*args, api_name=endpoint)
         ann.predict(doc["id"], second, api_name="/delete_thread")

@@ -9,16 +9,16 @@ import inspect
 import json
 
 import pytest
-
 from store_helpers import story
 
 
 @pytest.fixture
 def services(tmp_path):
+    from conftest import tiny_model, tiny_tokenizer
+
     from app.chat import ChatService
     from app.mcp_tools import Access
     from app.ui.common import Services
-    from conftest import tiny_model, tiny_tokenizer
     from homer.fingerprint import model_fingerprint
     from storage import Store
 
@@ -45,9 +45,10 @@ def test_a_bound_handler_keeps_what_gradio_reads(services):
 
 
 def test_library_handlers_as_plain_functions(services):
+    from app_helpers import add_ready_document
+
     from app import library
     from app.ui import library_tab
-    from app_helpers import add_ready_document
 
     model, tokenizer, _ = services.chat.model("tiny")
     doc = add_ready_document(services.store, model, tokenizer, story(6, "ada").encode(), "ada.txt", owner="ann")
@@ -64,16 +65,25 @@ def test_library_handlers_as_plain_functions(services):
 def test_the_pickers_pick_an_upload_made_in_the_chat_once_it_is_askable(services):
     from app.ui import pickers
 
-    version = json.dumps({"every": [["a.txt", "id-a"], ["b.txt", "id-b"]], "askable": [["a.txt", "id-a"]],
-                          "ready": [["a.txt", "id-a"]], "reading": {}})
+    version = json.dumps(
+        {
+            "every": [["a.txt", "id-a"], ["b.txt", "id-b"]],
+            "askable": [["a.txt", "id-a"]],
+            "ready": [["a.txt", "id-a"]],
+            "reading": {},
+        }
+    )
     lib, chat, share, insp, several, waiting, status = pickers.update_pickers(
-        services, version, None, None, None, None, ["id-a", "gone"], [["id-a", "a.txt"]])
+        services, version, None, None, None, None, ["id-a", "gone"], [["id-a", "a.txt"]]
+    )
     assert chat["value"] == "id-a" and waiting == [] and status == ""  # arrived: picked in the chat
     assert lib["choices"] == [("a.txt", "id-a"), ("b.txt", "id-b")] and lib["value"] is None
     assert share["value"] == "id-a" and insp["value"] is None  # inspecting costs: on request only
     assert several["value"] == ["id-a"]  # an id no longer askable leaves the selection
-    assert pickers.not_stored("x.txt", "queued for reading") == \
-        "x.txt: queued for reading: its text is not stored yet — ask again in a few seconds"
+    assert (
+        pickers.not_stored("x.txt", "queued for reading")
+        == "x.txt: queued for reading: its text is not stored yet — ask again in a few seconds"
+    )
     assert pickers.pending_line("x.txt", "reading failed: empty").startswith("✗ x.txt")
 
 

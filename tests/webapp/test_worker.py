@@ -8,11 +8,11 @@ import signal
 import threading
 
 import pytest
+from store_helpers import FAST, blank_pdf, consumer_in_process, start_worker, stop, story, text_pdf, wait_until  # noqa: F401
 
 from app.tasks import wait_for
 from app.worker import queue_for
 from storage import Store
-from store_helpers import FAST, blank_pdf, consumer_in_process, start_worker, stop, story, text_pdf, wait_until  # noqa: F401
 
 
 @pytest.fixture
@@ -24,8 +24,12 @@ def in_process_consumer(tmp_path):
 
 def test_uploads_build_in_the_background_and_bad_ones_fail_with_their_reason(in_process_consumer, model_dir):
     queue, store = in_process_consumer, in_process_consumer.store
-    bad = {"empty.txt": b"", "scan.pdf": blank_pdf(), "locked.pdf": text_pdf(["x"], password="pw"),
-           "photo.txt": b"\x89PNG\r\n\x1a\n\x00\x00" * 50}
+    bad = {
+        "empty.txt": b"",
+        "scan.pdf": blank_pdf(),
+        "locked.pdf": text_pdf(["x"], password="pw"),
+        "photo.txt": b"\x89PNG\r\n\x1a\n\x00\x00" * 50,
+    }
     bad_jobs = {name: queue.submit_file(data, name, str(model_dir), FAST) for name, data in bad.items()}
     good = queue.submit_file(story().encode(), "keeper.txt", str(model_dir), FAST)
     pdf = queue.submit_file(text_pdf(["The keeper was Ada.", "She kept the lamp."]), "log.pdf", str(model_dir), FAST)
@@ -44,8 +48,9 @@ def test_uploads_build_in_the_background_and_bad_ones_fail_with_their_reason(in_
 
     reused = queue.submit_document(good["document_id"], str(model_dir), FAST)
     assert reused["id"] == good["id"] and reused["state"] == "done"
-    other_settings = wait_for(store, queue.submit_document(good["document_id"], str(model_dir),
-                                                           {**FAST, "seed": 1})["id"])
+    other_settings = wait_for(
+        store, queue.submit_document(good["document_id"], str(model_dir), {**FAST, "seed": 1})["id"]
+    )
     assert other_settings["state"] == "done" and other_settings["cache_id"] != good["cache_id"]
     assert len(store.caches(good["document_id"])) == 2
     assert store.check() == []
@@ -59,7 +64,9 @@ def test_a_killed_worker_s_job_is_retried_and_completes_once(tmp_path, model_dir
     first = start_worker(store.root, home, log, **slow)
     try:
         job = queue_for(store).submit_file(story(40).encode(), "long.txt", str(model_dir), FAST)
-        wait_until(lambda: 0.1 < store.jobs.get(job["id"])["progress"] < 0.9, timeout=180, what="the build to be underway")
+        wait_until(
+            lambda: 0.1 < store.jobs.get(job["id"])["progress"] < 0.9, timeout=180, what="the build to be underway"
+        )
         first.send_signal(signal.SIGKILL)
         first.wait(10)
     finally:

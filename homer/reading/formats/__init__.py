@@ -16,8 +16,9 @@ if TYPE_CHECKING:
 KINDS = ("epub", "docx", "html")
 
 
-def read_sectioned(kind: str, data: bytes, max_chars: int | None = None, deadline: float | None = None,
-                   limits: ZipLimits | None = None) -> SourceDocument:
+def read_sectioned(
+    kind: str, data: bytes, max_chars: int | None = None, deadline: float | None = None, limits: ZipLimits | None = None
+) -> SourceDocument:
     """Read ``data`` as ``kind`` ("epub", "docx" or "html"); :class:`DocumentError` with a
     one-line reason when it cannot be. ``max_chars`` bounds the extracted text and
     ``deadline`` (``time.monotonic()``) the time spent (None: unbounded); ``limits`` an EPUB's

@@ -39,29 +39,56 @@ import io
 import re
 import zipfile
 
-from ..source_document import DocumentError, SourceDocument
 from ..locations import section_label
+from ..source_document import DocumentError, SourceDocument
 from .base import LINE_BREAK, SectionedText, collapse
 from .markup import DOCTYPE, UNICODE_XML, holds, parse_xml, xml_encoding
 from .zipsafe import SafeZip, ZipLimits, _mb
 
 MAIN = "word/document.xml"
 W_NS = "http://schemas.openxmlformats.org/wordprocessingml/2006/main"
-MACRO_TYPES = ("application/vnd.ms-word.document.macroEnabled.main+xml",
-               "application/vnd.ms-word.template.macroEnabledTemplate.main+xml")
+MACRO_TYPES = (
+    "application/vnd.ms-word.document.macroEnabled.main+xml",
+    "application/vnd.ms-word.template.macroEnabledTemplate.main+xml",
+)
 TEMPLATE_TYPE = "application/vnd.openxmlformats-officedocument.wordprocessingml.template.main+xml"
-OTHER_OFFICE = {"xl/workbook.xml": "an Excel workbook (XLSX)", "ppt/presentation.xml": "a PowerPoint file (PPTX)",
-                "content.xml": "an OpenDocument file (ODT, ODS…)", "META-INF/container.xml": "an EPUB"}
+OTHER_OFFICE = {
+    "xl/workbook.xml": "an Excel workbook (XLSX)",
+    "ppt/presentation.xml": "a PowerPoint file (PPTX)",
+    "content.xml": "an OpenDocument file (ODT, ODS…)",
+    "META-INF/container.xml": "an EPUB",
+}
 # What libxml2 takes for one element or text node (measured: 80-120 bytes with python-docx's
 # parser); an attribute is two (the attribute and its value's text node: 228 bytes measured).
 NODE_BYTES = 120
 # The parts read besides those python-docx parses itself (its part classes, added at run time).
-NOTES_TYPES = frozenset(f"application/vnd.openxmlformats-officedocument.wordprocessingml.{kind}+xml"
-                        for kind in ("footnotes", "endnotes"))
+NOTES_TYPES = frozenset(
+    f"application/vnd.openxmlformats-officedocument.wordprocessingml.{kind}+xml" for kind in ("footnotes", "endnotes")
+)
 _HEADING_NAME = re.compile(r"^heading\s*([1-9])$", re.I)
-SKIPPED = frozenset({"del", "moveFrom", "instrText", "delText", "delInstrText", "pPr", "rPr", "Fallback",
-                     "commentReference", "annotationRef", "footnoteRef", "endnoteRef", "drawing", "pict",
-                     "object", "sectPr", "tblPr", "trPr", "tcPr"})
+SKIPPED = frozenset(
+    {
+        "del",
+        "moveFrom",
+        "instrText",
+        "delText",
+        "delInstrText",
+        "pPr",
+        "rPr",
+        "Fallback",
+        "commentReference",
+        "annotationRef",
+        "footnoteRef",
+        "endnoteRef",
+        "drawing",
+        "pict",
+        "object",
+        "sectPr",
+        "tblPr",
+        "trPr",
+        "tcPr",
+    }
+)
 
 
 def local(el) -> str:
@@ -85,8 +112,9 @@ def open_docx(data: bytes, limits: ZipLimits | None = None) -> SafeZip:
     if types:
         raw = archive.read(types)
         if any(t.encode() in raw for t in MACRO_TYPES) or archive.find("word/vbaProject.bin"):
-            raise DocumentError("the file is a macro-enabled Word document (.docm): save it as .docx "
-                                "(macros are not run or read)")
+            raise DocumentError(
+                "the file is a macro-enabled Word document (.docm): save it as .docx (macros are not run or read)"
+            )
         if TEMPLATE_TYPE.encode() in raw:
             raise DocumentError("the file is a Word template (.dotx): save it as a .docx document")
     return archive
@@ -104,11 +132,15 @@ def checked_xml(archive: SafeZip, member: str) -> bytes:
     raw = archive.read(member)
     encoding = xml_encoding(raw)
     if encoding not in UNICODE_XML:
-        raise DocumentError(f"the DOCX's {member} is XML in {encoding.upper()}, not UTF-8 or UTF-16 as a DOCX must "
-                            f"be: refused (in other encodings an entity declaration can hide)")
+        raise DocumentError(
+            f"the DOCX's {member} is XML in {encoding.upper()}, not UTF-8 or UTF-16 as a DOCX must "
+            f"be: refused (in other encodings an entity declaration can hide)"
+        )
     if holds(raw, encoding, DOCTYPE):
-        raise DocumentError(f"the DOCX's {member} carries a DOCTYPE or entity declarations, which Word never "
-                            f"writes: refused (XML entities can read local files or expand without bound)")
+        raise DocumentError(
+            f"the DOCX's {member} carries a DOCTYPE or entity declarations, which Word never "
+            f"writes: refused (XML entities can read local files or expand without bound)"
+        )
     return raw
 
 
@@ -166,9 +198,11 @@ def text_package(archive: SafeZip, budget: int | None = None) -> bytes:
             nodes = xml_nodes(raw)
             cost += 3 * len(raw) + NODE_BYTES * nodes
             if cost > budget:
-                raise DocumentError(f"the DOCX's XML would take about {_mb(cost)} of memory to read ({member}: "
-                                    f"{_mb(len(raw))}, {nodes:,} elements and attributes), over the limit of "
-                                    f"{_mb(budget)}")
+                raise DocumentError(
+                    f"the DOCX's XML would take about {_mb(cost)} of memory to read ({member}: "
+                    f"{_mb(len(raw))}, {nodes:,} elements and attributes), over the limit of "
+                    f"{_mb(budget)}"
+                )
             package.writestr(member, raw)
             del raw
     return out.getvalue()
@@ -188,9 +222,11 @@ class Styles:
             name = style.find(_w("name"))
             based = style.find(_w("basedOn"))
             outline = style.find(f"{_w('pPr')}/{_w('outlineLvl')}")
-            self.styles[style_id] = (name.get(_w("val"), "") if name is not None else "",
-                                     based.get(_w("val")) if based is not None else None,
-                                     outline.get(_w("val")) if outline is not None else None)
+            self.styles[style_id] = (
+                name.get(_w("val"), "") if name is not None else "",
+                based.get(_w("val")) if based is not None else None,
+                outline.get(_w("val")) if outline is not None else None,
+            )
 
     def level(self, style_id: str | None) -> int | None:
         seen = set()
@@ -221,8 +257,7 @@ def _notes(root, tag: str) -> dict[str, object]:
     """Note id -> its ``w:footnote`` / ``w:endnote`` element (separators left out)."""
     if root is None:
         return {}
-    return {note.get(_w("id")): note for note in root.iter(_w(tag))
-            if note.get(_w("type")) in (None, "normal")}
+    return {note.get(_w("id")): note for note in root.iter(_w(tag)) if note.get(_w("type")) in (None, "normal")}
 
 
 class DocxReader:
@@ -344,8 +379,9 @@ def _part_root(document, reltype: str):
     return None
 
 
-def read_docx(data: bytes, max_chars: int | None = None, deadline: float | None = None,
-              limits: ZipLimits | None = None) -> SourceDocument:
+def read_docx(
+    data: bytes, max_chars: int | None = None, deadline: float | None = None, limits: ZipLimits | None = None
+) -> SourceDocument:
     """The text of a Word document, with its headings as labelled sections."""
     archive = open_docx(data, limits)
     import docx
@@ -370,8 +406,9 @@ def read_docx(data: bytes, max_chars: int | None = None, deadline: float | None 
     except (PackageNotFoundError, KeyError) as exc:
         raise DocumentError(f"the DOCX is damaged: a part it names is missing ({exc})") from None
     except Exception as exc:  # python-docx raises several types on broken packages
-        raise DocumentError(f"the DOCX is damaged or unreadable ({type(exc).__name__}: "
-                            f"{' '.join(str(exc).split())[:120]})") from None
+        raise DocumentError(
+            f"the DOCX is damaged or unreadable ({type(exc).__name__}: {' '.join(str(exc).split())[:120]})"
+        ) from None
     out = SectionedText("docx", max_chars, deadline, preamble=title[:200])
     body = document.element.body
     reader = DocxReader(out, styles, footnotes, endnotes)

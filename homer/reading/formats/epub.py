@@ -38,8 +38,11 @@ CONTAINER = "META-INF/container.xml"
 CONTENT_TYPES = ("application/xhtml+xml", "text/html", "application/xml", "text/xml", "application/x-dtbook+xml")
 FONT_OBFUSCATION = ("http://www.idpf.org/2008/embedding", "http://ns.adobe.com/pdf/enc#RC")
 FONT_SUFFIXES = (".ttf", ".otf", ".woff", ".woff2", ".ttc", ".pfb", ".pfm", ".afm")
-DRM_FILES = {"META-INF/rights.xml": "Adobe ADEPT", "META-INF/license.lcpl": "Readium LCP",
-             "META-INF/sinf.xml": "Apple FairPlay"}
+DRM_FILES = {
+    "META-INF/rights.xml": "Adobe ADEPT",
+    "META-INF/license.lcpl": "Readium LCP",
+    "META-INF/sinf.xml": "Apple FairPlay",
+}
 _HEADING_TAG = re.compile(rb"<(?:[A-Za-z0-9_-]+:)?h([1-6])[\s>/]", re.I)
 
 
@@ -77,8 +80,9 @@ def _fragment(href: str) -> str | None:
 def check_drm(archive: SafeZip) -> None:
     """Refuse a DRM-protected book: a rights file, or encrypted content other than fonts."""
     if archive.find("META-INF/rights.xml"):
-        raise DocumentError("the EPUB is DRM-protected (Adobe ADEPT: META-INF/rights.xml); only DRM-free books "
-                            "can be read")
+        raise DocumentError(
+            "the EPUB is DRM-protected (Adobe ADEPT: META-INF/rights.xml); only DRM-free books can be read"
+        )
     found = archive.find("META-INF/encryption.xml")
     if not found:
         return
@@ -95,8 +99,10 @@ def check_drm(archive: SafeZip) -> None:
             encrypted.append(unquote(uri))
     if encrypted:
         scheme = next((f"{name}, " for member, name in DRM_FILES.items() if archive.find(member)), "")
-        raise DocumentError(f"the EPUB is DRM-protected ({scheme}{len(encrypted)} encrypted file"
-                            f"{'s' if len(encrypted) != 1 else ''}, e.g. {encrypted[0]}); only DRM-free books can be read")
+        raise DocumentError(
+            f"the EPUB is DRM-protected ({scheme}{len(encrypted)} encrypted file"
+            f"{'s' if len(encrypted) != 1 else ''}, e.g. {encrypted[0]}); only DRM-free books can be read"
+        )
 
 
 def open_epub(data: bytes, limits: ZipLimits | None = None) -> SafeZip:
@@ -123,8 +129,11 @@ def check_epub(data: bytes, limits: ZipLimits | None = None) -> None:
 def read_package(archive: SafeZip) -> Package:
     container = parse_xml(archive.read(archive.find(CONTAINER)), f"the EPUB's {CONTAINER}")
     rootfiles = [el for el in container.iter() if local(el) == "rootfile" and el.get("full-path")]
-    preferred = [el for el in rootfiles if el.get("media-type", "application/oebps-package+xml")
-                 == "application/oebps-package+xml"]
+    preferred = [
+        el
+        for el in rootfiles
+        if el.get("media-type", "application/oebps-package+xml") == "application/oebps-package+xml"
+    ]
     if not (preferred or rootfiles):
         raise DocumentError(f"the EPUB's {CONTAINER} names no package file")
     opf = unquote((preferred or rootfiles)[0].get("full-path")).lstrip("/")
@@ -141,8 +150,11 @@ def read_package(archive: SafeZip) -> Package:
         if tag == "item" and item.get("id") and item.get("href"):
             member = _member(found, item.get("href"))
             if member:
-                manifest[item.get("id")] = (archive.find(member) or member, item.get("media-type", ""),
-                                            set((item.get("properties") or "").split()))
+                manifest[item.get("id")] = (
+                    archive.find(member) or member,
+                    item.get("media-type", ""),
+                    set((item.get("properties") or "").split()),
+                )
         elif tag == "title" and not package.title and (item.text or "").strip():
             package.title = collapse(item.text)[:200]
     spine = next((el for el in root.iter() if local(el) == "spine"), None)
@@ -159,7 +171,8 @@ def read_package(archive: SafeZip) -> Package:
     if not package.spine:
         raise DocumentError("the EPUB's spine lists no readable documents")
     ncx = manifest.get(spine.get("toc") or "", (None,))[0] or next(
-        (m for m, media, _ in manifest.values() if media == "application/x-dtbncx+xml"), None)
+        (m for m, media, _ in manifest.values() if media == "application/x-dtbncx+xml"), None
+    )
     package.toc = read_toc(archive, package.nav, ncx, set(package.spine))
     return package
 
@@ -277,8 +290,9 @@ class EpubWalker(Walker):
             self.open(entry)
 
     def on_heading(self, rank: int, title: str) -> None:
-        if (not self.listed and self.anchor_rank is not None and rank <= self.anchor_rank
-                and not self.entries):  # a document the table leaves out, titled as its chapters are
+        if (
+            not self.listed and self.anchor_rank is not None and rank <= self.anchor_rank and not self.entries
+        ):  # a document the table leaves out, titled as its chapters are
             self.anchor_level = self.anchor_rank = self.pending = None
         if self.anchor_level is None:  # no table of contents (yet): the headings are the sections
             super().on_heading(rank, title)
@@ -297,8 +311,9 @@ class EpubWalker(Walker):
         self.out.heading((self.doc_level or 1) + 1, NOTES_LABEL)
 
 
-def read_epub(data: bytes, max_chars: int | None = None, deadline: float | None = None,
-              limits: ZipLimits | None = None) -> SourceDocument:
+def read_epub(
+    data: bytes, max_chars: int | None = None, deadline: float | None = None, limits: ZipLimits | None = None
+) -> SourceDocument:
     """The text of an EPUB in reading order, with its table of contents as sections."""
     archive = open_epub(data, limits)
     package = read_package(archive)

@@ -52,8 +52,14 @@ def declared_encoding(data: bytes) -> str | None:
             return None
         # as browsers do: a page labelled Latin-1 or ASCII is read as windows-1252, and a
         # page labelled UTF-16 that got this far without a byte-order mark is ASCII-compatible
-        return {"latin-1": "cp1252", "iso8859-1": "cp1252", "ascii": "cp1252", "utf-16": "utf-8",
-                "utf-16-le": "utf-8", "utf-16-be": "utf-8"}.get(name, name)
+        return {
+            "latin-1": "cp1252",
+            "iso8859-1": "cp1252",
+            "ascii": "cp1252",
+            "utf-16": "utf-8",
+            "utf-16-le": "utf-8",
+            "utf-16-be": "utf-8",
+        }.get(name, name)
     return None
 
 
@@ -81,11 +87,14 @@ def decode_html(data: bytes) -> str:
 def main_content(root):
     """The element holding the page's main text: one ``<main>`` / ``role="main"``, else
     one ``<article>``, else the body (or the whole page)."""
-    for candidates in ([el for el in root.iter() if local(el) == "main" or (el.get("role") or "").lower() == "main"],
-                       [el for el in root.iter() if local(el) == "article"]):
+    for candidates in (
+        [el for el in root.iter() if local(el) == "main" or (el.get("role") or "").lower() == "main"],
+        [el for el in root.iter() if local(el) == "article"],
+    ):
         visible = [el for el in candidates if not hidden(el) and collapse(plain_text(el))]
-        outermost = [el for el in visible if not any(other is not el and el in other.iterdescendants()
-                                                        for other in visible)]
+        outermost = [
+            el for el in visible if not any(other is not el and el in other.iterdescendants() for other in visible)
+        ]
         if len(outermost) == 1:
             return outermost[0]
     body = next((el for el in root if local(el) == "body"), None)
@@ -104,8 +113,9 @@ def read_html(data: bytes, max_chars: int | None = None, deadline: float | None 
     check_html(data)
     text = decode_html(data)
     if max_chars is not None and len(text) > 20 * max_chars:  # markup is rarely 20× its text
-        raise DocumentError(f"the HTML file is {len(text):,} characters long, too long for {max_chars:,} "
-                            f"characters of text")
+        raise DocumentError(
+            f"the HTML file is {len(text):,} characters long, too long for {max_chars:,} characters of text"
+        )
     root = parse_html(text, "the HTML file")
     out = SectionedText("html", max_chars, deadline, preamble=page_title(root)[:200])
     content = main_content(root)

@@ -34,7 +34,7 @@ def markdown_sections(text: str) -> tuple[list[int], list[str]] | None:
                     path.pop()
                 path.append((level, title))
                 label = section_label([t for _, t in path])
-                if text[starts[-1]:offset].strip():
+                if text[starts[-1] : offset].strip():
                     starts.append(offset)
                     labels.append(label)
                 else:  # nothing but blank lines since the last start: that section becomes this one

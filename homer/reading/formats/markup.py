@@ -28,12 +28,16 @@ XHTML_NS = "http://www.w3.org/1999/xhtml"
 OPS_NS = "http://www.idpf.org/2007/ops"
 MAX_DEPTH = 200  # deeper markup is read as plain text (libxml2 itself stops at 256 levels)
 
-SKIP = frozenset("""script style noscript template head title meta link base svg img image picture video audio
+SKIP = frozenset(
+    """script style noscript template head title meta link base svg img image picture video audio
 source track canvas iframe frame frameset object embed param applet map area button input select option
-optgroup textarea datalist output progress meter nav""".split())
-BLOCK = frozenset("""address article aside blockquote body center dd details dialog dir div dl dt fieldset
+optgroup textarea datalist output progress meter nav""".split()
+)
+BLOCK = frozenset(
+    """address article aside blockquote body center dd details dialog dir div dl dt fieldset
 figcaption figure footer form header hgroup hr html legend li listing main menu ol p plaintext pre section
-summary ul xmp caption tbody thead tfoot tr td th""".split())
+summary ul xmp caption tbody thead tfoot tr td th""".split()
+)
 HEADINGS = {f"h{n}": n for n in range(1, 7)}
 DROPPED_ROLES = frozenset({"navigation", "banner", "contentinfo", "search", "doc-backlink"})
 NOTE_REF_TYPES = frozenset({"noteref", "doc-noteref"})
@@ -42,18 +46,45 @@ NOTES_LABEL = "Notes"
 _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.I)
 # Byte-order marks, then the first bytes of "<?xml" without one (XML 1.0, appendix F); the
 # longer patterns first (UTF-32-LE starts as UTF-16-LE does).
-_BOMS = ((b"\x00\x00\xfe\xff", "utf-32-be"), (b"\xff\xfe\x00\x00", "utf-32-le"), (b"\xef\xbb\xbf", "utf-8"),
-         (b"\xfe\xff", "utf-16-be"), (b"\xff\xfe", "utf-16-le"))
-_PATTERNS = ((b"\x00\x00\x00<", "utf-32-be"), (b"<\x00\x00\x00", "utf-32-le"), (b"\x00<", "utf-16-be"),
-             (b"<\x00", "utf-16-le"), (b"\x4c\x6f\xa7\x94", "cp037"))  # the last: "<?xm" in EBCDIC
+_BOMS = (
+    (b"\x00\x00\xfe\xff", "utf-32-be"),
+    (b"\xff\xfe\x00\x00", "utf-32-le"),
+    (b"\xef\xbb\xbf", "utf-8"),
+    (b"\xfe\xff", "utf-16-be"),
+    (b"\xff\xfe", "utf-16-le"),
+)
+_PATTERNS = (
+    (b"\x00\x00\x00<", "utf-32-be"),
+    (b"<\x00\x00\x00", "utf-32-le"),
+    (b"\x00<", "utf-16-be"),
+    (b"<\x00", "utf-16-le"),
+    (b"\x4c\x6f\xa7\x94", "cp037"),
+)  # the last: "<?xm" in EBCDIC
 _DECLARED = re.compile(r"^\s*<\?xml\s[^>]*?\bencoding\s*=\s*[\"']([^\"'>]{1,40})[\"']")
 UNICODE_XML = frozenset({"utf-8", "utf-16-le", "utf-16-be"})  # what Office Open XML allows
 _WIDE = frozenset({"utf-16-le", "utf-16-be", "utf-32-le", "utf-32-be"})
 # Encodings in which every ASCII character is its own byte and no byte stands for nothing, so
 # a declaration shows as its ASCII bytes (unlike UTF-7, ISO-2022 or HZ, whose shifts can sit
 # between its letters). Older EPUBs declare some of them.
-_ASCII_BASED = frozenset({"ascii", "utf-8", "shift_jis", "cp932", "euc_jp", "euc_kr", "cp949", "gb2312", "gbk",
-                          "gb18030", "big5", "big5hkscs", "cp950", "tis-620", "cp874"})
+_ASCII_BASED = frozenset(
+    {
+        "ascii",
+        "utf-8",
+        "shift_jis",
+        "cp932",
+        "euc_jp",
+        "euc_kr",
+        "cp949",
+        "gb2312",
+        "gbk",
+        "gb18030",
+        "big5",
+        "big5hkscs",
+        "cp950",
+        "tis-620",
+        "cp874",
+    }
+)
 ENTITY = ("<!ENTITY",)
 DOCTYPE = ("<!DOCTYPE", "<!ENTITY")
 
@@ -65,16 +96,25 @@ def _short(exc: Exception) -> str:
 def xml_parser(**extra):
     from lxml import etree
 
-    return etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False, load_dtd=False,
-                           dtd_validation=False, remove_comments=True, remove_pis=True, **extra)
+    return etree.XMLParser(
+        resolve_entities=False,
+        no_network=True,
+        huge_tree=False,
+        load_dtd=False,
+        dtd_validation=False,
+        remove_comments=True,
+        remove_pis=True,
+        **extra,
+    )
 
 
 def refuse_entities(tree, what: str) -> None:
     """Refuse a parsed document whose DTD declares entities."""
     for dtd in (tree.docinfo.internalDTD, tree.docinfo.externalDTD):
         if dtd is not None and any(True for _ in dtd.iterentities()):
-            raise DocumentError(f"{what} declares XML entities, which are refused (they can read local files "
-                                f"or expand without bound)")
+            raise DocumentError(
+                f"{what} declares XML entities, which are refused (they can read local files or expand without bound)"
+            )
 
 
 def _codec(name: str) -> str:
@@ -117,8 +157,10 @@ def holds(data: bytes, encoding: str, markers: tuple[str, ...] = ENTITY) -> bool
 
 
 def _encoding_refused(what: str, encoding: str) -> DocumentError:
-    return DocumentError(f"{what} is XML in {encoding.upper()}, which is refused (only UTF-8, UTF-16, UTF-32 and "
-                         f"ASCII-based encodings are read: in others an entity declaration can hide)")
+    return DocumentError(
+        f"{what} is XML in {encoding.upper()}, which is refused (only UTF-8, UTF-16, UTF-32 and "
+        f"ASCII-based encodings are read: in others an entity declaration can hide)"
+    )
 
 
 def declares_entities(data: bytes, what: str = "the document") -> bool:
@@ -136,8 +178,9 @@ def parse_xml(data: bytes, what: str):
     from lxml import etree
 
     if declares_entities(data, what):
-        raise DocumentError(f"{what} declares XML entities, which are refused (they can read local files "
-                            f"or expand without bound)")
+        raise DocumentError(
+            f"{what} declares XML entities, which are refused (they can read local files or expand without bound)"
+        )
     try:
         root = etree.fromstring(data, xml_parser())
     except etree.XMLSyntaxError as exc:
@@ -179,8 +222,9 @@ def parse_xhtml(data: bytes, what: str):
     from lxml import etree
 
     if declares_entities(data, what):
-        raise DocumentError(f"{what} declares XML entities, which are refused (they can read local files "
-                            f"or expand without bound)")
+        raise DocumentError(
+            f"{what} declares XML entities, which are refused (they can read local files or expand without bound)"
+        )
     try:
         root = etree.fromstring(data, xml_parser())
     except (etree.XMLSyntaxError, ValueError):
@@ -392,8 +436,11 @@ class Walker:
             if text:
                 lines.append(text)
         for row in rows(table):
-            cells = [collapse(plain_text(cell)).replace("\n", " ") for cell in row if local(cell) in ("td", "th")
-                     and not hidden(cell)]
+            cells = [
+                collapse(plain_text(cell)).replace("\n", " ")
+                for cell in row
+                if local(cell) in ("td", "th") and not hidden(cell)
+            ]
             if any(cells):
                 lines.append(" | ".join(cells))
         if lines:

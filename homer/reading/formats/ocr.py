@@ -58,6 +58,7 @@ INSTALL = "install Tesseract (Debian: tesseract-ocr tesseract-ocr-eng)"
 DEFAULT_COMMAND = "tesseract"  # the program: a path or a name on the PATH
 DEFAULT_LANGUAGE = "eng"  # Tesseract's language(s): "eng+deu" for two
 
+
 class OcrError(ValueError):
     """A page that cannot be OCR'd; the message says why, in one line (``homer.reading.sources``
     turns it into a ``DocumentError``: this module imports nothing of the package's)."""
@@ -113,8 +114,9 @@ def check_tesseract(command: str | None = None, language: str | None = None) -> 
         log.warning("OCR: Tesseract not found (%s)", command)
         raise OcrUnavailable(INSTALL)
     try:
-        listing = subprocess.run([found, "--list-langs"], capture_output=True, timeout=30, env=_child_env(),
-                                 stdin=subprocess.DEVNULL)
+        listing = subprocess.run(
+            [found, "--list-langs"], capture_output=True, timeout=30, env=_child_env(), stdin=subprocess.DEVNULL
+        )
     except (OSError, subprocess.SubprocessError) as exc:
         log.warning("OCR: %s does not run (%s)", command, exc)
         raise OcrUnavailable(INSTALL) from None
@@ -186,14 +188,23 @@ class PageRenderer:
         from . import render
 
         try:
-            shot = render.render_page(self.path, index, dpi=dpi, max_pixels=max_pixels, grayscale=True,
-                                      image_format="PPM", seconds=self.seconds, wait=self.wait)
+            shot = render.render_page(
+                self.path,
+                index,
+                dpi=dpi,
+                max_pixels=max_pixels,
+                grayscale=True,
+                image_format="PPM",
+                seconds=self.seconds,
+                wait=self.wait,
+            )
         except render.RenderTimeout:
-            raise OcrError(f"page {index + 1} took over {self.seconds:g} s to render for OCR (the limit per page)") \
-                from None
+            raise OcrError(
+                f"page {index + 1} took over {self.seconds:g} s to render for OCR (the limit per page)"
+            ) from None
         except render.RenderError as exc:
             prefix, message = f"page {index + 1} cannot be rendered", str(exc)
-            reason = message[len(prefix):] if message.startswith(prefix) else f": {message}"
+            reason = message[len(prefix) :] if message.startswith(prefix) else f": {message}"
             raise OcrError(f"{prefix} for OCR{reason}") from None
         return shot.data, max(1, round(shot.scale * 72))
 
@@ -212,16 +223,22 @@ class PageRenderer:
         self.close()
 
 
-def recognize(image: bytes, dpi: int = DPI, timeout: float | None = None, command: str | None = None,
-              language: str | None = None) -> str:
+def recognize(
+    image: bytes, dpi: int = DPI, timeout: float | None = None, command: str | None = None, language: str | None = None
+) -> str:
     """Tesseract's text of ``image`` (any format Leptonica reads; PGM here), in at most
     ``timeout`` seconds (the process is killed then: :class:`subprocess.TimeoutExpired`), by
     ``command`` in ``language`` (defaults :data:`DEFAULT_COMMAND`, :data:`DEFAULT_LANGUAGE`).
     :class:`OcrError` when Tesseract fails."""
     command = (command or "").strip() or DEFAULT_COMMAND
     language = (language or "").strip() or DEFAULT_LANGUAGE
-    result = subprocess.run([command, "stdin", "stdout", "-l", language, "--dpi", str(dpi)],
-                            input=image, capture_output=True, timeout=timeout, env=_child_env())
+    result = subprocess.run(
+        [command, "stdin", "stdout", "-l", language, "--dpi", str(dpi)],
+        input=image,
+        capture_output=True,
+        timeout=timeout,
+        env=_child_env(),
+    )
     if result.returncode != 0:
         reason = result.stderr.decode("utf-8", "replace").strip().splitlines()
         raise OcrError(f"OCR failed ({reason[-1][:200] if reason else f'exit status {result.returncode}'})")

@@ -16,7 +16,8 @@ process-wide PDFium lock left to hold.
 The workers are a small pool (:class:`RenderPool`, 2 workers; :func:`configure_pool`, the app's
 ``HOMER_RENDER_WORKERS``), started on
 first use and kept: a normal page costs the pipe round trip on top of the render (about
-15 ms here: 108 ms against 91 ms in-process, median of 30), not a process start (about 0.3 s to import PDFium and Pillow). Each worker
+15 ms here: 108 ms against 91 ms in-process, median of 30), not a process start (about 0.3 s
+to import PDFium and Pillow). Each worker
 keeps its last document and page open (a reader's page and then its quote's boxes, or OCR's
 pages one after another, parse the file once), exits by itself after
 :data:`IDLE_SECONDS` without work (memory back; the next call starts another) or within a
@@ -46,11 +47,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_SECONDS = 5.0        # one page's render (the app's HOMER_RENDER_SECONDS); a normal page takes 0.05–0.5 s
-DEFAULT_WORKERS = 2          # worker processes per app process (the app's HOMER_RENDER_WORKERS)
-DEFAULT_MEMORY_MB = 2048     # a worker's address space (the app's HOMER_RENDER_MEMORY_MB)
-START_SECONDS = 60.0         # a worker's start: imports only, not the page (a loaded machine is slow)
-IDLE_SECONDS = 300.0         # a worker without work this long exits
+DEFAULT_SECONDS = 5.0  # one page's render (the app's HOMER_RENDER_SECONDS); a normal page takes 0.05–0.5 s
+DEFAULT_WORKERS = 2  # worker processes per app process (the app's HOMER_RENDER_WORKERS)
+DEFAULT_MEMORY_MB = 2048  # a worker's address space (the app's HOMER_RENDER_MEMORY_MB)
+START_SECONDS = 60.0  # a worker's start: imports only, not the page (a loaded machine is slow)
+IDLE_SECONDS = 300.0  # a worker without work this long exits
 MAX_ANSWER_BYTES = 512 * 2**20  # an answer's image (50 M pixels of RGB is 150 MB): more is a broken worker
 
 
@@ -94,29 +95,62 @@ class Rendered:
     text: str | None = None
 
 
-def render_page(path, index: int, *, width: int | None = None, dpi: float | None = None, max_pixels: int,
-                grayscale: bool = False, image_format: str = "PNG", text: bool = False,
-                seconds: float | None = None, wait: float | None = None) -> Rendered:
+def render_page(
+    path,
+    index: int,
+    *,
+    width: int | None = None,
+    dpi: float | None = None,
+    max_pixels: int,
+    grayscale: bool = False,
+    image_format: str = "PNG",
+    text: bool = False,
+    seconds: float | None = None,
+    wait: float | None = None,
+) -> Rendered:
     """Page ``index`` (0-based) of the PDF at ``path``, drawn ``width`` pixels wide or at
     ``dpi`` (smaller where it would exceed ``max_pixels``), as ``image_format`` ("PNG", or
     "PPM": a binary PGM when ``grayscale``), with its text when ``text``. Within ``seconds``
     (default :data:`DEFAULT_SECONDS`) once a worker is free, waiting for one at most ``wait``
     seconds (default: ``seconds``). Raises :class:`RenderError` (one line)."""
     seconds = DEFAULT_SECONDS if seconds is None else seconds
-    request = {"op": "render", "path": str(Path(path).resolve()), "page": int(index), "width": width, "dpi": dpi,
-               "max_pixels": int(max_pixels), "gray": bool(grayscale), "format": image_format, "text": bool(text)}
+    request = {
+        "op": "render",
+        "path": str(Path(path).resolve()),
+        "page": int(index),
+        "width": width,
+        "dpi": dpi,
+        "max_pixels": int(max_pixels),
+        "gray": bool(grayscale),
+        "format": image_format,
+        "text": bool(text),
+    }
     header, payload = pool().call(request, seconds, seconds if wait is None else wait, index)
-    return Rendered(payload, int(header["width"]), int(header["height"]), float(header["scale"]),
-                    int(header["rotation"]), tuple(header["bbox"]), int(header["pages"]), header.get("text"))
+    return Rendered(
+        payload,
+        int(header["width"]),
+        int(header["height"]),
+        float(header["scale"]),
+        int(header["rotation"]),
+        tuple(header["bbox"]),
+        int(header["pages"]),
+        header.get("text"),
+    )
 
 
-def text_rects(path, index: int, start: int, count: int, seconds: float | None = None,
-               wait: float | None = None) -> list[tuple[float, float, float, float]]:
+def text_rects(
+    path, index: int, start: int, count: int, seconds: float | None = None, wait: float | None = None
+) -> list[tuple[float, float, float, float]]:
     """PDFium's boxes (left, bottom, right, top in PDF points, one per line) of the ``count``
     characters from ``start`` of page ``index``'s text. Raises :class:`RenderError`."""
     seconds = DEFAULT_SECONDS if seconds is None else seconds
-    request = {"op": "rects", "path": str(Path(path).resolve()), "page": int(index), "start": int(start),
-               "count": int(count)}
+    request = {
+        "op": "rects",
+        "path": str(Path(path).resolve()),
+        "page": int(index),
+        "start": int(start),
+        "count": int(count),
+    }
     header, _ = pool().call(request, seconds, seconds if wait is None else wait, index)
     return [tuple(rect) for rect in header["rects"]]
 
@@ -144,8 +178,13 @@ class _Worker:
         self.kill()
         root = str(Path(__file__).resolve().parents[2])
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
-        self.process = subprocess.Popen([sys.executable, "-m", "homer.reading.formats.render", f"{self.memory_mb:g}"],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env, close_fds=True)
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "homer.reading.formats.render", f"{self.memory_mb:g}"],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            env=env,
+            close_fds=True,
+        )
         try:
             self._receive(time.monotonic() + START_SECONDS)  # {"ready": true}
         except RenderError as exc:
@@ -208,8 +247,9 @@ class RenderPool:
         try:
             worker = self._idle.get(timeout=max(0.0, wait))
         except queue.Empty:
-            raise RenderBusy(f"the page renderer is busy (waited {wait:g} s for one of its {self.size} workers)") \
-                from None
+            raise RenderBusy(
+                f"the page renderer is busy (waited {wait:g} s for one of its {self.size} workers)"
+            ) from None
         try:
             header, payload = worker.call(request, seconds)
         except RenderTimeout:
@@ -348,14 +388,21 @@ def _render(opened: _Open, request: dict) -> tuple[dict, bytes]:
         image.save(out, format=request.get("format") or "PNG")
     finally:
         bitmap.close()
-    header = {"width": image.width, "height": image.height, "scale": scale, "rotation": page.get_rotation(),
-              "bbox": list(page.get_bbox()), "pages": len(opened.pdf)}
+    header = {
+        "width": image.width,
+        "height": image.height,
+        "scale": scale,
+        "rotation": page.get_rotation(),
+        "bbox": list(page.get_bbox()),
+        "pages": len(opened.pdf),
+    }
     if request.get("text"):
         import pypdfium2.raw as raw
 
         textpage = opened.textpage_of(request["path"], request["page"])
-        header["text"] = "".join(chr(raw.FPDFText_GetUnicode(textpage.raw, i) or 0xFFFD)
-                                 for i in range(textpage.count_chars()))
+        header["text"] = "".join(
+            chr(raw.FPDFText_GetUnicode(textpage.raw, i) or 0xFFFD) for i in range(textpage.count_chars())
+        )
     return header, out.getvalue()
 
 
@@ -385,7 +432,7 @@ def _send(fd: int, header: dict, payload: bytes = b"") -> None:
     data = json.dumps({**header, "size": len(payload)}).encode() + b"\n" + payload
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[os.write(fd, view) :]
 
 
 def serve(memory_mb: float = DEFAULT_MEMORY_MB) -> None:

@@ -54,8 +54,21 @@ SLACK_FRACTION, SLACK_BYTES = 0.02, 4096
 READ_CHUNK = 2**20
 END_RECORD, END_RECORD_BYTES, MAX_COMMENT_BYTES = b"PK\x05\x06", 22, 65535
 # what a damaged or hostile zip makes the zipfile module raise while it is read
-ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, lzma.LZMAError, EOFError, OSError, ValueError,
-              NotImplementedError, RuntimeError, struct.error, OverflowError, KeyError, IndexError)
+ZIP_ERRORS = (
+    zipfile.BadZipFile,
+    zipfile.LargeZipFile,
+    zlib.error,
+    lzma.LZMAError,
+    EOFError,
+    OSError,
+    ValueError,
+    NotImplementedError,
+    RuntimeError,
+    struct.error,
+    OverflowError,
+    KeyError,
+    IndexError,
+)
 
 
 @dataclass(frozen=True)
@@ -110,9 +123,14 @@ def sniff(data: bytes) -> str:
     return "unknown"
 
 
-WHAT_IT_IS = {"pdf": "a PDF", "html": "an HTML file", "xml": "an XML file", "zip": "a zip archive",
-              "ole": "an old-style Office file (.doc, .xls or .ppt)",
-              "ole-encrypted": "a password-protected (encrypted) Office file"}
+WHAT_IT_IS = {
+    "pdf": "a PDF",
+    "html": "an HTML file",
+    "xml": "an XML file",
+    "zip": "a zip archive",
+    "ole": "an old-style Office file (.doc, .xls or .ppt)",
+    "ole-encrypted": "a password-protected (encrypted) Office file",
+}
 
 
 def a(name: str) -> str:
@@ -126,8 +144,9 @@ def not_a(name: str, data: bytes) -> DocumentError:
     if name == "DOCX" and kind == "ole-encrypted":
         return DocumentError("the DOCX is password-protected (encrypted)")
     if name == "DOCX" and kind == "ole":
-        return DocumentError("the file is an old Word document (.doc) or another OLE file, not a DOCX: "
-                             "save it as .docx")
+        return DocumentError(
+            "the file is an old Word document (.doc) or another OLE file, not a DOCX: save it as .docx"
+        )
     if kind in WHAT_IT_IS:
         return DocumentError(f"the file is {WHAT_IT_IS[kind]}, not {a(name)} (wrong file extension?)")
     return DocumentError(f"the file is not {a(name)} ({a(name)} is a zip archive; this is not one)")
@@ -144,9 +163,9 @@ def check_end_record(fh: BinaryIO, limits: ZipLimits) -> None:
     pos = tail.rfind(END_RECORD)
     if pos < 0 or len(tail) - pos < END_RECORD_BYTES:
         raise ZipRefusal("not-zip")
-    _, _, _, _, count, cd_size, cd_offset, _ = struct.unpack("<4s4H2LH", tail[pos:pos + END_RECORD_BYTES])
+    _, _, _, _, count, cd_size, cd_offset, _ = struct.unpack("<4s4H2LH", tail[pos : pos + END_RECORD_BYTES])
     if count == 0xFFFF or cd_size == 0xFFFFFFFF or cd_offset == 0xFFFFFFFF:  # zip64: read its end record
-        locator = tail[pos - 20:pos] if pos >= 20 else b""
+        locator = tail[pos - 20 : pos] if pos >= 20 else b""
         if len(locator) != 20 or locator[:4] != b"PK\x06\x07":
             raise ZipRefusal("damaged", detail="no zip64 end record")
         (record_offset,) = struct.unpack("<Q", locator[8:16])
@@ -177,8 +196,14 @@ def check_directory(infos: list[zipfile.ZipInfo], limits: ZipLimits) -> None:
         if compressed > size * (1 + SLACK_FRACTION) + SLACK_BYTES:
             raise ZipRefusal("false-size", member=member, declared=size, compressed=compressed)
         if limits.max_ratio is not None and size > RATIO_FLOOR and size > limits.max_ratio * max(compressed, 1):
-            raise ZipRefusal("ratio", member=member, size=size, compressed=compressed,
-                             ratio=size / max(compressed, 1), limit=limits.max_ratio)
+            raise ZipRefusal(
+                "ratio",
+                member=member,
+                size=size,
+                compressed=compressed,
+                ratio=size / max(compressed, 1),
+                limit=limits.max_ratio,
+            )
         if size > limits.max_member_bytes:
             raise ZipRefusal("member-size", member=member, size=size, limit=limits.max_member_bytes)
         total += size
@@ -274,22 +299,32 @@ def document_reason(name: str, refusal: ZipRefusal) -> str:
         case "encrypted":
             return f"the {name} is encrypted ({member} needs a password)"
         case "false-size":
-            return (f"the {name} member {member} declares {facts['declared']:,} bytes uncompressed but holds "
-                    f"{_mb(facts['compressed'])} compressed: its declared size is false (a zip bomb?)")
+            return (
+                f"the {name} member {member} declares {facts['declared']:,} bytes uncompressed but holds "
+                f"{_mb(facts['compressed'])} compressed: its declared size is false (a zip bomb?)"
+            )
         case "ratio":
-            return (f"the {name} member {member} expands {facts['ratio']:,.0f} times ({_mb(facts['compressed'])} to "
-                    f"{_mb(facts['size'])}), over the limit of {facts['limit']:,.0f} (a zip bomb?)")
+            return (
+                f"the {name} member {member} expands {facts['ratio']:,.0f} times ({_mb(facts['compressed'])} to "
+                f"{_mb(facts['size'])}), over the limit of {facts['limit']:,.0f} (a zip bomb?)"
+            )
         case "member-size":
-            return (f"the {name} member {member} is {_mb(facts['size'])} uncompressed, over the limit of "
-                    f"{_mb(facts['limit'])} (a zip bomb?)")
+            return (
+                f"the {name} member {member} is {_mb(facts['size'])} uncompressed, over the limit of "
+                f"{_mb(facts['limit'])} (a zip bomb?)"
+            )
         case "total-size":
-            return (f"the {name} is {_mb(facts['size'])} uncompressed, over the limit of {_mb(facts['limit'])} "
-                    f"(a zip bomb?)")
+            return (
+                f"the {name} is {_mb(facts['size'])} uncompressed, over the limit of {_mb(facts['limit'])} "
+                f"(a zip bomb?)"
+            )
         case "missing":
             return f"the {name} has no {member}"
         case _:  # member-inflates, total-inflates
-            return (f"the {name} member {member} decompresses to more than it declared or than the limits allow "
-                    f"(a zip bomb?)")
+            return (
+                f"the {name} member {member} decompresses to more than it declared or than the limits allow "
+                f"(a zip bomb?)"
+            )
 
 
 class SafeZip(BoundedZip):
