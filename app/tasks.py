@@ -31,6 +31,7 @@ from storage.errors import StoreError
 from storage.files import owner_token, write_bytes_atomic
 from storage.store import cache_key
 
+from .build_lanes import LARGE, PDF_CHARS_PER_PAGE, SMALL, job_lane, job_size, large_build_chars  # noqa: F401
 from .ingest import IngestError, add_to_store, ingest_bytes, max_upload_bytes
 from .settings import load_settings
 
@@ -97,42 +98,6 @@ def get_model(name: str | None):
             model, tokenizer = load_model(None if key == EMBEDDED else key)
             _models[key] = (model, tokenizer, model_fingerprint(model))
         return _models[key]
-
-
-# --- build lanes ------------------------------------------------------------------------------
-SMALL, LARGE = "small", "large"
-PDF_CHARS_PER_PAGE = 3000  # an upload's size guess before its text is read: a dense printed page
-
-
-def large_build_chars() -> int:
-    """Documents of more characters than this build in the *large* lane
-    (``HOMER_LARGE_BUILD_CHARS``, 250 000 — about 60 000 tokens, a 150-page book)."""
-    return load_settings().builds.large_build_chars
-
-
-def job_size(store, job: dict) -> int:
-    """A job's document size in characters: exact once the document is stored, else guessed
-    from the upload (a text file's bytes; a PDF's pages × ``PDF_CHARS_PER_PAGE``). A file
-    that cannot be sized counts as small: it fails at once in the worker."""
-    doc = store.get_document(job["document_id"])
-    if doc is not None:
-        return int(doc.get("chars") or 0)
-    if not job.get("upload"):
-        return 0
-    try:
-        path = store.upload_path(job["upload"])
-        if path.suffix.lower() != ".pdf":
-            return path.stat().st_size
-        from pypdf import PdfReader
-
-        return len(PdfReader(str(path)).pages) * PDF_CHARS_PER_PAGE
-    except Exception:  # gone, unreadable, not a PDF after all: the build reports it
-        return 0
-
-
-def job_lane(store, job: dict) -> str:
-    """``"large"`` for a document over :func:`large_build_chars`, else ``"small"``."""
-    return LARGE if job_size(store, job) > large_build_chars() else SMALL
 
 
 # --- submitting -----------------------------------------------------------------------------
